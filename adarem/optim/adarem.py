@@ -1,0 +1,336 @@
+r"""AdaRem: Adaptive Gradient Method with Resilience and Momentum (arXiv 2010.11041).
+
+This file follows ``../shared/ALGORITHM.md`` (the project's contract) exactly.
+
+.. math::
+   \begin{aligned}
+     &\textbf{input}: \eta \text{ (lr)}, \beta, \lambda \text{ (decay)}, \mu \text{ (momentum)},
+        \epsilon, w \text{ (weight decay)}, \textit{decoupled}, \textit{maximize} \\
+     &\textbf{init}: d_0 \leftarrow 0, \; u_0 \leftarrow 0, \; s_0 \leftarrow 0 \\
+     &\textbf{for } t = 1, 2, \dots: \\
+     &\quad g_t \leftarrow \pm\nabla_\theta f_t(\theta_{t-1}) \quad (- \text{ if maximize}) \\
+     &\quad \textbf{if } w > 0 \textbf{ and not } \textit{decoupled}: g_t \leftarrow g_t + w\,\theta_{t-1} \\
+     &\quad s \leftarrow \max_i |d_{t-1,i}| \\
+     &\quad b_t \leftarrow \operatorname{sign}(g_t) \odot d_{t-1} / (s + \epsilon)
+            \qquad \in [-1, 1] \\
+     &\quad r_t \leftarrow 1 + \lambda^t b_t \qquad \in [1-\lambda^t, 1+\lambda^t] \\
+     &\quad \delta_t \leftarrow r_t \odot g_t \\
+     &\quad \textbf{if } \mu > 0: u_t \leftarrow \mu u_{t-1} + \delta_t, \; \delta_t \leftarrow u_t \\
+     &\quad \textbf{if } w > 0 \textbf{ and } \textit{decoupled}:
+            \theta_{t-1} \leftarrow \theta_{t-1} - \eta w \theta_{t-1} \\
+     &\quad \theta_t \leftarrow \theta_{t-1} - \eta \delta_t \\
+     &\quad d_t \leftarrow \beta d_{t-1} + (1-\beta) g_t \\
+   \end{aligned}
+
+A weight whose gradient keeps the sign of its recent history (d) gets up to twice the base step;
+a weight that oscillates gets a smaller one, down to zero. As :math:`\lambda^t \to 0` the method
+becomes plain SGD (with heavy-ball momentum when :math:`\mu > 0`).
+
+Implementation notes (all paths compute the same rule):
+
+* ``u`` starts at zero, so ``u <- mu*u + delta`` at the first step equals ``u <- delta`` exactly.
+* ``s = max|d|`` is cached per tensor in the state (``max_abs_exp_avg``), computed right after
+  ``d`` is updated, so the fused path needs no extra reduction pass at the start of the next step.
+  It is derived state: it is recomputed from ``exp_avg`` whenever it is missing.
+* When ``s + eps == 0`` (possible only with ``eps = 0`` and ``d`` all zeros) every ``b`` is 0,
+  which is what the rule gives in the limit; no ``0/0`` is evaluated.
+* ``sign(g) * g = |g|``, so the fast paths compute ``delta = g + c * |g| * d`` with the per-tensor
+  scalar ``c = lambda^t / (s + eps)``; this is the same number as ``r * g`` up to rounding.
+* Stability: the per-weight step reaches up to ``(1 + lambda^t) * lr``, so on a quadratic with
+  largest curvature L, plain SGD is stable for ``lr * L < 2`` but early AdaRem steps only for
+  ``lr * L < 2 / (1 + lambda^t)`` (about ``lr * L < 1`` at the start). Use warm-up or a
+  smaller lr than SGD's edge-of-stability value. With heavy-ball momentum the gap is much wider:
+  on a 1-D quadratic with mu = 0.9, SGD is stable up to lr * L = 3.8 but AdaRem only up to about
+  lr * L = 0.05-0.1, because the resilience factor, driven by the lagging tracker d, amplifies the
+  heavy ball's own oscillation. ``adarem_m`` therefore needs a much smaller lr than SGD-momentum
+  (tests/optim/test_adarem_behaviour.py checks both limits).
+* Low precision: the state has the parameter's dtype (fp16/bf16 parameters keep fp16/bf16 ``d``
+  and ``u``); the per-tensor scalars are computed in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["AdaRem"]
+
+
+def _check_range(name: str, value, lo: float, hi: float, lo_open: bool, hi_open: bool) -> None:
+    v = float(value) if isinstance(value, Tensor) else value
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:  # also catches NaN, for which every comparison is False
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ValueError(f"Invalid {name}: {value!r}; AdaRem needs {name} in {lb}{lo}, {hi}{rb}")
+
+
+def _validate_hyperparameters(h: dict) -> None:
+    _check_range("lr", h["lr"], 0.0, math.inf, True, True)
+    _check_range("beta", h["beta"], 0.0, 1.0, False, True)
+    _check_range("decay", h["decay"], 0.0, 1.0, True, False)
+    _check_range("momentum", h["momentum"], 0.0, 1.0, False, True)
+    _check_range("eps", h["eps"], 0.0, math.inf, False, True)
+    _check_range("weight_decay", h["weight_decay"], 0.0, math.inf, False, True)
+    if h.get("fused") and h.get("foreach"):
+        raise ValueError("AdaRem: fused=True and foreach=True cannot both be set; pick one")
+
+
+class AdaRem(Optimizer):
+    """AdaRem optimizer. See the module docstring for the update rule.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: base learning rate (> 0). Default 0.1.
+        beta: decay of the direction tracker ``d``, in [0, 1). Default 0.9.
+        decay: resilience decay ``lambda`` in (0, 1]; the adaptive part shrinks as ``lambda**t``.
+            Default 0.999.
+        momentum: heavy-ball momentum on the resilient update, in [0, 1). Default 0.
+        eps: guard of the normalisation (>= 0). Default 1e-8.
+        weight_decay: L2 penalty (>= 0). Default 0.
+        decoupled_weight_decay: apply ``theta <- theta - lr*w*theta`` (AdamW style) instead of
+            adding ``w*theta`` to the gradient. Default False.
+        maximize: ascend instead of descend. Default False.
+        foreach: use the ``torch._foreach_*`` path. ``None`` (default) picks it unless ``fused``.
+        fused: use the ``torch.compile``-fused path (one pass over memory per tensor; CUDA and
+            CPU, the latter through Inductor's C++ backend). Default False/None.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float | Tensor = 0.1,
+        beta: float = 0.9,
+        decay: float = 0.999,
+        momentum: float = 0.0,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
+    ):
+        defaults = dict(
+            lr=lr, beta=beta, decay=decay, momentum=momentum, eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+            foreach=foreach, fused=fused,
+        )
+        _validate_hyperparameters(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if torch.is_complex(p):
+                    raise ValueError("AdaRem does not support complex parameters; "
+                                     "view them as real with torch.view_as_real")
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        # Per-group values are checked as strictly as constructor arguments.
+        _validate_hyperparameters(self.param_groups[-1])
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            group.setdefault("decoupled_weight_decay", False)
+
+    # ------------------------------------------------------------------ state
+    def _init_group(self, group: dict) -> tuple[list, list, list, list, list, list]:
+        params, grads, exp_avgs, maxes, bufs, steps = [], [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None or p.numel() == 0:
+                continue  # empty tensors are skipped, as the contract says
+            if p.grad.is_sparse:
+                raise RuntimeError("AdaRem does not support sparse gradients; "
+                                   "use dense gradients (e.g. nn.Embedding(sparse=False))")
+            if torch.is_complex(p):
+                raise RuntimeError("AdaRem does not support complex parameters")
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["max_abs_exp_avg"] = torch.zeros((), dtype=p.dtype, device=p.device)
+                if group["momentum"] > 0:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if "max_abs_exp_avg" not in state:  # derived state, e.g. from a hand-made state dict
+                state["max_abs_exp_avg"] = state["exp_avg"].abs().max().to(p.dtype)
+            if group["momentum"] > 0 and "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            maxes.append(state["max_abs_exp_avg"])
+            bufs.append(state.get("momentum_buffer"))
+            steps.append(state["step"])
+        return params, grads, exp_avgs, maxes, bufs, steps
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that re-evaluates the model and returns the loss (optional).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            params, grads, exp_avgs, maxes, bufs, steps = self._init_group(group)
+            if not params:
+                continue
+            # Steps are counted on the CPU (like torch's non-capturable optimizers), so that
+            # lambda**t is a host scalar and needs no device sync.
+            for t in steps:
+                t.add_(1)
+            lam_t = [group["decay"] ** int(t.item()) for t in steps]
+            fused, foreach = group["fused"], group["foreach"]
+            if fused:
+                impl = _fused_adarem
+            elif foreach is None or foreach:
+                impl = _foreach_adarem
+            else:
+                impl = _single_tensor_adarem
+            new_maxes = impl(
+                params, grads, exp_avgs, maxes, bufs, lam_t,
+                lr=group["lr"], beta=group["beta"], momentum=group["momentum"], eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled=group["decoupled_weight_decay"], maximize=group["maximize"],
+            )
+            for p, m in zip(params, new_maxes):
+                self.state[p]["max_abs_exp_avg"] = m
+        return loss
+
+
+# ---------------------------------------------------------------------- for-loop path
+def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum,
+                          eps, weight_decay, decoupled, maximize) -> list[Tensor]:
+    """The readable path: one tensor at a time, line by line as in the contract."""
+    new_maxes = []
+    for p, grad, d, s, u, lam in zip(params, grads, exp_avgs, maxes, bufs, lam_t):
+        g = -grad if maximize else grad
+        if weight_decay > 0 and not decoupled:
+            g = g.add(p, alpha=weight_decay)
+        denom = s + eps
+        # s + eps == 0 only when d == 0 everywhere: any finite divisor then gives b = 0.
+        b = torch.sign(g) * d / torch.where(denom > 0, denom, 1.0)
+        r = 1 + lam * b
+        delta = r * g
+        if momentum > 0:
+            u.mul_(momentum).add_(delta)
+            delta = u
+        if weight_decay > 0 and decoupled:
+            p.mul_(1 - lr * weight_decay)
+        p.add_(delta, alpha=-lr)
+        d.mul_(beta).add_(g, alpha=1 - beta)
+        new_maxes.append(d.abs().max() if d.dim() > 0 else d.abs())
+    return new_maxes
+
+
+# ---------------------------------------------------------------------- foreach path
+def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> list[Tensor]:
+    """c_i = lambda^t_i / (s_i + eps) as fp32 0-dim tensors, 0 where s_i + eps == 0."""
+    s = torch.stack(maxes).float()
+    lam = torch.tensor(lam_t, dtype=torch.float32).to(s.device, non_blocking=True)
+    denom = s + eps
+    c = torch.where(denom > 0, lam / torch.where(denom > 0, denom, torch.ones_like(denom)), 0.0)
+    return list(c.unbind(0))
+
+
+def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum, eps,
+                    weight_decay, decoupled, maximize) -> list[Tensor]:
+    new_maxes: list[Optional[Tensor]] = [None] * len(params)
+    groups: dict = defaultdict(list)
+    for i, p in enumerate(params):
+        groups[(p.device, p.dtype)].append(i)
+    for idx in groups.values():
+        p_ = [params[i] for i in idx]
+        d_ = [exp_avgs[i] for i in idx]
+        g_ = [grads[i] for i in idx]
+        if maximize:
+            g_ = torch._foreach_neg(g_)
+        if weight_decay > 0 and not decoupled:
+            g_ = torch._foreach_add(g_, p_, alpha=weight_decay)
+        c_ = _resilience_scale([maxes[i] for i in idx], [lam_t[i] for i in idx], eps)
+        # delta = g + c * |g| * d
+        delta = torch._foreach_abs(g_)
+        torch._foreach_mul_(delta, d_)
+        torch._foreach_mul_(delta, c_)
+        torch._foreach_add_(delta, g_)
+        if momentum > 0:
+            u_ = [bufs[i] for i in idx]
+            torch._foreach_mul_(u_, momentum)
+            torch._foreach_add_(u_, delta)
+            delta = u_
+        if weight_decay > 0 and decoupled:
+            torch._foreach_mul_(p_, 1 - lr * weight_decay)
+        torch._foreach_add_(p_, delta, alpha=-lr)
+        torch._foreach_lerp_(d_, g_, 1 - beta)
+        for i, m in zip(idx, torch._foreach_norm(d_, float("inf"))):
+            new_maxes[i] = m.to(params[i].dtype)
+    return new_maxes
+
+
+# ---------------------------------------------------------------------- fused path
+def _fused_kernel(params, grads, exp_avgs, maxes, bufs, lam, lr, *, beta, momentum, eps,
+                  weight_decay, decoupled, maximize):
+    """One pass per tensor: read p, g, d (and u), write p, d (and u) and max|d_new|.
+
+    Written per tensor so that Inductor fuses every pointwise op of a tensor with the max
+    reduction of its new ``d`` into one kernel. ``lam`` and ``lr`` are tensors so that a
+    learning-rate schedule or a growing step count does not trigger recompilation.
+    """
+    out = []
+    for i, (p, grad, d, s) in enumerate(zip(params, grads, exp_avgs, maxes)):
+        g = (-grad if maximize else grad).float()
+        pf = p.float()
+        if weight_decay > 0 and not decoupled:
+            g = g + weight_decay * pf
+        denom = s.float() + eps
+        c = torch.where(denom > 0, lam[i] / torch.where(denom > 0, denom, 1.0), 0.0)
+        delta = g + c * g.abs() * d.float()
+        if momentum > 0:
+            u_new = momentum * bufs[i].float() + delta
+            bufs[i].copy_(u_new)
+            delta = u_new
+        if weight_decay > 0 and decoupled:
+            pf = pf * (1 - lr * weight_decay)
+        p.copy_(pf - lr * delta)
+        d_new = d.float() + (1 - beta) * (g - d.float())
+        d.copy_(d_new)
+        out.append(d.abs().amax())
+    return out
+
+
+_compiled_kernel = None
+
+
+def _fused_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum, eps,
+                  weight_decay, decoupled, maximize) -> list[Tensor]:
+    global _compiled_kernel
+    if _compiled_kernel is None:
+        _compiled_kernel = torch.compile(_fused_kernel, fullgraph=True, dynamic=False)
+    new_maxes: list[Optional[Tensor]] = [None] * len(params)
+    groups: dict = defaultdict(list)
+    for i, p in enumerate(params):
+        groups[(p.device, p.dtype)].append(i)
+    for (device, _), idx in groups.items():
+        lam = torch.tensor([lam_t[i] for i in idx], dtype=torch.float32).to(device, non_blocking=True)
+        lr_t = (lr if isinstance(lr, Tensor) else torch.tensor(lr, dtype=torch.float32)).to(device)
+        res = _compiled_kernel(
+            [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+            [maxes[i] for i in idx], [bufs[i] for i in idx], lam, lr_t,
+            beta=beta, momentum=momentum, eps=eps, weight_decay=weight_decay,
+            decoupled=decoupled, maximize=maximize,
+        )
+        for i, m in zip(idx, res):
+            new_maxes[i] = m.to(params[i].dtype)
+    return new_maxes
