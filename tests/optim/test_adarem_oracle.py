@@ -147,12 +147,23 @@ def test_fused_follows_oracle_on_cpu():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("path", ["loop", "foreach"])
 def test_low_precision_parameters_follow_oracle(dtype, path):
+    """In fp16/bf16 rounding differs between any two orderings of the same math, so the test is:
+    the path lands as close to the fp32 oracle as the oracle itself run in low precision does."""
     problem = Problem(seed=11, dtype=dtype)
     options = {"momentum": 0.9, "lr": 0.01, "weight_decay": 0.01}
-    expected = run_oracle(problem, options, steps=40)
-    actual, opt = run_impl(problem, options, steps=40, path=path)
-    tol = 2e-2 if dtype == torch.bfloat16 else 5e-3
-    _assert_close([a.float() for a in actual], [e.float() for e in expected], rtol=tol, atol=tol)
+    problem32 = copy.deepcopy(problem)
+    for name in ("init", "curv", "target", "phase"):
+        setattr(problem32, name, [t.float() for t in getattr(problem, name)])
+    exact = run_oracle(problem32, options, steps=60)
+    oracle_low = run_oracle(problem, options, steps=60)
+    actual, opt = run_impl(problem, options, steps=60, path=path)
+
+    def err(xs):
+        return max(float((x.float() - e).abs().max()) for x, e in zip(xs, exact) if e.numel())
+
+    scale = max(float(e.abs().max()) for e in exact if e.numel())
+    assert err(actual) <= 2 * err(oracle_low) + 1e-3 * scale, (err(actual), err(oracle_low))
+    assert all(a.dtype == dtype for a in actual)
     for group in opt.param_groups:
         for p in group["params"]:
             if p in opt.state:
