@@ -1,0 +1,117 @@
+"""Atomic checkpoints: written to a temporary file, fsynced, then renamed over the old one.
+
+A run directory holds ``checkpoint.pt`` (the latest) and ``checkpoint_prev.pt`` (the one
+before), so that a kill during any write leaves at least one loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LATEST, PREVIOUS = "checkpoint.pt", "checkpoint_prev.pt"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: dict, run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".{LATEST}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    latest = run_dir / LATEST
+    if latest.exists():
+        os.replace(latest, run_dir / PREVIOUS)
+    os.replace(tmp, latest)
+    dir_fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return latest
+
+
+def load_latest(run_dir: Path) -> tuple[dict, Path] | None:
+    """The newest loadable checkpoint of ``run_dir``, or None if there is none at all.
+
+    Raises CheckpointError when checkpoint files exist but none can be read.
+    """
+    candidates = [Path(run_dir) / name for name in (LATEST, PREVIOUS) if (Path(run_dir) / name).exists()]
+    if not candidates:
+        return None
+    errors = []
+    for path in candidates:
+        try:
+            return load(path), path
+        except CheckpointError as exc:
+            errors.append(str(exc))
+    raise CheckpointError("; ".join(errors) + "; delete the run directory or pass resume=never "
+                          "with a new hydra.run.dir")
+
+
+def load(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, pickling errors, permissions...
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(obj, dict) or "model" not in obj or "position" not in obj:
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of this suite")
+    return obj
+
+
+def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, rng_by_rank: list) -> dict:
+    """Everything needed to continue a run exactly where it stopped."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "position": {"epoch": state.epoch, "batch": state.batch, "global_step": state.global_step,
+                     "phase": state.phase, "elapsed_train_s": state.elapsed_train_s},
+        "progress": state.progress.state_dict(),
+        "metrics_lines": metrics_lines,
+        "rng": rng_by_rank,  # one entry per rank
+    }
+
+
+def restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) -> None:
+    from adarem.engine import EpochProgress
+
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    pos = ckpt["position"]
+    state.epoch, state.batch, state.global_step = pos["epoch"], pos["batch"], pos["global_step"]
+    state.phase, state.elapsed_train_s = pos["phase"], pos["elapsed_train_s"]
+    state.progress = EpochProgress(**ckpt["progress"])
+    rngs = ckpt["rng"]
+    if len(rngs) != 1 and rank >= len(rngs):
+        raise CheckpointError(f"checkpoint holds RNG states of {len(rngs)} ranks, this is rank {rank}; "
+                              f"resume with the same number of processes")
+    set_rng_state(rngs[rank if len(rngs) > 1 else 0])

@@ -1,0 +1,206 @@
+"""Structured configs: the schema every Hydra config group is validated against.
+
+Each dataclass mirrors one config group (``configs/<group>/*.yaml``). Hydra checks key names and
+types when it composes; ``validate`` then instantiates the dataclasses, whose ``__post_init__``
+checks ranges, so that every bad value fails at start-up with one line naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line that says what to do."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # any timm model name, or torchvision.<name>
+    pretrained: bool = False
+    drop_rate: float = 0.0
+
+    def __post_init__(self):
+        _require(0.0 <= self.drop_rate < 1.0, f"model.drop_rate={self.drop_rate} must be in [0, 1)")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adarem"  # sgd | adam | adamw | adarem (variants are presets of these)
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    no_weight_decay_on_bias_and_norm: bool = True
+    momentum: float = 0.0  # sgd and adarem
+    nesterov: bool = False  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = 1e-8  # adam, adamw, adarem
+    beta: float = 0.9  # adarem: decay of the direction tracker
+    decay: float = 0.999  # adarem: resilience decay lambda
+    decoupled_weight_decay: bool = False  # adarem
+    foreach: Optional[bool] = None
+    fused: Optional[bool] = None
+    variant: str = ""  # the preset's name (adarem_m, ...); the tables group by it
+
+    def __post_init__(self):
+        _require(self.name in ("sgd", "adam", "adamw", "adarem"),
+                 f"optimizer.name={self.name!r} is not one of sgd, adam, adamw, adarem")
+        _require(self.lr > 0, f"optimizer.lr={self.lr} must be > 0")
+        _require(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+        _require(0 <= self.momentum < 1, f"optimizer.momentum={self.momentum} must be in [0, 1)")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 f"optimizer.betas={list(self.betas)} must be two values in [0, 1)")
+        _require(0 <= self.beta < 1, f"optimizer.beta={self.beta} must be in [0, 1)")
+        _require(0 < self.decay <= 1, f"optimizer.decay={self.decay} must be in (0, 1]")
+        _require(self.eps >= 0, f"optimizer.eps={self.eps} must be >= 0")
+        if not self.variant:
+            self.variant = self.name
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | fashion_mnist | imagenet | synthetic | folder
+    root: str = ""  # dataset location; "" means the dataset's default
+    loader: str = "torch"  # torch | dali
+    image_size: int = 32  # train crop / val crop size
+    val_resize: int = 0  # shorter side before the val centre crop; 0 = image_size / 0.875
+    random_resized_crop: bool = True  # False: resize only (for tiny images such as digits)
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    in_chans: int = 3
+    num_workers: int = 2
+    on_corrupt: str = "error"  # error: stop naming the file | skip: replace and count
+    val_fraction: float = 0.0  # fashion_mnist: hold out this much of train as validation
+    # synthetic
+    num_classes: int = 1000
+    synthetic_train_size: int = 2560
+    synthetic_val_size: int = 512
+    # dali
+    dali_threads: int = 4
+    dali_prefetch: int = 2
+    dali_hw_decoder_load: float = 0.65
+    dali_device_memory_padding: int = 211025920
+    dali_host_memory_padding: int = 140544512
+
+    def __post_init__(self):
+        _require(self.name in ("digits", "fashion_mnist", "imagenet", "synthetic", "folder"),
+                 f"data.name={self.name!r} is not one of digits, fashion_mnist, imagenet, synthetic, folder")
+        _require(self.loader in ("torch", "dali"), f"data.loader={self.loader!r} must be torch or dali")
+        _require(self.image_size >= 8, f"data.image_size={self.image_size} must be >= 8")
+        _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
+        _require(self.on_corrupt in ("error", "skip"), f"data.on_corrupt={self.on_corrupt!r} must be error or skip")
+        _require(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        _require(self.in_chans in (1, 3), f"data.in_chans={self.in_chans} must be 1 or 3")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 0.0  # lr at the start of the warm-up, ramps linearly to optimizer.lr
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 80])  # step: epochs
+    decay_rate: float = 0.1  # step: lr factor at each milestone
+    min_lr: float = 0.0  # cosine: final lr
+
+    def __post_init__(self):
+        _require(self.name in ("cosine", "step", "constant"),
+                 f"schedule.name={self.name!r} must be cosine, step or constant")
+        _require(self.warmup_epochs >= 0, f"schedule.warmup_epochs={self.warmup_epochs} must be >= 0")
+        _require(0 < self.decay_rate <= 1, f"schedule.decay_rate={self.decay_rate} must be in (0, 1]")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128  # global, over all ranks
+    amp: str = "auto"  # auto (bf16 on GPU, none on CPU) | bf16 | fp16 | none
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    eval_every: int = 1  # epochs
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 20  # per-iteration loss line every N steps
+    checkpoint_every_min: float = 30.0  # wall-clock checkpoints within an epoch; 0 = only at epoch ends
+    oscillation_every: int = 0  # log update sign-flip fractions every N steps; 0 = off
+    max_steps: int = 0  # stop after this many optimizer steps (tests); 0 = no limit
+    diverge_loss: float = 1e4  # a finite loss above this also counts as divergence
+
+    def __post_init__(self):
+        _require(self.epochs >= 1, f"trainer.epochs={self.epochs} must be >= 1")
+        _require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
+        _require(self.amp in ("auto", "bf16", "fp16", "none"),
+                 f"trainer.amp={self.amp!r} must be auto, bf16, fp16 or none")
+        _require(self.grad_clip >= 0, f"trainer.grad_clip={self.grad_clip} must be >= 0")
+        _require(self.eval_every >= 1, f"trainer.eval_every={self.eval_every} must be >= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), f"trainer.device={self.device!r} must be auto, cpu or cuda")
+        _require(self.log_every >= 1, f"trainer.log_every={self.log_every} must be >= 1")
+        _require(self.oscillation_every >= 0, f"trainer.oscillation_every={self.oscillation_every} must be >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    wandb: str = "offline"  # offline | online | disabled
+    project: str = "adarem"
+    entity: Optional[str] = None
+    group: str = ""  # default: <data>-<model>-<optimizer variant>
+    progress: str = "auto"  # auto (bar on a terminal) | bar | lines | none
+
+    def __post_init__(self):
+        _require(self.wandb in ("offline", "online", "disabled"),
+                 f"logging.wandb={self.wandb!r} must be offline, online or disabled")
+        _require(self.progress in ("auto", "bar", "lines", "none"),
+                 f"logging.progress={self.progress!r} must be auto, bar, lines or none")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    data: DataConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logging: LoggingConfig = MISSING
+    seed: int = 0
+    resume: str = "auto"  # auto | never | <path to a checkpoint>
+    run_dir: str = "${hydra:runtime.output_dir}"
+    experiment_name: str = ""  # set by experiment presets
+    recipe: dict[str, Any] = field(default_factory=dict)  # per-optimizer lr/wd tables of presets
+    notes: str = ""
+
+    def __post_init__(self):
+        _require(self.seed >= 0, f"seed={self.seed} must be >= 0")
+        _require(bool(self.resume), "resume must be auto, never or a checkpoint path")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, node in (("model", ModelConfig), ("optimizer", OptimizerConfig), ("data", DataConfig),
+                        ("schedule", ScheduleConfig), ("trainer", TrainerConfig), ("logging", LoggingConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Instantiate the schema (running every range check); raise ConfigError on a bad value."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf validation errors carry several lines; keep the first
+        raise ConfigError(str(exc).strip().splitlines()[0]) from exc
+
+
+def to_container(cfg: Any) -> dict:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

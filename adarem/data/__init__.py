@@ -1,0 +1,104 @@
+"""Datasets and loaders. ``build_data`` is the one entry point the training script uses.
+
+``configs/data/<name>.yaml`` <-> the builders below; ``data.loader=dali`` swaps the torch
+DataLoader for the DALI pipeline (adarem/data/dali.py) on every ImageFolder dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from adarem.config import ConfigError, DataConfig
+from adarem.data import sampling
+from adarem.data.datasets import DataError, ImageFolderDataset, TensorImageDataset, list_image_folder
+from adarem.data.loader import SyntheticLoader, TorchLoader
+from adarem.data.transforms import build_transforms
+
+__all__ = ["DataBundle", "DataError", "build_data", "imagefolder_root"]
+
+
+@dataclass
+class DataBundle:
+    train: object  # a loader, see adarem/data/loader.py
+    val: object
+    num_classes: int
+    in_chans: int
+    classes: list[str]
+
+
+def imagefolder_root(cfg: DataConfig) -> Path:
+    if cfg.name == "digits":
+        from adarem.data.digits import ensure_digits_tree
+
+        return ensure_digits_tree(Path(cfg.root) if cfg.root else None)
+    root = Path(cfg.root)
+    if not cfg.root or not root.is_dir():
+        raise DataError(f"data.root={cfg.root!r} is not a directory; point data.root at an ImageFolder "
+                        f"tree with train/ and val/ (for ImageNet see scripts/prepare_imagenet.py)")
+    return root
+
+
+def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: int,
+               device: torch.device) -> DataBundle:
+    if global_batch % world:
+        raise ConfigError(f"trainer.batch_size={global_batch} is not divisible by the world size {world}; "
+                          f"pick a multiple of {world}")
+    per_rank = global_batch // world
+    if cfg.name == "synthetic":
+        shape = (cfg.in_chans, cfg.image_size, cfg.image_size)
+        steps = max(1, cfg.synthetic_train_size // global_batch)
+        train = SyntheticLoader(steps, per_rank, steps * global_batch, shape, cfg.num_classes, device, seed)
+        val_steps = max(1, cfg.synthetic_val_size // global_batch)
+        val = SyntheticLoader(val_steps, per_rank, val_steps * global_batch, shape, cfg.num_classes, device, seed + 1)
+        return DataBundle(train, val, cfg.num_classes, cfg.in_chans, [str(i) for i in range(cfg.num_classes)])
+
+    train_tf, val_tf = build_transforms(cfg)
+    if cfg.name == "fashion_mnist":
+        from adarem.data.fashion_mnist import CLASSES, load_split
+
+        xs, ys = load_split(Path(cfg.root), "train")
+        xv, yv = load_split(Path(cfg.root), "test")
+        train_ds = TensorImageDataset(xs, ys, train_tf, seed)
+        val_ds = TensorImageDataset(xv, yv, val_tf, seed)
+        classes = CLASSES
+    else:
+        root = imagefolder_root(cfg)
+        train_samples, classes = list_image_folder(root / "train")
+        val_samples, val_classes = list_image_folder(root / "val")
+        if val_classes != classes:
+            only_train = sorted(set(classes) - set(val_classes))[:5]
+            only_val = sorted(set(val_classes) - set(classes))[:5]
+            raise DataError(f"class folders differ between {root / 'train'} and {root / 'val'} "
+                            f"(only in train: {only_train}, only in val: {only_val}); fix the tree so "
+                            f"that labels mean the same in both")
+        if cfg.loader == "dali":
+            from adarem.data.dali import build_dali_loaders
+
+            train, val = build_dali_loaders(cfg, root, train_samples, val_samples, global_batch,
+                                            rank, world, seed, device)
+            return DataBundle(train, val, len(classes), cfg.in_chans, classes)
+        mode = "L" if cfg.in_chans == 1 else "RGB"
+        train_ds = ImageFolderDataset(train_samples, train_tf, seed, cfg.on_corrupt, mode)
+        val_ds = ImageFolderDataset(val_samples, val_tf, seed, cfg.on_corrupt, mode)
+    if cfg.loader == "dali":
+        raise ConfigError(f"data.loader=dali reads ImageFolder trees; data={cfg.name} has none, use data.loader=torch")
+
+    n_train, n_val = len(train_ds), len(val_ds)
+    if n_train < global_batch:
+        raise ConfigError(f"trainer.batch_size={global_batch} exceeds the {n_train} training samples; lower it")
+    if n_val < world:
+        raise ConfigError(f"{world} ranks but only {n_val} validation samples: some ranks would have "
+                          f"nothing to evaluate; use at most {n_val} processes")
+    steps = n_train // global_batch
+    pin = device.type == "cuda"
+    train = TorchLoader(
+        train_ds, partial(sampling.train_batches, n_train, global_batch, rank, world, seed),
+        num_batches=steps, num_samples=steps * global_batch, num_workers=cfg.num_workers, pin_memory=pin)
+    val_plan = sampling.val_batches(n_val, per_rank, rank, world)
+    val = TorchLoader(val_ds, lambda epoch, start: val_plan[start:], num_batches=len(val_plan),
+                      num_samples=n_val, num_workers=cfg.num_workers, pin_memory=pin)
+    return DataBundle(train, val, len(classes), cfg.in_chans, list(classes))

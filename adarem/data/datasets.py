@@ -1,0 +1,110 @@
+"""Index-addressed datasets whose samples are reproducible: (index, epoch) -> (image, label)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+from adarem.data.sampling import sample_seed
+
+
+class DataError(RuntimeError):
+    """A user-facing data problem (missing root, corrupt file...); the message says what to do."""
+
+
+def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """Samples and classes of an ImageFolder split, with torchvision's own class mapping."""
+    if not split_dir.is_dir():
+        raise DataError(f"dataset split {split_dir} does not exist; expected an ImageFolder tree "
+                        f"<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG")
+    try:
+        classes, class_to_idx = find_classes(str(split_dir))
+    except FileNotFoundError as exc:
+        raise DataError(f"no class folders in {split_dir}: {exc}") from exc
+    samples = []
+    for cls in classes:
+        for dirpath, _, files in sorted(os.walk(split_dir / cls, followlinks=True)):
+            for f in sorted(files):
+                if f.lower().endswith(IMG_EXTENSIONS):
+                    samples.append((os.path.join(dirpath, f), class_to_idx[cls]))
+    if not samples:
+        raise DataError(f"dataset split {split_dir} holds no images ({len(classes)} empty class folders)")
+    return samples, classes
+
+
+class ReproducibleDataset(Dataset):
+    """Base: ``__getitem__((index, epoch))`` seeds the augmentation from (seed, epoch, index).
+
+    Items are ``(image, label, corrupt)``: with ``on_corrupt='skip'`` an unreadable sample is
+    replaced by the next readable one and flagged, so that the loader can count it.
+    """
+
+    def __init__(self, transform: Callable, seed: int, on_corrupt: str):
+        self.transform = transform
+        self.seed = seed
+        self.on_corrupt = on_corrupt
+
+    def load(self, index: int):  # -> (PIL image or uint8 tensor, label)
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        return f"sample {index}"
+
+    def __getitem__(self, key):
+        index, epoch = key
+        corrupt = False
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                image, label = self.load(i)
+                break
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+                if self.on_corrupt == "error":
+                    raise DataError(f"corrupt image {self.describe(i)}: {exc}; remove it or set "
+                                    f"data.on_corrupt=skip to skip and count such files") from None
+                corrupt = True
+        else:
+            raise DataError("every image of the dataset is unreadable")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            x = self.transform(image)
+        return x, label, corrupt
+
+
+class ImageFolderDataset(ReproducibleDataset):
+    def __init__(self, samples: list[tuple[str, int]], transform, seed: int, on_corrupt: str, mode: str):
+        super().__init__(transform, seed, on_corrupt)
+        self.samples = samples
+        self.mode = mode  # PIL mode: "L" or "RGB"
+
+    def __len__(self):
+        return len(self.samples)
+
+    def describe(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def load(self, index: int):
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here and not later
+            return img.convert(self.mode), label
+
+
+class TensorImageDataset(ReproducibleDataset):
+    """In-memory uint8 images [N, C, H, W] (Fashion-MNIST)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, seed: int):
+        super().__init__(transform, seed, on_corrupt="error")
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def load(self, index: int):
+        return self.images[index], int(self.labels[index])

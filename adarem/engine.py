@@ -1,0 +1,237 @@
+"""The training step, one epoch of training, and evaluation.
+
+``train_epoch`` is resumable at any batch: its accumulators live in ``EpochProgress``, which the
+checkpoint stores, and it stops early (returning why) on a preemption signal, a time-based
+checkpoint, divergence or ``trainer.max_steps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adarem import distributed as dist_utils
+from adarem.config import ConfigError, TrainerConfig
+from adarem.oscillation import OscillationTracker
+from adarem.signals import StopFlag
+
+
+@dataclass
+class EpochProgress:
+    """Running sums of the current epoch; saved in mid-epoch checkpoints."""
+
+    loss_sum: float = 0.0
+    samples: int = 0
+    data_wait_s: float = 0.0
+    train_time_s: float = 0.0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Divergence:
+    step: int
+    loss: float
+
+
+@dataclass
+class StepOutcome:
+    reason: str  # "epoch_end" | "preempt" | "diverged" | "max_steps" | "timed_checkpoint"
+    divergence: Optional[Divergence] = None
+
+
+@dataclass
+class Precision:
+    autocast_dtype: Optional[torch.dtype]
+    scaler: Optional[torch.amp.GradScaler]
+
+    def autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+
+def make_precision(amp: str, device: torch.device) -> Precision:
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "none"
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("trainer.amp=fp16 needs a CUDA device (GradScaler); on CPU use trainer.amp=bf16 or none")
+        return Precision(torch.float16, torch.amp.GradScaler("cuda"))
+    if amp == "bf16":
+        return Precision(torch.bfloat16, None)
+    return Precision(None, None)
+
+
+@dataclass
+class TrainState:
+    """Everything the loop mutates besides model/optimizer/scheduler."""
+
+    epoch: int = 0
+    batch: int = 0  # next batch of `epoch` to train
+    global_step: int = 0
+    phase: str = "train"  # "train": training epoch `epoch`; "eval": epoch trained, eval pending
+    elapsed_train_s: float = 0.0  # cumulative training wall time, over restarts
+    progress: EpochProgress = field(default_factory=EpochProgress)
+
+
+class LossWatch:
+    """Collects per-step losses on the device and checks them only when asked, so that the
+    training step needs no host sync; names the first step whose loss was not finite (or absurd)."""
+
+    def __init__(self, limit: float):
+        self.limit = limit
+        self.pending: list[tuple[int, torch.Tensor]] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, loss.detach().float()))
+
+    def check(self) -> Optional[Divergence]:
+        if not self.pending:
+            return None
+        losses = torch.stack([l for _, l in self.pending]).cpu()
+        steps = [s for s, _ in self.pending]
+        self.pending.clear()
+        bad = ~torch.isfinite(losses) | (losses > self.limit)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            return Divergence(steps[i], float(losses[i]))
+        return None
+
+
+def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, precision: Precision,
+                device: torch.device, cfg: TrainerConfig, state: TrainState, stop: StopFlag,
+                on_log: Callable[[dict], None], oscillation: Optional[OscillationTracker],
+                checkpoint_due: Callable[[], bool], progress_bar=None) -> StepOutcome:
+    model.train()
+    watch = LossWatch(cfg.diverge_loss)
+    prog = state.progress
+    t_last = time.perf_counter()
+    it = iter(loader.epoch(state.epoch, state.batch))
+    while True:
+        t0 = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        prog.data_wait_s += time.perf_counter() - t0
+
+        step = state.global_step + 1
+        if oscillation is not None:
+            oscillation.before_step(step)
+        with precision.autocast(device):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        if precision.scaler is not None:
+            precision.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                precision.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
+        else:
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        state.global_step = step
+        state.batch += 1
+        scheduler.step_update(num_updates=step)
+        watch.add(step, loss)
+        prog.loss_sum += loss.detach().double() * y.shape[0]  # a device scalar until the epoch ends
+        prog.samples += y.shape[0]
+        if oscillation is not None:
+            record = oscillation.after_step(step)
+            if record is not None:
+                on_log(record)
+
+        now = time.perf_counter()
+        prog.train_time_s += now - t_last
+        t_last = now
+        if progress_bar is not None:
+            progress_bar.update(1)
+        last_of_epoch = state.batch >= len(loader)
+        if step % cfg.log_every == 0 or last_of_epoch:
+            div = watch.check()
+            if div is not None:
+                return StepOutcome("diverged", div)
+            lr = optimizer.param_groups[0]["lr"]
+            on_log({"type": "iter", "epoch": state.epoch, "step": step, "loss": loss.item(), "lr": lr})
+            if progress_bar is not None:
+                progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
+                                         img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
+        reason = None
+        if stop.requested_anywhere():
+            reason = "preempt"
+        elif cfg.max_steps and step >= cfg.max_steps and not last_of_epoch:
+            reason = "max_steps"
+        elif checkpoint_due() and not last_of_epoch:
+            reason = "timed_checkpoint"
+        if reason is not None:
+            div = watch.check()  # never checkpoint diverged weights
+            if div is not None:
+                return StepOutcome("diverged", div)
+            prog.loss_sum = float(prog.loss_sum)
+            return StepOutcome(reason)
+    div = watch.check()
+    if div is not None:
+        return StepOutcome("diverged", div)
+    prog.loss_sum = float(prog.loss_sum)
+    return StepOutcome("epoch_end")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, precision: Precision, device: torch.device, channels_last: bool) -> dict:
+    """Loss and top-1/top-5 error over the whole validation set, each image counted once.
+
+    Ranks evaluate disjoint shards (see adarem/data/sampling.py) and the sums are all-reduced.
+    ``model`` must be the bare module (not DDP), since ranks may run different batch counts.
+    """
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1 correct, top5 correct, n
+    for x, y in loader.epoch(0):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        correct = topk.eq(y[:, None])
+        sums += torch.stack([
+            F.cross_entropy(logits, y, reduction="sum").double(),
+            correct[:, 0].sum().double(), correct.any(dim=1).sum().double(),
+            torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device),
+        ])
+    dist_utils.all_reduce_sum(sums)
+    loss, c1, c5, n = sums.tolist()
+    if n == 0:
+        return {"val_loss": math.nan, "val_top1_err": math.nan, "val_top5_err": math.nan, "val_samples": 0}
+    return {"val_loss": loss / n, "val_top1_err": 100.0 * (1 - c1 / n), "val_top5_err": 100.0 * (1 - c5 / n),
+            "val_samples": int(n)}
+
+
+def progress_bar(total: int, initial: int, desc: str, mode: str, is_main: bool):
+    """tqdm on an interactive terminal (or when asked), nothing otherwise (plain lines are logged)."""
+    if not is_main or mode in ("lines", "none"):
+        return None
+    if mode == "auto" and not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)

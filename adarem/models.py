@@ -1,0 +1,87 @@
+"""Models by name: any timm model, ``torchvision.<name>`` for torchvision's, plus ``small_cnn``.
+
+``small_cnn`` is registered in timm's registry, so it is built by the same ``timm.create_model``
+call as ResNet-50; it exists so that whole optimizer comparisons run on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+from torch import nn
+from timm.models import register_model
+
+from adarem.config import ConfigError
+
+
+class SmallCNN(nn.Module):
+    """Four 3x3 conv-BN-ReLU layers (two downsamplings), global pooling, linear head."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0, **_):
+        super().__init__()
+
+        def block(cin, cout, stride):
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(
+            *block(in_chans, width, 1), *block(width, width, 1),
+            *block(width, 2 * width, 2), *block(2 * width, 4 * width, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.drop(self.features(x)))
+
+
+@register_model
+def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
+    if pretrained:
+        raise ConfigError("model small_cnn has no pretrained weights; set model.pretrained=false")
+    return SmallCNN(**kwargs)
+
+
+def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = False,
+                drop_rate: float = 0.0) -> nn.Module:
+    """Build ``name`` with the dataset's number of classes and input channels."""
+    if name.startswith("torchvision."):
+        import torchvision
+
+        tv_name = name.split(".", 1)[1]
+        available = torchvision.models.list_models(module=torchvision.models)
+        if tv_name not in available:
+            close = difflib.get_close_matches(tv_name, available, n=5)
+            raise ConfigError(f"unknown torchvision model {tv_name!r}; close matches: {close or 'none'}")
+        if in_chans != 3:
+            raise ConfigError(f"torchvision model {tv_name!r} takes 3-channel input; "
+                              f"use a timm model for in_chans={in_chans}")
+        weights = "DEFAULT" if pretrained else None
+        model = torchvision.models.get_model(tv_name, weights=weights)
+        if pretrained or num_classes != 1000:
+            _replace_classifier(model, num_classes)
+        return model
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise ConfigError(f"unknown model {name!r}; close matches: {close or 'none'} "
+                          f"(any timm model name, or torchvision.<name>)")
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                             in_chans=in_chans, drop_rate=drop_rate)
+
+
+def _replace_classifier(model: nn.Module, num_classes: int) -> None:
+    """Swap the last Linear layer of a torchvision classifier for one with ``num_classes`` outputs."""
+    for parent in reversed(list(model.modules())):
+        for child_name, child in reversed(list(parent.named_children())):
+            if isinstance(child, nn.Linear):
+                setattr(parent, child_name, nn.Linear(child.in_features, num_classes))
+                return
+    raise ConfigError(f"cannot find a Linear classifier in {type(model).__name__} to resize")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["build_model", "count_parameters", "SmallCNN"]

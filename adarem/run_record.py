@@ -1,0 +1,168 @@
+"""The run record: ``run.json`` (what ran, where, how it ended) and ``metrics.jsonl``.
+
+This is the contract that ``adarem/results`` reads; the README documents the fields.
+Only rank 0 writes. ``run.json`` is replaced atomically; ``metrics.jsonl`` is append-only, one
+JSON object per line, and is cut back to the last checkpoint's line count when a run resumes,
+so that a resumed run's file equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+RUN_JSON, METRICS = "run.json", "metrics.jsonl"
+FINAL_STATUSES = ("finished", "diverged")
+# keys that may change between a run and its resumption without making it another run
+RESUME_INSENSITIVE = ("resume", "logging", "run_dir", "notes", "trainer.max_steps", "trainer.log_every",
+                      "trainer.checkpoint_every_min", "data.num_workers", "data.root", "trainer.device")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_info() -> dict:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True, timeout=10).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("adarem", "torch", "torchvision", "timm", "hydra-core", "wandb", "nvidia-dali-cuda130"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware(device: torch.device) -> dict:
+    hw = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+          "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+        hw["gpu_count"] = torch.cuda.device_count()
+    return hw
+
+
+def read_run_json(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / RUN_JSON
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Flattened keys whose values differ, ignoring those a resumption may change."""
+    a, b = flatten(old), flatten(new)
+
+    def relevant(k):
+        return not any(k == p or k.startswith(p + ".") for p in RESUME_INSENSITIVE)
+
+    return sorted(k for k in set(a) | set(b) if relevant(k) and a.get(k) != b.get(k))
+
+
+class RunRecord:
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.data: dict = {}
+
+    def start(self, config: dict, world_size: int, device: torch.device, previous: dict | None) -> None:
+        self.data = dict(previous or {})
+        self.data.update({
+            "status": "running", "config": config, "git": git_info(), "versions": versions(),
+            "hardware": hardware(device), "world_size": world_size,
+        })
+        self.data.setdefault("start_time", now())
+        self.data["restarts"] = self.data.get("restarts", -1) + 1
+        self.data.pop("end_time", None)
+        self.write()
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.write()
+
+    def write(self) -> None:
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / f".{RUN_JSON}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.run_dir / RUN_JSON)
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = Path(run_dir) / METRICS
+        self.enabled = enabled
+        self.lines = 0
+        self._f = None
+
+    def open(self, keep_lines: int) -> None:
+        """Open for appending, first cutting the file back to its first ``keep_lines`` lines
+        (those logged before the checkpoint a resumed run starts from)."""
+        self.lines = keep_lines
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            with open(self.path) as f:
+                kept = [line for _, line in zip(range(keep_lines), f)]
+            kept = [line if line.endswith("\n") else line + "\n" for line in kept]
+            tmp = self.path.with_name(f".{METRICS}.tmp")
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+            self.lines = len(kept)
+        self._f = open(self.path, "a")
+
+    def log(self, record: dict, flush: bool = False) -> None:
+        self.lines += 1
+        if self._f is None:
+            return
+        self._f.write(json.dumps(record, default=float) + "\n")
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self.flush()
+            self._f.close()
+            self._f = None

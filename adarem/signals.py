@@ -1,0 +1,40 @@
+"""Preemption: SIGTERM / SIGUSR1 ask the trainer to checkpoint and exit with REQUEUE_EXIT_CODE.
+
+SLURM sends the signal (``#SBATCH --signal=USR1@120``) some time before the limit; the handler
+only sets a flag, and the training loop checks it after every step. Under DDP the flag is
+all-reduced, so every rank stops after the same step even if the signal reached them apart.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+
+from adarem import distributed as dist_utils
+
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again" (sysexits.h)
+
+
+class StopFlag:
+    def __init__(self, distributed: bool, device: torch.device):
+        self.signal_name: str | None = None
+        self.distributed = distributed
+        self.device = device
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def requested_anywhere(self) -> bool:
+        local = self.signal_name is not None
+        if not self.distributed:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        dist_utils.all_reduce_max(flag)
+        if flag.item() > 0 and self.signal_name is None:
+            self.signal_name = "peer"
+        return bool(flag.item() > 0)

@@ -1,0 +1,42 @@
+"""wandb logging of the same metrics as metrics.jsonl: offline by default, no account needed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    def __init__(self, mode: str, enabled: bool):
+        self.mode = mode if enabled else "disabled"
+        self.run = None
+
+    def start(self, run_dir: Path, run_id: str, project: str, entity: str | None, group: str, name: str,
+              config: dict) -> None:
+        if self.mode == "disabled":
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            import wandb
+
+            # the same id on every restart of a requeued run continues the same wandb run
+            self.run = wandb.init(project=project, entity=entity, group=group, name=name, id=run_id,
+                                  resume="allow", mode=self.mode, dir=str(run_dir), config=config)
+        except Exception as exc:  # tracking is a mirror of metrics.jsonl, never a reason to stop
+            if self.mode == "online":
+                raise
+            log.warning("wandb (%s) unavailable: %s; metrics still go to metrics.jsonl", self.mode,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self.run = None
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
