@@ -33,8 +33,12 @@ class TorchLoader:
         batches = [[(i, epoch) for i in b] for b in self.plan(epoch, start_batch)]
         if not batches:
             return
+        # A private generator: DataLoader draws its workers' base seed from it, and drawing from
+        # the global RNG instead would shift dropout's random stream between a run and its resume.
+        # (Augmentation does not use the workers' seeds: it is seeded per sample.)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=False)
+                            pin_memory=self.pin_memory, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(epoch))
         for x, y, corrupt in loader:
             self.corrupt_count += int(corrupt.sum())
             yield x, y

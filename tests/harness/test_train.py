@@ -1,0 +1,96 @@
+"""train.py end to end: the real command line, real Hydra composition, real digits JPEGs."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import read_metrics, read_run, run_train
+
+TIMING = {"epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s"}
+
+
+def test_default_run_writes_a_complete_record(tmp_path, env):
+    run_dir = tmp_path / "run"
+    res = run_train(["trainer.oscillation_every=3"], env, run_dir)
+    assert res.returncode == 0, res.stderr
+    assert "final top-1 error" in res.stdout
+    run = read_run(run_dir)
+    assert run["status"] == "finished"
+    assert run["config"]["optimizer"]["variant"] == "adarem"
+    assert run["world_size"] == 1 and run["versions"]["torch"]
+    assert "commit" in run["git"] and run["start_time"] and run["end_time"]
+    lines = read_metrics(run_dir)
+    epochs = [m for m in lines if m["type"] == "epoch"]
+    assert [m["epoch"] for m in epochs] == [0, 1]
+    assert epochs[-1]["val_samples"] == run["val_samples"] == 359  # every digits val image, once
+    assert epochs[-1]["val_top1_err"] < epochs[0]["val_top1_err"] + 20
+    assert math.isclose(run["final"]["val_top1_err"], epochs[-1]["val_top1_err"])
+    assert any(m["type"] == "iter" for m in lines)
+    osc = [m for m in lines if m["type"] == "oscillation"]
+    assert osc and all(0 <= m["flip_fraction"] <= 1 for m in osc) and osc[0]["per_layer"]
+    # a second launch into the finished directory reports it and changes nothing
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    again = run_train(["trainer.oscillation_every=3"], env, run_dir)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def _comparable(lines):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in lines]
+
+
+@pytest.mark.parametrize("optimizer", ["adarem_m", "sgd"])
+def test_stopped_and_resumed_run_is_bit_identical(tmp_path, env, optimizer):
+    common = [f"optimizer={optimizer}", "trainer.deterministic=true", "model.drop_rate=0.2",
+              "data.random_resized_crop=true", "data.hflip=true"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_train(common, env, straight).returncode == 0
+    stop = run_train(common + ["trainer.max_steps=7"], env, resumed)  # mid-epoch 1 (5 steps per epoch)
+    assert stop.returncode == 75, stop.stderr
+    assert read_run(resumed)["status"] == "stopped"
+    res = run_train(common, env, resumed)
+    assert res.returncode == 0, res.stderr
+    assert read_run(resumed)["restarts"] == 1
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _comparable(read_metrics(straight)) == _comparable(read_metrics(resumed))
+
+
+def test_changed_config_in_same_dir_is_refused(tmp_path, env):
+    run_dir = tmp_path / "run"
+    assert run_train(["trainer.max_steps=2"], env, run_dir).returncode == 75
+    res = run_train(["optimizer.beta=0.5"], env, run_dir)
+    assert res.returncode == 2
+    assert "different config" in res.stderr and "optimizer.beta" in res.stderr
+
+
+def test_divergence_is_a_result(tmp_path, env):
+    run_dir = tmp_path / "run"
+    res = run_train(["optimizer=sgd", "optimizer.lr=1e6", "trainer.log_every=1"], env, run_dir)
+    assert res.returncode == 0
+    assert "DIVERGED" in res.stderr and "step" in res.stderr
+    run = read_run(run_dir)
+    assert run["status"] == "diverged" and run["diverged_at_step"] >= 1
+    lines = read_metrics(run_dir)  # every line parses
+    assert lines[-1]["type"] == "diverged"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(tmp_path, env):
+    run_dir = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517"]
+    res = run_train(["trainer.oscillation_every=4"], env, run_dir, launcher=launcher)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = read_run(run_dir)
+    assert run["status"] == "finished" and run["world_size"] == 2
+    epochs = [m for m in read_metrics(run_dir) if m["type"] == "epoch"]
+    assert epochs[-1]["val_samples"] == 359  # 180 + 179: each image once, none padded
+    assert res.stdout.count("final top-1 error") == 1  # only rank 0 prints
