@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> int:
     precision = make_precision(tc.amp, dist.device)
     data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device)
     model = build_model(config.model.name, data.num_classes, data.in_chans, config.model.pretrained,
-                        config.model.drop_rate).to(dist.device)
+                        config.model.drop_rate, config.model.kwargs).to(dist.device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config.optimizer, model)

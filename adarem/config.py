@@ -28,6 +28,7 @@ class ModelConfig:
     name: str = "resnet18"  # any timm model name, or torchvision.<name>
     pretrained: bool = False
     drop_rate: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
 
     def __post_init__(self):
         _require(0.0 <= self.drop_rate < 1.0, f"model.drop_rate={self.drop_rate} must be in [0, 1)")
@@ -79,7 +80,11 @@ class DataConfig:
     in_chans: int = 3
     num_workers: int = 2
     on_corrupt: str = "error"  # error: stop naming the file | skip: replace and count
-    val_fraction: float = 0.0  # fashion_mnist: hold out this much of train as validation
+    # "val": evaluate on the dataset's val (or test) split. "holdout": train on part of the training
+    # split and evaluate on a fixed holdout_fraction of it - for hyperparameter selection that
+    # never looks at the test split (scripts/compare.py selects learning rates this way).
+    eval_on: str = "val"
+    holdout_fraction: float = 0.1
     # synthetic
     num_classes: int = 1000
     synthetic_train_size: int = 2560
@@ -98,7 +103,8 @@ class DataConfig:
         _require(self.image_size >= 8, f"data.image_size={self.image_size} must be >= 8")
         _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _require(self.on_corrupt in ("error", "skip"), f"data.on_corrupt={self.on_corrupt!r} must be error or skip")
-        _require(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        _require(self.eval_on in ("val", "holdout"), f"data.eval_on={self.eval_on!r} must be val or holdout")
+        _require(0 < self.holdout_fraction < 1, f"data.holdout_fraction={self.holdout_fraction} must be in (0, 1)")
         _require(self.in_chans in (1, 3), f"data.in_chans={self.in_chans} must be 1 or 3")
 
 

@@ -44,7 +44,7 @@ def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
 
 
 def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = False,
-                drop_rate: float = 0.0) -> nn.Module:
+                drop_rate: float = 0.0, kwargs: dict | None = None) -> nn.Module:
     """Build ``name`` with the dataset's number of classes and input channels."""
     if name.startswith("torchvision."):
         import torchvision
@@ -66,8 +66,11 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         raise ConfigError(f"unknown model {name!r}; close matches: {close or 'none'} "
                           f"(any timm model name, or torchvision.<name>)")
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                             in_chans=in_chans, drop_rate=drop_rate)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                 in_chans=in_chans, drop_rate=drop_rate, **(kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(f"model {name!r} rejects model.kwargs={kwargs}: {exc}") from None
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> None:

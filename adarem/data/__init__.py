@@ -14,7 +14,8 @@ import torch
 
 from adarem.config import ConfigError, DataConfig
 from adarem.data import sampling
-from adarem.data.datasets import DataError, ImageFolderDataset, TensorImageDataset, list_image_folder
+from adarem.data.datasets import (DataError, ImageFolderDataset, TensorImageDataset, holdout_split,
+                                  list_image_folder)
 from adarem.data.loader import SyntheticLoader, TorchLoader
 from adarem.data.transforms import build_transforms
 
@@ -64,6 +65,8 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         xv, yv = load_split(Path(cfg.root), "test")
         train_ds = TensorImageDataset(xs, ys, train_tf, seed)
         val_ds = TensorImageDataset(xv, yv, val_tf, seed)
+        if cfg.eval_on == "holdout":
+            train_ds, val_ds = holdout_split(train_ds, TensorImageDataset(xs, ys, val_tf, seed), cfg.holdout_fraction)
         classes = CLASSES
     else:
         root = imagefolder_root(cfg)
@@ -75,6 +78,8 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
             raise DataError(f"class folders differ between {root / 'train'} and {root / 'val'} "
                             f"(only in train: {only_train}, only in val: {only_val}); fix the tree so "
                             f"that labels mean the same in both")
+        if cfg.loader == "dali" and cfg.eval_on == "holdout":
+            raise ConfigError("data.eval_on=holdout is implemented for data.loader=torch only")
         if cfg.loader == "dali":
             from adarem.data.dali import build_dali_loaders
 
@@ -84,6 +89,9 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         mode = "L" if cfg.in_chans == 1 else "RGB"
         train_ds = ImageFolderDataset(train_samples, train_tf, seed, cfg.on_corrupt, mode)
         val_ds = ImageFolderDataset(val_samples, val_tf, seed, cfg.on_corrupt, mode)
+        if cfg.eval_on == "holdout":
+            train_ds, val_ds = holdout_split(
+                train_ds, ImageFolderDataset(train_samples, val_tf, seed, cfg.on_corrupt, mode), cfg.holdout_fraction)
     if cfg.loader == "dali":
         raise ConfigError(f"data.loader=dali reads ImageFolder trees; data={cfg.name} has none, use data.loader=torch")
 

@@ -108,3 +108,25 @@ class TensorImageDataset(ReproducibleDataset):
 
     def load(self, index: int):
         return self.images[index], int(self.labels[index])
+
+
+class Subset(ReproducibleDataset):
+    """Samples ``indices`` of ``base``; augmentation stays seeded by the base dataset's index."""
+
+    def __init__(self, base: ReproducibleDataset, indices: list[int]):
+        self.base, self.indices = base, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        return self.base[(self.indices[index], epoch)]
+
+
+def holdout_split(train: ReproducibleDataset, train_with_val_transform: ReproducibleDataset,
+                  fraction: float) -> tuple[Subset, Subset]:
+    """A fixed split of the training set (same for every seed and optimizer): (train, holdout)."""
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345)).tolist()
+    k = max(1, int(round(fraction * len(train))))
+    return Subset(train, sorted(perm[k:])), Subset(train_with_val_transform, sorted(perm[:k]))

@@ -1,0 +1,136 @@
+"""Load run records (run.json + metrics.jsonl, as written by train.py) into pandas.
+
+Nothing is dropped silently: every directory that is not a complete, unique run is listed in
+``RunSet.problems`` with the reason (no run.json, still running or crashed, truncated lines,
+duplicate of another run), and only complete runs (finished or diverged) enter ``runs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from adarem.run_record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, flatten
+
+IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "trainer.deterministic",
+                                        "trainer.oscillation_every", "trainer.compile", "trainer.channels_last")
+
+
+@dataclass
+class RunSet:
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    oscillation: pd.DataFrame
+    problems: list[dict] = field(default_factory=list)
+
+    @property
+    def problems_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.problems, columns=["run_dir", "problem"])
+
+
+def config_id(config: dict) -> str:
+    """A short hash of everything that makes a configuration different, except the seed."""
+    flat = flatten(config)
+    kept = {k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + ".") for p in IDENTITY_IGNORED)}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def read_metrics_lines(path: Path) -> tuple[list[dict], list[str]]:
+    """Parsed lines, and a description of each line that is not valid JSON (e.g. truncated)."""
+    records, bad = [], []
+    if not path.exists():
+        return records, ["no metrics.jsonl"]
+    with open(path, errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+                records.append(rec)
+            except ValueError:
+                bad.append(f"metrics.jsonl line {n} is not valid JSON (truncated write?)")
+    return records, bad
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    dirs = set()
+    for name in (RUN_JSON, METRICS):
+        for p in Path(root).rglob(name):
+            if "wandb" not in p.parts:
+                dirs.add(p.parent)
+    return sorted(dirs)
+
+
+def load_runs(root: Path) -> RunSet:
+    rows, epoch_rows, osc_rows, problems = [], [], [], []
+    for run_dir in find_run_dirs(root):
+        rel = str(run_dir)
+        lines, bad = read_metrics_lines(run_dir / METRICS)
+        problems += [{"run_dir": rel, "problem": b} for b in bad]
+        try:
+            with open(run_dir / RUN_JSON) as f:
+                run = json.load(f)
+        except FileNotFoundError:
+            problems.append({"run_dir": rel, "problem": "no run.json: excluded"})
+            continue
+        except ValueError:
+            problems.append({"run_dir": rel, "problem": "run.json unreadable: excluded"})
+            continue
+        status = run.get("status", "unknown")
+        if status not in FINAL_STATUSES:
+            problems.append({"run_dir": rel, "problem": f"incomplete (status {status}): excluded"})
+            continue
+        cfg = run.get("config", {})
+        epochs = [r for r in lines if r.get("type") == "epoch"]
+        evals = [r for r in epochs if "val_top1_err" in r and r["val_top1_err"] is not None]
+        if status == "finished" and not evals:
+            problems.append({"run_dir": rel, "problem": "finished but no evaluated epoch in metrics.jsonl: excluded"})
+            continue
+        opt, trainer, data = cfg.get("optimizer", {}), cfg.get("trainer", {}), cfg.get("data", {})
+        final = evals[-1] if evals and status == "finished" else {}
+        rows.append({
+            "run_dir": rel, "status": status, "config_id": config_id(cfg),
+            "dataset": data.get("name"), "eval_on": data.get("eval_on", "val"),
+            "model": cfg.get("model", {}).get("name"),
+            "optimizer": opt.get("variant") or opt.get("name"), "lr": opt.get("lr"),
+            "weight_decay": opt.get("weight_decay"), "epochs": trainer.get("epochs"),
+            "batch_size": trainer.get("batch_size"), "seed": cfg.get("seed"),
+            "experiment": cfg.get("experiment_name", ""), "start_time": run.get("start_time", ""),
+            "final_top1": final.get("val_top1_err", math.nan), "final_top5": final.get("val_top5_err", math.nan),
+            "best_top1": min((r["val_top1_err"] for r in evals), default=math.nan) if status == "finished" else math.nan,
+            "best_top5": min((r["val_top5_err"] for r in evals), default=math.nan) if status == "finished" else math.nan,
+            "final_train_loss": epochs[-1]["train_loss"] if epochs and status == "finished" else math.nan,
+            "wall_time_s": epochs[-1].get("wall_time_s", math.nan) if epochs else math.nan,
+            "images_per_s": sum(r.get("images_per_s", 0) for r in epochs) / len(epochs) if epochs else math.nan,
+            "diverged_at_step": run.get("diverged_at_step"),
+        })
+        for r in epochs:
+            epoch_rows.append({"run_dir": rel, **{k: v for k, v in r.items() if k != "type"}})
+        for r in lines:
+            if r.get("type") == "oscillation":
+                osc_rows.append({"run_dir": rel, "step": r["step"], "flip_fraction": r["flip_fraction"]})
+
+    runs = pd.DataFrame(rows)
+    if not runs.empty:
+        # same configuration and seed twice: keep the first started, list the others
+        runs = runs.sort_values(["start_time", "run_dir"]).reset_index(drop=True)
+        dup = runs.duplicated(subset=["config_id", "seed"], keep="first")
+        for _, r in runs[dup].iterrows():
+            first = runs[(runs.config_id == r.config_id) & (runs.seed == r.seed) & ~dup].iloc[0]
+            problems.append({"run_dir": r.run_dir, "problem": f"duplicate of {first.run_dir} (same config and seed): excluded"})
+        runs = runs[~dup].reset_index(drop=True)
+    keep = set(runs.run_dir) if not runs.empty else set()
+    epochs_df = pd.DataFrame(epoch_rows)
+    osc_df = pd.DataFrame(osc_rows, columns=["run_dir", "step", "flip_fraction"])
+    if not epochs_df.empty:
+        epochs_df = epochs_df[epochs_df.run_dir.isin(keep)].reset_index(drop=True)
+    osc_df = osc_df[osc_df.run_dir.isin(keep)].reset_index(drop=True)
+    return RunSet(runs, epochs_df, osc_df, problems)
