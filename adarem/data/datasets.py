@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Callable
 
@@ -71,9 +72,7 @@ class ReproducibleDataset(Dataset):
                 corrupt = True
         else:
             raise DataError("every image of the dataset is unreadable")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            x = self.transform(image)
+        x = self.transform(image, random.Random(sample_seed(self.seed, epoch, index)))
         return x, label, corrupt
 
 

@@ -1,26 +1,87 @@
-"""Train and validation transforms shared by every torch-loader dataset."""
+"""Train and validation transforms shared by every torch-loader dataset.
+
+The random decisions (crop box, flip) are drawn from a ``random.Random`` seeded per sample, not
+from torch's global RNG: a sample's augmentation is then a pure function of (seed, epoch,
+index), independent of workers, ranks and resumption, and the training loop's own RNG stream
+(dropout) is never touched. The crop distribution is torchvision's RandomResizedCrop.
+"""
 
 from __future__ import annotations
 
+import math
+import random
+from typing import Callable
+
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from adarem.config import DataConfig
+
+Transform = Callable[[object, random.Random], torch.Tensor]
 
 
 def val_resize(cfg: DataConfig) -> int:
     return cfg.val_resize or round(cfg.image_size / 0.875)
 
 
-def build_transforms(cfg: DataConfig) -> tuple[v2.Transform, v2.Transform]:
-    """(train, val) transforms from a PIL image or uint8 tensor to a normalised float tensor."""
-    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
-    if cfg.random_resized_crop:
-        train = [v2.RandomResizedCrop(cfg.image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)]
-        val = [v2.Resize(val_resize(cfg), antialias=True), v2.CenterCrop(cfg.image_size)]
+def random_resized_crop_box(height: int, width: int, rng: random.Random, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) with torchvision's RandomResizedCrop distribution and fallback."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height  # fallback: the central crop of the largest allowed aspect ratio
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
     else:
-        train = [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)]
-        val = [v2.Resize((cfg.image_size, cfg.image_size), antialias=True)]
-    if cfg.hflip:
-        train.append(v2.RandomHorizontalFlip())
-    return v2.Compose(train + tail), v2.Compose(val + tail)
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class TrainTransform:
+    def __init__(self, cfg: DataConfig):
+        self.size, self.rrc, self.hflip = cfg.image_size, cfg.random_resized_crop, cfg.hflip
+        self.mean, self.std = list(cfg.mean), list(cfg.std)
+
+    def __call__(self, image, rng: random.Random) -> torch.Tensor:
+        x = TF.to_image(image)  # uint8 CHW tensor
+        h, w = x.shape[-2:]
+        if self.rrc:
+            top, left, ch, cw = random_resized_crop_box(h, w, rng)
+            x = TF.resized_crop(x, top, left, ch, cw, [self.size, self.size],
+                                interpolation=InterpolationMode.BILINEAR, antialias=True)
+        elif (h, w) != (self.size, self.size):
+            x = TF.resize(x, [self.size, self.size], antialias=True)
+        if self.hflip and rng.random() < 0.5:
+            x = TF.horizontal_flip(x)
+        return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), self.mean, self.std)
+
+
+class ValTransform:
+    """Resize the shorter side to val_resize, centre-crop image_size (or a plain resize)."""
+
+    def __init__(self, cfg: DataConfig):
+        self.size, self.rrc, self.resize = cfg.image_size, cfg.random_resized_crop, val_resize(cfg)
+        self.mean, self.std = list(cfg.mean), list(cfg.std)
+
+    def __call__(self, image, rng: random.Random | None = None) -> torch.Tensor:
+        x = TF.to_image(image)
+        if self.rrc:
+            x = TF.center_crop(TF.resize(x, self.resize, antialias=True), [self.size, self.size])
+        elif tuple(x.shape[-2:]) != (self.size, self.size):
+            x = TF.resize(x, [self.size, self.size], antialias=True)
+        return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), self.mean, self.std)
+
+
+def build_transforms(cfg: DataConfig) -> tuple[Transform, Transform]:
+    """(train, val) transforms: ``transform(PIL image or uint8 tensor, rng) -> float tensor``."""
+    return TrainTransform(cfg), ValTransform(cfg)
