@@ -30,6 +30,7 @@ from adarem.data import DataError, build_data
 from adarem.engine import TrainState, evaluate, make_precision, progress_bar, train_epoch
 from adarem.models import build_model, count_parameters
 from adarem.optim.factory import build_optimizer
+from adarem.reproducibility import seed_everything
 from adarem.oscillation import OscillationTracker
 from adarem.run_dir import plan_run
 from adarem.run_record import MetricsLog, RunRecord, now
@@ -40,22 +41,6 @@ from adarem.tracking import Tracker
 log = logging.getLogger("train")
 register_configs()
 _ACTIVE_RECORD: list[RunRecord] = []  # so that a crash still marks run.json as failed
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
 
 
 def train(cfg: DictConfig) -> int:
@@ -117,15 +102,15 @@ def train(cfg: DictConfig) -> int:
             log.info("epoch %d step %d loss %.4f lr %.4g", rec["epoch"], rec["step"], rec["loss"], rec["lr"])
 
     def save_checkpoint() -> None:
-        rng = [ckpt_io.rng_state()]
+        per_rank = [ckpt_io.rank_state(state)]
         if dist.enabled:
             gathered = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, rng[0])
-            rng = gathered
+            torch.distributed.all_gather_object(gathered, per_rank[0])
+            per_rank = gathered
         if dist.is_main:
             metrics.flush()
             ckpt_io.save_atomic(ckpt_io.training_checkpoint(model, optimizer, scheduler, precision.scaler,
-                                                            state, metrics.lines, rng), run_dir)
+                                                            state, metrics.lines, per_rank), run_dir)
         dist_utils.barrier()
 
     last_ckpt = [time.monotonic()]

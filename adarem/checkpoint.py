@@ -83,8 +83,14 @@ def load(path: Path) -> dict:
     return obj
 
 
-def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, rng_by_rank: list) -> dict:
-    """Everything needed to continue a run exactly where it stopped."""
+def rank_state(state) -> dict:
+    """What differs between ranks: RNG streams and the running sums of the current epoch."""
+    return {"rng": rng_state(), "progress": state.progress.state_dict()}
+
+
+def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, per_rank: list) -> dict:
+    """Everything needed to continue a run exactly where it stopped; ``per_rank`` holds every
+    rank's ``rank_state``."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -92,9 +98,8 @@ def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_line
         "scaler": scaler.state_dict() if scaler is not None else None,
         "position": {"epoch": state.epoch, "batch": state.batch, "global_step": state.global_step,
                      "phase": state.phase, "elapsed_train_s": state.elapsed_train_s},
-        "progress": state.progress.state_dict(),
         "metrics_lines": metrics_lines,
-        "rng": rng_by_rank,  # one entry per rank
+        "per_rank": per_rank,
     }
 
 
@@ -109,9 +114,9 @@ def restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) -
     pos = ckpt["position"]
     state.epoch, state.batch, state.global_step = pos["epoch"], pos["batch"], pos["global_step"]
     state.phase, state.elapsed_train_s = pos["phase"], pos["elapsed_train_s"]
-    state.progress = EpochProgress(**ckpt["progress"])
-    rngs = ckpt["rng"]
-    if len(rngs) != 1 and rank >= len(rngs):
-        raise CheckpointError(f"checkpoint holds RNG states of {len(rngs)} ranks, this is rank {rank}; "
+    per_rank = ckpt["per_rank"]
+    if rank >= len(per_rank):
+        raise CheckpointError(f"checkpoint was written by {len(per_rank)} ranks, this is rank {rank}; "
                               f"resume with the same number of processes")
-    set_rng_state(rngs[rank if len(rngs) > 1 else 0])
+    state.progress = EpochProgress(**per_rank[rank]["progress"])
+    set_rng_state(per_rank[rank]["rng"])

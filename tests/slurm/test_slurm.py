@@ -1,0 +1,81 @@
+"""slurm/train.sbatch end to end with stand-in sbatch/srun/scontrol (1 node x 2 CPU ranks, gloo),
+preemption by SIGUSR1 with requeue and exact resume; a Hydra multirun through submitit_local."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import FAST, REPO, read_metrics, read_run
+from tests.slurm.stubs import install_stubs
+
+pytestmark = pytest.mark.slow
+ARGS = [*FAST, "trainer.epochs=2", "trainer.batch_size=16", "trainer.deterministic=true", "trainer.log_every=2"]
+
+
+@pytest.fixture()
+def slurm_env(tmp_path, env):
+    install_stubs(tmp_path / "bin")
+    e = dict(env, PATH=f"{tmp_path / 'bin'}:{env['PATH']}", STUB_LOG=str(tmp_path / "stub.log"),
+             ADAREM_PYTHON=sys.executable, STUB_NTASKS="2")
+    return e
+
+
+def sbatch(args, env, **kw):
+    return subprocess.Popen(["sbatch", str(REPO / "slurm" / "train.sbatch"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sbatch_preempt_requeue_resume_matches_uninterrupted(tmp_path, slurm_env):
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "preempted"
+    ref = sbatch([*ARGS, f"hydra.run.dir={ref_dir}"], dict(slurm_env, STUB_JOB_ID="100"))
+    out = ref.communicate(timeout=300)[0]
+    assert ref.returncode == 0, out[-3000:]
+    assert read_run(ref_dir)["world_size"] == 2
+
+    job = sbatch([*ARGS, f"hydra.run.dir={run_dir}"], slurm_env)
+    seen = []
+    for line in job.stdout:  # wait until rank 0 reports training steps, then preempt every rank
+        seen.append(line)
+        if "epoch 0 step 4 " in line:
+            for pid in Path(slurm_env["STUB_LOG"] + ".pids").read_text().split():
+                os.kill(int(pid), signal.SIGUSR1)
+            break
+    rest = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, "".join(seen) + rest[-3000:]  # the script requeued, then exited 0
+    log = Path(slurm_env["STUB_LOG"]).read_text()
+    assert "scontrol requeue 4242" in log
+    assert "--signal=USR1" in (REPO / "slurm" / "train.sbatch").read_text()
+    record = read_run(run_dir)
+    assert record["status"] == "preempted" and record["signal"] in ("SIGUSR1", "peer")
+    assert (run_dir / "checkpoint.pt").exists()
+
+    again = sbatch([*ARGS, f"hydra.run.dir={run_dir}"], dict(slurm_env, STUB_RESTART="1"))
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out[-3000:]
+    assert read_run(run_dir)["status"] == "finished" and read_run(run_dir)["restarts"] == 1
+    a = torch.load(ref_dir / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda lines: [{k: v for k, v in m.items() if not k.endswith("_s")} for m in lines]  # noqa: E731
+    assert strip(read_metrics(ref_dir)) == strip(read_metrics(run_dir))
+
+
+def test_multirun_through_submitit_local(tmp_path, env):
+    sweep = tmp_path / "sweep"
+    res = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=local",
+                          "optimizer=sgd,adarem", "trainer.epochs=1", "logging.wandb=disabled",
+                          "logging.progress=none", f"hydra.sweep.dir={sweep}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = sorted(sweep.rglob("run.json"))
+    assert len(records) == 2
+    statuses = {read_run(p.parent)["config"]["optimizer"]["variant"]: read_run(p.parent)["status"] for p in records}
+    assert statuses == {"sgd": "finished", "adarem": "finished"}
