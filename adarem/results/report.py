@@ -9,7 +9,7 @@ import pandas as pd
 from adarem.results.claims import evaluate_claims, load_claims
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
-from adarem.results.tables import oscillation_table, speed_table, test_error_table
+from adarem.results.tables import oscillation_table, speed_table, error_table
 
 
 def _fmt_p(p) -> str:
@@ -19,7 +19,7 @@ def _fmt_p(p) -> str:
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0)) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {
-        "test_error": test_error_table(rs),
+        "test_error": error_table(rs),
         "speed": speed_table(rs, offsets),
         "oscillation": oscillation_table(rs),
     }

@@ -36,7 +36,7 @@ def selected_groups(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs.config_id.isin(best.config_id)]
 
 
-def test_error_table(rs: RunSet) -> pd.DataFrame:
+def error_table(rs: RunSet) -> pd.DataFrame:
     if rs.runs.empty:
         return pd.DataFrame()
     rows = []

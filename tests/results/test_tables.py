@@ -1,0 +1,143 @@
+"""The tables tool on small hand-made run records with known answers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from adarem.results import load_runs, write_report
+from adarem.results.claims import evaluate_claims, load_claims
+from adarem.results.tables import speed_table, error_table
+from tests.conftest import REPO
+
+
+def make_run(root, name, optimizer, seed, curve, status="finished", lr=0.1, truncate=False, osc=None,
+             write_run_json=True, start="2026-01-01T00:00:00"):
+    """A run record whose val top-1 error per epoch is ``curve`` (train loss = err / 10)."""
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"data": {"name": "toy", "eval_on": "val"}, "model": {"name": "net"},
+              "optimizer": {"name": optimizer.split("_")[0], "variant": optimizer, "lr": lr, "weight_decay": 0.0},
+              "trainer": {"epochs": 3, "batch_size": 32}, "seed": seed}
+    lines = []
+    for e, err in enumerate(curve):
+        lines.append({"type": "epoch", "epoch": e, "step": 10 * (e + 1), "train_loss": err / 10,
+                      "val_top1_err": err, "val_top5_err": err / 2, "val_loss": err / 20,
+                      "wall_time_s": 2.0 * (e + 1), "images_per_s": 100.0})
+    for step, frac in enumerate(osc or [], 1):
+        lines.append({"type": "oscillation", "step": step * 10, "flip_fraction": frac, "per_layer": {}})
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if truncate:
+        text += '{"type": "epoch", "epoch": 99, "trai'  # a write cut short
+    (d / "metrics.jsonl").write_text(text)
+    if write_run_json:
+        final = {"val_top1_err": curve[-1]} if status == "finished" else {}
+        (d / "run.json").write_text(json.dumps({"status": status, "config": config, "final": final,
+                                                "start_time": start}))
+    return d
+
+
+@pytest.fixture()
+def records(tmp_path):
+    root = tmp_path / "runs"
+    for s, last in enumerate([10.0, 12.0, 11.0]):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, last], osc=[0.4, 0.5])
+    for s, last in enumerate([8.0, 9.0, 7.0]):
+        make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, last], osc=[0.2, 0.3], truncate=(s == 0))
+    make_run(root, "adam0", "adam", 0, [50.0, 30.0, 20.0])
+    make_run(root, "adam1", "adam", 1, [50.0, 30.0, 22.0])
+    make_run(root, "adam_div", "adam", 2, [50.0], status="diverged")
+    make_run(root, "adam_dup", "adam", 0, [1.0, 1.0, 1.0], start="2026-02-01T00:00:00")  # duplicate of adam0
+    make_run(root, "still_running", "adamw", 0, [60.0], status="running")
+    make_run(root, "no_record", "adamw", 1, [60.0], write_run_json=False)
+    return root
+
+
+def test_known_answers(records):
+    rs = load_runs(records)
+    assert sorted(rs.runs.run_dir.map(lambda p: p.split("/")[-1])) == sorted(
+        ["sgd0", "sgd1", "sgd2", "adarem0", "adarem1", "adarem2", "adam0", "adam1", "adam_div"])
+    problems = {p["run_dir"].split("/")[-1]: p["problem"] for p in rs.problems}
+    assert "duplicate of" in problems["adam_dup"] and problems["adam_dup"].endswith("excluded")
+    assert "incomplete (status running)" in problems["still_running"]
+    assert "no run.json" in problems["no_record"]
+    assert "line 6 is not valid JSON" in problems["adarem0"]  # the truncated line, the run kept
+
+    err = error_table(rs).set_index("optimizer")
+    assert err.loc["sgd", "final top-1 err"] == "11.00 ± 1.00"
+    assert err.loc["sgd", "best top-1 err"] == "11.00 ± 1.00"
+    assert err.loc["adarem", "final top-1 err"] == "8.00 ± 1.00"
+    assert err.loc["adam", "n"] == 3 and err.loc["adam", "diverged"] == 1
+    assert err.loc["adam", "final top-1 err"] == "21.00 ± 1.41"  # the duplicate's 1.0 is not mixed in
+
+    speed = speed_table(rs).set_index("optimizer")
+    # SGD's final error is 11: targets 12 and 16. AdaRem: 15 at epoch 2 reaches 16, and 12 at epoch 3
+    assert speed.loc["adarem", "epochs to SGD+5"] == "2.00 ± 0.00"
+    assert speed.loc["adarem", "epochs to SGD+1"] == "3.00 ± 0.00"
+    assert speed.loc["adarem", "time to SGD+5 (s)"] == "4.00 ± 0.00"
+    assert speed.loc["adam", "epochs to SGD+1"] == "not reached"
+    assert speed.loc["sgd", "train loss @100%"] == "1.10 ± 0.10"
+    assert speed.loc["adarem", "val-err AUC"] == "17.67 ± 0.33"
+
+
+def test_claims_verdicts(records):
+    rs = load_runs(records)
+    verdicts = evaluate_claims(rs, load_claims(REPO / "results" / "claims.yaml")).set_index("claim")
+    v = verdicts.loc["lower_error_than_adam"]
+    # adarem 8 +- 1 (n=3) vs adam [20, 22, 100 (diverged)] (n=3): better, but adam's spread is wide
+    assert v.n_subject == 3 and v.n_baseline == 3 and v.baseline_mean == pytest.approx(142 / 3)
+    assert v.verdict in ("Supported", "Not supported") and 0 < v.p_value < 1
+    assert verdicts.loc["lower_error_than_adamw"].verdict == "Insufficient data"  # no complete adamw run
+    osc = verdicts.loc["oscillates_less_than_sgd"]
+    assert osc.subject_mean == pytest.approx(0.25) and osc.baseline_mean == pytest.approx(0.45)
+    assert osc.verdict == "Supported" and osc.p_value < 0.05
+    sgd = verdicts.loc["lower_error_than_sgd"]
+    assert sgd.verdict == "Supported"  # 8 +- 1 vs 11 +- 1, n = 3 each
+
+
+def test_report_and_cli(records, tmp_path):
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(records), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    md = (out / "tables.md").read_text()
+    assert "## Excluded or flagged runs" in md and "duplicate of" in md
+    for name in ("test_error.csv", "test_error.tex", "speed.csv", "claims.csv", "oscillation.csv"):
+        assert (out / name).exists()
+    assert "\\toprule" in (out / "test_error.tex").read_text()
+    assert list((out / "plots").glob("*.png"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(empty), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "no complete run" in res.stderr
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_write_report_handles_only_problems(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "r", "sgd", 0, [10.0], status="preempted")
+    rs = load_runs(root)
+    assert rs.runs.empty and len(rs.problems) == 1
+    text = write_report(rs, tmp_path / "o", None, "test")
+    assert "incomplete (status preempted)" in text
+
+
+@pytest.mark.slow
+def test_compare_cli_runs_end_to_end(tmp_path, env):
+    """scripts/compare.py's default path (digits, all five optimizers), shortened to 1 epoch,
+    one lr and one seed so that it fits the test budget."""
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "seeds=1", "lr_grid=1",
+                          f"runs={tmp_path / 'runs'}", f"out={tmp_path / 'out'}", "data=digits", "trainer.epochs=1"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    md = (tmp_path / "out" / "tables.md").read_text()
+    assert "## Learning-rate selection" in md and "## Claims of the paper" in md
+    for opt in ("sgd", "adam", "adamw", "adarem", "adarem_m"):
+        assert f"| {opt} " in md
+    assert len(list((tmp_path / "runs" / "final").rglob("run.json"))) == 5
