@@ -28,10 +28,11 @@ from adarem.checkpoint import CheckpointError
 from adarem.config import ConfigError, register_configs, to_container, validate
 from adarem.data import DataError, build_data
 from adarem.engine import TrainState, evaluate, make_precision, progress_bar, train_epoch
+from adarem.faults import maybe_crash
 from adarem.models import build_model, count_parameters
 from adarem.optim.factory import build_optimizer
-from adarem.reproducibility import seed_everything
 from adarem.oscillation import OscillationTracker
+from adarem.reproducibility import seed_everything
 from adarem.run_dir import plan_run
 from adarem.run_record import MetricsLog, RunRecord, now
 from adarem.schedule import build_scheduler
@@ -162,6 +163,7 @@ def train(cfg: DictConfig) -> int:
             state.phase = "eval"
             save_checkpoint()  # a kill during evaluation does not lose the epoch
             last_ckpt[0] = time.monotonic()
+            maybe_crash("epoch_end", state.epoch)
 
         # evaluation and the epoch's record
         prog = state.progress
@@ -173,7 +175,7 @@ def train(cfg: DictConfig) -> int:
                      "data_wait_s": prog.data_wait_s, "wall_time_s": state.elapsed_train_s,
                      "corrupt_skipped": data.train.corrupt_count}
         if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
-            epoch_rec.update(evaluate(model, data.val, precision, dist.device, tc.channels_last))
+            epoch_rec.update(evaluate(model, data.val, precision, dist.device, tc.channels_last, state.epoch))
             final = {k: epoch_rec[k] for k in ("val_loss", "val_top1_err", "val_top5_err")}
             final.update(epoch=state.epoch, train_loss=epoch_rec["train_loss"])
         log_metrics(epoch_rec)

@@ -6,12 +6,15 @@ before), so that a kill during any write leaves at least one loadable checkpoint
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from adarem.faults import maybe_crash
 
 LATEST, PREVIOUS = "checkpoint.pt", "checkpoint_prev.pt"
 
@@ -35,11 +38,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_writes = 0
+
+
 def save_atomic(obj: dict, run_dir: Path) -> Path:
+    global _writes
+    _writes += 1
     run_dir = Path(run_dir)
+    for stale in run_dir.glob(f".{LATEST}.tmp-*"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     tmp = run_dir / f".{LATEST}.tmp-{os.getpid()}"
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        f.write(data[: len(data) // 2])
+        maybe_crash("checkpoint_write", _writes)
+        f.write(data[len(data) // 2:])
         f.flush()
         os.fsync(f.fileno())
     latest = run_dir / LATEST

@@ -20,6 +20,7 @@ from torch import nn
 
 from adarem import distributed as dist_utils
 from adarem.config import ConfigError, TrainerConfig
+from adarem.faults import maybe_crash
 from adarem.oscillation import OscillationTracker
 from adarem.signals import StopFlag
 
@@ -149,6 +150,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             optimizer.step()
         state.global_step = step
         state.batch += 1
+        maybe_crash("step", step)
         scheduler.step_update(num_updates=step)
         watch.add(step, loss)
         prog.loss_sum += loss.detach().double() * y.shape[0]  # a device scalar until the epoch ends
@@ -194,7 +196,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, precision: Precision, device: torch.device, channels_last: bool) -> dict:
+def evaluate(model: nn.Module, loader, precision: Precision, device: torch.device, channels_last: bool,
+             epoch: int = -1) -> dict:
     """Loss and top-1/top-5 error over the whole validation set, each image counted once.
 
     Ranks evaluate disjoint shards (see adarem/data/sampling.py) and the sums are all-reduced.
@@ -202,7 +205,9 @@ def evaluate(model: nn.Module, loader, precision: Precision, device: torch.devic
     """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1 correct, top5 correct, n
-    for x, y in loader.epoch(0):
+    for i, (x, y) in enumerate(loader.epoch(0)):
+        if i == 1:
+            maybe_crash("eval", epoch)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if channels_last and x.dim() == 4:

@@ -1,0 +1,19 @@
+"""Fault injection for the fault-tolerance tests: ``ADAREM_FAULT=<point>@<n>`` makes the process
+SIGKILL itself at that point, as a node failure or the OOM killer would. Unset, it costs one
+dictionary lookup. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` (right after
+the end-of-epoch checkpoint of epoch E, before evaluation), ``eval@E`` (in the middle of
+epoch E's evaluation), ``checkpoint_write@K`` (half-way through writing the K-th checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_SPEC = os.environ.get("ADAREM_FAULT", "")
+_POINT, _, _N = _SPEC.partition("@")
+
+
+def maybe_crash(point: str, n: int) -> None:
+    if _SPEC and point == _POINT and str(n) == _N:
+        os.kill(os.getpid(), signal.SIGKILL)
