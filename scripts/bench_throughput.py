@@ -1,0 +1,147 @@
+"""Images/s of train.py's training step against a bare loop, and per optimizer, on synthetic data.
+
+    python scripts/bench_throughput.py                     # CPU: resnet18, 64 px, batch 32
+    python scripts/bench_throughput.py --device cuda       # GPU: resnet50, 224 px, batch 256, bf16, channels_last
+
+"harness" is adarem.engine.train_epoch, exactly as train.py calls it (loss watch, scheduler step,
+logging, stop checks); "bare" is the minimal loop (forward, loss, zero_grad, backward, step) on
+the same model, optimizer and batches. Rounds alternate between the candidates; the table gives
+medians, the harness overhead and each optimizer's images/s relative to SGD.
+Writes results/bench/throughput.csv (or throughput_cuda.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adarem.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig  # noqa: E402
+from adarem.data import build_data  # noqa: E402
+from adarem.engine import TrainState, make_precision, train_epoch  # noqa: E402
+from adarem.models import build_model  # noqa: E402
+from adarem.optim.factory import build_optimizer  # noqa: E402
+from adarem.schedule import build_scheduler  # noqa: E402
+from adarem.signals import StopFlag  # noqa: E402
+
+OPTIMIZERS = {
+    "sgd": OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),
+    "adam": OptimizerConfig(name="adam", lr=1e-3),
+    "adamw": OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.05),
+    "adarem": OptimizerConfig(name="adarem", lr=0.1, weight_decay=1e-4),
+    "adarem_m": OptimizerConfig(name="adarem", lr=0.01, momentum=0.9, weight_decay=1e-4),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_epoch(model, loader, optimizer, precision, device, channels_last):
+    for x, y in loader.epoch(0):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="steps per timed epoch")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    gpu = args.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("bench_throughput: --device cuda asked for but no CUDA device is visible")
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    model_name = args.model or ("resnet50" if gpu else "resnet18")
+    size = args.image_size or (224 if gpu else 64)
+    batch = args.batch_size or (256 if gpu else 32)
+    steps = args.steps or (50 if gpu else 8)
+    amp = "bf16" if gpu else "none"
+    channels_last = gpu
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+
+    data_cfg = DataConfig(name="synthetic", image_size=size, num_classes=1000, synthetic_train_size=steps * batch,
+                          synthetic_val_size=batch, num_workers=0)
+    data = build_data(data_cfg, batch, 0, 1, 0, device)
+    tcfg = TrainerConfig(epochs=1000, batch_size=batch, amp=amp, channels_last=channels_last, log_every=20,
+                         checkpoint_every_min=0)
+    precision = make_precision(amp, device)
+
+    setups = {}
+    for name, ocfg in OPTIMIZERS.items():
+        torch.manual_seed(0)
+        model = build_model(model_name, 1000, 3).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = build_optimizer(ocfg, model)
+        sched = build_scheduler(ScheduleConfig(name="cosine"), opt, tcfg.epochs, len(data.train))
+        setups[name] = (model, opt, sched)
+    candidates = [("harness", "adarem"), ("bare", "adarem")] + [("harness", n) for n in OPTIMIZERS if n != "adarem"]
+    times = {c: [] for c in candidates}
+    stop = StopFlag(False, device)
+
+    def run(kind, name):
+        model, opt, sched = setups[name]
+        sync(device)
+        t0 = time.perf_counter()
+        if kind == "bare":
+            bare_epoch(model, data.train, opt, precision, device, channels_last)
+        else:
+            state = TrainState()
+            train_epoch(model, data.train, opt, sched, precision, device, tcfg, state, stop, lambda rec: None,
+                        None, lambda: False)
+        sync(device)
+        return time.perf_counter() - t0
+
+    for c in candidates:  # warm-up (allocator, cudnn autotune)
+        run(*c)
+    for _ in range(args.rounds):
+        for c in candidates:
+            times[c].append(run(*c))
+
+    images = steps * batch
+    ips = {c: images / statistics.median(t) for c, t in times.items()}
+    machine = torch.cuda.get_device_name(device) if gpu else f"{platform.machine()} x{torch.get_num_threads()} threads"
+    rows = []
+    for (kind, name), v in ips.items():
+        rows.append({"candidate": f"{kind}:{name}", "images_per_s": v,
+                     "relative_to_bare_adarem": v / ips[("bare", "adarem")] if kind == "harness" and name == "adarem" else None,
+                     "relative_to_sgd": v / ips[("harness", "sgd")] if kind == "harness" else None,
+                     "model": model_name, "image_size": size, "batch_size": batch, "amp": amp,
+                     "channels_last": channels_last, "device": args.device, "machine": machine,
+                     "torch": torch.__version__, "rounds": args.rounds, "date": dt.date.today().isoformat()})
+    df = pd.DataFrame(rows)
+    out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, float_format="%.4g")
+    overhead = 1 - ips[("harness", "adarem")] / ips[("bare", "adarem")]
+    print(df[["candidate", "images_per_s", "relative_to_sgd"]].to_markdown(index=False, floatfmt=".3f"))
+    print(f"harness overhead vs bare loop (adarem): {100 * overhead:.1f} %")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
