@@ -1,0 +1,68 @@
+"""Real Hydra composition of every config group and preset against the structured schema."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import train  # noqa: F401  (registers the schema)
+from adarem.config import ConfigError, validate
+from tests.conftest import REPO
+
+OPTIMIZERS = ["sgd", "adam", "adamw", "adarem", "adarem_m", "adarem_nodecay"]
+EXPERIMENTS = ["paper_resnet18", "paper_resnet50", "paper_mobilenetv2", "paper_shufflenetv2", "fashion_mnist_small"]
+
+
+def make(overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "run_dir=/tmp/x"])
+    return validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_preset_composes_with_every_optimizer(experiment, optimizer):
+    cfg = make([f"experiment={experiment}", f"optimizer={optimizer}"])
+    assert cfg.optimizer.variant == optimizer
+    if experiment.startswith("paper_"):
+        assert cfg.trainer.batch_size == 256 and cfg.data.name == "imagenet"
+        assert cfg.optimizer.lr == cfg.recipe["lr"][optimizer]
+        assert cfg.optimizer.weight_decay == cfg.recipe["weight_decay"][optimizer]
+
+
+def test_resnet_recipes_follow_the_standard_schedule():
+    cfg = make(["experiment=paper_resnet50", "optimizer=sgd"])
+    assert (cfg.model.name, cfg.trainer.epochs, cfg.optimizer.lr, cfg.optimizer.momentum) == ("resnet50", 90, 0.1, 0.9)
+    assert cfg.optimizer.weight_decay == 1e-4 and cfg.schedule.name == "step"
+    assert list(cfg.schedule.milestones) == [30, 60, 80]
+    assert make(["experiment=paper_resnet50", "optimizer=adarem_m"]).optimizer.lr == 0.01
+    assert make(["experiment=paper_shufflenetv2"]).model.name == "torchvision.shufflenet_v2_x1_0"
+    # a command-line lr still wins over the preset's table
+    assert make(["experiment=paper_resnet50", "optimizer=adam", "optimizer.lr=0.002"]).optimizer.lr == 0.002
+
+
+def test_user_facing_keys_exist():
+    cfg = make(["seed=3", "resume=never", "trainer.epochs=2", "trainer.batch_size=32", "trainer.deterministic=true",
+                "optimizer.lr=0.05", "data.root=/x", "data.loader=dali", "logging.wandb=disabled"])
+    assert (cfg.seed, cfg.resume, cfg.data.loader, cfg.logging.wandb) == (3, "never", "dali", "disabled")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.decay=0", "optimizer.decay=0.0 must be in (0, 1]"),
+    ("optimizer.momentum=1", "optimizer.momentum=1.0 must be in [0, 1)"),
+    ("data.loader=nvjpeg", "data.loader='nvjpeg' must be torch or dali"),
+    ("trainer.amp=fp8", "trainer.amp='fp8'"),
+    ("logging.wandb=maybe", "logging.wandb='maybe'"),
+    ("schedule.decay_rate=0", "schedule.decay_rate=0.0"),
+])
+def test_out_of_range_values_fail_with_one_line(override, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        make([override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_schema_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(Exception, match="Could not override 'trainer.epoch'"):
+        make(["trainer.epoch=3"])
+    with pytest.raises(Exception, match="trainer.epochs=ten"):
+        make(["trainer.epochs=ten"])
