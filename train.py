@@ -61,7 +61,8 @@ def train(cfg: DictConfig) -> int:
                   f"{prev.get('final', {}).get('val_top1_err', float('nan')):.2f}% (nothing to do)")
         return 0
     precision = make_precision(tc.amp, dist.device)
-    data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device)
+    data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
+                      channels_last=tc.channels_last, half=precision.autocast_dtype == torch.float16)
     model = build_model(config.model.name, data.num_classes, data.in_chans, config.model.pretrained,
                         config.model.drop_rate, config.model.kwargs).to(dist.device)
     if tc.channels_last:

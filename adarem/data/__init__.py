@@ -44,7 +44,9 @@ def imagefolder_root(cfg: DataConfig) -> Path:
 
 
 def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: int,
-               device: torch.device) -> DataBundle:
+               device: torch.device, channels_last: bool = False, half: bool = False) -> DataBundle:
+    """Loaders for this rank. ``channels_last`` and ``half`` (fp16 AMP) shape the DALI output
+    directly; the torch loader's batches are converted by the training step."""
     if global_batch % world:
         raise ConfigError(f"trainer.batch_size={global_batch} is not divisible by the world size {world}; "
                           f"pick a multiple of {world}")
@@ -84,7 +86,7 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
             from adarem.data.dali import build_dali_loaders
 
             train, val = build_dali_loaders(cfg, root, train_samples, val_samples, global_batch,
-                                            rank, world, seed, device)
+                                            rank, world, seed, device, channels_last, half)
             return DataBundle(train, val, len(classes), cfg.in_chans, classes)
         mode = "L" if cfg.in_chans == 1 else "RGB"
         train_ds = ImageFolderDataset(train_samples, train_tf, seed, cfg.on_corrupt, mode)

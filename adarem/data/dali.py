@@ -35,10 +35,12 @@ def looks_like_complete_jpeg(data: np.ndarray) -> bool:
 class DaliLoader:
     def __init__(self, cfg: DataConfig, samples: list[tuple[str, int]], plan: Callable[[int, int], list[list[int]]],
                  num_batches: int, num_samples: int, max_batch: int, train: bool, device: torch.device,
-                 seed: int, rank: int):
+                 seed: int, rank: int, channels_last: bool = False, half: bool = False):
         self.cfg, self.samples, self.plan = cfg, samples, plan
         self.num_batches, self.num_samples, self.max_batch = num_batches, num_samples, max_batch
         self.train, self.device, self.seed, self.rank = train, device, seed, rank
+        # NHWC output is handed to torch as an NCHW view with channels_last strides: no copy
+        self.channels_last, self.half = channels_last, half
         self.corrupt_count = 0
         self._bad: set[int] = set()
 
@@ -147,8 +149,9 @@ class DaliLoader:
                 images = fn.slice(images, start=anchors, shape=[size, size], axis_names="HW")
                 crop = None
             mirror = fn.random.coin_flip(probability=0.5) if self.train and cfg.hflip else 0
-            images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, crop=crop, mean=mean, std=std,
-                                              mirror=mirror, output_layout="CHW")
+            images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if self.half else types.FLOAT, crop=crop,
+                                              mean=mean, std=std, mirror=mirror,
+                                              output_layout="HWC" if self.channels_last else "CHW")
             if gpu:
                 labels = labels.gpu()
             return images, labels
@@ -173,7 +176,10 @@ class DaliLoader:
                     raise DataError(f"DALI failed on a batch ({_dali_reason(exc)}); if a file is corrupt in a way the "
                                     f"marker check missed, find it with "
                                     f"scripts/prepare_imagenet.py") from None
-                yield to_torch(images, self.device), to_torch(labels, self.device).reshape(-1)
+                x = to_torch(images, self.device)
+                if self.channels_last:
+                    x = x.permute(0, 3, 1, 2)
+                yield x, to_torch(labels, self.device).reshape(-1)
         finally:
             del pipe
 
@@ -183,15 +189,16 @@ def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         dense = tensor_list.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32 if dense.dtype.name == "FLOAT" else torch.int64,
-                          device=device)
+        dtype = {"FLOAT": torch.float32, "FLOAT16": torch.float16, "INT64": torch.int64}[dense.dtype.name]
+        out = torch.empty(dense.shape(), dtype=dtype, device=device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out
     return torch.from_numpy(np.array(tensor_list.as_tensor()))
 
 
 def build_dali_loaders(cfg: DataConfig, root, train_samples, val_samples, global_batch: int, rank: int,
-                       world: int, seed: int, device: torch.device) -> tuple[DaliLoader, DaliLoader]:
+                       world: int, seed: int, device: torch.device, channels_last: bool = False,
+                       half: bool = False) -> tuple[DaliLoader, DaliLoader]:
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
@@ -209,9 +216,11 @@ def build_dali_loaders(cfg: DataConfig, root, train_samples, val_samples, global
         return sampling.train_batches(n_train, global_batch, rank, world, seed, epoch, start)
 
     val_plan = sampling.val_batches(n_val, per_rank, rank, world)
-    train = DaliLoader(cfg, train_samples, train_plan, steps, steps * global_batch, per_rank, True, device, seed, rank)
+    out = dict(channels_last=channels_last, half=half)
+    train = DaliLoader(cfg, train_samples, train_plan, steps, steps * global_batch, per_rank, True, device, seed,
+                       rank, **out)
     val = DaliLoader(cfg, val_samples, lambda epoch, start: val_plan[start:], len(val_plan), n_val, per_rank,
-                     False, device, seed, rank)
+                     False, device, seed, rank, **out)
     return train, val
 
 

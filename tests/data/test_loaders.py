@@ -53,6 +53,15 @@ def test_dali_and_torch_agree_on_labels_and_validation_images(tree):
     assert len(dali_data.train) == len(torch_data.train) == 18 // 6
 
 
+def test_dali_channels_last_and_half_outputs(tree):
+    plain = collect(build_data(cfg_for(tree, loader="dali"), 6, 0, 1, 0, CPU).val)[0]
+    nhwc = collect(build_data(cfg_for(tree, loader="dali"), 6, 0, 1, 0, CPU, channels_last=True).val)[0]
+    assert nhwc.shape == plain.shape and nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nhwc, plain)
+    half = collect(build_data(cfg_for(tree, loader="dali"), 6, 0, 1, 0, CPU, half=True).val)[0]
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), plain, atol=1e-2)
+
+
 @pytest.mark.parametrize("loader", ["torch", "dali"])
 def test_two_rank_validation_covers_every_image_once(tree, loader):
     seen = []
