@@ -10,8 +10,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing Debian's dataset-fashion-mnist" >&2
-    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null; }
   else
     echo "setup: Fashion-MNIST not found; run 'sudo apt-get install dataset-fashion-mnist' to use data=fashion_mnist" >&2
   fi
