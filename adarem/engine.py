@@ -176,11 +176,12 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
                                          img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
         reason = None
-        if stop.requested_anywhere():
+        stop_now, checkpoint_now = stop.poll(checkpoint_due())
+        if stop_now:
             reason = "preempt"
         elif cfg.max_steps and step >= cfg.max_steps and not last_of_epoch:
             reason = "max_steps"
-        elif checkpoint_due() and not last_of_epoch:
+        elif checkpoint_now and not last_of_epoch:
             reason = "timed_checkpoint"
         if reason is not None:
             div = watch.check()  # never checkpoint diverged weights

@@ -30,11 +30,17 @@ class StopFlag:
         self.signal_name = signal.Signals(signum).name
 
     def requested_anywhere(self) -> bool:
+        return self.poll(False)[0]
+
+    def poll(self, checkpoint_due: bool) -> tuple[bool, bool]:
+        """(stop requested, timed checkpoint due), agreed by all ranks in one all-reduce, so that
+        every rank stops or checkpoints after the same step (clocks and signals differ)."""
         local = self.signal_name is not None
         if not self.distributed:
-            return local
-        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
-        dist_utils.all_reduce_max(flag)
-        if flag.item() > 0 and self.signal_name is None:
+            return local, checkpoint_due
+        flags = torch.tensor([float(local), float(checkpoint_due)], device=self.device)
+        dist_utils.all_reduce_max(flags)
+        stop, due = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+        if stop and self.signal_name is None:
             self.signal_name = "peer"
-        return bool(flag.item() > 0)
+        return stop, due
