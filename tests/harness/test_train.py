@@ -87,7 +87,9 @@ def test_divergence_is_a_result(tmp_path, env):
 def test_torchrun_two_processes_gloo(tmp_path, env):
     run_dir = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517"]
-    res = run_train(["trainer.oscillation_every=4"], env, run_dir, launcher=launcher)
+    # timed checkpoints every ~0.03 s: ranks must agree on when to take them, or they would hang
+    res = run_train(["trainer.oscillation_every=4", "trainer.checkpoint_every_min=0.0005"], env, run_dir,
+                    launcher=launcher)
     assert res.returncode == 0, res.stderr[-3000:]
     run = read_run(run_dir)
     assert run["status"] == "finished" and run["world_size"] == 2
