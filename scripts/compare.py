@@ -156,7 +156,8 @@ def main(argv: list[str]) -> int:
               "| optimizer | default lr | grid | selected lr | holdout top-1 err (%) |\n|---|---|---|---|---|\n"
               f"{selection}\n\n")
     (out / "tables.md").write_text(text.replace("## ", header + "## ", 1))
-    verdicts = [line for line in text.splitlines() if "Supported" in line or "Insufficient" in line]
+    verdicts = [line for line in text.splitlines()
+                if line.startswith("| ") and ("upported" in line or "Insufficient data" in line)]
     print("\n".join(verdicts))
     print(f"\nwrote {out}/tables.md (tables, claims, plots); runs in {runs_root}")
     return 0
