@@ -12,7 +12,6 @@ interrupted run; SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me")
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -57,8 +56,9 @@ def train(cfg: DictConfig) -> int:
     if plan.already_done:
         prev = plan.previous
         if dist.is_main:
-            print(f"{run_dir}: run already {prev['status']}; final top-1 error "
-                  f"{prev.get('final', {}).get('val_top1_err', float('nan')):.2f}% (nothing to do)")
+            err = (prev.get("final") or {}).get("val_top1_err")
+            print(f"{run_dir}: run already {prev['status']}"
+                  + (f"; final top-1 error {err:.2f}%" if err is not None else "") + " (nothing to do)")
         return 0
     precision = make_precision(tc.amp, dist.device)
     data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
@@ -124,7 +124,6 @@ def train(cfg: DictConfig) -> int:
     stop.install()
     osc = OscillationTracker(model, tc.oscillation_every) if tc.oscillation_every else None
     final = {}
-    exit_code = 0
     bar = None
     while state.epoch < tc.epochs:
         if state.phase == "train":
@@ -139,7 +138,7 @@ def train(cfg: DictConfig) -> int:
                 metrics.log({"type": "diverged", "epoch": state.epoch, "step": div.step, "loss": div.loss})
                 metrics.close()
                 record.update(status="diverged", end_time=now(), diverged_at_step=div.step,
-                              final={"val_top1_err": math.nan, "diverged_at_step": div.step})
+                              final={"val_top1_err": None, "diverged_at_step": div.step})
                 if dist.is_main:
                     print(f"DIVERGED: training loss {div.loss} at step {div.step} (epoch {state.epoch}); the run is "
                           f"marked diverged in {run_dir / 'run.json'} and its last good checkpoint is kept",
@@ -196,7 +195,7 @@ def train(cfg: DictConfig) -> int:
 
     metrics.close()
     record.update(status="finished", end_time=now(), final=final, wall_time_s=state.elapsed_train_s)
-    tracker.finish(exit_code=exit_code)
+    tracker.finish()
     if dist.is_main:
         print(f"final top-1 error {final.get('val_top1_err', float('nan')):.2f}% "
               f"(top-5 {final.get('val_top5_err', float('nan')):.2f}%) after {tc.epochs} epochs; run record in {run_dir}")
