@@ -120,6 +120,17 @@ def train(cfg: DictConfig) -> int:
     def checkpoint_due() -> bool:
         return tc.checkpoint_every_min > 0 and time.monotonic() - last_ckpt[0] > 60 * tc.checkpoint_every_min
 
+    def stop_for_requeue(status: str) -> int:
+        """After the checkpoint: record why the run stopped and ask the scheduler for a requeue."""
+        metrics.close()
+        record.update(status=status, stopped_at_step=state.global_step, signal=stop.signal_name)
+        if dist.is_main:
+            print(f"{status} at step {state.global_step} (signal {stop.signal_name}); checkpoint written, "
+                  f"exit {REQUEUE_EXIT_CODE} asks for a requeue; rerun with resume=auto to continue",
+                  file=sys.stderr)
+        tracker.finish(exit_code=REQUEUE_EXIT_CODE)
+        return REQUEUE_EXIT_CODE
+
     stop = StopFlag(dist.enabled, dist.device)
     stop.install()
     osc = OscillationTracker(model, tc.oscillation_every) if tc.oscillation_every else None
@@ -150,15 +161,7 @@ def train(cfg: DictConfig) -> int:
                 last_ckpt[0] = time.monotonic()
                 if outcome.reason == "timed_checkpoint":
                     continue
-                status = "preempted" if outcome.reason == "preempt" else "stopped"
-                metrics.close()
-                record.update(status=status, stopped_at_step=state.global_step, signal=stop.signal_name)
-                if dist.is_main:
-                    print(f"{status} at step {state.global_step} (signal {stop.signal_name}); checkpoint written, "
-                          f"exit {REQUEUE_EXIT_CODE} asks for a requeue; rerun with resume=auto to continue",
-                          file=sys.stderr)
-                tracker.finish(exit_code=REQUEUE_EXIT_CODE)
-                return REQUEUE_EXIT_CODE
+                return stop_for_requeue("preempted" if outcome.reason == "preempt" else "stopped")
             state.elapsed_train_s += state.progress.train_time_s
             state.phase = "eval"
             save_checkpoint()  # a kill during evaluation does not lose the epoch
@@ -188,10 +191,7 @@ def train(cfg: DictConfig) -> int:
         save_checkpoint()
         last_ckpt[0] = time.monotonic()
         if stop.requested_anywhere():
-            metrics.close()
-            record.update(status="preempted", stopped_at_step=state.global_step, signal=stop.signal_name)
-            tracker.finish(exit_code=REQUEUE_EXIT_CODE)
-            return REQUEUE_EXIT_CODE
+            return stop_for_requeue("preempted")
 
     metrics.close()
     record.update(status="finished", end_time=now(), final=final, wall_time_s=state.elapsed_train_s)

@@ -43,6 +43,14 @@ def imagefolder_root(cfg: DataConfig) -> Path:
     return root
 
 
+def check_sizes(n_train: int, n_val: int, global_batch: int, world: int) -> None:
+    if n_train < global_batch:
+        raise ConfigError(f"trainer.batch_size={global_batch} exceeds the {n_train} training samples; lower it")
+    if n_val < world:
+        raise ConfigError(f"{world} ranks but only {n_val} validation samples: some ranks would have "
+                          f"nothing to evaluate; use at most {n_val} processes")
+
+
 def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: int,
                device: torch.device, channels_last: bool = False, half: bool = False) -> DataBundle:
     """Loaders for this rank. ``channels_last`` and ``half`` (fp16 AMP) shape the DALI output
@@ -85,7 +93,8 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         if cfg.loader == "dali":
             from adarem.data.dali import build_dali_loaders
 
-            train, val = build_dali_loaders(cfg, root, train_samples, val_samples, global_batch,
+            check_sizes(len(train_samples), len(val_samples), global_batch, world)
+            train, val = build_dali_loaders(cfg, train_samples, val_samples, global_batch,
                                             rank, world, seed, device, channels_last, half)
             return DataBundle(train, val, len(classes), cfg.in_chans, classes)
         mode = "L" if cfg.in_chans == 1 else "RGB"
@@ -98,11 +107,7 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         raise ConfigError(f"data.loader=dali reads ImageFolder trees; data={cfg.name} has none, use data.loader=torch")
 
     n_train, n_val = len(train_ds), len(val_ds)
-    if n_train < global_batch:
-        raise ConfigError(f"trainer.batch_size={global_batch} exceeds the {n_train} training samples; lower it")
-    if n_val < world:
-        raise ConfigError(f"{world} ranks but only {n_val} validation samples: some ranks would have "
-                          f"nothing to evaluate; use at most {n_val} processes")
+    check_sizes(n_train, n_val, global_batch, world)
     steps = n_train // global_batch
     pin = device.type == "cuda"
     train = TorchLoader(

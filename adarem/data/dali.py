@@ -196,7 +196,7 @@ def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(tensor_list.as_tensor()))
 
 
-def build_dali_loaders(cfg: DataConfig, root, train_samples, val_samples, global_batch: int, rank: int,
+def build_dali_loaders(cfg: DataConfig, train_samples, val_samples, global_batch: int, rank: int,
                        world: int, seed: int, device: torch.device, channels_last: bool = False,
                        half: bool = False) -> tuple[DaliLoader, DaliLoader]:
     try:
@@ -205,11 +205,7 @@ def build_dali_loaders(cfg: DataConfig, root, train_samples, val_samples, global
         raise DataError("data.loader=dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
                         "(or use data.loader=torch)") from None
     per_rank = global_batch // world
-    n_train, n_val = len(train_samples), len(val_samples)
-    if n_train < global_batch:
-        raise DataError(f"trainer.batch_size={global_batch} exceeds the {n_train} training images in {root}")
-    if n_val < world:
-        raise DataError(f"{world} ranks but only {n_val} validation images in {root}; use at most {n_val} processes")
+    n_train, n_val = len(train_samples), len(val_samples)  # sizes checked by build_data
     steps = n_train // global_batch
 
     def train_plan(epoch, start):

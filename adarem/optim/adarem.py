@@ -236,6 +236,14 @@ def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, be
 
 
 # ---------------------------------------------------------------------- foreach path
+def _indices_by_device_and_dtype(params: list[Tensor]) -> dict:
+    """Multi-tensor ops need one device and dtype per call: {(device, dtype): [indices]}."""
+    groups: dict = defaultdict(list)
+    for i, p in enumerate(params):
+        groups[(p.device, p.dtype)].append(i)
+    return groups
+
+
 def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> list[Tensor]:
     """c_i = lambda^t_i / (s_i + eps) as fp32 0-dim tensors, 0 where s_i + eps == 0."""
     s = torch.stack(maxes).float()
@@ -249,9 +257,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                     weight_decay, decoupled, maximize) -> list[Tensor]:
     lr = float(lr)
     new_maxes: list[Optional[Tensor]] = [None] * len(params)
-    groups: dict = defaultdict(list)
-    for i, p in enumerate(params):
-        groups[(p.device, p.dtype)].append(i)
+    groups = _indices_by_device_and_dtype(params)
     for idx in groups.values():
         p_ = [params[i] for i in idx]
         d_ = [exp_avgs[i] for i in idx]
@@ -324,9 +330,7 @@ def _fused_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mome
     if _compiled_kernel is None:
         _compiled_kernel = torch.compile(_fused_kernel, fullgraph=True, dynamic=False)
     new_maxes: list[Optional[Tensor]] = [None] * len(params)
-    groups: dict = defaultdict(list)
-    for i, p in enumerate(params):
-        groups[(p.device, p.dtype)].append(i)
+    groups = _indices_by_device_and_dtype(params)
     for (device, _), idx in groups.items():
         lam = torch.tensor([lam_t[i] for i in idx], dtype=torch.float32).to(device, non_blocking=True)
         lr_t = (lr if isinstance(lr, Tensor) else torch.tensor(lr, dtype=torch.float32)).to(device)
