@@ -140,6 +140,11 @@ class AdaRem(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("decoupled_weight_decay", False)
+        # Optimizer.load_state_dict moves a fused group's `step` to the parameter's device (as for
+        # torch's fused optimizers); AdaRem counts on the host, so that lambda**t needs no sync.
+        for st in self.state.values():
+            if torch.is_tensor(st.get("step")) and st["step"].device.type != "cpu":
+                st["step"] = st["step"].to("cpu", torch.float32)
 
     # ------------------------------------------------------------------ state
     def _init_group(self, group: dict) -> tuple[list, list, list, list, list, list]:
@@ -183,22 +188,25 @@ class AdaRem(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        fused = ([], [], [], [], [], [])  # every fused group's tensors go into one compiled call
         for group in self.param_groups:
             params, grads, exp_avgs, maxes, bufs, steps = self._init_group(group)
             if not params:
                 continue
             # Steps are counted on the CPU (like torch's non-capturable optimizers), so that
             # lambda**t is a host scalar and needs no device sync.
-            for t in steps:
-                t.add_(1)
-            lam_t = [group["decay"] ** int(t.item()) for t in steps]
-            fused, foreach = group["fused"], group["foreach"]
-            if fused:
-                impl = _fused_adarem
-            elif foreach is None or foreach:
-                impl = _foreach_adarem
-            else:
-                impl = _single_tensor_adarem
+            torch._foreach_add_(steps, 1.0)
+            lam_t = [group["decay"] ** int(t) for t in torch.stack(steps).tolist()]
+            if group["fused"]:
+                wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
+                row = dict(lr=float(group["lr"]), beta=group["beta"], eps=group["eps"],
+                           wd_coupled=0.0 if decoupled else wd, wd_decoupled=wd if decoupled else 0.0,
+                           sign=-1.0 if group["maximize"] else 1.0, momentum=group["momentum"])
+                hp = [[row[k] if k != "lam" else lam for k in _HP] for lam in lam_t]
+                for acc, xs in zip(fused, (params, grads, exp_avgs, maxes, bufs, hp)):
+                    acc.extend(xs)
+                continue
+            impl = _foreach_adarem if group["foreach"] in (None, True) else _single_tensor_adarem
             new_maxes = impl(
                 params, grads, exp_avgs, maxes, bufs, lam_t,
                 lr=group["lr"], beta=group["beta"], momentum=group["momentum"], eps=group["eps"],
@@ -206,6 +214,9 @@ class AdaRem(Optimizer):
                 decoupled=group["decoupled_weight_decay"], maximize=group["maximize"],
             )
             for p, m in zip(params, new_maxes):
+                self.state[p]["max_abs_exp_avg"] = m
+        if fused[0]:
+            for p, m in zip(fused[0], _fused_adarem(*fused)):
                 self.state[p]["max_abs_exp_avg"] = m
         return loss
 
@@ -245,9 +256,14 @@ def _indices_by_device_and_dtype(params: list[Tensor]) -> dict:
 
 
 def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> list[Tensor]:
-    """c_i = lambda^t_i / (s_i + eps) as fp32 0-dim tensors, 0 where s_i + eps == 0."""
-    s = torch.stack(maxes).float()
-    lam = torch.tensor(lam_t, dtype=torch.float32).to(s.device, non_blocking=True)
+    """c_i = lambda^t_i / (s_i + eps) as 0-dim tensors (fp32, or fp64 for fp64 parameters),
+    0 where s_i + eps == 0."""
+    s = torch.stack(maxes)
+    s = s.to(torch.promote_types(s.dtype, torch.float32))
+    lam = torch.tensor(lam_t, dtype=s.dtype)
+    if s.device.type == "cuda":
+        lam = lam.pin_memory()  # pinned + non_blocking: the upload does not sync the host
+    lam = lam.to(s.device, non_blocking=True)
     denom = s + eps
     c = torch.where(denom > 0, lam / torch.where(denom > 0, denom, torch.ones_like(denom)), 0.0)
     return list(c.unbind(0))
@@ -291,55 +307,71 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
 
 
 # ---------------------------------------------------------------------- fused path
-def _fused_kernel(params, grads, exp_avgs, maxes, bufs, lam, lr, *, beta, momentum, eps,
-                  weight_decay, decoupled, maximize):
+# Columns of the per-tensor hyperparameter table that the fused kernel reads.
+_HP = ("lr", "lam", "beta", "eps", "wd_coupled", "wd_decoupled", "sign", "momentum")
+
+
+def _fused_kernel(params, grads, exp_avgs, maxes, bufs, hp):
     """One pass per tensor: read p, g, d (and u), write p, d (and u) and max|d_new|.
 
     Written per tensor so that Inductor fuses every pointwise op of a tensor with the max
-    reduction of its new ``d`` into one kernel. ``lam`` and ``lr`` are tensors so that a
-    learning-rate schedule or a growing step count does not trigger recompilation.
+    reduction of its new ``d`` into one kernel. Every hyperparameter is a row of the device
+    tensor ``hp`` (columns ``_HP``), so a schedule, a growing step count or any number of
+    parameter groups with different settings never recompiles: the compiled graph depends only
+    on the tensors' shapes and dtypes and on which tensors have a momentum buffer. Options
+    that are off cost nothing measurable: weight decay 0 multiplies by 0, maximize by +1.
     """
     out = []
     for i, (p, grad, d, s) in enumerate(zip(params, grads, exp_avgs, maxes)):
-        g = (-grad if maximize else grad).float()
-        pf = p.float()
-        if weight_decay > 0 and not decoupled:
-            g = g + weight_decay * pf
-        denom = s.float() + eps
-        c = torch.where(denom > 0, lam[i] / torch.where(denom > 0, denom, 1.0), 0.0)
-        delta = (1 + c * torch.sign(g) * d.float()) * g
-        if momentum > 0:
-            u_new = momentum * bufs[i].float() + delta
+        cdt = torch.promote_types(p.dtype, torch.float32)  # never below the parameter's precision
+        h = hp[i].to(cdt)
+        lr, lam, beta, eps, wdc, wdd, sgn, mom = h.unbind(0)
+        pf = p.to(cdt)
+        g = grad.to(cdt) * sgn + wdc * pf
+        df = d.to(cdt)
+        denom = s.to(cdt) + eps
+        c = torch.where(denom > 0, lam / torch.where(denom > 0, denom, 1.0), 0.0)
+        delta = (1 + c * torch.sign(g) * df) * g
+        if bufs[i] is not None:
+            u_new = mom * bufs[i].to(cdt) + delta
             bufs[i].copy_(u_new)
             delta = u_new
-        if weight_decay > 0 and decoupled:
-            pf = pf * (1 - lr * weight_decay)
-        p.copy_(pf - lr * delta)
-        d_new = d.float() + (1 - beta) * (g - d.float())
+        p.copy_(pf * (1 - lr * wdd) - lr * delta)
+        d_new = df + (1 - beta) * (g - df)
         d.copy_(d_new)
         out.append(d.abs().amax())
     return out
 
 
-_compiled_kernel = None
+# One compiled function per structure (shapes, dtypes, momentum flags): each gets a fresh code
+# object, because dynamo's recompile limit counts per code object and a process may step several
+# optimizers (or a model whose set of gradient-carrying tensors changes) with distinct structures.
+_compiled_kernels: dict = {}
 
 
-def _fused_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum, eps,
-                  weight_decay, decoupled, maximize) -> list[Tensor]:
-    global _compiled_kernel
-    if _compiled_kernel is None:
-        _compiled_kernel = torch.compile(_fused_kernel, fullgraph=True, dynamic=False)
+def _compiled_for(key):
+    fn = _compiled_kernels.get(key)
+    if fn is None:
+        code = _fused_kernel.__code__.replace()  # a distinct code object, same function
+        fresh = type(_fused_kernel)(code, _fused_kernel.__globals__, f"_fused_kernel_{len(_compiled_kernels)}")
+        fn = _compiled_kernels[key] = torch.compile(fresh, fullgraph=True, dynamic=False)
+    return fn
+
+
+def _fused_adarem(params, grads, exp_avgs, maxes, bufs, hparams) -> list[Tensor]:
+    """``hparams``: one row per tensor (columns ``_HP``), host floats."""
     new_maxes: list[Optional[Tensor]] = [None] * len(params)
-    groups = _indices_by_device_and_dtype(params)
-    for (device, _), idx in groups.items():
-        lam = torch.tensor([lam_t[i] for i in idx], dtype=torch.float32).to(device, non_blocking=True)
-        lr_t = (lr if isinstance(lr, Tensor) else torch.tensor(lr, dtype=torch.float32)).to(device)
-        res = _compiled_kernel(
-            [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
-            [maxes[i] for i in idx], [bufs[i] for i in idx], lam, lr_t,
-            beta=beta, momentum=momentum, eps=eps, weight_decay=weight_decay,
-            decoupled=decoupled, maximize=maximize,
-        )
+    for (device, _), idx in _indices_by_device_and_dtype(params).items():
+        table = torch.tensor([hparams[i] for i in idx], dtype=torch.float64)
+        if device.type == "cuda":  # pinned + non_blocking: no host-device sync for the upload
+            table = table.pin_memory()
+        table = table.to(device, non_blocking=True)
+        ps = [params[i] for i in idx]
+        bs = [bufs[i] for i in idx]
+        key = (device, tuple((tuple(p.shape), p.dtype, p.stride()) for p in ps),
+               tuple(b is not None for b in bs))
+        res = _compiled_for(key)(ps, [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+                                 [maxes[i] for i in idx], bs, table)
         for i, m in zip(idx, res):
             new_maxes[i] = m.to(params[i].dtype)
     return new_maxes
