@@ -1,0 +1,294 @@
+"""Every GPU check of the suite in one run (scripts/gpu_check.sh is the entry point).
+
+Each check runs as a subprocess with its own time limit, prints one ``FIGURE`` line, and leaves
+its figures under --out; a failing check is recorded and the next one still runs. The summary,
+with the machine, the versions and each check's status, figure and time, is --out/gpu_check.json;
+every subprocess's output goes to --out/gpu_check.log.
+
+Checks (``--dry-run``: the same steps on the CPU at tiny sizes, run by the tests):
+  oracle      tests/optim/test_adarem_oracle.py on the device: for-loop, foreach and fused
+              (Triton on CUDA) paths in fp32, bf16, fp16 and fp64
+  optimizer   scripts/bench_optimizer.py: AdaRem fused/foreach vs torch AdamW and SGD
+  throughput  scripts/bench_throughput.py: resnet50, 224 px, batch 256, bf16, channels_last,
+              SGD/AdamW/AdaRem through the harness's training step, eager and torch.compile
+  e2e         train.py under torchrun (NCCL on CUDA): an uninterrupted run; the same run
+              stopped by SIGUSR1 and resumed with resume=auto; both must end bit-identical
+  decode      scripts/bench_decode.py: torchvision's GPU JPEG decoder vs the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TIMING_KEYS = ("epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s")
+
+
+class Check:
+    def __init__(self, out: Path, log):
+        self.out, self.log = out, log
+        self.results: list[dict] = []
+
+    def run(self, name: str, cmd: list[str], timeout: float, env: dict | None = None) -> str:
+        """Run one check; return its output (also appended to the log)."""
+        t0 = time.monotonic()
+        self.log.write(f"\n===== {name}: {shlex.join(cmd)}\n")
+        self.log.flush()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env or os.environ.copy(), capture_output=True, text=True,
+                                  timeout=timeout)
+            output, code = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as exc:
+            output = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            output += f"\nTIMEOUT after {timeout:.0f} s"
+            code = "timeout"
+        self.log.write(output)
+        self.log.flush()
+        figures = [line[len("FIGURE "):] for line in output.splitlines() if line.startswith("FIGURE ")]
+        self.record(name, code == 0, "; ".join(figures) or _last_line(output), time.monotonic() - t0,
+                    exit_code=code)
+        return output
+
+    def record(self, name: str, ok: bool, figure: str, seconds: float, **extra) -> None:
+        self.results.append({"check": name, "ok": ok, "figure": figure, "seconds": round(seconds, 1), **extra})
+        print(f"[{'ok' if ok else 'FAILED'}] {name} ({seconds:.0f} s): {figure}", flush=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def check_oracle(c: Check, device: str, dry: bool) -> None:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/optim/test_adarem_oracle.py"]
+    if dry:
+        cmd += ["-k", "defaults or float64 or many_groups"]
+    env = dict(os.environ, ADAREM_TEST_DEVICE=device)
+    out = c.run("oracle", cmd, 120 if dry else 170, env)
+    summary = re.findall(r"(\d+ (?:passed|failed|skipped|errors?))", out)
+    c.results[-1]["figure"] = f"oracle tests on {device} (loop, foreach, fused; fp32/bf16/fp16/fp64): " + \
+        (", ".join(summary) or c.results[-1]["figure"])
+
+
+def check_optimizer(c: Check, device: str, dry: bool) -> None:
+    args = ["--model", "resnet18", "--rounds", "2", "--warmup", "2", "--only", "adarem (f,sgd"] if dry else \
+        ["--rounds", "30", "--warmup", "5"]
+    c.run("optimizer", [sys.executable, "scripts/bench_optimizer.py", "--device", device, *args,
+                        "--out", str(c.out / f"optimizer_step_{device}.csv")], 120 if dry else 170)
+
+
+def _throughput_cmd(device: str, dry: bool) -> list[str]:
+    size = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "16", "--steps", "2", "--rounds", "1"] \
+        if dry else ["--steps", "15", "--rounds", "2"]
+    return [sys.executable, "scripts/bench_throughput.py", "--device", device, *size,
+            "--optimizers", "sgd,adamw,adarem", "--no-bare", "--impl", "fused"]
+
+
+def check_throughput(c: Check, device: str, dry: bool) -> None:
+    c.run("throughput eager", _throughput_cmd(device, dry) + ["--out", str(c.out / f"throughput_{device}_eager.csv")],
+          120 if dry else 120)
+
+
+def check_throughput_compiled(c: Check, device: str, dry: bool) -> None:
+    c.run("throughput compiled", _throughput_cmd(device, dry) + [
+        "--compile", "--out", str(c.out / f"throughput_{device}_compile.csv")], 180 if dry else 220)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes (recursively) of pid, from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def check_e2e(c: Check, device: str, dry: bool) -> None:
+    """torchrun, one process: reference run; stop with SIGUSR1 + resume; compare bit for bit."""
+    import torch
+
+    t0 = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_e2e_"))
+    args = ["model=small_cnn", "data=synthetic", "data.image_size=32", "data.num_classes=10",
+            "data.synthetic_train_size=2560", "data.synthetic_val_size=512", "trainer.batch_size=128",
+            "trainer.epochs=2", "trainer.deterministic=true", f"trainer.device={device}",
+            f"trainer.amp={'bf16' if device == 'cuda' else 'none'}", f"trainer.channels_last={device == 'cuda'}",
+            "optimizer=adarem", "optimizer.fused=true", "logging.wandb=disabled", "logging.progress=lines",
+            "trainer.log_every=1", "trainer.checkpoint_every_min=0"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", ADAREM_CACHE=str(tmp / "cache"))
+
+    def cmd(run_dir: Path) -> list[str]:
+        return launcher + ["train.py", *args, f"hydra.run.dir={run_dir}"]
+
+    problems = []
+    ref = c.run("e2e reference", cmd(tmp / "ref"), 120, env)
+    if c.results[-1]["ok"] is not True:
+        problems.append("reference run failed")
+    c.results.pop()
+    # the interrupted run: SIGUSR1 to the training process (not torchrun) after step 5
+    c.log.write(f"\n===== e2e interrupted: {shlex.join(cmd(tmp / 'int'))}\n")
+    proc = subprocess.Popen(cmd(tmp / "int"), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    watchdog = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    watchdog.start()
+    lines, sent = [], None
+    for line in proc.stdout:
+        lines.append(line)
+        if sent is None and "epoch 0 step 5 " in line:
+            for pid in _descendants(proc.pid):
+                try:
+                    if "train.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                        os.kill(pid, signal.SIGUSR1)
+                        sent = time.monotonic()
+                except OSError:
+                    pass
+    proc.wait()
+    watchdog.cancel()
+    c.log.write("".join(lines))
+    run_int = _read_json(tmp / "int" / "run.json")
+    if sent is None:
+        problems.append("never saw step 5 to signal")
+    if run_int.get("status") != "preempted":
+        problems.append(f"stopped run has status {run_int.get('status')!r}, not 'preempted'")
+    resumed = c.run("e2e resume", cmd(tmp / "int"), 120, env)
+    if c.results[-1]["ok"] is not True:
+        problems.append("resume failed")
+    c.results.pop()
+    del ref, resumed
+    same_weights = same_metrics = False
+    try:
+        a = torch.load(tmp / "ref" / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+        b = torch.load(tmp / "int" / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+        same_weights = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS}  # noqa: E731
+                              for r in rows if r["type"] != "iter"]
+        same_metrics = strip(_read_jsonl(tmp / "ref" / "metrics.jsonl")) == strip(_read_jsonl(tmp / "int" / "metrics.jsonl"))
+    except (OSError, KeyError, RuntimeError) as exc:
+        problems.append(f"cannot compare checkpoints: {exc}")
+    if not same_weights:
+        problems.append("weights differ after resume")
+    if not same_metrics:
+        problems.append("epoch metrics differ after resume")
+    ref_run, int_run = _read_json(tmp / "ref" / "run.json"), _read_json(tmp / "int" / "run.json")
+    final = (ref_run.get("final") or {}).get("val_top1_err")
+    ok = not problems and ref_run.get("status") == "finished" and int_run.get("status") == "finished"
+    c.record("e2e", ok, f"train.py under torchrun on {device} ({'nccl' if device == 'cuda' else 'gloo'} "
+             f"backend available: {_backend_ok(device)}): stop by SIGUSR1 at step 5 -> "
+             f"{run_int.get('status')}, resume -> {int_run.get('status')}, bit-identical weights {same_weights}, "
+             f"same epoch metrics {same_metrics}; final top-1 err {final}"
+             + (f"; problems: {problems}" if problems else ""), time.monotonic() - t0)
+
+
+def _backend_ok(device: str) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_nccl_available() if device == "cuda" else dist.is_gloo_available()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_decode(c: Check, device: str, dry: bool) -> None:
+    args = ["--images", "16", "--rounds", "1", "--batch", "8"] if dry else ["--images", "512", "--rounds", "3"]
+    c.run("decode", [sys.executable, "scripts/bench_decode.py", "--device", device, *args,
+                     "--out", str(c.out / f"jpeg_decode_{device}.csv")], 90 if dry else 90)
+
+
+# in order of value per second: the compiled-model throughput (slowest to compile) goes last
+CHECKS = {"oracle": check_oracle, "optimizer": check_optimizer, "throughput": check_throughput,
+          "e2e": check_e2e, "decode": check_decode, "throughput_compiled": check_throughput_compiled}
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "host_cpus": os.cpu_count(),
+            "device": device, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    for mod in ("torchvision", "timm", "triton", "hydra", "omegaconf"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception as exc:  # noqa: BLE001 - a missing module is itself a figure
+            info[mod] = f"unavailable ({type(exc).__name__})"
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        try:
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at tiny sizes")
+    ap.add_argument("--out", required=True, help="folder for the figures (CSV/JSON) and the log")
+    ap.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {list(CHECKS)}")
+    args = ap.parse_args()
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("gpu_check: no CUDA device is visible; run with --dry-run for the CPU rehearsal", file=sys.stderr)
+            return 2
+    names = [n for n in args.only.split(",") if n]
+    bad = [n for n in names if n not in CHECKS]
+    if bad:
+        print(f"gpu_check: unknown check(s) {bad}; choose from {list(CHECKS)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(out / "gpu_check.log", "a") as log:
+        c = Check(out, log)
+        info = machine_info(device)
+        print(f"gpu_check on {info.get('gpu', 'cpu (dry run)')}, torch {info['torch']}", flush=True)
+        for name in names:
+            try:
+                CHECKS[name](c, device, args.dry_run)
+            except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+                c.record(name, False, f"check crashed: {type(exc).__name__}: {exc}", 0.0)
+            # written after every check, so that a run cut short still leaves what it measured
+            summary = {"machine": info, "dry_run": args.dry_run, "total_seconds": round(time.monotonic() - t0, 1),
+                       "checks_asked": names, "checks": c.results}
+            (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+    failed = [r["check"] for r in c.results if not r["ok"]]
+    print(f"gpu_check: {len(c.results) - len(failed)}/{len(c.results)} checks ok in {summary['total_seconds']:.0f} s"
+          + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; figures in {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

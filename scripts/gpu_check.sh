@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One command for every GPU check of the suite (see scripts/gpu_check.py for the list).
+#
+#   bash scripts/gpu_check.sh --build-deps   # here: hydra-core/omegaconf/antlr4 into .gpu_deps/ (2 MB, git-ignored)
+#   bash scripts/gpu_check.sh                # on a GPU machine: figures to $OUT (or results/bench/gpu/)
+#   bash scripts/gpu_check.sh --dry-run      # the same steps on the CPU at tiny sizes (the tests run this)
+#
+# With the device tool of this workplace: run `bash scripts/gpu_check.sh` with carry=[".gpu_deps"];
+# it writes to $OUT, and the files come back; copy them into results/bench/gpu/ and commit.
+# The GPU machine has its own python3 and torch (no venv, no network): the small pure-Python
+# packages that it lacks travel in .gpu_deps/, and wandb is never imported (logging.wandb=disabled).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--build-deps" ]; then
+  rm -rf .gpu_deps
+  python3 -m pip install -q --no-deps --no-compile --target .gpu_deps \
+    hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 && du -sh .gpu_deps
+  exit $?
+fi
+
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import hydra" 2>/dev/null; then
+  PY=.venv/bin/python
+else
+  PY=python3
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# .gpu_deps goes last: a machine that has these packages keeps its own
+[ -d .gpu_deps ] && export PYTHONPATH="$PYTHONPATH:$PWD/.gpu_deps"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+
+dry=0
+for a in "$@"; do [ "$a" = "--dry-run" ] && dry=1; done
+if [ -n "${OUT:-}" ]; then
+  out=$OUT
+elif [ $dry = 1 ]; then
+  out=$(mktemp -d -t gpu_check_dry.XXXXXX)
+else
+  out=results/bench/gpu
+fi
+exec "$PY" scripts/gpu_check.py --out "$out" "$@"

@@ -1,0 +1,51 @@
+"""scripts/gpu_check.sh --dry-run: every GPU check's steps, on the CPU at tiny sizes, so that the
+script that a session with a lent GPU runs cannot rot between such sessions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_check(tmp_path, env):
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"], cwd=REPO,
+                         env=dict(env, OUT=str(out)), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((out / "gpu_check.json").read_text())
+    checks = {c["check"]: c for c in summary["checks"]}
+    assert set(checks) == {"oracle", "optimizer", "throughput eager", "e2e", "decode", "throughput compiled"}
+    assert all(c["ok"] for c in checks.values()), checks
+    assert summary["dry_run"] is True and summary["machine"]["device"] == "cpu"
+    # the figures are real measurements, one line each
+    assert "passed" in checks["oracle"]["figure"] and "failed" not in checks["oracle"]["figure"]
+    assert "bit-identical weights True" in checks["e2e"]["figure"]
+    for name in ("optimizer_step_cpu.csv", "throughput_cpu_eager.csv", "throughput_cpu_compile.csv",
+                 "jpeg_decode_cpu.csv"):
+        rows = list(csv.DictReader(open(out / name)))
+        assert rows, name
+    step = {r["optimizer"]: float(r["median_step_ms"]) for r in csv.DictReader(open(out / "optimizer_step_cpu.csv"))}
+    assert {"adarem (fused)", "adarem (foreach)", "adamw (fused)"} <= set(step) and all(v > 0 for v in step.values())
+    assert (out / "gpu_check.log").stat().st_size > 0
+
+
+def test_gpu_check_without_gpu_says_so(tmp_path, env):
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], cwd=REPO,
+                         env=dict(env, OUT=str(tmp_path), CUDA_VISIBLE_DEVICES=""), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2
+    assert "no CUDA device" in res.stderr and "--dry-run" in res.stderr
+    assert not os.path.exists(tmp_path / "gpu_check.json")
+
+
+def test_gpu_check_rejects_unknown_check(tmp_path, env):
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--only", "nope"], cwd=REPO,
+                         env=dict(env, OUT=str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown check" in res.stderr and "nope" in res.stderr
