@@ -11,11 +11,21 @@ interrupted run; SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me")
 
 from __future__ import annotations
 
-import logging
-import os
+import signal
 import sys
-import time
-from pathlib import Path
+
+# Before the heavy imports (seconds): a preemption signal that arrives while Python is still
+# starting must end in "requeue me" (exit 75), not in the default death by signal (143/138).
+_EARLY_SIGNAL: list[str] = []
+if __name__ == "__main__":
+    for _sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(_sig, lambda signum, frame: _EARLY_SIGNAL.append(signal.Signals(signum).name))
+
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import hydra
 import torch
@@ -32,7 +42,9 @@ from adarem.models import build_model, count_parameters
 from adarem.optim.factory import build_optimizer
 from adarem.oscillation import OscillationTracker
 from adarem.reproducibility import seed_everything
-from adarem.run_dir import plan_run
+from adarem.data import data_identity
+from adarem.run_dir import RunLock, plan_run
+from adarem.run_identity import run_id
 from adarem.run_record import MetricsLog, RunRecord, now
 from adarem.schedule import build_scheduler
 from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
@@ -41,17 +53,44 @@ from adarem.tracking import Tracker
 log = logging.getLogger("train")
 register_configs()
 _ACTIVE_RECORD: list[RunRecord] = []  # so that a crash still marks run.json as failed
+_RESOURCES: list[RunLock] = []  # released when train() ends, however it ends
 
 
 def train(cfg: DictConfig) -> int:
+    """Run (or continue) one training run; returns the exit code. The run-directory lock is
+    released however it ends (compare.py calls this repeatedly in one process)."""
+    try:
+        return _train(cfg)
+    finally:
+        while _RESOURCES:
+            _RESOURCES.pop().release()
+
+
+def _train(cfg: DictConfig) -> int:
+    stop = StopFlag()
+    stop.install()  # first: a preemption during start-up must still end in "requeue me"
+    if _EARLY_SIGNAL:
+        stop.signal_name = _EARLY_SIGNAL[0]
     config = validate(cfg)
     config_dict = to_container(cfg)
     tc = config.trainer
     dist = dist_utils.init_distributed(tc.device)
+    stop.distributed, stop.device = dist.enabled, dist.device
     seed_everything(config.seed, tc.deterministic)
     run_dir = Path(config.run_dir)
 
-    # Everything that can fail on bad input is checked before anything is written.
+    # One process per run directory (rank 0 holds the lock for all ranks), then everything that
+    # can fail on bad input is checked before anything is written.
+    lock = RunLock(run_dir, dist.is_main)
+    _RESOURCES.append(lock)
+    refusal = None
+    try:
+        lock.acquire()
+    except ConfigError as exc:
+        refusal = str(exc)
+    refusal = dist_utils.broadcast_object(refusal)
+    if refusal:
+        raise ConfigError(refusal)
     plan = plan_run(run_dir, config.resume, config_dict)
     if plan.already_done:
         prev = plan.previous
@@ -63,6 +102,10 @@ def train(cfg: DictConfig) -> int:
     precision = make_precision(tc.amp, dist.device)
     data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
                       channels_last=tc.channels_last, half=precision.autocast_dtype == torch.float16)
+    data_id = data_identity(config.data, data)
+    if plan.previous and plan.previous.get("data_identity") not in (None, data_id):
+        raise ConfigError(f"the dataset differs from the one this run started with "
+                          f"({plan.previous['data_identity']} then, {data_id} now); restore it or start a new run")
     model = build_model(config.model.name, data.num_classes, data.in_chans, config.model.pretrained,
                         config.model.drop_rate, config.model.kwargs).to(dist.device)
     if tc.channels_last:
@@ -72,6 +115,8 @@ def train(cfg: DictConfig) -> int:
     state = TrainState()
     if plan.checkpoint is not None:
         ckpt_io.restore(plan.checkpoint, model, optimizer, scheduler, precision.scaler, state, dist.rank)
+    if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
+        return _stopped_during_startup(stop, dist.is_main)
     train_model = model
     if dist.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -83,14 +128,20 @@ def train(cfg: DictConfig) -> int:
     record = RunRecord(run_dir, dist.is_main)
     _ACTIVE_RECORD.append(record)
     record.start(config_dict, dist.world_size, dist.device, plan.previous)
-    record.update(n_params=count_parameters(model), steps_per_epoch=len(data.train),
-                  train_samples_per_epoch=data.train.num_samples, val_samples=data.val.num_samples)
+    record.update(run_id=run_id(config_dict), data_identity=data_id, n_params=count_parameters(model),
+                  steps_per_epoch=len(data.train), train_samples_per_epoch=data.train.num_samples,
+                  val_samples=data.val.num_samples)
     metrics = MetricsLog(run_dir, dist.is_main)
-    metrics.open(keep_lines=plan.checkpoint["metrics_lines"] if plan.checkpoint else 0)
+    lost = metrics.open(keep_lines=plan.checkpoint["metrics_lines"] if plan.checkpoint else 0)
+    if lost and dist.is_main:
+        print(f"warning: {run_dir / 'metrics.jsonl'} held {lost} fewer complete line(s) than the checkpoint "
+              f"recorded (cut or torn); those lines are lost and the run record says so (metrics_lines_lost)",
+              file=sys.stderr)
+        record.update(metrics_lines_lost=record.data.get("metrics_lines_lost", 0) + lost)
     tracker = Tracker(config.logging.wandb, dist.is_main)
-    run_id = record.data.setdefault("wandb_id", f"{config.optimizer.variant}-s{config.seed}-{os.urandom(4).hex()}")
+    wandb_id = record.data.setdefault("wandb_id", f"{config.optimizer.variant}-s{config.seed}-{os.urandom(4).hex()}")
     record.write()
-    tracker.start(run_dir, run_id, config.logging.project, config.logging.entity,
+    tracker.start(run_dir, wandb_id, config.logging.project, config.logging.entity,
                   config.logging.group or f"{config.data.name}-{config.model.name}-{config.optimizer.variant}",
                   f"{config.model.name}-{config.optimizer.variant}-lr{config.optimizer.lr}-s{config.seed}",
                   config_dict)
@@ -112,7 +163,7 @@ def train(cfg: DictConfig) -> int:
         if dist.is_main:
             metrics.flush()
             ckpt_io.save_atomic(ckpt_io.training_checkpoint(model, optimizer, scheduler, precision.scaler,
-                                                            state, metrics.lines, per_rank), run_dir)
+                                                            state, metrics.lines, per_rank, config_dict), run_dir)
         dist_utils.barrier()
 
     last_ckpt = [time.monotonic()]
@@ -131,10 +182,7 @@ def train(cfg: DictConfig) -> int:
         tracker.finish(exit_code=REQUEUE_EXIT_CODE)
         return REQUEUE_EXIT_CODE
 
-    stop = StopFlag(dist.enabled, dist.device)
-    stop.install()
     osc = OscillationTracker(model, tc.oscillation_every) if tc.oscillation_every else None
-    final = {}
     bar = None
     while state.epoch < tc.epochs:
         if state.phase == "train":
@@ -179,9 +227,12 @@ def train(cfg: DictConfig) -> int:
                      "corrupt_skipped": data.train.corrupt_count}
         if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
             epoch_rec.update(evaluate(model, data.val, precision, dist.device, tc.channels_last, state.epoch))
-            final = {k: epoch_rec[k] for k in ("val_loss", "val_top1_err", "val_top5_err")}
-            final.update(epoch=state.epoch, train_loss=epoch_rec["train_loss"])
+            # kept in the training state, so that a run stopped after its last evaluation and
+            # resumed still reports it
+            state.final = {k: epoch_rec[k] for k in ("val_loss", "val_top1_err", "val_top5_err")}
+            state.final.update(epoch=state.epoch, train_loss=epoch_rec["train_loss"])
         log_metrics(epoch_rec)
+        maybe_crash("after_eval", state.epoch)
         if dist.is_main:
             log.info("epoch %d: train loss %.4f%s, %.0f img/s", state.epoch, epoch_rec["train_loss"],
                      f", val top-1 err {epoch_rec['val_top1_err']:.2f}%" if "val_top1_err" in epoch_rec else "",
@@ -194,19 +245,33 @@ def train(cfg: DictConfig) -> int:
             return stop_for_requeue("preempted")
 
     metrics.close()
+    final = state.final
+    if not math.isfinite(final.get("val_top1_err", math.nan)):
+        raise DataError(f"the run ended without a finite final validation error (final={final}); "
+                        f"check that the validation split holds images of every rank")
     record.update(status="finished", end_time=now(), final=final, wall_time_s=state.elapsed_train_s)
     tracker.finish()
     if dist.is_main:
-        print(f"final top-1 error {final.get('val_top1_err', float('nan')):.2f}% "
-              f"(top-5 {final.get('val_top5_err', float('nan')):.2f}%) after {tc.epochs} epochs; run record in {run_dir}")
+        print(f"final top-1 error {final['val_top1_err']:.2f}% "
+              f"(top-5 {final['val_top5_err']:.2f}%) after {tc.epochs} epochs; run record in {run_dir}")
     return 0
+
+
+def _stopped_during_startup(stop: StopFlag, is_main: bool) -> int:
+    if is_main:
+        print(f"stopped during start-up (signal {stop.signal_name}) before any training step; exit "
+              f"{REQUEUE_EXIT_CODE} asks for a requeue", file=sys.stderr)
+    return REQUEUE_EXIT_CODE
 
 
 def mark_failed(exc: BaseException) -> None:
     for record in _ACTIVE_RECORD:
         if record.data.get("status") == "running":
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            record.update(status=status, end_time=now(), error=f"{type(exc).__name__}: {one_line(exc)}")
+            try:
+                record.update(status=status, end_time=now(), error=f"{type(exc).__name__}: {one_line(exc)}")
+            except OSError:  # the disk that failed the run may fail this write too
+                pass
 
 
 def one_line(exc: BaseException) -> str:
@@ -223,12 +288,19 @@ def one_line(exc: BaseException) -> str:
 def main(cfg: DictConfig) -> None:
     try:
         code = train(cfg)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, OSError) as exc:
+        # OSError: a run directory that cannot be written, a full disk, a vanished dataset file
         mark_failed(exc)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        hint = "" if not isinstance(exc, OSError) else " (free space or choose a writable hydra.run.dir)"
+        print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt as exc:
+        mark_failed(exc)
+        print("interrupted (Ctrl-C): run.json says interrupted; rerun the same command to resume from the "
+              "last checkpoint", file=sys.stderr)
+        code = 130
     except BaseException as exc:
         mark_failed(exc)
         raise
@@ -246,9 +318,12 @@ def preflight(argv: list[str]) -> None:
         return
     from hydra import compose, initialize_config_dir
 
+    from omegaconf import OmegaConf
+
     try:
         with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "configs"), version_base="1.3"):
-            compose("config", overrides=argv)
+            composed = compose("config", overrides=argv, return_hydra_config=True)
+        run_dir = Path(str(OmegaConf.select(composed, "hydra.run.dir")))
     except Exception as exc:
         noise = ("full_key:", "reference_type", "object_type", "Config search path", "provider=",
                  "Set the environment variable", "To append to your config")
@@ -257,7 +332,18 @@ def preflight(argv: list[str]) -> None:
             lines += [line.strip() for line in str(exc).splitlines()
                       if line.strip() and not line.strip().startswith(noise) and line.strip() not in lines]
             exc = exc.__cause__
-        print(f"error: {'; '.join(lines).replace(':; ', ': ').replace('.; ', '; ')}", file=sys.stderr)
+        message = '; '.join(lines).replace(':; ', ': ').replace('.; ', '; ')
+        if any(ord(c) > 127 for c in " ".join(argv)):
+            message += " (values with non-ASCII characters must be quoted: key='value')"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    try:  # Hydra creates the run directory before train() runs: check it here, in one line
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        print(f"error: cannot create or write the run directory {run_dir} ({exc.strerror}); choose a writable "
+              f"hydra.run.dir", file=sys.stderr)
         sys.exit(2)
 
 

@@ -51,12 +51,16 @@ def save_atomic(obj: dict, run_dir: Path) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getbuffer()
-    with open(tmp, "wb") as f:
-        f.write(data[: len(data) // 2])
-        maybe_crash("checkpoint_write", _writes)
-        f.write(data[len(data) // 2:])
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data[: len(data) // 2])
+            maybe_crash("checkpoint_write", _writes)
+            f.write(data[len(data) // 2:])
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:  # e.g. a full disk: leave no partial file behind, keep the previous checkpoints
+        tmp.unlink(missing_ok=True)
+        raise
     latest = run_dir / LATEST
     if latest.exists():
         os.replace(latest, run_dir / PREVIOUS)
@@ -103,22 +107,35 @@ def rank_state(state) -> dict:
     return {"rng": rng_state(), "progress": state.progress.state_dict()}
 
 
-def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, per_rank: list) -> dict:
+def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, per_rank: list,
+                        config: dict) -> dict:
     """Everything needed to continue a run exactly where it stopped; ``per_rank`` holds every
-    rank's ``rank_state``."""
+    rank's ``rank_state``; ``config`` is the resolved configuration (resume=<path> checks it)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "position": {"epoch": state.epoch, "batch": state.batch, "global_step": state.global_step,
-                     "phase": state.phase, "elapsed_train_s": state.elapsed_train_s},
+                     "phase": state.phase, "elapsed_train_s": state.elapsed_train_s, "final": state.final},
         "metrics_lines": metrics_lines,
+        "config": config,
         "per_rank": per_rank,
     }
 
 
 def restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) -> None:
+    try:
+        _restore(ckpt, model, optimizer, scheduler, scaler, state, rank)
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # another model, a foreign dict
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the checkpoint does not fit this run ({type(exc).__name__}: {first[:200]}); "
+                              f"resume only from a checkpoint of the same model and optimizer") from None
+
+
+def _restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) -> None:
     from adarem.engine import EpochProgress
 
     model.load_state_dict(ckpt["model"])
@@ -129,6 +146,7 @@ def restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) -
     pos = ckpt["position"]
     state.epoch, state.batch, state.global_step = pos["epoch"], pos["batch"], pos["global_step"]
     state.phase, state.elapsed_train_s = pos["phase"], pos["elapsed_train_s"]
+    state.final = dict(pos.get("final") or {})
     per_rank = ckpt["per_rank"]
     if rank >= len(per_rank):
         raise CheckpointError(f"checkpoint was written by {len(per_rank)} ranks, this is rank {rank}; "

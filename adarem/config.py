@@ -7,6 +7,7 @@ checks ranges, so that every bad value fails at start-up with one line naming it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -55,7 +56,9 @@ class OptimizerConfig:
         _require(self.name in ("sgd", "adam", "adamw", "adarem"),
                  f"optimizer.name={self.name!r} is not one of sgd, adam, adamw, adarem")
         _require(self.lr > 0, f"optimizer.lr={self.lr} must be > 0")
-        _require(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+        _require(self.lr <= 1e6, f"optimizer.lr={self.lr} must be a finite value <= 1e6")
+        _require(0 <= self.weight_decay < 1e3,
+                 f"optimizer.weight_decay={self.weight_decay} must be a finite value in [0, 1000)")
         _require(0 <= self.momentum < 1, f"optimizer.momentum={self.momentum} must be in [0, 1)")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"optimizer.betas={list(self.betas)} must be two values in [0, 1)")
@@ -106,6 +109,12 @@ class DataConfig:
         _require(self.eval_on in ("val", "holdout"), f"data.eval_on={self.eval_on!r} must be val or holdout")
         _require(0 < self.holdout_fraction < 1, f"data.holdout_fraction={self.holdout_fraction} must be in (0, 1)")
         _require(self.in_chans in (1, 3), f"data.in_chans={self.in_chans} must be 1 or 3")
+        for name in ("mean", "std"):
+            values = list(getattr(self, name))
+            _require(len(values) == self.in_chans and all(math.isfinite(v) for v in values),
+                     f"data.{name}={values} must hold {self.in_chans} finite value(s), one per input channel "
+                     f"(data.in_chans={self.in_chans})")
+        _require(all(v > 0 for v in self.std), f"data.std={list(self.std)} must be > 0 (it divides)")
 
 
 @dataclass
@@ -122,6 +131,11 @@ class ScheduleConfig:
                  f"schedule.name={self.name!r} must be cosine, step or constant")
         _require(self.warmup_epochs >= 0, f"schedule.warmup_epochs={self.warmup_epochs} must be >= 0")
         _require(0 < self.decay_rate <= 1, f"schedule.decay_rate={self.decay_rate} must be in (0, 1]")
+        _require(0 <= self.warmup_lr < 1e6, f"schedule.warmup_lr={self.warmup_lr} must be a finite value >= 0")
+        _require(0 <= self.min_lr < 1e6, f"schedule.min_lr={self.min_lr} must be a finite value >= 0")
+        ms = list(self.milestones)
+        _require(all(m >= 1 for m in ms) and ms == sorted(set(ms)),
+                 f"schedule.milestones={ms} must be increasing epoch numbers >= 1")
 
 
 @dataclass
@@ -151,6 +165,11 @@ class TrainerConfig:
         _require(self.device in ("auto", "cpu", "cuda"), f"trainer.device={self.device!r} must be auto, cpu or cuda")
         _require(self.log_every >= 1, f"trainer.log_every={self.log_every} must be >= 1")
         _require(self.oscillation_every >= 0, f"trainer.oscillation_every={self.oscillation_every} must be >= 0")
+        _require(self.max_steps >= 0, f"trainer.max_steps={self.max_steps} must be >= 0 (0 = no limit)")
+        _require(self.diverge_loss > 0, f"trainer.diverge_loss={self.diverge_loss} must be > 0 "
+                                        f"(a loss above it counts as divergence)")
+        _require(self.checkpoint_every_min >= 0,
+                 f"trainer.checkpoint_every_min={self.checkpoint_every_min} must be >= 0 (0 = only at epoch ends)")
 
 
 @dataclass
@@ -184,11 +203,14 @@ class Config:
     notes: str = ""
 
     def __post_init__(self):
-        _require(self.seed >= 0, f"seed={self.seed} must be >= 0")
+        _require(0 <= self.seed < 2**32, f"seed={self.seed} must be in [0, 2**32) (numpy's seed range)")
         _require(bool(self.resume), "resume must be auto, never or a checkpoint path")
 
 
 def register_configs() -> None:
+    from adarem.run_identity import register_resolver
+
+    register_resolver()
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, node in (("model", ModelConfig), ("optimizer", OptimizerConfig), ("data", DataConfig),
@@ -196,8 +218,29 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys that no schema field declares (Hydra's ``+group.key=value`` can add them)."""
+    import dataclasses
+
+    unknown = []
+    schema = {f.name: f.type for f in dataclasses.fields(Config)}
+    groups = {"model": ModelConfig, "optimizer": OptimizerConfig, "data": DataConfig, "schedule": ScheduleConfig,
+              "trainer": TrainerConfig, "logging": LoggingConfig}
+    for key in cfg:
+        if key not in schema and key != "hydra":
+            unknown.append(str(key))
+        elif key in groups and isinstance(cfg[key], DictConfig):
+            fields = {f.name for f in dataclasses.fields(groups[key])}
+            unknown += [f"{key}.{k}" for k in cfg[key] if k not in fields]
+    return unknown
+
+
 def validate(cfg: DictConfig) -> Config:
     """Instantiate the schema (running every range check); raise ConfigError on a bad value."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: no such setting (check the spelling; "
+                          f"see configs/ and adarem/config.py)")
     try:
         return OmegaConf.to_object(cfg)
     except ConfigError:

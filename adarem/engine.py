@@ -83,6 +83,7 @@ class TrainState:
     phase: str = "train"  # "train": training epoch `epoch`; "eval": epoch trained, eval pending
     elapsed_train_s: float = 0.0  # cumulative training wall time, over restarts
     progress: EpochProgress = field(default_factory=EpochProgress)
+    final: dict = field(default_factory=dict)  # the last evaluation's metrics (run.json "final")
 
 
 class LossWatch:

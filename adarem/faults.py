@@ -1,8 +1,10 @@
 """Fault injection for the fault-tolerance tests: ``ADAREM_FAULT=<point>@<n>`` makes the process
-SIGKILL itself at that point, as a node failure or the OOM killer would. Unset, it costs one
-dictionary lookup. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` (right after
+SIGKILL itself at that point, as a node failure or the OOM killer would; ``<point>@<n>:TERM``
+sends SIGTERM instead (a scheduler's preemption notice at an exact point). Unset, it costs one
+string comparison. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` (right after
 the end-of-epoch checkpoint of epoch E, before evaluation), ``eval@E`` (in the middle of
-epoch E's evaluation), ``checkpoint_write@K`` (half-way through writing the K-th checkpoint).
+epoch E's evaluation), ``after_eval@E`` (right after epoch E's evaluation was logged),
+``checkpoint_write@K`` (half-way through writing the K-th checkpoint).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import os
 import signal
 
 _SPEC = os.environ.get("ADAREM_FAULT", "")
-_POINT, _, _N = _SPEC.partition("@")
+_POINT, _, _REST = _SPEC.partition("@")
+_N, _, _SIGNAL = _REST.partition(":")
 
 
 def maybe_crash(point: str, n: int) -> None:
     if _SPEC and point == _POINT and str(n) == _N:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[f"SIG{_SIGNAL}"] if _SIGNAL else signal.SIGKILL)

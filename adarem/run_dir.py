@@ -1,20 +1,31 @@
 """Decide, before anything is written, what a launch does with its run directory.
 
-``resume=auto``: continue from the directory's latest checkpoint (or start fresh if it has
-none); a finished run is reported and left untouched. ``resume=never``: start fresh, refusing a
-directory that already holds a run. ``resume=<path>``: start from that checkpoint file.
-A directory that holds a run of a different configuration is always refused.
+A directory holding a run of another configuration is always refused, naming the keys that
+differ (the default directory name ends in the configuration's hash, so this only happens with
+an explicit hydra.run.dir / run_dir). Then ``resume=auto``: continue from the directory's latest
+checkpoint (or start fresh if it has none); a finished run is reported and left untouched.
+``resume=never``: start fresh, refusing a directory that already holds a run.
+``resume=<path>``: start from that checkpoint file, which must come from the same configuration.
+
+``RunLock`` keeps a second process (a double submit, a requeue racing a job that is still
+alive) out of a directory that a live process is using.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from adarem import checkpoint as ckpt_io
 from adarem.config import ConfigError
-from adarem.run_record import FINAL_STATUSES, config_differences, read_run_json
+from adarem.run_identity import config_differences
+from adarem.run_record import FINAL_STATUSES, read_run_json
+
+LOCK = ".lock"
 
 
 @dataclass
@@ -25,9 +36,22 @@ class RunPlan:
     already_done: bool = False  # a finished run: report and exit
 
 
+def _differs(what: str, diff: list[str], hint: str) -> ConfigError:
+    shown = ", ".join(diff[:6]) + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
+    return ConfigError(f"{what} has a different configuration (differs in {shown}); {hint}")
+
+
 def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
-    previous = read_run_json(run_dir)
+    try:
+        previous = read_run_json(run_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if previous is not None:
+        diff = config_differences(previous.get("config") or {}, config)
+        if diff:
+            raise _differs(f"{run_dir} holds a {previous.get('status', 'unknown')} run that", diff,
+                           "choose another hydra.run.dir (the default directory name is unique per "
+                           "configuration) or restore those values")
         if previous.get("status") in FINAL_STATUSES:
             if resume == "auto":
                 return RunPlan(previous, None, None, already_done=True)
@@ -36,10 +60,6 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         if resume == "never":
             raise ConfigError(f"{run_dir} holds an unfinished run (status {previous.get('status')}); "
                               f"use resume=auto to continue it or choose another hydra.run.dir")
-        diff = config_differences(previous.get("config", {}), config)
-        if diff:
-            raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(diff[:6])}); "
-                              f"choose another hydra.run.dir or restore those values")
     if resume == "never":
         return RunPlan(previous, None, None)
     if resume == "auto":
@@ -50,4 +70,48 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
     path = Path(resume)
     if not path.is_file():
         raise ConfigError(f"resume={resume!r}: no such checkpoint file; use auto, never or a checkpoint path")
-    return RunPlan(previous, ckpt_io.load(path), path)
+    ckpt = ckpt_io.load(path)
+    if ckpt.get("config") is None:
+        raise ConfigError(f"resume={resume}: the checkpoint records no configuration (written by an older "
+                          f"version), so it cannot be checked against this one; start fresh")
+    diff = config_differences(ckpt["config"], config)
+    if diff:  # the optimizer/scheduler state would silently override the new settings
+        raise _differs(f"resume={resume}: the checkpoint's run", diff,
+                       "resume with the checkpoint's values, or start a new run (resume=never)")
+    return RunPlan(previous, ckpt, path)
+
+
+class RunLock:
+    """An exclusive flock on ``<run_dir>/.lock`` for the life of the process (the kernel drops it
+    on any exit, kill -9 included). The file names the holder, for the refusal message."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = Path(run_dir) / LOCK
+        self.enabled = enabled
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {self.path.parent} ({exc.strerror}); "
+                              f"choose a writable hydra.run.dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent} is in use by {holder} (a double submit, or a requeue "
+                              f"racing a job that is still alive); wait for it to end or choose another "
+                              f"hydra.run.dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None

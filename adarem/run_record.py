@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from adarem.run_identity import NOT_IDENTITY, config_differences, flatten  # noqa: F401 (re-exported)
+
 RUN_JSON, METRICS = "run.json", "metrics.jsonl"
 FINAL_STATUSES = ("finished", "diverged")
 # keys that may change between a run and its resumption without making it another run
-RESUME_INSENSITIVE = ("resume", "logging", "run_dir", "notes", "trainer.max_steps", "trainer.log_every",
-                      "trainer.checkpoint_every_min", "data.num_workers", "data.root", "trainer.device")
+RESUME_INSENSITIVE = NOT_IDENTITY
 
 
 def now() -> str:
@@ -62,32 +63,21 @@ def hardware(device: torch.device) -> dict:
 
 
 def read_run_json(run_dir: Path) -> dict | None:
+    """The run directory's run.json, None if there is none; ValueError (one line) if it is not a
+    JSON object (empty, truncated by a full disk, edited by hand)."""
     path = Path(run_dir) / RUN_JSON
     if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Flattened keys whose values differ, ignoring those a resumption may change."""
-    a, b = flatten(old), flatten(new)
-
-    def relevant(k):
-        return not any(k == p or k.startswith(p + ".") for p in RESUME_INSENSITIVE)
-
-    return sorted(k for k in set(a) | set(b) if relevant(k) and a.get(k) != b.get(k))
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); move it away (the run directory's other "
+                         f"files are kept) or choose another hydra.run.dir") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a run record; move it away or "
+                         f"choose another hydra.run.dir")
+    return data
 
 
 class RunRecord:
@@ -123,6 +113,13 @@ class RunRecord:
         os.replace(tmp, self.run_dir / RUN_JSON)
 
 
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool):
         self.path = Path(run_dir) / METRICS
@@ -130,23 +127,29 @@ class MetricsLog:
         self.lines = 0
         self._f = None
 
-    def open(self, keep_lines: int) -> None:
+    def open(self, keep_lines: int) -> int:
         """Open for appending, first cutting the file back to its first ``keep_lines`` lines
-        (those logged before the checkpoint a resumed run starts from)."""
+        (those logged before the checkpoint a resumed run starts from). A line that was torn (no
+        newline, not JSON) ends what is kept. Returns how many of the ``keep_lines`` were missing."""
         self.lines = keep_lines
         if not self.enabled:
-            return
+            return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            with open(self.path) as f:
-                kept = [line for _, line in zip(range(keep_lines), f)]
-            kept = [line if line.endswith("\n") else line + "\n" for line in kept]
+        kept = []
+        if self.path.exists() or keep_lines:
+            if self.path.exists():
+                with open(self.path, errors="replace") as f:
+                    for _, line in zip(range(keep_lines), f):
+                        if not line.endswith("\n") or not _is_json_object(line):
+                            break
+                        kept.append(line)
             tmp = self.path.with_name(f".{METRICS}.tmp")
             with open(tmp, "w") as f:
                 f.writelines(kept)
             os.replace(tmp, self.path)
-            self.lines = len(kept)
+        self.lines = len(kept)
         self._f = open(self.path, "a")
+        return keep_lines - len(kept)
 
     def log(self, record: dict, flush: bool = False) -> None:
         self.lines += 1

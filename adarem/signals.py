@@ -17,7 +17,7 @@ REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again" (sysexits.
 
 
 class StopFlag:
-    def __init__(self, distributed: bool, device: torch.device):
+    def __init__(self, distributed: bool = False, device: torch.device = torch.device("cpu")):
         self.signal_name: str | None = None
         self.distributed = distributed
         self.device = device

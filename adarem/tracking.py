@@ -26,8 +26,12 @@ class Tracker:
             self.run = wandb.init(project=project, entity=entity, group=group, name=name, id=run_id,
                                   resume="allow", mode=self.mode, dir=str(run_dir), config=config)
         except Exception as exc:  # tracking is a mirror of metrics.jsonl, never a reason to stop
-            if self.mode == "online":
-                raise
+            if self.mode == "online":  # ...unless the user asked for it explicitly
+                from adarem.config import ConfigError
+
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"logging.wandb=online but wandb could not start ({first}); run `wandb login` "
+                                  f"(or set WANDB_API_KEY), or use logging.wandb=offline and `wandb sync` later") from None
             log.warning("wandb (%s) unavailable: %s; metrics still go to metrics.jsonl", self.mode,
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.run = None

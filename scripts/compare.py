@@ -14,8 +14,11 @@ Protocol, identical for every optimizer:
 
 Keys of this script: optimizers=a,b,c  seeds=N  lr_grid=x,y,z  workers=N  out=DIR  runs=DIR.
 Every other key=value is a train.py override (data=..., model=..., trainer.epochs=...).
-Run directories are derived from the configuration, so an interrupted comparison, launched
-again, resumes its unfinished runs and skips the finished ones.
+Run directories end in the configuration's hash (adarem/run_identity.py), so an interrupted
+comparison, launched again with the same arguments, resumes its unfinished runs and skips the
+finished ones, and a comparison with any other setting never reuses them. A run that failed,
+diverged or has no finite error counts as the worst point of the grid; a stage in which no run
+finished stops the comparison with exit code 2.
 """
 
 from __future__ import annotations
@@ -54,6 +57,20 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
+def fail(message: str) -> None:
+    """Bad input or an empty stage: one line, exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def score(res: dict) -> float:
+    """A run's error for selection: anything but a finished run with a finite error is worst."""
+    err = res.get("err")
+    if res.get("status") != "finished" or not isinstance(err, (int, float)) or not math.isfinite(err):
+        return math.inf
+    return float(err)
+
+
 def run_one(overrides: list[str], threads: int) -> dict:
     """Train one configuration in this (worker) process; returns its outcome."""
     import torch
@@ -70,9 +87,13 @@ def run_one(overrides: list[str], threads: int) -> dict:
             code = train.train(cfg)
     except Exception as exc:  # one failed configuration must not stop the comparison
         return {"run_dir": str(run_dir), "status": "failed", "error": train.one_line(exc), "seconds": time.time() - t0}
-    record = read_run_json(run_dir) or {}
+    try:
+        record = read_run_json(run_dir) or {}
+    except ValueError as exc:
+        return {"run_dir": str(run_dir), "status": "failed", "error": str(exc), "seconds": time.time() - t0}
+    err = (record.get("final") or {}).get("val_top1_err")
     return {"run_dir": str(run_dir), "status": record.get("status", f"exit {code}"),
-            "err": (record.get("final") or {}).get("val_top1_err", math.nan), "seconds": time.time() - t0}
+            "err": math.nan if err is None else err, "seconds": time.time() - t0}
 
 
 def parse(argv: list[str]) -> tuple[dict, list[str]]:
@@ -91,11 +112,13 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         own["workers"] = int(own["workers"])
         own["lr_grid"] = [float(x) for x in own["lr_grid"].split(",")]
     except ValueError as exc:
-        raise SystemExit(f"error: bad compare.py argument ({exc}); seeds and workers are integers, "
-                         f"lr_grid is comma-separated numbers")
+        fail(f"bad compare.py argument ({exc}); seeds and workers are integers, lr_grid is comma-separated numbers")
     own["optimizers"] = [o for o in own["optimizers"].split(",") if o]
     if own["seeds"] < 1 or own["workers"] < 1 or not own["lr_grid"] or not own["optimizers"]:
-        raise SystemExit("error: seeds and workers must be >= 1, lr_grid and optimizers non-empty")
+        fail("seeds and workers must be >= 1, lr_grid and optimizers non-empty")
+    bad = [m for m in own["lr_grid"] if not (0 < m < math.inf)]
+    if bad:
+        fail(f"lr_grid={','.join(map(str, own['lr_grid']))}: every factor must be a finite number > 0 (bad: {bad})")
     return own, passthrough
 
 
@@ -106,7 +129,10 @@ def main(argv: list[str]) -> int:
     for key, value in (("logging.wandb", "disabled"), ("logging.progress", "none"), ("trainer.oscillation_every", "10")):
         if not any(a.startswith(key + "=") for a in base):
             base.append(f"{key}={value}")
-    probe = compose(base)  # fails here, with one line, on a bad override
+    try:
+        probe = compose(base)  # fails here, with one line, on a bad override
+    except Exception as exc:  # noqa: BLE001 - Hydra's errors carry several lines; keep the first
+        fail(f"bad override in {' '.join(base)}: {str(exc).strip().splitlines()[0]}")
     name = probe.experiment_name or f"{probe.data.name}_{probe.model.name}"
     runs_root = Path(own["runs"] or REPO / "runs" / "compare" / name)
     out = Path(own["out"] or REPO / "results" / name)
@@ -115,12 +141,13 @@ def main(argv: list[str]) -> int:
     for opt in own["optimizers"]:
         try:
             default_lr[opt] = float(compose([*base, f"optimizer={opt}"]).optimizer.lr)
-        except Exception as exc:
-            raise SystemExit(f"error: optimizer {opt!r}: {str(exc).splitlines()[0]}")
+        except Exception as exc:  # noqa: BLE001
+            fail(f"optimizer {opt!r}: {str(exc).strip().splitlines()[0]}")
 
     def overrides(opt, lr, seed, stage, eval_on):
         return [*base, f"optimizer={opt}", f"optimizer.lr={lr:.6g}", f"seed={seed}", f"data.eval_on={eval_on}",
-                f"run_dir={runs_root / stage / opt / f'lr{lr:.6g}_s{seed}'}"]
+                # ${run_id:} is the hash of the whole configuration: another setting, another dir
+                f"run_dir={runs_root / stage / opt / f'lr{lr:.6g}_s{seed}'}_${{run_id:}}"]
 
     print(f"compare: {len(own['optimizers'])} optimizers x {len(own['lr_grid'])} lrs (selection on a holdout), "
           f"then {own['seeds']} seeds each; {own['workers']} workers x {threads} threads; runs in {runs_root}")
@@ -132,18 +159,27 @@ def main(argv: list[str]) -> int:
         for (opt, m), fut in jobs.items():
             res = fut.result()
             lr = default_lr[opt] * m
-            err = res.get("err", math.nan) if res["status"] == "finished" else math.inf
+            err = score(res)
             print(f"  select {opt:15s} lr {lr:<9.4g} {res['status']:9s} holdout top-1 err {err:6.2f}%  ({res['seconds']:.0f} s)"
                   + (f"  {res['error']}" if "error" in res else ""))
             if opt not in best or err < best[opt][1]:
                 best[opt] = (lr, err)
+        empty = [opt for opt, (_, err) in best.items() if not math.isfinite(err)]
+        if empty:
+            fail(f"no learning rate of {', '.join(empty)} finished with a finite holdout error (grid "
+                 f"{own['lr_grid']}); widen or move lr_grid, and see the run directories under {runs_root / 'select'}")
         finals = {(opt, s): pool.submit(run_one, overrides(opt, best[opt][0], s, "final", "val"), threads)
                   for opt in own["optimizers"] for s in range(own["seeds"])}
+        finished = set()
         for (opt, s), fut in finals.items():
             res = fut.result()
+            if math.isfinite(score(res)):
+                finished.add(opt)
             print(f"  final  {opt:15s} lr {best[opt][0]:<9.4g} seed {s} {res['status']:9s} "
                   f"test top-1 err {res.get('err', math.nan):6.2f}%  ({res['seconds']:.0f} s)"
                   + (f"  {res['error']}" if "error" in res else ""))
+        if not finished:
+            fail(f"no final run finished; see the run directories under {runs_root / 'final'}")
 
     from adarem.results import load_runs, write_report
 

@@ -69,6 +69,9 @@ def main(argv=None) -> int:
             print(f"  {p['run_dir']}: {p['problem']}", file=sys.stderr)
         return 1
     out = Path(args.out or Path("results") / root.name)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file; pass a directory for the tables, CSVs and plots", file=sys.stderr)
+        return 2
     command = "python scripts/make_tables.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     text = write_report(rs, out, Path(args.claims) if args.claims else None, command, offsets)
     print(text)

@@ -6,6 +6,8 @@ DataLoader for the DALI pipeline (adarem/data/dali.py) on every ImageFolder data
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,7 +21,7 @@ from adarem.data.datasets import (DataError, ImageFolderDataset, TensorImageData
 from adarem.data.loader import SyntheticLoader, TorchLoader
 from adarem.data.transforms import build_transforms
 
-__all__ = ["DataBundle", "DataError", "build_data", "imagefolder_root"]
+__all__ = ["DataBundle", "DataError", "build_data", "data_identity", "imagefolder_root"]
 
 
 @dataclass
@@ -41,6 +43,21 @@ def imagefolder_root(cfg: DataConfig) -> Path:
         raise DataError(f"data.root={cfg.root!r} is not a directory; point data.root at an ImageFolder "
                         f"tree with train/ and val/ (for ImageNet see scripts/prepare_imagenet.py)")
     return root
+
+
+def data_identity(cfg: DataConfig, data: DataBundle) -> dict:
+    """What makes two runs' data the same dataset: name, resolved root, split sizes and a hash
+    of the class names. Stored in run.json; the tables never pool runs whose identities differ."""
+    root = str(Path(cfg.root).resolve()) if cfg.root else ""
+    classes = hashlib.sha1(json.dumps(list(data.classes)).encode()).hexdigest()[:10]
+    return {"name": cfg.name, "root": root, "eval_on": cfg.eval_on, "train_samples": data.train.num_samples,
+            "val_samples": data.val.num_samples, "num_classes": data.num_classes, "classes_sha1": classes}
+
+
+def check_classes(classes: list, root: Path) -> None:
+    if len(classes) < 2:
+        raise DataError(f"{root} holds {len(classes)} class folder(s); classification needs at least 2 "
+                        f"(one class folder per label under train/ and val/)")
 
 
 def check_sizes(n_train: int, n_val: int, global_batch: int, world: int) -> None:
@@ -81,6 +98,7 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
     else:
         root = imagefolder_root(cfg)
         train_samples, classes = list_image_folder(root / "train")
+        check_classes(classes, root / "train")
         val_samples, val_classes = list_image_folder(root / "val")
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))[:5]

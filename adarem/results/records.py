@@ -33,11 +33,15 @@ class RunSet:
         return pd.DataFrame(self.problems, columns=["run_dir", "problem"])
 
 
-def config_id(config: dict) -> str:
-    """A short hash of everything that makes a configuration different, except the seed."""
+def config_id(config: dict, data_identity: dict | None = None) -> str:
+    """A short hash of everything that makes a configuration different, except the seed; the
+    data identity (root, split sizes, class names; see adarem.data.data_identity) is part of it,
+    so runs of two datasets that share data.name never pool into one row."""
     flat = flatten(config)
     kept = {k: v for k, v in flat.items()
             if not any(k == p or k.startswith(p + ".") for p in IDENTITY_IGNORED)}
+    if data_identity:
+        kept["_data_identity"] = data_identity
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -84,20 +88,39 @@ def load_runs(root: Path) -> RunSet:
         except ValueError:
             problems.append({"run_dir": rel, "problem": "run.json unreadable: excluded"})
             continue
+        if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
+            problems.append({"run_dir": rel, "problem": "run.json is not a run record (no config object): excluded"})
+            continue
         status = run.get("status", "unknown")
         if status not in FINAL_STATUSES:
             problems.append({"run_dir": rel, "problem": f"incomplete (status {status}): excluded"})
             continue
-        cfg = run.get("config", {})
+        cfg = run["config"]
         epochs = [r for r in lines if r.get("type") == "epoch"]
         evals = [r for r in epochs if "val_top1_err" in r and r["val_top1_err"] is not None]
         if status == "finished" and not evals:
             problems.append({"run_dir": rel, "problem": "finished but no evaluated epoch in metrics.jsonl: excluded"})
             continue
-        opt, trainer, data = cfg.get("optimizer", {}), cfg.get("trainer", {}), cfg.get("data", {})
+        opt = cfg.get("optimizer") or {}
+        trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}
         final = evals[-1] if evals and status == "finished" else {}
+        recorded = run.get("final") or {}
+        if status == "finished":
+            # run.json's final is what train.py reported; metrics.jsonl must agree with it and hold
+            # every epoch, or the curves and "final" of the tables would describe another run
+            n_epochs = trainer.get("epochs")
+            if not isinstance(recorded.get("val_top1_err"), (int, float)) or \
+                    not math.isfinite(recorded["val_top1_err"]):
+                problems.append({"run_dir": rel, "problem": "finished without a finite final error in run.json: excluded"})
+                continue
+            if recorded["val_top1_err"] != final.get("val_top1_err") or \
+                    (n_epochs is not None and len(epochs) != n_epochs):
+                problems.append({"run_dir": rel, "problem": f"metrics.jsonl disagrees with run.json ({len(epochs)} epoch "
+                                 f"lines for {n_epochs} epochs, last evaluated error {final.get('val_top1_err')} vs final "
+                                 f"{recorded['val_top1_err']}): excluded"})
+                continue
         rows.append({
-            "run_dir": rel, "status": status, "config_id": config_id(cfg),
+            "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity")),
             "dataset": data.get("name"), "eval_on": data.get("eval_on", "val"),
             "model": cfg.get("model", {}).get("name"),
             "optimizer": opt.get("variant") or opt.get("name"), "lr": opt.get("lr"),

@@ -46,7 +46,37 @@ CASES = {
     "dali on a non-folder dataset": (["data=fashion_mnist", "data.loader=dali"], "data.loader=dali reads ImageFolder trees"),
     "resume from a missing file": (["resume=/no/such/checkpoint.pt"], "no such checkpoint file"),
     "batch larger than the dataset": (["trainer.batch_size=100000"], "exceeds the"),
+    # values that used to run and end as a result (diverged, or a schedule nobody asked for)
+    "negative divergence limit": (["trainer.diverge_loss=-1"], "trainer.diverge_loss=-1.0 must be > 0"),
+    "negative warm-up lr": (["schedule.warmup_lr=-5"], "schedule.warmup_lr=-5.0 must be a finite value >= 0"),
+    "negative milestone": (["schedule=step", "schedule.milestones=[-3]"], "schedule.milestones=[-3] must be increasing"),
+    "milestones out of order": (["schedule=step", "schedule.milestones=[5,3]"], "must be increasing epoch numbers"),
+    "negative max_steps": (["trainer.max_steps=-1"], "trainer.max_steps=-1 must be >= 0"),
+    "appended unknown key": (["+trainer.no_such_key=1"], "unknown config key(s) trainer.no_such_key"),
+    "appended unknown top-level key": (["+no_such_group=1"], "unknown config key(s) no_such_group"),
+    "infinite lr": (["optimizer.lr=inf"], "optimizer.lr=inf must be a finite value <= 1e6"),
+    "huge lr": (["optimizer.lr=1e308"], "optimizer.lr=1e+308 must be a finite value <= 1e6"),
+    "nan lr": (["optimizer.lr=nan"], "optimizer.lr=nan must be > 0"),
+    "infinite weight decay": (["optimizer.weight_decay=inf"], "optimizer.weight_decay=inf must be a finite value"),
+    "negative weight decay": (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1 must be a finite value"),
+    "resilience decay 0": (["optimizer.decay=0"], "optimizer.decay=0.0 must be in (0, 1]"),
+    "seed beyond numpy's range": (["seed=99999999999"], "seed=99999999999 must be in [0, 2**32)"),
+    "negative seed": (["seed=-1"], "seed=-1 must be in [0, 2**32)"),
+    "negative min lr": (["schedule.min_lr=-1"], "schedule.min_lr=-1.0 must be a finite value >= 0"),
+    "zero std": (["data.std=[0.0]"], "data.std=[0.0] must be > 0"),
+    "mean of the wrong length": (["data.mean=[0.5,0.5]"], "data.mean=[0.5, 0.5] must hold 1 finite value(s)"),
+    "std of the wrong length": (["data.std=[0.2,0.2,0.2]"], "data.std=[0.2, 0.2, 0.2] must hold 1 finite value(s)"),
+    "negative checkpoint interval": (["trainer.checkpoint_every_min=-1"], "trainer.checkpoint_every_min=-1.0 must be >= 0"),
+    "holdout fraction 1.5": (["data.holdout_fraction=1.5"], "data.holdout_fraction=1.5 must be in (0, 1)"),
 }
+
+
+@pytest.mark.parametrize("run_dir,expected", [
+    ("/proc/no/such/run", "cannot create or write the run directory /proc/no/such/run"),
+    ("/tmp/r\u00fcn", "must be quoted"),
+], ids=["run directory that cannot be created", "unquoted unicode path"])
+def test_bad_run_directory(tmp_path, env, run_dir, expected):
+    _check(run_train([f"hydra.run.dir={run_dir}"], env), expected, tmp_path / "nothing")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -102,3 +132,119 @@ def test_more_ranks_than_validation_images(tmp_path, env, trees):
     ours = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert ours and all("2 ranks but only 1 validation samples" in line for line in ours), res.stderr[-2000:]
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_one_class_folder(tmp_path, env, trees):
+    one = tmp_path / "one"
+    shutil.copytree(trees["good"], one)
+    for split in ("train", "val"):
+        shutil.rmtree(one / split / "class_001")
+    _check(run_train(folder(one), env, tmp_path / "run"), "holds 1 class folder(s)", tmp_path / "run")
+
+
+def _stopped_run(tmp_path, env, *extra):
+    src = tmp_path / "src"
+    assert run_train(["trainer.max_steps=3", *extra], env, src).returncode == 75
+    return src / "checkpoint.pt"
+
+
+def test_resume_from_another_models_checkpoint(tmp_path, env):
+    import torch
+
+    ckpt_path = _stopped_run(tmp_path, env)
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["config"] = None  # even without the config check, loading must fail in one line
+    ckpt["model"] = {"foo.weight": torch.zeros(3)}
+    bad = tmp_path / "other_model.pt"
+    torch.save(ckpt, bad)
+    _check(run_train([f"resume={bad}"], env, tmp_path / "run"), "records no configuration", tmp_path / "run")
+    ckpt["config"] = torch.load(ckpt_path, weights_only=False)["config"]
+    torch.save(ckpt, bad)
+    _check(run_train([f"resume={bad}"], env, tmp_path / "run2"), "does not fit this run", tmp_path / "run2")
+
+
+def test_resume_from_a_dict_that_is_not_a_training_checkpoint(tmp_path, env):
+    import torch
+
+    bad = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, bad)
+    _check(run_train([f"resume={bad}"], env, tmp_path / "run"), "is not a checkpoint of this suite", tmp_path / "run")
+
+
+@pytest.mark.parametrize("content", ["", '{"status": "runn', "[1, 2]"], ids=["empty", "truncated", "list"])
+def test_broken_run_json_in_the_run_directory(tmp_path, env, content):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(content)
+    res = run_train([], env, run_dir)
+    _check(res, "run.json", tmp_path / "nothing")
+    assert (run_dir / "run.json").read_text() == content  # left for the user to inspect
+
+
+def test_wandb_online_without_credentials(tmp_path, env):
+    e = {k: v for k, v in env.items() if not k.startswith("WANDB")}
+    e["HOME"] = str(tmp_path / "home")  # no ~/.netrc with a key
+    res = run_train(["logging.wandb=online"], e, tmp_path / "run")
+    _check(res, "wandb login", tmp_path / "run")
+    assert read_run(tmp_path / "run")["status"] == "failed"
+
+
+def _compare(args, env, tmp_path):
+    import subprocess
+
+    from tests.conftest import REPO
+
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), f"runs={tmp_path / 'runs'}",
+                           f"out={tmp_path / 'out'}", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["experiment=nope"], "bad override"),
+    (["trainer.no_such_key=1"], "bad override"),
+    (["lr_grid=-1"], "every factor must be a finite number > 0"),
+    (["seeds=zero"], "bad compare.py argument"),
+], ids=["unknown experiment", "unknown key", "negative lr grid", "bad seeds"])
+def test_compare_bad_input_exits_2_with_one_line(tmp_path, env, args, expected):
+    res = _compare(args, env, tmp_path)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_stops_when_no_lr_finishes(tmp_path, env):
+    """Every grid point diverges: no lr is selected, nothing is trained at a wrong lr, exit 2."""
+    res = _compare(["optimizers=adam", "lr_grid=1e6", "seeds=1", "workers=1", "data=digits", "trainer.epochs=1",
+                    "trainer.log_every=1"], env, tmp_path)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "no learning rate of adam finished" in res.stderr
+    assert not (tmp_path / "runs" / "final").exists()
+
+
+def _make_tables(args, env):
+    import subprocess
+
+    from tests.conftest import REPO
+
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"status": "finished", "config": null}'], ids=["list", "null config"])
+def test_make_tables_on_foreign_run_json(tmp_path, env, content):
+    run_dir = tmp_path / "runs" / "weird"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(content)
+    (run_dir / "metrics.jsonl").write_text("")
+    res = _make_tables([str(tmp_path / "runs"), "--out", str(tmp_path / "out")], env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "no complete run" in res.stderr and "not a run record" in res.stderr
+
+
+def test_make_tables_out_naming_a_file(tmp_path, env):
+    run_dir = tmp_path / "runs" / "r"
+    assert run_train(["trainer.epochs=1"], env, run_dir).returncode == 0
+    (tmp_path / "afile").write_text("x")
+    res = _make_tables([str(tmp_path / "runs"), "--out", str(tmp_path / "afile")], env)
+    assert res.returncode == 2 and "is a file" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,176 @@
+"""A result in the tables is always the result of the configuration it claims: run identity,
+stops after the last evaluation, two processes on one directory, resume from a foreign
+checkpoint, datasets that share a name, torn metrics lines. All through the real command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from adarem.data.photo_tree import make_photo_tree
+from tests.conftest import FAST, REPO, read_metrics, read_run, run_train
+
+
+def _one_error_line(res) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    return lines[0]
+
+
+def test_default_run_directory_carries_the_configuration_hash():
+    text = (REPO / "configs" / "config.yaml").read_text()
+    assert "_${run_id:}" in text.split("run:")[1].split("sweep:")[0]
+
+
+def test_another_configuration_never_reuses_a_finished_run(tmp_path, env):
+    """The run-directory pattern ends in ${run_id:}: another config lands in another directory."""
+    pattern = f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"
+    first = run_train(["trainer.epochs=1", pattern], env)
+    assert first.returncode == 0, first.stderr
+    second = run_train(["trainer.epochs=1", "optimizer.weight_decay=0.05", "schedule=constant", pattern], env)
+    assert second.returncode == 0, second.stderr
+    assert "already finished" not in second.stdout
+    dirs = sorted((tmp_path / "runs").iterdir())
+    assert len(dirs) == 2
+    records = [read_run(d) for d in dirs]
+    assert {r["run_id"] for r in records} == {d.name for d in dirs}
+    assert {r["config"]["optimizer"]["weight_decay"] for r in records} == {1e-4, 0.05}
+    # the same configuration again is reported, not retrained
+    again = run_train(["trainer.epochs=1", pattern], env)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_explicit_directory_with_another_configuration_is_refused(tmp_path, env):
+    run_dir = tmp_path / "run"
+    assert run_train(["trainer.epochs=1"], env, run_dir).returncode == 0
+    before = (run_dir / "run.json").read_bytes()
+    res = run_train(["trainer.epochs=1", "optimizer.weight_decay=0.05", "schedule=constant"], env, run_dir)
+    assert res.returncode == 2
+    line = _one_error_line(res)
+    assert "different configuration" in line and "optimizer.weight_decay" in line and "schedule.name" in line
+    assert (run_dir / "run.json").read_bytes() == before
+
+
+def test_stop_right_after_the_last_evaluation_keeps_the_final_result(tmp_path, env):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    common = ["trainer.deterministic=true"]
+    assert run_train(common, env, ref_dir).returncode == 0
+    stopped = run_train(common, dict(env, ADAREM_FAULT="after_eval@1:TERM"), run_dir)
+    assert stopped.returncode == 75, stopped.stderr
+    assert read_run(run_dir)["status"] == "preempted"
+    resumed = run_train(common, env, run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    final, ref = read_run(run_dir)["final"], read_run(ref_dir)["final"]
+    assert math.isfinite(final["val_top1_err"]) and final == ref
+    assert "nan" not in resumed.stdout
+
+
+def test_second_process_on_a_live_run_directory_is_refused(tmp_path, env):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=4", "trainer.log_every=1",
+           f"hydra.run.dir={run_dir}"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:
+            if "epoch 0 step 2 " in line:
+                break
+        second = run_train(["trainer.epochs=4"], env, run_dir)
+        assert second.returncode == 2
+        line = _one_error_line(second)
+        assert "is in use by host" in line and f"pid {first.pid}" in line
+    finally:
+        out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out[-2000:]
+    lines = read_metrics(run_dir)
+    assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [0, 1, 2, 3]
+    assert read_run(run_dir)["status"] == "finished"
+
+
+def test_resume_from_a_checkpoint_of_another_configuration_is_refused(tmp_path, env):
+    src = tmp_path / "src"
+    assert run_train(["trainer.max_steps=3"], env, src).returncode == 75
+    res = run_train(["optimizer.lr=0.001", "schedule=constant", f"resume={src / 'checkpoint.pt'}"], env,
+                    tmp_path / "run")
+    assert res.returncode == 2
+    line = _one_error_line(res)
+    assert "optimizer.lr" in line and "schedule.name" in line
+    assert not (tmp_path / "run" / "run.json").exists()
+    # the same configuration may start from it
+    ok = run_train([f"resume={src / 'checkpoint.pt'}"], env, tmp_path / "run2")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_datasets_sharing_a_name_never_pool(tmp_path, env):
+    from adarem.results import load_runs
+    from adarem.results.tables import error_table
+
+    args = ["data=folder", "data.image_size=32", "data.val_resize=36", "trainer.batch_size=4", "trainer.epochs=1"]
+    for name, seed in (("a", 1), ("b", 2)):
+        root = make_photo_tree(tmp_path / f"tree_{name}", classes=2, train_per_class=4, val_per_class=2,
+                               size_range=(60, 90), seed=seed)
+        res = run_train([*args, f"data.root={root}"], env, tmp_path / "runs" / name)
+        assert res.returncode == 0, res.stderr
+        assert read_run(tmp_path / "runs" / name)["data_identity"]["root"] == str(root)
+    rs = load_runs(tmp_path / "runs")
+    assert len(rs.runs) == 2 and rs.runs.config_id.nunique() == 2
+    table = error_table(rs)
+    assert len(table) == 2 and set(table.n) == {1}
+
+
+def test_torn_metrics_line_is_cut_and_reported_on_resume(tmp_path, env):
+    run_dir = tmp_path / "run"
+    assert run_train(["trainer.max_steps=30"], env, run_dir).returncode == 75
+    path = run_dir / "metrics.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[:-15])  # the last line loses its end: a torn write
+    res = run_train([], env, run_dir)
+    assert res.returncode == 0, res.stderr
+    assert "fewer complete line(s)" in res.stderr
+    for line in path.read_text().splitlines():
+        json.loads(line)  # no torn line survives
+    assert read_run(run_dir)["metrics_lines_lost"] == 1
+
+
+def test_signal_during_start_up_asks_for_a_requeue(tmp_path, env):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # still importing torch
+    proc.terminate()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "stopped during start-up" in err
+    assert not (run_dir / "run.json").exists() or read_run(run_dir)["status"] != "finished"
+
+
+def test_ctrl_c_prints_one_line_and_marks_the_run_interrupted(tmp_path, env):
+    import signal
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=5", "trainer.log_every=1",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "epoch 0 step 2 " in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "interrupted (Ctrl-C)" in err
+    assert read_run(run_dir)["status"] == "interrupted"
+
+
+def test_checkpoint_records_its_configuration(tmp_path, env):
+    run_dir = tmp_path / "run"
+    assert run_train(["trainer.max_steps=3"], env, run_dir).returncode == 75
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["optimizer"]["lr"] == read_run(run_dir)["config"]["optimizer"]["lr"]
+    assert ckpt["position"]["final"] == {}
