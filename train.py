@@ -226,6 +226,7 @@ def _train(cfg: DictConfig) -> int:
                      "data_wait_s": prog.data_wait_s, "wall_time_s": state.elapsed_train_s,
                      "corrupt_skipped": data.train.corrupt_count}
         if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
+            dist_utils.broadcast_buffers(model)  # every rank evaluates with rank 0's BN statistics
             epoch_rec.update(evaluate(model, data.val, precision, dist.device, tc.channels_last, state.epoch))
             # kept in the training state, so that a run stopped after its last evaluation and
             # resumed still reports it

@@ -153,6 +153,7 @@ class TrainerConfig:
     checkpoint_every_min: float = 30.0  # wall-clock checkpoints within an epoch; 0 = only at epoch ends
     oscillation_every: int = 0  # log update sign-flip fractions every N steps; 0 = off
     max_steps: int = 0  # stop after this many optimizer steps (tests); 0 = no limit
+    stop_check_every: int = 10  # DDP: steps between the collective stop/checkpoint decisions
     diverge_loss: float = 1e4  # a finite loss above this also counts as divergence
 
     def __post_init__(self):
@@ -166,6 +167,7 @@ class TrainerConfig:
         _require(self.log_every >= 1, f"trainer.log_every={self.log_every} must be >= 1")
         _require(self.oscillation_every >= 0, f"trainer.oscillation_every={self.oscillation_every} must be >= 0")
         _require(self.max_steps >= 0, f"trainer.max_steps={self.max_steps} must be >= 0 (0 = no limit)")
+        _require(self.stop_check_every >= 1, f"trainer.stop_check_every={self.stop_check_every} must be >= 1")
         _require(self.diverge_loss > 0, f"trainer.diverge_loss={self.diverge_loss} must be > 0 "
                                         f"(a loss above it counts as divergence)")
         _require(self.checkpoint_every_min >= 0,

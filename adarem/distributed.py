@@ -60,8 +60,10 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
 
         raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
     if use_cuda:
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+        # modulo: sites that bind one GPU per task show each task a single device (index 0)
+        index = local % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -74,6 +76,20 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BatchNorm running statistics): DDP broadcasts them
+    only at the start of a training forward, so after the last step each rank holds its own."""
+    if dist.is_available() and dist.is_initialized():
+        for buf in module.buffers():
+            dist.broadcast(buf, src)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from adarem import distributed as dist_utils
 from adarem.config import ConfigError, TrainerConfig
-from adarem.faults import maybe_crash
+from adarem.faults import maybe_crash, poisoned
 from adarem.oscillation import OscillationTracker
 from adarem.signals import StopFlag
 
@@ -88,26 +88,41 @@ class TrainState:
 
 class LossWatch:
     """Collects per-step losses on the device and checks them only when asked, so that the
-    training step needs no host sync; names the first step whose loss was not finite (or absurd)."""
+    training step needs no host sync; names the first step whose loss was not finite (or absurd).
 
-    def __init__(self, limit: float):
+    Under DDP the decision is collective: every rank checks at the same steps and all agree on
+    the earliest bad step of any rank. A rank that stopped alone would leave the others waiting
+    in their next collective until the NCCL timeout."""
+
+    def __init__(self, limit: float, distributed: bool = False, device: torch.device = torch.device("cpu")):
         self.limit = limit
+        self.distributed = distributed
+        self.device = device
         self.pending: list[tuple[int, torch.Tensor]] = []
 
     def add(self, step: int, loss: torch.Tensor) -> None:
+        if poisoned("nan_loss", step):  # fault injection: this rank alone sees a NaN
+            loss = loss.detach() * math.nan
         self.pending.append((step, loss.detach().float()))
 
     def check(self) -> Optional[Divergence]:
-        if not self.pending:
+        local = None
+        if self.pending:
+            losses = torch.stack([l for _, l in self.pending]).cpu()
+            steps = [s for s, _ in self.pending]
+            self.pending.clear()
+            bad = ~torch.isfinite(losses) | (losses > self.limit)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                local = Divergence(steps[i], float(losses[i]))
+        if not self.distributed:
+            return local
+        first = torch.tensor([local.step if local else math.inf], dtype=torch.float64, device=self.device)
+        dist_utils.all_reduce_min(first)
+        step = float(first)
+        if math.isinf(step):
             return None
-        losses = torch.stack([l for _, l in self.pending]).cpu()
-        steps = [s for s, _ in self.pending]
-        self.pending.clear()
-        bad = ~torch.isfinite(losses) | (losses > self.limit)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0])
-            return Divergence(steps[i], float(losses[i]))
-        return None
+        return Divergence(int(step), local.loss if local is not None and local.step == int(step) else math.nan)
 
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, precision: Precision,
@@ -115,7 +130,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 on_log: Callable[[dict], None], oscillation: Optional[OscillationTracker],
                 checkpoint_due: Callable[[], bool], progress_bar=None) -> StepOutcome:
     model.train()
-    watch = LossWatch(cfg.diverge_loss)
+    watch = LossWatch(cfg.diverge_loss, stop.distributed, device)
     prog = state.progress
     t_last = time.perf_counter()
     it = iter(loader.epoch(state.epoch, state.batch))
@@ -177,7 +192,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
                                          img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
         reason = None
-        stop_now, checkpoint_now = stop.poll(checkpoint_due())
+        # Single process: the stop flag is a host variable, read every step for free. Under DDP
+        # the decision is an all-reduce plus a host sync, so it is taken every stop_check_every
+        # steps (the same steps on every rank) and at the epoch's end.
+        if not stop.distributed or step % cfg.stop_check_every == 0 or last_of_epoch:
+            stop_now, checkpoint_now = stop.poll(checkpoint_due())
+        else:
+            stop_now = checkpoint_now = False
         if stop_now:
             reason = "preempt"
         elif cfg.max_steps and step >= cfg.max_steps and not last_of_epoch:

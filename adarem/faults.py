@@ -17,6 +17,14 @@ _POINT, _, _REST = _SPEC.partition("@")
 _N, _, _SIGNAL = _REST.partition(":")
 
 
+def poisoned(point: str, n: int) -> bool:
+    """``ADAREM_FAULT=nan_loss@N`` (with ``ADAREM_FAULT_RANK=r``: on rank r only): True at that point."""
+    if not _SPEC or point != _POINT or str(n) != _N:
+        return False
+    rank = os.environ.get("ADAREM_FAULT_RANK")
+    return rank is None or rank == os.environ.get("RANK", "0")
+
+
 def maybe_crash(point: str, n: int) -> None:
-    if _SPEC and point == _POINT and str(n) == _N:
+    if _SPEC and point == _POINT and str(n) == _N and point != "nan_loss":
         os.kill(os.getpid(), signal.Signals[f"SIG{_SIGNAL}"] if _SIGNAL else signal.SIGKILL)

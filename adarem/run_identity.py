@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # keys that cannot change what a run computes (or that a requeued job may legitimately change)
 NOT_IDENTITY = ("resume", "logging", "run_dir", "notes", "hydra", "trainer.max_steps", "trainer.log_every",
-                "trainer.checkpoint_every_min", "data.num_workers", "trainer.device")
+                "trainer.checkpoint_every_min", "trainer.stop_check_every", "data.num_workers", "trainer.device")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -84,6 +84,23 @@ def test_divergence_is_a_result(tmp_path, env):
 
 
 @pytest.mark.slow
+def test_divergence_seen_by_one_rank_stops_every_rank(tmp_path, env):
+    """Rank 1 alone records a NaN loss at step 5: both ranks must agree (collectively) that the run
+    diverged at step 5, instead of rank 1 leaving while rank 0 waits in its next all-reduce."""
+    import time
+
+    run_dir = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29519"]
+    t0 = time.monotonic()
+    res = run_train(["trainer.log_every=1000"], dict(env, ADAREM_FAULT="nan_loss@5", ADAREM_FAULT_RANK="1"),
+                    run_dir, launcher=launcher, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert time.monotonic() - t0 < 150
+    run = read_run(run_dir)
+    assert run["status"] == "diverged" and run["diverged_at_step"] == 5
+
+
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path, env):
     run_dir = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517"]
