@@ -18,7 +18,7 @@ WORKDIR /opt/adarem
 # dependencies first (cached layer), then the code; both come from pyproject.toml
 COPY pyproject.toml README.md ./
 COPY adarem ./adarem
-RUN pip install ".[dali]"
+RUN pip install torch==2.14.1 torchvision==0.29.1 ".[all,dali]"
 COPY train.py ./
 COPY configs ./configs
 COPY scripts ./scripts

@@ -23,6 +23,7 @@ fi
 if ! .venv/bin/python -c "import adarem, torch, hydra, timm, wandb, nvidia.dali, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test]"
+  # the tested torch pair is pinned here (and in the Dockerfile); the package itself asks only torch>=2.4
+  .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1 -e ".[test]"
   touch .venv/.installed
 fi

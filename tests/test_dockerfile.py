@@ -21,14 +21,18 @@ def test_dockerfile_installs_the_project_from_pyproject():
     assert lines[0].startswith("FROM python:3.11")
     assert pyproject["project"]["requires-python"] == ">=3.11"
     pip = [l for l in lines if l.startswith("RUN") and "pip install" in l]
-    assert pip == ['RUN pip install ".[dali]"'], pip  # the project itself: its own requirements, nothing else
-    assert "dali" in pyproject["project"]["optional-dependencies"]
+    # the project with its extras, plus the one pinned torch pair that scripts/setup.sh also pins
+    assert pip == ['RUN pip install torch==2.14.1 torchvision==0.29.1 ".[all,dali]"'], pip
+    extras = pyproject["project"]["optional-dependencies"]
+    assert {"train", "results", "slurm", "dali", "all"} <= set(extras)
+    assert pyproject["project"]["dependencies"] == ["torch>=2.4"]  # the optimizer installs alone
+    assert "torch==2.14.1 torchvision==0.29.1" in (REPO / "scripts" / "setup.sh").read_text()
     copies = [l.split()[1:-1] for l in lines if l.startswith("COPY")]
     copied = {p for c in copies for p in c}
     for needed in ("pyproject.toml", "adarem", "train.py", "configs"):
         assert needed in copied
     # pyproject comes in before the install, and the install does not pin anything of its own
-    assert lines.index("COPY pyproject.toml README.md ./") < lines.index('RUN pip install ".[dali]"')
+    assert lines.index("COPY pyproject.toml README.md ./") < lines.index(pip[0])
 
 
 def test_dockerfile_runs_as_non_root_with_a_workdir():
