@@ -48,6 +48,12 @@ class OptimizerConfig:
     beta: float = 0.9  # adarem: decay of the direction tracker
     decay: float = 0.999  # adarem: resilience decay lambda
     decoupled_weight_decay: bool = False  # adarem
+    # Which implementation steps the optimizer: auto (each optimizer's fastest path on the model's
+    # device: torch's fused SGD/Adam/AdamW where this torch build has them for that device, AdaRem's
+    # fused path on cpu/cuda, foreach otherwise) | fused | foreach | loop. The chosen one is
+    # recorded (adarem.optim.factory.optimizer_impl). The legacy flags foreach/fused below are
+    # passed to the optimizer as given and may be used only with impl=auto.
+    impl: str = "auto"
     foreach: Optional[bool] = None
     fused: Optional[bool] = None
     variant: str = ""  # the preset's name (adarem_m, ...); the tables group by it
@@ -65,6 +71,10 @@ class OptimizerConfig:
         _require(0 <= self.beta < 1, f"optimizer.beta={self.beta} must be in [0, 1)")
         _require(0 < self.decay <= 1, f"optimizer.decay={self.decay} must be in (0, 1]")
         _require(self.eps >= 0, f"optimizer.eps={self.eps} must be >= 0")
+        _require(self.impl in ("auto", "fused", "foreach", "loop"),
+                 f"optimizer.impl={self.impl!r} is not one of auto, fused, foreach, loop")
+        _require(self.impl == "auto" or (self.foreach is None and self.fused is None),
+                 f"optimizer.impl={self.impl} and optimizer.foreach/fused both set; use impl alone")
         if not self.variant:
             self.variant = self.name
 

@@ -34,8 +34,23 @@ Implementation notes (all paths compute the same rule):
   It is derived state: it is recomputed from ``exp_avg`` whenever it is missing.
 * When ``s + eps == 0`` (possible only with ``eps = 0`` and ``d`` all zeros) every ``b`` is 0,
   which is what the rule gives in the limit; no ``0/0`` is evaluated.
-* The fast paths compute ``r = 1 + c * sign(g) * d`` with the per-tensor scalar
-  ``c = lambda^t / (s + eps)``; this is the contract's ``r`` up to rounding.
+* The fast paths use the per-tensor scalar ``c = lambda^t / (s + eps)``. The fused path computes
+  ``delta = (1 + c * sign(g) * d) * g``; the foreach path computes ``delta = g + c * d * |g|``
+  (``sign(g) * g = |g|`` exactly), so it forms no ``r`` tensor. Both are the contract's rule up
+  to rounding. ``g`` here already includes ``-`` for maximize and coupled weight decay.
+* No path writes to the caller's ``.grad`` (as torch's SGD/Adam with maximize=False): where ``g``
+  differs from ``.grad`` (maximize, coupled weight decay) it is formed in a temporary.
+* Paths. for-loop (``foreach=False``): the readable one, line by line as the contract.
+  foreach (the default): on the CPU, where torch's ``_foreach_*`` ops are only a C++ loop over
+  per-tensor kernels, the whole update runs one tensor at a time while its data is in cache, into
+  two flat scratch buffers that the optimizer keeps across steps (``_scratch``, sized by the
+  largest tensor, never in the state_dict; fresh parameter-sized temporaries cost page faults that
+  outweigh the arithmetic); ``s`` and ``c`` are host fp64 floats there. On other devices it runs
+  multi-tensor ``_foreach_*`` ops over the group with ``c`` as 0-dim device tensors and ``max|d|``
+  from one ``_foreach_norm(d, inf)``: no host sync. fused (``fused=True``): ``torch.compile`` of a
+  per-tensor kernel (one loop per tensor: read p, g, d, u, write p, d, u and ``max|d|``), called on
+  chunks of ``_FUSED_CHUNK`` tensors (see there why not all at once), hyperparameters in a device
+  table so that schedules and any number of groups never recompile.
 * Stability: the per-weight step reaches up to ``(1 + lambda^t) * lr``, so on a quadratic with
   largest curvature L, plain SGD is stable for ``lr * L < 2`` but early AdaRem steps only for
   ``lr * L < 2 / (1 + lambda^t)`` (about ``lr * L < 1`` at the start). Use warm-up or a
@@ -45,7 +60,8 @@ Implementation notes (all paths compute the same rule):
   heavy ball's own oscillation. ``adarem_m`` therefore needs a much smaller lr than SGD-momentum
   (tests/optim/test_adarem_behaviour.py checks both limits).
 * Low precision: the state has the parameter's dtype (fp16/bf16 parameters keep fp16/bf16 ``d``
-  and ``u``); the per-tensor scalars are computed in fp32.
+  and ``u``); the per-tensor scalars are computed in at least fp32 (fp64 for fp64 parameters; the
+  foreach path on the CPU uses fp64 host floats for every dtype).
 """
 
 from __future__ import annotations
@@ -95,7 +111,9 @@ class AdaRem(Optimizer):
         decoupled_weight_decay: apply ``theta <- theta - lr*w*theta`` (AdamW style) instead of
             adding ``w*theta`` to the gradient. Default False.
         maximize: ascend instead of descend. Default False.
-        foreach: use the ``torch._foreach_*`` path. ``None`` (default) picks it unless ``fused``.
+        foreach: use the foreach path (tensor-major with reused scratch buffers on the CPU,
+            multi-tensor ``torch._foreach_*`` ops elsewhere). ``None`` (default) picks it unless
+            ``fused``; ``False`` gives the for-loop path.
         fused: use the ``torch.compile``-fused path (one pass over memory per tensor; CUDA and
             CPU, the latter through Inductor's C++ backend). Default False/None.
     """
@@ -122,6 +140,7 @@ class AdaRem(Optimizer):
         )
         _validate_hyperparameters(defaults)
         super().__init__(params, defaults)
+        self._scratch: dict = {}  # reusable temporaries of the foreach path; not in the state_dict
         for group in self.param_groups:
             for p in group["params"]:
                 if torch.is_complex(p):
@@ -135,6 +154,7 @@ class AdaRem(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_scratch", {})
         for group in self.param_groups:
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
@@ -212,12 +232,12 @@ class AdaRem(Optimizer):
                 lr=group["lr"], beta=group["beta"], momentum=group["momentum"], eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 decoupled=group["decoupled_weight_decay"], maximize=group["maximize"],
+                **({"scratch": self._scratch} if impl is _foreach_adarem else {}),
             )
             for p, m in zip(params, new_maxes):
                 self.state[p]["max_abs_exp_avg"] = m
         if fused[0]:
-            for p, m in zip(fused[0], _fused_adarem(*fused)):
-                self.state[p]["max_abs_exp_avg"] = m
+            _fused_adarem(*fused)  # updates each tensor's max_abs_exp_avg in place
         return loss
 
 
@@ -257,7 +277,7 @@ def _indices_by_device_and_dtype(params: list[Tensor]) -> dict:
 
 def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> list[Tensor]:
     """c_i = lambda^t_i / (s_i + eps) as 0-dim tensors (fp32, or fp64 for fp64 parameters),
-    0 where s_i + eps == 0."""
+    0 where s_i + eps == 0. Stays on the device: no host sync."""
     s = torch.stack(maxes)
     s = s.to(torch.promote_types(s.dtype, torch.float32))
     lam = torch.tensor(lam_t, dtype=s.dtype)
@@ -269,39 +289,110 @@ def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> li
     return list(c.unbind(0))
 
 
+# None: the foreach path runs tensor-major on the CPU and with multi-tensor ops elsewhere; tests set
+# it to False to check the multi-tensor variant on the CPU too.
+FOREACH_TENSOR_MAJOR: Optional[bool] = None
+
+
+def _scale_on_host(s: float, lam: float, eps: float) -> float:
+    """c = lambda^t / (s + eps) as a Python float (fp64, at least the parameter's precision)."""
+    denom = s + eps
+    return lam / denom if denom > 0 else 0.0
+
+
+def _scratch_views(scratch: dict, key, tensors: list[Tensor], n: int) -> list[Tensor]:
+    """``n`` reusable flat buffers as large as the largest of ``tensors``, one per (device, dtype).
+
+    Kept by the optimizer across steps (not in its state_dict): allocating fresh temporaries of the
+    parameters' size every step costs more than the arithmetic on CPU (page faults)."""
+    numel = max(t.numel() for t in tensors)
+    buf = scratch.get(key)
+    if buf is None or buf.shape[1] < numel:
+        device, dtype = key
+        buf = scratch[key] = torch.empty((n, numel), device=device, dtype=dtype)
+    return list(buf.unbind(0))
+
+
 def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum, eps,
-                    weight_decay, decoupled, maximize) -> list[Tensor]:
+                    weight_decay, decoupled, maximize, scratch: Optional[dict] = None,
+                    tensor_major: Optional[bool] = None) -> list[Tensor]:
+    """The multi-tensor path. Both variants below use ``r*g = g + c*d*|g|`` (``sign(g)*g = |g|``
+    exactly), so no ``r`` tensor is formed, and neither changes the caller's ``.grad``.
+
+    * CPU (``tensor_major``): torch's ``_foreach_*`` ops are a C++ loop over per-tensor kernels
+      there, so nothing is lost by running the whole update one tensor at a time, while the
+      tensor's data is still in cache, into two reusable scratch buffers (``scratch``): per tensor
+      ``A = g + w*theta`` (or ``g`` itself), ``B = |A|``, ``B = A + c*d*B`` (= delta),
+      ``theta -= lr*B``, ``d.lerp_(A, 1-beta)`` and ``aminmax(d)``; the scalars ``s`` and ``c``
+      are host floats in fp64 (on the CPU reading them is no device sync).
+    * other devices: ``_foreach_*`` ops over the whole group (multi-tensor kernels), ``c`` as 0-dim
+      device tensors and ``max|d|`` from one ``_foreach_norm(d, inf)``: no host sync at all.
+    """
     lr = float(lr)
     new_maxes: list[Optional[Tensor]] = [None] * len(params)
-    groups = _indices_by_device_and_dtype(params)
-    for idx in groups.values():
+    coupled = weight_decay > 0 and not decoupled
+    for (device, dtype), idx in _indices_by_device_and_dtype(params).items():
         p_ = [params[i] for i in idx]
         d_ = [exp_avgs[i] for i in idx]
         g_ = [grads[i] for i in idx]
+        u_ = [bufs[i] for i in idx]
+        lam_ = [lam_t[i] for i in idx]
+        if tensor_major is None:
+            tensor_major = FOREACH_TENSOR_MAJOR
+        tm = device.type == "cpu" if tensor_major is None else tensor_major
+        if tm:
+            if scratch is None:
+                scratch = {}
+            a_buf, b_buf = _scratch_views(scratch, (device, dtype), p_, 2)
+            for k, (p, g, d, u) in enumerate(zip(p_, g_, d_, u_)):
+                n = p.numel()
+                s = maxes[idx[k]]
+                s = float(s) if s.device.type == "cpu" else float(s.cpu())
+                c = _scale_on_host(s, lam_[k], eps)
+                b = b_buf[:n].view_as(p) if p.is_contiguous() else torch.empty_like(p)
+                if coupled or maximize:
+                    a = a_buf[:n].view_as(p) if p.is_contiguous() else torch.empty_like(p)
+                    if maximize:
+                        torch.neg(g, out=a)
+                        if coupled:
+                            a.add_(p, alpha=weight_decay)
+                    else:
+                        torch.add(g, p, alpha=weight_decay, out=a)
+                else:
+                    a = g  # only read
+                torch.abs(a, out=b)
+                torch.addcmul(a, b, d, value=c, out=b)  # delta = g + c*d*|g| = r*g
+                if momentum > 0:
+                    torch.add(b, u, alpha=momentum, out=u)  # u = mu*u + delta
+                    b = u
+                if weight_decay > 0 and decoupled:
+                    p.mul_(1 - lr * weight_decay)
+                p.add_(b, alpha=-lr)
+                d.lerp_(a, 1 - beta)
+                lo, hi = torch.aminmax(d)  # reads d once, no |d| temporary
+                # an element of |d|, so exact in the state's dtype; updated in place, no allocation
+                new_maxes[idx[k]] = maxes[idx[k]].fill_(max(float(hi), -float(lo)))
+            continue
         if maximize:
-            g_ = torch._foreach_neg(g_)
-        if weight_decay > 0 and not decoupled:
-            g_ = torch._foreach_add(g_, p_, alpha=weight_decay)
-        c_ = _resilience_scale([maxes[i] for i in idx], [lam_t[i] for i in idx], eps)
-        # r = 1 + lambda^t * sign(g) * d / (s + eps)   (sign rather than |g|: abs is slow on CPU)
-        r = torch._foreach_sign(g_)
-        torch._foreach_mul_(r, d_)
-        torch._foreach_mul_(r, c_)
-        torch._foreach_add_(r, 1.0)
+            a_ = torch._foreach_neg(g_)
+            if coupled:
+                torch._foreach_add_(a_, p_, alpha=weight_decay)
+        elif coupled:
+            a_ = torch._foreach_add(g_, p_, alpha=weight_decay)
+        else:
+            a_ = g_  # only read
+        c_ = _resilience_scale([maxes[i] for i in idx], lam_, eps)
+        e_ = torch._foreach_mul(d_, c_)  # c*d in [-1, 1] first: no fp16 overflow of c*|g|
+        b_ = torch._foreach_addcmul(a_, e_, torch._foreach_abs(a_))  # delta = g + c*d*|g| = r*g
         if weight_decay > 0 and decoupled:
             torch._foreach_mul_(p_, 1 - lr * weight_decay)
         if momentum > 0:
-            u_ = [bufs[i] for i in idx]
             torch._foreach_mul_(u_, momentum)
-            torch._foreach_addcmul_(u_, r, g_)
-            torch._foreach_add_(p_, u_, alpha=-lr)
-        else:
-            torch._foreach_addcmul_(p_, r, g_, value=-lr)
-        torch._foreach_lerp_(d_, g_, 1 - beta)
-        # max|d| = max(max d, -min d): aminmax reads d once and avoids an |d| temporary
-        ext = [torch.aminmax(d) for d in d_]
-        s = torch.maximum(torch.stack([e.max for e in ext]), -torch.stack([e.min for e in ext]))
-        for i, m in zip(idx, s.unbind(0)):
+            torch._foreach_add_(u_, b_)
+            b_ = u_
+        torch._foreach_add_(p_, b_, alpha=-lr)
+        torch._foreach_lerp_(d_, a_, 1 - beta)
+        for i, m in zip(idx, torch._foreach_norm(d_, float("inf"))):
             new_maxes[i] = m
     return new_maxes
 
@@ -312,16 +403,16 @@ _HP = ("lr", "lam", "beta", "eps", "wd_coupled", "wd_decoupled", "sign", "moment
 
 
 def _fused_kernel(params, grads, exp_avgs, maxes, bufs, hp):
-    """One pass per tensor: read p, g, d (and u), write p, d (and u) and max|d_new|.
+    """One pass per tensor: read p, g, d (and u), write p, d (and u) and max|d_new| (into ``maxes``,
+    in place).
 
     Written per tensor so that Inductor fuses every pointwise op of a tensor with the max
-    reduction of its new ``d`` into one kernel. Every hyperparameter is a row of the device
+    reduction of its new ``d`` into one loop. Every hyperparameter is a row of the device
     tensor ``hp`` (columns ``_HP``), so a schedule, a growing step count or any number of
     parameter groups with different settings never recompiles: the compiled graph depends only
     on the tensors' shapes and dtypes and on which tensors have a momentum buffer. Options
     that are off cost nothing measurable: weight decay 0 multiplies by 0, maximize by +1.
     """
-    out = []
     for i, (p, grad, d, s) in enumerate(zip(params, grads, exp_avgs, maxes)):
         cdt = torch.promote_types(p.dtype, torch.float32)  # never below the parameter's precision
         h = hp[i].to(cdt)
@@ -339,9 +430,16 @@ def _fused_kernel(params, grads, exp_avgs, maxes, bufs, hp):
         p.copy_(pf * (1 - lr * wdd) - lr * delta)
         d_new = df + (1 - beta) * (g - df)
         d.copy_(d_new)
-        out.append(d.abs().amax())
-    return out
+        s.copy_(d.abs().amax())
 
+
+# Tensors per compiled call. Functionalization moves every in-place write (p, d, u, s) to the end
+# of the graph; in a graph of 161 tensors those writes sit too far from their computation for
+# Inductor's fusion search (max_fusion_buffer_group_pairwise_attempts), and each tensor then
+# gets separate loops, a temporary and a copy-back: resnet50's step took 111 ms single-threaded
+# instead of 31 ms. Small chunks keep each tensor's update one loop; repeated blocks of a network
+# give chunks of the same structure, which share one compiled function.
+_FUSED_CHUNK = 8
 
 # One compiled function per structure (shapes, dtypes, momentum flags): each gets a fresh code
 # object, because dynamo's recompile limit counts per code object and a process may step several
@@ -358,20 +456,20 @@ def _compiled_for(key):
     return fn
 
 
-def _fused_adarem(params, grads, exp_avgs, maxes, bufs, hparams) -> list[Tensor]:
-    """``hparams``: one row per tensor (columns ``_HP``), host floats."""
-    new_maxes: list[Optional[Tensor]] = [None] * len(params)
+def _fused_adarem(params, grads, exp_avgs, maxes, bufs, hparams) -> None:
+    """``hparams``: one row per tensor (columns ``_HP``), host floats. Updates ``maxes`` in place."""
     for (device, _), idx in _indices_by_device_and_dtype(params).items():
         table = torch.tensor([hparams[i] for i in idx], dtype=torch.float64)
         if device.type == "cuda":  # pinned + non_blocking: no host-device sync for the upload
             table = table.pin_memory()
         table = table.to(device, non_blocking=True)
-        ps = [params[i] for i in idx]
-        bs = [bufs[i] for i in idx]
-        key = (device, tuple((tuple(p.shape), p.dtype, p.stride()) for p in ps),
-               tuple(b is not None for b in bs))
-        res = _compiled_for(key)(ps, [grads[i] for i in idx], [exp_avgs[i] for i in idx],
-                                 [maxes[i] for i in idx], bs, table)
-        for i, m in zip(idx, res):
-            new_maxes[i] = m.to(params[i].dtype)
-    return new_maxes
+        for lo in range(0, len(idx), _FUSED_CHUNK):
+            chunk = idx[lo:lo + _FUSED_CHUNK]
+            ps = [params[i] for i in chunk]
+            bs = [bufs[i] for i in chunk]
+            key = (device, tuple((p.shape, p.dtype, p.stride()) for p in ps),
+                   tuple(b is not None for b in bs))
+            # a fresh, offset-0 table per chunk: chunks of one structure share a compiled function
+            hp = table[lo:lo + len(chunk)]
+            _compiled_for(key)(ps, [grads[i] for i in chunk], [exp_avgs[i] for i in chunk],
+                               [maxes[i] for i in chunk], bs, hp if lo == 0 else hp.clone())

@@ -1,4 +1,10 @@
-"""Build the benchmarked optimizers (SGD, Adam, AdamW, AdaRem) from an OptimizerConfig."""
+"""Build the benchmarked optimizers (SGD, Adam, AdamW, AdaRem) from an OptimizerConfig.
+
+``optimizer.impl`` picks the implementation by one rule for every optimizer: ``auto`` takes the
+fastest path on the device the model's parameters are on (the fused one where it exists there),
+``fused``/``foreach``/``loop`` force one. ``optimizer_impl(optimizer)`` says which one a built
+optimizer runs, for the run record.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +30,56 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# AdaRem's fused path is compiled by Inductor: C++ on the CPU, Triton on CUDA.
+_ADAREM_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _torch_fused_devices() -> tuple[str, ...]:
+    """Device types for which this torch build has fused SGD/Adam/AdamW kernels."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        return tuple(_get_fused_kernels_supported_devices())
+    except (ImportError, AttributeError):  # an older or newer torch without the helper
+        return ("cuda",)
+
+
+def impl_flags(impl: str, name: str, device_types: set[str]) -> dict:
+    """The constructor flags (foreach/fused) that ``impl`` means for optimizer ``name`` when its
+    parameters are on ``device_types``."""
+    if impl == "auto":
+        fused_ok = _ADAREM_FUSED_DEVICES if name == "adarem" else _torch_fused_devices()
+        impl = "fused" if device_types and device_types <= set(fused_ok) else "foreach"
+    return {"fused": dict(fused=True), "foreach": dict(foreach=True),
+            "loop": dict(foreach=False)}[impl]
+
+
+def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
+    """The path a built optimizer steps with: fused, foreach or loop (joined with '+' when its
+    groups differ). Unset flags are resolved as torch resolves them at step time."""
+    found = set()
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            found.add("fused")
+        elif group.get("foreach") is None:
+            if isinstance(optimizer, AdaRem):
+                found.add("foreach")  # AdaRem's default
+            else:
+                from torch.optim.optimizer import _default_to_fused_or_foreach
+                _, foreach = _default_to_fused_or_foreach(group["params"], False, False)
+                found.add("foreach" if foreach else "loop")
+        else:
+            found.add("foreach" if group["foreach"] else "loop")
+    return "+".join(sorted(found)) or "none"
+
+
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``model``'s parameters must already be on their device: ``impl=auto`` decides by it."""
     groups = parameter_groups(model, cfg.weight_decay, cfg.no_weight_decay_on_bias_and_norm)
-    flags = {}
-    if cfg.foreach is not None:
-        flags["foreach"] = cfg.foreach
-    if cfg.fused is not None:
-        flags["fused"] = cfg.fused
+    if cfg.foreach is not None or cfg.fused is not None:  # legacy flags, only with impl=auto
+        flags = {k: v for k, v in (("foreach", cfg.foreach), ("fused", cfg.fused)) if v is not None}
+    else:
+        devices = {p.device.type for g in groups for p in g["params"]}
+        flags = impl_flags(cfg.impl, cfg.name, devices)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **flags)
     if cfg.name == "adam":

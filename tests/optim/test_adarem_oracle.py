@@ -14,6 +14,7 @@ import zlib
 import pytest
 import torch
 
+import adarem.optim.adarem as adarem_module
 from adarem import AdaRem
 from tests.optim.oracle import DEFAULTS, OracleAdaRem
 
@@ -22,7 +23,10 @@ from tests.optim.oracle import DEFAULTS, OracleAdaRem
 SHAPES = [(), (0,), (5,), (4, 3), (2, 3, 4), (17,), (3, 3), (8,)]
 ZERO_GRAD, SOMETIMES_NONE = 6, 7
 DEVICE = torch.device(os.environ.get("ADAREM_TEST_DEVICE", "cpu"))
-PATHS = ["loop", "foreach", "fused"]
+# foreach_mt: the foreach path's multi-tensor variant (the one non-CPU devices run), forced on
+PATHS = ["loop", "foreach", "foreach_mt", "fused"]
+FLAGS = {"loop": dict(foreach=False), "foreach": dict(foreach=True),
+         "foreach_mt": dict(foreach=True), "fused": dict(fused=True)}
 
 OPTION_SETS = {
     "defaults": {},
@@ -36,6 +40,13 @@ OPTION_SETS = {
     "everything": {"momentum": 0.5, "decay": 0.99, "weight_decay": 0.01,
                    "decoupled_weight_decay": True, "maximize": True, "beta": 0.5},
 }
+
+
+@pytest.fixture(autouse=True)
+def _foreach_variant(request, monkeypatch):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("path") == "foreach_mt":
+        monkeypatch.setattr(adarem_module, "FOREACH_TENSOR_MAJOR", False)
 
 
 class Problem:
@@ -93,7 +104,7 @@ def run_oracle(problem, options, steps):
 
 def run_impl(problem, options, steps, path, roundtrip_at=None):
     params = [t.clone().requires_grad_() for t in problem.init]
-    flags = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[path]
+    flags = FLAGS[path]
     opt = AdaRem(_groups(params, options), **flags)
     for step in range(steps):
         if step == roundtrip_at:
@@ -193,7 +204,7 @@ def test_many_groups_with_distinct_hyperparameters(path):
     curv = [torch.rand(p.shape, generator=gen).to(DEVICE) + 0.5 for p in params]
     oracle, ref = OracleAdaRem(), [p.clone() for p in params]
     mine = [p.clone().requires_grad_() for p in params]
-    flags = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[path]
+    flags = FLAGS[path]
     opt = AdaRem([{"params": [p], **h} for p, h in zip(mine, groups_h)], **flags)
     for step in range(40):
         for i, h in enumerate(groups_h):
@@ -250,3 +261,24 @@ def test_max_cache_is_rebuilt_when_missing():
         if p in opt2.state:
             assert math.isclose(float(opt2.state[p]["max_abs_exp_avg"]), float(before[i]))
     assert expected  # there was state to rebuild
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ["l2", "maximize", "everything"])
+def test_step_leaves_the_callers_grad_alone(path, name):
+    """Like torch's SGD/Adam (maximize=False), the step reads .grad and never writes it; the
+    foreach path's reusable scratch buffers are not part of the state_dict."""
+    problem = Problem(seed=3)
+    params = [t.clone().requires_grad_() for t in problem.init]
+    opt = AdaRem(_groups(params, OPTION_SETS[name]), **FLAGS[path])
+    for step in range(3):
+        grads = problem.grads(params, step, OPTION_SETS[name].get("maximize", False))
+        for p, g in zip(params, grads):
+            p.grad = g
+        kept = [None if g is None else g.clone() for g in grads]
+        opt.step()
+        for p, g in zip(params, kept):
+            assert (p.grad is None) == (g is None) and (g is None or torch.equal(p.grad, g))
+    saved = opt.state_dict()
+    assert all(set(st) <= {"step", "exp_avg", "max_abs_exp_avg", "momentum_buffer"}
+               for st in saved["state"].values())
