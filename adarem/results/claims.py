@@ -1,9 +1,33 @@
 """Evaluate the paper's claims (results/claims.yaml) against logged runs.
 
 Each claim compares a metric of the subject optimizer with a baseline, per setting (dataset x
-model), on the selected configuration of each (see tables.selected_groups). Verdicts:
-Supported (the subject is better and, with >= 3 seeds per side, a one-sided Welch t-test gives
-p < alpha), Not supported, or Insufficient data. Diverged runs enter error metrics as 100 %.
+model), on the selected configuration of each (see tables.selected_groups), one value per seed.
+Diverged runs enter error metrics as 100 % error. Per claim and setting:
+
+- ``diff`` = mean(subject) - mean(baseline), with its 95 % Welch confidence interval
+  (Welch-Satterthwaite degrees of freedom);
+- ``hedges_g``: diff / pooled SD, times the exact small-sample correction
+  J = Gamma(nu/2) / (sqrt(nu/2) Gamma((nu-1)/2)), nu = n_subject + n_baseline - 2;
+- ``p``: one-sided Welch t-test in the claimed direction (``better: lower`` -> diff < 0);
+- ``p_holm``: Holm's step-down adjustment of ``p`` over the family of every claim tested in the same
+  setting (dataset x model): the claims of results/claims.yaml are one family per setting.
+
+Verdicts (alpha = 0.05 unless told):
+
+- Supported: p_holm < alpha.
+- Contradicted: the one-sided p of the *opposite* direction, Holm-adjusted over the same family,
+  is < alpha. Each direction is controlled at alpha, so a claim with no true difference gets a
+  non-Inconclusive verdict with probability at most 2 alpha (a two-sided test at 2 alpha).
+- Inconclusive: neither. ``mdd`` is then the smallest difference these seeds could detect:
+  MDD = (t_{1 - alpha/m, nu} + t_{0.80, nu}) * s_pooled * sqrt(1/n_subject + 1/n_baseline), the
+  usual normal-shift approximation with Student t quantiles, at 80 % power and at level alpha/m
+  (m = the family's size: the level the smallest Holm-adjusted p must clear), nu as above.
+- Insufficient data: a side has fewer than 2 values (Welch's variance needs >= 2 per side); such
+  a row has no p and is not part of the Holm family.
+
+Zero variance on both sides: the t statistic is infinite, so p = 0 in the direction of a non-zero
+difference (1 in the other; 0.5 each if the means are equal), the CI collapses onto the
+difference, Hedges' g is undefined (NaN) and the MDD is 0.
 """
 
 from __future__ import annotations
@@ -14,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
+from scipy import special, stats
 
 from adarem.results.records import RunSet
 from adarem.results.tables import DIVERGED_ERROR, SETTING, area_under_val_error, selected_groups
@@ -22,8 +46,22 @@ from adarem.results.tables import DIVERGED_ERROR, SETTING, area_under_val_error,
 METRICS = {
     "final_top1": "final top-1 error (%)",
     "val_error_auc": "area under the val-error curve (mean val top-1 error over epochs, %)",
-    "flip_fraction": "fraction of weight updates that change sign between steps",
+    "flip_fraction": "fraction of weights whose two consecutive updates change sign",
+    "path_efficiency": "mean per-weight path efficiency |theta_t+k - theta_t| / sum |dtheta| over a window "
+                       "(1 = straight, 0 = back and forth)",
 }
+CSV_COLUMNS = ["claim", "metric", "subject", "baseline", "n_subject", "n_baseline", "diff", "ci_low", "ci_high",
+               "hedges_g", "p", "p_holm", "verdict", "dataset", "model", "text", "subject_mean", "baseline_mean"]
+MIN_SEEDS = 2
+POWER = 0.8
+STATISTICS_TEXT = (
+    "Per claim and setting: the mean difference subject − baseline with its 95 % Welch confidence interval, "
+    "Hedges' g (exact small-sample correction), the one-sided Welch t-test p in the claimed direction and its "
+    "Holm adjustment over the family of all claims tested in the same setting (dataset × model); diverged runs "
+    "count as 100 % error. Supported means Holm-adjusted p < {alpha:g}, Contradicted means the same holds for "
+    "the opposite direction, Inconclusive means neither, with `mdd` the smallest difference these seeds could "
+    "detect, (t₁₋α/m,ν + t₀.₈,ν)·s_pooled·√(1/n₁ + 1/n₂) at 80 % power and level α/m (m claims in the family, "
+    "ν = n₁ + n₂ − 2), and Insufficient data means a side has fewer than 2 seeds.")
 
 
 def load_claims(path: Path) -> dict:
@@ -35,6 +73,8 @@ def load_claims(path: Path) -> dict:
             raise ValueError(f"claim {c.get('id', '?')} in {path} lacks {sorted(missing)}")
         if c["metric"] not in METRICS:
             raise ValueError(f"claim {c['id']}: unknown metric {c['metric']!r}; use one of {sorted(METRICS)}")
+        if c["better"] not in ("lower", "higher"):
+            raise ValueError(f"claim {c['id']}: better must be lower or higher, not {c['better']!r}")
     return spec
 
 
@@ -44,10 +84,84 @@ def metric_values(rs: RunSet, runs: pd.DataFrame, metric: str) -> list[float]:
     if metric == "val_error_auc":
         aucs = area_under_val_error(rs, runs.run_dir)
         return [DIVERGED_ERROR if s == "diverged" else v for s, v in zip(runs.status, aucs)]
-    if metric == "flip_fraction":
+    if metric in ("flip_fraction", "path_efficiency"):
         osc = rs.oscillation[rs.oscillation.run_dir.isin(runs.run_dir)]
-        return osc.groupby("run_dir").flip_fraction.mean().tolist()
+        return osc.groupby("run_dir")[metric].mean().tolist()  # NaN for runs logged before the field
     raise ValueError(metric)
+
+
+# ---- statistics (pure functions of the per-seed values) ----
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order; NaN entries stay NaN and are not
+    counted in the family."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def _var(x: np.ndarray) -> float:
+    """Sample variance; exactly 0 for identical values (np.var of [0.2, 0.2, 0.2] is ~1e-33, which
+    would turn "no spread" into a huge but finite t)."""
+    return 0.0 if np.ptp(x) == 0 else float(x.var(ddof=1))
+
+
+def _welch(a, b) -> tuple[float, float, float]:
+    """(diff, standard error, Welch-Satterthwaite df) of mean(a) - mean(b)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = _var(a) / len(a), _var(b) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se > 0 else math.inf
+    return float(a.mean() - b.mean()), se, df
+
+
+def pooled_sd(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    nu = len(a) + len(b) - 2
+    return math.sqrt(((len(a) - 1) * _var(a) + (len(b) - 1) * _var(b)) / nu)
+
+
+def welch_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """(diff, low, high): mean(a) - mean(b) and its Welch confidence interval."""
+    diff, se, df = _welch(a, b)
+    if se == 0:
+        return diff, diff, diff
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return diff, diff - half, diff + half
+
+
+def hedges_g(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    s = pooled_sd(a, b)
+    if s == 0:
+        return math.nan
+    nu = len(a) + len(b) - 2
+    j = math.exp(special.gammaln(nu / 2) - special.gammaln((nu - 1) / 2)) / math.sqrt(nu / 2)
+    return float(j * (a.mean() - b.mean()) / s)
+
+
+def one_sided_p(a, b, alternative: str) -> float:
+    """Welch t-test of mean(a) - mean(b) < 0 (alternative "less") or > 0 ("greater")."""
+    diff, se, df = _welch(a, b)
+    if se == 0:
+        if diff == 0:
+            return 0.5
+        return 0.0 if (diff < 0) == (alternative == "less") else 1.0
+    t = diff / se
+    return float(stats.t.cdf(t, df) if alternative == "less" else stats.t.sf(t, df))
+
+
+def min_detectable_difference(a, b, alpha: float, power: float = POWER) -> float:
+    """(t_{1-alpha,nu} + t_{power,nu}) * s_pooled * sqrt(1/n_a + 1/n_b), nu = n_a + n_b - 2."""
+    nu = len(a) + len(b) - 2
+    return float((stats.t.ppf(1 - alpha, nu) + stats.t.ppf(power, nu)) * pooled_sd(a, b)
+                 * math.sqrt(1 / len(a) + 1 / len(b)))
 
 
 def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05) -> pd.DataFrame:
@@ -55,32 +169,40 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05) -> pd.DataFrame
     sel = selected_groups(rs.runs)
     settings = sorted(set(map(tuple, sel[SETTING].values.tolist()))) if not sel.empty else []
     paper = spec.get("paper_numbers") or {}
-    for claim in spec.get("claims", []):
-        for setting in settings:
-            here = sel[(sel.dataset == setting[0]) & (sel.model == setting[1])]
+    for setting in settings:
+        here = sel[(sel.dataset == setting[0]) & (sel.model == setting[1])]
+        family = []
+        for claim in spec.get("claims", []):
             a = [v for v in metric_values(rs, here[here.optimizer == claim["subject"]], claim["metric"]) if not math.isnan(v)]
             b = [v for v in metric_values(rs, here[here.optimizer == claim["baseline"]], claim["metric"]) if not math.isnan(v)]
-            row = {"claim": claim["id"], "text": claim["text"], "dataset": setting[0], "model": setting[1],
-                   "metric": claim["metric"], "subject": claim["subject"], "baseline": claim["baseline"],
-                   "n_subject": len(a), "n_baseline": len(b),
+            row = {"claim": claim["id"], "metric": claim["metric"], "subject": claim["subject"],
+                   "baseline": claim["baseline"], "n_subject": len(a), "n_baseline": len(b),
+                   "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "hedges_g": math.nan,
+                   "p": math.nan, "p_holm": math.nan, "verdict": "Insufficient data",
+                   "dataset": setting[0], "model": setting[1], "text": claim["text"],
                    "subject_mean": float(np.mean(a)) if a else math.nan,
-                   "baseline_mean": float(np.mean(b)) if b else math.nan, "p_value": math.nan}
+                   "baseline_mean": float(np.mean(b)) if b else math.nan,
+                   "better": claim["better"], "p_opposite": math.nan, "p_opposite_holm": math.nan, "mdd": math.nan}
             paper_vals = paper.get(f"{setting[0]}/{setting[1]}", {}).get(claim["metric"], {})
             row["paper_subject"] = paper_vals.get(claim["subject"], "")
             row["paper_baseline"] = paper_vals.get(claim["baseline"], "")
-            if not a or not b:
-                row["verdict"] = "Insufficient data"
-            else:
-                lower = claim["better"] == "lower"
-                better = row["subject_mean"] < row["baseline_mean"] if lower else row["subject_mean"] > row["baseline_mean"]
-                if len(a) >= 3 and len(b) >= 3:
-                    if np.std(a) == 0 and np.std(b) == 0:
-                        p = 0.0 if better else 1.0
-                    else:
-                        p = stats.ttest_ind(a, b, equal_var=False, alternative="less" if lower else "greater").pvalue
-                    row["p_value"] = float(p)
-                    row["verdict"] = "Supported" if better and p < alpha else "Not supported"
-                else:
-                    row["verdict"] = "Insufficient data"  # fewer than 3 seeds a side: no test
+            if len(a) >= MIN_SEEDS and len(b) >= MIN_SEEDS:
+                claimed, opposite = ("less", "greater") if claim["better"] == "lower" else ("greater", "less")
+                row["diff"], row["ci_low"], row["ci_high"] = welch_ci(a, b)
+                row["hedges_g"] = hedges_g(a, b)
+                row["p"], row["p_opposite"] = one_sided_p(a, b, claimed), one_sided_p(a, b, opposite)
+                family.append((row, a, b))
             rows.append(row)
+        m = len(family)
+        adjusted = holm([r["p"] for r, _, _ in family])
+        adjusted_opp = holm([r["p_opposite"] for r, _, _ in family])
+        for (row, a, b), ph, po in zip(family, adjusted, adjusted_opp):
+            row["p_holm"], row["p_opposite_holm"] = ph, po
+            if ph < alpha:
+                row["verdict"] = "Supported"
+            elif po < alpha:
+                row["verdict"] = "Contradicted"
+            else:
+                row["verdict"] = "Inconclusive"
+                row["mdd"] = min_detectable_difference(a, b, alpha / m)
     return pd.DataFrame(rows)

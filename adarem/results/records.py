@@ -139,7 +139,9 @@ def load_runs(root: Path) -> RunSet:
             epoch_rows.append({"run_dir": rel, **{k: v for k, v in r.items() if k != "type"}})
         for r in lines:
             if r.get("type") == "oscillation":
-                osc_rows.append({"run_dir": rel, "step": r["step"], "flip_fraction": r["flip_fraction"]})
+                eff = r.get("path_efficiency")  # absent in records written before it existed
+                osc_rows.append({"run_dir": rel, "step": r["step"], "flip_fraction": r["flip_fraction"],
+                                 "path_efficiency": float(eff) if isinstance(eff, (int, float)) else math.nan})
 
     runs = pd.DataFrame(rows)
     if not runs.empty:
@@ -152,7 +154,7 @@ def load_runs(root: Path) -> RunSet:
         runs = runs[~dup].reset_index(drop=True)
     keep = set(runs.run_dir) if not runs.empty else set()
     epochs_df = pd.DataFrame(epoch_rows)
-    osc_df = pd.DataFrame(osc_rows, columns=["run_dir", "step", "flip_fraction"])
+    osc_df = pd.DataFrame(osc_rows, columns=["run_dir", "step", "flip_fraction", "path_efficiency"])
     if not epochs_df.empty:
         epochs_df = epochs_df[epochs_df.run_dir.isin(keep)].reset_index(drop=True)
     osc_df = osc_df[osc_df.run_dir.isin(keep)].reset_index(drop=True)

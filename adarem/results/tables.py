@@ -104,11 +104,14 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
 def oscillation_table(rs: RunSet) -> pd.DataFrame:
     if rs.oscillation.empty:
         return pd.DataFrame()
-    per_run = rs.oscillation.groupby("run_dir").flip_fraction.mean().rename("flip").reset_index()
+    per_run = rs.oscillation.groupby("run_dir").agg(flip=("flip_fraction", "mean"),
+                                                    eff=("path_efficiency", "mean")).reset_index()
     merged = rs.runs.merge(per_run, on="run_dir")
     rows = []
     for key, g in merged.groupby(GROUP, dropna=False, sort=True):
-        rows.append({**dict(zip(GROUP, key)), "n": len(g), "update sign-flip fraction": mean_std(100 * g.flip) + " %"})
+        eff = mean_std(100 * g.eff)
+        rows.append({**dict(zip(GROUP, key)), "n": len(g), "update sign-flip fraction": mean_std(100 * g.flip) + " %",
+                     "path efficiency": eff + " %" if eff != "—" else eff})
     return pd.DataFrame(rows).drop(columns=["config_id"])
 
 
