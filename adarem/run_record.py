@@ -55,7 +55,8 @@ def versions() -> dict:
 
 def hardware(device: torch.device) -> dict:
     hw = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "device": str(device)}
+          "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+          "device": str(device)}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
         hw["gpu_count"] = torch.cuda.device_count()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-import train  # noqa: F401  (registers the schema)
-from adarem.config import ConfigError, validate
+from adarem.config import ConfigError, register_configs, validate
 from tests.conftest import REPO
+
+register_configs()  # the schema train.py registers before Hydra composes
 
 OPTIMIZERS = ["sgd", "adam", "adamw", "adarem", "adarem_m", "adarem_nodecay"]
 EXPERIMENTS = ["paper_resnet18", "paper_resnet50", "paper_mobilenetv2", "paper_shufflenetv2", "fashion_mnist_small"]

@@ -1,0 +1,167 @@
+"""Everything a training run is made of, built in the order that keeps bad input harmless.
+
+``create`` validates the config and joins the process group; ``prepare`` locks the run directory, decides what
+to do with it (``adarem/run_dir.py``), and only then builds data, model, optimizer and scheduler,
+restores a checkpoint and opens the run record. Everything that can fail on bad input fails
+before anything is written. ``Run`` holds the pieces as explicit state (no globals): the training
+loop (``adarem/trainer.py``) reads them, and ``Run.mark_failed`` / ``Run.close`` end a run
+however it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from adarem import checkpoint as ckpt_io
+from adarem import distributed as dist_utils
+from adarem.config import Config, ConfigError, to_container, validate
+from adarem.data import DataBundle, build_data, data_identity
+from adarem.distributed import DistInfo
+from adarem.engine import Precision, TrainState, make_precision
+from adarem.models import build_model, count_parameters
+from adarem.optim.factory import build_optimizer, optimizer_impl
+from adarem.reproducibility import seed_everything
+from adarem.run_dir import RunLock, RunPlan, plan_run
+from adarem.run_identity import run_id
+from adarem.run_record import MetricsLog, RunRecord, now
+from adarem.schedule import build_scheduler
+from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
+from adarem.tracking import Tracker
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class Run:
+    config: Config
+    config_dict: dict
+    dist: DistInfo
+    run_dir: Path
+    lock: Optional[RunLock] = None
+    plan: Optional[RunPlan] = None
+    data: Optional[DataBundle] = None
+    precision: Optional[Precision] = None
+    model: Optional[torch.nn.Module] = None  # the bare module (evaluation, checkpoints)
+    train_model: Optional[torch.nn.Module] = None  # DDP- and/or compile-wrapped, for training
+    optimizer: Optional[torch.optim.Optimizer] = None
+    scheduler: Any = None
+    state: TrainState = field(default_factory=TrainState)
+    record: Optional[RunRecord] = None
+    metrics: Optional[MetricsLog] = None
+    tracker: Optional[Tracker] = None
+
+    def mark_failed(self, exc: BaseException, message: str) -> None:
+        """run.json says how the run ended when it ended by an exception (Ctrl-C included)."""
+        if self.record is None or self.record.data.get("status") != "running":
+            return
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            self.record.update(status=status, end_time=now(), error=f"{type(exc).__name__}: {message}")
+        except OSError:  # the disk that failed the run may fail this write too
+            pass
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def lock_run_dir(run: Run) -> None:
+    """One process per run directory: rank 0 holds the lock for all ranks and tells them."""
+    run.lock = RunLock(run.run_dir, run.dist.is_main)
+    refusal = None
+    try:
+        run.lock.acquire()
+    except ConfigError as exc:
+        refusal = str(exc)
+    refusal = dist_utils.broadcast_object(refusal)
+    if refusal:
+        raise ConfigError(refusal)
+
+
+def create(cfg: DictConfig, stop: StopFlag) -> Run:
+    """Validate the config and join the process group: the run exists, nothing is built yet."""
+    config = validate(cfg)
+    dist = dist_utils.init_distributed(config.trainer.device)
+    stop.distributed, stop.device = dist.enabled, dist.device
+    seed_everything(config.seed, config.trainer.deterministic)
+    return Run(config, to_container(cfg), dist, Path(config.run_dir))
+
+
+def prepare(run: Run, stop: StopFlag) -> Optional[int]:
+    """Build the run in place. Returns an exit code when there is nothing to train, else None."""
+    config, dist, tc = run.config, run.dist, run.config.trainer
+    lock_run_dir(run)
+    run.plan = plan_run(run.run_dir, config.resume, run.config_dict)
+    if run.plan.already_done:
+        if dist.is_main:
+            prev = run.plan.previous
+            err = (prev.get("final") or {}).get("val_top1_err")
+            print(f"{run.run_dir}: run already {prev['status']}"
+                  + (f"; final top-1 error {err:.2f}%" if err is not None else "") + " (nothing to do)")
+        return 0
+
+    run.precision = make_precision(tc.amp, dist.device)
+    run.data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
+                          channels_last=tc.channels_last, half=run.precision.autocast_dtype == torch.float16)
+    data_id = data_identity(config.data, run.data)
+    previous = run.plan.previous
+    if previous and previous.get("data_identity") not in (None, data_id):
+        raise ConfigError(f"the dataset differs from the one this run started with "
+                          f"({previous['data_identity']} then, {data_id} now); restore it or start a new run")
+    run.model = build_model(config.model.name, run.data.num_classes, run.data.in_chans, config.model.pretrained,
+                            config.model.drop_rate, config.model.kwargs).to(dist.device)
+    if tc.channels_last:
+        run.model = run.model.to(memory_format=torch.channels_last)
+    run.optimizer = build_optimizer(config.optimizer, run.model)
+    run.scheduler = build_scheduler(config.schedule, run.optimizer, tc.epochs, len(run.data.train))
+    if run.plan.checkpoint is not None:
+        ckpt_io.restore(run.plan.checkpoint, run.model, run.optimizer, run.scheduler, run.precision.scaler,
+                        run.state, dist.rank)
+    if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
+        if dist.is_main:
+            print(f"stopped during start-up (signal {stop.signal_name}) before any training step; exit "
+                  f"{REQUEUE_EXIT_CODE} asks for a requeue", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
+    run.train_model = run.model
+    if dist.enabled:
+        run.train_model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+    if tc.compile:
+        run.train_model = torch.compile(run.train_model)
+    open_record(run, data_id)
+    return None
+
+
+def open_record(run: Run, data_id: dict) -> None:
+    """run.json (rank 0 writes), metrics.jsonl cut back to the checkpoint, and the wandb mirror."""
+    config, dist, data = run.config, run.dist, run.data
+    run.record = RunRecord(run.run_dir, dist.is_main)
+    run.record.start(run.config_dict, dist.world_size, dist.device, run.plan.previous)
+    run.record.update(run_id=run_id(run.config_dict), data_identity=data_id, n_params=count_parameters(run.model),
+                      optimizer_impl=optimizer_impl(run.optimizer),
+                      steps_per_epoch=len(data.train), train_samples_per_epoch=data.train.num_samples,
+                      val_samples=data.val.num_samples)
+    run.metrics = MetricsLog(run.run_dir, dist.is_main)
+    lost = run.metrics.open(keep_lines=run.plan.checkpoint["metrics_lines"] if run.plan.checkpoint else 0)
+    if lost and dist.is_main:
+        print(f"warning: {run.run_dir / 'metrics.jsonl'} held {lost} fewer complete line(s) than the checkpoint "
+              f"recorded (cut or torn); those lines are lost and the run record says so (metrics_lines_lost)",
+              file=sys.stderr)
+        run.record.update(metrics_lines_lost=run.record.data.get("metrics_lines_lost", 0) + lost)
+    run.tracker = Tracker(config.logging.wandb, dist.is_main)
+    variant = config.optimizer.variant
+    wandb_id = run.record.data.setdefault("wandb_id", f"{variant}-s{config.seed}-{os.urandom(4).hex()}")
+    run.record.write()
+    run.tracker.start(run.run_dir, wandb_id, config.logging.project, config.logging.entity,
+                      config.logging.group or f"{config.data.name}-{config.model.name}-{variant}",
+                      f"{config.model.name}-{variant}-lr{config.optimizer.lr}-s{config.seed}", run.config_dict)
+    if run.plan.checkpoint is not None and dist.is_main:
+        log.info("resumed from %s at epoch %d, batch %d", run.plan.checkpoint_path, run.state.epoch, run.state.batch)

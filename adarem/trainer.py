@@ -1,0 +1,168 @@
+"""The epoch loop of a prepared run (``adarem/run_setup.py``): train, checkpoint, evaluate, record.
+
+An epoch is two phases, each resumable: ``train`` (``engine.train_epoch``, which stops early on a
+signal, a timed checkpoint, divergence or ``trainer.max_steps``) and ``eval`` (evaluation and the
+epoch's metrics line). A checkpoint is written at the end of each phase, so a kill at any point
+loses at most the work since the last one. ``run`` returns the process's exit code: 0 (finished,
+or diverged: divergence is a result) or 75 (stopped; "requeue me").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+import torch
+
+from adarem import checkpoint as ckpt_io
+from adarem import distributed as dist_utils
+from adarem.data import DataError
+from adarem.engine import Divergence, EpochProgress, evaluate, progress_bar, train_epoch
+from adarem.faults import maybe_crash
+from adarem.oscillation import OscillationTracker
+from adarem.run_record import now
+from adarem.run_setup import Run
+from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
+
+log = logging.getLogger("train")
+
+
+class Trainer:
+    def __init__(self, run: Run, stop: StopFlag):
+        self.run_ = run
+        self.stop = stop
+        self.tc = run.config.trainer
+        self.state = run.state
+        self.last_checkpoint = time.monotonic()
+        self.bar = None  # the tqdm bar of the current epoch, if any
+        self.oscillation = OscillationTracker(run.model, self.tc.oscillation_every) if self.tc.oscillation_every else None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        state = self.state
+        while state.epoch < self.tc.epochs:
+            if state.phase == "train":
+                outcome = self.train_phase()
+                if outcome.reason == "diverged":
+                    return self.diverged(outcome.divergence)
+                if outcome.reason != "epoch_end":
+                    self.save_checkpoint()
+                    if outcome.reason == "timed_checkpoint":
+                        continue
+                    return self.stop_for_requeue("preempted" if outcome.reason == "preempt" else "stopped")
+                state.elapsed_train_s += state.progress.train_time_s
+                state.phase = "eval"
+                self.save_checkpoint()  # a kill during evaluation does not lose the epoch
+                maybe_crash("epoch_end", state.epoch)
+            self.eval_phase()
+            state.epoch, state.batch, state.phase = state.epoch + 1, 0, "train"
+            state.progress = EpochProgress()
+            self.save_checkpoint()
+            if self.stop.requested_anywhere():
+                return self.stop_for_requeue("preempted")
+        return self.finish()
+
+    def train_phase(self):
+        r, state = self.run_, self.state
+        self.bar = progress_bar(len(r.data.train), state.batch, f"epoch {state.epoch}", r.config.logging.progress,
+                                r.dist.is_main)
+        try:
+            return train_epoch(r.train_model, r.data.train, r.optimizer, r.scheduler, r.precision, r.dist.device,
+                               self.tc, state, self.stop, self.log_metrics, self.oscillation, self.checkpoint_due,
+                               self.bar)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    def eval_phase(self) -> None:
+        """The epoch's metrics line, with an evaluation when one is due."""
+        r, state, tc = self.run_, self.state, self.tc
+        prog = state.progress
+        sums = torch.tensor([prog.loss_sum, prog.samples], dtype=torch.float64, device=r.dist.device)
+        dist_utils.all_reduce_sum(sums)
+        rec = {"type": "epoch", "epoch": state.epoch, "step": state.global_step,
+               "train_loss": float(sums[0] / sums[1]), "lr": r.optimizer.param_groups[0]["lr"],
+               "epoch_time_s": prog.train_time_s, "images_per_s": float(sums[1]) / max(prog.train_time_s, 1e-9),
+               "data_wait_s": prog.data_wait_s, "wall_time_s": state.elapsed_train_s,
+               "corrupt_skipped": r.data.train.corrupt_count}
+        if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
+            dist_utils.broadcast_buffers(r.model)  # every rank evaluates with rank 0's BN statistics
+            rec.update(evaluate(r.model, r.data.val, r.precision, r.dist.device, tc.channels_last, state.epoch))
+            # kept in the training state (and so in checkpoints): a run stopped after its last
+            # evaluation and resumed still reports it
+            state.final = {k: rec[k] for k in ("val_loss", "val_top1_err", "val_top5_err")}
+            state.final.update(epoch=state.epoch, train_loss=rec["train_loss"])
+        self.log_metrics(rec)
+        maybe_crash("after_eval", state.epoch)
+        if r.dist.is_main:
+            log.info("epoch %d: train loss %.4f%s, %.0f img/s", state.epoch, rec["train_loss"],
+                     f", val top-1 err {rec['val_top1_err']:.2f}%" if "val_top1_err" in rec else "",
+                     rec["images_per_s"])
+
+    # ------------------------------------------------------------------ records and checkpoints
+    def log_metrics(self, rec: dict) -> None:
+        r = self.run_
+        r.metrics.log(rec)
+        r.tracker.log({k: v for k, v in rec.items() if k not in ("type", "per_layer", "per_layer_efficiency")},
+                      step=rec.get("step", self.state.global_step))
+        if rec["type"] == "iter" and r.dist.is_main and self.bar is None and r.config.logging.progress != "none":
+            log.info("epoch %d step %d loss %.4f lr %.4g", rec["epoch"], rec["step"], rec["loss"], rec["lr"])
+
+    def checkpoint_due(self) -> bool:
+        every = self.tc.checkpoint_every_min
+        return every > 0 and time.monotonic() - self.last_checkpoint > 60 * every
+
+    def save_checkpoint(self) -> None:
+        r = self.run_
+        per_rank = [ckpt_io.rank_state(self.state)]
+        if r.dist.enabled:
+            gathered = [None] * r.dist.world_size
+            torch.distributed.all_gather_object(gathered, per_rank[0])
+            per_rank = gathered
+        if r.dist.is_main:
+            r.metrics.flush()
+            ckpt_io.save_atomic(ckpt_io.training_checkpoint(r.model, r.optimizer, r.scheduler, r.precision.scaler,
+                                                            self.state, r.metrics.lines, per_rank, r.config_dict),
+                                r.run_dir)
+        dist_utils.barrier()
+        self.last_checkpoint = time.monotonic()
+
+    # ------------------------------------------------------------------ how a run ends
+    def stop_for_requeue(self, status: str) -> int:
+        """After the checkpoint: record why the run stopped and ask the scheduler for a requeue."""
+        r, step = self.run_, self.state.global_step
+        r.metrics.close()
+        r.record.update(status=status, stopped_at_step=step, signal=self.stop.signal_name)
+        if r.dist.is_main:
+            print(f"{status} at step {step} (signal {self.stop.signal_name}); checkpoint written, exit "
+                  f"{REQUEUE_EXIT_CODE} asks for a requeue; rerun with resume=auto to continue", file=sys.stderr)
+        r.tracker.finish(exit_code=REQUEUE_EXIT_CODE)
+        return REQUEUE_EXIT_CODE
+
+    def diverged(self, div: Divergence) -> int:
+        r = self.run_
+        r.metrics.log({"type": "diverged", "epoch": self.state.epoch, "step": div.step, "loss": div.loss})
+        r.metrics.close()
+        r.record.update(status="diverged", end_time=now(), diverged_at_step=div.step,
+                        final={"val_top1_err": None, "diverged_at_step": div.step})
+        if r.dist.is_main:
+            print(f"DIVERGED: training loss {div.loss} at step {div.step} (epoch {self.state.epoch}); the run is "
+                  f"marked diverged in {r.run_dir / 'run.json'} and its last good checkpoint is kept", file=sys.stderr)
+        r.tracker.finish()
+        return 0
+
+    def finish(self) -> int:
+        r, final = self.run_, self.state.final
+        r.metrics.close()
+        if not math.isfinite(final.get("val_top1_err", math.nan)):
+            raise DataError(f"the run ended without a finite final validation error (final={final}); "
+                            f"check that the validation split holds images of every rank")
+        r.record.update(status="finished", end_time=now(), final=final, wall_time_s=self.state.elapsed_train_s)
+        r.tracker.finish()
+        if r.dist.is_main:
+            print(f"final top-1 error {final['val_top1_err']:.2f}% (top-5 {final['val_top5_err']:.2f}%) after "
+                  f"{self.tc.epochs} epochs; run record in {r.run_dir}")
+        return 0
