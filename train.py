@@ -55,6 +55,7 @@ def train(cfg: DictConfig) -> int:
             run.mark_failed(exc, one_line(exc))
         raise
     finally:
+        stop.uninstall()
         if run is not None:
             run.close()
 
@@ -70,8 +71,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): run.json says interrupted; rerun the same command to resume from the "
-              "last checkpoint", file=sys.stderr)
+        print("interrupted (Ctrl-C); rerun the same command to resume from the last checkpoint, if one was "
+              "written (run.json, if any, says interrupted)", file=sys.stderr)
         code = 130
     finally:
         dist_utils.cleanup()

@@ -124,7 +124,12 @@ def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_line
     }
 
 
-def restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) -> None:
+def restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int, world: int = 1) -> None:
+    per_rank = ckpt.get("per_rank") if isinstance(ckpt, dict) else None
+    if isinstance(per_rank, list) and len(per_rank) != world:
+        # fewer ranks would drop the others' epoch sums and RNG streams; more would have none
+        raise CheckpointError(f"the checkpoint was written by {len(per_rank)} process(es), this launch has {world}; "
+                              f"resume with {len(per_rank)} process(es)")
     try:
         _restore(ckpt, model, optimizer, scheduler, scaler, state, rank)
     except CheckpointError:

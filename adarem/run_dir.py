@@ -66,6 +66,12 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         found = ckpt_io.load_latest(run_dir)
         if found is None:
             return RunPlan(previous, None, None)
+        # also when run.json is gone (moved away by hand): the checkpoint's optimizer and
+        # scheduler state would silently override another configuration's settings
+        diff = config_differences(found[0].get("config") or {}, config) if found[0].get("config") is not None else []
+        if diff:
+            raise _differs(f"{run_dir} holds a checkpoint whose run", diff,
+                           "choose another hydra.run.dir or restore those values")
         return RunPlan(previous, found[0], found[1])
     path = Path(resume)
     if not path.is_file():

@@ -100,6 +100,11 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     config, dist, tc = run.config, run.dist, run.config.trainer
     lock_run_dir(run)
     run.plan = plan_run(run.run_dir, config.resume, run.config_dict)
+    before = ((run.plan.previous or {}).get("hardware") or {}).get("device", "")
+    if before and before.split(":")[0] != dist.device.type:
+        # trainer.amp=auto (bf16 on GPU, fp32 on CPU) and the kernels differ: another run
+        raise ConfigError(f"{run.run_dir} holds a run on {before.split(':')[0]}, this process is on "
+                          f"{dist.device.type}; use a separate hydra.run.dir per device type")
     if run.plan.already_done:
         if dist.is_main:
             prev = run.plan.previous
@@ -124,7 +129,7 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     run.scheduler = build_scheduler(config.schedule, run.optimizer, tc.epochs, len(run.data.train))
     if run.plan.checkpoint is not None:
         ckpt_io.restore(run.plan.checkpoint, run.model, run.optimizer, run.scheduler, run.precision.scaler,
-                        run.state, dist.rank)
+                        run.state, dist.rank, dist.world_size)
     if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
         if dist.is_main:
             print(f"stopped during start-up (signal {stop.signal_name}) before any training step; exit "

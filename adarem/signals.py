@@ -23,8 +23,14 @@ class StopFlag:
         self.device = device
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def uninstall(self) -> None:
+        """Give the signals back (compare.py runs many trainings in one worker process, which must
+        still die on the SIGTERM of its pool)."""
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name

@@ -208,8 +208,8 @@ class Search:
 
 def main(argv: list[str]) -> int:
     own, base = parse(argv)
-    if not base:
-        base = list(DIGITS_DEFAULTS)
+    if not any(a.startswith(("data=", "experiment=")) for a in base):
+        base = [*DIGITS_DEFAULTS, *base]  # the digits defaults stay under other overrides
     for key, value in (("logging.wandb", "disabled"), ("logging.progress", "none"), ("trainer.oscillation_every", "10")):
         if not any(a.startswith(key + "=") for a in base):
             base.append(f"{key}={value}")
@@ -253,6 +253,9 @@ def main(argv: list[str]) -> int:
                     for t in todo}
             for (opt, lr, wd, seed), fut in jobs.items():
                 res = fut.result()
+                if "is in use by" in res.get("error", ""):  # not evaluated: never score it as worst
+                    fail(f"{res['run_dir']} is in use by another process (another compare on the same runs=?); "
+                         f"wait for it to end, then launch again: finished trials are kept")
                 searches[opt].results[(lr, wd, seed)] = res
                 print(f"  select {opt:15s} lr {lr:<9.4g} wd {wd:<8.3g} seed {seed} {res['status']:9s} "
                       f"holdout top-1 err {score(res):6.2f}%  ({res['seconds']:.0f} s)"
@@ -283,6 +286,8 @@ def main(argv: list[str]) -> int:
         finished = set()
         for (opt, s), fut in finals.items():
             res = fut.result()
+            if "is in use by" in res.get("error", ""):
+                fail(f"{res['run_dir']} is in use by another process; wait for it to end, then launch again")
             if math.isfinite(score(res)):
                 finished.add(opt)
                 data_identity = data_identity or res.get("data_identity")
@@ -308,7 +313,9 @@ def main(argv: list[str]) -> int:
     selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"], ascending=[False, True, True, True, True])
     selection.to_csv(out / "selection.csv", index=False, float_format="%.6g")
 
-    rs = load_runs(runs_root / "final")
+    # only this invocation's finals: runs left in the tree by another invocation (other epochs, an
+    # lr chosen before) must never enter its verdicts
+    rs = only_runs(load_runs(runs_root / "final"), [r["run_dir"] for r in rows if r["stage"] == "final"])
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + \
         selection_table(searches, chosen, select_seeds, factors)
@@ -318,6 +325,16 @@ def main(argv: list[str]) -> int:
     print("\n".join(verdicts))
     print(f"\nwrote {out}/tables.md (tables, claims, plots) and {out}/selection.csv; runs in {runs_root}")
     return 0
+
+
+def only_runs(rs, run_dirs: list[str]):
+    keep = {str(Path(d).resolve()) for d in run_dirs}
+    mask = lambda df: df.run_dir.map(lambda d: str(Path(d).resolve()) in keep) if not df.empty else []  # noqa: E731
+    runs = rs.runs[mask(rs.runs)].reset_index(drop=True) if not rs.runs.empty else rs.runs
+    epochs = rs.epochs[mask(rs.epochs)].reset_index(drop=True) if not rs.epochs.empty else rs.epochs
+    osc = rs.oscillation[mask(rs.oscillation)].reset_index(drop=True) if not rs.oscillation.empty else rs.oscillation
+    problems = [p for p in rs.problems if str(Path(p["run_dir"]).resolve()) in keep]
+    return type(rs)(runs, epochs, osc, problems)
 
 
 def provenance(command: str, own: dict, threads: int, data_identity, n_select: int, final_seeds: list[int]) -> str:
@@ -361,4 +378,13 @@ def selection_table(searches: dict, chosen: dict, select_seeds: list[int], facto
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenProcessPool:
+        fail("a worker process died (killed, or out of memory); launch the same command again: finished "
+             "trials are kept and unfinished ones resume")
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); launch the same command again to resume", file=sys.stderr)
+        sys.exit(130)

@@ -174,3 +174,25 @@ def test_checkpoint_records_its_configuration(tmp_path, env):
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["config"]["optimizer"]["lr"] == read_run(run_dir)["config"]["optimizer"]["lr"]
     assert ckpt["position"]["final"] == {}
+
+
+def test_resume_auto_refuses_a_checkpoint_of_another_configuration_without_run_json(tmp_path, env):
+    """run.json moved away by hand: the checkpoint still says which configuration it belongs to."""
+    run_dir = tmp_path / "run"
+    assert run_train(["trainer.max_steps=3"], env, run_dir).returncode == 75
+    (run_dir / "run.json").rename(tmp_path / "run.json.bak")
+    res = run_train(["optimizer=sgd", "optimizer.lr=0.5"], env, run_dir)
+    assert res.returncode == 2
+    line = _one_error_line(res)
+    assert "holds a checkpoint whose run" in line and "optimizer.lr" in line
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, env):
+    run_dir = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29523"]
+    run_train(["trainer.max_steps=3"], env, run_dir, launcher=launcher)  # torchrun reports the 75 as a failure
+    assert read_run(run_dir)["status"] == "stopped" and read_run(run_dir)["world_size"] == 2
+    res = run_train([], env, run_dir)
+    assert res.returncode == 2
+    assert "written by 2 process(es), this launch has 1" in _one_error_line(res)

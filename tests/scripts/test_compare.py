@@ -98,3 +98,8 @@ def test_compare_with_another_setting_never_reuses_runs(tmp_path, env):
     assert _run([*base, "trainer.epochs=2"], env, tmp_path).returncode == 0
     runs = sorted((tmp_path / "runs" / "final" / "sgd").iterdir())
     assert len(runs) == 2  # one per configuration, none reused
+    # and the second report is made of the second invocation's runs only
+    md = (tmp_path / "out" / "tables.md").read_text()
+    assert "from 1 complete runs" in md
+    rows = list(csv.DictReader(open(tmp_path / "out" / "test_error.csv")))
+    assert len(rows) == 1 and rows[0]["epochs"] == "2"
