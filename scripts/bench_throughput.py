@@ -71,8 +71,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="steps per timed epoch")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), help=f"comma-separated subset of {list(OPTIMIZERS)}")
-    ap.add_argument("--impl", default="default", choices=["default", "foreach", "fused"],
-                    help="optimizer path for every optimizer: fused = torch's fused SGD/Adam/AdamW and AdaRem's fused")
+    ap.add_argument("--impl", default="auto", choices=["auto", "foreach", "fused"],
+                    help="optimizer.impl for every optimizer (auto: the harness's default, each optimizer's fastest "
+                         "path on the device; fused: torch's fused SGD/Adam/AdamW and AdaRem's fused)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (trainer.compile=true)")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare-loop candidate")
     ap.add_argument("--out", default=None)
@@ -102,7 +103,7 @@ def main() -> None:
     if unknown or "adarem" not in names or "sgd" not in names:
         raise SystemExit(f"bench_throughput: --optimizers={args.optimizers!r} must include sgd and adarem and "
                          f"name only {list(OPTIMIZERS)}")
-    flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[args.impl]
+    flags = {"impl": args.impl}
     setups = {}
     for name in names:
         torch.manual_seed(0)
