@@ -157,7 +157,10 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_interrupted(tmp_path, env):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=5", "trainer.log_every=1",
            f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background jobs (CI) inherit SIGINT ignored, and Python then keeps ignoring it:
+    # give the child the default disposition, as a terminal's foreground job has
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "epoch 0 step 2 " in line:
             break
