@@ -157,6 +157,12 @@ class TrainerConfig:
     compile: bool = False
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     eval_every: int = 1  # epochs
+    # Evaluations per epoch, evenly spaced in steps (the last at the epoch's end): the validation
+    # curve's resolution, which steps-to-target in the tables is read from. 1 = at epoch ends only.
+    evals_per_epoch: int = 1
+    # Before each evaluation, recompute BatchNorm statistics on this many training batches (and put
+    # the running averages back afterwards); 0 = evaluate with the running averages.
+    bn_recalibrate: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 20  # per-iteration loss line every N steps
@@ -173,6 +179,12 @@ class TrainerConfig:
                  f"trainer.amp={self.amp!r} must be auto, bf16, fp16 or none")
         _require(self.grad_clip >= 0, f"trainer.grad_clip={self.grad_clip} must be >= 0")
         _require(self.eval_every >= 1, f"trainer.eval_every={self.eval_every} must be >= 1")
+        _require(self.evals_per_epoch >= 1, f"trainer.evals_per_epoch={self.evals_per_epoch} must be >= 1")
+        _require(self.evals_per_epoch == 1 or self.eval_every == 1,
+                 f"trainer.evals_per_epoch={self.evals_per_epoch} needs trainer.eval_every=1 "
+                 f"(got {self.eval_every}); use one or the other")
+        _require(self.bn_recalibrate >= 0,
+                 f"trainer.bn_recalibrate={self.bn_recalibrate} must be >= 0 (training batches; 0 = off)")
         _require(self.device in ("auto", "cpu", "cuda"), f"trainer.device={self.device!r} must be auto, cpu or cuda")
         _require(self.log_every >= 1, f"trainer.log_every={self.log_every} must be >= 1")
         _require(self.oscillation_every >= 0, f"trainer.oscillation_every={self.oscillation_every} must be >= 0")

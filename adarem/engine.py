@@ -31,6 +31,8 @@ class EpochProgress:
 
     loss_sum: float = 0.0
     samples: int = 0
+    window_loss_sum: float = 0.0  # since the last "iter" line: its train_loss_window
+    window_samples: int = 0
     data_wait_s: float = 0.0
     train_time_s: float = 0.0
 
@@ -128,7 +130,13 @@ class LossWatch:
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, precision: Precision,
                 device: torch.device, cfg: TrainerConfig, state: TrainState, stop: StopFlag,
                 on_log: Callable[[dict], None], oscillation: Optional[OscillationTracker],
-                checkpoint_due: Callable[[], bool], progress_bar=None) -> StepOutcome:
+                checkpoint_due: Callable[[], bool], progress_bar=None,
+                eval_batches: frozenset[int] = frozenset(), on_eval: Optional[Callable[[], None]] = None
+                ) -> StepOutcome:
+    """Train from ``state.batch`` to the epoch's end or an early stop. After each batch number in
+    ``eval_batches`` (mid-epoch evaluation points) ``on_eval()`` runs, before the stop decision of
+    that step, so a checkpoint written at or after the point always follows its evaluation; its
+    time is not counted as training time."""
     model.train()
     watch = LossWatch(cfg.diverge_loss, stop.distributed, device)
     prog = state.progress
@@ -171,6 +179,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
         watch.add(step, loss)
         prog.loss_sum += loss.detach().double() * y.shape[0]  # a device scalar until the epoch ends
         prog.samples += y.shape[0]
+        prog.window_loss_sum += loss.detach().double() * y.shape[0]
+        prog.window_samples += y.shape[0]
         if oscillation is not None:
             record = oscillation.after_step(step)
             if record is not None:
@@ -187,10 +197,22 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             if div is not None:
                 return StepOutcome("diverged", div)
             lr = optimizer.param_groups[0]["lr"]
-            on_log({"type": "iter", "epoch": state.epoch, "step": step, "loss": loss.item(), "lr": lr})
+            # train_loss_window: this rank's mean loss over the steps since the previous line (one
+            # batch's loss alone is too noisy to read "train loss at x % of training" from)
+            window = float(prog.window_loss_sum) / max(prog.window_samples, 1)
+            prog.window_loss_sum, prog.window_samples = 0.0, 0
+            on_log({"type": "iter", "epoch": state.epoch, "step": step, "loss": loss.item(),
+                    "train_loss_window": window, "lr": lr})
             if progress_bar is not None:
                 progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
                                          img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
+        if on_eval is not None and state.batch in eval_batches and not last_of_epoch:
+            div = watch.check()  # collective under DDP, like the evaluation itself
+            if div is not None:
+                return StepOutcome("diverged", div)
+            on_eval()
+            model.train()
+            t_last = time.perf_counter()  # evaluation is not training time
         reason = None
         # Single process: the stop flag is a host variable, read every step for free. Under DDP
         # the decision is an all-reduce plus a host sync, so it is taken every stop_check_every
@@ -209,13 +231,19 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             div = watch.check()  # never checkpoint diverged weights
             if div is not None:
                 return StepOutcome("diverged", div)
-            prog.loss_sum = float(prog.loss_sum)
+            _to_host(prog)
             return StepOutcome(reason)
     div = watch.check()
     if div is not None:
         return StepOutcome("diverged", div)
-    prog.loss_sum = float(prog.loss_sum)
+    _to_host(prog)
     return StepOutcome("epoch_end")
+
+
+def _to_host(prog: EpochProgress) -> None:
+    """The device accumulators as floats, for the checkpoint and the epoch line."""
+    prog.loss_sum = float(prog.loss_sum)
+    prog.window_loss_sum = float(prog.window_loss_sum)
 
 
 @torch.no_grad()
@@ -252,6 +280,52 @@ def evaluate(model: nn.Module, loader, precision: Precision, device: torch.devic
         return {"val_loss": math.nan, "val_top1_err": math.nan, "val_top5_err": math.nan, "val_samples": 0}
     return {"val_loss": loss / n, "val_top1_err": 100.0 * (1 - c1 / n), "val_top5_err": 100.0 * (1 - c5 / n),
             "val_samples": int(n)}
+
+
+@contextlib.contextmanager
+def recalibrated_bn(model: nn.Module, loader, epoch: int, n_batches: int, precision: Precision,
+                    device: torch.device, channels_last: bool):
+    """Within the block, every BatchNorm layer holds statistics recomputed from scratch on the first
+    ``n_batches`` training batches of ``epoch`` (an equal-weight average, averaged over ranks)
+    instead of its running averages; on exit the running averages are put back.
+
+    Why: early in training, and more so with adaptive optimizers, the exponential running averages
+    lag the weights and evaluation measures stale statistics rather than the weights (issue 12).
+    Training is unaffected: only BN layers run in train mode (no dropout, so no RNG draw), the
+    loader's augmentation is seeded per sample, and the buffers are restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or n_batches <= 0:
+        yield
+        return
+    saved = [(m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in bns]
+    was_training = model.training
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+            m.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for i, (x, _) in enumerate(loader.epoch(epoch, 0)):
+                if i >= n_batches:
+                    break
+                x = x.to(device, non_blocking=True)
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with precision.autocast(device):
+                    model(x)
+        for m in bns:
+            m.eval()
+            for buf in (m.running_mean, m.running_var):
+                dist_utils.all_reduce_mean(buf)
+        yield
+    finally:
+        for m, (momentum, buffers) in zip(bns, saved):
+            m.momentum = momentum
+            for k, b in buffers.items():
+                getattr(m, k).copy_(b)
+        model.train(was_training)
 
 
 def progress_bar(total: int, initial: int, desc: str, mode: str, is_main: bool):

@@ -19,7 +19,7 @@ import torch
 from adarem import checkpoint as ckpt_io
 from adarem import distributed as dist_utils
 from adarem.data import DataError
-from adarem.engine import Divergence, EpochProgress, evaluate, progress_bar, train_epoch
+from adarem.engine import Divergence, EpochProgress, evaluate, progress_bar, recalibrated_bn, train_epoch
 from adarem.faults import maybe_crash
 from adarem.oscillation import OscillationTracker
 from adarem.run_record import now
@@ -38,6 +38,9 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         self.bar = None  # the tqdm bar of the current epoch, if any
         self.oscillation = OscillationTracker(run.model, self.tc.oscillation_every) if self.tc.oscillation_every else None
+        # mid-epoch evaluation points (batch numbers); the epoch's end is evaluated by eval_phase
+        n, k = len(run.data.train), self.tc.evals_per_epoch
+        self.eval_batches = frozenset(b for b in (round(i * n / k) for i in range(1, k)) if 0 < b < n)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -71,7 +74,7 @@ class Trainer:
         try:
             return train_epoch(r.train_model, r.data.train, r.optimizer, r.scheduler, r.precision, r.dist.device,
                                self.tc, state, self.stop, self.log_metrics, self.oscillation, self.checkpoint_due,
-                               self.bar)
+                               self.bar, self.eval_batches, self.mid_epoch_eval)
         finally:
             if self.bar is not None:
                 self.bar.close()
@@ -89,8 +92,8 @@ class Trainer:
                "data_wait_s": prog.data_wait_s, "wall_time_s": state.elapsed_train_s,
                "corrupt_skipped": r.data.train.corrupt_count}
         if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
-            dist_utils.broadcast_buffers(r.model)  # every rank evaluates with rank 0's BN statistics
-            rec.update(evaluate(r.model, r.data.val, r.precision, r.dist.device, tc.channels_last, state.epoch))
+            rec["epoch_frac"] = state.epoch + 1.0
+            rec.update(self.evaluate())
             # kept in the training state (and so in checkpoints): a run stopped after its last
             # evaluation and resumed still reports it
             state.final = {k: rec[k] for k in ("val_loss", "val_top1_err", "val_top5_err")}
@@ -101,6 +104,23 @@ class Trainer:
             log.info("epoch %d: train loss %.4f%s, %.0f img/s", state.epoch, rec["train_loss"],
                      f", val top-1 err {rec['val_top1_err']:.2f}%" if "val_top1_err" in rec else "",
                      rec["images_per_s"])
+
+    def mid_epoch_eval(self) -> None:
+        """An evaluation inside the epoch (trainer.evals_per_epoch > 1): one "eval" line with the
+        step and the training wall-clock so far."""
+        r, state = self.run_, self.state
+        rec = {"type": "eval", "epoch": state.epoch, "step": state.global_step,
+               "epoch_frac": state.epoch + state.batch / len(r.data.train),
+               "wall_time_s": state.elapsed_train_s + state.progress.train_time_s}
+        rec.update(self.evaluate())
+        self.log_metrics(rec)
+
+    def evaluate(self) -> dict:
+        r, tc = self.run_, self.tc
+        dist_utils.broadcast_buffers(r.model)  # every rank evaluates with rank 0's BN statistics
+        with recalibrated_bn(r.model, r.data.train, self.state.epoch, tc.bn_recalibrate, r.precision, r.dist.device,
+                             tc.channels_last):
+            return evaluate(r.model, r.data.val, r.precision, r.dist.device, tc.channels_last, self.state.epoch)
 
     # ------------------------------------------------------------------ records and checkpoints
     def log_metrics(self, rec: dict) -> None:

@@ -21,12 +21,23 @@ IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "t
                                         "trainer.oscillation_every", "trainer.compile", "trainer.channels_last")
 
 
+EVAL_COLUMNS = ["run_dir", "step", "epoch_frac", "wall_time_s", "val_top1_err", "val_loss"]
+ITER_COLUMNS = ["run_dir", "step", "loss", "train_loss_window"]
+
+
 @dataclass
 class RunSet:
+    """``runs``: one row per complete run. ``epochs``: the "epoch" lines. ``evals``: every
+    evaluation (mid-epoch "eval" lines and evaluated epoch ends) with its step and training
+    wall-clock, in step order. ``iters``: the per-step loss lines. ``oscillation``: the
+    oscillation lines."""
+
     runs: pd.DataFrame
     epochs: pd.DataFrame
     oscillation: pd.DataFrame
     problems: list[dict] = field(default_factory=list)
+    evals: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EVAL_COLUMNS))
+    iters: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ITER_COLUMNS))
 
     @property
     def problems_frame(self) -> pd.DataFrame:
@@ -74,7 +85,7 @@ def find_run_dirs(root: Path) -> list[Path]:
 
 
 def load_runs(root: Path) -> RunSet:
-    rows, epoch_rows, osc_rows, problems = [], [], [], []
+    rows, epoch_rows, osc_rows, eval_rows, iter_rows, problems = [], [], [], [], [], []
     for run_dir in find_run_dirs(root):
         rel = str(run_dir)
         lines, bad = read_metrics_lines(run_dir / METRICS)
@@ -134,7 +145,24 @@ def load_runs(root: Path) -> RunSet:
             "wall_time_s": epochs[-1].get("wall_time_s", math.nan) if epochs else math.nan,
             "images_per_s": sum(r.get("images_per_s", 0) for r in epochs) / len(epochs) if epochs else math.nan,
             "diverged_at_step": run.get("diverged_at_step"),
+            # the step budget: what a run that never reaches a target is censored at
+            "budget_steps": (trainer["epochs"] * run["steps_per_epoch"]
+                             if isinstance(run.get("steps_per_epoch"), int) and trainer.get("epochs") else
+                             (epochs[-1]["step"] if epochs else math.nan)),
+            "bn_recalibrate": trainer.get("bn_recalibrate", 0),
+            "evals_per_epoch": trainer.get("evals_per_epoch", 1),
         })
+        for r in lines:
+            kind = r.get("type")
+            if kind in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float)):
+                eval_rows.append({"run_dir": rel, "step": r.get("step"),
+                                  "epoch_frac": r.get("epoch_frac", r.get("epoch", 0) + 1.0 if kind == "epoch" else None),
+                                  "wall_time_s": r.get("wall_time_s", math.nan),
+                                  "val_top1_err": r["val_top1_err"], "val_loss": r.get("val_loss", math.nan)})
+            elif kind == "iter":
+                window = r.get("train_loss_window")  # absent in records written before it existed
+                iter_rows.append({"run_dir": rel, "step": r["step"], "loss": r["loss"],
+                                  "train_loss_window": float(window) if isinstance(window, (int, float)) else math.nan})
         for r in epochs:
             epoch_rows.append({"run_dir": rel, **{k: v for k, v in r.items() if k != "type"}})
         for r in lines:
@@ -158,4 +186,8 @@ def load_runs(root: Path) -> RunSet:
     if not epochs_df.empty:
         epochs_df = epochs_df[epochs_df.run_dir.isin(keep)].reset_index(drop=True)
     osc_df = osc_df[osc_df.run_dir.isin(keep)].reset_index(drop=True)
-    return RunSet(runs, epochs_df, osc_df, problems)
+    evals_df = pd.DataFrame(eval_rows, columns=EVAL_COLUMNS)
+    evals_df = evals_df[evals_df.run_dir.isin(keep)].sort_values(["run_dir", "step"], kind="stable").reset_index(drop=True)
+    iters_df = pd.DataFrame(iter_rows, columns=ITER_COLUMNS)
+    iters_df = iters_df[iters_df.run_dir.isin(keep)].reset_index(drop=True)
+    return RunSet(runs, epochs_df, osc_df, problems, evals_df, iters_df)

@@ -50,52 +50,122 @@ def error_table(rs: RunSet) -> pd.DataFrame:
     return df.drop(columns=["_mean", "config_id"]).reset_index(drop=True)
 
 
+TARGET_BASELINE = "sgd"  # the tuned SGD-momentum configuration sets the speed targets
+SPEED_BASELINES = ("sgd", "adam", "adamw")
+N_BOOT = 10_000
+
+
 def sgd_targets(rs: RunSet, offsets=(1.0, 5.0)) -> dict:
-    """Target errors per setting: the selected SGD configuration's mean final error + offsets."""
+    """Target errors per setting: the selected SGD-momentum configuration's median final error
+    (finished runs on the val/test split) + each tolerance, in points."""
     sel = selected_groups(rs.runs)
     out = {}
-    for key, g in sel[(sel.optimizer == "sgd") & (sel.status == "finished")].groupby(SETTING):
-        base = g.final_top1.mean()
-        out[key] = [base + o for o in offsets]
+    base = sel[(sel.optimizer == TARGET_BASELINE) & (sel.status == "finished") & (sel.eval_on == "val")]
+    for key, g in base.groupby(SETTING):
+        out[key] = [float(g.final_top1.median()) + o for o in offsets]
     return out
 
 
-def _first_reaching(curve: pd.DataFrame, target: float):
-    hit = curve[curve.val_top1_err <= target]
-    if hit.empty:
-        return None
-    first = hit.iloc[0]
-    return first.epoch + 1, first.wall_time_s
+def steps_to_target(rs: RunSet, run_dirs, target: float) -> list[tuple[float, float]]:
+    """Per run: (step, training seconds) of its first evaluation at or below ``target``, or
+    (inf, inf) when it never got there (a diverged run never does)."""
+    out = []
+    for d in run_dirs:
+        ev = rs.evals[rs.evals.run_dir == d]
+        hit = ev[ev.val_top1_err <= target]
+        out.append((float(hit.step.iloc[0]), float(hit.wall_time_s.iloc[0])) if len(hit) else (math.inf, math.inf))
+    return out
+
+
+def _median_ratio(base: np.ndarray, subj: np.ndarray) -> np.ndarray:
+    """median(base) / median(subj) along the last axis; inf / inf (neither reaches) is NaN."""
+    mb, ms = np.median(base, axis=-1), np.median(subj, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = mb / ms
+    return np.where(np.isinf(mb) & np.isinf(ms), np.nan, r)
+
+
+def speedup_ci(base_steps, subject_steps, level: float = 0.95, n_boot: int = N_BOOT, seed: int = 0):
+    """Speed-up of the subject over the baseline, median(baseline steps) / median(subject steps)
+    (> 1: the subject gets there in fewer steps), with a percentile bootstrap CI that resamples
+    the seeds of each side independently. Runs that never reach the target count as infinitely
+    many steps (so the median is finite while fewer than half of a side fail). Returns
+    (ratio, low, high), the bounds the order statistics just outside the interval; resamples where neither median is finite are left out. Seeded: the same
+    runs give the same interval."""
+    base, subj = np.asarray(base_steps, float), np.asarray(subject_steps, float)
+    point = float(_median_ratio(base, subj))
+    rng = np.random.default_rng(seed)
+    boots = _median_ratio(base[rng.integers(0, len(base), (n_boot, len(base)))],
+                          subj[rng.integers(0, len(subj), (n_boot, len(subj)))])
+    boots = boots[~np.isnan(boots)]
+    if not len(boots):
+        return point, math.nan, math.nan
+    # no interpolation between order statistics (inf - inf), and rounded outwards
+    lo = np.percentile(boots, 50 * (1 - level), method="lower")
+    hi = np.percentile(boots, 50 * (1 + level), method="higher")
+    return point, float(lo), float(hi)
+
+
+def _fmt_ratio(x: float) -> str:
+    return "∞" if math.isinf(x) else ("—" if math.isnan(x) else f"{x:.2f}")
+
+
+def _median_reached(values, n: int) -> str:
+    reached = [v for v in values if math.isfinite(v)]
+    if not reached:
+        return f"not reached (0/{n})"
+    med = float(np.median(values))
+    return f"{_fmt_ratio(med) if math.isinf(med) else f'{med:.4g}'} ({len(reached)}/{n} reached)"
+
+
+def train_loss_at(rs: RunSet, run_dir: str, budget: float, frac: float) -> float:
+    """Training loss at ``frac`` of the run's step budget: the mean loss over the logging window
+    ending at the first logged step >= frac x budget (read at that step, not at an epoch end)."""
+    it = rs.iters[rs.iters.run_dir == run_dir]
+    if it.empty or not math.isfinite(budget):
+        return math.nan
+    at = it[it.step >= math.ceil(frac * budget)]
+    if at.empty:
+        return math.nan
+    row = at.iloc[0]
+    return float(row.train_loss_window) if math.isfinite(row.train_loss_window) else float(row.loss)
 
 
 def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0)) -> pd.DataFrame:
-    if rs.runs.empty or rs.epochs.empty:
+    """Per configuration: median steps (and training seconds) to each target with the number of
+    seeds that reached it, the speed-up over each baseline at the first target with a bootstrap
+    95 % CI, train loss at fractions of the step budget, the val-error AUC (secondary) and
+    images/s. Targets only apply to runs evaluated on the val/test split, where they were set."""
+    if rs.runs.empty or rs.evals.empty:
         return pd.DataFrame()
     targets = sgd_targets(rs, offsets)
+    sel = selected_groups(rs.runs)
     rows = []
     for key, g in rs.runs.groupby(GROUP, dropna=False, sort=True):
         info = dict(zip(GROUP, key))
         row = {**info, "n": len(g), "diverged": int((g.status == "diverged").sum())}
-        ep = rs.epochs[rs.epochs.run_dir.isin(g.run_dir)]
-        evals = ep.dropna(subset=["val_top1_err"]) if "val_top1_err" in ep else ep.iloc[0:0]
-        tgt = targets.get((info["dataset"], info["model"]))
-        for off, t in zip(offsets, tgt or [None] * len(offsets)):
+        tgt = targets.get((info["dataset"], info["model"])) if info["eval_on"] == "val" else None
+        for i, (off, t) in enumerate(zip(offsets, tgt or [None] * len(offsets))):
             col = f"SGD+{off:g}"
             if t is None:
-                row[f"epochs to {col}"] = row[f"time to {col} (s)"] = "no SGD baseline"
+                row[f"steps to {col}"] = row[f"s to {col}"] = "no SGD baseline" if info["eval_on"] == "val" else "—"
                 continue
-            hits = [_first_reaching(evals[evals.run_dir == d].sort_values("epoch"), t) for d in g.run_dir]
-            reached = [h for h in hits if h is not None]
-            suffix = "" if len(reached) == len(hits) else f" ({len(reached)}/{len(hits)} reached)"
-            row[f"epochs to {col}"] = (mean_std([h[0] for h in reached]) + suffix) if reached else "not reached"
-            row[f"time to {col} (s)"] = (mean_std([h[1] for h in reached]) + suffix) if reached else "not reached"
-        epochs = info["epochs"]
+            hits = steps_to_target(rs, g.run_dir, t)
+            row[f"steps to {col}"] = _median_reached([h[0] for h in hits], len(hits))
+            row[f"s to {col}"] = _median_reached([h[1] for h in hits], len(hits))
+            if i:
+                continue
+            here = sel[(sel.dataset == info["dataset"]) & (sel.model == info["model"]) & (sel.eval_on == "val")]
+            for b in SPEED_BASELINES:
+                base = here[here.optimizer == b]
+                if base.empty or b == info["optimizer"]:
+                    continue
+                r, lo, hi = speedup_ci([h[0] for h in steps_to_target(rs, base.run_dir, t)], [h[0] for h in hits])
+                row[f"speed-up vs {b} [95 % CI]"] = f"{_fmt_ratio(r)} [{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]"
         for frac in fractions:
-            e = max(0, math.ceil(frac * epochs) - 1)
-            vals = ep[(ep.epoch == e)].train_loss if "train_loss" in ep else []
-            row[f"train loss @{int(frac * 100)}%"] = mean_std(vals)
-        aucs = [evals[evals.run_dir == d].val_top1_err.mean() for d in g[g.status == "finished"].run_dir]
-        row["val-err AUC"] = mean_std(aucs)
+            row[f"train loss @{int(frac * 100)}%"] = mean_std(
+                [train_loss_at(rs, d, b, frac) for d, b in zip(g.run_dir, g.budget_steps)])
+        row["val-err AUC"] = mean_std(area_under_val_error(rs, g[g.status == "finished"].run_dir))
         row["images/s"] = mean_std(g.images_per_s)
         rows.append(row)
     return pd.DataFrame(rows).drop(columns=["config_id"])
@@ -116,8 +186,11 @@ def oscillation_table(rs: RunSet) -> pd.DataFrame:
 
 
 def area_under_val_error(rs: RunSet, run_dirs) -> list[float]:
+    """Mean val error over a run's evaluations (evenly spaced in steps): the normalised area
+    under its val-error curve. Secondary: it also rewards a good start, and early evaluations
+    with stale BatchNorm statistics distort it (see trainer.bn_recalibrate)."""
     out = []
     for d in run_dirs:
-        ep = rs.epochs[rs.epochs.run_dir == d]
-        out.append(float(ep.val_top1_err.dropna().mean()) if "val_top1_err" in ep and len(ep) else np.nan)
+        ev = rs.evals[rs.evals.run_dir == d]
+        out.append(float(ev.val_top1_err.mean()) if len(ev) else np.nan)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -27,6 +28,9 @@ def make_run(root, name, optimizer, seed, curve, status="finished", lr=0.1, trun
         lines.append({"type": "epoch", "epoch": e, "step": 10 * (e + 1), "train_loss": err / 10,
                       "val_top1_err": err, "val_top5_err": err / 2, "val_loss": err / 20,
                       "wall_time_s": 2.0 * (e + 1), "images_per_s": 100.0})
+    for step in range(5, 5 * (2 * len(curve)) + 1, 5):  # a loss line every 5 steps, window mean = step / 100
+        lines.append({"type": "iter", "epoch": (step - 1) // 10, "step": step, "loss": 9.0,
+                      "train_loss_window": step / 100})
     for step, frac in enumerate(osc or [], 1):
         lines.append({"type": "oscillation", "step": step * 10, "flip_fraction": frac, "per_layer": {}})
     text = "".join(json.dumps(line) + "\n" for line in lines)
@@ -36,7 +40,7 @@ def make_run(root, name, optimizer, seed, curve, status="finished", lr=0.1, trun
     if write_run_json:
         final = {"val_top1_err": curve[-1]} if status == "finished" else {}
         (d / "run.json").write_text(json.dumps({"status": status, "config": config, "final": final,
-                                                "start_time": start}))
+                                                "start_time": start, "steps_per_epoch": 10}))
     return d
 
 
@@ -64,7 +68,7 @@ def test_known_answers(records):
     assert "duplicate of" in problems["adam_dup"] and problems["adam_dup"].endswith("excluded")
     assert "incomplete (status running)" in problems["still_running"]
     assert "no run.json" in problems["no_record"]
-    assert "line 6 is not valid JSON" in problems["adarem0"]  # the truncated line, the run kept
+    assert "line 12 is not valid JSON" in problems["adarem0"]  # the truncated line, the run kept
 
     err = error_table(rs).set_index("optimizer")
     assert err.loc["sgd", "final top-1 err"] == "11.00 ± 1.00"
@@ -74,13 +78,39 @@ def test_known_answers(records):
     assert err.loc["adam", "final top-1 err"] == "21.00 ± 1.41"  # the duplicate's 1.0 is not mixed in
 
     speed = speed_table(rs).set_index("optimizer")
-    # SGD's final error is 11: targets 12 and 16. AdaRem: 15 at epoch 2 reaches 16, and 12 at epoch 3
-    assert speed.loc["adarem", "epochs to SGD+5"] == "2.00 ± 0.00"
-    assert speed.loc["adarem", "epochs to SGD+1"] == "3.00 ± 0.00"
-    assert speed.loc["adarem", "time to SGD+5 (s)"] == "4.00 ± 0.00"
-    assert speed.loc["adam", "epochs to SGD+1"] == "not reached"
-    assert speed.loc["sgd", "train loss @100%"] == "1.10 ± 0.10"
+    # SGD's median final error is 11: targets 12 and 16. AdaRem: 15 at step 20 reaches 16, and
+    # 12 at step 30; SGD reaches 16 and 12 at step 30; Adam never reaches 12 (nor does a diverged run)
+    assert speed.loc["adarem", "steps to SGD+5"] == "20 (3/3 reached)"
+    assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
+    assert speed.loc["adarem", "s to SGD+5"] == "4 (3/3 reached)"
+    assert speed.loc["adam", "steps to SGD+1"] == "not reached (0/3)"
+    assert speed.loc["adam", "steps to SGD+5"] == "not reached (0/3)"
+    assert speed.loc["adarem", "speed-up vs sgd [95 % CI]"] == "1.00 [1.00, 1.00]"
+    assert speed.loc["adarem", "speed-up vs adam [95 % CI]"] == "∞ [∞, ∞]"
+    assert speed.loc["adam", "speed-up vs sgd [95 % CI]"] == "0.00 [0.00, 0.00]"
+    # read at 10 % / 100 % of the 30-step budget: the windows ending at steps 5 and 30
+    assert speed.loc["sgd", "train loss @10%"] == "0.05 ± 0.00"
+    assert speed.loc["sgd", "train loss @100%"] == "0.30 ± 0.00"
     assert speed.loc["adarem", "val-err AUC"] == "17.67 ± 0.33"
+
+
+def test_steps_to_target_and_speedup_ci():
+    from adarem.results.tables import speedup_ci
+
+    # median(100, 200, 300) / median(50, 100, never) = 200 / 100
+    r, lo, hi = speedup_ci([100, 200, 300], [50, 100, math.inf])
+    assert r == 2.0 and lo <= r <= hi
+    # the interval by brute force over every resample of 3 x 3 seeds (27 x 27 equally likely pairs)
+    import itertools
+    import numpy as np
+    ratios = [np.median(b) / np.median(s) for b in itertools.product([100, 200, 300], repeat=3)
+              for s in itertools.product([50, 100, math.inf], repeat=3)]
+    exact_lo, exact_hi = np.percentile(ratios, [2.5, 97.5])
+    assert lo == pytest.approx(exact_lo, rel=0.35) and hi == pytest.approx(exact_hi, rel=0.35)
+    assert speedup_ci([100, 200, 300], [50, 100, math.inf]) == (r, lo, hi)  # seeded
+    assert speedup_ci([10, 10], [20, 20]) == (0.5, 0.5, 0.5)
+    r, lo, hi = speedup_ci([math.inf] * 3, [math.inf] * 3)  # neither reaches: no ratio
+    assert math.isnan(r) and math.isnan(lo) and math.isnan(hi)
 
 
 def test_claims_verdicts(records):
