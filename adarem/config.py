@@ -47,6 +47,10 @@ class OptimizerConfig:
     eps: float = 1e-8  # adam, adamw, adarem
     beta: float = 0.9  # adarem: decay of the direction tracker
     decay: float = 0.999  # adarem: resilience decay lambda
+    # adarem: > 0 sets lambda from the run's length instead of `decay`: lambda^t reaches 0.01 at
+    # this fraction of the total steps (epochs x steps per epoch), so that the resilience fades on
+    # the same part of training on digits and on ImageNet; the lambda used is in run.json.
+    decay_horizon: float = 0.0
     decoupled_weight_decay: bool = False  # adarem
     # Which implementation steps the optimizer: auto (each optimizer's fastest path on the model's
     # device: torch's fused SGD/Adam/AdamW where this torch build has them for that device, AdaRem's
@@ -70,6 +74,10 @@ class OptimizerConfig:
                  f"optimizer.betas={list(self.betas)} must be two values in [0, 1)")
         _require(0 <= self.beta < 1, f"optimizer.beta={self.beta} must be in [0, 1)")
         _require(0 < self.decay <= 1, f"optimizer.decay={self.decay} must be in (0, 1]")
+        _require(0 <= self.decay_horizon <= 100, f"optimizer.decay_horizon={self.decay_horizon} must be in [0, 100] "
+                                                 f"(a fraction of the run's steps; 0 = use optimizer.decay)")
+        _require(self.decay_horizon == 0 or self.name == "adarem",
+                 f"optimizer.decay_horizon={self.decay_horizon} applies to AdaRem only, not {self.name!r}")
         _require(self.eps >= 0, f"optimizer.eps={self.eps} must be >= 0")
         _require(self.impl in ("auto", "fused", "foreach", "loop"),
                  f"optimizer.impl={self.impl!r} is not one of auto, fused, foreach, loop")

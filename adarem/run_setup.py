@@ -125,7 +125,7 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
                             config.model.drop_rate, config.model.kwargs).to(dist.device)
     if tc.channels_last:
         run.model = run.model.to(memory_format=torch.channels_last)
-    run.optimizer = build_optimizer(config.optimizer, run.model)
+    run.optimizer = build_optimizer(config.optimizer, run.model, total_steps=tc.epochs * len(run.data.train))
     run.scheduler = build_scheduler(config.schedule, run.optimizer, tc.epochs, len(run.data.train))
     if run.plan.checkpoint is not None:
         ckpt_io.restore(run.plan.checkpoint, run.model, run.optimizer, run.scheduler, run.precision.scaler,
@@ -152,6 +152,7 @@ def open_record(run: Run, data_id: dict) -> None:
     run.record.start(run.config_dict, dist.world_size, dist.device, run.plan.previous)
     run.record.update(run_id=run_id(run.config_dict), data_identity=data_id, n_params=count_parameters(run.model),
                       optimizer_impl=optimizer_impl(run.optimizer),
+                      **({"adarem_decay": run.optimizer.defaults["decay"]} if config.optimizer.name == "adarem" else {}),
                       steps_per_epoch=len(data.train), train_samples_per_epoch=data.train.num_samples,
                       val_samples=data.val.num_samples)
     run.metrics = MetricsLog(run.run_dir, dist.is_main)

@@ -72,8 +72,17 @@ def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
     return "+".join(sorted(found)) or "none"
 
 
-def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``model``'s parameters must already be on their device: ``impl=auto`` decides by it."""
+def resilience_decay(cfg: OptimizerConfig, total_steps: int) -> float:
+    """AdaRem's lambda: ``cfg.decay``, or with ``cfg.decay_horizon`` = h > 0 the lambda with
+    lambda^(h * total_steps) = 0.01 (the resilience is 1 % of its start after that fraction)."""
+    if cfg.decay_horizon <= 0:
+        return cfg.decay
+    return 0.01 ** (1.0 / max(1.0, cfg.decay_horizon * total_steps))
+
+
+def build_optimizer(cfg: OptimizerConfig, model: nn.Module, total_steps: int = 0) -> torch.optim.Optimizer:
+    """``model``'s parameters must already be on their device: ``impl=auto`` decides by it.
+    ``total_steps`` (the run's optimizer steps) is needed with ``decay_horizon``."""
     groups = parameter_groups(model, cfg.weight_decay, cfg.no_weight_decay_on_bias_and_norm)
     if cfg.foreach is not None or cfg.fused is not None:  # legacy flags, only with impl=auto
         flags = {k: v for k, v in (("foreach", cfg.foreach), ("fused", cfg.fused)) if v is not None}
@@ -87,6 +96,8 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **flags)
     if cfg.name == "adarem":
-        return AdaRem(groups, lr=cfg.lr, beta=cfg.beta, decay=cfg.decay, momentum=cfg.momentum,
+        if cfg.decay_horizon > 0 and total_steps <= 0:
+            raise ValueError("optimizer.decay_horizon needs the run's total steps")
+        return AdaRem(groups, lr=cfg.lr, beta=cfg.beta, decay=resilience_decay(cfg, total_steps), momentum=cfg.momentum,
                       eps=cfg.eps, decoupled_weight_decay=cfg.decoupled_weight_decay, **flags)
     raise ValueError(f"unknown optimizer {cfg.name!r}")  # the config schema rejects it first
