@@ -17,12 +17,15 @@ Protocol, identical for every optimizer (AlgoPerf's and DeepOBS's tuning rules a
      that edge, up to ``max_extend`` times; a result still on the edge is flagged in the report.
      Every optimizer gets the same trials before extension; the report states the counts.
   3. the chosen configuration is trained with ``seeds`` final seeds (0, 1, ...) on the full
-     training split and scored on the test/val split; scripts/make_tables.py's report, with the
-     selection table and the provenance of the comparison, is written to ``out``.
+     training split and scored on the test/val split, evaluated ``evals_per_epoch`` times per epoch
+     (evenly spaced in steps: the resolution of steps-to-target); scripts/make_tables.py's report,
+     with the selection table, a plot of holdout error against lr and the provenance of the
+     comparison, is written to ``out``.
 
 Keys of this script (key=value): optimizers=a,b,c  seeds=N  select_seeds=N  search=lr|lr_wd
 lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step; no extension)
-max_extend=N  workers=N  out=DIR  runs=DIR.  Every other key=value is a train.py override.
+max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR.  Every other
+key=value is a train.py override.
 
 Outputs: <out>/tables.md (+ CSV/LaTeX/plots, see make_tables.py), <out>/selection.csv (one row per
 trial and seed: optimizer, lr, weight_decay, seed, stage, status, score, chosen, holdout_loss,
@@ -61,10 +64,12 @@ DEFAULTS = {
     "workers": "2",
     "out": "",
     "runs": "",
+    "evals_per_epoch": "4",
 }
 # digits: 1,408 training images, so the holdout is a quarter of them (352 images, 0.28 points per
 # image); the selection runs train on the other 1,056, the finals on all 1,408.
-DIGITS_DEFAULTS = ["data=digits", "trainer.epochs=6", "data.holdout_fraction=0.25"]
+# A loss line every 5 of the 66 steps: "train loss at x % of the steps" is read from those lines.
+DIGITS_DEFAULTS = ["data=digits", "trainer.epochs=6", "data.holdout_fraction=0.25", "trainer.log_every=5"]
 SELECT_SEED0 = 1000
 WD_FACTORS = (0.1, 1.0, 10.0)
 
@@ -139,7 +144,7 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         else:
             passthrough.append(arg)
     try:
-        for key in ("seeds", "select_seeds", "workers", "max_extend"):
+        for key in ("seeds", "select_seeds", "workers", "max_extend", "evals_per_epoch"):
             own[key] = int(own[key])
         own["lr_span"], own["lr_step"] = float(own["lr_span"]), float(own["lr_step"])
         own["lr_grid"] = [float(x) for x in own["lr_grid"].split(",") if x]
@@ -148,8 +153,8 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
              f"lr_span/lr_step numbers, lr_grid comma-separated numbers")
     own["optimizers"] = [o for o in own["optimizers"].split(",") if o]
     if own["seeds"] < 1 or own["select_seeds"] < 1 or own["workers"] < 1 or own["max_extend"] < 0 \
-            or not own["optimizers"]:
-        fail("seeds, select_seeds and workers must be >= 1, max_extend >= 0, optimizers non-empty")
+            or own["evals_per_epoch"] < 1 or not own["optimizers"]:
+        fail("seeds, select_seeds, workers and evals_per_epoch must be >= 1, max_extend >= 0, optimizers non-empty")
     if own["search"] not in ("lr", "lr_wd"):
         fail(f"search={own['search']!r} must be lr or lr_wd")
     bad = [m for m in own["lr_grid"] if not (0 < m < math.inf)]
@@ -234,8 +239,13 @@ def main(argv: list[str]) -> int:
     select_seeds = [SELECT_SEED0 + i for i in range(own["select_seeds"])]
     final_seeds = list(range(own["seeds"]))
 
+    # the finals' validation curve: evaluations at evenly spaced steps, for steps-to-target. The
+    # selection runs evaluate at epoch ends only: evaluating does not change training (tested).
+    evals = [] if any(a.startswith("trainer.evals_per_epoch=") for a in base) else \
+        [f"trainer.evals_per_epoch={own['evals_per_epoch']}"]
+
     def overrides(opt, lr, wd, seed, stage, eval_on):
-        return [*base, f"optimizer={opt}", f"optimizer.lr={lr:.6g}", f"optimizer.weight_decay={wd:.6g}",
+        return [*base, *(evals if stage == "final" else []), f"optimizer={opt}", f"optimizer.lr={lr:.6g}", f"optimizer.weight_decay={wd:.6g}",
                 f"seed={seed}", f"data.eval_on={eval_on}",
                 # ${run_id:} is the hash of the whole configuration: another setting, another dir
                 f"run_dir={runs_root / stage / opt / f'lr{lr:.6g}_wd{wd:.6g}_s{seed}'}_${{run_id:}}"]
@@ -303,6 +313,7 @@ def main(argv: list[str]) -> int:
     import pandas as pd
 
     from adarem.results import load_runs, write_report
+    from adarem.results.plots import plot_selection
 
     for opt, srch in searches.items():
         for (lr, wd, seed), res in sorted(srch.results.items()):
@@ -312,29 +323,20 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"], ascending=[False, True, True, True, True])
     selection.to_csv(out / "selection.csv", index=False, float_format="%.6g")
+    plot_selection(selection, out / "plots" / "selection_lr.png")
 
     # only this invocation's finals: runs left in the tree by another invocation (other epochs, an
     # lr chosen before) must never enter its verdicts
-    rs = only_runs(load_runs(runs_root / "final"), [r["run_dir"] for r in rows if r["stage"] == "final"])
+    rs = load_runs(runs_root / "final").subset(r["run_dir"] for r in rows if r["stage"] == "final")
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + \
-        selection_table(searches, chosen, select_seeds, factors)
+        selection_table(searches, chosen, select_seeds, factors) + "\n![holdout error against lr](plots/selection_lr.png)\n"
     text = write_report(rs, out, REPO / "results" / "claims.yaml", command, preamble=preamble)
     verdicts = [line for line in text.splitlines() if line.startswith("| ") and any(
         v in line for v in ("Supported", "Contradicted", "Inconclusive", "Not supported", "Insufficient data"))]
     print("\n".join(verdicts))
     print(f"\nwrote {out}/tables.md (tables, claims, plots) and {out}/selection.csv; runs in {runs_root}")
     return 0
-
-
-def only_runs(rs, run_dirs: list[str]):
-    keep = {str(Path(d).resolve()) for d in run_dirs}
-    mask = lambda df: df.run_dir.map(lambda d: str(Path(d).resolve()) in keep) if not df.empty else []  # noqa: E731
-    runs = rs.runs[mask(rs.runs)].reset_index(drop=True) if not rs.runs.empty else rs.runs
-    epochs = rs.epochs[mask(rs.epochs)].reset_index(drop=True) if not rs.epochs.empty else rs.epochs
-    osc = rs.oscillation[mask(rs.oscillation)].reset_index(drop=True) if not rs.oscillation.empty else rs.oscillation
-    problems = [p for p in rs.problems if str(Path(p["run_dir"]).resolve()) in keep]
-    return type(rs)(runs, epochs, osc, problems)
 
 
 def provenance(command: str, own: dict, threads: int, data_identity, n_select: int, final_seeds: list[int]) -> str:
@@ -355,7 +357,8 @@ def provenance(command: str, own: dict, threads: int, data_identity, n_select: i
         f"- versions: {vers}\n"
         f"- data: {data_identity}\n"
         f"- protocol: search={own['search']}, {n_select} selection seeds ({SELECT_SEED0}..), final seeds "
-        f"{final_seeds[0]}..{final_seeds[-1]}; score = mean holdout top-1 error, ties by holdout loss\n"
+        f"{final_seeds[0]}..{final_seeds[-1]}; score = mean holdout top-1 error, ties by holdout loss; finals "
+        f"evaluated {own['evals_per_epoch']} times per epoch unless trainer.evals_per_epoch was given\n"
     )
 
 

@@ -1,4 +1,5 @@
-"""Learning curves: val error and train loss against epoch and wall-clock, band over seeds."""
+"""The plots of a report: learning curves against steps and wall-clock with confidence bands over
+seeds, oscillation over training, and (for scripts/compare.py) the holdout score against lr."""
 
 from __future__ import annotations
 
@@ -8,45 +9,122 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from adarem.results.records import RunSet  # noqa: E402
 from adarem.results.tables import SETTING, selected_groups  # noqa: E402
 
 
+def mean_ci(frame: pd.DataFrame, x: str, y: str, level: float = 0.95) -> pd.DataFrame:
+    """Per value of ``x``: the mean of ``y`` over runs and its Student-t confidence interval (the
+    band collapses onto the mean where only one run has a value)."""
+    g = frame.dropna(subset=[y]).groupby(x)[y]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    half = stats.t.ppf(0.5 + level / 2, np.maximum(out["count"] - 1, 1)) * out["std"].fillna(0) / np.sqrt(out["count"])
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+def _label(opt: str, g: pd.DataFrame) -> str:
+    return f"{opt} (lr {g.lr.iloc[0]:g}, n={len(g)}, {int((g.status == 'diverged').sum())} diverged)"
+
+
+def _band(ax, agg: pd.DataFrame, x: str, label: str):
+    (line,) = ax.plot(agg[x], agg["mean"], label=label)
+    ax.fill_between(agg[x], agg["lo"], agg["hi"], alpha=0.2, color=line.get_color())
+
+
 def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
-    """One PNG per dataset x model, with the selected configuration of every optimizer."""
+    """Per dataset x model, for the selected configuration of every optimizer: val error and train
+    loss against steps, val error against training wall-clock (mean, band = 95 % CI over seeds),
+    and, where oscillation was logged, path efficiency and sign flips against steps."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sel = selected_groups(rs.runs)
     written = []
-    if sel.empty or rs.epochs.empty:
+    if sel.empty or rs.evals.empty:
         return written
     for (dataset, model), runs in sel.groupby(SETTING):
-        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+        osc_groups = []
         for opt, g in runs.groupby("optimizer"):
-            ep = rs.epochs[rs.epochs.run_dir.isin(g.run_dir)]
-            agg = ep.groupby("epoch").agg(
-                err=("val_top1_err", "mean"), err_lo=("val_top1_err", "min"), err_hi=("val_top1_err", "max"),
-                loss=("train_loss", "mean"), loss_lo=("train_loss", "min"), loss_hi=("train_loss", "max"),
-                wall=("wall_time_s", "mean")).reset_index()
-            label = f"{opt} (lr {g.lr.iloc[0]:g}, n={len(g)}, {int((g.status == 'diverged').sum())} diverged)"
-            for col, (metric, lo, hi) in enumerate([("err", "err_lo", "err_hi"), ("loss", "loss_lo", "loss_hi")]):
-                for row, x in enumerate(["epoch", "wall"]):
-                    ax = axes[col, row]
-                    xs = agg[x] + (1 if x == "epoch" else 0)
-                    (line,) = ax.plot(xs, agg[metric], label=label)
-                    ax.fill_between(xs, agg[lo], agg[hi], alpha=0.2, color=line.get_color())
-        for col, ylabel in enumerate(["val top-1 error (%)", "train loss"]):
-            for row, xlabel in enumerate(["epoch", "training wall-clock (s)"]):
-                axes[col, row].set_xlabel(xlabel)
-                axes[col, row].set_ylabel(ylabel)
-                axes[col, row].grid(alpha=0.3)
-        axes[1, 0].set_yscale("log")
-        axes[1, 1].set_yscale("log")
-        axes[0, 0].legend(fontsize=8)
-        fig.suptitle(f"{dataset} / {model}: mean over seeds, band = min..max")
+            ev = rs.evals[rs.evals.run_dir.isin(g.run_dir)]
+            label = _label(opt, g)
+            _band(axes[0], mean_ci(ev, "step", "val_top1_err"), "step", label)
+            it = rs.iters[rs.iters.run_dir.isin(g.run_dir)]
+            if not it.empty:
+                y = "train_loss_window" if it.train_loss_window.notna().all() else "loss"
+                _band(axes[1], mean_ci(it, "step", y), "step", label)
+            # wall-clock differs per seed: the band is over seeds at each evaluation index
+            ev = ev.assign(k=ev.groupby("run_dir").cumcount())
+            wall = ev.groupby("k").wall_time_s.mean().rename("wall")
+            _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label)
+            osc = rs.oscillation[rs.oscillation.run_dir.isin(g.run_dir)]
+            if not osc.empty:
+                osc_groups.append((label, osc))
+        for ax, (xlabel, ylabel) in zip(axes, [("optimizer step", "val top-1 error (%)"),
+                                               ("optimizer step", "train loss (window mean)"),
+                                               ("training wall-clock (s)", "val top-1 error (%)")]):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[1].set_yscale("log")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{dataset} / {model}: mean over seeds, band = 95 % CI")
         fig.tight_layout()
         path = out_dir / f"curves_{dataset}_{model}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+        if osc_groups:
+            written.append(_plot_oscillation(osc_groups, out_dir / f"oscillation_{dataset}_{model}.png",
+                                             f"{dataset} / {model}"))
     return written
+
+
+def _plot_oscillation(groups, path: Path, title: str) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, osc in groups:
+        _band(axes[0], mean_ci(osc, "step", "path_efficiency"), "step", label)
+        _band(axes[1], mean_ci(osc, "step", "flip_fraction"), "step", label)
+    for ax, ylabel in zip(axes, ["path efficiency (1 = straight)", "update sign-flip fraction"]):
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: oscillation over training, mean over seeds, band = 95 % CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_selection(selection: pd.DataFrame, path: Path) -> Path:
+    """The hyperparameter search: mean holdout error over the selection seeds against lr, one curve
+    per optimizer (and weight decay, when searched), the chosen point starred; a trial that failed
+    or diverged is an x at the top."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sel = selection[selection.stage == "select"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    finite = sel.score[np.isfinite(sel.score)]
+    top = float(finite.max()) * 1.05 if len(finite) else 100.0
+    for (opt, wd), g in sel.groupby(["optimizer", "weight_decay"]):
+        pts = g.groupby("lr").agg(score=("score", "mean"), chosen=("chosen", "any")).reset_index()
+        label = opt if sel[sel.optimizer == opt].weight_decay.nunique() == 1 else f"{opt} wd {wd:g}"
+        ok = pts[np.isfinite(pts.score)]
+        (line,) = ax.plot(ok.lr, ok.score, marker="o", ms=3, label=label)
+        bad = pts[~np.isfinite(pts.score)]
+        ax.scatter(bad.lr, [top] * len(bad), marker="x", color=line.get_color())
+        best = pts[pts.chosen]
+        ax.scatter(best.lr, best.score, marker="*", s=160, color=line.get_color(), edgecolor="black", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("holdout top-1 error (%), mean over selection seeds")
+    ax.set_title("Hyperparameter search: * = chosen, x at the top = failed or diverged")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -39,6 +39,19 @@ class RunSet:
     evals: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EVAL_COLUMNS))
     iters: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ITER_COLUMNS))
 
+    def subset(self, run_dirs) -> "RunSet":
+        """Only the runs (and problems) of these directories, compared as resolved paths."""
+        keep = {str(Path(d).resolve()) for d in run_dirs}
+
+        def only(df: pd.DataFrame) -> pd.DataFrame:
+            if df.empty:
+                return df
+            return df[df.run_dir.map(lambda d: str(Path(d).resolve()) in keep)].reset_index(drop=True)
+
+        return RunSet(only(self.runs), only(self.epochs), only(self.oscillation),
+                      [p for p in self.problems if str(Path(p["run_dir"]).resolve()) in keep],
+                      only(self.evals), only(self.iters))
+
     @property
     def problems_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.problems, columns=["run_dir", "problem"])

@@ -51,7 +51,7 @@ def speed_note(rs: RunSet, offsets) -> str:
           "evaluation" if recal != [0] else "BatchNorm running averages (no recalibration)") if recal else ""
     return (f"Target = the selected SGD-momentum configuration's median final val error + "
             f"{', '.join(f'{o:g}' for o in offsets)} points. Steps (and training seconds, comparable only on "
-            f"the same dedicated hardware) to the first evaluation at or below the target: median over seeds, "
+            f"the same dedicated hardware; they include one-time compilation, e.g. of AdaRem's fused step) to the first evaluation at or below the target: median over seeds, "
             f"with how many seeds reached it. Speed-up over a baseline = median baseline steps / median steps "
             f"(> 1: faster), at the first target, with a percentile bootstrap 95 % CI over seeds (10,000 "
             f"resamples, seeded); a seed that never reaches the target counts as infinitely slow. Evaluations: "

@@ -159,6 +159,7 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
             for b in SPEED_BASELINES:
                 base = here[here.optimizer == b]
                 if base.empty or b == info["optimizer"]:
+                    row[f"speed-up vs {b} [95 % CI]"] = "—"
                     continue
                 r, lo, hi = speedup_ci([h[0] for h in steps_to_target(rs, base.run_dir, t)], [h[0] for h in hits])
                 row[f"speed-up vs {b} [95 % CI]"] = f"{_fmt_ratio(r)} [{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]"
@@ -168,7 +169,14 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
         row["val-err AUC"] = mean_std(area_under_val_error(rs, g[g.status == "finished"].run_dir))
         row["images/s"] = mean_std(g.images_per_s)
         rows.append(row)
-    return pd.DataFrame(rows).drop(columns=["config_id"])
+    df = pd.DataFrame(rows).drop(columns=["config_id"])
+    speedups = [c for c in df.columns if c.startswith("speed-up vs")]
+    if not speedups:
+        return df
+    # the speed-ups right after the first target's columns, whatever row introduced them
+    rest = [c for c in df.columns if c not in speedups]
+    at = rest.index(f"s to SGD+{offsets[0]:g}") + 1
+    return df[rest[:at] + speedups + rest[at:]].fillna("—")
 
 
 def oscillation_table(rs: RunSet) -> pd.DataFrame:
