@@ -127,6 +127,19 @@ class LossWatch:
         return Divergence(int(step), local.loss if local is not None and local.step == int(step) else math.nan)
 
 
+def to_device(loader, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    """A loader's batch as the model takes it. A loader that defines ``to_device`` finishes its
+    batches itself on the device (e.g. uint8 images normalised there); otherwise the batch is
+    copied as it is."""
+    if hasattr(loader, "to_device"):
+        return loader.to_device(x, y, device, channels_last)
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, precision: Precision,
                 device: torch.device, cfg: TrainerConfig, state: TrainState, stop: StopFlag,
                 on_log: Callable[[dict], None], oscillation: Optional[OscillationTracker],
@@ -148,10 +161,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             x, y = next(it)
         except StopIteration:
             break
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if cfg.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_device(loader, x, y, device, cfg.channels_last)
         prog.data_wait_s += time.perf_counter() - t0
 
         step = state.global_step + 1
@@ -256,24 +266,21 @@ def evaluate(model: nn.Module, loader, precision: Precision, device: torch.devic
     """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1 correct, top5 correct, n
+    n_local = 0  # counted on the host: no host-to-device copy per batch
     for i, (x, y) in enumerate(loader.epoch(0)):
         if i == 1:
             maybe_crash("eval", epoch)
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_device(loader, x, y, device, channels_last)
         with precision.autocast(device):
             logits = model(x)
         logits = logits.float()
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         correct = topk.eq(y[:, None])
-        sums += torch.stack([
-            F.cross_entropy(logits, y, reduction="sum").double(),
-            correct[:, 0].sum().double(), correct.any(dim=1).sum().double(),
-            torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device),
-        ])
+        sums[:3] += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                 correct[:, 0].sum().double(), correct.any(dim=1).sum().double()])
+        n_local += y.shape[0]
+    sums[3] = n_local
     dist_utils.all_reduce_sum(sums)
     loss, c1, c5, n = sums.tolist()
     if n == 0:
@@ -307,12 +314,10 @@ def recalibrated_bn(model: nn.Module, loader, epoch: int, n_batches: int, precis
             m.momentum = None  # cumulative average over the batches below
             m.train()
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for i, (x, _) in enumerate(loader.epoch(epoch, 0)):
+            for i, (x, y) in enumerate(loader.epoch(epoch, 0)):
                 if i >= n_batches:
                     break
-                x = x.to(device, non_blocking=True)
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x, _ = to_device(loader, x, y, device, channels_last)
                 with precision.autocast(device):
                     model(x)
         for m in bns:
