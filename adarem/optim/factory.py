@@ -16,17 +16,22 @@ from adarem.optim.adarem import AdaRem
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
-    """Two groups: decayed weights, and (optionally) biases and norm parameters without decay.
+    """Two groups: decayed weights, and (optionally) parameters without decay: biases, norm
+    scales/shifts (1-D) and whatever the model lists in ``no_weight_decay()``, by timm's own rule
+    (``timm.optim.param_groups_weight_decay``). Decaying biases and norm parameters is known to
+    hurt (Goyal et al. 2017), so recipes usually exclude them.
 
-    1-D tensors are biases or norm scales/shifts in every model this suite builds; decaying them
-    is known to hurt (Goyal et al. 2017), so recipes usually exclude them.
+    The decayed group comes first, as it always has here: a checkpoint's optimizer state is
+    matched to the groups by position.
     """
     if not exclude_bias_and_norm or weight_decay == 0:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+    from timm.optim import param_groups_weight_decay
+
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+    decay = [p for g in groups if g["weight_decay"] for p in g["params"]]
+    no_decay = [p for g in groups if not g["weight_decay"] for p in g["params"]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
