@@ -67,7 +67,6 @@ Implementation notes (all paths compute the same rule):
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -268,11 +267,10 @@ def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, be
 
 # ---------------------------------------------------------------------- foreach path
 def _indices_by_device_and_dtype(params: list[Tensor]) -> dict:
-    """Multi-tensor ops need one device and dtype per call: {(device, dtype): [indices]}."""
-    groups: dict = defaultdict(list)
-    for i, p in enumerate(params):
-        groups[(p.device, p.dtype)].append(i)
-    return groups
+    """Multi-tensor ops need one device and dtype per call: {(device, dtype): [indices]}, by
+    torch's own grouping (``Optimizer._group_tensors_by_device_and_dtype``)."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params], with_indices=True)
+    return {key: list(indices) for key, (_, indices) in grouped.items()}
 
 
 def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> list[Tensor]:
