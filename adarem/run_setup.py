@@ -121,6 +121,10 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     if previous and previous.get("data_identity") not in (None, data_id):
         raise ConfigError(f"the dataset differs from the one this run started with "
                           f"({previous['data_identity']} then, {data_id} now); restore it or start a new run")
+    if dist.device.type == "cuda":
+        # TF32 tensor cores for fp32 matmuls and convolutions (what trainer.amp=none runs in; bf16
+        # and fp16 autocast are unaffected), as NVIDIA's recipes do; recorded in run.json
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run.model = build_model(config.model.name, run.data.num_classes, run.data.in_chans, config.model.pretrained,
                             config.model.drop_rate, config.model.kwargs).to(dist.device)
     if tc.channels_last:
@@ -137,8 +141,10 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         return REQUEUE_EXIT_CODE
     run.train_model = run.model
     if dist.enabled:
+        # gradients as views into the all-reduce buckets: no copy in and out of them each step
         run.train_model = torch.nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+            run.model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
     if tc.compile:
         run.train_model = torch.compile(run.train_model)
     open_record(run, data_id)
@@ -151,7 +157,7 @@ def open_record(run: Run, data_id: dict) -> None:
     run.record = RunRecord(run.run_dir, dist.is_main)
     run.record.start(run.config_dict, dist.world_size, dist.device, run.plan.previous)
     run.record.update(run_id=run_id(run.config_dict), data_identity=data_id, n_params=count_parameters(run.model),
-                      optimizer_impl=optimizer_impl(run.optimizer),
+                      optimizer_impl=optimizer_impl(run.optimizer), tf32=dist.device.type == "cuda",
                       **({"adarem_decay": run.optimizer.defaults["decay"]} if config.optimizer.name == "adarem" else {}),
                       steps_per_epoch=len(data.train), train_samples_per_epoch=data.train.num_samples,
                       val_samples=data.val.num_samples)
