@@ -243,11 +243,10 @@ def register_configs() -> None:
     from adarem.run_identity import register_resolver
 
     register_resolver()
-    cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    for group, node in (("model", ModelConfig), ("optimizer", OptimizerConfig), ("data", DataConfig),
-                        ("schedule", ScheduleConfig), ("trainer", TrainerConfig), ("logging", LoggingConfig)):
-        cs.store(group=group, name=f"{group}_schema", node=node)
+    # One schema for the whole tree: every group's YAML merges into its typed field of Config
+    # (ModelConfig, OptimizerConfig, ...), which rejects unknown keys and wrong types. No schema is
+    # stored inside a group, where `--help` would list it as an option.
+    ConfigStore.instance().store(name="config_schema", node=Config)
 
 
 def _unknown_keys(cfg: DictConfig) -> list[str]:
