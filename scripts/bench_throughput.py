@@ -3,6 +3,12 @@
     python scripts/bench_throughput.py                     # CPU: resnet18, 64 px, batch 32
     python scripts/bench_throughput.py --device cuda       # GPU: resnet50, 224 px, batch 256, bf16, channels_last
     python scripts/bench_throughput.py --device cuda --impl fused --compile   # torch.compile'd model
+    torchrun --nproc_per_node 2 scripts/bench_throughput.py   # DDP (gloo on CPU, NCCL on GPU)
+
+Under torchrun the model is wrapped in DistributedDataParallel exactly as train.py does it, the
+batch is global (each rank takes batch / world, the recipe's per-GPU batch), the stop decision
+is the collective one of train.py (every trainer.stop_check_every steps), and images/s counts
+every rank's images; rank 0 writes the figures.
 
 "harness" is adarem.engine.train_epoch, exactly as train.py calls it (loss watch, scheduler step,
 logging, stop checks); "bare" is the minimal loop (forward, loss, zero_grad, backward, step) on
@@ -28,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from adarem import distributed as dist_utils  # noqa: E402
 from adarem.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig  # noqa: E402
 from adarem.data import build_data  # noqa: E402
 from adarem.engine import TrainState, make_precision, train_epoch  # noqa: E402
@@ -81,7 +88,8 @@ def main() -> None:
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
         raise SystemExit("bench_throughput: --device cuda asked for but no CUDA device is visible")
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    dist = dist_utils.init_distributed("cuda" if gpu else "cpu")
+    device = dist.device
     model_name = args.model or ("resnet50" if gpu else "resnet18")
     size = args.image_size or (224 if gpu else 64)
     batch = args.batch_size or (256 if gpu else 32)
@@ -93,7 +101,7 @@ def main() -> None:
 
     data_cfg = DataConfig(name="synthetic", image_size=size, num_classes=1000, synthetic_train_size=steps * batch,
                           synthetic_val_size=batch, num_workers=0)
-    data = build_data(data_cfg, batch, 0, 1, 0, device)
+    data = build_data(data_cfg, batch, dist.rank, dist.world_size, 0, device)
     tcfg = TrainerConfig(epochs=1000, batch_size=batch, amp=amp, channels_last=channels_last, log_every=20,
                          checkpoint_every_min=0)
     precision = make_precision(amp, device)
@@ -112,15 +120,19 @@ def main() -> None:
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer(dataclasses.replace(OPTIMIZERS[name], **flags), model)
         sched = build_scheduler(ScheduleConfig(name="cosine"), opt, tcfg.epochs, len(data.train))
+        if dist.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dist.local_rank] if gpu else None, gradient_as_bucket_view=True)
         setups[name] = (torch.compile(model) if args.compile else model, opt, sched)
     candidates = [("harness", "adarem")] + ([] if args.no_bare else [("bare", "adarem")]) + \
         [("harness", n) for n in names if n != "adarem"]
     times = {c: [] for c in candidates}
-    stop = StopFlag(False, device)
+    stop = StopFlag(dist.enabled, device)
 
     def run(kind, name):
         model, opt, sched = setups[name]
         sync(device)
+        dist_utils.barrier()
         t0 = time.perf_counter()
         if kind == "bare":
             bare_epoch(model, data.train, opt, precision, device, channels_last)
@@ -129,6 +141,7 @@ def main() -> None:
             train_epoch(model, data.train, opt, sched, precision, device, tcfg, state, stop, lambda rec: None,
                         None, lambda: False)
         sync(device)
+        dist_utils.barrier()  # the slowest rank sets the pace, as in training
         return time.perf_counter() - t0
 
     for c in candidates:  # warm-up (allocator, cudnn autotune)
@@ -137,9 +150,14 @@ def main() -> None:
         for c in candidates:
             times[c].append(run(*c))
 
-    images = steps * batch
+    if not dist.is_main:
+        dist_utils.cleanup()
+        return
+    images = steps * batch  # over all ranks: each rank trains `steps` batches of batch / world
     ips = {c: images / statistics.median(t) for c, t in times.items()}
     machine = torch.cuda.get_device_name(device) if gpu else f"{platform.machine()} x{torch.get_num_threads()} threads"
+    if dist.enabled:
+        machine = f"{dist.world_size} ranks x {machine}"
     rows = []
     for (kind, name), v in ips.items():
         rows.append({"candidate": f"{kind}:{name}", "images_per_s": v,
@@ -148,10 +166,12 @@ def main() -> None:
                      "relative_to_sgd": v / ips[("harness", "sgd")] if kind == "harness" else None,
                      "model": model_name, "image_size": size, "batch_size": batch, "amp": amp,
                      "channels_last": channels_last, "impl": args.impl, "compile": args.compile,
+                     "world_size": dist.world_size,
                      "device": args.device, "machine": machine,
                      "torch": torch.__version__, "rounds": args.rounds, "date": dt.date.today().isoformat()})
     df = pd.DataFrame(rows)
-    out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}.csv")
+    ddp = f"_ddp{dist.world_size}" if dist.enabled else ""
+    out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}{ddp}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.4g")
     print(df[["candidate", "images_per_s", "relative_to_sgd"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -163,6 +183,7 @@ def main() -> None:
           f"adarem {ips[('harness', 'adarem')]:.0f} img/s, sgd {ips[('harness', 'sgd')]:.0f} img/s, "
           f"adarem/sgd = {ratio:.3f}")
     print(f"wrote {out}")
+    dist_utils.cleanup()
 
 
 if __name__ == "__main__":
