@@ -33,6 +33,7 @@ class EpochProgress:
     samples: int = 0
     window_loss_sum: float = 0.0  # since the last "iter" line: its train_loss_window
     window_samples: int = 0
+    window_steps: int = 0
     data_wait_s: float = 0.0
     train_time_s: float = 0.0
 
@@ -191,6 +192,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
         prog.samples += y.shape[0]
         prog.window_loss_sum += loss.detach().double() * y.shape[0]
         prog.window_samples += y.shape[0]
+        prog.window_steps += 1
         if oscillation is not None:
             record = oscillation.after_step(step)
             if record is not None:
@@ -207,12 +209,15 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             if div is not None:
                 return StepOutcome("diverged", div)
             lr = optimizer.param_groups[0]["lr"]
-            # train_loss_window: this rank's mean loss over the steps since the previous line (one
-            # batch's loss alone is too noisy to read "train loss at x % of training" from)
-            window = float(prog.window_loss_sum) / max(prog.window_samples, 1)
-            prog.window_loss_sum, prog.window_samples = 0.0, 0
+            # train_loss_window: the mean loss over the steps since the previous line, over all
+            # ranks (one batch's loss alone is too noisy to read "train loss at x %" from)
+            window = torch.stack([torch.as_tensor(prog.window_loss_sum, dtype=torch.float64, device=device),
+                                  torch.tensor(float(prog.window_samples), dtype=torch.float64, device=device)])
+            dist_utils.all_reduce_sum(window)
+            total, n = window.tolist()
             on_log({"type": "iter", "epoch": state.epoch, "step": step, "loss": loss.item(),
-                    "train_loss_window": window, "lr": lr})
+                    "train_loss_window": total / max(n, 1), "train_loss_window_steps": prog.window_steps, "lr": lr})
+            prog.window_loss_sum, prog.window_samples, prog.window_steps = 0.0, 0, 0
             if progress_bar is not None:
                 progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
                                          img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
@@ -307,6 +312,7 @@ def recalibrated_bn(model: nn.Module, loader, epoch: int, n_batches: int, precis
         return
     saved = [(m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in bns]
     was_training = model.training
+    corrupt = getattr(loader, "corrupt_count", 0)  # re-read batches must not count twice
     try:
         model.eval()
         for m in bns:
@@ -331,6 +337,8 @@ def recalibrated_bn(model: nn.Module, loader, epoch: int, n_batches: int, precis
             for k, b in buffers.items():
                 getattr(m, k).copy_(b)
         model.train(was_training)
+        if hasattr(loader, "corrupt_count"):
+            loader.corrupt_count = corrupt
 
 
 def progress_bar(total: int, initial: int, desc: str, mode: str, is_main: bool):

@@ -3,7 +3,7 @@ SIGKILL itself at that point, as a node failure or the OOM killer would; ``<poin
 sends SIGTERM instead (a scheduler's preemption notice at an exact point). Unset, it costs one
 string comparison. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` (right after
 the end-of-epoch checkpoint of epoch E, before evaluation), ``eval@E`` (in the middle of
-epoch E's evaluation), ``after_eval@E`` (right after epoch E's evaluation was logged),
+epoch E's first evaluation: a mid-epoch one when trainer.evals_per_epoch > 1), ``after_eval@E`` (right after epoch E's evaluation was logged),
 ``checkpoint_write@K`` (half-way through writing the K-th checkpoint).
 """
 

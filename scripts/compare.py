@@ -26,6 +26,8 @@ Keys of this script (key=value): optimizers=a,b,c  seeds=N  select_seeds=N  sear
 lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step; no extension)
 max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR.  Every other
 key=value is a train.py override.
+Defaults given to every trial unless overridden: trainer.bn_recalibrate=8 (BN statistics recomputed
+before each evaluation), trainer.oscillation_every=10, logging.wandb=disabled.
 
 Outputs: <out>/tables.md (+ CSV/LaTeX/plots, see make_tables.py), <out>/selection.csv (one row per
 trial and seed: optimizer, lr, weight_decay, seed, stage, status, score, chosen, holdout_loss,
@@ -52,8 +54,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 DEFAULTS = {
-    # sgd_plain (no momentum) is plain AdaRem's like-for-like baseline; sgd (momentum) adarem_m's
-    "optimizers": "sgd,sgd_plain,adam,adamw,adarem,adarem_m",
+    # sgd_plain (no momentum) is plain AdaRem's like-for-like baseline, sgd (momentum) adarem_m's;
+    # adarem_horizon and adarem_nodecay are the other two readings of lambda (ablations)
+    "optimizers": "sgd,sgd_plain,adam,adamw,adarem,adarem_m,adarem_horizon,adarem_nodecay",
     "seeds": "5",
     "select_seeds": "2",
     "search": "lr",
@@ -215,7 +218,10 @@ def main(argv: list[str]) -> int:
     own, base = parse(argv)
     if not any(a.startswith(("data=", "experiment=")) for a in base):
         base = [*DIGITS_DEFAULTS, *base]  # the digits defaults stay under other overrides
-    for key, value in (("logging.wandb", "disabled"), ("logging.progress", "none"), ("trainer.oscillation_every", "10")):
+    # BN statistics recomputed before every evaluation (8 training batches): evaluated with the
+    # lagging running averages, an early curve measures the averages rather than the weights
+    for key, value in (("logging.wandb", "disabled"), ("logging.progress", "none"), ("trainer.oscillation_every", "10"),
+                       ("trainer.bn_recalibrate", "8")):
         if not any(a.startswith(key + "=") for a in base):
             base.append(f"{key}={value}")
     try:

@@ -41,21 +41,23 @@ import yaml
 from scipy import special, stats
 
 from adarem.results.records import RunSet
-from adarem.results.tables import (DIVERGED_ERROR, SETTING, area_under_val_error, selected_groups, sgd_targets,
-                                   steps_to_target)
+from adarem.results.tables import (DIVERGED_ERROR, SETTING, area_under_val_error, same_protocol, selected_groups,
+                                   sgd_targets, steps_to_target)
 
 METRICS = {
     "final_top1": "final top-1 error (%)",
     "steps_to_target": "optimizer steps to the target val error (the selected SGD-momentum configuration's "
-                       "median final error + the first tolerance); a run that never gets there counts as its "
-                       "whole step budget",
+                       "median final error + the first tolerance); a run that never gets there (or diverged) "
+                       "counts as the largest step budget of the two sides, and its p comes from a rank test",
     "val_error_auc": "area under the val-error curve (mean val top-1 error over the evaluations, %)",
     "flip_fraction": "fraction of weights whose two consecutive updates change sign",
     "path_efficiency": "mean per-weight path efficiency |theta_t+k - theta_t| / sum |dtheta| over a window "
                        "(1 = straight, 0 = back and forth)",
 }
 CSV_COLUMNS = ["claim", "metric", "subject", "baseline", "n_subject", "n_baseline", "diff", "ci_low", "ci_high",
-               "hedges_g", "p", "p_holm", "verdict", "dataset", "model", "text", "subject_mean", "baseline_mean"]
+               "hedges_g", "p", "p_holm", "verdict", "dataset", "model", "text", "subject_mean", "baseline_mean",
+               "reached_subject", "reached_baseline"]
+CURVE_METRICS = ("steps_to_target", "val_error_auc")  # need both sides evaluated the same way
 MIN_SEEDS = 2
 POWER = 0.8
 STATISTICS_TEXT = (
@@ -65,7 +67,12 @@ STATISTICS_TEXT = (
     "count as 100 % error. Supported means Holm-adjusted p < {alpha:g}, Contradicted means the same holds for "
     "the opposite direction, Inconclusive means neither, with `mdd` the smallest difference these seeds could "
     "detect, (t₁₋α/m,ν + t₀.₈,ν)·s_pooled·√(1/n₁ + 1/n₂) at 80 % power and level α/m (m claims in the family, "
-    "ν = n₁ + n₂ − 2), and Insufficient data means a side has fewer than 2 seeds.")
+    "ν = n₁ + n₂ − 2), and Insufficient data means a side has fewer than 2 seeds. Steps to target: a seed that "
+    "never reached the target (or diverged) counts as one step past the larger step budget of the two sides, the "
+    "difference and CI are computed on those values, and p comes from an exact one-sided permutation test on ranks "
+    "(Gehan's test for data censored at one time) instead of Welch's t; `reached_*` count the seeds that got "
+    "there. Not comparable: the two sides' curves were evaluated differently (evaluations per epoch or BN "
+    "recalibration), so no verdict on a curve metric.")
 
 
 def load_claims(path: Path) -> dict:
@@ -86,9 +93,7 @@ def metric_values(rs: RunSet, runs: pd.DataFrame, metric: str, target: float = m
     if metric == "steps_to_target":
         if math.isnan(target):
             return []  # no SGD-momentum baseline in this setting: no target
-        # censored at the budget: conservative when the baseline misses, favourable when the
-        # subject misses; the speed table shows how many seeds reached the target
-        return [min(s, b) for (s, _), b in zip(steps_to_target(rs, runs.run_dir, target), runs.budget_steps)]
+        return [s for s, _ in steps_to_target(rs, runs, target)]  # inf: never got there
     if metric == "final_top1":
         return [DIVERGED_ERROR if s == "diverged" else v for s, v in zip(runs.status, runs.final_top1)]
     if metric == "val_error_auc":
@@ -167,6 +172,22 @@ def one_sided_p(a, b, alternative: str) -> float:
     return float(stats.t.cdf(t, df) if alternative == "less" else stats.t.sf(t, df))
 
 
+def rank_test_p(a, b, alternative: str) -> float:
+    """One-sided exact permutation test on ranks (Mann-Whitney with ties; with every unreached run
+    tied at the worst rank it is Gehan's test for data censored at one common time): the p of
+    "a tends to be smaller" ("less") or larger ("greater"). Exact up to 20,000 relabellings,
+    else 20,000 seeded random ones."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+
+    def rank_sum(x, y, axis):
+        ranks = stats.rankdata(np.concatenate([x, y], axis=axis), axis=axis)
+        return ranks[..., : x.shape[axis]].sum(axis=axis)
+
+    res = stats.permutation_test((a, b), rank_sum, permutation_type="independent", alternative=alternative,
+                                 n_resamples=20_000, vectorized=True, rng=np.random.default_rng(0))
+    return float(res.pvalue)
+
+
 def min_detectable_difference(a, b, alpha: float, power: float = POWER) -> float:
     """(t_{1-alpha,nu} + t_{power,nu}) * s_pooled * sqrt(1/n_a + 1/n_b), nu = n_a + n_b - 2."""
     nu = len(a) + len(b) - 2
@@ -185,10 +206,16 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
         family = []
         target = targets.get(setting, [math.nan])[0]
         for claim in spec.get("claims", []):
-            a = [v for v in metric_values(rs, here[here.optimizer == claim["subject"]], claim["metric"], target)
-                 if not math.isnan(v)]
-            b = [v for v in metric_values(rs, here[here.optimizer == claim["baseline"]], claim["metric"], target)
-                 if not math.isnan(v)]
+            runs_a, runs_b = here[here.optimizer == claim["subject"]], here[here.optimizer == claim["baseline"]]
+            a = [v for v in metric_values(rs, runs_a, claim["metric"], target) if not math.isnan(v)]
+            b = [v for v in metric_values(rs, runs_b, claim["metric"], target) if not math.isnan(v)]
+            censored = claim["metric"] == "steps_to_target"
+            reached = (sum(map(math.isfinite, a)), sum(map(math.isfinite, b))) if censored else ("", "")
+            if censored and a and b:
+                # one common censoring value for both sides, one step past the larger step budget:
+                # never getting there ranks after getting there at the very last step
+                cap = float(pd.concat([runs_a.budget_steps, runs_b.budget_steps]).max()) + 1
+                a, b = [min(v, cap) for v in a], [min(v, cap) for v in b]
             row = {"claim": claim["id"], "metric": claim["metric"], "subject": claim["subject"],
                    "baseline": claim["baseline"], "n_subject": len(a), "n_baseline": len(b),
                    "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "hedges_g": math.nan,
@@ -196,15 +223,19 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                    "dataset": setting[0], "model": setting[1], "text": claim["text"],
                    "subject_mean": float(np.mean(a)) if a else math.nan,
                    "baseline_mean": float(np.mean(b)) if b else math.nan,
-                   "better": claim["better"], "p_opposite": math.nan, "p_opposite_holm": math.nan, "mdd": math.nan}
+                   "better": claim["better"], "p_opposite": math.nan, "p_opposite_holm": math.nan, "mdd": math.nan,
+                   "reached_subject": reached[0], "reached_baseline": reached[1]}
             paper_vals = paper.get(f"{setting[0]}/{setting[1]}", {}).get(claim["metric"], {})
             row["paper_subject"] = paper_vals.get(claim["subject"], "")
             row["paper_baseline"] = paper_vals.get(claim["baseline"], "")
-            if len(a) >= MIN_SEEDS and len(b) >= MIN_SEEDS:
+            if claim["metric"] in CURVE_METRICS and len(runs_a) and len(runs_b) and not same_protocol(runs_a, runs_b):
+                row["verdict"] = "Not comparable (evaluated differently)"
+            elif len(a) >= MIN_SEEDS and len(b) >= MIN_SEEDS:
                 claimed, opposite = ("less", "greater") if claim["better"] == "lower" else ("greater", "less")
                 row["diff"], row["ci_low"], row["ci_high"] = welch_ci(a, b)
                 row["hedges_g"] = hedges_g(a, b)
-                row["p"], row["p_opposite"] = one_sided_p(a, b, claimed), one_sided_p(a, b, opposite)
+                test = rank_test_p if censored else one_sided_p
+                row["p"], row["p_opposite"] = test(a, b, claimed), test(a, b, opposite)
                 family.append((row, a, b))
             rows.append(row)
         m = len(family)

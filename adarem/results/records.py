@@ -22,7 +22,7 @@ IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "t
 
 
 EVAL_COLUMNS = ["run_dir", "step", "epoch_frac", "wall_time_s", "val_top1_err", "val_loss"]
-ITER_COLUMNS = ["run_dir", "step", "loss", "train_loss_window"]
+ITER_COLUMNS = ["run_dir", "step", "loss", "train_loss_window", "window_steps"]
 
 
 @dataclass
@@ -174,8 +174,10 @@ def load_runs(root: Path) -> RunSet:
                                   "val_top1_err": r["val_top1_err"], "val_loss": r.get("val_loss", math.nan)})
             elif kind == "iter":
                 window = r.get("train_loss_window")  # absent in records written before it existed
+                k = r.get("train_loss_window_steps")
                 iter_rows.append({"run_dir": rel, "step": r["step"], "loss": r["loss"],
-                                  "train_loss_window": float(window) if isinstance(window, (int, float)) else math.nan})
+                                  "train_loss_window": float(window) if isinstance(window, (int, float)) else math.nan,
+                                  "window_steps": float(k) if isinstance(k, (int, float)) else math.nan})
         for r in epochs:
             epoch_rows.append({"run_dir": rel, **{k: v for k, v in r.items() if k != "type"}})
         for r in lines:

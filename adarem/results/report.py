@@ -47,14 +47,16 @@ def speed_note(rs: RunSet, offsets) -> str:
     runs = rs.runs
     per_epoch = sorted(set(runs.evals_per_epoch.dropna().astype(int))) if "evals_per_epoch" in runs else [1]
     recal = sorted(set(runs.bn_recalibrate.dropna().astype(int))) if "bn_recalibrate" in runs else [0]
-    bn = ("BatchNorm statistics recomputed on " + "/".join(map(str, recal)) + " training batches before each "
-          "evaluation" if recal != [0] else "BatchNorm running averages (no recalibration)") if recal else ""
+    bn = ("BatchNorm statistics (where the model has BatchNorm layers) recomputed on " + "/".join(map(str, recal))
+          + " training batches before each evaluation" if recal != [0]
+          else "BatchNorm running averages (no recalibration)") if recal else ""
     return (f"Target = the selected SGD-momentum configuration's median final val error + "
             f"{', '.join(f'{o:g}' for o in offsets)} points. Steps (and training seconds, comparable only on "
             f"the same dedicated hardware; they include one-time compilation, e.g. of AdaRem's fused step) to the first evaluation at or below the target: median over seeds, "
             f"with how many seeds reached it. Speed-up over a baseline = median baseline steps / median steps "
             f"(> 1: faster), at the first target, with a percentile bootstrap 95 % CI over seeds (10,000 "
-            f"resamples, seeded); a seed that never reaches the target counts as infinitely slow. Evaluations: "
+            f"resamples, seeded; none below 3 seeds a side); a seed that never reaches the target, or "
+            f"diverged, counts as infinitely slow; rows evaluated differently are not compared. Evaluations: "
             f"{'/'.join(map(str, per_epoch))} per epoch, with {bn}. Train loss @x % is the mean loss of the "
             f"logging window at x % of the step budget. The val-err AUC (mean val error over the evaluations) "
             f"is secondary: it also rewards the first epochs.\n\n")

@@ -9,7 +9,11 @@ import pandas as pd
 
 from adarem.results.records import RunSet
 
-GROUP = ["dataset", "model", "optimizer", "eval_on", "lr", "weight_decay", "epochs", "batch_size", "config_id"]
+# The evaluation protocol (evaluations per epoch, BN recalibration batches) is part of a row: a
+# curve evaluated 4 times per epoch reaches a target "sooner" than the same curve evaluated once.
+PROTOCOL = ["evals_per_epoch", "bn_recalibrate"]
+GROUP = ["dataset", "model", "optimizer", "eval_on", "lr", "weight_decay", "epochs", "batch_size", *PROTOCOL,
+         "config_id"]
 SETTING = ["dataset", "model"]
 DIVERGED_ERROR = 100.0  # a diverged run's error where a number is needed (claims): the worst possible
 
@@ -53,6 +57,7 @@ def error_table(rs: RunSet) -> pd.DataFrame:
 TARGET_BASELINE = "sgd"  # the tuned SGD-momentum configuration sets the speed targets
 SPEED_BASELINES = ("sgd", "adam", "adamw")
 N_BOOT = 10_000
+MIN_BOOT_SEEDS = 3  # per side, for a bootstrap interval
 
 
 def sgd_targets(rs: RunSet, offsets=(1.0, 5.0)) -> dict:
@@ -66,15 +71,23 @@ def sgd_targets(rs: RunSet, offsets=(1.0, 5.0)) -> dict:
     return out
 
 
-def steps_to_target(rs: RunSet, run_dirs, target: float) -> list[tuple[float, float]]:
-    """Per run: (step, training seconds) of its first evaluation at or below ``target``, or
-    (inf, inf) when it never got there (a diverged run never does)."""
+def steps_to_target(rs: RunSet, runs: pd.DataFrame, target: float) -> list[tuple[float, float]]:
+    """Per run (rows of ``rs.runs``): (step, training seconds) of its first evaluation at or below
+    ``target``, or (inf, inf) when it never got there. A diverged run never counts as having got
+    there, even if it passed the target before diverging: its training did not deliver a model."""
     out = []
-    for d in run_dirs:
+    for d, status in zip(runs.run_dir, runs.status):
         ev = rs.evals[rs.evals.run_dir == d]
         hit = ev[ev.val_top1_err <= target]
-        out.append((float(hit.step.iloc[0]), float(hit.wall_time_s.iloc[0])) if len(hit) else (math.inf, math.inf))
+        ok = len(hit) and status != "diverged"
+        out.append((float(hit.step.iloc[0]), float(hit.wall_time_s.iloc[0])) if ok else (math.inf, math.inf))
     return out
+
+
+def same_protocol(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two sets of runs were evaluated the same way (and so have comparable curves)."""
+    key = lambda df: set(map(tuple, df[PROTOCOL].astype(float).values.tolist()))  # noqa: E731
+    return key(a) == key(b) and len(key(a)) == 1
 
 
 def _median_ratio(base: np.ndarray, subj: np.ndarray) -> np.ndarray:
@@ -94,6 +107,8 @@ def speedup_ci(base_steps, subject_steps, level: float = 0.95, n_boot: int = N_B
     runs give the same interval."""
     base, subj = np.asarray(base_steps, float), np.asarray(subject_steps, float)
     point = float(_median_ratio(base, subj))
+    if min(len(base), len(subj)) < MIN_BOOT_SEEDS:
+        return point, math.nan, math.nan  # resampling one seed gives a zero-width "interval"
     rng = np.random.default_rng(seed)
     boots = _median_ratio(base[rng.integers(0, len(base), (n_boot, len(base)))],
                           subj[rng.integers(0, len(subj), (n_boot, len(subj)))])
@@ -118,17 +133,29 @@ def _median_reached(values, n: int) -> str:
     return f"{_fmt_ratio(med) if math.isinf(med) else f'{med:.4g}'} ({len(reached)}/{n} reached)"
 
 
+TRAIN_LOSS_SPAN = 0.1  # of the step budget: the span "train loss at x %" averages over
+
+
 def train_loss_at(rs: RunSet, run_dir: str, budget: float, frac: float) -> float:
-    """Training loss at ``frac`` of the run's step budget: the mean loss over the logging window
-    ending at the first logged step >= frac x budget (read at that step, not at an epoch end)."""
+    """Training loss at ``frac`` of the run's step budget B: the mean loss over the steps of the
+    logging windows that end in (frac x B - 0.1 B, frac x B], each window weighted by its number
+    of steps (the last window ending at or before frac x B when none ends in that span). Read at
+    that step, not at an epoch end. Records written before windows were logged hold one batch's
+    loss per line: each line then counts as a window of one step."""
     it = rs.iters[rs.iters.run_dir == run_dir]
     if it.empty or not math.isfinite(budget):
         return math.nan
-    at = it[it.step >= math.ceil(frac * budget)]
-    if at.empty:
+    at = frac * budget
+    before = it[it.step <= at + 1e-9]
+    if before.empty:
         return math.nan
-    row = at.iloc[0]
-    return float(row.train_loss_window) if math.isfinite(row.train_loss_window) else float(row.loss)
+    span = before[before.step > at - TRAIN_LOSS_SPAN * budget]
+    if span.empty:
+        span = before.iloc[[-1]]
+    windowed = span.train_loss_window.notna()
+    loss = span.train_loss_window.where(windowed, span.loss)
+    steps = span.window_steps.where(windowed & span.window_steps.notna(), 1.0)
+    return float((loss * steps).sum() / steps.sum())
 
 
 def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0)) -> pd.DataFrame:
@@ -150,7 +177,7 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
             if t is None:
                 row[f"steps to {col}"] = row[f"s to {col}"] = "no SGD baseline" if info["eval_on"] == "val" else "—"
                 continue
-            hits = steps_to_target(rs, g.run_dir, t)
+            hits = steps_to_target(rs, g, t)
             row[f"steps to {col}"] = _median_reached([h[0] for h in hits], len(hits))
             row[f"s to {col}"] = _median_reached([h[1] for h in hits], len(hits))
             if i:
@@ -158,11 +185,15 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
             here = sel[(sel.dataset == info["dataset"]) & (sel.model == info["model"]) & (sel.eval_on == "val")]
             for b in SPEED_BASELINES:
                 base = here[here.optimizer == b]
+                col = f"speed-up vs {b} [95 % CI]"
                 if base.empty or b == info["optimizer"]:
-                    row[f"speed-up vs {b} [95 % CI]"] = "—"
-                    continue
-                r, lo, hi = speedup_ci([h[0] for h in steps_to_target(rs, base.run_dir, t)], [h[0] for h in hits])
-                row[f"speed-up vs {b} [95 % CI]"] = f"{_fmt_ratio(r)} [{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]"
+                    row[col] = "—"
+                elif not same_protocol(base, g):
+                    row[col] = "— (evaluated differently)"
+                else:
+                    r, lo, hi = speedup_ci([h[0] for h in steps_to_target(rs, base, t)], [h[0] for h in hits])
+                    ci = f"[{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]" if not math.isnan(lo) else f"[< {MIN_BOOT_SEEDS} seeds]"
+                    row[col] = f"{_fmt_ratio(r)} {ci}"
         for frac in fractions:
             row[f"train loss @{int(frac * 100)}%"] = mean_std(
                 [train_loss_at(rs, d, b, frac) for d, b in zip(g.run_dir, g.budget_steps)])

@@ -175,3 +175,26 @@ def test_repository_claims_compare_like_with_like():
     assert all(c["better"] == ("higher" if c["metric"] == "path_efficiency" else "lower") for c in osc)
     preset = (REPO / "configs" / "optimizer" / "sgd_plain.yaml").read_text()
     assert "variant: sgd_plain" in preset and "momentum: 0.0" in preset and "name: sgd" in preset
+
+
+def test_rank_test_is_exact_and_sees_censoring():
+    from adarem.results.claims import rank_test_p
+
+    # 3 vs 3: 20 equally likely relabellings, one of which puts every subject value first
+    assert rank_test_p([1, 2, 3], [4, 5, 6], "less") == pytest.approx(1 / 20)
+    assert rank_test_p([1, 2, 3], [4, 5, 6], "greater") == pytest.approx(1.0)
+    assert rank_test_p([90, 90, 90], [4, 5, 6], "greater") == pytest.approx(1 / 20)  # never reached = worst
+
+
+def test_faster_claim_needs_the_subject_to_get_there(tmp_path):
+    """The subject never reaches the target (on a shorter budget, where censoring at its own budget
+    made it look fast): not Supported; the reached counts are in claims.csv."""
+    root = tmp_path / "runs"
+    for s in range(5):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+        make_run(root, f"adam{s}", "adam", s, [40.0, 20.0, 10.5 + 0.1 * s])
+        make_run(root, f"adarem{s}", "adarem", s, [30.0, 25.0 + 0.1 * s], trainer={"epochs": 2})
+    v = evaluate_claims(load_runs(root), load_claims(REPO / "results" / "claims.yaml")).set_index("claim")
+    faster = v.loc["faster_than_adam"]
+    assert faster.reached_subject == 0 and faster.reached_baseline == 5
+    assert faster.verdict == "Contradicted", faster.to_dict()

@@ -16,21 +16,21 @@ from tests.conftest import REPO
 
 
 def make_run(root, name, optimizer, seed, curve, status="finished", lr=0.1, truncate=False, osc=None,
-             write_run_json=True, start="2026-01-01T00:00:00"):
+             write_run_json=True, start="2026-01-01T00:00:00", trainer=None):
     """A run record whose val top-1 error per epoch is ``curve`` (train loss = err / 10)."""
     d = root / name
     d.mkdir(parents=True)
     config = {"data": {"name": "toy", "eval_on": "val"}, "model": {"name": "net"},
               "optimizer": {"name": optimizer.split("_")[0], "variant": optimizer, "lr": lr, "weight_decay": 0.0},
-              "trainer": {"epochs": 3, "batch_size": 32}, "seed": seed}
+              "trainer": {"epochs": 3, "batch_size": 32, **(trainer or {})}, "seed": seed}
     lines = []
     for e, err in enumerate(curve):
         lines.append({"type": "epoch", "epoch": e, "step": 10 * (e + 1), "train_loss": err / 10,
                       "val_top1_err": err, "val_top5_err": err / 2, "val_loss": err / 20,
                       "wall_time_s": 2.0 * (e + 1), "images_per_s": 100.0})
-    for step in range(5, 5 * (2 * len(curve)) + 1, 5):  # a loss line every 5 steps, window mean = step / 100
+    for step in range(1, 10 * len(curve) + 1):  # a loss line every step, window mean = step / 100
         lines.append({"type": "iter", "epoch": (step - 1) // 10, "step": step, "loss": 9.0,
-                      "train_loss_window": step / 100})
+                      "train_loss_window": step / 100, "train_loss_window_steps": 1})
     for step, frac in enumerate(osc or [], 1):
         lines.append({"type": "oscillation", "step": step * 10, "flip_fraction": frac, "per_layer": {}})
     text = "".join(json.dumps(line) + "\n" for line in lines)
@@ -68,7 +68,7 @@ def test_known_answers(records):
     assert "duplicate of" in problems["adam_dup"] and problems["adam_dup"].endswith("excluded")
     assert "incomplete (status running)" in problems["still_running"]
     assert "no run.json" in problems["no_record"]
-    assert "line 12 is not valid JSON" in problems["adarem0"]  # the truncated line, the run kept
+    assert "line 36 is not valid JSON" in problems["adarem0"]  # the truncated line, the run kept
 
     err = error_table(rs).set_index("optimizer")
     assert err.loc["sgd", "final top-1 err"] == "11.00 ± 1.00"
@@ -88,10 +88,25 @@ def test_known_answers(records):
     assert speed.loc["adarem", "speed-up vs sgd [95 % CI]"] == "1.00 [1.00, 1.00]"
     assert speed.loc["adarem", "speed-up vs adam [95 % CI]"] == "∞ [∞, ∞]"
     assert speed.loc["adam", "speed-up vs sgd [95 % CI]"] == "0.00 [0.00, 0.00]"
-    # read at 10 % / 100 % of the 30-step budget: the windows ending at steps 5 and 30
-    assert speed.loc["sgd", "train loss @10%"] == "0.05 ± 0.00"
-    assert speed.loc["sgd", "train loss @100%"] == "0.30 ± 0.00"
+    # read at 10 % / 100 % of the 30-step budget: the windows ending in (0, 3] and (27, 30]
+    assert speed.loc["sgd", "train loss @10%"] == "0.02 ± 0.00"
+    assert speed.loc["sgd", "train loss @100%"] == "0.29 ± 0.00"
     assert speed.loc["adarem", "val-err AUC"] == "17.67 ± 0.33"
+
+
+def test_diverged_runs_never_reach_and_other_protocols_are_not_compared(tmp_path):
+    root = tmp_path / "runs"
+    for s, last in enumerate([10.0, 12.0, 11.0]):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, last])
+    for s in range(3):  # passed both targets at step 10, then diverged: no model was delivered
+        make_run(root, f"adarem{s}", "adarem", s, [11.0, 11.0], status="diverged")
+    for s in range(3):  # the same curve as SGD's, evaluated four times per epoch
+        make_run(root, f"adam{s}", "adam", s, [40.0, 20.0, 11.0], trainer={"evals_per_epoch": 4})
+    speed = speed_table(load_runs(root)).set_index("optimizer")
+    assert speed.loc["adarem", "steps to SGD+1"] == "not reached (0/3)"
+    assert speed.loc["adarem", "speed-up vs sgd [95 % CI]"] == "0.00 [0.00, 0.00]"
+    assert speed.loc["adam", "speed-up vs sgd [95 % CI]"] == "— (evaluated differently)"
+    assert speed.loc["adam", "evals_per_epoch"] == 4 and speed.loc["sgd", "evals_per_epoch"] == 1
 
 
 def test_steps_to_target_and_speedup_ci():
@@ -108,7 +123,9 @@ def test_steps_to_target_and_speedup_ci():
     exact_lo, exact_hi = np.percentile(ratios, [2.5, 97.5])
     assert lo == pytest.approx(exact_lo, rel=0.35) and hi == pytest.approx(exact_hi, rel=0.35)
     assert speedup_ci([100, 200, 300], [50, 100, math.inf]) == (r, lo, hi)  # seeded
-    assert speedup_ci([10, 10], [20, 20]) == (0.5, 0.5, 0.5)
+    assert speedup_ci([10, 10, 10], [20, 20, 20]) == (0.5, 0.5, 0.5)
+    r, lo, hi = speedup_ci([30], [20])  # one seed a side: no interval, not a zero-width one
+    assert r == 1.5 and math.isnan(lo) and math.isnan(hi)
     r, lo, hi = speedup_ci([math.inf] * 3, [math.inf] * 3)  # neither reaches: no ratio
     assert math.isnan(r) and math.isnan(lo) and math.isnan(hi)
 
@@ -119,7 +136,7 @@ def test_claims_verdicts(records):
     v = verdicts.loc["lower_error_than_adam"]
     # adarem 8 +- 1 (n=3) vs adam [20, 22, 100 (diverged)] (n=3): better, but adam's spread is wide
     assert v.n_subject == 3 and v.n_baseline == 3 and v.baseline_mean == pytest.approx(142 / 3)
-    assert v.verdict == "Inconclusive" and 0 < v.p < v.p_holm < 1 and v.mdd > abs(v["diff"])
+    assert v.verdict == "Inconclusive" and 0 < v.p <= v.p_holm < 1 and v.mdd > abs(v["diff"])
     assert verdicts.loc["lower_error_than_adamw"].verdict == "Insufficient data"  # no complete adamw run
     # the oscillation claims compare like with like: no sgd_plain or adarem_m run here, so no verdict
     # (plain AdaRem's flips 0.25 vs SGD-momentum's 0.45 would measure momentum)
@@ -163,7 +180,7 @@ def test_write_report_handles_only_problems(tmp_path):
 
 @pytest.mark.slow
 def test_compare_cli_runs_end_to_end(tmp_path, env):
-    """scripts/compare.py's default path (digits, all six optimizers), shortened to 1 epoch,
+    """scripts/compare.py's default path (digits, all eight optimizers), shortened to 1 epoch,
     one lr, one selection seed and one final seed so that it fits the test budget."""
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "seeds=1", "select_seeds=1",
                           "lr_grid=1", f"runs={tmp_path / 'runs'}", f"out={tmp_path / 'out'}", "data=digits",
@@ -172,8 +189,16 @@ def test_compare_cli_runs_end_to_end(tmp_path, env):
     assert res.returncode == 0, res.stderr[-3000:]
     md = (tmp_path / "out" / "tables.md").read_text()
     assert "## Provenance" in md and "## Hyperparameter selection" in md and "## Claims of the paper" in md
-    for opt in ("sgd", "sgd_plain", "adam", "adamw", "adarem", "adarem_m"):
+    for opt in ("sgd", "sgd_plain", "adam", "adamw", "adarem", "adarem_m", "adarem_horizon", "adarem_nodecay"):
         assert f"| {opt} " in md
     # a single-point grid is not a search: the report says so instead of calling it interior
-    assert md.count("not searched") == 6
-    assert len(list((tmp_path / "runs" / "final").rglob("run.json"))) == 6
+    assert md.count("not searched") == 8
+    assert len(list((tmp_path / "runs" / "final").rglob("run.json"))) == 8
+    # the speed section: steps to target with reached counts, the speed-ups, the protocol stated
+    assert "speed-up vs sgd [95 % CI]" in md and "reached)" in md
+    assert "recomputed on 8 training batches" in md and "Evaluations: 4 per epoch" in md
+    for png in ("selection_lr.png", "curves_digits_small_cnn.png", "oscillation_digits_small_cnn.png"):
+        assert (tmp_path / "out" / "plots" / png).stat().st_size > 10_000, png
+    final = next((tmp_path / "runs" / "final").rglob("metrics.jsonl"))
+    evals = [json.loads(line) for line in final.read_text().splitlines() if '"eval"' in line]
+    assert len(evals) == 3  # 4 evaluations in the epoch: 3 inside it, the last at its end
