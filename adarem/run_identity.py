@@ -5,6 +5,13 @@ Every key that can change the result is part of it; only the keys listed in ``NO
 resumed job lands on) are left out. The default run directory ends in this hash
 (``configs/config.yaml`` uses the ``${run_id:}`` resolver), so two configurations never share a
 directory, and a finished directory is only ever reported for the configuration that made it.
+
+Schema growth must not change an existing run's identity: a key added to the schema after the
+first release is listed in ``ADDED_KEYS`` with its neutral value (the value that reproduces what
+runs did before the key existed). A key at its neutral value is left out of the hash, and a
+recorded configuration that lacks the key compares equal to one holding the neutral value. A key
+whose every value changes what a run computes (``optimizer.impl``: the AdaRem update itself was
+rewritten alongside it) gets no entry, so runs recorded before it stay distinct.
 """
 
 from __future__ import annotations
@@ -17,6 +24,17 @@ from omegaconf import DictConfig, OmegaConf
 # keys that cannot change what a run computes (or that a requeued job may legitimately change)
 NOT_IDENTITY = ("resume", "logging", "run_dir", "notes", "hydra", "trainer.max_steps", "trainer.log_every",
                 "trainer.checkpoint_every_min", "trainer.stop_check_every", "data.num_workers", "trainer.device")
+
+# Keys added to the schema after the first release -> the value that reproduces the old behaviour.
+# Register every new identity key here when it is added (one that does not exist yet is harmless).
+# Not listed: trainer.stop_check_every (already in NOT_IDENTITY); optimizer.impl (no value
+# reproduces the runs recorded before it: impl=auto picks AdaRem's fused path, and the foreach path
+# was rewritten in the same change).
+ADDED_KEYS = {
+    "trainer.evals_per_epoch": 1,
+    "trainer.bn_recalibrate": 0,
+    "optimizer.decay_horizon": 0.0,
+}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -34,8 +52,20 @@ def is_identity_key(key: str) -> bool:
     return not any(key == p or key.startswith(p + ".") for p in NOT_IDENTITY)
 
 
+def is_neutral(key: str, value) -> bool:
+    """Whether ``key`` holds the value that reproduces the runs recorded before it existed."""
+    if key not in ADDED_KEYS:
+        return False
+    neutral = ADDED_KEYS[key]
+    if isinstance(value, bool) or isinstance(neutral, bool):  # True is not 1 here
+        return value is neutral
+    return value == neutral  # 0 == 0.0: JSON and YAML may spell a number either way
+
+
 def identity_items(config: dict) -> dict:
-    return {k: v for k, v in flatten(config).items() if is_identity_key(k)}
+    """The flattened identity keys; a key of ADDED_KEYS at its neutral value is left out, so a
+    configuration recorded before the key existed has the same items (and hash)."""
+    return {k: v for k, v in flatten(config).items() if is_identity_key(k) and not is_neutral(k, v)}
 
 
 def run_id(config: dict) -> str:
@@ -45,7 +75,8 @@ def run_id(config: dict) -> str:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """Flattened identity keys whose values differ between two resolved configurations."""
+    """Flattened identity keys whose values differ between two resolved configurations (a key
+    one of them lacks counts as its ADDED_KEYS neutral value, if it has one)."""
     a, b = identity_items(old), identity_items(new)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 

@@ -1,0 +1,115 @@
+"""Run integrity, the leftovers of issue 10, through the real command line: schema growth keeps a
+run's identity, a finished run is re-checked against its data, ${hydra:...} in keys outside the
+identity, Ctrl-C during the imports, sweeps get the preflight checks, a locked run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import pytest
+import torch
+
+from adarem import config as schema
+from adarem.run_identity import ADDED_KEYS, run_id
+from tests.conftest import FAST, REPO, read_run, run_train
+
+GROUPS = {"model": schema.ModelConfig, "optimizer": schema.OptimizerConfig, "data": schema.DataConfig,
+          "schedule": schema.ScheduleConfig, "trainer": schema.TrainerConfig, "logging": schema.LoggingConfig}
+
+# A stand-in for a key added after the first release, for as long as the registered ones are not
+# in the schema yet: train.py runs with trainer.eval_every registered (neutral value 1, its default).
+STAND_IN = "trainer.eval_every"
+WITH_STAND_IN = [sys.executable, "-c",
+                 "import runpy, sys; from adarem import run_identity as r; "
+                 f"r.ADDED_KEYS[{STAND_IN!r}] = 1; sys.argv = sys.argv[1:]; "
+                 "runpy.run_path(sys.argv[0], run_name='__main__')"]
+
+
+def _one_error_line(res) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    return lines[0]
+
+
+def _in_schema(key: str) -> bool:
+    group, name = key.split(".", 1)
+    return name in {f.name for f in dataclasses.fields(GROUPS[group])}
+
+
+def _without(config: dict, key: str) -> dict:
+    """``config`` as a release before ``key`` existed recorded it."""
+    out = json.loads(json.dumps(config))
+    group, name = key.split(".", 1)
+    del out[group][name]
+    return out
+
+
+def _strip_recorded(run_dir, key: str) -> None:
+    """Make run.json and every checkpoint look written before ``key`` was added to the schema."""
+    record = read_run(run_dir)
+    record["config"] = _without(record["config"], key)
+    (run_dir / "run.json").write_text(json.dumps(record))
+    for path in run_dir.glob("checkpoint*.pt"):
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["config"] = _without(ckpt["config"], key)
+        torch.save(ckpt, path)
+
+
+ADDED = [pytest.param(k, None, marks=pytest.mark.skipif(not _in_schema(k), reason=f"{k} not in the schema yet"))
+         for k in ADDED_KEYS] + [pytest.param(STAND_IN, WITH_STAND_IN, id="stand-in")]
+
+
+# --- 1. schema growth does not change a run's identity ---------------------------------------
+
+def test_registered_keys_at_their_neutral_value_leave_the_hash_alone(tmp_path, env):
+    run_dir = tmp_path / "run"
+    assert run_train(["trainer.epochs=1"], env, run_dir).returncode == 0
+    record = read_run(run_dir)
+    config = record["config"]
+    for key, neutral in ADDED_KEYS.items():
+        group, name = key.split(".", 1)
+        old = {**config, group: {k: v for k, v in config[group].items() if k != name}}
+        new = {**config, group: {**old[group], name: neutral}}
+        assert run_id(old) == run_id(new) == record["run_id"], key
+        other = 2 if neutral in (0, 1) else neutral + 1
+        assert run_id({**config, group: {**old[group], name: other}}) != record["run_id"], key
+        if isinstance(neutral, int):  # YAML/JSON may spell the neutral number as a float
+            assert run_id({**config, group: {**old[group], name: float(neutral)}}) == record["run_id"], key
+
+
+@pytest.mark.parametrize("key, launcher", ADDED)
+def test_a_run_recorded_before_a_key_existed_resumes_in_the_same_directory(tmp_path, env, key, launcher):
+    """The directory name (${run_id:}) is the old one, resume=auto continues the run, and
+    resume=<path> accepts its checkpoint; a non-neutral value is another configuration."""
+    pattern = f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"
+    first = run_train(["trainer.max_steps=3", pattern], env, launcher=launcher)
+    assert first.returncode == 75, first.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    _strip_recorded(run_dir, key)
+    assert run_dir.name == run_id(read_run(run_dir)["config"])  # the old release's hash is the same
+    resumed = run_train([pattern], env, launcher=launcher)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "different configuration" not in resumed.stderr
+    assert [d.name for d in (tmp_path / "runs").iterdir()] == [run_dir.name]
+    assert read_run(run_dir)["status"] == "finished"
+    ok = run_train([f"resume={run_dir / 'checkpoint.pt'}"], env, tmp_path / "from_path", launcher=launcher)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    neutral = 1 if key == STAND_IN else ADDED_KEYS[key]
+    other = f"{key}={2 if neutral in (0, 1) else neutral + 1}"
+    refused = run_train([other], env, run_dir, launcher=launcher)
+    assert refused.returncode == 2
+    assert key in _one_error_line(refused)
+
+
+def test_without_the_registration_a_missing_key_is_a_difference(tmp_path, env):
+    """What the table prevents: the same stripped run, resumed by code that does not know the key."""
+    run_dir = tmp_path / "run"
+    assert run_train(["trainer.max_steps=3"], env, run_dir).returncode == 75
+    _strip_recorded(run_dir, STAND_IN)
+    res = run_train([], env, run_dir)
+    assert res.returncode == 2
+    assert "different configuration" in _one_error_line(res) and STAND_IN in res.stderr
+
