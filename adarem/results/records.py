@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adarem.run_identity import is_neutral
 from adarem.run_record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, flatten
 
 IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "trainer.deterministic",
@@ -62,8 +63,10 @@ def config_id(config: dict, data_identity: dict | None = None) -> str:
     data identity (root, split sizes, class names; see adarem.data.data_identity) is part of it,
     so runs of two datasets that share data.name never pool into one row."""
     flat = flatten(config)
+    # a key added to the schema later, at its neutral value, is left out (adarem/run_identity.py):
+    # a record written before the key existed pools with one written after it
     kept = {k: v for k, v in flat.items()
-            if not any(k == p or k.startswith(p + ".") for p in IDENTITY_IGNORED)}
+            if not any(k == p or k.startswith(p + ".") for p in IDENTITY_IGNORED) and not is_neutral(k, v)}
     if data_identity:
         kept["_data_identity"] = data_identity
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -202,3 +202,13 @@ def test_compare_cli_runs_end_to_end(tmp_path, env):
     final = next((tmp_path / "runs" / "final").rglob("metrics.jsonl"))
     evals = [json.loads(line) for line in final.read_text().splitlines() if '"eval"' in line]
     assert len(evals) == 3  # 4 evaluations in the epoch: 3 inside it, the last at its end
+
+
+def test_records_from_before_a_key_existed_pool_with_new_ones():
+    from adarem.results.records import config_id
+
+    old = {"optimizer": {"name": "adarem", "lr": 0.1}, "trainer": {"epochs": 3}, "seed": 0}
+    new = {"optimizer": {"name": "adarem", "lr": 0.1, "decay_horizon": 0.0},
+           "trainer": {"epochs": 3, "evals_per_epoch": 1, "bn_recalibrate": 0}, "seed": 1}
+    assert config_id(old) == config_id(new)
+    assert config_id(old) != config_id({**new, "trainer": {"epochs": 3, "evals_per_epoch": 4}})
