@@ -105,6 +105,11 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         # trainer.amp=auto (bf16 on GPU, fp32 on CPU) and the kernels differ: another run
         raise ConfigError(f"{run.run_dir} holds a run on {before.split(':')[0]}, this process is on "
                           f"{dist.device.type}; use a separate hydra.run.dir per device type")
+    run.precision = make_precision(tc.amp, dist.device)
+    run.data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
+                          channels_last=tc.channels_last, half=run.precision.autocast_dtype == torch.float16)
+    data_id = data_identity(config.data, run.data)
+    check_data_identity(run, data_id)  # also for a finished run: its result is this data's only if it matches
     if run.plan.already_done:
         if dist.is_main:
             prev = run.plan.previous
@@ -113,14 +118,6 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
                   + (f"; final top-1 error {err:.2f}%" if err is not None else "") + " (nothing to do)")
         return 0
 
-    run.precision = make_precision(tc.amp, dist.device)
-    run.data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
-                          channels_last=tc.channels_last, half=run.precision.autocast_dtype == torch.float16)
-    data_id = data_identity(config.data, run.data)
-    previous = run.plan.previous
-    if previous and previous.get("data_identity") not in (None, data_id):
-        raise ConfigError(f"the dataset differs from the one this run started with "
-                          f"({previous['data_identity']} then, {data_id} now); restore it or start a new run")
     if dist.device.type == "cuda":
         # TF32 tensor cores for fp32 matmuls and convolutions (what trainer.amp=none runs in; bf16
         # and fp16 autocast are unaffected), as NVIDIA's recipes do; recorded in run.json
@@ -149,6 +146,19 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         run.train_model = torch.compile(run.train_model)
     open_record(run, data_id)
     return None
+
+
+def check_data_identity(run: Run, data_id: dict) -> None:
+    """Refuse to continue or report a run that was trained on other data (same configuration and
+    directory, but the dataset's contents changed); one line naming what differs."""
+    previous = run.plan.previous or {}
+    before = previous.get("data_identity")
+    if before is None or before == data_id:  # None: recorded before data identities existed
+        return
+    diff = "; ".join(f"{k} {before.get(k)!r} then, {data_id.get(k)!r} now"
+                     for k in sorted(set(before) | set(data_id)) if before.get(k) != data_id.get(k))
+    raise ConfigError(f"{run.run_dir} holds a {previous.get('status', 'unknown')} run whose dataset differs from "
+                      f"this one ({diff}); restore the dataset, or choose another hydra.run.dir for a new run")
 
 
 def open_record(run: Run, data_id: dict) -> None:

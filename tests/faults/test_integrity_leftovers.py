@@ -113,3 +113,30 @@ def test_without_the_registration_a_missing_key_is_a_difference(tmp_path, env):
     assert res.returncode == 2
     assert "different configuration" in _one_error_line(res) and STAND_IN in res.stderr
 
+
+# --- 2. a finished run is reported only for the data it was trained on ------------------------
+
+def test_finished_run_reached_with_other_data_contents_is_refused(tmp_path, env):
+    """Same configuration (same directory, same data.root), but the folder's contents changed:
+    reporting the old result as this data's would be a silent wrong result."""
+    import shutil
+
+    from adarem.data.photo_tree import make_photo_tree
+
+    root = make_photo_tree(tmp_path / "tree", classes=2, train_per_class=4, val_per_class=2, size_range=(60, 90))
+    args = ["data=folder", f"data.root={root}", "data.image_size=32", "data.val_resize=36",
+            "trainer.batch_size=4", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"]
+    assert run_train(args, env).returncode == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    again = run_train(args, env)  # unchanged data: reported, not retrained
+    assert again.returncode == 0 and "already finished" in again.stdout
+    before = (run_dir / "run.json").read_bytes()
+    train_dir = root / "train" / "class_000"
+    for i in range(4):  # one more batch of training images (the identity counts samples per epoch)
+        shutil.copy(train_dir / f"img_{i:04d}.JPEG", train_dir / f"img_{100 + i:04d}.JPEG")
+    res = run_train(args, env)
+    assert res.returncode == 2
+    line = _one_error_line(res)
+    assert "dataset differs" in line and "train_samples" in line and "already finished" not in res.stdout
+    assert (run_dir / "run.json").read_bytes() == before
+
