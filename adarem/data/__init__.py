@@ -71,7 +71,8 @@ def check_sizes(n_train: int, n_val: int, global_batch: int, world: int) -> None
 def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: int,
                device: torch.device, channels_last: bool = False, half: bool = False) -> DataBundle:
     """Loaders for this rank. ``channels_last`` and ``half`` (fp16 AMP) shape the DALI output
-    directly; the torch loader's batches are converted by the training step."""
+    directly; the torch loader's uint8 batches are finished on the device by its ``to_device``
+    (called by the engine on every batch)."""
     if global_batch % world:
         raise ConfigError(f"trainer.batch_size={global_batch} is not divisible by the world size {world}; "
                           f"pick a multiple of {world}")
@@ -128,10 +129,11 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
     check_sizes(n_train, n_val, global_batch, world)
     steps = n_train // global_batch
     pin = device.type == "cuda"
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin, mean=cfg.mean, std=cfg.std)
     train = TorchLoader(
         train_ds, partial(sampling.train_batches, n_train, global_batch, rank, world, seed),
-        num_batches=steps, num_samples=steps * global_batch, num_workers=cfg.num_workers, pin_memory=pin)
+        num_batches=steps, num_samples=steps * global_batch, **common)
     val_plan = sampling.val_batches(n_val, per_rank, rank, world)
     val = TorchLoader(val_ds, lambda epoch, start: val_plan[start:], num_batches=len(val_plan),
-                      num_samples=n_val, num_workers=cfg.num_workers, pin_memory=pin)
+                      num_samples=n_val, **common)
     return DataBundle(train, val, len(classes), cfg.in_chans, list(classes))

@@ -2,46 +2,145 @@
 
 Every loader has ``len(loader)`` (batches per epoch on this rank), ``loader.epoch(epoch,
 start_batch)`` (an iterator of ``(images, labels)``), ``num_samples`` (samples per epoch over all
-ranks) and ``corrupt_count`` (unreadable files skipped so far on this rank).
+ranks) and ``corrupt_count`` (unreadable files skipped so far on this rank). A loader may also
+define ``to_device(x, y, device, channels_last)``, which the engine calls on every batch it takes
+(training, evaluation, BN recalibration) to finish it on the device.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
 from adarem.data.datasets import ReproducibleDataset
+from adarem.data.transforms import normalize
+
+# DataLoaders with live workers kept per TorchLoader: one for the passes over the data, one more
+# for a pass nested inside another (BN recalibration on the training set in the middle of a
+# training epoch). A deeper nesting gets a DataLoader whose workers end with its pass.
+MAX_PERSISTENT = 2
+
+
+class _PlanSampler:
+    """The batch sampler of a kept DataLoader. It lives in the main process only (workers receive
+    index batches through their queues), so each pass sets the batches it reads here before
+    ``iter(loader)`` takes them."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class TorchLoader:
+    """Workers decode, crop and flip to uint8 CHW images; ``to_device`` copies the batch (from
+    pinned memory, non-blocking, when the device is CUDA), converts it to float and normalises it
+    there, channels_last when asked.
+
+    Workers are persistent: one DataLoader with live workers serves every pass (epoch, evaluation,
+    resume at ``start_batch``). What a pass reads is still decided by ``plan(epoch, start_batch)``
+    in the main process, and each index carries its epoch to the workers, whose augmentation is
+    seeded per (seed, epoch, index): outputs do not depend on which worker, which pass or which
+    DataLoader produced them. A pass left early (a stop, BN recalibration's first batches) leaves
+    at most ``prefetch_factor x num_workers`` batches in flight; the next pass discards them
+    (DataLoader's own reset of persistent workers). A pass that fails drops its DataLoader.
+    """
+
     def __init__(self, dataset: ReproducibleDataset, plan: Callable[[int, int], list[list[int]]],
-                 num_batches: int, num_samples: int, num_workers: int, pin_memory: bool):
+                 num_batches: int, num_samples: int, num_workers: int, pin_memory: bool,
+                 mean: Sequence[float], std: Sequence[float], persistent_workers: bool = True):
         self.dataset = dataset
         self.plan = plan  # (epoch, start_batch) -> list of index batches for this rank
         self.num_batches = num_batches
         self.num_samples = num_samples
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.corrupt_count = 0
+        self._idle: list[DataLoader] = []  # kept DataLoaders not in a pass
+        self._kept = 0  # kept DataLoaders alive (idle or in a pass)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return self.num_batches
+
+    def _data_loader(self) -> tuple[DataLoader, bool]:
+        if self._idle:
+            return self._idle.pop(), True
+        keep = self.persistent_workers and self._kept < MAX_PERSISTENT
+        # A private generator: DataLoader draws its workers' base seed from it, and drawing from
+        # the global RNG instead would shift dropout's random stream between a run and its resume.
+        # (Augmentation does not use the workers' seeds: it is seeded per sample.)
+        loader = DataLoader(self.dataset, batch_sampler=_PlanSampler(), num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, persistent_workers=keep,
+                            generator=torch.Generator().manual_seed(0))
+        self._kept += keep
+        return loader, keep
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = [[(i, epoch) for i in b] for b in self.plan(epoch, start_batch)]
         if not batches:
             return
-        # A private generator: DataLoader draws its workers' base seed from it, and drawing from
-        # the global RNG instead would shift dropout's random stream between a run and its resume.
-        # (Augmentation does not use the workers' seeds: it is seeded per sample.)
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=False,
-                            generator=torch.Generator().manual_seed(epoch))
-        for x, y, corrupt in loader:
-            self.corrupt_count += int(corrupt.sum())
-            yield x, y
+        loader, kept = self._data_loader()
+        loader.batch_sampler.batches = batches
+        iterator = None
+        reusable = False
+        try:
+            iterator = iter(loader)
+            for x, y, corrupt in iterator:
+                self.corrupt_count += int(corrupt.sum())
+                yield x, y
+            reusable = True
+        except GeneratorExit:  # the consumer stopped early
+            reusable = True
+            raise
+        finally:
+            if kept and reusable:
+                self._idle.append(loader)
+            else:
+                # failed (or not kept): end its workers now, not whenever the traceback that
+                # references this frame is collected (at exit that is noisy)
+                _shutdown_workers(iterator)
+                self._kept -= kept
+
+    def close(self) -> None:
+        """End the idle DataLoaders' workers now (otherwise they end with this object)."""
+        for loader in self._idle:
+            _shutdown_workers(getattr(loader, "_iterator", None))
+        self._kept -= len(self._idle)
+        self._idle.clear()
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._stats:
+            shape = (len(self.mean), 1, 1)
+            self._stats[device] = (torch.tensor(self.mean, dtype=torch.float32).view(shape).to(device),
+                                   torch.tensor(self.std, dtype=torch.float32).view(shape).to(device))
+        return self._stats[device]
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                  channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch -> normalised float32 batch on ``device``. The copy is non-blocking (from the
+        pinned batch when the device is CUDA) and queued on the current stream, like the kernels
+        that follow it; channels_last is applied to the uint8 tensor, a quarter of the bytes."""
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        mean, std = self._mean_std(device)
+        return normalize(x, mean, std), y
+
+
+def _shutdown_workers(iterator) -> None:
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process DataLoader iterators
+    if shutdown is not None:
+        shutdown()
 
 
 class SyntheticLoader:

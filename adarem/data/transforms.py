@@ -1,4 +1,11 @@
-"""Train and validation transforms shared by every torch-loader dataset.
+"""Train and validation transforms shared by every torch-loader dataset, and the normalisation
+that finishes their batches on the device.
+
+The transforms return uint8 CHW images (decode, crop, resize and flip only): a batch crosses the
+worker queue and the host-to-device copy at a quarter of float32's bytes, and ``normalize``
+(called by ``TorchLoader.to_device`` on the training device) converts and normalises it with the
+same operations, in the same order, as torchvision's ``to_dtype(scale=True)`` + ``normalize``
+did in the workers before, so the result is the same up to float rounding (bit-identical on CPU).
 
 The random decisions (crop box, flip) are drawn from a ``random.Random`` seeded per sample, not
 from torch's global RNG: a sample's augmentation is then a pure function of (seed, epoch,
@@ -19,6 +26,12 @@ from torchvision.transforms.v2 import functional as TF
 from adarem.config import DataConfig
 
 Transform = Callable[[object, random.Random], torch.Tensor]
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images [..., C, H, W] -> float32 ``(x / 255 - mean) / std``; ``mean`` and ``std`` are
+    float32 tensors of shape [C, 1, 1] on x's device. The memory format (channels_last) is kept."""
+    return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
 
 def val_resize(cfg: DataConfig) -> int:
@@ -50,7 +63,6 @@ def random_resized_crop_box(height: int, width: int, rng: random.Random, scale=(
 class TrainTransform:
     def __init__(self, cfg: DataConfig):
         self.size, self.rrc, self.hflip = cfg.image_size, cfg.random_resized_crop, cfg.hflip
-        self.mean, self.std = list(cfg.mean), list(cfg.std)
 
     def __call__(self, image, rng: random.Random) -> torch.Tensor:
         x = TF.to_image(image)  # uint8 CHW tensor
@@ -63,7 +75,7 @@ class TrainTransform:
             x = TF.resize(x, [self.size, self.size], antialias=True)
         if self.hflip and rng.random() < 0.5:
             x = TF.horizontal_flip(x)
-        return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), self.mean, self.std)
+        return x
 
 
 class ValTransform:
@@ -71,7 +83,6 @@ class ValTransform:
 
     def __init__(self, cfg: DataConfig):
         self.size, self.rrc, self.resize = cfg.image_size, cfg.random_resized_crop, val_resize(cfg)
-        self.mean, self.std = list(cfg.mean), list(cfg.std)
 
     def __call__(self, image, rng: random.Random | None = None) -> torch.Tensor:
         x = TF.to_image(image)
@@ -79,9 +90,9 @@ class ValTransform:
             x = TF.center_crop(TF.resize(x, self.resize, antialias=True), [self.size, self.size])
         elif tuple(x.shape[-2:]) != (self.size, self.size):
             x = TF.resize(x, [self.size, self.size], antialias=True)
-        return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), self.mean, self.std)
+        return x
 
 
 def build_transforms(cfg: DataConfig) -> tuple[Transform, Transform]:
-    """(train, val) transforms: ``transform(PIL image or uint8 tensor, rng) -> float tensor``."""
+    """(train, val) transforms: ``transform(PIL image or uint8 tensor, rng) -> uint8 CHW tensor``."""
     return TrainTransform(cfg), ValTransform(cfg)
