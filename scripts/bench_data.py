@@ -1,13 +1,36 @@
-"""Images/s of the torch DataLoader against DALI on the same tree of ImageNet-sized real JPEGs.
+"""Files/s of the data loaders, each against its previous version, on one tree of real JPEGs.
 
     python scripts/bench_data.py                      # CPU: torch (N workers) vs DALI CPU-only (N threads)
     python scripts/bench_data.py --dali-device mixed  # on a GPU machine: DALI decodes on the GPU
 
+Candidates, measured in the same process, alternating by round (medians reported; a ratio to
+the previous version is the median of the per-round ratios, with their range):
+
+* ``torch``: the current torch loader (uint8 batches from persistent workers) plus its
+  ``to_device`` (float conversion and normalisation, here on the measuring device);
+* ``torch@REV``: the torch loader of commit REV (``--previous``): float32 normalised in the
+  workers, a new DataLoader and new workers every epoch;
+* ``dali-<device>``: the current DALI loader (files read by DALI's Python workers, pipeline
+  built once);
+* ``dali-<device>@REV``: the DALI loader of commit REV: files read serially in the training
+  thread by a batch external source, pipeline built every epoch.
+
+Stage ``load`` times the whole loader; stage ``read`` times the DALI reader alone (no decoding):
+the previous batch source iterated in the training thread, or the current parallel source in a
+pipeline of its own.
+
+The previous versions are loaded from git (``git show REV:adarem/data/...``) as they were, so
+``--previous`` must name a commit of this repository. Each timed round is one whole epoch (or
+``--batches`` batches), start-up included (the previous versions pay worker or pipeline start-up
+every epoch; the current ones once, in the untimed warm-up round). ``main_thread_cpu_ms_per_file``
+is the CPU time of the thread that iterates the loader (the training thread) per file: work the
+training thread does instead of launching kernels.
+
 The tree (default: generated under the cache dir) holds crops of scikit-learn's two real photos
-at ImageNet-like sizes (about 500x375). Both loaders read the same files with the same batch
-size and the same train transform (RandomResizedCrop 224 + flip + normalise) or the validation
-transform (Resize 256 + CenterCrop 224). Candidates alternate by round; medians are reported.
-Writes results/bench/data.csv. To measure your own data: --root /path/to/imagenet (train/ and val/).
+at ImageNet-like sizes (about 500x375). Every candidate reads the same files with the same batch
+size and the train transform (RandomResizedCrop 224 + flip + normalise) or the validation
+transform (Resize 256 + CenterCrop 224). Writes results/bench/data.csv. To measure your own
+data: --root /path/to/imagenet (train/ and val/).
 """
 
 from __future__ import annotations
@@ -16,34 +39,136 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
 import time
+import types
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from adarem.config import DataConfig  # noqa: E402
-from adarem.data import build_data  # noqa: E402
+from adarem.data import build_data, list_image_folder, sampling  # noqa: E402
+from adarem.data.datasets import ImageFolderDataset  # noqa: E402
 from adarem.data.digits import default_cache_dir  # noqa: E402
 from adarem.data.photo_tree import make_photo_tree  # noqa: E402
 
+PREVIOUS = "7d5217c73641bcc65b7c550ac7538a73c60226d1"  # the loaders before issue 15's items 5 and 6
 
-def throughput(loader, max_batches: int, device) -> float:
-    """images/s over the first ``max_batches`` batches of an epoch, start-up included (worker
-    spawn for torch, pipeline build for DALI: both are paid every epoch), so that prefetching
-    cannot hide work outside the timed window."""
-    n, t0 = 0, time.perf_counter()
+
+def previous_module(rev: str, relpath: str) -> types.ModuleType:
+    """A module of this repository as it was at commit ``rev``."""
+    src = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=REPO, capture_output=True, text=True)
+    if src.returncode:
+        raise SystemExit(f"bench_data: cannot read {relpath} at {rev}: {src.stderr.strip()}")
+    name = f"_previous_{relpath.replace('/', '_').removesuffix('.py')}"
+    module = types.ModuleType(name)
+    module.__file__ = f"{rev[:7]}:{relpath}"
+    sys.modules[name] = module
+    exec(compile(src.stdout, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def previous_loaders(rev: str, cfg: DataConfig, batch: int, device: torch.device) -> dict:
+    """{(backend, split): loader} of commit ``rev`` for one process (rank 0 of 1), built as that
+    commit's build_data built them."""
+    root = Path(cfg.root)
+    train_samples, _ = list_image_folder(root / "train")
+    val_samples, _ = list_image_folder(root / "val")
+    out = {}
+    loader_mod = previous_module(rev, "adarem/data/loader.py")
+    tf_mod = previous_module(rev, "adarem/data/transforms.py")
+    train_tf, val_tf = tf_mod.build_transforms(cfg)
+    n_train, n_val = len(train_samples), len(val_samples)
+    steps = n_train // batch
+    val_plan = sampling.val_batches(n_val, batch, 0, 1)
+    pin = device.type == "cuda"
+    out[("torch", "train")] = loader_mod.TorchLoader(
+        ImageFolderDataset(train_samples, train_tf, 0, cfg.on_corrupt, "RGB"),
+        partial(sampling.train_batches, n_train, batch, 0, 1, 0), steps, steps * batch, cfg.num_workers, pin)
+    out[("torch", "val")] = loader_mod.TorchLoader(
+        ImageFolderDataset(val_samples, val_tf, 0, cfg.on_corrupt, "RGB"),
+        lambda epoch, start: val_plan[start:], len(val_plan), n_val, cfg.num_workers, pin)
+    dali_mod = previous_module(rev, "adarem/data/dali.py")
+    train, val = dali_mod.build_dali_loaders(cfg, train_samples, val_samples, batch, 0, 1, 0, device)
+    out[("dali", "train")], out[("dali", "val")] = train, val
+    return out
+
+
+def throughput(loader, max_batches: int, device: torch.device) -> tuple[float, float]:
+    """(files/s, training-thread CPU s per file) over the first ``max_batches`` batches of an
+    epoch, start-up included. A loader with ``to_device`` finishes its batches there (as the
+    engine does), so the torch loader's normalisation is counted."""
+    finish = getattr(loader, "to_device", None)
+    n, t0, c0 = 0, time.perf_counter(), time.thread_time()
     for i, (x, y) in enumerate(loader.epoch(0)):
+        if finish is not None:
+            x, y = finish(x, y, device, False)
         n += y.shape[0]
         if i + 1 >= max_batches:
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.thread_time() - c0) / n
+
+
+def read_rate(loader, max_batches: int, previous: bool) -> tuple[float, float]:
+    """The DALI reader alone (no decoding): (files/s, training-thread CPU s per file) for the
+    first ``max_batches`` batches of epoch 0. Previous: its batch source, which ran in the
+    training thread, iterated there. Current: a pipeline of the loader's parallel source alone
+    (its Python workers), built once per loader and kept, like the loader's own pipelines."""
+    batches = loader.plan(0, 0)[:max_batches]
+    n, t0, c0 = sum(len(b) for b in batches), time.perf_counter(), time.thread_time()
+    if previous:
+        for _ in loader._batch_source(batches):
+            pass
+    else:
+        feed = _read_only_feed(loader)
+        feed.start(0, batches)
+        for _ in batches:
+            feed.pipe.run()
+        try:
+            feed.pipe.run()
+            raise SystemExit("bench_data: the read-only pipeline gave more batches than planned")
+        except StopIteration:
+            feed.pipe.reset()
+    return n / (time.perf_counter() - t0), (time.thread_time() - c0) / n
+
+
+def _read_only_feed(loader):
+    from adarem.data import dali
+
+    if getattr(loader, "_bench_read_feed", None) is None:
+        class ReadOnly(dali.DaliLoader):
+            def _pipeline(self, reader):
+                from nvidia.dali import fn, pipeline_def
+
+                cfg, parallel = self.cfg, self.cfg.num_workers > 0
+
+                @pipeline_def(batch_size=self.max_batch, num_threads=cfg.dali_threads, device_id=None,
+                              prefetch_queue_depth=cfg.dali_prefetch, exec_dynamic=True,
+                              py_num_workers=max(1, cfg.num_workers),
+                              py_start_method="spawn" if torch.cuda.is_initialized() else "fork")
+                def pipe():
+                    jpegs, record = fn.external_source(source=reader, num_outputs=2, batch=False, parallel=parallel,
+                                                       prefetch_queue_depth=cfg.dali_prefetch if parallel else None)
+                    return jpegs, record
+
+                p = pipe()
+                p.build()
+                return p
+
+        clone = ReadOnly.__new__(ReadOnly)
+        clone.__dict__.update(loader.__dict__)
+        loader._bench_read_feed = dali._Feed(clone)
+    return loader._bench_read_feed
 
 
 def main() -> None:
@@ -51,10 +176,12 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="ImageFolder tree (default: a generated photo tree)")
     ap.add_argument("--images", type=int, default=1024, help="train (and val) images of the generated tree")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="torch workers = DALI threads")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(),
+                    help="torch workers = DALI threads = DALI's Python reader workers")
     ap.add_argument("--batches", type=int, default=16, help="batches timed per round (at most one epoch)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dali-device", default="cpu", choices=["cpu", "mixed"])
+    ap.add_argument("--previous", default=PREVIOUS, help="commit of the previous loaders ('' to skip them)")
     ap.add_argument("--out", default="results/bench/data.csv")
     args = ap.parse_args()
     if args.root:
@@ -70,32 +197,72 @@ def main() -> None:
         raise SystemExit("bench_data: --dali-device mixed needs a CUDA device")
     common = dict(name="folder", root=str(root), image_size=224, val_resize=256, num_workers=args.workers,
                   dali_threads=args.workers)
+    dali_name = f"dali-{args.dali_device}"
     loaders = {}
     for backend in ("torch", "dali"):
-        data = build_data(DataConfig(loader=backend, **common), args.batch_size, 0, 1, 0,
-                          device if backend == "dali" else torch.device("cpu"))
-        loaders[(backend, "train")] = data.train
-        loaders[(backend, "val")] = data.val
-    results = {k: [] for k in loaders}
-    for k, loader in loaders.items():  # warm-up (page cache, allocator)
-        throughput(loader, 2, device)
+        data = build_data(DataConfig(loader=backend, **common), args.batch_size, 0, 1, 0, device)
+        name = "torch" if backend == "torch" else dali_name
+        loaders[(name, "train")], loaders[(name, "val")] = data.train, data.val
+    if args.previous:
+        rev = args.previous[:7]
+        old = previous_loaders(args.previous, DataConfig(**common), args.batch_size, device)
+        for (backend, split), loader in old.items():
+            loaders[(f"{'torch' if backend == 'torch' else dali_name}@{rev}", split)] = loader
+    # (stage, loader name, split): "load" = the whole loader, "read" = the DALI reader alone
+    runs = {("load", name, split): partial(throughput, loader, args.batches, device)
+            for (name, split), loader in loaders.items()}
+    for (name, split), loader in loaders.items():
+        if name.startswith("dali"):
+            runs[("read", name, split)] = partial(read_rate, loader, args.batches, "@" in name)
+    results = {k: [] for k in runs}
+    load_before = os.getloadavg()[0]
+    for k, run in runs.items():  # warm-up (page cache, allocator, kept workers and pipelines)
+        run()
     for _ in range(args.rounds):
-        for k, loader in loaders.items():
-            results[k].append(throughput(loader, args.batches, device))
+        for k, run in runs.items():
+            results[k].append(run())
+    load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"  # 1-min load average: other work on the machine
     machine = f"{platform.machine()} {os.cpu_count()} cores" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
+    command = "python scripts/bench_data.py " + shlex.join(sys.argv[1:])
     rows = []
-    for (backend, split), v in results.items():
-        med = statistics.median(v)
-        rows.append({"loader": backend if backend == "torch" else f"dali-{args.dali_device}", "transform": split,
-                     "timed_batches": min(args.batches, len(loaders[(backend, split)])),
-                     "images_per_s": med, "ratio_to_torch": med / statistics.median(results[("torch", split)]),
-                     "workers_or_threads": args.workers, "batch_size": args.batch_size, "root": str(root),
-                     "machine": machine, "date": dt.date.today().isoformat()})
+    median_rate = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
+    for (stage, name, split), v in results.items():
+        rate = median_rate[(stage, name, split)]
+        prev = [k for k in results if k[0] == stage and k[2] == split and k[1].startswith(name + "@")]
+        rows.append({"stage": stage, "loader": name, "transform": split,
+                     "timed_batches": min(args.batches, len(loaders[(name, split)])),
+                     "files_per_s": rate, "files_per_s_min": min(r[0] for r in v),
+                     "files_per_s_max": max(r[0] for r in v),
+                     # per round (the two measured a few seconds apart), then the median and range
+                     **_paired(v, results[prev[0]] if prev else None),
+                     "ratio_to_torch": (rate / median_rate[("load", "torch", split)] if stage == "load"
+                                        else float("nan")),
+                     "main_thread_cpu_ms_per_file": 1000 * statistics.median(r[1] for r in v),
+                     "rounds": args.rounds, "workers_or_threads": args.workers, "batch_size": args.batch_size,
+                     "root": str(root), "machine": machine, "load_avg_1min": load, "torch": torch.__version__,
+                     "dali": _dali_version(), "date": dt.date.today().isoformat(), "command": command})
     df = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False, float_format="%.4g")
-    print(df[["loader", "transform", "images_per_s", "ratio_to_torch"]].to_markdown(index=False, floatfmt=".2f"))
-    print(f"wrote {args.out}")
+    cols = ["stage", "loader", "transform", "files_per_s", "ratio_to_previous", "ratio_to_previous_min",
+            "ratio_to_previous_max", "ratio_to_torch", "main_thread_cpu_ms_per_file"]
+    print(df[cols].to_markdown(index=False, floatfmt=".3g"))
+    print(f"wrote {args.out} (1-min load average {load})")
+
+
+def _paired(new: list, old: list | None) -> dict:
+    ratios = [a[0] / b[0] for a, b in zip(new, old)] if old else [float("nan")]
+    return {"ratio_to_previous": statistics.median(ratios), "ratio_to_previous_min": min(ratios),
+            "ratio_to_previous_max": max(ratios)}
+
+
+def _dali_version() -> str:
+    try:
+        import nvidia.dali
+
+        return nvidia.dali.__version__
+    except ImportError:
+        return ""
 
 
 if __name__ == "__main__":

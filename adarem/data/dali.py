@@ -1,35 +1,254 @@
 """NVIDIA DALI loader for ImageFolder trees (``data.loader=dali``): JPEG decoding and augmentation
 on the GPU (``device="mixed"``), or in DALI's CPU-only mode (``device_id=None``) without a GPU.
 
-The sample order comes from the same plan as the torch loader (adarem/data/sampling.py), fed to
-DALI through ``fn.external_source``: the same global batches, the same exact validation sharding
-(every image once, no padding), the same iterations per epoch, and mid-epoch resume that starts
-at the exact batch. Labels are the torchvision ImageFolder mapping, since the file list is the
-torch loader's. Limit, stated honestly: DALI draws crops and flips from its own RNG, seeded per
-(seed, epoch, rank), so after a mid-epoch resume the order of samples is exact but their random
-crops differ from those of an uninterrupted run (the torch loader is exact in both).
+The sample order comes from the same plan as the torch loader (adarem/data/sampling.py): the same
+global batches, the same exact validation sharding (every image once, no padding), the same
+iterations per epoch, and mid-epoch resume that starts at the exact batch. Labels are the
+torchvision ImageFolder mapping, since the file list is the torch loader's.
+
+Reading. Files are read by a per-sample ``fn.external_source(parallel=True)`` callback in DALI's
+Python worker processes (``data.num_workers`` of them; 0 reads in the training thread), not in
+the training thread. The plan reaches the workers through a small shared table (a memory-mapped
+file): each pass writes its sample indices there before its first batch is scheduled, and the
+callback maps DALI's sample position (``SampleInfo.idx_in_epoch``) to the plan's index. So each
+pipeline is built once and serves every epoch, resume and evaluation (a pass nested inside
+another, BN recalibration in the middle of a training epoch, gets a second pipeline, also kept).
+
+Augmentation. The random crop box (torchvision's RandomResizedCrop distribution) and the flip
+are drawn in the callback from ``random.Random(sample_seed(seed, epoch, index))``, exactly as
+the torch loader draws them (adarem/data/transforms.py), and DALI decodes that region
+(``decoders.image_slice``): augmentation is a pure function of (seed, epoch, index), so a resumed
+run, mid-epoch included, sees the same crops as an uninterrupted one, and a pipeline kept across
+epochs has no random state to carry. The validation resize + centre crop uses torchvision's
+integer geometry, also computed in the callback (from the JPEG header).
 """
 
 from __future__ import annotations
 
+import io
+import multiprocessing.util
+import os
+import random
+import signal
+import tempfile
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from adarem.config import DataConfig
-from adarem.data import sampling
 from adarem.data.datasets import DataError
-from adarem.data.transforms import val_resize
+from adarem.data.sampling import sample_seed
+from adarem.data.transforms import random_resized_crop_box, val_resize
+
+# Pipelines (each with its Python workers) kept per loader: one for the passes over the data and
+# one for a pass nested inside another. A deeper nesting gets a pipeline dropped after its pass.
+MAX_KEPT = 2
+_HEADER = 2  # schedule table: [number of sample slots of the pass, epoch, sample indices...]
+_NOT_JPEG, _UNREADABLE = 0, 1
+_REASONS = {_NOT_JPEG: "not a complete JPEG (truncated or another format)", _UNREADABLE: "could not be read"}
 
 
-def looks_like_complete_jpeg(data: np.ndarray) -> bool:
+def looks_like_complete_jpeg(data: bytes | np.ndarray) -> bool:
     """Start-of-image and end-of-image markers present: catches truncated and non-JPEG files
     cheaply, before a decoder fails on them somewhere inside a batch."""
-    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return False
-    tail = data[-64:]  # some writers pad after the EOI marker
-    return bool(np.any((tail[:-1] == 0xFF) & (tail[1:] == 0xD9)))
+    head, tail = data[:2], data[-64:]  # some writers pad after the EOI marker
+    if isinstance(data, np.ndarray):
+        head, tail = head.tobytes(), tail.tobytes()
+    return len(data) >= 4 and head == b"\xff\xd8" and b"\xff\xd9" in tail
+
+
+def read_jpeg(path: str) -> tuple[np.ndarray | None, int]:
+    """(bytes, -1) for a readable, complete JPEG; (None, reason code) otherwise."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None, _UNREADABLE
+    return (np.frombuffer(raw, dtype=np.uint8), -1) if looks_like_complete_jpeg(raw) else (None, _NOT_JPEG)
+
+
+# start-of-frame markers (baseline, extended, progressive, lossless...; not DHT C4, JPG C8, DAC CC)
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: np.ndarray) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header, as PIL reports them (no EXIF rotation); PIL
+    itself (five times slower) when the header is unusual."""
+    raw = data[:65536].tobytes()  # the frame header precedes the image data
+    i, n = 2, len(raw)
+    while i + 9 <= n and raw[i] == 0xFF:
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif marker in _SOF:
+            height, width = (raw[i + 5] << 8) | raw[i + 6], (raw[i + 7] << 8) | raw[i + 8]
+            if height and width:
+                return height, width
+            break
+        else:
+            i += 2 + ((raw[i + 2] << 8) | raw[i + 3])
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:  # the header only: no decoding
+        return img.size[1], img.size[0]
+
+
+_STARTING_WORKERS = False  # True while a pipeline starts its Python workers (forked children see it)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a DALI worker: be killed when the process that started it dies. DALI's workers wait for
+    tasks forever otherwise, and a kill -9 of the training process would leave them behind."""
+    if os.getpid() == parent:  # not a child (a copy made in the process itself)
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl
+        os._exit(1)
+
+
+def val_geometry(height: int, width: int, short: int, size: int) -> tuple[int, int, int, int]:
+    """Torch's Resize(shorter side) + CenterCrop geometry, in integers, for one image: (resized
+    height, resized width, crop top, crop left). DALI's own rounding of the resized size and
+    crop anchor differs by a pixel from torchvision's."""
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_h, new_w = short, int(short * width / height)
+    return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
+# A sample's record, one int64 array next to its bytes (each array a source returns costs a
+# per-sample transfer, so fewer arrays read faster): label, the replaced unreadable file and why
+# (-1, -1 if none), four geometry numbers (train crop: top, left, height, width; val crop:
+# resized height, resized width, top, left) and the flip.
+LABEL, BAD, REASON, GEOMETRY, FLIP, RECORD = 0, 1, 2, slice(3, 7), 7, 8
+
+
+class SampleReader:
+    """The external source callback: ``SampleInfo`` -> (one sample's encoded bytes, its record:
+    label, replaced file, geometry and flip, see RECORD above).
+
+    Runs in DALI's Python workers (forked, or spawned when CUDA is initialised: it must pickle),
+    so it holds no state that the main process changes except the schedule table, a shared file
+    mapped read-only. An unreadable file is replaced by the next readable one whatever
+    ``data.on_corrupt`` says (the decoder must get a JPEG); the main process raises or counts.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], schedule_path: str, capacity: int, mode: str,
+                 seed: int, image_size: int, val_short: int, hflip: bool):
+        self.paths = [p for p, _ in samples]
+        self.labels = np.array([c for _, c in samples], dtype=np.int64)
+        self.schedule_path, self.capacity = schedule_path, capacity
+        self.mode = mode  # "train_crop", "train_resize", "val_crop" or "val_resize"
+        self.seed, self.image_size, self.val_short, self.hflip = seed, image_size, val_short, hflip
+        self._table = None
+        self._parent = os.getpid()
+        multiprocessing.util.register_after_fork(self, SampleReader._after_fork)
+
+    def _after_fork(self) -> None:  # in every child forked by multiprocessing while this object lives
+        if _STARTING_WORKERS:  # ... but only DALI's workers are forked while a pipeline starts them
+            _die_with_parent(self._parent)
+
+    def __getstate__(self):  # pickled for spawned workers
+        state = dict(self.__dict__)
+        state["_table"] = None
+        return state
+
+    def __setstate__(self, state):  # in a spawned worker
+        self.__dict__.update(state)
+        _die_with_parent(self._parent)
+
+    def _schedule(self) -> np.ndarray:
+        if self._table is None:  # opened in the process that calls it
+            self._table = np.memmap(self.schedule_path, dtype=np.int64, mode="r", shape=(_HEADER + self.capacity,))
+        return self._table
+
+    def __call__(self, info):
+        table = self._schedule()
+        k = info.idx_in_epoch
+        if k >= min(int(table[0]), self.capacity):
+            raise StopIteration  # the pass's end (or a pass left early)
+        index = int(table[_HEADER + k])
+        n = len(self.paths)
+        if not 0 <= index < n:  # a stale task reading a table being rewritten: its result is dropped
+            raise StopIteration
+        record = np.full(RECORD, -1, dtype=np.int64)
+        data, j = None, index
+        for _ in range(n):  # replace an unreadable sample by the next readable one
+            data, reason = read_jpeg(self.paths[j])
+            if data is not None:
+                break
+            if record[BAD] < 0:
+                record[BAD], record[REASON] = j, reason
+            j = (j + 1) % n
+        if data is None:
+            raise DataError("every image of the dataset is unreadable")
+        record[LABEL], record[FLIP] = self.labels[j], 0
+        if self.mode == "val_resize":
+            return data, record
+        height, width = jpeg_size(data)
+        if self.mode == "val_crop":
+            record[GEOMETRY] = val_geometry(height, width, self.val_short, self.image_size)
+            return data, record
+        # the torch loader's draws, in its order: crop box (if any), then the flip
+        rng = random.Random(sample_seed(self.seed, int(table[1]), index))
+        if self.mode == "train_crop":
+            record[GEOMETRY] = random_resized_crop_box(height, width, rng)
+        record[FLIP] = self.hflip and rng.random() < 0.5
+        return data, record
+
+
+class _Feed:
+    """One built pipeline of a loader and the schedule table its source reads."""
+
+    def __init__(self, loader: "DaliLoader"):
+        capacity = loader.num_batches * loader.max_batch
+        # An unlinked file (nothing to clean up, even after a kill), which DALI's workers open
+        # through this process's /proc entry, whether they are forked or spawned.
+        self.file = tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self.file.truncate(8 * (_HEADER + capacity))
+        self.table = np.memmap(self.file, dtype=np.int64, mode="r+", shape=(_HEADER + capacity,))
+        reader = SampleReader(loader.samples, f"/proc/{os.getpid()}/fd/{self.file.fileno()}", capacity,
+                              loader.mode, loader.seed, loader.cfg.image_size, val_resize(loader.cfg), loader.cfg.hflip)
+        self.max_batch = loader.max_batch
+        global _STARTING_WORKERS
+        _STARTING_WORKERS = True
+        try:
+            self.pipe = loader._pipeline(reader)
+        finally:
+            _STARTING_WORKERS = False
+        self.left_early = False
+
+    def run_out(self) -> None:
+        """Finish a pass left early: a DALI pipeline restarts only at the end of an epoch. What is
+        still decoded is what was already scheduled (about two prefetch queues of batches)."""
+        self.table[0] = 0
+        while True:
+            try:
+                self.pipe.run()
+            except StopIteration:
+                break
+        self.pipe.reset()
+        self.left_early = False
+
+    def start(self, epoch: int, batches: list[list[int]]) -> None:
+        # every batch padded to max_batch (per-sample sources fill whole batches): the loader trims
+        flat = [i for b in batches for i in b + b[-1:] * (self.max_batch - len(b))]
+        self.table[_HEADER:_HEADER + len(flat)] = flat
+        self.table[1] = epoch
+        self.table[0] = len(flat)  # written last: the workers get the pass's tasks after this
+
+    def leave_early(self) -> None:
+        self.table[0] = 0  # the workers stop reading this pass's samples
+        self.left_early = True
 
 
 class DaliLoader:
@@ -41,73 +260,17 @@ class DaliLoader:
         self.train, self.device, self.seed, self.rank = train, device, seed, rank
         # NHWC output is handed to torch as an NCHW view with channels_last strides: no copy
         self.channels_last, self.half = channels_last, half
+        crop = "crop" if cfg.random_resized_crop else "resize"
+        self.mode = f"{'train' if train else 'val'}_{crop}"
         self.corrupt_count = 0
-        self._bad: set[int] = set()
+        self._idle: list[_Feed] = []
+        self._kept = 0
 
     def __len__(self) -> int:
         return self.num_batches
 
-    # -- reading (in the external source callback) ----------------------------------------
-    def _read(self, index: int) -> np.ndarray | None:
-        path = self.samples[index][0]
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as exc:
-            data, reason = None, str(exc)
-        else:
-            reason = "not a complete JPEG (truncated or another format)"
-        if data is not None and looks_like_complete_jpeg(data):
-            return data
-        if self.cfg.on_corrupt == "error":
-            raise DataError(f"corrupt image {path}: {reason}; remove it or set data.on_corrupt=skip to skip and count such files")
-        self._bad.add(index)
-        self.corrupt_count += 1
-        return None
-
-    def _val_geometry(self, path: str) -> tuple[np.ndarray, np.ndarray]:
-        """Torch's Resize(shorter side) + CenterCrop geometry, in integers, for one image: DALI's
-        own rounding of the resized size and crop anchor differs by a pixel from torchvision's."""
-        from PIL import Image
-
-        with Image.open(path) as img:
-            w, h = img.size
-        short = val_resize(self.cfg)
-        if w <= h:
-            new_w, new_h = short, int(short * h / w)
-        else:
-            new_h, new_w = short, int(short * w / h)
-        size = self.cfg.image_size
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-        return np.array([new_h, new_w], dtype=np.float32), np.array([top, left], dtype=np.int32)
-
-    def _batch_source(self, batches: list[list[int]]) -> Iterator:
-        n = len(self.samples)
-        exact_val = not self.train and self.cfg.random_resized_crop
-        for batch in batches:
-            jpegs, labels, sizes, anchors = [], [], [], []
-            for i in batch:
-                data, j = None, i
-                for _ in range(n):  # replace an unreadable sample by the next readable one
-                    if j not in self._bad:
-                        data = self._read(j)
-                        if data is not None:
-                            break
-                    j = (j + 1) % n
-                if data is None:
-                    raise DataError("every image of the dataset is unreadable")
-                jpegs.append(data)
-                labels.append(np.array([self.samples[j][1]], dtype=np.int64))
-                if exact_val:
-                    size, anchor = self._val_geometry(self.samples[j][0])
-                    sizes.append(size)
-                    anchors.append(anchor)
-            if exact_val:
-                yield jpegs, labels, sizes, anchors
-            else:
-                yield jpegs, labels
-
     # -- the pipeline -------------------------------------------------------------------------
-    def _pipeline(self, source, seed: int):
+    def _pipeline(self, reader: SampleReader):
         from nvidia.dali import fn, pipeline_def, types
 
         cfg = self.cfg
@@ -115,73 +278,142 @@ class DaliLoader:
         gray = cfg.in_chans == 1
         mean = [255.0 * m for m in cfg.mean]  # DALI normalises in pixel units
         std = [255.0 * s for s in cfg.std]
-        decoder_args = dict(device="mixed" if gpu else "cpu", output_type=types.GRAY if gray else types.RGB)
+        # adjust_orientation=False: pixels as stored, like PIL in the torch loader (and the crop
+        # geometry computed from the header's size)
+        decoder_args = dict(device="mixed" if gpu else "cpu", output_type=types.GRAY if gray else types.RGB,
+                            adjust_orientation=False)
         if gpu:  # GPU-only knobs of the mixed decoder
             decoder_args.update(hw_decoder_load=cfg.dali_hw_decoder_load,
                                 device_memory_padding=cfg.dali_device_memory_padding,
                                 host_memory_padding=cfg.dali_host_memory_padding)
         size = cfg.image_size
+        mode = self.mode
+        # Workers are forked, unless CUDA is initialised in this process (a forked CUDA context is
+        # unusable): then spawned, which costs an interpreter start per worker, once per pipeline.
+        start = "spawn" if gpu or torch.cuda.is_initialized() else "fork"
+        parallel = cfg.num_workers > 0  # 0: the callback runs in this thread (DALI needs >= 1 worker)
 
         @pipeline_def(batch_size=self.max_batch, num_threads=cfg.dali_threads,
-                      device_id=self.device.index if gpu else None, seed=seed,
-                      prefetch_queue_depth=cfg.dali_prefetch, exec_dynamic=True)
+                      device_id=self.device.index if gpu else None, seed=self.seed % (2 ** 31 - 1),  # no random ops
+                      prefetch_queue_depth=cfg.dali_prefetch, exec_dynamic=True,
+                      py_num_workers=max(1, cfg.num_workers), py_start_method=start)
         def pipe():
-            exact_val = not self.train and cfg.random_resized_crop
-            if exact_val:
-                jpegs, labels, sizes, anchors = fn.external_source(
-                    source=source, num_outputs=4, batch=True,
-                    dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32])
-            else:
-                jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True,
-                                                   dtype=[types.UINT8, types.INT64])
-            crop = (size, size)
-            if self.train and cfg.random_resized_crop:
-                images = fn.decoders.image_random_crop(jpegs, random_area=[0.08, 1.0],
-                                                       random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
-                                                       **decoder_args)
+            jpegs, record = fn.external_source(source=reader, num_outputs=2, batch=False, parallel=parallel,
+                                               prefetch_queue_depth=cfg.dali_prefetch if parallel else None)
+            labels, bad = record[LABEL:LABEL + 1], record[BAD:REASON + 1]
+            geometry = fn.cast(record[GEOMETRY], dtype=types.INT32) if mode.endswith("crop") else None
+            crop, mirror = (size, size), 0
+            if mode == "train_crop":
+                images = fn.decoders.image_slice(jpegs, start=geometry[0:2], shape=geometry[2:4], axis_names="HW",
+                                                 **decoder_args)
                 images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
-            elif self.train or not cfg.random_resized_crop:
+            elif mode in ("train_resize", "val_resize"):
                 images = fn.decoders.image(jpegs, **decoder_args)
                 images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
             else:  # validation: shorter side to val_resize, centre crop, with torchvision's integers
                 images = fn.decoders.image(jpegs, **decoder_args)
-                images = fn.resize(images, size=sizes, antialias=True)
-                images = fn.slice(images, start=anchors, shape=[size, size], axis_names="HW")
+                images = fn.resize(images, size=fn.cast(geometry[0:2], dtype=types.FLOAT), antialias=True)
+                images = fn.slice(images, start=geometry[2:4], shape=[size, size], axis_names="HW")
                 crop = None
-            mirror = fn.random.coin_flip(probability=0.5) if self.train and cfg.hflip else 0
+            if self.train:
+                mirror = fn.cast(record[FLIP], dtype=types.INT32)
             images = fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if self.half else types.FLOAT, crop=crop,
                                               mean=mean, std=std, mirror=mirror,
                                               output_layout="HWC" if self.channels_last else "CHW")
             if gpu:
                 labels = labels.gpu()
-            return images, labels
+            return images, labels, bad
 
         p = pipe()
         p.build()
         return p
 
+    def _feed(self) -> tuple[_Feed, bool]:
+        while self._idle:
+            feed = self._idle.pop()
+            if not feed.left_early:
+                return feed, True
+            try:
+                feed.run_out()
+                return feed, True
+            except Exception:  # noqa: BLE001 - the left pass's batches failed: a new pipeline instead
+                self._kept -= 1
+        keep = self._kept < MAX_KEPT
+        self._kept += keep
+        try:
+            return _Feed(self), keep
+        except BaseException:
+            self._kept -= keep
+            raise
+
+    def close(self) -> None:
+        """Drop the idle pipelines now (their workers end with them)."""
+        self._kept -= len(self._idle)
+        self._idle.clear()
+
+    def _check_replaced(self, bad: np.ndarray) -> None:
+        replaced = bad[bad[:, 0] >= 0]
+        if not len(replaced):
+            return
+        if self.cfg.on_corrupt == "error":
+            path = self.samples[int(replaced[0, 0])][0]
+            reason = _REASONS.get(int(replaced[0, 1]), "unreadable")
+            try:
+                np.fromfile(path, dtype=np.uint8)
+            except OSError as exc:
+                reason = str(exc)
+            raise DataError(f"corrupt image {path}: {reason}; remove it or set data.on_corrupt=skip to skip "
+                            f"and count such files")
+        self.corrupt_count += len(replaced)
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.plan(epoch, start_batch)
         if not batches:
             return
-        seed = sampling.sample_seed(self.seed, epoch, self.rank) % (2 ** 31 - 1)
-        pipe = self._pipeline(self._batch_source(batches), seed)
+        feed, kept = self._feed()
+        reusable = False
         try:
-            while True:
-                try:
-                    images, labels = pipe.run()
-                except StopIteration:
-                    break
-                except RuntimeError as exc:
-                    raise DataError(f"DALI failed on a batch ({_dali_reason(exc)}); if a file is corrupt in a way the "
-                                    f"marker check missed, find it with "
-                                    f"scripts/prepare_imagenet.py") from None
-                x = to_torch(images, self.device)
+            feed.start(epoch, batches)
+            for k, batch in enumerate(batches):
+                images, labels, bad = _run(feed.pipe)
+                if images is None:
+                    raise DataError(f"the DALI pipeline ended after {k} of {len(batches)} batches")
+                n = len(batch)  # a short last validation batch was padded
+                self._check_replaced(np.array(bad.as_tensor())[:n])
+                x = to_torch(images, self.device)[:n]
                 if self.channels_last:
                     x = x.permute(0, 3, 1, 2)
-                yield x, to_torch(labels, self.device).reshape(-1)
+                yield x, to_torch(labels, self.device).reshape(-1)[:n]
+            if _run(feed.pipe)[0] is not None:
+                raise DataError(f"the DALI pipeline gave more than the plan's {len(batches)} batches")
+            feed.pipe.reset()
+            reusable = True
+        except GeneratorExit:  # the consumer stopped early
+            feed.leave_early()
+            reusable = True
+            raise
         finally:
-            del pipe
+            if kept and reusable:
+                self._idle.append(feed)
+            elif kept:  # failed: dropped with its workers
+                self._kept -= 1
+
+
+def _run(pipe):
+    """One batch's outputs, or (None, None, None) at the end of the pass."""
+    try:
+        return pipe.run()
+    except StopIteration:
+        return None, None, None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError, or Exception from a worker
+        # a DataError raised by the callback in a worker arrives as its traceback's text
+        for line in reversed(str(exc).splitlines()):
+            if line.startswith(f"{DataError.__module__}.DataError: "):
+                raise DataError(line.split(": ", 1)[1]) from None
+        raise DataError(f"DALI failed on a batch ({_dali_reason(exc)}); if a file is corrupt in a way the "
+                        f"marker check missed, find it with scripts/prepare_imagenet.py") from None
 
 
 def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
@@ -204,6 +436,8 @@ def build_dali_loaders(cfg: DataConfig, train_samples, val_samples, global_batch
     except ImportError:
         raise DataError("data.loader=dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
                         "(or use data.loader=torch)") from None
+    from adarem.data import sampling
+
     per_rank = global_batch // world
     n_train, n_val = len(train_samples), len(val_samples)  # sizes checked by build_data
     steps = n_train // global_batch
