@@ -30,6 +30,8 @@ def cfg_for(root, **kw) -> DataConfig:
 def collect(loader, epoch=0):
     xs, ys = [], []
     for x, y in loader.epoch(epoch):
+        if hasattr(loader, "to_device"):  # the torch loader's uint8 batches, finished as training sees them
+            x, y = loader.to_device(x, y, CPU, False)
         xs.append(x)
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)
