@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,18 @@ def env(cache_dir) -> dict:
     e.update(ADAREM_CACHE=str(cache_dir), WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     e.pop("HYDRA_FULL_ERROR", None)
     return e
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now, for torchrun's --master-port: fixed ports collide
+    when two test processes (xdist workers, or a developer's second session) run DDP tests at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
 
 
 # small, fast defaults for every train.py run in the tests
@@ -55,3 +69,35 @@ def require_fashion_mnist():
         if os.environ.get("CI") == "true":
             pytest.fail("CI must install dataset-fashion-mnist (scripts/setup.sh does)")
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A private copy of a shared run directory, for a test that changes it (run_dir is not part of
+    a run's identity, so the copy resumes and refuses exactly as the original would)."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+# Runs that several tests start from. Each is made once per test process by the real command
+# line; tests read them, or change a copy_run() of them.
+
+@pytest.fixture(scope="session")
+def stopped_run(tmp_path_factory, env) -> Path:
+    """The FAST defaults stopped by trainer.max_steps=3 (exit 75): status stopped, checkpoint.pt
+    after step 3 of epoch 0. Read only: copy_run() it to change it."""
+    run_dir = tmp_path_factory.mktemp("shared") / "stopped"
+    res = run_train(["trainer.max_steps=3"], env, run_dir)
+    assert res.returncode == 75, res.stderr[-3000:]
+    assert read_run(run_dir)["status"] == "stopped"
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, env) -> Path:
+    """The FAST defaults with trainer.epochs=1, finished. Read only: copy_run() it to change it."""
+    run_dir = tmp_path_factory.mktemp("shared") / "finished"
+    res = run_train(["trainer.epochs=1"], env, run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_run(run_dir)["status"] == "finished"
+    return run_dir
+

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from adarem.data.photo_tree import make_photo_tree
-from tests.conftest import read_run, run_train
+from tests.conftest import copy_run, read_run, run_train, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +103,15 @@ def test_class_folders_differ(tmp_path, env, trees):
     _check(run_train(folder(trees["mismatch"]), env, tmp_path / "run"), "class folders differ", tmp_path / "run")
 
 
-def test_unreadable_checkpoint_with_resume_auto(tmp_path, env):
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.max_steps=3", "trainer.batch_size=64"], env, run_dir).returncode == 75
+def test_unreadable_checkpoint_with_resume_auto(tmp_path, env, stopped_run):
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75), batch size 64
     (run_dir / "checkpoint.pt").write_bytes(b"garbage")
     (run_dir / "checkpoint_prev.pt").write_bytes(b"more garbage")
     _check(run_train(["trainer.batch_size=64"], env, run_dir), "is unreadable", run_dir)
 
 
-def test_finished_run_without_resume_is_refused(tmp_path, env):
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.epochs=1"], env, run_dir).returncode == 0
+def test_finished_run_without_resume_is_refused(tmp_path, env, finished_run):
+    run_dir = copy_run(finished_run, tmp_path / "run")  # trainer.epochs=1, finished
     before = (run_dir / "metrics.jsonl").read_bytes(), json.loads((run_dir / "run.json").read_text())
     _check(run_train(["trainer.epochs=1", "resume=never"], env, run_dir), "is never overwritten", tmp_path / "nothing")
     assert (run_dir / "metrics.jsonl").read_bytes() == before[0]
@@ -126,8 +124,7 @@ def test_more_ranks_than_validation_images(tmp_path, env, trees):
     shutil.copytree(trees["good"], tiny)
     for f in (tiny / "val" / "class_001").iterdir():  # one validation image left, two ranks
         f.unlink()
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29533"]
-    res = run_train(folder(tiny), env, tmp_path / "run", launcher=launcher)
+    res = run_train(folder(tiny), env, tmp_path / "run", launcher=torchrun(2))
     assert res.returncode != 0
     ours = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert ours and all("2 ranks but only 1 validation samples" in line for line in ours), res.stderr[-2000:]
@@ -142,16 +139,10 @@ def test_one_class_folder(tmp_path, env, trees):
     _check(run_train(folder(one), env, tmp_path / "run"), "holds 1 class folder(s)", tmp_path / "run")
 
 
-def _stopped_run(tmp_path, env, *extra):
-    src = tmp_path / "src"
-    assert run_train(["trainer.max_steps=3", *extra], env, src).returncode == 75
-    return src / "checkpoint.pt"
-
-
-def test_resume_from_another_models_checkpoint(tmp_path, env):
+def test_resume_from_another_models_checkpoint(tmp_path, env, stopped_run):
     import torch
 
-    ckpt_path = _stopped_run(tmp_path, env)
+    ckpt_path = stopped_run / "checkpoint.pt"  # trainer.max_steps=3 (exit 75); only read here
     ckpt = torch.load(ckpt_path, weights_only=False)
     ckpt["config"] = None  # even without the config check, loading must fail in one line
     ckpt["model"] = {"foo.weight": torch.zeros(3)}
@@ -242,9 +233,8 @@ def test_make_tables_on_foreign_run_json(tmp_path, env, content):
     assert "no complete run" in res.stderr and "not a run record" in res.stderr
 
 
-def test_make_tables_out_naming_a_file(tmp_path, env):
-    run_dir = tmp_path / "runs" / "r"
-    assert run_train(["trainer.epochs=1"], env, run_dir).returncode == 0
+def test_make_tables_out_naming_a_file(tmp_path, env, finished_run):
+    copy_run(finished_run, tmp_path / "runs" / "r")  # trainer.epochs=1, finished
     (tmp_path / "afile").write_text("x")
     res = _make_tables([str(tmp_path / "runs"), "--out", str(tmp_path / "afile")], env)
     assert res.returncode == 2 and "is a file" in res.stderr and "Traceback" not in res.stderr

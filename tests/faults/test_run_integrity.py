@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adarem.data.photo_tree import make_photo_tree
-from tests.conftest import FAST, REPO, read_metrics, read_run, run_train
+from tests.conftest import FAST, REPO, copy_run, read_metrics, read_run, run_train, torchrun
 
 
 def _one_error_line(res) -> str:
@@ -48,9 +48,8 @@ def test_another_configuration_never_reuses_a_finished_run(tmp_path, env):
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
-def test_explicit_directory_with_another_configuration_is_refused(tmp_path, env):
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.epochs=1"], env, run_dir).returncode == 0
+def test_explicit_directory_with_another_configuration_is_refused(tmp_path, env, finished_run):
+    run_dir = copy_run(finished_run, tmp_path / "run")  # trainer.epochs=1, finished
     before = (run_dir / "run.json").read_bytes()
     res = run_train(["trainer.epochs=1", "optimizer.weight_decay=0.05", "schedule=constant"], env, run_dir)
     assert res.returncode == 2
@@ -94,9 +93,8 @@ def test_second_process_on_a_live_run_directory_is_refused(tmp_path, env):
     assert read_run(run_dir)["status"] == "finished"
 
 
-def test_resume_from_a_checkpoint_of_another_configuration_is_refused(tmp_path, env):
-    src = tmp_path / "src"
-    assert run_train(["trainer.max_steps=3"], env, src).returncode == 75
+def test_resume_from_a_checkpoint_of_another_configuration_is_refused(tmp_path, env, stopped_run):
+    src = stopped_run  # trainer.max_steps=3 (exit 75); its checkpoint is only read
     res = run_train(["optimizer.lr=0.001", "schedule=constant", f"resume={src / 'checkpoint.pt'}"], env,
                     tmp_path / "run")
     assert res.returncode == 2
@@ -171,18 +169,16 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_interrupted(tmp_path, env):
     assert read_run(run_dir)["status"] == "interrupted"
 
 
-def test_checkpoint_records_its_configuration(tmp_path, env):
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.max_steps=3"], env, run_dir).returncode == 75
+def test_checkpoint_records_its_configuration(stopped_run):
+    run_dir = stopped_run  # trainer.max_steps=3 (exit 75)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["config"]["optimizer"]["lr"] == read_run(run_dir)["config"]["optimizer"]["lr"]
     assert ckpt["position"]["final"] == {}
 
 
-def test_resume_auto_refuses_a_checkpoint_of_another_configuration_without_run_json(tmp_path, env):
+def test_resume_auto_refuses_a_checkpoint_of_another_configuration_without_run_json(tmp_path, env, stopped_run):
     """run.json moved away by hand: the checkpoint still says which configuration it belongs to."""
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.max_steps=3"], env, run_dir).returncode == 75
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75)
     (run_dir / "run.json").rename(tmp_path / "run.json.bak")
     res = run_train(["optimizer=sgd", "optimizer.lr=0.5"], env, run_dir)
     assert res.returncode == 2
@@ -193,8 +189,7 @@ def test_resume_auto_refuses_a_checkpoint_of_another_configuration_without_run_j
 @pytest.mark.slow
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, env):
     run_dir = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29523"]
-    run_train(["trainer.max_steps=3"], env, run_dir, launcher=launcher)  # torchrun reports the 75 as a failure
+    run_train(["trainer.max_steps=3"], env, run_dir, launcher=torchrun(2))  # torchrun reports the 75 as a failure
     assert read_run(run_dir)["status"] == "stopped" and read_run(run_dir)["world_size"] == 2
     res = run_train([], env, run_dir)
     assert res.returncode == 2

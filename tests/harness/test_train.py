@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import read_metrics, read_run, run_train
+from tests.conftest import copy_run, read_metrics, read_run, run_train, torchrun
 
 TIMING = {"epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s"}
 
@@ -64,9 +63,8 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, env, optimizer):
     assert _comparable(read_metrics(straight)) == _comparable(read_metrics(resumed))
 
 
-def test_changed_config_in_same_dir_is_refused(tmp_path, env):
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.max_steps=2"], env, run_dir).returncode == 75
+def test_changed_config_in_same_dir_is_refused(tmp_path, env, stopped_run):
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75)
     res = run_train(["optimizer.beta=0.5"], env, run_dir)
     assert res.returncode == 2
     assert "different config" in res.stderr and "optimizer.beta" in res.stderr
@@ -90,7 +88,7 @@ def test_divergence_seen_by_one_rank_stops_every_rank(tmp_path, env):
     import time
 
     run_dir = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29519"]
+    launcher = torchrun(2)
     t0 = time.monotonic()
     res = run_train(["trainer.log_every=1000"], dict(env, ADAREM_FAULT="nan_loss@5", ADAREM_FAULT_RANK="1"),
                     run_dir, launcher=launcher, timeout=240)
@@ -103,7 +101,7 @@ def test_divergence_seen_by_one_rank_stops_every_rank(tmp_path, env):
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path, env):
     run_dir = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517"]
+    launcher = torchrun(2)
     # timed checkpoints every ~0.03 s: ranks must agree on when to take them, or they would hang
     res = run_train(["trainer.oscillation_every=4", "trainer.checkpoint_every_min=0.0005"], env, run_dir,
                     launcher=launcher)
