@@ -11,7 +11,6 @@ are not seen; the GPU check counts real syncs when a GPU is lent.)
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import sys
 from pathlib import Path
@@ -73,11 +72,13 @@ def count_host_reads(loader: CountingLoader):
 
 
 @pytest.fixture()
-def one_rank_group():
+def one_rank_group(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # monkeypatch: later tests' subprocesses (torchrun, sbatch) must not inherit this port
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
     dist.init_process_group("gloo", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
