@@ -31,11 +31,13 @@ def preflight(argv: list[str]) -> None:
     if not argv or any(a.startswith("-") for a in argv) or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             composed = compose("config", overrides=argv, return_hydra_config=True)
+        HydraConfig.instance().set_config(composed)  # ${hydra:...} in a value resolves as under @hydra.main
         run_dir = Path(str(OmegaConf.select(composed, "hydra.run.dir")))
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
         noise = ("full_key:", "reference_type", "object_type", "Config search path", "provider=",

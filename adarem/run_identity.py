@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # keys that cannot change what a run computes (or that a requeued job may legitimately change)
 NOT_IDENTITY = ("resume", "logging", "run_dir", "notes", "hydra", "trainer.max_steps", "trainer.log_every",
@@ -81,10 +81,31 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def resolved_identity(node: DictConfig, prefix: str = "") -> dict:
+    """The identity keys of ``node``, resolved; keys outside the identity are never resolved.
+    They may hold ``${hydra:...}`` (logging.group=${hydra:runtime.choices.optimizer}), which
+    preflight's composition cannot resolve and which may need this very hash (${hydra:run.dir})."""
+    out = {}
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if not is_identity_key(path):
+            continue
+        if OmegaConf.is_missing(node, key):
+            out[key] = "???"  # as OmegaConf.to_container writes a missing value
+            continue
+        value = node[key]  # resolves this key's interpolation only
+        if isinstance(value, DictConfig):
+            out[key] = resolved_identity(value, path + ".")
+        elif isinstance(value, ListConfig):
+            out[key] = OmegaConf.to_container(value, resolve=True)
+        else:
+            out[key] = value
+    return out
+
+
 def _run_id_resolver(*, _root_: DictConfig) -> str:
-    # resolve everything except hydra's own node and run_dir, which depend on this very value
-    plain = {k: v for k, v in OmegaConf.to_container(_root_, resolve=False).items() if k not in ("hydra", "run_dir")}
-    return run_id(OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
+    # hydra's own node and run_dir (outside the identity) depend on this very value
+    return run_id(resolved_identity(_root_))
 
 
 def register_resolver() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -139,4 +141,34 @@ def test_finished_run_reached_with_other_data_contents_is_refused(tmp_path, env)
     line = _one_error_line(res)
     assert "dataset differs" in line and "train_samples" in line and "already finished" not in res.stdout
     assert (run_dir / "run.json").read_bytes() == before
+
+
+# --- 3. ${hydra:...} in keys outside the identity ---------------------------------------------
+
+@pytest.mark.parametrize("override, expected", [
+    ("logging.group=${hydra:runtime.choices.optimizer}", lambda run_dir: "adarem"),  # was: HydraConfig was not set
+    ("logging.group=${hydra:run.dir}", lambda run_dir: str(run_dir)),  # was: RecursionError
+])
+def test_hydra_interpolation_outside_the_identity(tmp_path, env, override, expected):
+    pattern = f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"
+    res = run_train(["trainer.epochs=1", override, pattern], env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "error:" not in res.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    record = read_run(run_dir)
+    assert record["config"]["logging"]["group"] == expected(run_dir)
+    # outside the identity: the same directory as without the override
+    plain = run_train(["trainer.epochs=1", pattern], env)
+    assert plain.returncode == 0 and "already finished" in plain.stdout
+    assert record["run_id"] == run_dir.name
+
+
+def test_hydra_interpolation_in_an_identity_key_passes_preflight(tmp_path, env):
+    """Preflight resolves ${hydra:...} as @hydra.main does (it used to stop with 'HydraConfig was
+    not set', where Hydra itself runs it)."""
+    pattern = f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"
+    res = run_train(["trainer.epochs=1", "experiment_name=${hydra:runtime.choices.optimizer}", pattern], env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert read_run(run_dir)["config"]["experiment_name"] == "adarem"
 
