@@ -11,17 +11,26 @@ interrupted run; SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me")
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 # Before the heavy imports (seconds): a preemption signal that arrives while Python is still
-# starting must end in "requeue me" (exit 75), not in the default death by signal (143/138).
+# starting must end in "requeue me" (exit 75), not in the default death by signal (143/138), and
+# Ctrl-C in one line and exit 130, not in an import traceback (until main() takes over).
 _EARLY_SIGNALS: list[str] = []
+
+
+def _ctrl_c_while_starting(signum, frame):
+    print("interrupted (Ctrl-C) while starting, before any training step; nothing to resume", file=sys.stderr)
+    os._exit(130)  # nothing is written yet; no half-imported module may catch an exception here
+
+
 if __name__ == "__main__":
     for _sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signal.Signals(signum).name))
-
-import os  # noqa: E402
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # left alone where it is ignored
+        signal.signal(signal.SIGINT, _ctrl_c_while_starting)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -62,6 +71,8 @@ def train(cfg: DictConfig) -> int:
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if signal.getsignal(signal.SIGINT) is _ctrl_c_while_starting:  # from here on Ctrl-C marks the run interrupted
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = train(cfg)
     except USER_ERRORS as exc:  # OSError: an unwritable run directory, a full disk, a vanished file

@@ -1,16 +1,19 @@
 """Command-line plumbing of train.py: one-line error messages and a pre-flight composition.
 
 A bad override, a run directory that cannot be created or a configuration error must reach the
-user as one ``error:`` line with exit code 2, never as Hydra's multi-line report or a traceback.
+user as one ``error:`` line with exit code 2, never as Hydra's multi-line report or a traceback;
+in a sweep (``-m``), before its first job starts.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def one_line(exc: BaseException) -> str:
@@ -23,22 +26,72 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _is_multirun(argv: list[str]) -> bool:
+    return any(a in MULTIRUN_FLAGS or a.replace(" ", "").lower() == "hydra.mode=multirun" for a in argv)
+
+
+def _sweep_jobs(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The overrides of a sweep's base configuration (what hydra.sweep.dir comes from) and of each
+    job, as Hydra's basic sweeper expands them (``a=1,2 b=x,y``: four jobs; range() and glob())."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    parsed = parser.parse_overrides(overrides)
+    if any(o.get_key_element().lstrip("+~") == "hydra/sweeper" for o in parsed):
+        return overrides, []  # another sweeper expands the jobs its own way: check the base only
+    base = [o.input_line for o in parsed if not o.is_sweep_override()]
+    return base, BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def _check_job(config, num: int) -> None:
+    """What train() checks first (adarem.config.validate: unknown keys, ranges), on one sweep
+    job's configuration as Hydra's launcher hands it over (job number and output dir set)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from adarem.config import validate
+
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.job.num = config.hydra.job.id = num  # as Hydra's basic launcher sets them
+        config.hydra.runtime.output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                                       str(OmegaConf.select(config, "hydra.sweep.subdir")))
+    HydraConfig.instance().set_config(config)
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    validate(task)
+
+
 def preflight(argv: list[str]) -> None:
     """Compose the config as @hydra.main will, so that a bad override (unknown key or option,
     wrong type) fails with one line instead of Hydra's multi-line report, and check that the run
-    directory (which Hydra creates before train() runs) can be created. Skipped for sweeps and
-    Hydra's own flags."""
-    if not argv or any(a.startswith("-") for a in argv) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    directory (which Hydra creates before train() runs) can be created. A sweep (-m) gets the same
+    for every job, plus train()'s value checks, so that a bad job stops it before its first job
+    runs (its directory checked: hydra.sweep.dir). Skipped for Hydra's other flags."""
+    multirun = _is_multirun(argv)
+    overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
+    if not overrides or any(a.startswith("-") for a in overrides) or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from adarem.config import ConfigError
+
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            composed = compose("config", overrides=argv, return_hydra_config=True)
+            if multirun:
+                overrides, jobs = _sweep_jobs(overrides)
+                for num, job in enumerate(jobs):
+                    _check_job(compose("config", overrides=job, return_hydra_config=True), num)
+            composed = compose("config", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(composed)  # ${hydra:...} in a value resolves as under @hydra.main
-        run_dir = Path(str(OmegaConf.select(composed, "hydra.run.dir")))
+        run_dir = Path(str(OmegaConf.select(composed, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
+    except ConfigError as exc:  # a sweep job's bad value: train() would say the same, one line
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
         noise = ("full_key:", "reference_type", "object_type", "Config search path", "provider=",
                  "Set the environment variable", "To append to your config")
@@ -57,6 +110,6 @@ def preflight(argv: list[str]) -> None:
         if not os.access(run_dir, os.W_OK):
             raise PermissionError(13, "not writable")
     except OSError as exc:
-        print(f"error: cannot create or write the run directory {run_dir} ({exc.strerror}); choose a writable "
-              f"hydra.run.dir", file=sys.stderr)
+        print(f"error: cannot create or write the {'sweep' if multirun else 'run'} directory {run_dir} "
+              f"({exc.strerror}); choose a writable hydra.{'sweep' if multirun else 'run'}.dir", file=sys.stderr)
         sys.exit(2)

@@ -8,7 +8,7 @@ checkpoint (or start fresh if it has none); a finished run is reported and left 
 ``resume=<path>``: start from that checkpoint file, which must come from the same configuration.
 
 ``RunLock`` keeps a second process (a double submit, a requeue racing a job that is still
-alive) out of a directory that a live process is using.
+alive) out of a directory that a live process is using; its refusal is a ``RunLocked``.
 """
 
 from __future__ import annotations
@@ -36,9 +36,29 @@ class RunPlan:
     already_done: bool = False  # a finished run: report and exit
 
 
+class RunLocked(ConfigError):
+    """Another live process holds the run directory (the message names it): not a result of
+    this configuration, and not a failure of it either (compare.py stops instead of scoring it)."""
+
+
 def _differs(what: str, diff: list[str], hint: str) -> ConfigError:
     shown = ", ".join(diff[:6]) + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
     return ConfigError(f"{what} has a different configuration (differs in {shown}); {hint}")
+
+
+def _checkpoint_of(config: dict, ckpt: dict, what: str, hint: str, unrecorded: Optional[str] = None) -> dict:
+    """``ckpt``, if it was written by this configuration: its optimizer and scheduler state would
+    otherwise silently override the new settings, so a difference is refused, naming the keys.
+    A checkpoint that records no configuration (an older version's) is refused with
+    ``unrecorded`` when given, else accepted."""
+    if ckpt.get("config") is None:
+        if unrecorded:
+            raise ConfigError(unrecorded)
+        return ckpt
+    diff = config_differences(ckpt["config"], config)
+    if diff:
+        raise _differs(what, diff, hint)
+    return ckpt
 
 
 def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
@@ -66,24 +86,17 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         found = ckpt_io.load_latest(run_dir)
         if found is None:
             return RunPlan(previous, None, None)
-        # also when run.json is gone (moved away by hand): the checkpoint's optimizer and
-        # scheduler state would silently override another configuration's settings
-        diff = config_differences(found[0].get("config") or {}, config) if found[0].get("config") is not None else []
-        if diff:
-            raise _differs(f"{run_dir} holds a checkpoint whose run", diff,
-                           "choose another hydra.run.dir or restore those values")
-        return RunPlan(previous, found[0], found[1])
+        # also when run.json is gone (moved away by hand)
+        ckpt = _checkpoint_of(config, found[0], f"{run_dir} holds a checkpoint whose run",
+                              "choose another hydra.run.dir or restore those values")
+        return RunPlan(previous, ckpt, found[1])
     path = Path(resume)
     if not path.is_file():
         raise ConfigError(f"resume={resume!r}: no such checkpoint file; use auto, never or a checkpoint path")
-    ckpt = ckpt_io.load(path)
-    if ckpt.get("config") is None:
-        raise ConfigError(f"resume={resume}: the checkpoint records no configuration (written by an older "
-                          f"version), so it cannot be checked against this one; start fresh")
-    diff = config_differences(ckpt["config"], config)
-    if diff:  # the optimizer/scheduler state would silently override the new settings
-        raise _differs(f"resume={resume}: the checkpoint's run", diff,
-                       "resume with the checkpoint's values, or start a new run (resume=never)")
+    ckpt = _checkpoint_of(config, ckpt_io.load(path), f"resume={resume}: the checkpoint's run",
+                          "resume with the checkpoint's values, or start a new run (resume=never)",
+                          unrecorded=f"resume={resume}: the checkpoint records no configuration (written by an "
+                                     f"older version), so it cannot be checked against this one; start fresh")
     return RunPlan(previous, ckpt, path)
 
 
@@ -110,9 +123,9 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise ConfigError(f"{self.path.parent} is in use by {holder} (a double submit, or a requeue "
-                              f"racing a job that is still alive); wait for it to end or choose another "
-                              f"hydra.run.dir") from None
+            raise RunLocked(f"{self.path.parent} is in use by {holder} (a double submit, or a requeue "
+                            f"racing a job that is still alive); wait for it to end or choose another "
+                            f"hydra.run.dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
         self._fd = fd

@@ -29,7 +29,7 @@ from adarem.engine import Precision, TrainState, make_precision
 from adarem.models import build_model, count_parameters
 from adarem.optim.factory import build_optimizer, optimizer_impl
 from adarem.reproducibility import seed_everything
-from adarem.run_dir import RunLock, RunPlan, plan_run
+from adarem.run_dir import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run_identity import run_id
 from adarem.run_record import MetricsLog, RunRecord, now
 from adarem.schedule import build_scheduler
@@ -79,11 +79,11 @@ def lock_run_dir(run: Run) -> None:
     refusal = None
     try:
         run.lock.acquire()
-    except ConfigError as exc:
-        refusal = str(exc)
+    except ConfigError as exc:  # RunLocked (compare.py tells it apart), or a directory that cannot be made
+        refusal = (isinstance(exc, RunLocked), str(exc))
     refusal = dist_utils.broadcast_object(refusal)
     if refusal:
-        raise ConfigError(refusal)
+        raise (RunLocked if refusal[0] else ConfigError)(refusal[1])
 
 
 def create(cfg: DictConfig, stop: StopFlag) -> Run:

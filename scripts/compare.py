@@ -101,6 +101,7 @@ def run_one(overrides: list[str], threads: int) -> dict:
     torch.set_num_threads(threads)
     import train
     from adarem.cli import one_line
+    from adarem.run_dir import RunLocked
     from adarem.run_record import read_run_json
 
     cfg = compose(overrides)
@@ -110,7 +111,8 @@ def run_one(overrides: list[str], threads: int) -> dict:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             code = train.train(cfg)
     except Exception as exc:  # one failed configuration must not stop the comparison
-        return {"run_dir": str(run_dir), "status": "failed", "error": one_line(exc), "seconds": time.time() - t0}
+        return {"run_dir": str(run_dir), "status": "failed", "error": one_line(exc), "seconds": time.time() - t0,
+                "locked": isinstance(exc, RunLocked)}
     try:
         record = read_run_json(run_dir) or {}
     except ValueError as exc:
@@ -269,7 +271,7 @@ def main(argv: list[str]) -> int:
                     for t in todo}
             for (opt, lr, wd, seed), fut in jobs.items():
                 res = fut.result()
-                if "is in use by" in res.get("error", ""):  # not evaluated: never score it as worst
+                if res.get("locked"):  # not evaluated: never score it as worst
                     fail(f"{res['run_dir']} is in use by another process (another compare on the same runs=?); "
                          f"wait for it to end, then launch again: finished trials are kept")
                 searches[opt].results[(lr, wd, seed)] = res
@@ -302,7 +304,7 @@ def main(argv: list[str]) -> int:
         finished = set()
         for (opt, s), fut in finals.items():
             res = fut.result()
-            if "is in use by" in res.get("error", ""):
+            if res.get("locked"):
                 fail(f"{res['run_dir']} is in use by another process; wait for it to end, then launch again")
             if math.isfinite(score(res)):
                 finished.add(opt)

@@ -172,3 +172,110 @@ def test_hydra_interpolation_in_an_identity_key_passes_preflight(tmp_path, env):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert read_run(run_dir)["config"]["experiment_name"] == "adarem"
 
+
+# --- 4. Ctrl-C while train.py is still importing -----------------------------------------------
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_ctrl_c_during_the_imports_prints_one_line(tmp_path, env, delay):
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, f"hydra.run.dir={run_dir}"]
+    # as a terminal's foreground job has it (a shell's background jobs inherit SIGINT ignored)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)  # 0.3 s: importing hydra/omegaconf; 1.5 s: importing torch
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted (Ctrl-C)"), err[-2000:]
+    assert "Traceback" not in err + out
+    assert not (run_dir / "run.json").exists()
+
+
+# --- 5. sweeps (-m) get the preflight checks --------------------------------------------------
+
+def _sweep(args, env, tmp_path, timeout=600):
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "logging.wandb=disabled", "logging.progress=none",
+           "trainer.epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["optimizer.lr=0.1,-1"], "optimizer.lr=-1.0 must be > 0"),  # a range check: the 2nd job, before the 1st runs
+    (["optimizer.lrr=0.1,0.2"], "optimizer.lrr"),  # unknown key
+    (["trainer.epochs=1,abc"], "trainer.epochs"),  # wrong type
+    (["optimizer=sgd,nope"], "nope"),  # unknown option
+    (["+trainer.no_such_key=1,2"], "trainer.no_such_key"),  # appended key, ignored by Hydra
+    (["schedule.milestones=[3],[-3]", "schedule=step"], "schedule.milestones"),
+    (["hydra.sweep.dir=/proc/adarem_sweep"], "cannot create or write the sweep directory"),
+])
+def test_bad_value_in_a_sweep_fails_before_any_job_with_one_line(tmp_path, env, args, says):
+    res = _sweep(args, env, tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert says in _one_error_line(res)
+    assert "Launching" not in res.stdout + res.stderr  # no job started
+    assert not list(tmp_path.rglob("run.json"))
+
+
+def test_a_good_sweep_still_runs_every_job(tmp_path, env):
+    res = _sweep(["optimizer=sgd,adarem", "logging.group=${hydra:runtime.choices.optimizer}",
+                  "hydra.sweep.subdir=${optimizer.variant}_${run_id:}"], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = {p.parent.name: read_run(p.parent) for p in (tmp_path / "sweep").rglob("run.json")}
+    assert {r["config"]["logging"]["group"] for r in records.values()} == {"sgd", "adarem"}
+    assert all(r["status"] == "finished" and name.endswith(r["run_id"]) for name, r in records.items())
+
+
+# --- 6. a locked run directory is a type, not a message ---------------------------------------
+
+def _hold_lock(run_dir):
+    import fcntl
+    import os
+
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"host test pid 1\n", 0)
+    return fd
+
+
+def test_run_lock_refusal_is_run_locked(tmp_path):
+    import os
+
+    from adarem.config import ConfigError
+    from adarem.run_dir import RunLock, RunLocked
+
+    tmp_path.mkdir(exist_ok=True)
+    fd = _hold_lock(tmp_path)
+    try:
+        with pytest.raises(RunLocked, match="is in use by host test pid 1") as info:
+            RunLock(tmp_path, enabled=True).acquire()
+        assert isinstance(info.value, ConfigError)  # train.py: still one line, exit 2
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_compare_stops_on_a_locked_trial(tmp_path, env):
+    """compare.py recognises the refusal by its type (RunLocked), not by its wording."""
+    import csv
+    import os
+    from pathlib import Path
+
+    args = [sys.executable, str(REPO / "scripts" / "compare.py"), f"runs={tmp_path / 'runs'}",
+            f"out={tmp_path / 'out'}", "optimizers=sgd", "seeds=1", "select_seeds=1", "lr_grid=1", "workers=1",
+            "data=digits", "trainer.epochs=1", "trainer.log_every=1000"]
+    first = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "selection.csv")))
+    trial = next(r["run_dir"] for r in rows if r["stage"] == "select")
+    fd = _hold_lock(Path(trial))
+    try:
+        again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        os.close(fd)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "is in use by another process" in again.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in again.stderr
