@@ -58,7 +58,8 @@ def train(cfg: DictConfig) -> int:
     try:
         run = create(cfg, stop)
         code = prepare(run, stop)
-        return code if code is not None else Trainer(run, stop).run()
+        if code is None:
+            code = Trainer(run, stop).run()
     except BaseException as exc:
         if run is not None:
             run.mark_failed(exc, one_line(exc))
@@ -67,6 +68,8 @@ def train(cfg: DictConfig) -> int:
         stop.uninstall()
         if run is not None:
             run.close()
+    stop.hand_over()  # inside a submitit job stopped by its signal: submitit requeues it (and exits)
+    return code
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")

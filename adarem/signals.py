@@ -3,10 +3,16 @@
 SLURM sends the signal (``#SBATCH --signal=USR1@120``) some time before the limit; the handler
 only sets a flag, and the training loop checks it after every step. Under DDP the flag is
 all-reduced, so every rank stops after the same step even if the signal reached them apart.
+
+Under submitit (``hydra/launcher=slurm``) the preemption signal is submitit's (SIGUSR2 unless
+SUBMITIT_PREEMPT_SIGNAL says otherwise), and submitit's own handler requeues the job and exits at
+once. It is taken over like the others, so the run checkpoints its current step and records
+``preempted`` first; ``hand_over`` then calls submitit's handler, which requeues the job.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 
 import torch
@@ -24,6 +30,11 @@ class StopFlag:
 
     def install(self) -> None:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        self._submitit = None  # (signal, submitit's handler) when running inside a submitit job
+        sig = submitit_signal()
+        if sig is not None and sig not in self._previous and callable(signal.getsignal(sig)):
+            self._previous[sig] = signal.signal(sig, self._handle)
+            self._submitit = (sig, self._previous[sig])
 
     def uninstall(self) -> None:
         """Give the signals back (compare.py runs many trainings in one worker process, which must
@@ -34,6 +45,15 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
+
+    def hand_over(self) -> None:
+        """Inside a submitit job stopped by submitit's signal: once the checkpoint is written, the
+        run record says ``preempted`` and the run directory is unlocked, let submitit's handler
+        requeue the job (on rank 0; it exits the process). Nothing otherwise."""
+        if self._submitit is not None and self.signal_name == signal.Signals(self._submitit[0]).name:
+            sig, handler = self._submitit
+            self._submitit = None
+            handler(sig, None)
 
     def requested_anywhere(self) -> bool:
         return self.poll(False)[0]
@@ -50,3 +70,10 @@ class StopFlag:
         if stop and self.signal_name is None:
             self.signal_name = "peer"
         return stop, due
+
+
+def submitit_signal() -> signal.Signals | None:
+    """The signal submitit uses for preemption and timeouts, when this process is a submitit job."""
+    if "SUBMITIT_FOLDER" not in os.environ:  # set by submitit in the job process it runs
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
