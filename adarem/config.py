@@ -100,6 +100,10 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     in_chans: int = 3
     num_workers: int = 2
+    # keep every sample's finished uint8 image in memory once made, where the transform draws
+    # nothing at random (no random crop, no flip: digits, any val split). A small dataset then
+    # skips decoding and resizing after the first epoch; a batch is bit-identical either way.
+    cache_samples: bool = False
     on_corrupt: str = "error"  # error: stop naming the file | skip: replace and count
     # "val": evaluate on the dataset's val (or test) split. "holdout": train on part of the training
     # split and evaluate on a fixed holdout_fraction of it - for hyperparameter selection that

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # keys that cannot change what a run computes (or that a requeued job may legitimately change)
 NOT_IDENTITY = ("resume", "logging", "run_dir", "notes", "hydra", "trainer.max_steps", "trainer.log_every",
-                "trainer.checkpoint_every_min", "trainer.stop_check_every", "data.num_workers", "trainer.device")
+                "trainer.checkpoint_every_min", "trainer.stop_check_every", "data.num_workers", "data.cache_samples",
+                "trainer.device")
 
 # Keys added to the schema after the first release -> the value that reproduces the old behaviour.
 # Register every new identity key here when it is added (one that does not exist yet is harmless).

@@ -16,7 +16,7 @@ import torch
 
 from adarem.config import ConfigError, DataConfig
 from adarem.data import sampling
-from adarem.data.datasets import (DataError, ImageFolderDataset, TensorImageDataset, holdout_split,
+from adarem.data.datasets import (DataError, ImageFolderDataset, Subset, TensorImageDataset, holdout_split,
                                   list_image_folder)
 from adarem.data.loader import SyntheticLoader, TorchLoader
 from adarem.data.transforms import build_transforms
@@ -125,6 +125,9 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
     if cfg.loader == "dali":
         raise ConfigError(f"data.loader=dali reads ImageFolder trees; data={cfg.name} has none, use data.loader=torch")
 
+    if cfg.cache_samples:
+        for ds in (train_ds, val_ds):
+            (ds.base if isinstance(ds, Subset) else ds).cache_samples()
     n_train, n_val = len(train_ds), len(val_ds)
     check_sizes(n_train, n_val, global_batch, world)
     steps = n_train // global_batch

@@ -50,6 +50,14 @@ class ReproducibleDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.on_corrupt = on_corrupt
+        self.cache: dict | None = None
+
+    def cache_samples(self) -> None:
+        """Keep each finished sample in memory (``data.cache_samples``), if the transform draws
+        nothing at random: the item is then the same for every epoch and seed. A replaced corrupt
+        sample is not kept, so it is counted again in every epoch, as without the cache."""
+        if getattr(self.transform, "deterministic", False):
+            self.cache = {}
 
     def load(self, index: int):  # -> (PIL image or uint8 tensor, label)
         raise NotImplementedError
@@ -59,6 +67,8 @@ class ReproducibleDataset(Dataset):
 
     def __getitem__(self, key):
         index, epoch = key
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
         corrupt = False
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
@@ -73,6 +83,8 @@ class ReproducibleDataset(Dataset):
         else:
             raise DataError("every image of the dataset is unreadable")
         x = self.transform(image, random.Random(sample_seed(self.seed, epoch, index)))
+        if self.cache is not None and not corrupt:
+            self.cache[index] = (x, label, corrupt)
         return x, label, corrupt
 
 

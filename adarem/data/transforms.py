@@ -63,6 +63,7 @@ def random_resized_crop_box(height: int, width: int, rng: random.Random, scale=(
 class TrainTransform:
     def __init__(self, cfg: DataConfig):
         self.size, self.rrc, self.hflip = cfg.image_size, cfg.random_resized_crop, cfg.hflip
+        self.deterministic = not (self.rrc or self.hflip)  # the same output for every (seed, epoch)
 
     def __call__(self, image, rng: random.Random) -> torch.Tensor:
         x = TF.to_image(image)  # uint8 CHW tensor
@@ -80,6 +81,8 @@ class TrainTransform:
 
 class ValTransform:
     """Resize the shorter side to val_resize, centre-crop image_size (or a plain resize)."""
+
+    deterministic = True  # draws nothing at random
 
     def __init__(self, cfg: DataConfig):
         self.size, self.rrc, self.resize = cfg.image_size, cfg.random_resized_crop, val_resize(cfg)
