@@ -120,3 +120,52 @@ def test_no_host_read_between_logging_and_stop_decisions(one_rank_group, monkeyp
         # step k the harness's global_step is still k - 1, so steps 4..40 are counted)
         assert len([r for r in loader.reads if (r[1], r[2]) in HOST_BY_DESIGN]) == \
             len(optimizer.param_groups) * (40 - loader.arm_after)
+
+
+def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    """One of 2 gloo ranks: a DDP-wrapped model through the real train_epoch, host reads counted."""
+    import json
+    import os
+
+    import adarem.optim.adarem as adarem_module
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        adarem_module.FOREACH_TENSOR_MAJOR = False  # the GPU's multi-tensor path (see above)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+        ddp = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True)
+        optimizer = build_optimizer(OptimizerConfig(name="adarem", lr=0.01, weight_decay=1e-4, impl="foreach"), model)
+        state = TrainState()
+        loader = CountingLoader(40, state)
+        scheduler = build_scheduler(ScheduleConfig(), optimizer, 1, len(loader))
+        cfg = TrainerConfig(log_every=16, stop_check_every=10)
+        with count_host_reads(loader):
+            out = train_epoch(ddp, loader, optimizer, scheduler, Precision(None, None), torch.device("cpu"), cfg,
+                              state, StopFlag(distributed=True), lambda rec: None, None, lambda: False)
+        reads = [(s, n, where) for s, n, where in loader.reads if (n, where) not in HOST_BY_DESIGN]
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"reason": out.reason, "steps": state.global_step, "reads": reads}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_no_host_read_between_decisions_under_two_ranks(tmp_path):
+    """The same count under DDP with 2 gloo ranks: the all-reduced loss window, the collective
+    stop decision and DDP's own hooks add no host read between the logging / decision steps."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        res = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert res["reason"] == "epoch_end" and res["steps"] == 40
+        steps_with_reads = {s for s, _, _ in res["reads"]}
+        assert steps_with_reads <= {10, 16, 20, 30, 32, 40}, res["reads"]
+        assert {10, 16} <= steps_with_reads
