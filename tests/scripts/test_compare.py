@@ -1,10 +1,10 @@
-"""scripts/compare.py: the search protocol (grid, edge extension, tie-breaking, worst-case scoring)
-and the real command line end to end (resumption, identical results, exit codes)."""
+"""scripts/compare.py (the command line of adarem.protocol): the search protocol (grid, edge
+extension, tie-breaking, worst-case scoring) and the real command line end to end (resumption,
+identical results, exit codes)."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import shutil
 import subprocess
@@ -12,11 +12,8 @@ import sys
 
 import pytest
 
+from adarem.protocol import cli, search
 from tests.conftest import REPO
-
-spec = importlib.util.spec_from_file_location("compare", REPO / "scripts" / "compare.py")
-compare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare)
 
 
 def finished(err, loss=1.0):
@@ -24,14 +21,14 @@ def finished(err, loss=1.0):
 
 
 def test_default_grid_spans_two_decades_in_half_decade_steps():
-    own, _ = compare.parse([])
-    f = compare.lr_factors(own)
+    own, _ = cli.parse([])
+    f = search.lr_factors(own)
     assert len(f) == 5 and math.isclose(f[0], 0.1) and math.isclose(f[-1], 10.0)
     assert all(math.isclose(b / a, 10 ** 0.5) for a, b in zip(f, f[1:]))
 
 
 def test_edge_best_is_extended_and_interior_best_is_not():
-    s = compare.Search("sgd", 0.1, [1e-4], compare.lr_factors(compare.parse([])[0]), 0.5)
+    s = search.Search("sgd", 0.1, [1e-4], search.lr_factors(cli.parse([])[0]), 0.5)
     for lr, err in zip(s.lrs, [50, 40, 30, 20, 10]):  # error keeps falling towards high lr
         s.results[(lr, 1e-4, 1000)] = finished(err)
     lr, wd, err, _ = s.best([1000])
@@ -44,7 +41,7 @@ def test_edge_best_is_extended_and_interior_best_is_not():
 
 
 def test_ties_are_broken_by_holdout_loss_and_failures_score_worst():
-    s = compare.Search("adam", 1e-3, [0.0], [1, 10], 1.0)
+    s = search.Search("adam", 1e-3, [0.0], [1, 10], 1.0)
     s.results[(1e-3, 0.0, 1000)] = finished(20, loss=0.9)
     s.results[(1e-2, 0.0, 1000)] = finished(20, loss=0.5)
     assert s.best([1000])[0] == 1e-2
@@ -53,8 +50,27 @@ def test_ties_are_broken_by_holdout_loss_and_failures_score_worst():
     s.results[(1e-3, 0.0, 1001)] = finished(30, loss=1.0)
     lr, _, err, _ = s.best([1000, 1001])
     assert lr == 1e-3 and err == 25
-    assert compare.score({"status": "finished", "err": math.nan}) == math.inf
-    assert compare.score({"status": "failed"}) == math.inf
+    assert search.score({"status": "finished", "err": math.nan}) == math.inf
+    assert search.score({"status": "failed"}) == math.inf
+
+
+def test_help_lists_the_keys_and_bad_input_exits_2_with_one_line(env, capsys):
+    run = lambda *a: subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), *a], cwd=REPO, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    help_ = run("--help")
+    assert help_.returncode == 0
+    for key in ("optimizers=", "select_seeds=", "lr_grid=", "launcher=local", "partition=", "gpus_per_node=",
+                "timeout_min=", "SLURM_ACCOUNT"):
+        assert key in help_.stdout, key
+    bad = run("--nope")
+    assert bad.returncode == 2 and bad.stderr == "error: unknown option '--nope'; compare.py takes key=value " \
+        "arguments (see --help)\n"
+    for args in (["launcher=cloud"], ["seeds=x"], ["lr_grid=1,-2"], ["launcher=slurm", "nodes=0"],
+                 ["launcher=slurm", "mem_gb=lots"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.parse(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
 
 
 def _run(args, env, tmp_path, timeout=900):

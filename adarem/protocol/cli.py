@@ -1,0 +1,318 @@
+"""Compare optimizers with one protocol for all, then build the tables, plots and claims verdicts.
+
+    python scripts/compare.py                                   # digits, small_cnn: ~8 min on 2 cores
+    python scripts/compare.py experiment=fashion_mnist_small
+    python scripts/compare.py search=lr_wd seeds=5 select_seeds=2 data=fashion_mnist
+    python scripts/compare.py experiment=paper_resnet50 launcher=slurm partition=gpu data.holdout_fraction=0.01
+
+Protocol, identical for every optimizer (AlgoPerf's and DeepOBS's tuning rules as the anchor):
+  1. search, on the training split minus a fixed holdout (data.eval_on=holdout; the test split
+     never chooses anything): learning rates on a log grid around the optimizer's default lr
+     (configs/optimizer/), 10^-lr_span .. 10^+lr_span times it in steps of 10^lr_step (default
+     two decades in half-decade steps: 5 points); with search=lr_wd, jointly with weight decay
+     (the optimizer's own kind, coupled or decoupled) at 0.1x, 1x, 10x its default (1e-4 where the
+     default is 0). Every trial is trained with each of ``select_seeds`` selection seeds
+     (1000, 1001, ...), disjoint from the final seeds; its score is the mean holdout error, ties
+     broken by the mean holdout loss. A failed, diverged or non-finite trial scores worst.
+  2. when the best lr sits on the edge of what was tried, the grid is extended by one step beyond
+     that edge, up to ``max_extend`` times; a result still on the edge is flagged in the report.
+     Every optimizer gets the same trials before extension; the report states the counts.
+  3. the chosen configuration is trained with ``seeds`` final seeds (0, 1, ...) on the full
+     training split and scored on the test/val split, evaluated ``evals_per_epoch`` times per epoch
+     (evenly spaced in steps: the resolution of steps-to-target); scripts/make_tables.py's report,
+     with the selection table, a plot of holdout error against lr and the provenance of the
+     comparison, is written to ``out``.
+
+Keys of this script (key=value): optimizers=a,b,c  seeds=N  select_seeds=N  search=lr|lr_wd
+lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step; no extension)
+max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR.  Every other
+key=value is a train.py override.
+Where the trials run: launcher=local (default: ``workers`` spawned processes on this machine, each
+with cpus/workers torch threads) or launcher=slurm (each stage's trials as one submitit job array,
+one task per GPU; the comparison waits for the stage, then reads each trial's run.json; submitit's
+files go to <runs>/submitit/). SLURM keys, defaulting to the environment variables of
+configs/hydra/launcher/slurm.yaml: partition= (SLURM_PARTITION)  account= (SLURM_ACCOUNT)
+nodes=N (ADAREM_NODES, 1)  gpus_per_node=N (ADAREM_GPUS_PER_NODE, 8)  cpus_per_task=N
+(ADAREM_CPUS_PER_TASK, 10)  timeout_min=N (ADAREM_TIMEOUT_MIN, 4320)  mem_gb=N (ADAREM_MEM_GB,
+unset)  array_parallelism=N (64). Preempted or timed-out trials are requeued by submitit and
+resume from their checkpoints.
+Defaults given to every trial unless overridden: trainer.bn_recalibrate=8 (BN statistics recomputed
+before each evaluation), trainer.oscillation_every=10, logging.wandb=disabled.
+
+Outputs: <out>/tables.md (+ CSV/LaTeX/plots, see make_tables.py), <out>/selection.csv (one row per
+trial and seed: optimizer, lr, weight_decay, seed, stage, status, score, chosen, holdout_loss,
+run_dir). Run directories end in the configuration's hash (adarem/run_identity.py): launched again
+with the same arguments, a comparison skips its finished trials and resumes the others, and any
+other setting never reuses them. A stage in which nothing finished stops with exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
+from adarem.protocol.report import provenance, selection_table
+from adarem.protocol.search import SELECT_SEED0, Search, lr_factors, score, weight_decays
+
+USAGE = __doc__
+DEFAULTS = {
+    # sgd_plain (no momentum) is plain AdaRem's like-for-like baseline, sgd (momentum) adarem_m's;
+    # adarem_horizon and adarem_nodecay are the other two readings of lambda (ablations)
+    "optimizers": "sgd,sgd_plain,adam,adamw,adarem,adarem_m,adarem_horizon,adarem_nodecay",
+    "seeds": "5",
+    "select_seeds": "2",
+    "search": "lr",
+    "lr_span": "1",
+    "lr_step": "0.5",
+    "lr_grid": "",
+    "max_extend": "3",
+    "workers": "2",
+    "out": "",
+    "runs": "",
+    "evals_per_epoch": "4",
+    "launcher": "local",
+}
+# launcher=slurm: key -> (environment variable, default), as configs/hydra/launcher/slurm.yaml
+SLURM_KEYS = {
+    "partition": ("SLURM_PARTITION", ""),
+    "account": ("SLURM_ACCOUNT", ""),
+    "nodes": ("ADAREM_NODES", "1"),
+    "gpus_per_node": ("ADAREM_GPUS_PER_NODE", "8"),
+    "cpus_per_task": ("ADAREM_CPUS_PER_TASK", "10"),
+    "timeout_min": ("ADAREM_TIMEOUT_MIN", "4320"),
+    "mem_gb": ("ADAREM_MEM_GB", ""),
+    "array_parallelism": ("ADAREM_ARRAY_PARALLELISM", "64"),
+}
+# digits: 1,408 training images, so the holdout is a quarter of them (352 images, 0.28 points per
+# image); the selection runs train on the other 1,056, the finals on all 1,408.
+# A loss line every 5 of the 66 steps: "train loss at x % of the steps" is read from those lines.
+DIGITS_DEFAULTS = ["data=digits", "trainer.epochs=6", "data.holdout_fraction=0.25", "trainer.log_every=5"]
+# given to every trial unless overridden. BN statistics recomputed before every evaluation (8
+# training batches): evaluated with the lagging running averages, an early curve measures the
+# averages rather than the weights
+TRIAL_DEFAULTS = (("logging.wandb", "disabled"), ("logging.progress", "none"), ("trainer.oscillation_every", "10"),
+                  ("trainer.bn_recalibrate", "8"))
+
+
+def fail(message: str) -> None:
+    """Bad input or an empty stage: one line, exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse(argv: list[str]) -> tuple[dict, list[str]]:
+    """(this script's keys, the train.py overrides); one ``error:`` line and exit 2 on bad input."""
+    own, passthrough = dict(DEFAULTS), []
+    own.update({k: os.environ.get(env, default) for k, (env, default) in SLURM_KEYS.items()})
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and (key in DEFAULTS or key in SLURM_KEYS):
+            own[key] = value
+        elif arg in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        elif arg.startswith("-"):
+            fail(f"unknown option {arg!r}; compare.py takes key=value arguments (see --help)")
+        else:
+            passthrough.append(arg)
+    try:
+        for key in ("seeds", "select_seeds", "workers", "max_extend", "evals_per_epoch"):
+            own[key] = int(own[key])
+        own["lr_span"], own["lr_step"] = float(own["lr_span"]), float(own["lr_step"])
+        own["lr_grid"] = [float(x) for x in own["lr_grid"].split(",") if x]
+    except ValueError as exc:
+        fail(f"bad compare.py argument ({exc}); seeds, select_seeds, workers and max_extend are integers, "
+             f"lr_span/lr_step numbers, lr_grid comma-separated numbers")
+    own["optimizers"] = [o for o in own["optimizers"].split(",") if o]
+    if own["seeds"] < 1 or own["select_seeds"] < 1 or own["workers"] < 1 or own["max_extend"] < 0 \
+            or own["evals_per_epoch"] < 1 or not own["optimizers"]:
+        fail("seeds, select_seeds, workers and evals_per_epoch must be >= 1, max_extend >= 0, optimizers non-empty")
+    if own["search"] not in ("lr", "lr_wd"):
+        fail(f"search={own['search']!r} must be lr or lr_wd")
+    bad = [m for m in own["lr_grid"] if not (0 < m < math.inf)]
+    if bad:
+        fail(f"lr_grid={','.join(map(str, own['lr_grid']))}: every factor must be a finite number > 0 (bad: {bad})")
+    if not own["lr_grid"] and not (own["lr_step"] > 0 and own["lr_span"] >= 0):
+        fail(f"lr_span={own['lr_span']} must be >= 0 and lr_step={own['lr_step']} > 0")
+    if own["launcher"] not in ("local", "slurm"):
+        fail(f"launcher={own['launcher']!r} must be local or slurm")
+    for key in SLURM_KEYS if own["launcher"] == "slurm" else ():
+        value = own[key]
+        if key in ("partition", "account") or (key == "mem_gb" and value == ""):
+            continue
+        least = 0 if key == "gpus_per_node" else 1
+        try:
+            ok = float(value) > 0 if key == "mem_gb" else int(value) >= least
+        except ValueError:
+            ok = False
+        if not ok:
+            fail(f"{key}={value!r} (from {key}= or ${SLURM_KEYS[key][0]}) must be "
+                 f"{'a number > 0' if key == 'mem_gb' else f'an integer >= {least}'}")
+    return own, passthrough
+
+
+def trial_base(passthrough: list[str]) -> list[str]:
+    """The overrides every trial starts with: the user's, after the digits defaults when no data or
+    experiment was chosen, and TRIAL_DEFAULTS unless the user set them."""
+    base = list(passthrough)
+    if not any(a.startswith(("data=", "experiment=")) for a in base):
+        base = [*DIGITS_DEFAULTS, *base]  # the digits defaults stay under other overrides
+    for key, value in TRIAL_DEFAULTS:
+        if not any(a.startswith(key + "=") for a in base):
+            base.append(f"{key}={value}")
+    return base
+
+
+def trial_overrides(base: list[str], evals: list[str], runs_root: Path, opt: str, lr: float, wd: float, seed: int,
+                    stage: str) -> list[str]:
+    """train.py's overrides for one trial. Their order and text, and so the run directory, must not
+    change: a comparison relaunched by another version finds its finished trials by them."""
+    eval_on = "val" if stage == "final" else "holdout"
+    return [*base, *(evals if stage == "final" else []), f"optimizer={opt}", f"optimizer.lr={lr:.6g}",
+            f"optimizer.weight_decay={wd:.6g}", f"seed={seed}", f"data.eval_on={eval_on}",
+            # ${run_id:} is the hash of the whole configuration: another setting, another dir
+            f"run_dir={runs_root / stage / opt / f'lr{lr:.6g}_wd{wd:.6g}_s{seed}'}_${{run_id:}}"]
+
+
+def compare(argv: list[str]) -> int:
+    """The whole comparison: search (with extension), finals, selection.csv and the report."""
+    own, passthrough = parse(argv)
+    base = trial_base(passthrough)
+    try:
+        probe = compose(base)  # fails here, with one line, on a bad override
+    except Exception as exc:  # noqa: BLE001 - Hydra's errors carry several lines; keep the first
+        fail(f"bad override in {' '.join(base)}: {str(exc).strip().splitlines()[0]}")
+    name = probe.experiment_name or f"{probe.data.name}_{probe.model.name}"
+    runs_root = Path(own["runs"] or HOME / "runs" / "compare" / name)
+    out = Path(own["out"] or HOME / "results" / name)
+    threads = max(1, (os.cpu_count() or 1) // own["workers"])
+    factors = lr_factors(own)
+    searches: dict[str, Search] = {}
+    for opt in own["optimizers"]:
+        try:
+            ocfg = compose([*base, f"optimizer={opt}"]).optimizer
+        except Exception as exc:  # noqa: BLE001
+            fail(f"optimizer {opt!r}: {str(exc).strip().splitlines()[0]}")
+        searches[opt] = Search(opt, float(ocfg.lr), weight_decays(float(ocfg.weight_decay), own["search"]), factors,
+                               own["lr_step"])
+    select_seeds = [SELECT_SEED0 + i for i in range(own["select_seeds"])]
+    final_seeds = list(range(own["seeds"]))
+
+    # the finals' validation curve: evaluations at evenly spaced steps, for steps-to-target. The
+    # selection runs evaluate at epoch ends only: evaluating does not change training (tested).
+    evals = [] if any(a.startswith("trainer.evals_per_epoch=") for a in base) else \
+        [f"trainer.evals_per_epoch={own['evals_per_epoch']}"]
+
+    def overrides(opt, lr, wd, seed, stage):
+        return trial_overrides(base, evals, runs_root, opt, lr, wd, seed, stage)
+
+    n_trials = len(factors) * len(next(iter(searches.values())).wds)
+    where = (f"{own['workers']} workers x {threads} threads" if own["launcher"] == "local" else
+             f"SLURM job arrays (partition {own['partition'] or 'default'}, {own['gpus_per_node']} GPU(s) per node)")
+    print(f"compare: {len(searches)} optimizers x {n_trials} trials x {len(select_seeds)} selection seeds on a "
+          f"holdout (search={own['search']}), then {len(final_seeds)} final seeds each; {where}; runs in {runs_root}",
+          flush=True)
+    if own["launcher"] == "local":
+        dispatcher = LocalDispatcher(own["workers"], threads)
+    else:
+        dispatcher = SlurmDispatcher(runs_root / "submitit", slurm_parameters(own))
+    rows, data_identity = [], None
+    with dispatcher:
+
+        def run_trials(todo: list[tuple[str, float, float, int]]) -> None:
+            for (opt, lr, wd, seed), res in dispatcher.run("select", [(t, overrides(*t, "select")) for t in todo]):
+                if res.get("locked"):  # not evaluated: never score it as worst
+                    fail(f"{res['run_dir']} is in use by another process (another compare on the same runs=?); "
+                         f"wait for it to end, then launch again: finished trials are kept")
+                searches[opt].results[(lr, wd, seed)] = res
+                print(f"  select {opt:15s} lr {lr:<9.4g} wd {wd:<8.3g} seed {seed} {res['status']:9s} "
+                      f"holdout top-1 err {score(res):6.2f}%  ({res['seconds']:.0f} s)"
+                      + (f"  {res['error']}" if "error" in res else ""), flush=True)
+
+        run_trials([(opt, lr, wd, s) for opt, srch in searches.items() for lr, wd in srch.trials() for s in select_seeds])
+        for _ in range(own["max_extend"] if not own["lr_grid"] else 0):
+            todo = []
+            for opt, srch in searches.items():
+                lr, wd, err, _ = srch.best(select_seeds)
+                side = srch.edge(lr)
+                if side in ("low", "high") and math.isfinite(err):
+                    new = srch.extend(side)
+                    todo += [(opt, new, w, s) for w in srch.wds for s in select_seeds]
+            if not todo:
+                break
+            print(f"  extending the grid of {sorted({t[0] for t in todo})} by one half-decade step", flush=True)
+            run_trials(todo)
+        chosen = {opt: srch.best(select_seeds) for opt, srch in searches.items()}
+        empty = [opt for opt, (_, _, err, _) in chosen.items() if not math.isfinite(err)]
+        if empty:
+            fail(f"no learning rate of {', '.join(empty)} finished with a finite holdout error on every selection "
+                 f"seed; move or widen the grid (lr_span, lr_grid), and see the run directories under "
+                 f"{runs_root / 'select'}")
+        finals = [((opt, s), overrides(opt, chosen[opt][0], chosen[opt][1], s, "final"))
+                  for opt in searches for s in final_seeds]
+        finished = set()
+        for (opt, s), res in dispatcher.run("final", finals):
+            if res.get("locked"):
+                fail(f"{res['run_dir']} is in use by another process; wait for it to end, then launch again")
+            if math.isfinite(score(res)):
+                finished.add(opt)
+                data_identity = data_identity or res.get("data_identity")
+            lr, wd = chosen[opt][:2]
+            rows.append(dict(optimizer=opt, lr=lr, weight_decay=wd, seed=s, stage="final", status=res["status"],
+                             score=score(res), chosen=True, holdout_loss=math.nan, run_dir=res["run_dir"]))
+            print(f"  final  {opt:15s} lr {lr:<9.4g} wd {wd:<8.3g} seed {s} {res['status']:9s} "
+                  f"test top-1 err {res.get('err', math.nan):6.2f}%  ({res['seconds']:.0f} s)"
+                  + (f"  {res['error']}" if "error" in res else ""), flush=True)
+        if not finished:
+            fail(f"no final run finished; see the run directories under {runs_root / 'final'}")
+
+    import pandas as pd
+
+    from adarem.results import load_runs, write_report
+    from adarem.results.plots import plot_selection
+
+    for opt, srch in searches.items():
+        for (lr, wd, seed), res in sorted(srch.results.items()):
+            rows.append(dict(optimizer=opt, lr=lr, weight_decay=wd, seed=seed, stage="select", status=res["status"],
+                             score=score(res), chosen=(lr, wd) == chosen[opt][:2], holdout_loss=res.get("loss", math.nan),
+                             run_dir=res["run_dir"]))
+    out.mkdir(parents=True, exist_ok=True)
+    selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"],
+                                               ascending=[False, True, True, True, True])
+    selection.to_csv(out / "selection.csv", index=False, float_format="%.6g")
+    plot_selection(selection, out / "plots" / "selection_lr.png")
+
+    # only this invocation's finals: runs left in the tree by another invocation (other epochs, an
+    # lr chosen before) must never enter its verdicts
+    rs = load_runs(runs_root / "final").subset(r["run_dir"] for r in rows if r["stage"] == "final")
+    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+    preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + \
+        selection_table(searches, chosen, select_seeds, factors) + "\n![holdout error against lr](plots/selection_lr.png)\n"
+    claims = HOME / "results" / "claims.yaml"
+    text = write_report(rs, out, claims if claims.is_file() else None, command, preamble=preamble)
+    verdicts = [line for line in text.splitlines() if line.startswith("| ") and any(
+        v in line for v in ("Supported", "Contradicted", "Inconclusive", "Not supported", "Insufficient data"))]
+    print("\n".join(verdicts))
+    print(f"\nwrote {out}/tables.md (tables, claims, plots) and {out}/selection.csv; runs in {runs_root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The compare command line (scripts/compare.py; a console script can point here): returns the
+    exit code; bad input exits 2 with one ``error:`` line."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return compare(argv)
+    except BrokenProcessPool:
+        fail("a worker process died (killed, or out of memory); launch the same command again: finished "
+             "trials are kept and unfinished ones resume")
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); launch the same command again to resume", file=sys.stderr)
+        return 130
+    return 0

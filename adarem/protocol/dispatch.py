@@ -1,0 +1,266 @@
+"""Running the comparison's trials, a stage at a time. The protocol only makes each trial's
+train.py overrides and reads its run record (run.json) afterwards; how the trial is run is the
+dispatcher's business:
+
+- ``LocalDispatcher`` (launcher=local): spawned worker processes of this machine, each running
+  train.py's ``train()`` in-process (no interpreter start per trial), with its torch threads pinned;
+- ``SlurmDispatcher`` (launcher=slurm): one submitit job array per stage on a SLURM cluster; each
+  array task runs ``Trial``, i.e. train.py's ``train()`` as any run (SIGUSR2/SIGTERM checkpoint the
+  run, submitit requeues it and it resumes from its directory). Trials whose run directory already
+  holds a finished (or diverged) run are not submitted again; failed or unfinished ones are.
+
+Both yield ``(key, outcome)`` pairs in the order the trials were given; an outcome is a dict with
+``run_dir``, ``status``, ``err``/``loss`` (the run's final holdout or test top-1 error and loss),
+``data_identity``, ``seconds``, and ``error`` / ``locked`` when the trial did not run to an end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from adarem.protocol.search import num
+
+REPO = Path(__file__).resolve().parents[2]
+# the checkout this package runs from (runs/, results/ and claims.yaml live there); an installed
+# package without one works in the current directory
+HOME = REPO if (REPO / "configs" / "config.yaml").is_file() else Path.cwd()
+DONE = ("finished", "diverged")  # run records that launching the run again would only report
+
+
+def config_dir() -> Path:
+    """configs/ of the checkout, or the copy installed with the package (adarem.cli.CONFIG_DIR)."""
+    try:
+        from adarem.cli import CONFIG_DIR  # type: ignore[attr-defined]
+    except ImportError:
+        return REPO / "configs"
+    return Path(CONFIG_DIR)
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from adarem.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def train_function():
+    """train.py's ``train(cfg)``: from adarem.cli.train where the package holds it, else from the
+    repository's top-level train.py imported by path (the package never edits sys.path)."""
+    try:
+        from adarem.cli.train import train  # type: ignore[import-not-found]
+
+        return train
+    except ImportError:
+        pass
+    mod = sys.modules.get("train")
+    if mod is None or Path(getattr(mod, "__file__", "") or "").resolve() != REPO / "train.py":
+        spec = importlib.util.spec_from_file_location("train", REPO / "train.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["train"] = mod
+        spec.loader.exec_module(mod)
+    return mod.train
+
+
+def read_outcome(run_dir: Path, seconds: float = 0.0) -> dict:
+    """A trial's outcome as its run record tells it."""
+    from adarem.run_record import read_run_json
+
+    try:
+        record = read_run_json(run_dir)
+    except ValueError as exc:
+        return {"run_dir": str(run_dir), "status": "failed", "error": str(exc), "seconds": seconds}
+    if record is None:
+        return {"run_dir": str(run_dir), "status": "failed", "error": "no run.json", "seconds": seconds}
+    final = record.get("final") or {}
+    return {"run_dir": str(run_dir), "status": record.get("status", "unknown"),
+            "err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
+            "data_identity": record.get("data_identity"), "seconds": seconds}
+
+
+def run_one(overrides: list[str], threads: int) -> dict:
+    """Train one configuration in this (worker) process; returns its outcome."""
+    import torch
+
+    torch.set_num_threads(threads)
+    train = train_function()
+    from adarem.cli import one_line
+    from adarem.run_dir import RunLocked
+    from adarem.run_record import read_run_json
+
+    cfg = compose(overrides)
+    run_dir = Path(cfg.run_dir)
+    t0 = time.time()
+    try:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            code = train(cfg)
+    except Exception as exc:  # one failed configuration must not stop the comparison
+        return {"run_dir": str(run_dir), "status": "failed", "error": one_line(exc), "seconds": time.time() - t0,
+                "locked": isinstance(exc, RunLocked)}
+    try:
+        record = read_run_json(run_dir) or {}
+    except ValueError as exc:
+        return {"run_dir": str(run_dir), "status": "failed", "error": str(exc), "seconds": time.time() - t0}
+    final = record.get("final") or {}
+    return {"run_dir": str(run_dir), "status": record.get("status", f"exit {code}"),
+            "err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
+            "data_identity": record.get("data_identity"), "seconds": time.time() - t0}
+
+
+class LocalDispatcher:
+    """Trials on this machine: ``workers`` spawned processes x ``threads`` torch threads each."""
+
+    def __init__(self, workers: int, threads: int):
+        self.workers, self.threads = workers, threads
+
+    def __enter__(self):
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.__exit__(*exc)
+
+    def run(self, stage: str, trials: Iterable[tuple[object, list[str]]]) -> Iterator[tuple[object, dict]]:
+        jobs = [(key, self.pool.submit(run_one, overrides, self.threads)) for key, overrides in trials]
+        for key, fut in jobs:
+            yield key, fut.result()
+
+
+class Trial:
+    """One trial as a submitit job: train.py's ``train()`` on the composed overrides, as any run
+    (its stop signals, checkpoint and resume=auto). ``checkpoint`` makes submitit requeue it with
+    the same arguments on preemption or timeout, after the run has checkpointed (adarem.signals)."""
+
+    def __call__(self, overrides: list[str]) -> dict:
+        from adarem import distributed as dist_utils
+        from adarem.cli import one_line
+        from adarem.run_dir import RunLocked
+
+        t0 = time.time()
+        train = train_function()
+        cfg = compose(overrides)
+        run_dir = Path(cfg.run_dir)
+        try:
+            code = train(cfg)
+        except Exception as exc:  # the trial failed, not the job: the protocol reads the outcome
+            return {"run_dir": str(run_dir), "status": "failed", "error": one_line(exc), "seconds": time.time() - t0,
+                    "locked": isinstance(exc, RunLocked)}
+        finally:
+            dist_utils.cleanup()
+        res = read_outcome(run_dir, time.time() - t0)
+        res.setdefault("exit_code", code)
+        return res
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def slurm_parameters(own: dict) -> dict:
+    """submitit's AutoExecutor parameters from the compare keys (which default to the environment
+    variables of configs/hydra/launcher/slurm.yaml)."""
+    gpus = int(own["gpus_per_node"])
+    params = dict(timeout_min=int(own["timeout_min"]), nodes=int(own["nodes"]), gpus_per_node=gpus,
+                  tasks_per_node=max(1, gpus),  # one task per GPU (adarem/distributed.py maps SLURM's ranks)
+                  cpus_per_task=int(own["cpus_per_task"]), slurm_signal_delay_s=300,
+                  slurm_array_parallelism=int(own["array_parallelism"]))
+    if own.get("mem_gb"):
+        params["mem_gb"] = float(own["mem_gb"])
+    if own.get("partition"):
+        params["slurm_partition"] = own["partition"]
+    if own.get("account"):
+        params["slurm_account"] = own["account"]
+    return params
+
+
+class SlurmDispatcher:
+    """Trials as one submitit job array per stage; waits for the stage, then reads the run records."""
+
+    def __init__(self, folder: Path, params: dict, poll_s: float = 10.0, cluster: str = "slurm"):
+        self.folder, self.params, self.poll_s, self.cluster = Path(folder), params, poll_s, cluster
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def _executor(self, stage: str):
+        import submitit
+
+        ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster, slurm_max_num_timeout=50)
+        params = dict(self.params, name=f"adarem-{stage}")
+        if self.cluster != "slurm":  # submitit's local/debug executors: no slurm_* keys
+            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        ex.update_parameters(**params)
+        return ex
+
+    def run(self, stage: str, trials: Iterable[tuple[object, list[str]]]) -> Iterator[tuple[object, dict]]:
+        trials = list(trials)
+        outcomes: dict[int, dict] = {}
+        todo = []
+        for i, (_, overrides) in enumerate(trials):
+            run_dir = Path(compose(overrides).run_dir)
+            res = read_outcome(run_dir)
+            if res["status"] in DONE:  # launched again it would only report its result
+                outcomes[i] = res
+            else:
+                todo.append((i, overrides, run_dir))
+        if todo:
+            print(f"  {stage}: submitting {len(todo)} trial(s) as a job array ({len(trials) - len(todo)} already "
+                  f"done); submitit files in {self.folder}", flush=True)
+            ex = self._executor(stage)
+            jobs = ex.map_array(Trial(), [overrides for _, overrides, _ in todo])
+            print(f"  {stage}: job {jobs[0].job_id.split('_')[0]}", flush=True)
+            t0 = time.time()
+            try:
+                self._wait(stage, jobs)
+            except KeyboardInterrupt:
+                for job in jobs:
+                    with contextlib.suppress(Exception):
+                        job.cancel(check=False)
+                raise
+            for (i, _, run_dir), job in zip(todo, jobs):
+                outcomes[i] = self._outcome(job, run_dir, time.time() - t0)
+        for i, (key, _) in enumerate(trials):
+            yield key, outcomes[i]
+
+    def _wait(self, stage: str, jobs: list) -> None:
+        pending, last = list(jobs), time.time()
+        while pending:
+            pending = [j for j in pending if not j.done()]
+            if pending:
+                if time.time() - last > 600:
+                    print(f"  {stage}: {len(jobs) - len(pending)}/{len(jobs)} trials done", flush=True)
+                    last = time.time()
+                time.sleep(self.poll_s)
+
+    @staticmethod
+    def _outcome(job, run_dir: Path, seconds: float) -> dict:
+        from adarem.cli import one_line
+
+        res = read_outcome(run_dir, seconds)
+        try:
+            returned = job.result()
+        except Exception as exc:  # the job died: killed, out of memory, time limit without requeue
+            if res["status"] not in DONE:
+                res.update(status="failed", error=f"job {job.job_id}: {one_line(exc)}")
+            return res
+        if isinstance(returned, dict):
+            res["locked"] = bool(returned.get("locked"))
+            if "error" in returned and res["status"] not in DONE:
+                res.update(status="failed", error=returned["error"])
+        return res

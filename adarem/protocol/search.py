@@ -1,0 +1,76 @@
+"""The search space and the selection rule: lr grids (log, half-decade steps), their extension
+when the best point sits on an edge, and the score of a trial (mean holdout error over the
+selection seeds, ties broken by the mean holdout loss; anything unfinished scores worst)."""
+
+from __future__ import annotations
+
+import math
+
+SELECT_SEED0 = 1000  # selection seeds are 1000, 1001, ...: disjoint from the final seeds 0, 1, ...
+WD_FACTORS = (0.1, 1.0, 10.0)  # search=lr_wd: weight decays tried, relative to the optimizer's default
+
+
+def num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
+def score(res: dict) -> float:
+    """A run's error for selection: anything but a finished run with a finite error is worst."""
+    err = res.get("err")
+    if res.get("status") != "finished" or not isinstance(err, (int, float)) or not math.isfinite(err):
+        return math.inf
+    return float(err)
+
+
+def lr_factors(own: dict) -> list[float]:
+    """The grid before extension, as factors of each optimizer's default lr: lr_grid as given, or
+    10^-lr_span .. 10^+lr_span in steps of 10^lr_step."""
+    if own["lr_grid"]:
+        return sorted(own["lr_grid"])
+    n = int(round(own["lr_span"] / own["lr_step"]))
+    return [10 ** (k * own["lr_step"]) for k in range(-n, n + 1)]
+
+
+def weight_decays(default_wd: float, search: str) -> list[float]:
+    """search=lr: the optimizer's own weight decay; search=lr_wd: 0.1x, 1x, 10x it (1e-4 where it is 0)."""
+    return [default_wd] if search == "lr" else [(default_wd or 1e-4) * f for f in WD_FACTORS]
+
+
+class Search:
+    """The trials of one optimizer: scores per (lr, wd), the chosen point, whether it is interior."""
+
+    def __init__(self, opt: str, lr0: float, wds: list[float], factors: list[float], step: float):
+        self.opt, self.lr0, self.wds, self.step = opt, lr0, wds, step
+        self.lrs = [lr0 * f for f in factors]
+        self.results: dict[tuple[float, float, int], dict] = {}
+        self.extensions = 0
+
+    def trials(self) -> list[tuple[float, float]]:
+        return [(lr, wd) for lr in self.lrs for wd in self.wds]
+
+    def point_score(self, lr: float, wd: float, seeds: list[int]) -> tuple[float, float]:
+        """(mean holdout error, mean holdout loss) over the selection seeds; worst if any failed."""
+        res = [self.results.get((lr, wd, s), {}) for s in seeds]
+        errs = [score(r) for r in res]
+        if any(math.isinf(e) for e in errs):
+            return math.inf, math.inf
+        losses = [r.get("loss", math.nan) for r in res]
+        return sum(errs) / len(errs), (sum(losses) / len(losses) if all(map(math.isfinite, losses)) else math.inf)
+
+    def best(self, seeds: list[int]) -> tuple[float, float, float, float]:
+        """(lr, wd, mean holdout error, mean holdout loss) of the best point tried."""
+        scored = [(*self.point_score(lr, wd, seeds), lr, wd) for lr, wd in self.trials()]
+        err, loss, lr, wd = min(scored, key=lambda t: (t[0], t[1]))
+        return lr, wd, err, loss
+
+    def edge(self, lr: float) -> str:
+        if len(self.lrs) < 3:
+            return "not searched (fewer than 3 lrs)"
+        return "low" if lr == min(self.lrs) else "high" if lr == max(self.lrs) else ""
+
+    def extend(self, side: str) -> float:
+        lr = min(self.lrs) / 10 ** self.step if side == "low" else max(self.lrs) * 10 ** self.step
+        self.lrs.append(lr)
+        self.lrs.sort()
+        self.extensions += 1
+        return lr
