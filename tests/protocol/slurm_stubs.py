@@ -2,7 +2,8 @@
 scontrol), running each job on this machine. sbatch records the #SBATCH options of every script it
 is given in $STUB_LOG, answers at once (as sbatch does) and runs the job, or each task of a job
 array one after the other, in a detached process; the job states go to files in $STUB_STATE, where
-sacct reads them."""
+sacct reads them. A job that ``scontrol requeue`` names while it runs is run again when it ends
+(SLURM_RESTART_COUNT counts), as SLURM requeues it."""
 
 from __future__ import annotations
 
@@ -30,13 +31,21 @@ def run_job(jid, script, tasks, cwd):
             if pickle.exists():
                 break
             time.sleep(0.1)
-        (state / name).write_text("RUNNING")
-        env = dict(os.environ, SLURM_JOB_ID=str(jid if t is None else jid + 1 + t), SLURM_JOB_NODELIST="localhost",
-                   SLURM_JOB_NUM_NODES="1", SLURM_NTASKS="1", SLURM_CPUS_PER_TASK="1", SLURM_SUBMIT_DIR=cwd,
-                   SLURM_JOB_NAME="stub")
-        if t is not None:
-            env.update(SLURM_ARRAY_JOB_ID=str(jid), SLURM_ARRAY_TASK_ID=str(t))
-        code = subprocess.call(["bash", script], env=env, cwd=cwd)
+        restarts = 0
+        while True:
+            (state / name).write_text("RUNNING")
+            env = dict(os.environ, SLURM_JOB_ID=str(jid if t is None else jid + 1 + t), SLURM_JOB_NODELIST="localhost",
+                       SLURM_JOB_NUM_NODES="1", SLURM_NTASKS="1", SLURM_CPUS_PER_TASK="1", SLURM_SUBMIT_DIR=cwd,
+                       SLURM_JOB_NAME="stub", SLURM_RESTART_COUNT=str(restarts))
+            if t is not None:
+                env.update(SLURM_ARRAY_JOB_ID=str(jid), SLURM_ARRAY_TASK_ID=str(t))
+            code = subprocess.call(["bash", script], env=env, cwd=cwd)
+            requeue = state / (name + ".requeue")  # "scontrol requeue" during the run: run it again
+            if requeue.exists() and (state / name).read_text() != "CANCELLED":
+                requeue.unlink()
+                restarts += 1
+                continue
+            break
         if (state / name).read_text() != "CANCELLED":
             (state / name).write_text("COMPLETED" if code == 0 else "FAILED")
 
@@ -103,7 +112,7 @@ with open(os.environ["STUB_LOG"], "a") as f:
     f.write("sacct " + " ".join(sys.argv[1:]) + "\n")
 print("JobID|State|NodeList")
 for p in sorted(state.iterdir()):
-    if p.name.split("_")[0] in ids:
+    if "." not in p.name and p.name.split("_")[0] in ids:
         print(f"{p.name}|{p.read_text()}|localhost")
 '''
 
@@ -125,6 +134,10 @@ with open(os.environ["STUB_LOG"], "a") as f:
     f.write("scontrol " + " ".join(sys.argv[1:]) + "\n")
 if sys.argv[1:3] == ["show", "hostnames"]:
     print("localhost")
+if sys.argv[1:2] == ["requeue"]:
+    from pathlib import Path
+    for jid in sys.argv[2].split(","):
+        (Path(os.environ["STUB_STATE"]) / (jid + ".requeue")).write_text("")
 '''
 
 

@@ -1,17 +1,21 @@
 """compare.py launcher=slurm end to end on stand-in SLURM commands (tests/protocol/slurm_stubs.py):
 submitit's SlurmExecutor writes the job scripts, "sbatch" runs them on this machine, "sacct"
-reports their states; each stage is one job array; relaunched, nothing finished is submitted."""
+reports their states; each stage is one job array; relaunched, nothing finished is submitted; a
+trial preempted by submitit's signal checkpoints, is requeued and resumes."""
 
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_run
+from tests.conftest import REPO, read_metrics, read_run
 from tests.protocol.slurm_stubs import install_submitit_stubs
 
 pytestmark = pytest.mark.slow
@@ -64,3 +68,44 @@ def test_compare_through_slurm_job_arrays_then_resume(tmp_path, slurm_env):
     assert again.returncode == 0, again.stderr[-3000:]
     assert [line for line in (tmp_path / "stub.log").read_text().splitlines() if line.startswith("sbatch ")] == sbatch
     assert list(csv.DictReader(open(tmp_path / "out" / "selection.csv"))) == rows
+
+
+def _job_pid(folder: Path) -> int | None:
+    """The submitit job process (python -m submitit.core._submit <folder under the runs root>)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"submitit.core._submit" in c for c in cmd) and any(str(folder).encode() in c for c in cmd):
+            return int(proc.name)
+    return None
+
+
+def test_a_preempted_trial_checkpoints_is_requeued_and_resumes(tmp_path, slurm_env):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "compare.py"), "launcher=slurm", "gpus_per_node=0",
+                             "optimizers=sgd", "lr_grid=1", "select_seeds=1", "seeds=1", "data=digits",
+                             "trainer.epochs=3", "trainer.batch_size=16", "trainer.log_every=2", f"runs={runs}",
+                             f"out={tmp_path / 'out'}"], cwd=REPO, env=slurm_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline, run_dir = time.monotonic() + 300, None
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for the selection trial's steps
+        found = list((runs / "select").rglob("metrics.jsonl")) if (runs / "select").exists() else []
+        if found and found[0].read_text().count('"type": "iter"') >= 3:
+            run_dir = found[0].parent
+            break
+        time.sleep(0.1)
+    assert run_dir is not None, proc.communicate()[0][-3000:]
+    pid = _job_pid(runs / "submitit")
+    assert pid is not None
+    os.kill(pid, signal.SIGUSR2)  # what SLURM sends before a time limit or a preemption (submitit's signal)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "scontrol requeue" in (tmp_path / "stub.log").read_text()  # submitit requeued the trial's job
+    record = read_run(run_dir)
+    assert record["status"] == "finished" and record["restarts"] == 1  # ... which resumed and finished
+    steps = [m["step"] for m in read_metrics(run_dir) if m.get("type") == "iter"]
+    assert steps == sorted(set(steps))  # no step lost or repeated in the record
+    rows = list(csv.DictReader(open(tmp_path / "out" / "selection.csv")))
+    assert [(r["stage"], r["status"]) for r in rows] == [("select", "finished"), ("final", "finished")]
