@@ -15,12 +15,13 @@ RUN apt-get update \
 RUN useradd --create-home --uid 1000 adarem
 WORKDIR /opt/adarem
 
-# dependencies first (cached layer), then the code; both come from pyproject.toml
+# dependencies first (cached layer), then the code; both come from pyproject.toml, which installs
+# configs/ with the package (adarem.configs) and the console scripts adarem-train/-compare/-tables
 COPY pyproject.toml README.md ./
 COPY adarem ./adarem
+COPY configs ./configs
 RUN pip install torch==2.14.1 torchvision==0.29.1 ".[all,dali]"
 COPY train.py ./
-COPY configs ./configs
 COPY scripts ./scripts
 COPY slurm ./slurm
 COPY results/claims.yaml ./results/claims.yaml
@@ -29,6 +30,5 @@ RUN mkdir -p /work && chown adarem:adarem /work
 USER adarem
 # runs, multirun sweeps and caches go to /work: mount a shared filesystem there
 WORKDIR /work
-ENV PYTHONPATH=/opt/adarem
-ENTRYPOINT ["python", "/opt/adarem/train.py"]
+ENTRYPOINT ["adarem-train"]
 CMD ["--help"]

@@ -52,13 +52,12 @@ import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from adarem.config import DataConfig  # noqa: E402
-from adarem.data import build_data, list_image_folder, sampling  # noqa: E402
-from adarem.data.datasets import ImageFolderDataset  # noqa: E402
-from adarem.data.digits import default_cache_dir  # noqa: E402
-from adarem.data.photo_tree import make_photo_tree  # noqa: E402
+from adarem.config import DataConfig
+from adarem.data import build_data, list_image_folder, sampling
+from adarem.data.datasets import ImageFolderDataset
+from adarem.data.digits import default_cache_dir
+from adarem.data.photo_tree import make_photo_tree
 
 PREVIOUS = "7d5217c73641bcc65b7c550ac7538a73c60226d1"  # the loaders before issue 15's items 5 and 6
 

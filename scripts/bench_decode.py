@@ -15,7 +15,6 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +24,7 @@ import pandas as pd
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adarem.data.photo_tree import make_photo_tree  # noqa: E402
+from adarem.data.photo_tree import make_photo_tree
 
 
 def main() -> None:

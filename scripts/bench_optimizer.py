@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -27,8 +26,7 @@ import pandas as pd
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adarem import AdaRem  # noqa: E402
+from adarem import AdaRem
 
 SGD_WD, ADAMW_WD, ADAREM_WD = 1e-4, 0.05, 1e-4  # as in configs/optimizer/{sgd,adamw,adarem}.yaml
 

@@ -24,7 +24,6 @@ import dataclasses
 import datetime as dt
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,16 +31,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from adarem import distributed as dist_utils  # noqa: E402
-from adarem.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig  # noqa: E402
-from adarem.data import build_data  # noqa: E402
-from adarem.engine import TrainState, make_precision, train_epoch  # noqa: E402
-from adarem.models import build_model  # noqa: E402
-from adarem.optim.factory import build_optimizer  # noqa: E402
-from adarem.schedule import build_scheduler  # noqa: E402
-from adarem.signals import StopFlag  # noqa: E402
+from adarem import distributed as dist_utils
+from adarem.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig
+from adarem.data import build_data
+from adarem.engine import TrainState, make_precision, train_epoch
+from adarem.models import build_model
+from adarem.optim.factory import build_optimizer
+from adarem.schedule import build_scheduler
+from adarem.signals import StopFlag
 
 OPTIMIZERS = {
     "sgd": OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),

@@ -1,4 +1,5 @@
-"""Regenerate the comparison tables, claims verdicts and plots from logged runs.
+"""Regenerate the comparison tables, claims verdicts and plots from logged runs (adarem/cli/tables.py;
+installed as ``adarem-tables``).
 
     python scripts/make_tables.py runs/compare/digits --out results/digits
     python scripts/make_tables.py --wandb my-entity/adarem --out results/imagenet   # via the wandb API
@@ -10,74 +11,9 @@ and duplicate runs are listed in their own section and kept out of the means. Wr
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from adarem.results import load_runs, write_report  # noqa: E402
-
-
-def export_wandb_runs(path: str, dest: Path) -> Path:
-    """Write the runs of a wandb project as run records (run.json + metrics.jsonl) under dest."""
-    import wandb
-
-    api = wandb.Api()
-    for run in api.runs(path):
-        out = dest / run.id
-        out.mkdir(parents=True, exist_ok=True)
-        status = {"finished": "finished", "crashed": "failed", "failed": "failed"}.get(run.state, run.state)
-        record = {"status": status, "config": dict(run.config), "start_time": str(run.created_at)}
-        (out / "run.json").write_text(json.dumps(record, default=str))
-        with open(out / "metrics.jsonl", "w") as f:
-            for row in run.scan_history():
-                if "train_loss" in row:
-                    f.write(json.dumps({"type": "epoch", **{k: v for k, v in row.items() if not k.startswith("_")}}) + "\n")
-    return dest
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs_dir", nargs="?", help="directory holding run directories")
-    ap.add_argument("--out", default=None, help="output directory (default results/<runs_dir name>)")
-    ap.add_argument("--claims", default=str(Path(__file__).resolve().parent.parent / "results" / "claims.yaml"))
-    ap.add_argument("--targets", default="1,5", help="target errors: SGD final error + these points")
-    ap.add_argument("--wandb", default=None, help="ENTITY/PROJECT: read runs through the wandb API")
-    args = ap.parse_args(argv)
-    if args.wandb:
-        root = export_wandb_runs(args.wandb, Path(args.out or "results/wandb") / "wandb_export")
-    elif args.runs_dir:
-        root = Path(args.runs_dir)
-        if not root.is_dir():
-            print(f"error: runs directory {root} does not exist; pass the directory train.py or compare.py wrote",
-                  file=sys.stderr)
-            return 2
-    else:
-        ap.error("give RUNS_DIR or --wandb ENTITY/PROJECT")
-    try:
-        offsets = tuple(float(x) for x in args.targets.split(","))
-    except ValueError:
-        print(f"error: --targets={args.targets!r} must be comma-separated numbers, e.g. 1,5", file=sys.stderr)
-        return 2
-    rs = load_runs(root)
-    if rs.runs.empty:
-        print(f"error: no complete run under {root} ({len(rs.problems)} flagged); nothing to tabulate", file=sys.stderr)
-        for p in rs.problems:
-            print(f"  {p['run_dir']}: {p['problem']}", file=sys.stderr)
-        return 1
-    out = Path(args.out or Path("results") / root.name)
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out} is a file; pass a directory for the tables, CSVs and plots", file=sys.stderr)
-        return 2
-    command = "python scripts/make_tables.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    text = write_report(rs, out, Path(args.claims) if args.claims else None, command, offsets)
-    print(text)
-    print(f"wrote {out}/tables.md, *.csv, *.tex, plots/")
-    return 0
-
+from adarem.cli.tables import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python scripts/make_tables.py"))

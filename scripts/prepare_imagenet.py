@@ -16,9 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from adarem.data.imagenet_layout import EXPECTED, build_val_layout, check_tree  # noqa: E402
+from adarem.data.imagenet_layout import EXPECTED, build_val_layout, check_tree
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,11 @@
-"""Command-line plumbing of train.py: one-line error messages and a pre-flight composition.
+"""Entry points (``adarem-train``, ``adarem-tables``; ``python -m adarem.cli.train`` / ``.tables``) and
+their plumbing: where the configs are, one-line error messages and a pre-flight composition.
 
 A bad override, a run directory that cannot be created or a configuration error must reach the
 user as one ``error:`` line with exit code 2, never as Hydra's multi-line report or a traceback;
-in a sweep (``-m``), before its first job starts.
+in a sweep (``-m``), before its first job starts. Importing this package imports only the standard
+library (Hydra is imported inside the functions), so that an entry point can install its early
+signal handlers (adarem.cli.early) first.
 """
 
 from __future__ import annotations
@@ -12,8 +15,32 @@ import os
 import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _config_dir() -> Path:
+    """The repository's configs/ when running from a checkout (``python train.py``, an editable
+    install); otherwise the same files installed with the package as ``adarem.configs`` (pyproject.toml
+    maps configs/ there: one copy, not two)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "config.yaml").is_file():
+        return checkout / "configs"
+    from importlib.resources import files
+
+    return Path(str(files("adarem.configs")))
+
+
+CONFIG_DIR = _config_dir()
+
+
+def train_command() -> None:
+    """``adarem-train``: the early signal handlers first, then the seconds-long imports and the run."""
+    from adarem.cli import early
+
+    early.install()
+    from adarem.cli.train import run
+
+    run()
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,0 +1,93 @@
+"""Train a timm/torchvision model with SGD, Adam, AdamW or AdaRem; leave a run record behind.
+
+    adarem-train                                        # small CNN on the embedded digits, AdaRem
+    adarem-train optimizer=sgd data=fashion_mnist trainer.epochs=5
+    python -m adarem.cli.train experiment=paper_resnet50 optimizer=adarem seed=1
+    python train.py ...                                 # the same, from the repository root
+
+Configs: adarem.cli.CONFIG_DIR (the repository's configs/, installed with the package), validated by
+adarem/config.py. The run directory (under the current directory) gets run.json, metrics.jsonl and
+checkpoints (format: README.md). resume=auto (the default) continues an interrupted run;
+SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from adarem.cli import CONFIG_DIR, early, one_line, preflight
+
+if __name__ == "__main__":  # python -m adarem.cli.train: before the heavy imports (adarem.cli.early)
+    early.install()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from adarem import distributed as dist_utils  # noqa: E402
+from adarem.checkpoint import CheckpointError  # noqa: E402
+from adarem.config import ConfigError, register_configs  # noqa: E402
+from adarem.data import DataError  # noqa: E402
+from adarem.run_setup import create, prepare  # noqa: E402
+from adarem.signals import StopFlag  # noqa: E402
+from adarem.trainer import Trainer  # noqa: E402
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError)  # one line, exit 2
+
+
+def train(cfg: DictConfig) -> int:
+    """Run (or continue) one training run and return its exit code. run.json records how it ended,
+    exceptions included; the run-directory lock is released however it ends."""
+    stop = StopFlag()
+    stop.install()  # first: a preemption during start-up must still end in "requeue me"
+    if early.SIGNALS:
+        stop.signal_name = early.SIGNALS[0]
+    run = None
+    try:
+        run = create(cfg, stop)
+        code = prepare(run, stop)
+        if code is None:
+            code = Trainer(run, stop).run()
+    except BaseException as exc:
+        if run is not None:
+            run.mark_failed(exc, one_line(exc))
+        raise
+    finally:
+        stop.uninstall()
+        if run is not None:
+            run.close()
+    stop.hand_over()  # inside a submitit job stopped by its signal: submitit requeues it (and exits)
+    return code
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    early.release_ctrl_c()  # from here on Ctrl-C marks the run interrupted
+    try:
+        code = train(cfg)
+    except USER_ERRORS as exc:  # OSError: an unwritable run directory, a full disk, a vanished file
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        hint = " (free space or choose a writable hydra.run.dir)" if isinstance(exc, OSError) else ""
+        print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); rerun the same command to resume from the last checkpoint, if one was "
+              "written (run.json, if any, says interrupted)", file=sys.stderr)
+        code = 130
+    finally:
+        dist_utils.cleanup()
+    if code:
+        sys.exit(code)
+
+
+def run() -> None:
+    """The command line: Hydra's overrides in sys.argv, checked (preflight) before Hydra takes over."""
+    early.install()  # no-op where the entry point already did, before the imports
+    register_configs()
+    preflight(sys.argv[1:])
+    main()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""The Hydra configs, installed with the package as ``adarem.configs`` (see adarem.cli.CONFIG_DIR)."""
