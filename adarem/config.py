@@ -78,11 +78,13 @@ class OptimizerConfig:
                                                  f"(a fraction of the run's steps; 0 = use optimizer.decay)")
         _require(self.decay_horizon == 0 or self.name == "adarem",
                  f"optimizer.decay_horizon={self.decay_horizon} applies to AdaRem only, not {self.name!r}")
-        _require(self.eps >= 0, f"optimizer.eps={self.eps} must be >= 0")
+        _require(0 <= self.eps < 1, f"optimizer.eps={self.eps} must be a finite value in [0, 1)")
         _require(self.impl in ("auto", "fused", "foreach", "loop"),
                  f"optimizer.impl={self.impl!r} is not one of auto, fused, foreach, loop")
         _require(self.impl == "auto" or (self.foreach is None and self.fused is None),
                  f"optimizer.impl={self.impl} and optimizer.foreach/fused both set; use impl alone")
+        _require(not (self.foreach and self.fused),
+                 "optimizer.foreach=true and optimizer.fused=true cannot both be set; pick one (or optimizer.impl)")
         if not self.variant:
             self.variant = self.name
 
@@ -126,11 +128,15 @@ class DataConfig:
                  f"data.name={self.name!r} is not one of digits, fashion_mnist, imagenet, synthetic, folder")
         _require(self.loader in ("torch", "dali"), f"data.loader={self.loader!r} must be torch or dali")
         _require(self.image_size >= 8, f"data.image_size={self.image_size} must be >= 8")
+        _require(self.val_resize == 0 or self.val_resize >= self.image_size,
+                 f"data.val_resize={self.val_resize} must be 0 (image_size / 0.875) or >= data.image_size="
+                 f"{self.image_size} (the centre crop is taken from it)")
         _require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _require(self.on_corrupt in ("error", "skip"), f"data.on_corrupt={self.on_corrupt!r} must be error or skip")
         _require(self.eval_on in ("val", "holdout"), f"data.eval_on={self.eval_on!r} must be val or holdout")
         _require(0 < self.holdout_fraction < 1, f"data.holdout_fraction={self.holdout_fraction} must be in (0, 1)")
         _require(self.in_chans in (1, 3), f"data.in_chans={self.in_chans} must be 1 or 3")
+        _require(self.num_classes >= 2, f"data.num_classes={self.num_classes} must be >= 2 (one class has nothing to learn)")
         for name in ("mean", "std"):
             values = list(getattr(self, name))
             _require(len(values) == self.in_chans and all(math.isfinite(v) for v in values),
@@ -151,7 +157,7 @@ class ScheduleConfig:
     def __post_init__(self):
         _require(self.name in ("cosine", "step", "constant"),
                  f"schedule.name={self.name!r} must be cosine, step or constant")
-        _require(self.warmup_epochs >= 0, f"schedule.warmup_epochs={self.warmup_epochs} must be >= 0")
+        _require(0 <= self.warmup_epochs < 1e6, f"schedule.warmup_epochs={self.warmup_epochs} must be a finite value >= 0")
         _require(0 < self.decay_rate <= 1, f"schedule.decay_rate={self.decay_rate} must be in (0, 1]")
         _require(0 <= self.warmup_lr < 1e6, f"schedule.warmup_lr={self.warmup_lr} must be a finite value >= 0")
         _require(0 <= self.min_lr < 1e6, f"schedule.min_lr={self.min_lr} must be a finite value >= 0")
@@ -191,7 +197,8 @@ class TrainerConfig:
                  f"trainer.amp={self.amp!r} must be auto, bf16, fp16 or none")
         _require(self.grad_clip >= 0, f"trainer.grad_clip={self.grad_clip} must be >= 0")
         _require(self.eval_every >= 1, f"trainer.eval_every={self.eval_every} must be >= 1")
-        _require(self.evals_per_epoch >= 1, f"trainer.evals_per_epoch={self.evals_per_epoch} must be >= 1")
+        _require(1 <= self.evals_per_epoch <= 1000,
+                 f"trainer.evals_per_epoch={self.evals_per_epoch} must be in [1, 1000] (and at most the steps of an epoch)")
         _require(self.evals_per_epoch == 1 or self.eval_every == 1,
                  f"trainer.evals_per_epoch={self.evals_per_epoch} needs trainer.eval_every=1 "
                  f"(got {self.eval_every}); use one or the other")

@@ -8,6 +8,7 @@ CPU cores.
 from __future__ import annotations
 
 import difflib
+import inspect
 
 import timm
 from torch import nn
@@ -19,7 +20,7 @@ from adarem.config import ConfigError
 class SmallCNN(nn.Module):
     """Four 3x3 conv-BN-ReLU layers (two downsamplings), global pooling, linear head."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0, **_):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0):
         super().__init__()
 
         def block(cin, cout, stride):
@@ -38,11 +39,23 @@ class SmallCNN(nn.Module):
         return self.head(self.drop(self.features(x).mean((2, 3))))
 
 
+def _own(kwargs: dict) -> dict:
+    """The model's own arguments: timm's create_model also passes its pretrained-config keys,
+    which these models do not use. Any other key reaches the model, and an unknown one (a typo in
+    model.kwargs) fails there instead of being ignored."""
+    return {k: v for k, v in kwargs.items() if k not in _TIMM_KEYS}
+
+
+# create_model's own named arguments (pretrained_cfg, cache_dir, ...), which it passes on
+_TIMM_KEYS = frozenset(k for k, p in inspect.signature(timm.create_model).parameters.items()
+                       if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)
+
+
 @register_model
 def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     if pretrained:
         raise ConfigError("model small_cnn has no pretrained weights; set model.pretrained=false")
-    return SmallCNN(**kwargs)
+    return SmallCNN(**_own(kwargs))
 
 
 class TwoConvNet(nn.Module):
@@ -51,7 +64,7 @@ class TwoConvNet(nn.Module):
     2 x ``width`` channels), a ``hidden``-unit dense layer with BN and dropout, a linear head."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, hidden: int = 128,
-                 drop_rate: float = 0.0, image_size: int = 28, **_):
+                 drop_rate: float = 0.0, image_size: int = 28):
         super().__init__()
 
         def stage(cin, cout):
@@ -72,7 +85,7 @@ class TwoConvNet(nn.Module):
 def two_conv_net(pretrained: bool = False, **kwargs) -> TwoConvNet:
     if pretrained:
         raise ConfigError("model two_conv_net has no pretrained weights; set model.pretrained=false")
-    return TwoConvNet(**kwargs)
+    return TwoConvNet(**_own(kwargs))
 
 
 def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = False,

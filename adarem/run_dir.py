@@ -14,6 +14,7 @@ alive) out of a directory that a live process is using; its refusal is a ``RunLo
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -61,6 +62,10 @@ def _checkpoint_of(config: dict, ckpt: dict, what: str, hint: str, unrecorded: O
     return ckpt
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
     try:
         previous = read_run_json(run_dir)
@@ -72,6 +77,9 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
             raise _differs(f"{run_dir} holds a {previous.get('status', 'unknown')} run that", diff,
                            "choose another hydra.run.dir (the default directory name is unique per "
                            "configuration) or restore those values")
+        if previous.get("status") == "finished" and not _finite((previous.get("final") or {}).get("val_top1_err")):
+            raise ConfigError(f"{run_dir}/run.json says finished but records no finite final error (a record of an "
+                              f"older version); it is not a result: move that directory away and run again")
         if previous.get("status") in FINAL_STATUSES:
             if resume == "auto":
                 return RunPlan(previous, None, None, already_done=True)

@@ -4,8 +4,10 @@
     adarem-tables --wandb my-entity/adarem --out results/imagenet      # via the wandb API
     python -m adarem.cli.tables ...  /  python scripts/make_tables.py ...   # the same
 
-Reads every run record (run.json + metrics.jsonl) under RUNS_DIR. Incomplete, crashed, truncated
-and duplicate runs are listed in their own section and kept out of the means. Writes tables.md
+Reads every run record (run.json + metrics.jsonl) under RUNS_DIR. Incomplete, crashed and
+duplicate runs, and finished ones whose metrics.jsonl disagrees with run.json, are listed in their
+own section and kept out of the means; a torn metrics.jsonl line (a write cut short) is listed
+there too, and the run is kept (its run.json and complete lines agree). Writes tables.md
 (README-ready), *.tex (booktabs), *.csv, claims.csv and plots/*.png into --out.
 """
 
@@ -74,10 +76,18 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         print(f"error: no complete run under {root} ({len(rs.problems)} flagged); nothing to tabulate", file=sys.stderr)
         for p in rs.problems:
             print(f"  {p['run_dir']}: {p['problem']}", file=sys.stderr)
-        return 1
+        return 2
     out = Path(args.out or Path("results") / root.name)
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file; pass a directory for the tables, CSVs and plots", file=sys.stderr)
+        return 2
+    if args.claims and not Path(args.claims).is_file():
+        print(f"error: --claims {args.claims} does not exist; pass a claims YAML (results/claims.yaml)", file=sys.stderr)
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create --out {out} ({exc.strerror}); pass a writable directory", file=sys.stderr)
         return 2
     command = f"{prog} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     text = write_report(rs, out, Path(args.claims) if args.claims else None, command, offsets)

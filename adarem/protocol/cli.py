@@ -54,6 +54,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from adarem.config import ConfigError, validate
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
 from adarem.protocol.report import provenance, selection_table
 from adarem.protocol.search import SELECT_SEED0, Search, lr_factors, score, weight_decays
@@ -138,6 +139,9 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         fail(f"lr_grid={','.join(map(str, own['lr_grid']))}: every factor must be a finite number > 0 (bad: {bad})")
     if not own["lr_grid"] and not (own["lr_step"] > 0 and own["lr_span"] >= 0):
         fail(f"lr_span={own['lr_span']} must be >= 0 and lr_step={own['lr_step']} > 0")
+    if own["lr_span"] > 6 or (own["lr_step"] > 0 and own["lr_span"] / own["lr_step"] > 100):
+        fail(f"lr_span={own['lr_span']} (decades each side) must be <= 6, with at most 100 steps of lr_step="
+             f"{own['lr_step']} each side")
     if own["launcher"] not in ("local", "slurm"):
         fail(f"launcher={own['launcher']!r} must be local or slurm")
     for key in SLURM_KEYS if own["launcher"] == "slurm" else ():
@@ -153,6 +157,26 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
             fail(f"{key}={value!r} (from {key}= or ${SLURM_KEYS[key][0]}) must be "
                  f"{'a number > 0' if key == 'mem_gb' else f'an integer >= {least}'}")
     return own, passthrough
+
+
+def check_values(overrides: list[str]) -> None:
+    """train()'s first check (adarem.config.validate: unknown keys, ranges) on a configuration,
+    composed as train.py's @hydra.main composes it (${hydra:...} values resolve)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from adarem.protocol.dispatch import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):  # as Hydra's launcher sets it
+        cfg.hydra.runtime.output_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate(cfg)
 
 
 def trial_base(passthrough: list[str]) -> list[str]:
@@ -194,9 +218,14 @@ def compare(argv: list[str]) -> int:
     searches: dict[str, Search] = {}
     for opt in own["optimizers"]:
         try:
-            ocfg = compose([*base, f"optimizer={opt}"]).optimizer
+            composed = compose([*base, f"optimizer={opt}"])
         except Exception as exc:  # noqa: BLE001
             fail(f"optimizer {opt!r}: {str(exc).strip().splitlines()[0]}")
+        try:  # what every trial's train() checks first: a bad value fails here, not in 80 trials
+            check_values([*base, f"optimizer={opt}"])
+        except ConfigError as exc:
+            fail(f"{exc} (with optimizer={opt})")
+        ocfg = composed.optimizer
         searches[opt] = Search(opt, float(ocfg.lr), weight_decays(float(ocfg.weight_decay), own["search"]), factors,
                                own["lr_step"])
     select_seeds = [SELECT_SEED0 + i for i in range(own["select_seeds"])]

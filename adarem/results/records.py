@@ -72,6 +72,13 @@ def config_id(config: dict, data_identity: dict | None = None) -> str:
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def data_id(data_identity: dict | None) -> str:
+    """A short hash of a run's data identity ("none" for a record without one)."""
+    if not data_identity:
+        return "none"
+    return hashlib.sha1(json.dumps(data_identity, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
 def read_metrics_lines(path: Path) -> tuple[list[dict], list[str]]:
     """Parsed lines, and a description of each line that is not valid JSON (e.g. truncated)."""
     records, bad = [], []
@@ -148,7 +155,8 @@ def load_runs(root: Path) -> RunSet:
                 continue
         rows.append({
             "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity")),
-            "dataset": data.get("name"), "eval_on": data.get("eval_on", "val"),
+            "dataset": data.get("name"), "data_id": data_id(run.get("data_identity")),
+            "eval_on": data.get("eval_on", "val"),
             "model": cfg.get("model", {}).get("name"),
             "optimizer": opt.get("variant") or opt.get("name"), "lr": opt.get("lr"),
             "weight_decay": opt.get("weight_decay"), "epochs": trainer.get("epochs"),
@@ -198,6 +206,11 @@ def load_runs(root: Path) -> RunSet:
             first = runs[(runs.config_id == r.config_id) & (runs.seed == r.seed) & ~dup].iloc[0]
             problems.append({"run_dir": r.run_dir, "problem": f"duplicate of {first.run_dir} (same config and seed): excluded"})
         runs = runs[~dup].reset_index(drop=True)
+        # two datasets that share data.name (two data=folder roots, a grown tree) are two settings:
+        # by the name alone the claims and speed targets would compare runs across them
+        for name, g in runs.groupby("dataset", dropna=False):
+            if g.data_id.nunique(dropna=False) > 1:
+                runs.loc[g.index, "dataset"] = [f"{name}@{d}" for d in g.data_id]
     keep = set(runs.run_dir) if not runs.empty else set()
     epochs_df = pd.DataFrame(epoch_rows)
     osc_df = pd.DataFrame(osc_rows, columns=["run_dir", "step", "flip_fraction", "path_efficiency"])

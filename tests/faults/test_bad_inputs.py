@@ -68,6 +68,16 @@ CASES = {
     "std of the wrong length": (["data.std=[0.2,0.2,0.2]"], "data.std=[0.2, 0.2, 0.2] must hold 1 finite value(s)"),
     "negative checkpoint interval": (["trainer.checkpoint_every_min=-1"], "trainer.checkpoint_every_min=-1.0 must be >= 0"),
     "holdout fraction 1.5": (["data.holdout_fraction=1.5"], "data.holdout_fraction=1.5 must be in (0, 1)"),
+    # found by a hostile review: each of these used to end finished/diverged (exit 0) or in a traceback
+    "one synthetic class": (["data=synthetic", "data.num_classes=1"], "data.num_classes=1 must be >= 2"),
+    "infinite warm-up": (["schedule.warmup_epochs=inf"], "schedule.warmup_epochs=inf must be a finite value"),
+    "infinite eps": (["optimizer=adam", "optimizer.eps=inf"], "optimizer.eps=inf must be a finite value in [0, 1)"),
+    "typo in model kwargs": (["+model.kwargs.widht=64"], "rejects model.kwargs={'widht': 64}"),
+    "negative val resize": (["data.val_resize=-5"], "data.val_resize=-5 must be 0"),
+    "foreach and fused": (["optimizer=adamw", "optimizer.foreach=true", "optimizer.fused=true"],
+                          "cannot both be set"),
+    "huge evals per epoch": (["trainer.evals_per_epoch=10000000000"], "trainer.evals_per_epoch=10000000000 must be in"),
+    "more evals than steps": (["trainer.evals_per_epoch=500"], "exceeds the"),
 }
 
 
@@ -229,7 +239,7 @@ def test_make_tables_on_foreign_run_json(tmp_path, env, content):
     (run_dir / "run.json").write_text(content)
     (run_dir / "metrics.jsonl").write_text("")
     res = _make_tables([str(tmp_path / "runs"), "--out", str(tmp_path / "out")], env)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "no complete run" in res.stderr and "not a run record" in res.stderr
 
 
@@ -238,3 +248,23 @@ def test_make_tables_out_naming_a_file(tmp_path, env, finished_run):
     (tmp_path / "afile").write_text("x")
     res = _make_tables([str(tmp_path / "runs"), "--out", str(tmp_path / "afile")], env)
     assert res.returncode == 2 and "is a file" in res.stderr and "Traceback" not in res.stderr
+    res = _make_tables([str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "sub")], env)
+    assert res.returncode == 2 and "cannot create --out" in res.stderr and "Traceback" not in res.stderr
+    res = _make_tables([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--claims", "/no/claims.yaml"], env)
+    assert res.returncode == 2 and "--claims /no/claims.yaml does not exist" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("final", [{}, {"val_top1_err": None}], ids=["empty final", "null final"])
+def test_finished_record_without_a_finite_final_is_not_reported(tmp_path, env, finished_run, final):
+    """A record an older version wrote after a stop right behind the last evaluation: "finished"
+    with no final error. Launched again it must not be reported as a result (nan%)."""
+    run_dir = copy_run(finished_run, tmp_path / "run")  # trainer.epochs=1, finished
+    record = read_run(run_dir)
+    record["final"] = final
+    (run_dir / "run.json").write_text(json.dumps(record))
+    res = run_train(["trainer.epochs=1"], env, run_dir)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "records no finite final error" in lines[0], res.stderr
+    assert "nan" not in res.stdout

@@ -212,3 +212,26 @@ def test_records_from_before_a_key_existed_pool_with_new_ones():
            "trainer": {"epochs": 3, "evals_per_epoch": 1, "bn_recalibrate": 0}, "seed": 1}
     assert config_id(old) == config_id(new)
     assert config_id(old) != config_id({**new, "trainer": {"epochs": 3, "evals_per_epoch": 4}})
+
+
+def test_two_datasets_sharing_a_name_are_two_settings_in_claims_and_targets(tmp_path):
+    """Two data roots under one data.name: the claims never compare a run on one with a run on the
+    other, and the SGD target of one never measures the other (hostile review of issue 10)."""
+    from adarem.results.tables import sgd_targets
+
+    root = tmp_path / "runs"
+    for s in range(3):
+        for name, opt, last, ident in ((f"sgd_a{s}", "sgd", 10.0 + s, "A"), (f"adarem_b{s}", "adarem", 5.0 + s, "B")):
+            d = make_run(root, name, opt, s, [40.0, 20.0, last])
+            record = json.loads((d / "run.json").read_text())
+            record["data_identity"] = {"root": f"/data/{ident}", "train_samples": 100 if ident == "A" else 90}
+            (d / "run.json").write_text(json.dumps(record))
+    rs = load_runs(root)
+    assert rs.runs.dataset.nunique() == 2 and all(rs.runs.dataset.str.startswith("toy@"))
+    claims = evaluate_claims(rs, load_claims(REPO / "results" / "claims.yaml"))
+    vs_sgd = claims[(claims.subject == "adarem") & (claims.baseline == "sgd")]
+    assert not vs_sgd.empty
+    assert (vs_sgd.n_subject * vs_sgd.n_baseline == 0).all(), vs_sgd  # never adarem on B against sgd on A
+    assert set(vs_sgd.verdict) == {"Insufficient data"}
+    targets = sgd_targets(rs, (1.0,))
+    assert len(targets) == 1  # only the setting that has SGD runs gets a target
