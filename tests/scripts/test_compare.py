@@ -65,8 +65,14 @@ def test_help_lists_the_keys_and_bad_input_exits_2_with_one_line(env, capsys):
     bad = run("--nope")
     assert bad.returncode == 2 and bad.stderr == "error: unknown option '--nope'; compare.py takes key=value " \
         "arguments (see --help)\n"
+    # a value every trial's train() would refuse stops the comparison before its first trial
+    for args, says in ((["+trainer.no_such_key=1"], "unknown config key(s) trainer.no_such_key"),
+                       (["trainer.epochs=0"], "trainer.epochs=0 must be >= 1")):
+        res = run("optimizers=sgd", *args)
+        assert res.returncode == 2 and res.stderr.startswith("error: ") and says in res.stderr, res.stderr
+        assert res.stderr.count("\n") == 1 and "select" not in res.stdout
     for args in (["launcher=cloud"], ["seeds=x"], ["lr_grid=1,-2"], ["launcher=slurm", "nodes=0"],
-                 ["launcher=slurm", "mem_gb=lots"]):
+                 ["launcher=slurm", "mem_gb=lots"], ["lr_span=400"]):
         with pytest.raises(SystemExit) as exit_:
             cli.parse(args)
         err = capsys.readouterr().err
