@@ -15,9 +15,10 @@ The same as ``adarem-train`` / ``python -m adarem.cli.train`` (adarem/cli/train.
 from __future__ import annotations
 
 if __name__ == "__main__":  # before the heavy imports (seconds): see adarem/cli/early.py
-    from adarem.cli import early
+    from adarem.cli import check_command_line, early
 
     early.install()
+    check_command_line()  # a bad override or value: one line, exit 2, before torch is imported
 
 from adarem.cli.train import main, run, train  # noqa: E402
 

@@ -1,14 +1,12 @@
-"""Compare optimizers with one protocol for all (the command line of adarem.protocol; --help)."""
+"""Compare optimizers with one protocol for all (the command line of adarem.protocol; --help;
+installed as ``adarem-compare``). Runs the installed ``adarem`` package (``pip install -e .``, as
+scripts/setup.sh does, makes it this checkout's)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# this checkout's package first, also where another checkout's is installed in the interpreter
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from adarem.protocol import cli  # noqa: E402
+from adarem.protocol import cli
 
 __doc__ = cli.USAGE
 

@@ -38,6 +38,7 @@ def train_command() -> None:
     from adarem.cli import early
 
     early.install()
+    check_command_line()
     from adarem.cli.train import run
 
     run()
@@ -72,23 +73,45 @@ def _sweep_jobs(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     return base, BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def _check_job(config, num: int) -> None:
-    """What train() checks first (adarem.config.validate: unknown keys, ranges), on one sweep
-    job's configuration as Hydra's launcher hands it over (job number and output dir set)."""
+def _check_job(config, num: int | None) -> None:
+    """What train() checks first (adarem.config.validate: unknown keys, ranges), on a run's
+    configuration as Hydra hands it over: one sweep job's (``num``: job number and output dir set
+    as the launcher sets them) or a single run's (``num`` None: output dir = hydra.run.dir)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict, read_write
 
     from adarem.config import validate
 
+    HydraConfig.instance().set_config(config)  # hydra.run.dir may need ${hydra:...} (via ${run_id:})
     with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.job.num = config.hydra.job.id = num  # as Hydra's basic launcher sets them
-        config.hydra.runtime.output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                                                       str(OmegaConf.select(config, "hydra.sweep.subdir")))
+        if num is None:
+            config.hydra.runtime.output_dir = str(OmegaConf.select(config, "hydra.run.dir"))
+        else:
+            config.hydra.job.num = config.hydra.job.id = num  # as Hydra's basic launcher sets them
+            config.hydra.runtime.output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                                           str(OmegaConf.select(config, "hydra.sweep.subdir")))
     HydraConfig.instance().set_config(config)
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
         del task["hydra"]
     validate(task)
+
+
+_checked = False  # the command line was checked in this process (check_command_line)
+
+
+def check_command_line() -> None:
+    """register_configs() and preflight() on sys.argv, once per process: called by every entry
+    point before it imports torch and the harness (seconds), so that a bad override or value
+    costs a fraction of a second and one line."""
+    global _checked
+    if _checked:
+        return
+    _checked = True
+    from adarem.config import register_configs
+
+    register_configs()
+    preflight(sys.argv[1:])
 
 
 def preflight(argv: list[str]) -> None:
@@ -114,6 +137,8 @@ def preflight(argv: list[str]) -> None:
                 for num, job in enumerate(jobs):
                     _check_job(compose("config", overrides=job, return_hydra_config=True), num)
             composed = compose("config", overrides=overrides, return_hydra_config=True)
+            if not multirun:  # train()'s value checks, before the seconds-long imports of a run
+                _check_job(copy.deepcopy(composed), None)
         HydraConfig.instance().set_config(composed)  # ${hydra:...} in a value resolves as under @hydra.main
         run_dir = Path(str(OmegaConf.select(composed, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
     except ConfigError as exc:  # a sweep job's bad value: train() would say the same, one line

@@ -171,6 +171,7 @@ def check_values(overrides: list[str]) -> None:
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # hydra.run.dir may need ${hydra:...} (via ${run_id:})
     with read_write(cfg.hydra), open_dict(cfg.hydra):  # as Hydra's launcher sets it
         cfg.hydra.runtime.output_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))
     HydraConfig.instance().set_config(cfg)

@@ -268,3 +268,23 @@ def test_finished_record_without_a_finite_final_is_not_reported(tmp_path, env, f
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "records no finite final error" in lines[0], res.stderr
     assert "nan" not in res.stdout
+
+
+def test_disk_full_mid_run_ends_failed_with_one_line(tmp_path, env):
+    """A file-size limit (what a full disk looks like to a writer) hit by the first checkpoint:
+    one line, exit 2, run.json says failed, no temp file left behind."""
+    import resource
+    import subprocess
+
+    from tests.conftest import FAST, REPO
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "optimizer.impl=foreach", f"hydra.run.dir={run_dir}"]
+    limit = 150 * 1024  # above run.json and the metrics lines, below one checkpoint of small_cnn
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "free space" in lines[0], res.stderr[-2000:]
+    assert read_run(run_dir)["status"] == "failed"
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".lock" or ".tmp" in p.name]

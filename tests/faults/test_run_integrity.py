@@ -137,12 +137,15 @@ def test_torn_metrics_line_is_cut_and_reported_on_resume(tmp_path, env):
     assert read_run(run_dir)["metrics_lines_lost"] == 1
 
 
-def test_signal_during_start_up_asks_for_a_requeue(tmp_path, env):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_signal_during_start_up_asks_for_a_requeue(tmp_path, env, sig):
+    import signal
+
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train.py"), *FAST, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # still importing torch
-    proc.terminate()
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-2000:]
     assert "stopped during start-up" in err

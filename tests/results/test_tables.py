@@ -163,7 +163,7 @@ def test_report_and_cli(records, tmp_path):
     empty.mkdir()
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(empty), "--out", str(out)],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and "no complete run" in res.stderr
+    assert res.returncode == 2 and "no complete run" in res.stderr
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "does not exist" in res.stderr
@@ -235,3 +235,25 @@ def test_two_datasets_sharing_a_name_are_two_settings_in_claims_and_targets(tmp_
     assert set(vs_sgd.verdict) == {"Insufficient data"}
     targets = sgd_targets(rs, (1.0,))
     assert len(targets) == 1  # only the setting that has SGD runs gets a target
+
+
+def test_finished_runs_that_disagree_with_their_record_are_kept_out(tmp_path):
+    """run.json's final is what train.py reported: a finished record without a finite final error,
+    or with a metrics.jsonl that lacks epochs or ends on another error, is listed and excluded."""
+    root = tmp_path / "runs"
+    make_run(root, "good", "sgd", 0, [40.0, 20.0, 10.0])
+    no_final = make_run(root, "no_final", "sgd", 1, [40.0, 20.0, 10.0])
+    record = json.loads((no_final / "run.json").read_text())
+    record["final"] = {"val_top1_err": None}
+    (no_final / "run.json").write_text(json.dumps(record))
+    make_run(root, "short", "sgd", 2, [40.0, 20.0])  # 2 epoch lines for trainer.epochs=3
+    other = make_run(root, "other_final", "sgd", 3, [40.0, 20.0, 10.0])
+    record = json.loads((other / "run.json").read_text())
+    record["final"] = {"val_top1_err": 5.0}  # not the last evaluated error
+    (other / "run.json").write_text(json.dumps(record))
+    rs = load_runs(root)
+    assert list(rs.runs.run_dir.str.split("/").str[-1]) == ["good"]
+    problems = {p["run_dir"].split("/")[-1]: p["problem"] for p in rs.problems}
+    assert "finished without a finite final error" in problems["no_final"]
+    assert "metrics.jsonl disagrees with run.json" in problems["short"]
+    assert "metrics.jsonl disagrees with run.json" in problems["other_final"]
