@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,16 +79,23 @@ def test_second_process_on_a_live_run_directory_is_refused(tmp_path, env):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=4", "trainer.log_every=1",
            f"hydra.run.dir={run_dir}"]
-    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the first process stops itself (SIGSTOP) after step 2, holding the lock, until the second
+    # has been refused: no race with a first run that could finish before the second starts
+    first = subprocess.Popen(cmd, cwd=REPO, env=dict(env, ADAREM_FAULT="step@2:STOP"), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     try:
-        for line in first.stdout:
-            if "epoch 0 step 2 " in line:
+        deadline = time.monotonic() + 300
+        while first.poll() is None and time.monotonic() < deadline:
+            if Path(f"/proc/{first.pid}/stat").read_text().split(") ")[1][0] == "T":  # stopped
                 break
+            time.sleep(0.1)
+        assert first.poll() is None, first.communicate()[0][-2000:]
         second = run_train(["trainer.epochs=4"], env, run_dir)
         assert second.returncode == 2
         line = _one_error_line(second)
         assert "is in use by host" in line and f"pid {first.pid}" in line
     finally:
+        os.kill(first.pid, signal.SIGCONT)
         out = first.communicate(timeout=300)[0]
     assert first.returncode == 0, out[-2000:]
     lines = read_metrics(run_dir)
