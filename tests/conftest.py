@@ -101,3 +101,15 @@ def finished_run(tmp_path_factory, env) -> Path:
     assert read_run(run_dir)["status"] == "finished"
     return run_dir
 
+
+
+def submitit_job_pid(folder: Path) -> int | None:
+    """The submitit job process (python -m submitit.core._submit <a folder under ``folder``>)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"submitit.core._submit" in c for c in cmd) and any(str(folder).encode() in c for c in cmd):
+            return int(proc.name)
+    return None

@@ -73,7 +73,7 @@ def _sweep_jobs(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     return base, BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def _check_job(config, num: int | None) -> None:
+def check_config(config, num: int | None = None) -> None:
     """What train() checks first (adarem.config.validate: unknown keys, ranges), on a run's
     configuration as Hydra hands it over: one sweep job's (``num``: job number and output dir set
     as the launcher sets them) or a single run's (``num`` None: output dir = hydra.run.dir)."""
@@ -135,10 +135,10 @@ def preflight(argv: list[str]) -> None:
             if multirun:
                 overrides, jobs = _sweep_jobs(overrides)
                 for num, job in enumerate(jobs):
-                    _check_job(compose("config", overrides=job, return_hydra_config=True), num)
+                    check_config(compose("config", overrides=job, return_hydra_config=True), num)
             composed = compose("config", overrides=overrides, return_hydra_config=True)
             if not multirun:  # train()'s value checks, before the seconds-long imports of a run
-                _check_job(copy.deepcopy(composed), None)
+                check_config(copy.deepcopy(composed), None)
         HydraConfig.instance().set_config(composed)  # ${hydra:...} in a value resolves as under @hydra.main
         run_dir = Path(str(OmegaConf.select(composed, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
     except ConfigError as exc:  # a sweep job's bad value: train() would say the same, one line

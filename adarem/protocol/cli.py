@@ -54,7 +54,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from adarem.config import ConfigError, validate
+from adarem.config import ConfigError
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
 from adarem.protocol.report import provenance, selection_table
 from adarem.protocol.search import SELECT_SEED0, Search, lr_factors, score, weight_decays
@@ -164,20 +164,13 @@ def check_values(overrides: list[str]) -> None:
     composed as train.py's @hydra.main composes it (${hydra:...} values resolve)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict, read_write
 
+    from adarem.cli import check_config
     from adarem.protocol.dispatch import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # hydra.run.dir may need ${hydra:...} (via ${run_id:})
-    with read_write(cfg.hydra), open_dict(cfg.hydra):  # as Hydra's launcher sets it
-        cfg.hydra.runtime.output_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    validate(cfg)
+    check_config(cfg)
 
 
 def trial_base(passthrough: list[str]) -> list[str]:

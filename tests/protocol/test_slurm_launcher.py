@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_metrics, read_run
+from tests.conftest import REPO, read_metrics, read_run, submitit_job_pid
 from tests.protocol.slurm_stubs import install_submitit_stubs
 
 pytestmark = pytest.mark.slow
@@ -70,18 +70,6 @@ def test_compare_through_slurm_job_arrays_then_resume(tmp_path, slurm_env):
     assert list(csv.DictReader(open(tmp_path / "out" / "selection.csv"))) == rows
 
 
-def _job_pid(folder: Path) -> int | None:
-    """The submitit job process (python -m submitit.core._submit <folder under the runs root>)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"submitit.core._submit" in c for c in cmd) and any(str(folder).encode() in c for c in cmd):
-            return int(proc.name)
-    return None
-
-
 def test_a_preempted_trial_checkpoints_is_requeued_and_resumes(tmp_path, slurm_env):
     runs = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "compare.py"), "launcher=slurm", "gpus_per_node=0",
@@ -97,7 +85,7 @@ def test_a_preempted_trial_checkpoints_is_requeued_and_resumes(tmp_path, slurm_e
             break
         time.sleep(0.1)
     assert run_dir is not None, proc.communicate()[0][-3000:]
-    pid = _job_pid(runs / "submitit")
+    pid = submitit_job_pid(runs / "submitit")
     assert pid is not None
     os.kill(pid, signal.SIGUSR2)  # what SLURM sends before a time limit or a preemption (submitit's signal)
     out = proc.communicate(timeout=600)[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, REPO, read_metrics, read_run
+from tests.conftest import FAST, REPO, read_metrics, read_run, submitit_job_pid
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +23,6 @@ def _sweep(sweep: Path, env: dict) -> subprocess.Popen:
                              "trainer.epochs=3", "trainer.batch_size=16", "trainer.log_every=2",
                              "trainer.checkpoint_every_min=0", f"hydra.sweep.dir={sweep}"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _job_pid(sweep: Path) -> int | None:
-    """The submitit job process (python -m submitit.core._submit <folder under the sweep dir>)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"submitit.core._submit" in c for c in cmd) and any(str(sweep).encode() in c for c in cmd):
-            return int(proc.name)
-    return None
 
 
 def test_submitit_signal_checkpoints_then_requeues_and_the_run_resumes(tmp_path, env):
@@ -49,7 +37,7 @@ def test_submitit_signal_checkpoints_then_requeues_and_the_run_resumes(tmp_path,
             break
         time.sleep(0.2)
     assert run_dir is not None, sweep_proc.communicate()[0][-3000:]
-    pid = _job_pid(sweep)
+    pid = submitit_job_pid(sweep)
     assert pid is not None
     os.kill(pid, signal.SIGUSR2)
     # submitit's local controller restarts a job that its handler requeued, as SLURM would
