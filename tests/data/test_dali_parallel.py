@@ -20,7 +20,6 @@ from PIL import Image
 
 from adarem.config import DataConfig
 from adarem.data import DataError, build_data
-from adarem.data.photo_tree import make_photo_tree
 from adarem.data.sampling import train_batches, val_batches
 from tests.conftest import REPO
 
@@ -28,12 +27,6 @@ pytest.importorskip("nvidia.dali")
 from adarem.data import dali  # noqa: E402
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return make_photo_tree(tmp_path_factory.mktemp("photos"), classes=3, train_per_class=6, val_per_class=5,
-                           size_range=(120, 200))
 
 
 def cfg_for(root, **kw) -> DataConfig:

@@ -9,18 +9,11 @@ import torch
 
 from adarem.config import DataConfig
 from adarem.data import DataError, build_data
-from adarem.data.photo_tree import make_photo_tree
 from adarem.data.sampling import train_batches, val_batches
 from tests.conftest import read_run, run_train
 
 pytest.importorskip("nvidia.dali")
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return make_photo_tree(tmp_path_factory.mktemp("photos"), classes=3, train_per_class=6, val_per_class=5,
-                           size_range=(120, 200))
 
 
 def cfg_for(root, **kw) -> DataConfig:

@@ -15,17 +15,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from adarem.config import DataConfig
 from adarem.data import DataError, build_data
-from adarem.data.photo_tree import make_photo_tree
 from adarem.data.sampling import sample_seed
 from adarem.data.transforms import random_resized_crop_box, val_resize
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return make_photo_tree(tmp_path_factory.mktemp("photos"), classes=3, train_per_class=6, val_per_class=5,
-                           size_range=(120, 200))
 
 
 def cfg_for(root, **kw) -> DataConfig:
