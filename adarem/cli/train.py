@@ -95,8 +95,6 @@ def run() -> None:
     try:
         main()
     except SystemExit as exc:
-        if "wandb" in sys.modules:
-            raise
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, (int, type(None))):
             print(exc.code, file=sys.stderr)
