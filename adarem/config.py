@@ -14,6 +14,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from adarem.optim.ranges import describe, in_range
+
 
 class ConfigError(ValueError):
     """A user-facing configuration error; its message is one line that says what to do."""
@@ -69,11 +71,10 @@ class OptimizerConfig:
         _require(self.lr <= 1e6, f"optimizer.lr={self.lr} must be a finite value <= 1e6")
         _require(0 <= self.weight_decay < 1e3,
                  f"optimizer.weight_decay={self.weight_decay} must be a finite value in [0, 1000)")
-        _require(0 <= self.momentum < 1, f"optimizer.momentum={self.momentum} must be in [0, 1)")
+        for key in ("momentum", "beta", "decay"):  # AdaRem's ranges (adarem/optim/ranges.py); SGD's momentum too
+            _require(in_range(key, getattr(self, key)), f"optimizer.{key}={getattr(self, key)} must be in {describe(key)}")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                  f"optimizer.betas={list(self.betas)} must be two values in [0, 1)")
-        _require(0 <= self.beta < 1, f"optimizer.beta={self.beta} must be in [0, 1)")
-        _require(0 < self.decay <= 1, f"optimizer.decay={self.decay} must be in (0, 1]")
         _require(0 <= self.decay_horizon <= 100, f"optimizer.decay_horizon={self.decay_horizon} must be in [0, 100] "
                                                  f"(a fraction of the run's steps; 0 = use optimizer.decay)")
         _require(self.decay_horizon == 0 or self.name == "adarem",

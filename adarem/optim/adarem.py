@@ -73,24 +73,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from adarem.optim.ranges import ADAREM_RANGES, describe, in_range
+
 __all__ = ["AdaRem"]
 
 
-def _check_range(name: str, value, lo: float, hi: float, lo_open: bool, hi_open: bool) -> None:
-    v = float(value) if isinstance(value, Tensor) else value
-    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:  # also catches NaN, for which every comparison is False
-        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ValueError(f"Invalid {name}: {value!r}; AdaRem needs {name} in {lb}{lo}, {hi}{rb}")
-
-
 def _validate_hyperparameters(h: dict) -> None:
-    _check_range("lr", h["lr"], 0.0, math.inf, True, True)
-    _check_range("beta", h["beta"], 0.0, 1.0, False, True)
-    _check_range("decay", h["decay"], 0.0, 1.0, True, False)
-    _check_range("momentum", h["momentum"], 0.0, 1.0, False, True)
-    _check_range("eps", h["eps"], 0.0, math.inf, False, True)
-    _check_range("weight_decay", h["weight_decay"], 0.0, math.inf, False, True)
+    for name in ADAREM_RANGES:  # NaN fails every range
+        value = float(h[name]) if isinstance(h[name], Tensor) else h[name]
+        if not in_range(name, value):
+            raise ValueError(f"Invalid {name}: {h[name]!r}; AdaRem needs {name} in {describe(name)}")
     if h.get("fused") and h.get("foreach"):
         raise ValueError("AdaRem: fused=True and foreach=True cannot both be set; pick one")
 
