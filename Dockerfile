@@ -24,7 +24,6 @@ RUN pip install torch==2.14.1 torchvision==0.29.1 ".[all,dali]"
 COPY train.py ./
 COPY scripts ./scripts
 COPY slurm ./slurm
-COPY results/claims.yaml ./results/claims.yaml
 
 RUN mkdir -p /work && chown adarem:adarem /work
 USER adarem

@@ -19,15 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from adarem.results import load_runs, write_report
-
-
-def default_claims() -> str | None:
-    """results/claims.yaml of the checkout this package runs from, else of the current directory."""
-    for candidate in (Path(__file__).resolve().parents[2] / "results" / "claims.yaml", Path("results") / "claims.yaml"):
-        if candidate.is_file():
-            return str(candidate)
-    return None
+from adarem.results import CLAIMS_FILE, load_runs, write_report
 
 
 def export_wandb_runs(path: str, dest: Path) -> Path:
@@ -52,7 +44,7 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dir", nargs="?", help="directory holding run directories")
     ap.add_argument("--out", default=None, help="output directory (default results/<runs_dir name>)")
-    ap.add_argument("--claims", default=default_claims(), help="claims to test (default: results/claims.yaml)")
+    ap.add_argument("--claims", default=str(CLAIMS_FILE), help="claims to test (default: the package's adarem/results/claims.yaml)")
     ap.add_argument("--targets", default="1,5", help="target errors: SGD final error + these points")
     ap.add_argument("--wandb", default=None, help="ENTITY/PROJECT: read runs through the wandb API")
     args = ap.parse_args(argv)
@@ -82,7 +74,7 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         print(f"error: --out {out} is a file; pass a directory for the tables, CSVs and plots", file=sys.stderr)
         return 2
     if args.claims and not Path(args.claims).is_file():
-        print(f"error: --claims {args.claims} does not exist; pass a claims YAML (results/claims.yaml)", file=sys.stderr)
+        print(f"error: --claims {args.claims} does not exist; pass a claims YAML (as adarem/results/claims.yaml)", file=sys.stderr)
         return 2
     try:
         out.mkdir(parents=True, exist_ok=True)

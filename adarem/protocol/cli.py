@@ -38,7 +38,7 @@ unset)  array_parallelism=N (64). Preempted or timed-out trials are requeued by 
 resume from their checkpoints.
 Defaults given to every trial unless overridden: trainer.bn_recalibrate=8 (BN statistics recomputed
 before each evaluation; 2 on the default digits data), trainer.oscillation_every=10, logging.wandb=disabled.
-Default optimizers: the six that results/claims.yaml compares (sgd, sgd_plain, adam, adamw, adarem,
+Default optimizers: the six that adarem/results/claims.yaml compares (sgd, sgd_plain, adam, adamw, adarem,
 adarem_m); the lambda ablations adarem_horizon and adarem_nodecay are added with optimizers=...
 
 Outputs: <out>/tables.md (+ CSV/LaTeX/plots, see make_tables.py), <out>/selection.csv (one row per
@@ -63,7 +63,7 @@ from adarem.protocol.search import SELECT_SEED0, Search, lr_factors, score, weig
 
 USAGE = __doc__
 DEFAULTS = {
-    # the optimizers results/claims.yaml compares: sgd_plain (no momentum) is plain AdaRem's
+    # the optimizers adarem/results/claims.yaml compares: sgd_plain (no momentum) is plain AdaRem's
     # like-for-like baseline, sgd (momentum) adarem_m's. The other two readings of lambda
     # (adarem_horizon, adarem_nodecay) are ablations, not claims: add them with optimizers=...
     "optimizers": "sgd,sgd_plain,adam,adamw,adarem,adarem_m",
@@ -302,7 +302,7 @@ def compare(argv: list[str]) -> int:
 
     import pandas as pd
 
-    from adarem.results import load_runs, write_report
+    from adarem.results import CLAIMS_FILE, load_runs, write_report
     from adarem.results.plots import plot_selection
 
     for opt, srch in searches.items():
@@ -322,8 +322,7 @@ def compare(argv: list[str]) -> int:
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + \
         selection_table(searches, chosen, select_seeds, factors) + "\n![holdout error against lr](plots/selection_lr.png)\n"
-    claims = HOME / "results" / "claims.yaml"
-    text = write_report(rs, out, claims if claims.is_file() else None, command, preamble=preamble)
+    text = write_report(rs, out, CLAIMS_FILE, command, preamble=preamble)
     verdicts = [line for line in text.splitlines() if line.startswith("| ") and any(
         v in line for v in ("Supported", "Contradicted", "Inconclusive", "Not supported", "Insufficient data"))]
     print("\n".join(verdicts))

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 from adarem.protocol.search import num
 
 REPO = Path(__file__).resolve().parents[2]
-# the checkout this package runs from (runs/, results/ and claims.yaml live there); an installed
+# the checkout this package runs from (runs/ and results/ live there); an installed
 # package without one works in the current directory
 HOME = REPO if (REPO / "configs" / "config.yaml").is_file() else Path.cwd()
 DONE = ("finished", "diverged")  # run records that launching the run again would only report

@@ -1,4 +1,4 @@
-"""Evaluate the paper's claims (results/claims.yaml) against logged runs.
+"""Evaluate the paper's claims (adarem/results/claims.yaml) against logged runs.
 
 Each claim compares a metric of the subject optimizer with a baseline, per setting (dataset x
 model), on the selected configuration of each (see tables.selected_groups), one value per seed.
@@ -10,7 +10,7 @@ Diverged runs enter error metrics as 100 % error. Per claim and setting:
   J = Gamma(nu/2) / (sqrt(nu/2) Gamma((nu-1)/2)), nu = n_subject + n_baseline - 2;
 - ``p``: one-sided Welch t-test in the claimed direction (``better: lower`` -> diff < 0);
 - ``p_holm``: Holm's step-down adjustment of ``p`` over the family of every claim tested in the same
-  setting (dataset x model): the claims of results/claims.yaml are one family per setting.
+  setting (dataset x model): the claims of adarem/results/claims.yaml are one family per setting.
 
 Verdicts (alpha = 0.05 unless told):
 

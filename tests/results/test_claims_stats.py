@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import special, stats
 
-from adarem.results import load_runs, write_report
+from adarem.results import CLAIMS_FILE, load_runs, write_report
 from adarem.results.claims import (CSV_COLUMNS, evaluate_claims, hedges_g, holm, load_claims,
                                    min_detectable_difference, one_sided_p, welch_ci)
 from adarem.results.tables import oscillation_table
@@ -167,7 +167,7 @@ def test_report_claims_csv_preamble_and_efficiency_column(verdict_records, tmp_p
 
 
 def test_repository_claims_compare_like_with_like():
-    spec = load_claims(REPO / "results" / "claims.yaml")
+    spec = load_claims(CLAIMS_FILE)
     osc = [c for c in spec["claims"] if c["metric"] in ("flip_fraction", "path_efficiency")]
     pairs = {(c["subject"], c["baseline"], c["metric"]) for c in osc}
     assert pairs == {("adarem", "sgd_plain", "flip_fraction"), ("adarem", "sgd_plain", "path_efficiency"),
@@ -194,7 +194,7 @@ def test_faster_claim_needs_the_subject_to_get_there(tmp_path):
         make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
         make_run(root, f"adam{s}", "adam", s, [40.0, 20.0, 10.5 + 0.1 * s])
         make_run(root, f"adarem{s}", "adarem", s, [30.0, 25.0 + 0.1 * s], trainer={"epochs": 2})
-    v = evaluate_claims(load_runs(root), load_claims(REPO / "results" / "claims.yaml")).set_index("claim")
+    v = evaluate_claims(load_runs(root), load_claims(CLAIMS_FILE)).set_index("claim")
     faster = v.loc["faster_than_adam"]
     assert faster.reached_subject == 0 and faster.reached_baseline == 5
     assert faster.verdict == "Contradicted", faster.to_dict()
