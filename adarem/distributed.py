@@ -31,25 +31,22 @@ def _env_ranks() -> tuple[int, int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
-        # srun with one task per GPU (e.g. under submitit): map SLURM's variables to torch's
-        rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
-        local = int(os.environ.get("SLURM_LOCALID", 0))
-        os.environ.setdefault("MASTER_ADDR", _first_slurm_host())
-        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", 0)) % 2000))
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
-        return rank, world, local
+        # srun with one task per GPU (slurm/train.sbatch, or a submitit job): submitit's helper maps
+        # SLURM's variables to torch's env:// ones (first node of the allocation as the rendezvous
+        # host; MASTER_PORT kept where the job set it, else derived from the job id)
+        try:
+            from submitit.helpers import TorchDistributedEnvironment
+        except ImportError:
+            from adarem.config import ConfigError
+
+            raise ConfigError("a multi-task SLURM run (SLURM_NTASKS > 1) needs submitit to map SLURM's ranks; "
+                              "pip install 'adarem[slurm]'") from None
+        # submitit recognises a SLURM job by the variable its own launcher sets; an sbatch/srun task
+        # (slurm/train.sbatch) is one as well
+        os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
+        env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        return env.rank, env.world_size, env.local_rank
     return 0, 1, 0
-
-
-def _first_slurm_host() -> str:
-    nodelist = os.environ.get("SLURM_JOB_NODELIST", "localhost")
-    try:
-        import subprocess
-
-        return subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                              text=True, check=True).stdout.split()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return nodelist.split(",")[0]
 
 
 def init_distributed(device_pref: str = "auto") -> DistInfo:
