@@ -1,8 +1,9 @@
 """Build the benchmarked optimizers (SGD, Adam, AdamW, AdaRem) from an OptimizerConfig.
 
 ``optimizer.impl`` picks the implementation by one rule for every optimizer: ``auto`` takes the
-fastest path on the device the model's parameters are on (the fused one where it exists there),
-``fused``/``foreach``/``loop`` force one. ``optimizer_impl(optimizer)`` says which one a built
+fastest path on the device the model's parameters are on (the fused one where it exists there and
+needs no compilation per process: torch's fused SGD/Adam/AdamW on the devices this torch build
+has them for, AdaRem's compiled path on CUDA only), ``fused``/``foreach``/``loop`` force one. ``optimizer_impl(optimizer)`` says which one a built
 optimizer runs, for the run record.
 """
 
@@ -35,8 +36,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# AdaRem's fused path is compiled by Inductor: C++ on the CPU, Triton on CUDA.
-_ADAREM_FUSED_DEVICES = ("cpu", "cuda")
+# AdaRem's fused path is compiled by Inductor (Triton on CUDA, C++ on the CPU) once per process. auto
+# takes it on CUDA, where runs are long. On the CPU the compilation costs more than it saves on the
+# models trained there: measured for train.py on digits (small_cnn, 2 epochs), 2.5-3 s more CPU time
+# per process than foreach with Inductor's cache warm and 24 s cold, against ~0.1 ms saved per step
+# (0.36 vs 0.49 ms). impl=fused still forces it on the CPU.
+_ADAREM_FUSED_DEVICES = ("cuda",)
 
 
 def _torch_fused_devices() -> tuple[str, ...]:
