@@ -4,6 +4,7 @@ resumed with resume=auto, ends bit-identical to an uninterrupted one (CPU, deter
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,8 +77,12 @@ def test_signal_mid_step_checkpoints_quickly_and_resumes(tmp_path, env, referenc
     out = proc.communicate(timeout=60)[0]
     elapsed = time.monotonic() - sent
     assert proc.returncode == 75, out[-2000:]
-    assert elapsed < 5.0, elapsed
     run = read_run(run_dir)
+    # quickly: at the step the signal found, not at the end of the epoch (a structural check that
+    # holds on a loaded machine; the time bound only catches a hang)
+    stopped_at = int(re.search(r"preempted at step (\d+)", out).group(1))
+    assert 2 <= stopped_at < run["steps_per_epoch"], (stopped_at, run["steps_per_epoch"])
+    assert elapsed < 30.0, elapsed
     assert run["status"] == "preempted" and run["signal"] == sig.name
     assert (run_dir / "checkpoint.pt").exists()
     resumed = run_train(COMMON, env, run_dir)
