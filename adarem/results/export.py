@@ -1,0 +1,77 @@
+"""Compact copies of run records, for committing a study under results/.
+
+    python scripts/export_runs.py runs/compare/fashion_mnist results/fashion_mnist/runs
+
+Copies every run directory under SRC that holds a run.json, keeping the layout below SRC (so that
+``compare.py runs=DEST`` finds its trials there again): run.json as written, and metrics.jsonl
+without the per-layer breakdown of the oscillation lines (``per_layer``, ``per_layer_efficiency``:
+about 90 % of the bytes, read by no table). Checkpoints and lock files are not copied. The tables
+made from DEST are the tables made from SRC (tests/results/test_export.py). DEST must not exist:
+a copy is never merged into, or written over, another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+DROPPED_KEYS = ("per_layer", "per_layer_efficiency")
+
+
+def _compact_line(line: str) -> str:
+    """One metrics.jsonl line without the per-layer keys; a line that does not parse is kept as is
+    (the tables report it the same way from either copy)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    if not isinstance(record, dict) or not any(k in record for k in DROPPED_KEYS):
+        return line
+    return json.dumps({k: v for k, v in record.items() if k not in DROPPED_KEYS}) + "\n"
+
+
+def export_runs(src: Path, dest: Path) -> int:
+    """Copy the compact records of every run under ``src`` to ``dest``; returns how many runs."""
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a directory of runs")
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; export into a new directory (nothing is merged or overwritten)")
+    run_dirs = sorted(p.parent for p in src.rglob("run.json"))
+    if not run_dirs:
+        raise FileNotFoundError(f"no run.json under {src}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for run_dir in run_dirs:
+            out = staging / run_dir.relative_to(src)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / "run.json", out / "run.json")
+            metrics = run_dir / "metrics.jsonl"
+            if metrics.is_file():
+                with open(metrics) as fin, open(out / "metrics.jsonl", "w") as fout:
+                    fout.writelines(_compact_line(line) for line in fin)
+        os.rename(staging, dest)  # all or nothing: a half-made copy never has DEST's name
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return len(run_dirs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python scripts/export_runs.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="a directory of runs (e.g. a comparison's runs=)")
+    ap.add_argument("dest", help="a new directory for the compact copies")
+    args = ap.parse_args(argv)
+    try:
+        n = export_runs(Path(args.src), Path(args.dest))
+    except (FileNotFoundError, FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {n} runs to {args.dest} (run.json + metrics.jsonl without per-layer oscillation)")
+    return 0

@@ -1,0 +1,67 @@
+"""scripts/export_runs.py: compact copies of run records whose tables are the originals' tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from adarem.results import CLAIMS_FILE, load_runs, write_report
+from adarem.results.export import export_runs
+from tests.conftest import REPO
+from tests.results.test_tables import make_run
+
+
+def _study(root):
+    """Two optimizers x 3 seeds with per-layer oscillation lines, checkpoints and lock files."""
+    for opt, base in (("sgd", 10.0), ("adarem", 9.0)):
+        for seed in range(3):
+            d = make_run(root / "final" / opt, f"s{seed}", opt, seed, [base + 3, base + 1 + seed / 10, base + seed / 10],
+                         osc=[0.5 - seed / 100, 0.4, 0.3])
+            lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for line in lines:
+                if line["type"] == "oscillation":
+                    line.update(per_layer={"w": 0.1}, per_layer_efficiency={"w": 0.9}, path_efficiency=0.5)
+            (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+            (d / "checkpoint.pt").write_bytes(b"x" * 1000)
+            (d / ".lock").write_text("")
+    return root
+
+
+def test_export_keeps_what_the_tables_read_and_drops_checkpoints_and_per_layer_data(tmp_path):
+    src = _study(tmp_path / "runs")
+    dest = tmp_path / "results" / "runs"
+    assert export_runs(src, dest) == 6
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == sorted(f"final/{o}/s{s}/{n}" for o in ("sgd", "adarem") for s in range(3)
+                           for n in ("run.json", "metrics.jsonl"))
+    original = src / "final" / "sgd" / "s1"
+    assert (dest / "final" / "sgd" / "s1" / "run.json").read_bytes() == (original / "run.json").read_bytes()
+    copied = [json.loads(x) for x in (dest / "final" / "sgd" / "s1" / "metrics.jsonl").read_text().splitlines()]
+    before = [json.loads(x) for x in (original / "metrics.jsonl").read_text().splitlines()]
+    assert len(copied) == len(before)
+    for a, b in zip(copied, before):
+        assert a == {k: v for k, v in b.items() if k not in ("per_layer", "per_layer_efficiency")}
+    # the same tables, claims and plots' data from either copy
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    write_report(load_runs(src), out_a, CLAIMS_FILE, "test")
+    write_report(load_runs(dest), out_b, CLAIMS_FILE, "test")
+    for name in ("claims.csv", "test_error.csv", "oscillation.csv", "speed.csv"):
+        assert (out_a / name).read_bytes() == (out_b / name).read_bytes(), name
+
+
+def test_export_never_writes_into_an_existing_directory_and_says_so_in_one_line(tmp_path):
+    src = _study(tmp_path / "runs")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    run = lambda *a: subprocess.run([sys.executable, str(REPO / "scripts" / "export_runs.py"), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    res = run(str(src), str(dest))
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"]
+    res = run(str(tmp_path / "nope"), str(tmp_path / "new"))
+    assert res.returncode == 2 and "nope" in res.stderr and not (tmp_path / "new").exists()
+    res = run(str(src), str(tmp_path / "new"))
+    assert res.returncode == 0 and "exported 6 runs" in res.stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".new.")]  # no staging left behind
