@@ -31,21 +31,23 @@ def _env_ranks() -> tuple[int, int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
-        # srun with one task per GPU (slurm/train.sbatch, or a submitit job): submitit's helper maps
-        # SLURM's variables to torch's env:// ones (first node of the allocation as the rendezvous
-        # host; MASTER_PORT kept where the job set it, else derived from the job id)
+        # srun with one task per GPU (slurm/train.sbatch, or a submitit job): submitit's reading of
+        # SLURM's variables (its node-list parser included) gives the ranks and the first node of
+        # the allocation, for torch's env:// rendezvous. A MASTER_ADDR/MASTER_PORT the job set (e.g.
+        # an interconnect hostname) wins; the default port stays outside Linux's ephemeral range.
         try:
-            from submitit.helpers import TorchDistributedEnvironment
+            from submitit.slurm.slurm import SlurmJobEnvironment
         except ImportError:
             from adarem.config import ConfigError
 
             raise ConfigError("a multi-task SLURM run (SLURM_NTASKS > 1) needs submitit to map SLURM's ranks; "
                               "pip install 'adarem[slurm]'") from None
-        # submitit recognises a SLURM job by the variable its own launcher sets; an sbatch/srun task
-        # (slurm/train.sbatch) is one as well
-        os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
-        env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        return env.rank, env.world_size, env.local_rank
+        job = SlurmJobEnvironment()
+        os.environ.setdefault("MASTER_ADDR", job.hostnames[0])
+        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", 0)) % 2000))
+        rank, world, local = job.global_rank, job.num_tasks, job.local_rank
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        return rank, world, local
     return 0, 1, 0
 
 

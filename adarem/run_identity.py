@@ -29,8 +29,11 @@ NOT_IDENTITY = ("resume", "logging", "run_dir", "notes", "hydra", "trainer.max_s
 # Keys added to the schema after the first release -> the value that reproduces the old behaviour.
 # Register every new identity key here when it is added (one that does not exist yet is harmless).
 # Not listed: trainer.stop_check_every (already in NOT_IDENTITY); optimizer.impl (no value
-# reproduces the runs recorded before it: impl=auto picks AdaRem's fused path, and the foreach path
-# was rewritten in the same change).
+# reproduces the runs recorded before it: impl=auto picked AdaRem's fused path then, and the
+# foreach path was rewritten in the same change). What auto chooses is not part of the identity
+# (it may change between versions: AdaRem's fused path became CUDA-only); run.json records the
+# path as optimizer_impl, and a resumed run keeps it (the checkpoint's optimizer groups carry their
+# foreach/fused flags; tests/harness/test_train.py).
 ADDED_KEYS = {
     "trainer.evals_per_epoch": 1,
     "trainer.bn_recalibrate": 0,

@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${ADAREM_PYTHON:-.venv/bin/python}
-OPTIMIZERS=${OPTIMIZERS:-sgd,adam,adamw,adarem,adarem_m,adarem_nodecay}
+OPTIMIZERS=${OPTIMIZERS:-sgd,sgd_plain,adam,adamw,adarem,adarem_m,adarem_nodecay}
 SEEDS=${SEEDS:-3}
 SELECT_SEEDS=${SELECT_SEEDS:-2}
 # 1 % of ImageNet's 1,281,167 training images: a fixed holdout of about 12,800 (one image = 0.008 points);

@@ -7,6 +7,10 @@ __all__ = ["AdaRem", "register_with_timm"]
 
 
 def __getattr__(name: str):
+    if name in ("adarem", "factory", "ranges", "timm_registry"):  # submodules, as before the lazy import
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     if name == "AdaRem":
         from adarem.optim.adarem import AdaRem
 
@@ -16,3 +20,7 @@ def __getattr__(name: str):
 
         return register_with_timm
     raise AttributeError(f"module 'adarem.optim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

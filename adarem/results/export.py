@@ -1,6 +1,7 @@
 """Compact copies of run records, for committing a study under results/.
 
     python scripts/export_runs.py runs/compare/fashion_mnist results/fashion_mnist/runs
+    python -m adarem.results.export SRC DEST          # the same, from an installed package
 
 Copies every run directory under SRC that holds a run.json, keeping the layout below SRC (so that
 ``compare.py runs=DEST`` finds its trials there again): run.json as written, and metrics.jsonl
@@ -23,16 +24,16 @@ from pathlib import Path
 DROPPED_KEYS = ("per_layer", "per_layer_efficiency")
 
 
-def _compact_line(line: str) -> str:
-    """One metrics.jsonl line without the per-layer keys; a line that does not parse is kept as is
-    (the tables report it the same way from either copy)."""
+def _compact_line(line: bytes) -> bytes:
+    """One metrics.jsonl line without the per-layer keys; a line that does not parse (a torn write,
+    a bad byte) is kept byte for byte (the tables report it the same way from either copy)."""
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
         return line
     if not isinstance(record, dict) or not any(k in record for k in DROPPED_KEYS):
         return line
-    return json.dumps({k: v for k, v in record.items() if k not in DROPPED_KEYS}) + "\n"
+    return (json.dumps({k: v for k, v in record.items() if k not in DROPPED_KEYS}) + "\n").encode()
 
 
 def export_runs(src: Path, dest: Path) -> int:
@@ -48,13 +49,16 @@ def export_runs(src: Path, dest: Path) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the copy from a group on shared storage
         for run_dir in run_dirs:
             out = staging / run_dir.relative_to(src)
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run_dir / "run.json", out / "run.json")
             metrics = run_dir / "metrics.jsonl"
             if metrics.is_file():
-                with open(metrics) as fin, open(out / "metrics.jsonl", "w") as fout:
+                with open(metrics, "rb") as fin, open(out / "metrics.jsonl", "wb") as fout:
                     fout.writelines(_compact_line(line) for line in fin)
         os.rename(staging, dest)  # all or nothing: a half-made copy never has DEST's name
     except BaseException:
@@ -75,3 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"exported {n} runs to {args.dest} (run.json + metrics.jsonl without per-layer oscillation)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -175,6 +175,7 @@ def load_runs(root: Path) -> RunSet:
                              (epochs[-1]["step"] if epochs else math.nan)),
             "bn_recalibrate": trainer.get("bn_recalibrate", 0),
             "evals_per_epoch": trainer.get("evals_per_epoch", 1),
+            "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
         })
         for r in lines:
             kind = r.get("type")

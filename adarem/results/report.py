@@ -50,16 +50,19 @@ def speed_note(rs: RunSet, offsets) -> str:
     bn = ("BatchNorm statistics (where the model has BatchNorm layers) recomputed on " + "/".join(map(str, recal))
           + " training batches before each evaluation" if recal != [0]
           else "BatchNorm running averages (no recalibration)") if recal else ""
+    paths = ("; ".join(f"{opt} {'/'.join(sorted(set(impl)))}" for opt, impl in runs.groupby("optimizer").optimizer_impl)
+             if "optimizer_impl" in runs and len(runs) else "")
     return (f"Target = the selected SGD-momentum configuration's median final val error + "
             f"{', '.join(f'{o:g}' for o in offsets)} points. Steps (and training seconds, comparable only on "
-            f"the same dedicated hardware; they include one-time compilation, e.g. of AdaRem's fused step) to the first evaluation at or below the target: median over seeds, "
+            f"the same dedicated hardware; they include one-time compilation where a path is compiled, as AdaRem's fused one is) to the first evaluation at or below the target: median over seeds, "
             f"with how many seeds reached it. Speed-up over a baseline = median baseline steps / median steps "
             f"(> 1: faster), at the first target, with a percentile bootstrap 95 % CI over seeds (10,000 "
             f"resamples, seeded; none below 3 seeds a side); a seed that never reaches the target, or "
             f"diverged, counts as infinitely slow; rows evaluated differently are not compared. Evaluations: "
             f"{'/'.join(map(str, per_epoch))} per epoch, with {bn}. Train loss @x % is the mean loss of the "
             f"logging window at x % of the step budget. The val-err AUC (mean val error over the evaluations) "
-            f"is secondary: it also rewards the first epochs.\n\n")
+            f"is secondary: it also rewards the first epochs."
+            + (f" Optimizer paths (run.json's optimizer_impl): {paths}." if paths else "") + "\n\n")
 
 
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),

@@ -63,6 +63,21 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, env, optimizer):
     assert _comparable(read_metrics(straight)) == _comparable(read_metrics(resumed))
 
 
+def test_a_resumed_run_keeps_the_optimizer_path_it_started_with(tmp_path, env, stopped_run):
+    """What impl=auto picks may change between versions (AdaRem's fused path became CUDA-only); a
+    run started on one path finishes on it (another path rounds differently): the checkpoint's
+    optimizer groups carry their foreach/fused flags, and run.json records the path that ran."""
+    assert read_run(stopped_run)["optimizer_impl"] == "foreach"  # AdaRem under auto on the CPU today
+    run_dir = copy_run(stopped_run, tmp_path / "run")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["foreach"] = False  # as if an older version's auto had chosen another path
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    res = run_train([], env, run_dir)
+    assert res.returncode == 0, res.stderr
+    assert read_run(run_dir)["optimizer_impl"] == "loop" and read_run(run_dir)["status"] == "finished"
+
+
 def test_changed_config_in_same_dir_is_refused(tmp_path, env, stopped_run):
     run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75)
     res = run_train(["optimizer.beta=0.5"], env, run_dir)

@@ -20,5 +20,5 @@ def test_sweep_paper_runs_the_protocol_on_each_experiment(tmp_path, env):
     for exp in ("paper_resnet18", "paper_resnet50", "paper_mobilenetv2", "paper_shufflenetv2"):
         args = (tmp_path / "logs" / f"compare_{exp}.log").read_text().split()
         assert args == ["scripts/compare.py", f"experiment={exp}", "launcher=slurm",
-                        "optimizers=sgd,adam,adamw,adarem,adarem_m,adarem_nodecay", "seeds=5", "select_seeds=2",
+                        "optimizers=sgd,sgd_plain,adam,adamw,adarem,adarem_m,adarem_nodecay", "seeds=5", "select_seeds=2",
                         "data.holdout_fraction=0.01", "trainer.epochs=1"], args

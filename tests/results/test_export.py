@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,19 @@ def test_export_never_writes_into_an_existing_directory_and_says_so_in_one_line(
     res = run(str(src), str(tmp_path / "new"))
     assert res.returncode == 0 and "exported 6 runs" in res.stdout
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".new.")]  # no staging left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it, not mkdtemp's 0700
+    # the installed package's way in does the same
+    res = subprocess.run([sys.executable, "-m", "adarem.results.export", str(src), str(tmp_path / "again")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and (tmp_path / "again" / "final" / "sgd" / "s0" / "run.json").is_file()
+
+
+def test_a_line_that_does_not_parse_is_copied_byte_for_byte(tmp_path):
+    src = _study(tmp_path / "runs")
+    metrics = src / "final" / "sgd" / "s0" / "metrics.jsonl"
+    bad = b'{"type": "epoch", "epoch": 9, "tr\xff\xfe\n'  # a torn write with a byte that is not UTF-8
+    metrics.write_bytes(metrics.read_bytes() + bad)
+    export_runs(src, tmp_path / "dest")
+    assert (tmp_path / "dest" / "final" / "sgd" / "s0" / "metrics.jsonl").read_bytes().endswith(bad)

@@ -78,3 +78,26 @@ def test_multirun_through_submitit_local(tmp_path, env):
     assert len(records) == 2
     statuses = {read_run(p.parent)["config"]["optimizer"]["variant"]: read_run(p.parent)["status"] for p in records}
     assert statuses == {"sgd": "finished", "adarem": "finished"}
+
+
+def test_slurm_ranks_come_from_slurm_variables_and_a_job_set_rendezvous_wins(monkeypatch):
+    """srun's variables -> torch's env:// ones (submitit's node-list parser for the first node);
+    a MASTER_ADDR the job exported (an interconnect name) is kept; an inherited SUBMITIT_EXECUTOR
+    (e.g. from a submitit local job) does not change what a SLURM task is."""
+    from adarem.distributed import _env_ranks
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    for key, value in dict(SLURM_PROCID="3", SLURM_NTASKS="4", SLURM_LOCALID="1", SLURM_NODEID="1",
+                           SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="123", SLURM_JOB_NODELIST="gpu[007-008]").items():
+        monkeypatch.setenv(key, value)
+    assert _env_ranks() == (3, 4, 1)
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu007", str(29500 + 123))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MASTER_ADDR", "gpu007-ib0")
+    monkeypatch.setenv("MASTER_PORT", "40000")
+    assert _env_ranks() == (3, 4, 1)
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu007-ib0", "40000")
