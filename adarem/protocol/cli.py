@@ -1,6 +1,6 @@
 """Compare optimizers with one protocol for all, then build the tables, plots and claims verdicts.
 
-    python scripts/compare.py                                   # digits, small_cnn: ~9 min on 2 cores
+    python scripts/compare.py                                   # digits, small_cnn: ~4 min on 2 cores
     python scripts/compare.py experiment=fashion_mnist_small
     python scripts/compare.py search=lr_wd seeds=5 select_seeds=2 data=fashion_mnist
     python scripts/compare.py experiment=paper_resnet50 launcher=slurm partition=gpu data.holdout_fraction=0.01

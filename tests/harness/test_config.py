@@ -11,7 +11,8 @@ from tests.conftest import REPO
 register_configs()  # the schema train.py registers before Hydra composes
 
 OPTIMIZERS = ["sgd", "adam", "adamw", "adarem", "adarem_m", "adarem_nodecay"]
-EXPERIMENTS = ["paper_resnet18", "paper_resnet50", "paper_mobilenetv2", "paper_shufflenetv2", "fashion_mnist_small"]
+EXPERIMENTS = ["paper_resnet18", "paper_resnet50", "paper_mobilenetv2", "paper_shufflenetv2", "fashion_mnist_small",
+               "fashion_mnist"]
 
 
 def make(overrides):
