@@ -56,9 +56,9 @@ class OptimizerConfig:
     decoupled_weight_decay: bool = False  # adarem
     # Which implementation steps the optimizer: auto (each optimizer's fused path where it needs no
     # compilation per process: torch's fused SGD/Adam/AdamW where this torch build has them for the
-    # model's device, AdaRem's compiled one on CUDA only; foreach otherwise) | fused | foreach | loop. The chosen one is
-    # recorded (adarem.optim.factory.optimizer_impl). The legacy flags foreach/fused below are
-    # passed to the optimizer as given and may be used only with impl=auto.
+    # model's device, AdaRem's compiled one on CUDA only; foreach otherwise) | fused | foreach | loop.
+    # The chosen one is recorded (adarem.optim.factory.optimizer_impl). The legacy flags
+    # foreach/fused below are passed to the optimizer as given and may be used only with impl=auto.
     impl: str = "auto"
     foreach: Optional[bool] = None
     fused: Optional[bool] = None

@@ -66,7 +66,6 @@ Implementation notes (all paths compute the same rule):
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable, Optional
 
 import torch

@@ -3,8 +3,8 @@
 ``optimizer.impl`` picks the implementation by one rule for every optimizer: ``auto`` takes the
 fastest path on the device the model's parameters are on (the fused one where it exists there and
 needs no compilation per process: torch's fused SGD/Adam/AdamW on the devices this torch build
-has them for, AdaRem's compiled path on CUDA only), ``fused``/``foreach``/``loop`` force one. ``optimizer_impl(optimizer)`` says which one a built
-optimizer runs, for the run record.
+has them for, AdaRem's compiled path on CUDA only), ``fused``/``foreach``/``loop`` force one.
+``optimizer_impl(optimizer)`` says which one a built optimizer runs, for the run record.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 
 DROPPED_KEYS = ("per_layer", "per_layer_efficiency")
@@ -47,11 +47,10 @@ def export_runs(src: Path, dest: Path) -> int:
     if not run_dirs:
         raise FileNotFoundError(f"no run.json under {src}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    # a plain mkdir: the copy gets the umask's mode (mkdtemp's 0700 would hide it from a group)
+    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the copy from a group on shared storage
         for run_dir in run_dirs:
             out = staging / run_dir.relative_to(src)
             out.mkdir(parents=True, exist_ok=True)
