@@ -54,9 +54,9 @@ class OptimizerConfig:
     # the same part of training on digits and on ImageNet; the lambda used is in run.json.
     decay_horizon: float = 0.0
     decoupled_weight_decay: bool = False  # adarem
-    # Which implementation steps the optimizer: auto (each optimizer's fused path where it needs no
-    # compilation per process: torch's fused SGD/Adam/AdamW where this torch build has them for the
-    # model's device, AdaRem's compiled one on CUDA only; foreach otherwise) | fused | foreach | loop.
+    # Which implementation steps the optimizer: auto (each optimizer's fused path where it has one:
+    # torch's fused SGD/Adam/AdamW where this torch build has them for the model's device, AdaRem's
+    # compiled one on CUDA and its C++ kernel on the CPU; foreach otherwise) | fused | foreach | loop.
     # The chosen one is recorded (adarem.optim.factory.optimizer_impl). The legacy flags
     # foreach/fused below are passed to the optimizer as given and may be used only with impl=auto.
     impl: str = "auto"

@@ -31,7 +31,7 @@ NOT_IDENTITY = ("resume", "logging", "run_dir", "notes", "hydra", "trainer.max_s
 # Not listed: trainer.stop_check_every (already in NOT_IDENTITY); optimizer.impl (no value
 # reproduces the runs recorded before it: impl=auto picked AdaRem's fused path then, and the
 # foreach path was rewritten in the same change). What auto chooses is not part of the identity
-# (it may change between versions: AdaRem's fused path became CUDA-only); run.json records the
+# (it may change between versions: AdaRem's fused CPU path came and went); run.json records the
 # path as optimizer_impl, and a resumed run keeps it (the checkpoint's optimizer groups carry their
 # foreach/fused flags; tests/harness/test_train.py).
 ADDED_KEYS = {

@@ -77,8 +77,7 @@ def main() -> None:
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), help=f"comma-separated subset of {list(OPTIMIZERS)}")
     ap.add_argument("--impl", default="auto", choices=["auto", "foreach", "fused"],
                     help="optimizer.impl for every optimizer (auto: the harness's default, each optimizer's fused "
-                         "path where it needs no compilation: AdaRem's foreach on the CPU; fused: torch's fused "
-                         "SGD/Adam/AdamW and AdaRem's compiled one)")
+                         "path where it has one: torch's fused SGD/Adam/AdamW, AdaRem's C++ kernel on the CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (trainer.compile=true)")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare-loop candidate")
     ap.add_argument("--out", default=None)

@@ -79,6 +79,7 @@ def test_the_wheel_carries_the_configs_every_package_and_the_console_scripts(whe
     missing = [c for c in configs if f"adarem/configs/{c}" not in names]
     assert not missing, missing
     assert "adarem/results/claims.yaml" in names  # adarem-tables' default claims
+    assert "adarem/optim/adarem_fused_cpu.cpp" in names  # the fused CPU kernel, built at first use
     packages = sorted(p.parent.relative_to(REPO).as_posix() for p in (REPO / "adarem").rglob("__init__.py"))
     missing = [p for p in packages if f"{p}/__init__.py" not in names]
     assert not missing, f"packages missing from pyproject.toml's [tool.setuptools] packages: {missing}"

@@ -1,13 +1,15 @@
 """Build the benchmarked optimizers (SGD, Adam, AdamW, AdaRem) from an OptimizerConfig.
 
 ``optimizer.impl`` picks the implementation by one rule for every optimizer: ``auto`` takes the
-fastest path on the device the model's parameters are on (the fused one where it exists there and
-needs no compilation per process: torch's fused SGD/Adam/AdamW on the devices this torch build
-has them for, AdaRem's compiled path on CUDA only), ``fused``/``foreach``/``loop`` force one.
+fastest path on the device the model's parameters are on (the fused one where it exists there:
+torch's fused SGD/Adam/AdamW on the devices this torch build has them for, AdaRem's compiled path
+on CUDA and its C++ kernel on the CPU), ``fused``/``foreach``/``loop`` force one.
 ``optimizer_impl(optimizer)`` says which one a built optimizer runs, for the run record.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -36,12 +38,20 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# AdaRem's fused path is compiled by Inductor (Triton on CUDA, C++ on the CPU) once per process. auto
-# takes it on CUDA, where runs are long. On the CPU the compilation costs more than it saves on the
-# models trained there: measured for train.py on digits (small_cnn, 2 epochs), 2.5-3 s more CPU time
-# per process than foreach with Inductor's cache warm and 24 s cold, against ~0.1 ms saved per step
-# (0.36 vs 0.49 ms). impl=fused still forces it on the CPU.
-_ADAREM_FUSED_DEVICES = ("cuda",)
+def _adarem_fused_devices(device_types: set[str]) -> tuple[str, ...]:
+    """Where AdaRem's fused path is taken by auto: CUDA (compiled by Triton once per process; runs
+    there are long), and the CPU when its C++ kernel builds here (once per machine, then cached;
+    0.06 s to load). Without a compiler auto says why, once, and takes foreach on the CPU."""
+    devices = ["cuda"]
+    if "cpu" in device_types:
+        from adarem.optim.adarem import cpu_kernel_error
+        why = cpu_kernel_error()
+        if why is None:
+            devices.append("cpu")
+        else:
+            warnings.warn(f"optimizer.impl=auto: AdaRem's fused CPU kernel is unavailable ({why}); "
+                          f"using foreach", stacklevel=3)
+    return tuple(devices)
 
 
 def _torch_fused_devices() -> tuple[str, ...]:
@@ -57,7 +67,7 @@ def impl_flags(impl: str, name: str, device_types: set[str]) -> dict:
     """The constructor flags (foreach/fused) that ``impl`` means for optimizer ``name`` when its
     parameters are on ``device_types``."""
     if impl == "auto":
-        fused_ok = _ADAREM_FUSED_DEVICES if name == "adarem" else _torch_fused_devices()
+        fused_ok = _adarem_fused_devices(device_types) if name == "adarem" else _torch_fused_devices()
         impl = "fused" if device_types and device_types <= set(fused_ok) else "foreach"
     return {"fused": dict(fused=True), "foreach": dict(foreach=True),
             "loop": dict(foreach=False)}[impl]

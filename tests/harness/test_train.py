@@ -64,14 +64,14 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, env, optimizer):
 
 
 def test_a_resumed_run_keeps_the_optimizer_path_it_started_with(tmp_path, env, stopped_run):
-    """What impl=auto picks may change between versions (AdaRem's fused path became CUDA-only); a
+    """What impl=auto picks may change between versions (AdaRem's fused CPU path came and went); a
     run started on one path finishes on it (another path rounds differently): the checkpoint's
     optimizer groups carry their foreach/fused flags, and run.json records the path that ran."""
-    assert read_run(stopped_run)["optimizer_impl"] == "foreach"  # AdaRem under auto on the CPU today
+    assert read_run(stopped_run)["optimizer_impl"] == "fused"  # AdaRem under auto on the CPU today
     run_dir = copy_run(stopped_run, tmp_path / "run")
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     for group in ckpt["optimizer"]["param_groups"]:
-        group["foreach"] = False  # as if an older version's auto had chosen another path
+        group["foreach"], group["fused"] = False, None  # as if an older version's auto had chosen another path
     torch.save(ckpt, run_dir / "checkpoint.pt")
     res = run_train([], env, run_dir)
     assert res.returncode == 0, res.stderr

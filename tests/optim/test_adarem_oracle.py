@@ -1,7 +1,8 @@
 """Every AdaRem code path follows the oracle (tests/optim/oracle.py) over hundreds of steps.
 
-``ADAREM_TEST_DEVICE=cuda`` runs the same tests on a GPU (scripts/gpu_check.sh does), where the
-fused path is compiled through Triton instead of Inductor's C++ backend.
+On the CPU the fused path is the C++ kernel; one test runs the compiled variant through
+Inductor's C++ backend. ``ADAREM_TEST_DEVICE=cuda`` runs the same tests on a GPU
+(scripts/gpu_check.sh does), where the fused path is compiled through Triton.
 """
 
 from __future__ import annotations
@@ -212,6 +213,23 @@ def test_many_groups_with_distinct_hyperparameters(path):
             mine[i].grad = curv[i] * mine[i].detach() + math.sin(step + i)
         opt.step()
     _assert_close([p.detach() for p in mine], ref, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="on CUDA the fused tests above run this code")
+@pytest.mark.parametrize("name", ["everything", "momentum"])
+def test_compiled_fused_path_follows_oracle_on_cpu(name, monkeypatch):
+    """The compiled fused path (the code CUDA runs through Triton) compiled by Inductor's C++
+    backend instead of the CPU kernel: same oracle, also in float64 to fp64 rounding."""
+    monkeypatch.setattr(adarem_module, "FUSED_CPU_KERNEL", False)
+    options = OPTION_SETS[name]
+    problem = Problem(seed=zlib.crc32(name.encode()) % 1000)
+    actual, _ = run_impl(problem, options, steps=100, path="fused", roundtrip_at=50)
+    _assert_close(actual, run_oracle(problem, options, steps=100), rtol=2e-5, atol=2e-6)
+    problem64 = Problem(seed=13, dtype=torch.float64)
+    actual64, _ = run_impl(problem64, options, steps=60, path="fused")
+    for a, e in zip(actual64, run_oracle(problem64, options, steps=60)):
+        if e.numel():
+            assert float((a - e).norm() / e.norm().clamp_min(1e-30)) < 1e-10
 
 
 def test_loop_and_foreach_agree_closely():

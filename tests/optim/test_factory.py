@@ -22,14 +22,12 @@ def _cfg(name, **kw):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_auto_takes_the_fused_path_where_it_needs_no_compilation(name):
-    """This torch build has fused SGD/Adam/AdamW kernels for the CPU: auto picks them. AdaRem's
-    fused path is compiled per process, which auto accepts on CUDA only: foreach on the CPU.
-    Either way the optimizer steps."""
+def test_auto_takes_the_fused_path(name):
+    """This torch build has fused SGD/Adam/AdamW kernels for the CPU, and AdaRem's C++ kernel
+    builds here: auto picks the fused path for every optimizer. Either way the optimizer steps."""
     model = _model()
     opt = build_optimizer(_cfg(name), model)
-    expected = "foreach" if name == "adarem" else "fused"
-    assert optimizer_impl(opt) == expected
+    assert optimizer_impl(opt) == "fused"
     assert impl_flags("auto", name, {"cuda"}) == {"fused": True}
     model(torch.randn(5, 4)).sum().backward()
     before = [p.detach().clone() for p in model.parameters()]
