@@ -8,8 +8,10 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     WANDB_MODE=offline ADAREM_CACHE=/work/.cache/adarem
 
+# g++: Triton (AdaRem's fused CUDA path, trainer.compile) compiles its launcher with the system C
+# compiler, and AdaRem's fused CPU kernel is built at first use for the CPU it runs on
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git libgomp1 \
+ && apt-get install -y --no-install-recommends git libgomp1 g++ \
  && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 adarem
