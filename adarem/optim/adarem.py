@@ -69,10 +69,18 @@ Implementation notes (all paths compute the same rule):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import hashlib
 import os
 import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -153,9 +161,7 @@ class AdaRem(Optimizer):
         if group["fused"] and any(p.device.type == "cpu" for p in group["params"]):
             why = cpu_kernel_error()  # fail here, not at the first step
             if why is not None:
-                raise RuntimeError(f"AdaRem(fused=True) on the CPU needs its C++ kernel, which did not "
-                                   f"build or load ({why}); install a C++ compiler and ninja "
-                                   f"(pip install ninja), or use foreach=True")
+                raise RuntimeError(_kernel_message(why))
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -213,7 +219,7 @@ class AdaRem(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        fused = ([], [], [], [], [], [])  # every fused group's tensors go into one compiled call
+        fused = ([], [], [], [], [], [], [])  # every fused group's tensors go into one call
         for group in self.param_groups:
             params, grads, exp_avgs, maxes, bufs, steps = self._init_group(group)
             if not params:
@@ -223,26 +229,18 @@ class AdaRem(Optimizer):
             torch._foreach_add_(steps, 1.0)
             lam_t = [group["decay"] ** int(t) for t in torch.stack(steps).tolist()]
             if group["fused"]:
-                wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
-                row = dict(lr=float(group["lr"]), beta=group["beta"], eps=group["eps"],
-                           wd_coupled=0.0 if decoupled else wd, wd_decoupled=wd if decoupled else 0.0,
-                           sign=-1.0 if group["maximize"] else 1.0, momentum=group["momentum"])
-                hp = [[row[k] if k != "lam" else lam for k in _HP] for lam in lam_t]
-                for acc, xs in zip(fused, (params, grads, exp_avgs, maxes, bufs, hp)):
+                kw = _group_keywords(group)
+                hp = _hp_rows(kw, lam_t)
+                for acc, xs in zip(fused, (params, grads, exp_avgs, maxes, bufs, hp, [kw] * len(params))):
                     acc.extend(xs)
                 continue
             impl = _foreach_adarem if group["foreach"] in (None, True) else _single_tensor_adarem
-            new_maxes = impl(
-                params, grads, exp_avgs, maxes, bufs, lam_t,
-                lr=group["lr"], beta=group["beta"], momentum=group["momentum"], eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                decoupled=group["decoupled_weight_decay"], maximize=group["maximize"],
-                **({"scratch": self._scratch} if impl is _foreach_adarem else {}),
-            )
+            new_maxes = impl(params, grads, exp_avgs, maxes, bufs, lam_t, **_group_keywords(group),
+                             **({"scratch": self._scratch} if impl is _foreach_adarem else {}))
             for p, m in zip(params, new_maxes):
                 self.state[p]["max_abs_exp_avg"] = m
         if fused[0]:
-            _fused_adarem(*fused)  # updates each tensor's max_abs_exp_avg in place
+            _fused_adarem(*fused, scratch=self._scratch)  # updates each max_abs_exp_avg in place
         return loss
 
 
@@ -257,7 +255,7 @@ def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, be
             g = g.add(p, alpha=weight_decay)
         denom = s + eps
         # s + eps == 0 only when d == 0 everywhere: any finite divisor then gives b = 0.
-        b = torch.sign(g) * d / torch.where(denom > 0, denom, 1.0)
+        b = torch.sign(g) * d / torch.where(denom == 0, 1.0, denom)
         r = 1 + lam * b
         delta = r * g
         if momentum > 0:
@@ -289,9 +287,11 @@ def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> li
         lam = lam.pin_memory()  # pinned + non_blocking: the upload does not sync the host
     lam = lam.to(s.device, non_blocking=True)
     denom = s + eps
-    c = torch.where(denom > 0, lam / torch.where(denom > 0, denom, torch.ones_like(denom)), 0.0)
+    c = torch.where(denom == 0, 0.0, lam / torch.where(denom == 0, torch.ones_like(denom), denom))
     return list(c.unbind(0))
 
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 # None: the foreach path runs tensor-major on the CPU and with multi-tensor ops elsewhere; tests set
 # it to False to check the multi-tensor variant on the CPU too.
@@ -299,9 +299,10 @@ FOREACH_TENSOR_MAJOR: Optional[bool] = None
 
 
 def _scale_on_host(s: float, lam: float, eps: float) -> float:
-    """c = lambda^t / (s + eps) as a Python float (fp64, at least the parameter's precision)."""
+    """c = lambda^t / (s + eps) as a Python float (fp64, at least the parameter's precision); 0
+    where s + eps == 0 (d all zero), NaN where s is NaN (as in the rule)."""
     denom = s + eps
-    return lam / denom if denom > 0 else 0.0
+    return lam / denom if denom != 0 else 0.0
 
 
 def _scratch_views(scratch: dict, key, tensors: list[Tensor], n: int) -> list[Tensor]:
@@ -365,7 +366,10 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                 else:
                     a = g  # only read
                 torch.abs(a, out=b)
-                torch.addcmul(a, b, d, value=c, out=b)  # delta = g + c*d*|g| = r*g
+                if dtype == torch.float64 or abs(c) <= _FLOAT32_MAX or c != c:
+                    torch.addcmul(a, b, d, value=c, out=b)  # delta = g + c*d*|g| = r*g
+                else:  # eps = 0 and a subnormal s: c overflows fp32, divide per element instead
+                    b.mul_(d).div_(s + eps).mul_(lam_[k]).add_(a)
                 if momentum > 0:
                     torch.add(b, u, alpha=momentum, out=u)  # u = mu*u + delta
                     b = u
@@ -403,7 +407,25 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
 
 # ---------------------------------------------------------------------- fused path
 # Columns of the per-tensor hyperparameter table that the fused kernel reads.
-_HP = ("lr", "lam", "beta", "eps", "wd_coupled", "wd_decoupled", "sign", "momentum")
+# Combinations of hyperparameters (1 - beta, keep = 1 - lr * wd_decoupled) are formed on the host in
+# double precision: in fp32, 1 - 0.9 is 0.100000024, a bias on every step's tracker update.
+_HP = ("lr", "lam", "beta", "one_minus_beta", "eps", "wd_coupled", "keep", "sign", "momentum")
+
+
+def _group_keywords(group: dict) -> dict:
+    return dict(lr=float(group["lr"]), beta=group["beta"], momentum=group["momentum"], eps=group["eps"],
+                weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"],
+                maximize=group["maximize"])
+
+
+def _hp_rows(kw: dict, lam_t: list[float]) -> list[list[float]]:
+    """One row per tensor (columns ``_HP``) for a group with keywords ``kw``."""
+    lr, wd = kw["lr"], kw["weight_decay"]
+    coupled = 0.0 if kw["decoupled"] else wd
+    keep = 1.0 - lr * wd if kw["decoupled"] else 1.0
+    sign = -1.0 if kw["maximize"] else 1.0
+    return [[lr, lam, kw["beta"], 1.0 - kw["beta"], kw["eps"], coupled, keep, sign, kw["momentum"]]
+            for lam in lam_t]
 
 
 def _fused_kernel(params, grads, exp_avgs, maxes, bufs, hp):
@@ -421,20 +443,20 @@ def _fused_kernel(params, grads, exp_avgs, maxes, bufs, hp):
     for i, (p, grad, d, s) in enumerate(zip(params, grads, exp_avgs, maxes)):
         cdt = torch.promote_types(p.dtype, torch.float32)  # never below the parameter's precision
         h = hp[i].to(cdt)
-        lr, lam, beta, eps, wdc, wdd, sgn, mom = h.unbind(0)
+        lr, lam, beta, one_minus_beta, eps, wdc, keep, sgn, mom = h.unbind(0)
         pf = p.to(cdt)
         g = grad.to(cdt) * sgn
         g = torch.where(wdc != 0, g + wdc * pf, g)  # no "+ 0 * p": a NaN weight must not reach d
         df = d.to(cdt)
         denom = s.to(cdt) + eps
-        c = torch.where(denom > 0, lam / torch.where(denom > 0, denom, 1.0), 0.0)
+        c = torch.where(denom == 0, 0.0, lam / torch.where(denom == 0, 1.0, denom))
         delta = (1 + c * torch.sign(g) * df) * g
         if bufs[i] is not None:
             u_new = mom * bufs[i].to(cdt) + delta
             bufs[i].copy_(u_new)
             delta = u_new
-        p.copy_(pf * (1 - lr * wdd) - lr * delta)
-        d_new = df + (1 - beta) * (g - df)
+        p.copy_(pf * keep - lr * delta)
+        d_new = beta * df + one_minus_beta * g
         d.copy_(d_new)
         s.copy_(d.abs().amax())
 
@@ -462,13 +484,13 @@ def _compiled_for(key):
     return fn
 
 
-def _fused_adarem(params, grads, exp_avgs, maxes, bufs, hparams) -> None:
-    """``hparams``: one row per tensor (columns ``_HP``), host floats. Updates ``maxes`` in place."""
+def _fused_adarem(params, grads, exp_avgs, maxes, bufs, hparams, keywords, *, scratch: dict) -> None:
+    """``hparams``: one row per tensor (columns ``_HP``), host floats; ``keywords``: each tensor's
+    group keywords (for the tensors the CPU kernel hands back). Updates ``maxes`` in place."""
     for (device, _), idx in _indices_by_device_and_dtype(params).items():
         if device.type == "cpu" and FUSED_CPU_KERNEL:
-            _fused_adarem_cpu([params[i] for i in idx], [grads[i] for i in idx],
-                              [exp_avgs[i] for i in idx], [maxes[i] for i in idx],
-                              [bufs[i] for i in idx], [hparams[i] for i in idx])
+            _fused_adarem_cpu(*([xs[i] for i in idx] for xs in (params, grads, exp_avgs, maxes, bufs,
+                                                                 hparams, keywords)), scratch=scratch)
             continue
         table = torch.tensor([hparams[i] for i in idx], dtype=torch.float64)
         if device.type == "cuda":  # pinned + non_blocking: no host-device sync for the upload
@@ -489,26 +511,48 @@ def _fused_adarem(params, grads, exp_avgs, maxes, bufs, hparams) -> None:
 # ---------------------------------------------------------------------- fused path, CPU kernel
 # On the CPU the fused path is a hand-written C++ kernel (adarem_fused_cpu.cpp next to this file):
 # Inductor's C++ code took 1.45x torch's fused AdamW on resnet50 (per-tensor calls and parallel
-# regions), the kernel runs every tensor of a step in one parallel loop. It is built once per
-# machine by torch.utils.cpp_extension (about 7 s; needs a C++ compiler and ninja) and kept in
+# regions); the kernel runs every tensor of a step in one parallel loop. It takes fp32 and fp64
+# tensors whose p, grad, d and u share one dense layout and hands the others back, which then step
+# with the foreach path (the faster one for fp16/bf16 on the CPU). It is built once per machine by
+# torch.utils.cpp_extension (about 7 s; needs a C++ compiler and ninja) and kept in
 # $TORCH_EXTENSIONS_DIR/adarem (default ~/.cache/torch_extensions/adarem) under a name that
-# digests everything the binary depends on: the source, the flags, torch and Python versions, the
-# compiler and, since it is built with -march=native, the CPU model and flags (a home directory
-# shared by nodes of different CPU types holds one library per type).
-# Tests set this to False to run the compiled (Inductor C++) variant on the CPU, so that the code
-# that CUDA runs through Triton is checked without a GPU.
+# digests what the binary depends on: the source, the flags, the compiler's version, torch's
+# build and Python's version and, since it is built with -march=native, the CPU (model, flags or
+# features, from /proc/cpuinfo), so nodes of different CPU types sharing a home directory each
+# get their own. Tests set FUSED_CPU_KERNEL to False to run the compiled (Inductor C++) variant on
+# the CPU, so that the code CUDA runs through Triton is checked without a GPU.
 FUSED_CPU_KERNEL = True
 _CPU_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "adarem_fused_cpu.cpp")
 _CPU_CFLAGS = ["-O3", "-march=native", "-fno-math-errno"]
+_CPU_KERNEL_LOCK = threading.Lock()
+_VOLATILE_CPUINFO = ("cpu mhz", "bogomips", "processor", "core id", "apicid", "initial apicid",
+                     "physical id", "siblings", "cpu cores")
 
 
-def _cpu_identity() -> str:
+def _build_identity() -> list[str]:
+    """Everything the kernel's binary depends on besides its source and flags."""
     try:
         with open("/proc/cpuinfo") as fh:
-            lines = [ln for ln in fh if ln.startswith(("model name", "flags", "vendor_id"))]
+            cpu = sorted({ln.strip() for ln in fh
+                          if ln.strip() and not ln.lower().startswith(_VOLATILE_CPUINFO)})
     except OSError:
-        lines = [platform.machine(), platform.processor()]
-    return "".join(sorted(set(lines)))
+        cpu = [platform.machine(), platform.processor(), platform.platform()]
+    cxx = os.environ.get("CXX", "c++")  # the compiler torch.utils.cpp_extension uses
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = "unavailable"
+    return [*cpu, cxx, version, torch.__version__, str(torch.version.git_version),
+            str(torch._C._GLIBCXX_USE_CXX11_ABI), sys.version]
+
+
+def _one_line(exc: BaseException) -> str:
+    """The cause of a failed build or load in one line (cpp_extension's message starts with the
+    whole compile command)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln for ln in lines[1:] if re.search(r"error|not found|no such|denied|required", ln, re.I)]
+    line = causes[0] if causes else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {line[:300]}"
 
 
 def _load_cpu_kernel() -> None:
@@ -516,86 +560,114 @@ def _load_cpu_kernel() -> None:
 
     Builders serialise on an flock, which the OS releases when a process dies: a job killed while
     building (preemption, SIGKILL) leaves no stale lock behind, unlike cpp_extension's own lock
-    file. Each build happens in its own temporary directory and is installed by an atomic rename,
-    so no process ever loads a half-written library."""
-    import fcntl
-    import logging
-    import shutil
-    import sys
-    import tempfile
-
+    file, and the next builder clears what it left. Each build happens in its own temporary
+    directory and is installed by an atomic rename, so no process loads a half-written library.
+    Where the cache cannot be written or locked (read-only home, a filesystem without flock, no
+    fcntl), the build goes to a private temporary directory instead."""
+    if hasattr(torch.ops.adarem, "fused_step_cpu_"):  # loaded already (a module reload, say)
+        return
     with open(_CPU_SOURCE, "rb") as fh:
-        parts = [fh.read(), " ".join(_CPU_CFLAGS), _cpu_identity(), torch.__version__, sys.version,
-                 os.environ.get("CXX", "")]
-    key = hashlib.sha256(b"\0".join(x if isinstance(x, bytes) else x.encode() for x in parts)).hexdigest()[:16]
-    root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR")
-                        or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions"), "adarem")
-    os.makedirs(root, exist_ok=True)
-    name = f"adarem_fused_cpu_{key}"
+        parts = [fh.read(), " ".join(_CPU_CFLAGS).encode(), *(x.encode() for x in _build_identity())]
+    name = "adarem_fused_cpu_" + hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    root = os.path.join(os.path.abspath(os.environ.get("TORCH_EXTENSIONS_DIR")
+                                        or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")),
+                        "adarem")
     lib = os.path.join(root, name + ".so")
     if os.path.isfile(lib):
         torch.ops.load_library(lib)
         return
-    with open(os.path.join(root, name + ".lock"), "a") as lock:
+    lock = None
+    try:
+        import fcntl
+        os.makedirs(root, exist_ok=True)
+        lock = open(os.path.join(root, name + ".lock"), "a")
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isfile(lib):  # another process built it while this one waited
+    except (ImportError, OSError):  # no shared cache here: build privately, install nothing
+        if lock is not None:
+            lock.close()
+        lock, root = None, tempfile.mkdtemp(prefix="adarem_kernel_")
+    try:
+        if os.path.isfile(lib) and lock is not None:  # another process built it while this one waited
             torch.ops.load_library(lib)
             return
-        log = logging.getLogger("torch.utils.cpp_extension")
-        level = log.level
-        log.setLevel(logging.ERROR)  # its import warns that a CPU-only machine has no CUDA runtime
+        for stale in glob.glob(os.path.join(root, f"build-{name}-*")) + glob.glob(os.path.join(root, f".{name}.*")):
+            shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+        build = tempfile.mkdtemp(prefix=f"build-{name}-", dir=root)
         try:
-            from torch.utils import cpp_extension
+            with _cpp_extension() as cpp_extension:
+                cpp_extension.load(name=name, sources=[_CPU_SOURCE], extra_cflags=_CPU_CFLAGS,
+                                   build_directory=build, is_python_module=False, verbose=False)
+            if lock is not None:  # load() has loaded the library into this process already
+                staged = os.path.join(root, f".{name}.{os.getpid()}.so")
+                shutil.copyfile(os.path.join(build, name + ".so"), staged)
+                os.replace(staged, lib)
         finally:
-            log.setLevel(level)
+            shutil.rmtree(build, ignore_errors=True)
+    finally:
+        if lock is not None:
+            lock.close()
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _cpp_extension():
+    """torch.utils.cpp_extension, quiet: its import warns that a CPU-only machine has no CUDA
+    runtime, and a failing build logs a multi-line compiler banner; the caller reports one line."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        from torch.utils import cpp_extension
         try:
-            import ninja  # the pip package's binary, where the venv is not on PATH
+            import ninja  # the pip package's binary, where the virtual environment is not on PATH
             if shutil.which("ninja") is None:
                 os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-        build = tempfile.mkdtemp(prefix="build-", dir=root)
-        try:
-            cpp_extension.load(name=name, sources=[_CPU_SOURCE], extra_cflags=_CPU_CFLAGS,
-                               build_directory=build, is_python_module=False, verbose=False)
-            staged = os.path.join(root, f".{name}.{os.getpid()}.so")
-            shutil.copyfile(os.path.join(build, name + ".so"), staged)
-            os.replace(staged, lib)  # load() above has loaded it into this process already
-        finally:
-            shutil.rmtree(build, ignore_errors=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield cpp_extension
+    finally:
+        log.setLevel(level)
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_kernel_error() -> Optional[str]:
-    """Build (first time on this machine) and load the CPU kernel; None if it is usable, else why
-    not, in one line. Called once per process."""
+def _cpu_kernel_error_once() -> Optional[str]:
     try:
         _load_cpu_kernel()
         torch.ops.adarem.fused_step_cpu_  # registered by the library
     except Exception as exc:  # noqa: BLE001 - any build or load failure means "not available"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return f"{type(exc).__name__}: {first}"
+        return _one_line(exc)
     return None
 
 
-def _kernel_takes(p: Tensor, g: Tensor, d: Tensor, u: Optional[Tensor]) -> bool:
-    """The kernel walks p, grad, d (and u) as flat arrays: one dtype, one dense layout."""
-    dense = p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
-    same = all(t.dtype == p.dtype and t.stride() == p.stride() for t in (g, d) + ((u,) if u is not None else ()))
-    return dense and same and p.dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+def cpu_kernel_error() -> Optional[str]:
+    """Build (first time on this machine) and load the CPU kernel; None if it is usable, else why
+    not, in one line. Built and loaded once per process, whichever thread asks first."""
+    with _CPU_KERNEL_LOCK:
+        return _cpu_kernel_error_once()
 
 
-def _fused_adarem_cpu(params, grads, exp_avgs, maxes, bufs, hparams) -> None:
-    take = [_kernel_takes(*x) for x in zip(params, grads, exp_avgs, bufs)]
-    k = [i for i, ok in enumerate(take) if ok]
-    if k:
-        torch.ops.adarem.fused_step_cpu_(
-            [params[i] for i in k], [grads[i] for i in k], [exp_avgs[i] for i in k],
-            [maxes[i] for i in k], [bufs[i] for i in k],
-            torch.tensor([hparams[i] for i in k], dtype=torch.float64))
-    for i in (i for i, ok in enumerate(take) if not ok):  # e.g. a grad with another layout: rare
-        lr, lam, beta, eps, wdc, wdd, sign, mom = hparams[i]
-        (s,) = _single_tensor_adarem(
-            [params[i]], [grads[i]], [exp_avgs[i]], [maxes[i]], [bufs[i]], [lam], lr=lr, beta=beta,
-            momentum=mom, eps=eps, weight_decay=wdc or wdd, decoupled=wdd > 0, maximize=sign < 0)
-        maxes[i].copy_(s)
+def _kernel_message(why: str) -> str:
+    return (f"AdaRem(fused=True) on the CPU needs its C++ kernel, which did not build or load ({why}); "
+            f"install a C++ compiler and ninja (pip install ninja), or use foreach=True")
+
+
+def _fused_adarem_cpu(params, grads, exp_avgs, maxes, bufs, hparams, keywords, *, scratch) -> None:
+    why = cpu_kernel_error()  # loaded already where the optimizer was built fused; not after a
+    if why is not None:       # load_state_dict that switched groups to fused
+        raise RuntimeError(_kernel_message(why))
+    rejected = torch.ops.adarem.fused_step_cpu_(params, grads, exp_avgs, maxes, bufs,
+                                                torch.tensor(hparams, dtype=torch.float64))
+    # The op writes through data pointers: bump the version counters as in-place ops do, so that
+    # autograd still refuses a backward through a weight this step changed.
+    torch.autograd.graph.increment_version(params + exp_avgs + maxes + [u for u in bufs if u is not None])
+    for i in rejected.tolist():  # fp16/bf16, or layouts that differ between p, grad and state
+        (m,) = _foreach_adarem([params[i]], [grads[i]], [exp_avgs[i]], [maxes[i]], [bufs[i]],
+                               [hparams[i][_HP.index("lam")]], **keywords[i], scratch=scratch)
+        if m is not maxes[i]:
+            maxes[i].copy_(m)

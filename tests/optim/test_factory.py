@@ -8,6 +8,7 @@ from torch import nn
 
 from adarem import AdaRem
 from adarem.config import ConfigError, OptimizerConfig
+from adarem.optim.adarem import cpu_kernel_error
 from adarem.optim.factory import build_optimizer, impl_flags, optimizer_impl
 
 NAMES = ["sgd", "adam", "adamw", "adarem"]
@@ -24,10 +25,10 @@ def _cfg(name, **kw):
 @pytest.mark.parametrize("name", NAMES)
 def test_auto_takes_the_fused_path(name):
     """This torch build has fused SGD/Adam/AdamW kernels for the CPU, and AdaRem's C++ kernel
-    builds here: auto picks the fused path for every optimizer. Either way the optimizer steps."""
+    builds where a compiler is: auto picks the fused path. Either way the optimizer steps."""
     model = _model()
     opt = build_optimizer(_cfg(name), model)
-    assert optimizer_impl(opt) == "fused"
+    assert optimizer_impl(opt) == ("foreach" if name == "adarem" and cpu_kernel_error() else "fused")
     assert impl_flags("auto", name, {"cuda"}) == {"fused": True}
     model(torch.randn(5, 4)).sum().backward()
     before = [p.detach().clone() for p in model.parameters()]
