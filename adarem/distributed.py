@@ -112,6 +112,15 @@ def broadcast_object(obj, src: int = 0):
     return obj
 
 
+def all_gather_object(obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -131,6 +131,7 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     if run.plan.checkpoint is not None:
         ckpt_io.restore(run.plan.checkpoint, run.model, run.optimizer, run.scheduler, run.precision.scaler,
                         run.state, dist.rank, dist.world_size)
+    check_same_optimizer_path(dist_utils.all_gather_object(optimizer_impl(run.optimizer)))
     if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
         if dist.is_main:
             print(f"stopped during start-up (signal {stop.signal_name}) before any training step; exit "
@@ -146,6 +147,16 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         run.train_model = torch.compile(run.train_model)
     open_record(run, data_id)
     return None
+
+
+def check_same_optimizer_path(impls: list[str]) -> None:
+    """Every rank must step with the same implementation: paths round differently, and DDP does not
+    re-synchronise weights, so replicas would drift apart. impl=auto decides per rank (AdaRem's
+    CPU kernel, say, may build on one node and not on another)."""
+    if len(set(impls)) > 1:
+        ranks = ", ".join(f"rank {r}: {impl}" for r, impl in enumerate(impls))
+        raise ConfigError(f"the ranks chose different optimizer paths ({ranks}); set optimizer.impl "
+                          f"explicitly (e.g. optimizer.impl=foreach) or make the same path available on every node")
 
 
 def check_data_identity(run: Run, data_id: dict) -> None:
