@@ -27,6 +27,7 @@ import timm
 import torch
 
 from adarem import AdaRem
+from adarem.run_record import git_info
 
 SGD_WD, ADAMW_WD, ADAREM_WD = 1e-4, 0.05, 1e-4  # as in configs/optimizer/{sgd,adamw,adarem}.yaml
 
@@ -133,7 +134,7 @@ def main() -> None:
         "state_bytes_per_param_byte": state_bytes(opt) / param_bytes,
         "model": args.model, "n_params": n_params, "device": args.device, "machine": machine,
         "torch": torch.__version__, "rounds": args.rounds, "steps_per_sample": k,
-        "date": dt.date.today().isoformat(),
+        "date": dt.date.today().isoformat(), **git_info(),
     } for name, (setting, opt, times) in setups.items()]
     df = pd.DataFrame(rows)
     out = Path(args.out or f"results/bench/optimizer_step{'_cuda' if args.device == 'cuda' else ''}.csv")

@@ -36,7 +36,8 @@ from adarem.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainerCo
 from adarem.data import build_data
 from adarem.engine import TrainState, make_precision, train_epoch
 from adarem.models import build_model
-from adarem.optim.factory import build_optimizer
+from adarem.optim.factory import build_optimizer, optimizer_impl
+from adarem.run_record import git_info
 from adarem.schedule import build_scheduler
 from adarem.signals import StopFlag
 
@@ -162,10 +163,12 @@ def main() -> None:
                      if kind == "harness" and name == "adarem" and ("bare", "adarem") in ips else None,
                      "relative_to_sgd": v / ips[("harness", "sgd")] if kind == "harness" else None,
                      "model": model_name, "image_size": size, "batch_size": batch, "amp": amp,
-                     "channels_last": channels_last, "impl": args.impl, "compile": args.compile,
+                     "channels_last": channels_last, "impl": args.impl,
+                     "optimizer_path": optimizer_impl(setups[name][1]), "compile": args.compile,
                      "world_size": dist.world_size,
                      "device": args.device, "machine": machine,
-                     "torch": torch.__version__, "rounds": args.rounds, "date": dt.date.today().isoformat()})
+                     "torch": torch.__version__, "rounds": args.rounds, "date": dt.date.today().isoformat(),
+                     **git_info()})
     df = pd.DataFrame(rows)
     ddp = f"_ddp{dist.world_size}" if dist.enabled else ""
     out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}{ddp}.csv")
