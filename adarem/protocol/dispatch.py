@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -116,6 +117,18 @@ def run_one(overrides: list[str], threads: int) -> dict:
             "data_identity": record.get("data_identity"), "seconds": time.time() - t0}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: a worker whose compare process died (SIGKILL, out of memory) exits
+    too, instead of training its trial on unobserved (holding the run's lock against the relaunched
+    compare) and then waiting forever on the task queue."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="adarem-parent-watch").start()
+
+
 class LocalDispatcher:
     """Trials on this machine: ``workers`` spawned processes x ``threads`` torch threads each."""
 
@@ -126,7 +139,8 @@ class LocalDispatcher:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+                                        initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, *exc):
