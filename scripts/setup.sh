@@ -20,7 +20,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import adarem, torch, hydra, timm, wandb, nvidia.dali, pytest" 2>/dev/null \
+if ! .venv/bin/python -c "import adarem, torch, hydra, timm, wandb, nvidia.dali, pytest, xdist" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip
   # the tested torch pair is pinned here (and in the Dockerfile); the package itself asks only torch>=2.4
