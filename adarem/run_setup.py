@@ -27,7 +27,7 @@ from adarem.data import DataBundle, build_data, data_identity
 from adarem.distributed import DistInfo
 from adarem.engine import Precision, TrainState, make_precision
 from adarem.models import build_model, count_parameters
-from adarem.optim.factory import build_optimizer, optimizer_impl
+from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, optimizer_impl
 from adarem.reproducibility import seed_everything
 from adarem.run_dir import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run_identity import run_id
@@ -131,7 +131,8 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     if run.plan.checkpoint is not None:
         ckpt_io.restore(run.plan.checkpoint, run.model, run.optimizer, run.scheduler, run.precision.scaler,
                         run.state, dist.rank, dist.world_size)
-    check_same_optimizer_path(dist_utils.all_gather_object(optimizer_impl(run.optimizer)))
+    check_same_optimizer_path(dist_utils.all_gather_object(
+        (optimizer_impl(run.optimizer), fused_cpu_kernel_missing(run.optimizer))))
     if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
         if dist.is_main:
             print(f"stopped during start-up (signal {stop.signal_name}) before any training step; exit "
@@ -149,10 +150,20 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     return None
 
 
-def check_same_optimizer_path(impls: list[str]) -> None:
-    """Every rank must step with the same implementation: paths round differently, and DDP does not
-    re-synchronise weights, so replicas would drift apart. impl=auto decides per rank (AdaRem's
-    CPU kernel, say, may build on one node and not on another)."""
+def check_same_optimizer_path(paths: list[tuple[str, Optional[str]]]) -> None:
+    """``paths``: (optimizer path, why the fused CPU kernel is missing or None) of every rank.
+
+    Every rank must be able to step, and with the same implementation: paths round differently,
+    and DDP does not re-synchronise weights, so replicas would drift apart. impl=auto decides per
+    rank, and a checkpoint restores the path a run started with (AdaRem's CPU kernel, say, may
+    build on one node and not on another). Refused here on every rank at once, not by one rank's
+    exception at its first step while the others wait in a collective."""
+    for rank, (_, why) in enumerate(paths):
+        if why is not None:
+            raise ConfigError(f"rank {rank} cannot run AdaRem's fused CPU kernel, which this run steps with "
+                              f"(chosen at its start or restored from its checkpoint): {why}; install a C++ "
+                              f"compiler and ninja there")
+    impls = [impl for impl, _ in paths]
     if len(set(impls)) > 1:
         ranks = ", ".join(f"rank {r}: {impl}" for r, impl in enumerate(impls))
         raise ConfigError(f"the ranks chose different optimizer paths ({ranks}); set optimizer.impl "

@@ -72,7 +72,8 @@ def _last_line(text: str) -> str:
 
 
 def check_oracle(c: Check, device: str, dry: bool) -> None:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/optim/test_adarem_oracle.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+           "tests/optim/test_adarem_oracle.py"]
     if dry:
         cmd += ["-k", "defaults or float64 or many_groups"]
     env = dict(os.environ, ADAREM_TEST_DEVICE=device)

@@ -15,12 +15,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
-# `python -m pytest` runs the tests on DEFAULT_WORKERS pytest-xdist workers: a serial run leaves a
-# core idle while a one-process test (train.py, compare.py, imports) runs; two workers keep both
-# cores of a 2-core machine busy (1,390 s serial -> ~950 s). Set here rather than as `-n 2` in addopts
-# so that a pytest without xdist (the GPU machine's, `-p no:xdist`) still runs, and so that a
-# pytest started by a test (scripts/gpu_check.sh runs one) stays serial instead of fanning out
-# again. `-n 0` runs serially, `-n N` picks another count.
+# `python -m pytest` (the whole suite: no files or node ids named) runs on DEFAULT_WORKERS
+# pytest-xdist workers: a serial run leaves a core idle while a one-process test (train.py,
+# compare.py, imports) runs; two workers keep both cores of a 2-core machine busy (1,390 s serial ->
+# ~900 s). Set here rather than as `-n 2` in addopts so that a pytest without xdist (the GPU
+# machine's, `-p no:xdist`) still runs, and so that a pytest started by a test stays serial. Named
+# files or tests, -s/--capture=no, --pdb, --trace and --collect-only run serially (start-up of the
+# workers would dominate, and printing and debuggers need the main process); `-n N` asks for N.
 DEFAULT_WORKERS = 2
 
 
@@ -29,8 +30,9 @@ def pytest_cmdline_main(config):
     opt = config.option
     if not hasattr(opt, "numprocesses") or "PYTEST_XDIST_WORKER" in os.environ:
         return  # xdist not loaded, or this is a worker (or a pytest started by a test)
-    if opt.numprocesses is None and not getattr(opt, "tx", None) and not config.getoption("usepdb", False) \
-            and not config.getoption("collectonly", False):
+    interactive = (config.getoption("usepdb", False) or config.getoption("trace", False)
+                   or config.getoption("capture", "fd") == "no" or config.getoption("collectonly", False))
+    if opt.numprocesses is None and not getattr(opt, "tx", None) and not opt.file_or_dir and not interactive:
         opt.numprocesses = DEFAULT_WORKERS
         if opt.dist == "no":
             # worksteal: an idle worker takes half of the other's queue, so that the few 30-120 s

@@ -76,6 +76,7 @@ import hashlib
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -366,10 +367,14 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                 else:
                     a = g  # only read
                 torch.abs(a, out=b)
+                den = s + eps
+                if dtype != torch.float64 and abs(c) > _FLOAT32_MAX:  # eps ~0 and a subnormal or zero s
+                    den = float(torch.tensor(den, dtype=torch.float32))
+                    c = 0.0 if den == 0 else c  # s + eps == 0 in fp32 (d all zero): b = 0, as the loop path
                 if dtype == torch.float64 or abs(c) <= _FLOAT32_MAX or c != c:
                     torch.addcmul(a, b, d, value=c, out=b)  # delta = g + c*d*|g| = r*g
-                else:  # eps = 0 and a subnormal s: c overflows fp32, divide per element instead
-                    b.mul_(d).div_(s + eps).mul_(lam_[k]).add_(a)
+                else:  # c overflows fp32: divide per element instead
+                    b.mul_(d).div_(den).mul_(lam_[k]).add_(a)
                 if momentum > 0:
                     torch.add(b, u, alpha=momentum, out=u)  # u = mu*u + delta
                     b = u
@@ -538,9 +543,10 @@ def _build_identity() -> list[str]:
     except OSError:
         cpu = [platform.machine(), platform.processor(), platform.platform()]
     cxx = os.environ.get("CXX", "c++")  # the compiler torch.utils.cpp_extension uses
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
+    try:  # its first line names compiler and version (a chatty wrapper's later lines must not count)
+        out = subprocess.run([*shlex.split(cxx), "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = (out.strip().splitlines() or ["unavailable"])[0]
+    except (OSError, ValueError, subprocess.SubprocessError):
         version = "unavailable"
     return [*cpu, cxx, version, torch.__version__, str(torch.version.git_version),
             str(torch._C._GLIBCXX_USE_CXX11_ABI), sys.version]
@@ -561,9 +567,11 @@ def _load_cpu_kernel() -> None:
     Builders serialise on an flock, which the OS releases when a process dies: a job killed while
     building (preemption, SIGKILL) leaves no stale lock behind, unlike cpp_extension's own lock
     file, and the next builder clears what it left. Each build happens in its own temporary
-    directory and is installed by an atomic rename, so no process loads a half-written library.
-    Where the cache cannot be written or locked (read-only home, a filesystem without flock, no
-    fcntl), the build goes to a private temporary directory instead."""
+    directory and is installed by an atomic rename, fsynced, with a checksum written next to it
+    and verified before every load: a damaged library (a node that crashed while installing) is
+    rebuilt instead of crashing the process that maps it. Where the cache cannot be locked (no
+    flock on the filesystem, no fcntl) builds go unserialised but still install; where it cannot
+    be written, the build is private to this process."""
     if hasattr(torch.ops.adarem, "fused_step_cpu_"):  # loaded already (a module reload, say)
         return
     with open(_CPU_SOURCE, "rb") as fh:
@@ -573,41 +581,79 @@ def _load_cpu_kernel() -> None:
                                         or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")),
                         "adarem")
     lib = os.path.join(root, name + ".so")
-    if os.path.isfile(lib):
+    if _intact(lib):
         torch.ops.load_library(lib)
         return
-    lock = None
     try:
-        import fcntl
         os.makedirs(root, exist_ok=True)
-        lock = open(os.path.join(root, name + ".lock"), "a")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    except (ImportError, OSError):  # no shared cache here: build privately, install nothing
-        if lock is not None:
-            lock.close()
-        lock, root = None, tempfile.mkdtemp(prefix="adarem_kernel_")
+        writable = os.access(root, os.W_OK)
+    except OSError:
+        writable = False
+    lock = None
+    if writable:
+        try:
+            import fcntl
+            lock = open(os.path.join(root, name + ".lock"), "a")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no locking here: builds may duplicate work, nothing worse
+            if lock is not None:
+                lock.close()
+            lock = None
     try:
-        if os.path.isfile(lib) and lock is not None:  # another process built it while this one waited
+        if _intact(lib):  # another process built it while this one waited
             torch.ops.load_library(lib)
             return
-        for stale in glob.glob(os.path.join(root, f"build-{name}-*")) + glob.glob(os.path.join(root, f".{name}.*")):
-            shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
-        build = tempfile.mkdtemp(prefix=f"build-{name}-", dir=root)
+        if lock is not None:  # no other builder of this name is running: clear what killed ones left
+            for stale in glob.glob(os.path.join(root, f"build-{name}-*")) + glob.glob(os.path.join(root, f".{name}.*")):
+                shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+        build = tempfile.mkdtemp(prefix=f"build-{name}-", dir=root if writable else None)
         try:
             with _cpp_extension() as cpp_extension:
                 cpp_extension.load(name=name, sources=[_CPU_SOURCE], extra_cflags=_CPU_CFLAGS,
                                    build_directory=build, is_python_module=False, verbose=False)
-            if lock is not None:  # load() has loaded the library into this process already
-                staged = os.path.join(root, f".{name}.{os.getpid()}.so")
-                shutil.copyfile(os.path.join(build, name + ".so"), staged)
-                os.replace(staged, lib)
+            if writable:  # load() has loaded the library into this process already
+                _install(os.path.join(build, name + ".so"), lib)
         finally:
             shutil.rmtree(build, ignore_errors=True)
     finally:
         if lock is not None:
             lock.close()
+
+
+def _checksum(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def _intact(lib: str) -> bool:
+    """The library exists and matches the checksum installed after it (mapping a truncated shared
+    object kills the process with SIGBUS, which no exception handler sees)."""
+    try:
+        with open(lib + ".sha256") as fh:
+            return fh.read().strip() == _checksum(lib)
+    except OSError:
+        return False
+
+
+def _install(built: str, lib: str) -> None:
+    """Copy, fsync, rename into place; then the checksum the same way (it is what marks ``lib`` as
+    complete); then fsync the directory."""
+    root, base = os.path.split(lib)
+    for content, target in ((None, lib), (_checksum(built), lib + ".sha256")):
+        staged = os.path.join(root, f".{base}.{os.getpid()}.{'sha256' if content else 'so'}")
+        if content is None:
+            shutil.copyfile(built, staged)
         else:
-            shutil.rmtree(root, ignore_errors=True)
+            with open(staged, "w") as fh:
+                fh.write(content)
+        with open(staged, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(staged, target)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -125,11 +125,13 @@ void step_dtype(const std::vector<at::Tensor>& params, const std::vector<at::Ten
   std::vector<Item> items;
   for (int64_t t = 0; t < n; ++t) {
     const double* hp = rows[t];
-    // c = lambda^t / (s + eps) from the s the previous step left, in double. s + eps == 0 (eps = 0,
-    // d all zero) gives c = 0 (b = 0, the rule's limit); a NaN s gives NaN, as the rule does.
+    // c = lambda^t / (s + eps) from the s the previous step left, in double. s + eps == 0 in the
+    // parameter's precision (d all zero, eps 0 or below that precision) gives c = 0 (b = 0, the
+    // rule's limit, as the for-loop path computes it); a NaN s gives NaN, as the rule does.
     const double denom = static_cast<double>(*maxes[t].data_ptr<T>()) + hp[kEps];
-    const double c = denom == 0 ? 0.0 : hp[kLam] / denom;
-    denoms[t] = static_cast<T>(denom);
+    const T denom_t = static_cast<T>(denom);
+    const double c = denom_t == 0 ? 0.0 : hp[kLam] / denom;
+    denoms[t] = denom_t;
     scale[t] = static_cast<T>(c);
     divide[t] = !std::isnan(c) && !std::isfinite(static_cast<double>(scale[t]));
     const int64_t numel = params[t].numel();

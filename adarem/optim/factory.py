@@ -10,6 +10,7 @@ on CUDA and its C++ kernel on the CPU), ``fused``/``foreach``/``loop`` force one
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import torch
 from torch import nn
@@ -71,6 +72,16 @@ def impl_flags(impl: str, name: str, device_types: set[str]) -> dict:
         impl = "fused" if device_types and device_types <= set(fused_ok) else "foreach"
     return {"fused": dict(fused=True), "foreach": dict(foreach=True),
             "loop": dict(foreach=False)}[impl]
+
+
+def fused_cpu_kernel_missing(optimizer: torch.optim.Optimizer) -> Optional[str]:
+    """Why AdaRem's fused CPU kernel cannot run here, if ``optimizer`` needs it (a fused AdaRem
+    group with CPU parameters, chosen at the run's start or restored from its checkpoint)."""
+    if isinstance(optimizer, AdaRem) and any(
+            g.get("fused") and any(p.device.type == "cpu" for p in g["params"]) for g in optimizer.param_groups):
+        from adarem.optim.adarem import cpu_kernel_error
+        return cpu_kernel_error()
+    return None
 
 
 def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:

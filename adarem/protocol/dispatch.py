@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import signal
 import sys
 import threading
 import time
@@ -117,13 +118,19 @@ def run_one(overrides: list[str], threads: int) -> dict:
             "data_identity": record.get("data_identity"), "seconds": time.time() - t0}
 
 
+_ORPHAN_GRACE_S = 60.0  # time an orphaned worker's stopped trial gets to write its checkpoint
+
+
 def _exit_with_parent(parent: int) -> None:
     """Pool-worker initializer: a worker whose compare process died (SIGKILL, out of memory) exits
     too, instead of training its trial on unobserved (holding the run's lock against the relaunched
-    compare) and then waiting forever on the task queue."""
+    compare) and then waiting forever on the task queue. It is stopped as a preempted run is
+    (SIGTERM: the trial checkpoints at its next step and returns), then exits."""
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # outside a trial this ends the worker at once
+        time.sleep(_ORPHAN_GRACE_S)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="adarem-parent-watch").start()
