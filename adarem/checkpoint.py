@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from adarem.faults import maybe_crash
+from adarem.fsync import fsync_dir
 
 LATEST, PREVIOUS = "checkpoint.pt", "checkpoint_prev.pt"
 
@@ -65,11 +66,7 @@ def save_atomic(obj: dict, run_dir: Path) -> Path:
     if latest.exists():
         os.replace(latest, run_dir / PREVIOUS)
     os.replace(tmp, latest)
-    dir_fd = os.open(run_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(run_dir)
     return latest
 
 

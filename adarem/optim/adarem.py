@@ -88,6 +88,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from adarem.fsync import fsync_dir
 from adarem.optim.ranges import ADAREM_RANGES, describe, in_range
 
 __all__ = ["AdaRem"]
@@ -649,11 +650,7 @@ def _install(built: str, lib: str) -> None:
         with open(staged, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(staged, target)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root)
 
 
 @contextlib.contextmanager
