@@ -255,3 +255,25 @@ def test_a_nan_in_the_tracker_makes_the_step_nan_as_the_rule_does(flags):
     w.grad = torch.ones(4)
     opt.step()
     assert torch.isnan(w.detach()).all()
+
+
+@needs_kernel
+def test_the_result_does_not_depend_on_the_thread_count():
+    """The kernel splits the step into blocks across torch's threads (OpenMP): every block is
+    independent and max|d| is an exact max, so 1 and 2 threads give the same bits."""
+    out = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            gen = torch.Generator().manual_seed(0)
+            ws = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in ((70001,), (3, 40000), (5,))]
+            opt = AdaRem(ws, momentum=0.5, weight_decay=0.01, fused=True)
+            for step in range(4):
+                for w in ws:
+                    w.grad = torch.sin(w.detach() * (step + 1))
+                opt.step()
+            out.append([w.detach().clone() for w in ws] + [opt.state[w]["max_abs_exp_avg"].clone() for w in ws])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*out))
