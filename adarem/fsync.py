@@ -13,3 +13,12 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_durably(src, dst) -> None:
+    """``os.replace(src, dst)`` with ``src``'s data on disk before the rename and the rename on disk
+    after it: a crash leaves either the old ``dst`` or the complete new one."""
+    with open(src, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))

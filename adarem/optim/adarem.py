@@ -88,7 +88,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from adarem.fsync import fsync_dir
+from adarem.fsync import replace_durably
 from adarem.optim.ranges import ADAREM_RANGES, describe, in_range
 
 __all__ = ["AdaRem"]
@@ -641,20 +641,15 @@ def _intact(lib: str) -> bool:
 
 
 def _install(built: str, lib: str) -> None:
-    """Copy, fsync, rename into place; then the checksum the same way (it is what marks ``lib`` as
-    complete); then fsync the directory."""
+    """The library, then its checksum (which is what marks ``lib`` as complete), each staged and
+    renamed into place durably."""
     root, base = os.path.split(lib)
-    for content, target in ((None, lib), (_checksum(built), lib + ".sha256")):
-        staged = os.path.join(root, f".{base}.{os.getpid()}.{'sha256' if content else 'so'}")
-        if content is None:
-            shutil.copyfile(built, staged)
-        else:
-            with open(staged, "w") as fh:
-                fh.write(content)
-        with open(staged, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(staged, target)
-    fsync_dir(root)
+    staged = os.path.join(root, f".{base}.{os.getpid()}")
+    shutil.copyfile(built, staged + ".so")
+    replace_durably(staged + ".so", lib)
+    with open(staged + ".sha256", "w") as fh:
+        fh.write(_checksum(built))
+    replace_durably(staged + ".sha256", lib + ".sha256")
 
 
 @contextlib.contextmanager
