@@ -3,6 +3,11 @@
 Nothing is dropped silently: every directory that is not a complete, unique run is listed in
 ``RunSet.problems`` with the reason (no run.json, still running or crashed, truncated lines,
 duplicate of another run), and only complete runs (finished or diverged) enter ``runs``.
+
+A setting is what the optimizers of one comparison share (everything but the optimizer group, the
+seed and the split evaluated on). Runs of one dataset x model in two settings (two comparisons
+with other epochs, batch sizes, schedules or data roots) get distinct ``dataset`` labels, which
+name what differs, so that no table, target or claim pairs runs across settings.
 """
 
 from __future__ import annotations
@@ -58,18 +63,55 @@ class RunSet:
         return pd.DataFrame(self.problems, columns=["run_dir", "problem"])
 
 
-def config_id(config: dict, data_identity: dict | None = None) -> str:
-    """A short hash of everything that makes a configuration different, except the seed; the
-    data identity (root, split sizes, class names; see adarem.data.data_identity) is part of it,
-    so runs of two datasets that share data.name never pool into one row."""
+# What a comparison varies between its runs: the optimizer and its hyperparameters, the seed, and
+# the split evaluated on (the lr search's holdout runs and the final runs belong to one setting).
+# Evaluations per epoch change no final number, only where a curve is sampled: the speed table
+# and the curve claims say "evaluated differently" instead of comparing such runs.
+SETTING_IGNORED = IDENTITY_IGNORED + ("optimizer", "data.eval_on", "trainer.evals_per_epoch")
+MAX_LABEL_KEYS = 3  # differing keys named in a setting's label
+
+
+def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None) -> dict:
     flat = flatten(config)
     # a key added to the schema later, at its neutral value, is left out (adarem/run_identity.py):
     # a record written before the key existed pools with one written after it
     kept = {k: v for k, v in flat.items()
-            if not any(k == p or k.startswith(p + ".") for p in IDENTITY_IGNORED) and not is_neutral(k, v)}
+            if not any(k == p or k.startswith(p + ".") for p in ignored) and not is_neutral(k, v)}
     if data_identity:
         kept["_data_identity"] = data_identity
-    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return kept
+
+
+def _digest(items: dict, n: int) -> str:
+    return hashlib.sha1(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def config_id(config: dict, data_identity: dict | None = None) -> str:
+    """A short hash of everything that makes a configuration different, except the seed; the
+    data identity (root, split sizes, class names; see adarem.data.data_identity) is part of it,
+    so runs of two datasets that share data.name never pool into one row."""
+    return _digest(_identity(config, IDENTITY_IGNORED, data_identity), 10)
+
+
+def setting_items(config: dict, data_identity: dict | None = None) -> dict:
+    """What the optimizers of one comparison share: the configuration without the optimizer
+    group, the seed and data.eval_on (and what config_id ignores)."""
+    return _identity(config, SETTING_IGNORED, data_identity)
+
+
+def setting_labels(settings: dict[str, dict]) -> dict[str, str]:
+    """Per setting id, a label naming the keys whose values tell the settings apart
+    (``trainer.epochs=4, trainer.batch_size=64``); ``setting <id>`` where that is not unique."""
+    keys = sorted({k for items in settings.values() for k in items})
+    differing = [k for k in keys if len({json.dumps(items.get(k, "unset"), sort_keys=True, default=str)
+                                         for items in settings.values()}) > 1]
+    shown = differing[:MAX_LABEL_KEYS]
+    more = ", ..." if len(differing) > MAX_LABEL_KEYS else ""
+    labels = {sid: ", ".join(f"{k}={items.get(k, 'unset')}" for k in shown) + more
+              for sid, items in settings.items()}
+    if len(set(labels.values())) < len(labels) or not all(labels.values()):
+        labels = {sid: f"setting {sid}" for sid in settings}
+    return labels
 
 
 def data_id(data_identity: dict | None) -> str:
@@ -109,6 +151,7 @@ def find_run_dirs(root: Path) -> list[Path]:
 
 def load_runs(root: Path) -> RunSet:
     rows, epoch_rows, osc_rows, eval_rows, iter_rows, problems = [], [], [], [], [], []
+    settings: dict[str, dict] = {}  # setting id -> its items, for labels
     for run_dir in find_run_dirs(root):
         rel = str(run_dir)
         lines, bad = read_metrics_lines(run_dir / METRICS)
@@ -176,7 +219,9 @@ def load_runs(root: Path) -> RunSet:
             "bn_recalibrate": trainer.get("bn_recalibrate", 0),
             "evals_per_epoch": trainer.get("evals_per_epoch", 1),
             "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
+            "setting_id": _digest(setting_items(cfg, run.get("data_identity")), 6),
         })
+        settings[rows[-1]["setting_id"]] = setting_items(cfg, run.get("data_identity"))
         for r in lines:
             kind = r.get("type")
             if kind in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float)):
@@ -212,6 +257,15 @@ def load_runs(root: Path) -> RunSet:
         for name, g in runs.groupby("dataset", dropna=False):
             if g.data_id.nunique(dropna=False) > 1:
                 runs.loc[g.index, "dataset"] = [f"{name}@{d}" for d in g.data_id]
+        # two comparisons of one dataset x model that differ in anything but the optimizer (epochs,
+        # batch, schedule, ...) are two settings: selecting each optimizer's configuration across
+        # them would pair, say, SGD trained 8 epochs with AdaRem trained 4 in the claims and targets.
+        # Only runs on the val/test split are compared (the lr search's holdout runs are not).
+        val = runs[runs.eval_on == "val"]
+        for (name, _), g in val.groupby(["dataset", "model"], dropna=False):
+            if g.setting_id.nunique() > 1:
+                labels = setting_labels({sid: settings[sid] for sid in sorted(g.setting_id.unique())})
+                runs.loc[g.index, "dataset"] = [f"{name} ({labels[s]})" for s in g.setting_id]
     keep = set(runs.run_dir) if not runs.empty else set()
     epochs_df = pd.DataFrame(epoch_rows)
     osc_df = pd.DataFrame(osc_rows, columns=["run_dir", "step", "flip_fraction", "path_efficiency"])

@@ -264,3 +264,47 @@ def test_finished_runs_that_disagree_with_their_record_are_kept_out(tmp_path):
     assert "finished without a finite final error" in problems["no_final"]
     assert "metrics.jsonl disagrees with run.json" in problems["short"]
     assert "metrics.jsonl disagrees with run.json" in problems["other_final"]
+
+
+def test_two_comparisons_of_one_dataset_and_model_are_never_paired(tmp_path):
+    """Two comparisons of toy x net, one of 3 epochs and one of 6, in one tree. Each optimizer's
+    selected configuration is the one with the most seeds: SGD's is in the 3-epoch comparison and
+    AdaRem's in the 6-epoch one. Pooled by dataset x model, the claims would compare AdaRem trained
+    6 epochs (error 6) with SGD trained 3 (error 10) and find AdaRem better; it is worse in both."""
+    from adarem.results.tables import sgd_targets
+
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"a_sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+        make_run(root, f"b_adarem{s}", "adarem", s, [40.0, 30.0, 20.0, 10.0, 8.0, 6.0 + 0.1 * s],
+                 trainer={"epochs": 6})
+    for s in range(2):
+        make_run(root, f"a_adarem{s}", "adarem", s, [40.0, 20.0, 12.0 + 0.1 * s])
+        make_run(root, f"b_sgd{s}", "sgd", s, [40.0, 30.0, 20.0, 10.0, 6.0, 5.0 + 0.1 * s], trainer={"epochs": 6})
+    rs = load_runs(root)
+    assert not rs.problems
+    assert set(rs.runs.dataset) == {"toy (trainer.epochs=3)", "toy (trainer.epochs=6)"}
+    for label, epochs in (("toy (trainer.epochs=3)", 3), ("toy (trainer.epochs=6)", 6)):
+        assert set(rs.runs[rs.runs.dataset == label].epochs) == {epochs}
+    claims = evaluate_claims(rs, load_claims(CLAIMS_FILE))
+    row = claims[(claims.subject == "adarem") & (claims.baseline == "sgd") & (claims.metric == "final_top1")]
+    by_setting = dict(zip(row.dataset, zip(row.subject_mean, row.baseline_mean)))
+    assert by_setting["toy (trainer.epochs=3)"] == pytest.approx((12.05, 10.1))
+    assert by_setting["toy (trainer.epochs=6)"] == pytest.approx((6.1, 5.05))
+    assert set(row.verdict) == {"Contradicted"}  # pooled by dataset x model it was "Supported"
+    assert sgd_targets(rs, (1.0,)) == {("toy (trainer.epochs=3)", "net"): [pytest.approx(11.1)],
+                                       ("toy (trainer.epochs=6)", "net"): [pytest.approx(6.05)]}
+
+
+def test_search_runs_on_the_holdout_stay_in_their_comparison(tmp_path):
+    """The lr search's holdout runs differ from the final runs only in data.eval_on (and the seed,
+    lr): one setting, no relabelling."""
+    root = tmp_path / "runs"
+    for s in range(2):
+        make_run(root, f"final_sgd{s}", "sgd", s, [40.0, 20.0, 10.0])
+        d = make_run(root, f"search_sgd{s}", "sgd", 1000 + s, [40.0, 20.0, 11.0], lr=0.3)
+        record = json.loads((d / "run.json").read_text())
+        record["config"]["data"]["eval_on"] = "holdout"
+        (d / "run.json").write_text(json.dumps(record))
+    rs = load_runs(root)
+    assert set(rs.runs.dataset) == {"toy"} and set(rs.runs.eval_on) == {"val", "holdout"}
