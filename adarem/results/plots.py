@@ -3,6 +3,8 @@ seeds, oscillation over training, and (for scripts/compare.py) the holdout score
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +18,15 @@ from scipy import stats  # noqa: E402
 from adarem.results.records import RunSet  # noqa: E402
 from adarem.results.tables import SETTING, selected_groups  # noqa: E402
 
+
+def file_stem(dataset, model) -> str:
+    """A file name for a setting: its label (which may name a path, ``toy (data.root=/a/b)``)
+    with every character but letters, digits and ``.=@-`` made ``_``, and a short hash of the
+    label, so that two labels that differ only in those characters never share a file. No spaces:
+    the Markdown links to it stay links."""
+    label = f"{dataset}_{model}"
+    slug = re.sub(r"[^A-Za-z0-9.=@-]+", "_", label).strip("_")
+    return f"{slug}_{hashlib.sha1(label.encode()).hexdigest()[:6]}" if slug != label else slug
 
 def mean_ci(frame: pd.DataFrame, x: str, y: str, level: float = 0.95) -> pd.DataFrame:
     """Per value of ``x``: the mean of ``y`` over runs and its Student-t confidence interval (the
@@ -73,12 +84,12 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{dataset} / {model}: mean over seeds, band = 95 % CI")
         fig.tight_layout()
-        path = out_dir / f"curves_{dataset}_{model}.png"
+        path = out_dir / f"curves_{file_stem(dataset, model)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
         if osc_groups:
-            written.append(_plot_oscillation(osc_groups, out_dir / f"oscillation_{dataset}_{model}.png",
+            written.append(_plot_oscillation(osc_groups, out_dir / f"oscillation_{file_stem(dataset, model)}.png",
                                              f"{dataset} / {model}"))
     return written
 

@@ -63,11 +63,15 @@ class RunSet:
         return pd.DataFrame(self.problems, columns=["run_dir", "problem"])
 
 
-# What a comparison varies between its runs: the optimizer and its hyperparameters, the seed, and
-# the split evaluated on (the lr search's holdout runs and the final runs belong to one setting).
-# Evaluations per epoch change no final number, only where a curve is sampled: the speed table
-# and the curve claims say "evaluated differently" instead of comparing such runs.
-SETTING_IGNORED = IDENTITY_IGNORED + ("optimizer", "data.eval_on", "trainer.evals_per_epoch")
+# What a comparison varies between its runs: the optimizer and the hyperparameters its presets
+# (configs/optimizer/*.yaml) and the searches set, the seed, and the split evaluated on (the lr
+# search's holdout runs and the final runs belong to one setting). Other optimizer keys (eps,
+# nesterov, no_weight_decay_on_bias_and_norm, impl, ...) are the same for every optimizer of a
+# comparison and part of its setting. Evaluations per epoch change no final number, only where a
+# curve is sampled: the speed table and the curve claims say "evaluated differently" instead.
+OPTIMIZER_OWN = tuple(f"optimizer.{k}" for k in ("name", "variant", "lr", "weight_decay", "momentum", "betas",
+                                                 "beta", "decay", "decay_horizon"))
+SETTING_IGNORED = IDENTITY_IGNORED + OPTIMIZER_OWN + ("data.eval_on", "trainer.evals_per_epoch")
 MAX_LABEL_KEYS = 3  # differing keys named in a setting's label
 
 
@@ -99,16 +103,21 @@ def setting_items(config: dict, data_identity: dict | None = None) -> dict:
     return _identity(config, SETTING_IGNORED, data_identity)
 
 
-def setting_labels(settings: dict[str, dict]) -> dict[str, str]:
+def setting_labels(settings: dict[str, dict], configs: dict[str, dict]) -> dict[str, str]:
     """Per setting id, a label naming the keys whose values tell the settings apart
-    (``trainer.epochs=4, trainer.batch_size=64``); ``setting <id>`` where that is not unique."""
+    (``trainer.batch_size=64; trainer.epochs=4``), with each setting's value as its runs' config
+    spells it (``configs``: a flattened config per setting); ``setting <id>`` where that is not
+    unique."""
+    def value(items, k):
+        return json.dumps(items.get(k, "unset"), sort_keys=True, default=str)
+
     keys = sorted({k for items in settings.values() for k in items})
-    differing = [k for k in keys if len({json.dumps(items.get(k, "unset"), sort_keys=True, default=str)
-                                         for items in settings.values()}) > 1]
+    differing = [k for k in keys if len({value(items, k) for items in settings.values()}) > 1]
     shown = differing[:MAX_LABEL_KEYS]
-    more = ", ..." if len(differing) > MAX_LABEL_KEYS else ""
-    labels = {sid: ", ".join(f"{k}={items.get(k, 'unset')}" for k in shown) + more
-              for sid, items in settings.items()}
+    more = "; ..." if len(differing) > MAX_LABEL_KEYS else ""
+    spell = lambda v: v if isinstance(v, str) else json.dumps(v, default=str)  # noqa: E731
+    labels = {sid: "; ".join(f"{k}={spell(configs[sid].get(k, 'unset'))}" for k in shown) + more
+              for sid in settings}
     if len(set(labels.values())) < len(labels) or not all(labels.values()):
         labels = {sid: f"setting {sid}" for sid in settings}
     return labels
@@ -152,6 +161,7 @@ def find_run_dirs(root: Path) -> list[Path]:
 def load_runs(root: Path) -> RunSet:
     rows, epoch_rows, osc_rows, eval_rows, iter_rows, problems = [], [], [], [], [], []
     settings: dict[str, dict] = {}  # setting id -> its items, for labels
+    setting_configs: dict[str, dict] = {}  # setting id -> a flattened config of one of its runs
     for run_dir in find_run_dirs(root):
         rel = str(run_dir)
         lines, bad = read_metrics_lines(run_dir / METRICS)
@@ -219,9 +229,10 @@ def load_runs(root: Path) -> RunSet:
             "bn_recalibrate": trainer.get("bn_recalibrate", 0),
             "evals_per_epoch": trainer.get("evals_per_epoch", 1),
             "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
-            "setting_id": _digest(setting_items(cfg, run.get("data_identity")), 6),
+            "setting_id": _digest(setting_items(cfg, run.get("data_identity")), 10),
         })
         settings[rows[-1]["setting_id"]] = setting_items(cfg, run.get("data_identity"))
+        setting_configs[rows[-1]["setting_id"]] = flatten(cfg)
         for r in lines:
             kind = r.get("type")
             if kind in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float)):
@@ -262,9 +273,10 @@ def load_runs(root: Path) -> RunSet:
         # them would pair, say, SGD trained 8 epochs with AdaRem trained 4 in the claims and targets.
         # Only runs on the val/test split are compared (the lr search's holdout runs are not).
         val = runs[runs.eval_on == "val"]
-        for (name, _), g in val.groupby(["dataset", "model"], dropna=False):
+        for (name, _), g in val.groupby(["dataset", "model"]):
             if g.setting_id.nunique() > 1:
-                labels = setting_labels({sid: settings[sid] for sid in sorted(g.setting_id.unique())})
+                ids = sorted(g.setting_id.unique())
+                labels = setting_labels({sid: settings[sid] for sid in ids}, {sid: setting_configs[sid] for sid in ids})
                 runs.loc[g.index, "dataset"] = [f"{name} ({labels[s]})" for s in g.setting_id]
     keep = set(runs.run_dir) if not runs.empty else set()
     epochs_df = pd.DataFrame(epoch_rows)

@@ -27,17 +27,41 @@ def mean_std(values) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
+def _candidates(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration on the val/test split: seeds and the latest start, most seeds first, then
+    the most recently started."""
+    r = runs[runs.eval_on == "val"]
+    stats = r.groupby(GROUP, dropna=False).agg(n=("seed", "count"), last=("start_time", "max")).reset_index()
+    return stats.sort_values(["n", "last"], ascending=[False, False], kind="stable")
+
+
 def selected_groups(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting and optimizer, the configuration the comparison is about: evaluated on the
-    val/test split, the one run with the most seeds, ties broken by the lower mean final error."""
+    val/test split, the one with the most seeds; of several with as many seeds, the most recently
+    started (listed by ``selection_notes``). Never the lower test error: that would select the
+    learning rate on the test split."""
     if runs.empty:
         return runs
-    r = runs[runs.eval_on == "val"].copy()
-    r["_err"] = r.final_top1.fillna(DIVERGED_ERROR)
-    stats = r.groupby(GROUP, dropna=False).agg(n=("seed", "count"), err=("_err", "mean")).reset_index()
-    stats = stats.sort_values(["n", "err"], ascending=[False, True])
-    best = stats.drop_duplicates(subset=SETTING + ["optimizer"], keep="first")
+    best = _candidates(runs).drop_duplicates(subset=SETTING + ["optimizer"], keep="first")
     return runs[runs.config_id.isin(best.config_id)]
+
+
+def selection_notes(runs: pd.DataFrame) -> list[dict]:
+    """One note per setting and optimizer whose selected configuration tied on seeds with another
+    (two comparisons with other searches in one runs folder): a report lists them."""
+    if runs.empty:
+        return []
+    notes = []
+    for (dataset, model, opt), g in _candidates(runs).groupby(SETTING + ["optimizer"], dropna=False, sort=True):
+        tied = g[g.n == g.n.iloc[0]]
+        if len(tied) > 1:
+            chosen = tied.iloc[0]
+            others = "; ".join(f"lr {r.lr:g}, wd {r.weight_decay:g}" for r in tied.iloc[1:].itertuples())
+            notes.append({"run_dir": f"{dataset} x {model}: {opt}",
+                          "problem": f"{len(tied)} configurations with {chosen.n} seeds each; tables, targets and "
+                                     f"claims use the most recently started (lr {chosen.lr:g}, wd {chosen.weight_decay:g}),"
+                                     f" not {others}: keep one comparison per runs folder"})
+    return notes
 
 
 def error_table(rs: RunSet) -> pd.DataFrame:

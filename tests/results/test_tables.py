@@ -308,3 +308,84 @@ def test_search_runs_on_the_holdout_stay_in_their_comparison(tmp_path):
         (d / "run.json").write_text(json.dumps(record))
     rs = load_runs(root)
     assert set(rs.runs.dataset) == {"toy"} and set(rs.runs.eval_on) == {"val", "holdout"}
+
+
+def _retag(d, **config_changes):
+    """Change keys of a hand-made record's config: {"optimizer.eps": 1e-6} and the like."""
+    record = json.loads((d / "run.json").read_text())
+    for dotted, value in config_changes.items():
+        node = record["config"]
+        *path, key = dotted.split(".")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[key] = value
+    (d / "run.json").write_text(json.dumps(record))
+
+
+def test_an_optimizer_key_set_for_every_optimizer_is_part_of_the_setting(tmp_path):
+    """no_weight_decay_on_bias_and_norm=false for a whole comparison (hostile review): AdaRem is
+    worse than SGD in each comparison, and pooled by dataset x model (AdaRem of B, SGD of A) the
+    claim was Supported."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"a_sgd{s}", "sgd", s, [40.0, 20.0, 10.2 + 0.1 * (s - 1)])
+        _retag(make_run(root, f"b_adarem{s}", "adarem", s, [40.0, 20.0, 9.2 + 0.1 * (s - 1)]),
+               **{"optimizer.no_weight_decay_on_bias_and_norm": False})
+    for s in range(2):
+        make_run(root, f"a_adarem{s}", "adarem", s, [40.0, 20.0, 11.3 + 0.1 * s])
+        _retag(make_run(root, f"b_sgd{s}", "sgd", s, [40.0, 20.0, 8.2 + 0.1 * s]),
+               **{"optimizer.no_weight_decay_on_bias_and_norm": False})
+    rs = load_runs(root)
+    assert set(rs.runs.dataset) == {"toy (optimizer.no_weight_decay_on_bias_and_norm=false)",
+                                    "toy (optimizer.no_weight_decay_on_bias_and_norm=unset)"}
+    claims = evaluate_claims(rs, load_claims(CLAIMS_FILE))
+    row = claims[(claims.subject == "adarem") & (claims.baseline == "sgd") & (claims.metric == "final_top1")]
+    assert len(row) == 2 and not (row.verdict == "Supported").any(), row
+
+
+def test_the_presets_own_keys_are_what_a_comparison_varies():
+    """Every key an optimizer preset sets is one the setting leaves to the optimizer; no other
+    optimizer key is (a new preset key must be added to OPTIMIZER_OWN, or it splits comparisons)."""
+    import yaml
+
+    from adarem.results.records import OPTIMIZER_OWN
+
+    set_by_presets = {f"optimizer.{k}" for f in (REPO / "configs" / "optimizer").glob("*.yaml")
+                      for k in (yaml.safe_load(f.read_text()) or {})}
+    assert set_by_presets == set(OPTIMIZER_OWN)
+
+
+def test_a_tie_on_seeds_is_not_broken_by_the_test_error_and_is_listed(tmp_path):
+    """Two configurations of AdaRem with as many seeds (two searches in one runs folder): the
+    selection must not take the lower test error (that selects the lr on the test split); it takes
+    the most recently started, and the report lists the tie."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+        make_run(root, f"old{s}", "adarem", s, [40.0, 20.0, 9.0 + 0.1 * s], lr=0.03)  # lower test error
+        make_run(root, f"new{s}", "adarem", s, [40.0, 20.0, 11.0 + 0.1 * s], lr=0.3, start="2026-03-01T00:00:00")
+    rs = load_runs(root)
+    from adarem.results.tables import selected_groups
+
+    sel = selected_groups(rs.runs)
+    assert set(sel[sel.optimizer == "adarem"].lr) == {0.3}
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert "2 configurations with 3 seeds each" in text and "(lr 0.3, wd 0)" in text and "not lr 0.03" in text
+
+
+def test_labels_that_name_paths_make_plot_files_and_links_that_work(tmp_path):
+    """A setting label may hold a path (data.root spelled two ways): the plots' file names and the
+    Markdown links to them must still work (hostile review: write_report crashed on the '/')."""
+    root = tmp_path / "runs"
+    for s in range(2):
+        for tag, spelled in (("a", "/data/fmnist"), ("b", "/data/fmnist/")):
+            for opt in ("sgd", "adarem"):
+                _retag(make_run(root, f"{tag}_{opt}{s}", opt, s, [40.0, 20.0, 10.0 + s]), **{"data.root": spelled})
+    rs = load_runs(root)
+    assert set(rs.runs.dataset) == {"toy (data.root=/data/fmnist)", "toy (data.root=/data/fmnist/)"}
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    links = [line for line in text.splitlines() if line.startswith("![curves_")]
+    assert len(links) == 2 and len(set(links)) == 2
+    for line in links:
+        target = line[line.index("](") + 2:-1]
+        assert " " not in target and (tmp_path / "out" / target).is_file(), line
