@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +141,43 @@ def to_device(loader, x: torch.Tensor, y: torch.Tensor, device: torch.device, ch
     return x, y
 
 
+def device_batches(loader, batches: Iterator, device: torch.device, channels_last: bool) -> Iterator:
+    """``batches`` (a pass of ``loader``) as the model takes them, through ``to_device``.
+
+    On CUDA, for a loader that finishes its host batches on the device (the torch loader: uint8
+    from pinned memory), the next batch is copied and normalised on a side stream while the
+    current one is computed: its copy does not wait behind the step's kernels on the compute
+    stream. The compute stream waits for the side stream before it reads a batch, and each batch
+    is marked as used there (``record_stream``) so that the allocator does not hand its memory
+    back to the side stream early. Elsewhere (CPU; DALI and synthetic batches, already on the
+    device, which DALI may recycle) each batch is finished when it is taken."""
+    try:
+        if device.type != "cuda" or not hasattr(loader, "to_device"):
+            for x, y in batches:
+                yield to_device(loader, x, y, device, channels_last)
+            return
+        side = torch.cuda.Stream(device)
+        compute = torch.cuda.current_stream(device)
+
+        def stage(batch):
+            if batch is None:
+                return None
+            with torch.cuda.stream(side):
+                return to_device(loader, *batch, device, channels_last)
+
+        staged = stage(next(batches, None))
+        while staged is not None:
+            compute.wait_stream(side)
+            for t in staged:
+                t.record_stream(compute)
+            current, staged = staged, stage(next(batches, None))
+            yield current
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # the loader's pass ends now (a kept DataLoader goes back to its pool)
+
+
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, precision: Precision,
                 device: torch.device, cfg: TrainerConfig, state: TrainState, stop: StopFlag,
                 on_log: Callable[[dict], None], oscillation: Optional[OscillationTracker],
@@ -155,14 +192,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
     watch = LossWatch(cfg.diverge_loss, stop.distributed, device)
     prog = state.progress
     t_last = time.perf_counter()
-    it = iter(loader.epoch(state.epoch, state.batch))
+    it = device_batches(loader, iter(loader.epoch(state.epoch, state.batch)), device, cfg.channels_last)
     while True:
         t0 = time.perf_counter()
         try:
             x, y = next(it)
         except StopIteration:
             break
-        x, y = to_device(loader, x, y, device, cfg.channels_last)
         prog.data_wait_s += time.perf_counter() - t0
 
         step = state.global_step + 1
@@ -272,10 +308,9 @@ def evaluate(model: nn.Module, loader, precision: Precision, device: torch.devic
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1 correct, top5 correct, n
     n_local = 0  # counted on the host: no host-to-device copy per batch
-    for i, (x, y) in enumerate(loader.epoch(0)):
+    for i, (x, y) in enumerate(device_batches(loader, iter(loader.epoch(0)), device, channels_last)):
         if i == 1:
             maybe_crash("eval", epoch)
-        x, y = to_device(loader, x, y, device, channels_last)
         with precision.autocast(device):
             logits = model(x)
         logits = logits.float()
@@ -320,12 +355,13 @@ def recalibrated_bn(model: nn.Module, loader, epoch: int, n_batches: int, precis
             m.momentum = None  # cumulative average over the batches below
             m.train()
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for i, (x, y) in enumerate(loader.epoch(epoch, 0)):
+            batches = device_batches(loader, iter(loader.epoch(epoch, 0)), device, channels_last)
+            for i, (x, _) in enumerate(batches):
                 if i >= n_batches:
                     break
-                x, _ = to_device(loader, x, y, device, channels_last)
                 with precision.autocast(device):
                     model(x)
+            batches.close()  # end the pass now: evaluation, inside the block, reads its own
         for m in bns:
             m.eval()
             for buf in (m.running_mean, m.running_var):

@@ -14,6 +14,13 @@ every rank's images; rank 0 writes the figures.
 logging, stop checks); "bare" is the minimal loop (forward, loss, zero_grad, backward, step) on
 the same model, optimizer and batches. Rounds alternate between the candidates; the table gives
 medians, the harness overhead and each optimizer's images/s relative to SGD.
+
+Real loaders: ``--loaders synthetic,torch,dali`` adds AdaRem's training step fed by each loader
+from JPEG files (``--root``, an ImageFolder tree with train/ and val/; default: a generated tree
+of crops of real photos at ImageNet-like sizes, one epoch of ``--steps`` batches), decoding,
+RandomResizedCrop and flip included, with ``--workers`` loader processes (DALI: threads).
+``relative_to_synthetic`` is its images/s over the same step fed from memory: 1.0 means the
+loader keeps the model busy. Every candidate but these reads synthetic data.
 Writes results/bench/throughput.csv (or throughput_cuda.csv).
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import os
 import platform
 import statistics
 import time
@@ -34,6 +42,8 @@ import torch.nn.functional as F
 from adarem import distributed as dist_utils
 from adarem.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig
 from adarem.data import build_data
+from adarem.data.digits import default_cache_dir
+from adarem.data.photo_tree import make_photo_tree
 from adarem.engine import TrainState, make_precision, train_epoch
 from adarem.models import build_model
 from adarem.optim.factory import build_optimizer, optimizer_impl
@@ -67,6 +77,20 @@ def bare_epoch(model, loader, optimizer, precision, device, channels_last):
         optimizer.step()
 
 
+def photo_tree(train_images: int, dist) -> Path:
+    """A generated ImageFolder tree of real-photo crops (adarem/data/photo_tree.py) with at least
+    ``train_images`` training images, made once per size under the cache dir (rank 0 writes it)."""
+    classes = 8
+    per_class = -(-train_images // classes)
+    root = default_cache_dir() / f"bench_photos_{classes}x{per_class}"
+    done = root / ".complete"
+    if dist.is_main and not done.exists():
+        make_photo_tree(root, classes=classes, train_per_class=per_class, val_per_class=1)
+        done.write_text("ok\n")
+    dist_utils.barrier()
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -81,6 +105,11 @@ def main() -> None:
                          "path where it has one: torch's fused SGD/Adam/AdamW, AdaRem's C++ kernel on the CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (trainer.compile=true)")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare-loop candidate")
+    ap.add_argument("--loaders", default="synthetic",
+                    help="comma-separated: synthetic (always measured) and the real loaders torch, dali")
+    ap.add_argument("--root", default=None, help="ImageFolder tree for the real loaders (default: generated)")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="loader worker processes (torch) or threads (dali) per rank")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     gpu = args.device == "cuda"
@@ -97,11 +126,26 @@ def main() -> None:
     if gpu:
         torch.backends.cudnn.benchmark = True
 
+    loaders = [n for n in args.loaders.split(",") if n]
+    if "synthetic" not in loaders or not set(loaders) <= {"synthetic", "torch", "dali"}:
+        raise SystemExit(f"bench_throughput: --loaders={args.loaders!r} must include synthetic and name only "
+                         f"synthetic, torch, dali")
     data_cfg = DataConfig(name="synthetic", image_size=size, num_classes=1000, synthetic_train_size=steps * batch,
                           synthetic_val_size=batch, num_workers=0)
-    data = build_data(data_cfg, batch, dist.rank, dist.world_size, 0, device)
+    data = {"synthetic": build_data(data_cfg, batch, dist.rank, dist.world_size, 0, device).train}
+    real = [n for n in loaders if n != "synthetic"]
+    if real:
+        root = Path(args.root) if args.root else photo_tree(steps * batch, dist)
+        for name in real:
+            cfg = DataConfig(name="folder", root=str(root), loader=name, image_size=size, num_workers=args.workers,
+                             dali_threads=args.workers)
+            data[name] = build_data(cfg, batch, dist.rank, dist.world_size, 0, device, channels_last=channels_last).train
+            if len(data[name]) < steps:
+                raise SystemExit(f"bench_throughput: {root / 'train'} holds {len(data[name])} batches of {batch}, "
+                                 f"fewer than --steps={steps}; give a larger tree or fewer steps")
+    # max_steps: a real loader's tree may hold more than --steps batches; each round is --steps of them
     tcfg = TrainerConfig(epochs=1000, batch_size=batch, amp=amp, channels_last=channels_last, log_every=20,
-                         checkpoint_every_min=0)
+                         checkpoint_every_min=0, max_steps=steps)
     precision = make_precision(amp, device)
 
     names = [n for n in args.optimizers.split(",") if n]
@@ -117,27 +161,30 @@ def main() -> None:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer(dataclasses.replace(OPTIMIZERS[name], **flags), model)
-        sched = build_scheduler(ScheduleConfig(name="cosine"), opt, tcfg.epochs, len(data.train))
+        sched = build_scheduler(ScheduleConfig(name="cosine"), opt, tcfg.epochs, steps)
         if dist.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dist.local_rank] if gpu else None, gradient_as_bucket_view=True)
         setups[name] = (torch.compile(model) if args.compile else model, opt, sched)
-    candidates = [("harness", "adarem")] + ([] if args.no_bare else [("bare", "adarem")]) + \
-        [("harness", n) for n in names if n != "adarem"]
+    candidates = [("harness", "adarem", "synthetic")] + ([] if args.no_bare else [("bare", "adarem", "synthetic")]) + \
+        [("harness", n, "synthetic") for n in names if n != "adarem"] + [("harness", "adarem", n) for n in real]
     times = {c: [] for c in candidates}
     stop = StopFlag(dist.enabled, device)
 
-    def run(kind, name):
+    def run(kind, name, loader):
         model, opt, sched = setups[name]
         sync(device)
         dist_utils.barrier()
         t0 = time.perf_counter()
         if kind == "bare":
-            bare_epoch(model, data.train, opt, precision, device, channels_last)
+            bare_epoch(model, data[loader], opt, precision, device, channels_last)
         else:
             state = TrainState()
-            train_epoch(model, data.train, opt, sched, precision, device, tcfg, state, stop, lambda rec: None,
-                        None, lambda: False)
+            outcome = train_epoch(model, data[loader], opt, sched, precision, device, tcfg, state, stop,
+                                  lambda rec: None, None, lambda: False)
+            if state.batch != steps:
+                raise SystemExit(f"bench_throughput: {kind}:{name} on {loader} ended after {state.batch} of "
+                                 f"{steps} steps ({outcome.status})")
         sync(device)
         dist_utils.barrier()  # the slowest rank sets the pace, as in training
         return time.perf_counter() - t0
@@ -157,11 +204,16 @@ def main() -> None:
     if dist.enabled:
         machine = f"{dist.world_size} ranks x {machine}"
     rows = []
-    for (kind, name), v in ips.items():
-        rows.append({"candidate": f"{kind}:{name}", "images_per_s": v,
-                     "relative_to_bare_adarem": v / ips[("bare", "adarem")]
-                     if kind == "harness" and name == "adarem" and ("bare", "adarem") in ips else None,
-                     "relative_to_sgd": v / ips[("harness", "sgd")] if kind == "harness" else None,
+    synth = "synthetic"
+    for (kind, name, loader), v in ips.items():
+        on_synth = loader == synth
+        rows.append({"candidate": f"{kind}:{name}" + ("" if on_synth else f":{loader}"), "images_per_s": v,
+                     "loader": loader, "loader_workers": None if on_synth else args.workers,
+                     "relative_to_bare_adarem": v / ips[("bare", "adarem", synth)]
+                     if kind == "harness" and name == "adarem" and on_synth and ("bare", "adarem", synth) in ips
+                     else None,
+                     "relative_to_sgd": v / ips[("harness", "sgd", synth)] if kind == "harness" and on_synth else None,
+                     "relative_to_synthetic": v / ips[("harness", name, synth)] if not on_synth else None,
                      "model": model_name, "image_size": size, "batch_size": batch, "amp": amp,
                      "channels_last": channels_last, "impl": args.impl,
                      "optimizer_path": optimizer_impl(setups[name][1]), "compile": args.compile,
@@ -174,14 +226,16 @@ def main() -> None:
     out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}{ddp}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.4g")
-    print(df[["candidate", "images_per_s", "relative_to_sgd"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if ("bare", "adarem") in ips:
-        overhead = 1 - ips[("harness", "adarem")] / ips[("bare", "adarem")]
+    print(df[["candidate", "images_per_s", "relative_to_sgd", "relative_to_synthetic"]].to_string(
+        index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    if ("bare", "adarem", synth) in ips:
+        overhead = 1 - ips[("harness", "adarem", synth)] / ips[("bare", "adarem", synth)]
         print(f"harness overhead vs bare loop (adarem): {100 * overhead:.1f} %")
-    ratio = ips[("harness", "adarem")] / ips[("harness", "sgd")]
+    ours, sgd = ips[("harness", "adarem", synth)], ips[("harness", "sgd", synth)]
+    fed = "".join(f", fed by the {n} loader ({args.workers} workers) {ips[('harness', 'adarem', n)]:.0f} img/s "
+                  f"({ips[('harness', 'adarem', n)] / ours:.2f} of synthetic)" for n in real)
     print(f"FIGURE throughput {model_name} {size}px batch {batch} {amp} impl={args.impl} compile={args.compile}: "
-          f"adarem {ips[('harness', 'adarem')]:.0f} img/s, sgd {ips[('harness', 'sgd')]:.0f} img/s, "
-          f"adarem/sgd = {ratio:.3f}")
+          f"adarem {ours:.0f} img/s, sgd {sgd:.0f} img/s, adarem/sgd = {ours / sgd:.3f}{fed}")
     print(f"wrote {out}")
     dist_utils.cleanup()
 

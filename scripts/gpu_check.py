@@ -8,9 +8,13 @@ every subprocess's output goes to --out/gpu_check.log.
 Checks (``--dry-run``: the same steps on the CPU at tiny sizes, run by the tests):
   oracle      tests/optim/test_adarem_oracle.py on the device: for-loop, foreach and fused
               (Triton on CUDA) paths in fp32, bf16, fp16 and fp64
+  cuda_tests  the tests that need CUDA and are skipped elsewhere (CUDA_TESTS): side-stream
+              batch staging, no host sync in the oscillation tracker
   optimizer   scripts/bench_optimizer.py: AdaRem fused/foreach vs torch AdamW and SGD
   throughput  scripts/bench_throughput.py: resnet50, 224 px, batch 256, bf16, channels_last,
               SGD/AdamW/AdaRem through the harness's training step, eager and torch.compile
+  loaders     the same AdaRem step fed by the torch loader (and DALI where installed) from a
+              tree of real-photo JPEGs, against synthetic data in the same run
   e2e         train.py under torchrun (NCCL on CUDA): an uninterrupted run; the same run
               stopped by SIGUSR1 and resumed with resume=auto; both must end bit-identical
   decode      scripts/bench_decode.py: torchvision's GPU JPEG decoder vs the CPU
@@ -83,6 +87,17 @@ def check_oracle(c: Check, device: str, dry: bool) -> None:
         (", ".join(summary) or c.results[-1]["figure"])
 
 
+CUDA_TESTS = ["tests/harness/test_engine.py::test_side_stream_batches_are_the_inline_batches_under_load",
+              "tests/results/test_oscillation.py::test_no_host_sync_between_records"]
+
+
+def check_cuda_tests(c: Check, device: str, dry: bool) -> None:
+    out = c.run("cuda_tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist",
+                               *CUDA_TESTS], 60 if dry else 120)
+    summary = re.findall(r"(\d+ (?:passed|failed|skipped|errors?))", out)
+    c.results[-1]["figure"] = f"CUDA-only tests on {device}: " + (", ".join(summary) or c.results[-1]["figure"])
+
+
 def check_optimizer(c: Check, device: str, dry: bool) -> None:
     args = ["--model", "resnet18", "--rounds", "2", "--warmup", "2", "--only", "adarem (f,sgd"] if dry else \
         ["--rounds", "30", "--warmup", "5"]
@@ -105,6 +120,17 @@ def check_throughput(c: Check, device: str, dry: bool) -> None:
 def check_throughput_compiled(c: Check, device: str, dry: bool) -> None:
     c.run("throughput compiled", _throughput_cmd(device, dry) + [
         "--compile", "--out", str(c.out / f"throughput_{device}_compile.csv")], 180 if dry else 220)
+
+
+def check_loaders(c: Check, device: str, dry: bool) -> None:
+    import importlib.util
+
+    loaders = "synthetic,torch" + (",dali" if importlib.util.find_spec("nvidia.dali") else "")
+    size = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "16", "--steps", "2", "--rounds", "1",
+            "--workers", "2"] if dry else ["--steps", "20", "--rounds", "2", "--workers", str(max(1, (os.cpu_count() or 2) - 1))]
+    c.run("loaders", [sys.executable, "scripts/bench_throughput.py", "--device", device, *size,
+                      "--optimizers", "sgd,adarem", "--no-bare", "--impl", "fused", "--loaders", loaders,
+                      "--out", str(c.out / f"throughput_{device}_loaders.csv")], 120 if dry else 200)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -225,8 +251,8 @@ def check_decode(c: Check, device: str, dry: bool) -> None:
 
 
 # in order of value per second: the compiled-model throughput (slowest to compile) goes last
-CHECKS = {"oracle": check_oracle, "optimizer": check_optimizer, "throughput": check_throughput,
-          "e2e": check_e2e, "decode": check_decode, "throughput_compiled": check_throughput_compiled}
+CHECKS = {"oracle": check_oracle, "cuda_tests": check_cuda_tests, "optimizer": check_optimizer, "throughput": check_throughput,
+          "loaders": check_loaders, "e2e": check_e2e, "decode": check_decode, "throughput_compiled": check_throughput_compiled}
 
 
 def machine_info(device: str) -> dict:

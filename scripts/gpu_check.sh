@@ -15,8 +15,14 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--build-deps" ]; then
   rm -rf .gpu_deps
   python3 -m pip install -q --no-deps --no-compile --target .gpu_deps \
-    hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 && du -sh .gpu_deps
-  exit $?
+    hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 || exit $?
+  # scikit-learn's two sample photos (the photo trees of the loader and decode checks), 0.2 MB
+  py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+  photos=$("$py" -c "import sklearn, pathlib; print(pathlib.Path(sklearn.__file__).parent / 'datasets' / 'images')") \
+    || { echo "gpu_check --build-deps: scikit-learn is needed here to copy its sample photos (bash scripts/setup.sh)" >&2; exit 1; }
+  mkdir -p .gpu_deps/sample_photos && cp "$photos/china.jpg" "$photos/flower.jpg" .gpu_deps/sample_photos/ || exit $?
+  du -sh .gpu_deps
+  exit 0
 fi
 
 if [ -x .venv/bin/python ] && .venv/bin/python -c "import hydra" 2>/dev/null; then
@@ -27,6 +33,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # .gpu_deps goes last: a machine that has these packages keeps its own
 [ -d .gpu_deps ] && export PYTHONPATH="$PYTHONPATH:$PWD/.gpu_deps"
+[ -d .gpu_deps/sample_photos ] && export ADAREM_SAMPLE_PHOTOS="$PWD/.gpu_deps/sample_photos"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 
 dry=0

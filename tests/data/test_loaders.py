@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +111,26 @@ def test_train_py_full_epoch_with_dali(tmp_path, env, tree):
     assert res.returncode == 0, res.stderr[-2000:]
     run = read_run(run_dir)
     assert run["status"] == "finished" and run["val_samples"] == 15 and run["steps_per_epoch"] == 3
+
+
+def test_photo_tree_without_scikit_learn_reads_the_photos_from_a_folder(tmp_path, monkeypatch):
+    """The GPU check's machine has no scikit-learn: gpu_check.sh points ADAREM_SAMPLE_PHOTOS at a
+    copy of its two photos, and the trees made from it are byte-identical."""
+    import sklearn
+
+    from adarem.data import photo_tree
+
+    with_sklearn = photo_tree.make_photo_tree(tmp_path / "a", classes=2, train_per_class=2, val_per_class=1)
+    copy = tmp_path / "photos"
+    copy.mkdir()
+    for name in photo_tree.PHOTO_NAMES:
+        shutil.copy(Path(sklearn.__file__).parent / "datasets" / "images" / name, copy)
+    monkeypatch.setenv(photo_tree.PHOTOS_ENV, str(copy))
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # importing it now fails
+    from_folder = photo_tree.make_photo_tree(tmp_path / "b", classes=2, train_per_class=2, val_per_class=1)
+    files = sorted(p.relative_to(with_sklearn) for p in with_sklearn.rglob("*.JPEG"))
+    assert len(files) == 6
+    assert all((with_sklearn / f).read_bytes() == (from_folder / f).read_bytes() for f in files)
+    monkeypatch.delenv(photo_tree.PHOTOS_ENV)
+    with pytest.raises(RuntimeError, match="pip install scikit-learn, or set ADAREM_SAMPLE_PHOTOS"):
+        photo_tree.make_photo_tree(tmp_path / "c")

@@ -1,12 +1,14 @@
-"""Units of the training engine: the oscillation tracker and the divergence watch."""
+"""Units of the training engine: the oscillation tracker, the divergence watch and the batches
+handed to the model (device_batches)."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from adarem.engine import LossWatch
+from adarem.engine import LossWatch, device_batches
 from adarem.oscillation import OscillationTracker
 
 
@@ -48,3 +50,61 @@ def test_loss_watch_names_the_first_bad_step():
     assert watch.check().step == 5  # finite but absurd
     watch.add(6, torch.tensor(1.0))
     assert watch.check() is None
+
+
+class UInt8Loader:
+    """A loader whose uint8 host batches are finished on the device, like TorchLoader."""
+
+    def __init__(self, n: int, pin: bool):
+        gen = torch.Generator().manual_seed(0)
+        self.batches = [(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=gen),
+                         torch.randint(0, 10, (8,), generator=gen)) for _ in range(n)]
+        if pin:
+            self.batches = [(x.pin_memory(), y.pin_memory()) for x, y in self.batches]
+        self.closed = 0
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0):
+        try:
+            yield from self.batches[start_batch:]
+        finally:
+            self.closed += 1
+
+    def to_device(self, x, y, device, channels_last):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.float().sub_(127.5).div_(64.0), y.to(device, non_blocking=True)
+
+
+def test_device_batches_end_the_loaders_pass_when_left_early():
+    """BN recalibration reads a few batches and leaves: the loader's pass must end then (the torch
+    loader hands its DataLoader back to the pool), not when the generator is collected."""
+    loader = UInt8Loader(4, pin=False)
+    it = device_batches(loader, iter(loader.epoch()), torch.device("cpu"), False)
+    x, _ = next(it)
+    assert x.dtype == torch.float32 and loader.closed == 0
+    it.close()
+    assert loader.closed == 1
+    assert len(list(device_batches(loader, iter(loader.epoch()), torch.device("cpu"), True))) == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the side stream); run by scripts/gpu_check.sh")
+def test_side_stream_batches_are_the_inline_batches_under_load():
+    """On CUDA the next batch is staged on a side stream while the compute stream is busy: every
+    batch the model reads must equal the one finished inline, even when each is read only after
+    a long kernel on the compute stream and then freed."""
+    device = torch.device("cuda")
+    loader = UInt8Loader(12, pin=True)
+    want = [loader.to_device(x, y, device, True) for x, y in loader.batches]
+    torch.cuda.synchronize()
+    busy = torch.randn(2048, 2048, device=device)
+    seen = []
+    for x, y in device_batches(loader, iter(loader.epoch()), device, True):
+        for _ in range(8):  # keep the compute stream busy while the next batch is staged
+            busy = torch.tanh(busy @ busy * 1e-3)
+        seen.append((x.sum(dtype=torch.float64) + x[0, 0, 0, 0], y.clone()))
+        del x, y  # freed while the side stream works: record_stream must hold the memory
+    torch.cuda.synchronize()
+    assert len(seen) == len(want) and loader.closed == 1
+    for (s, y), (wx, wy) in zip(seen, want):
+        assert float(s) == float(wx.sum(dtype=torch.float64) + wx[0, 0, 0, 0]) and torch.equal(y, wy)

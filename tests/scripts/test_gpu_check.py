@@ -21,18 +21,22 @@ def test_gpu_check_dry_run_runs_every_check(tmp_path, env):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((out / "gpu_check.json").read_text())
     checks = {c["check"]: c for c in summary["checks"]}
-    assert set(checks) == {"oracle", "optimizer", "throughput eager", "e2e", "decode", "throughput compiled"}
+    assert set(checks) == {"oracle", "cuda_tests", "optimizer", "throughput eager", "loaders", "e2e", "decode",
+                           "throughput compiled"}
     assert all(c["ok"] for c in checks.values()), checks
     assert summary["dry_run"] is True and summary["machine"]["device"] == "cpu"
     # the figures are real measurements, one line each
     assert "passed" in checks["oracle"]["figure"] and "failed" not in checks["oracle"]["figure"]
     assert "bit-identical weights True" in checks["e2e"]["figure"]
+    assert checks["cuda_tests"]["figure"] == "CUDA-only tests on cpu: 2 skipped"  # no test id has gone stale
     for name in ("optimizer_step_cpu.csv", "throughput_cpu_eager.csv", "throughput_cpu_compile.csv",
                  "jpeg_decode_cpu.csv"):
         rows = list(csv.DictReader(open(out / name)))
         assert rows, name
     step = {r["optimizer"]: float(r["median_step_ms"]) for r in csv.DictReader(open(out / "optimizer_step_cpu.csv"))}
     assert {"adarem (fused)", "adarem (foreach)", "adamw (fused)"} <= set(step) and all(v > 0 for v in step.values())
+    fed = {r["loader"]: r for r in csv.DictReader(open(out / "throughput_cpu_loaders.csv"))}
+    assert {"synthetic", "torch"} <= set(fed) and float(fed["torch"]["relative_to_synthetic"]) > 0
     assert (out / "gpu_check.log").stat().st_size > 0
 
 
