@@ -8,6 +8,7 @@ checkpoint, divergence or ``trainer.max_steps``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import sys
 import time
@@ -141,17 +142,24 @@ def to_device(loader, x: torch.Tensor, y: torch.Tensor, device: torch.device, ch
     return x, y
 
 
-def device_batches(loader, batches: Iterator, device: torch.device, channels_last: bool) -> Iterator:
-    """``batches`` (a pass of ``loader``) as the model takes them, through ``to_device``.
+def device_batches(loader, batches: Iterator, device: torch.device, channels_last: bool,
+                   limit: Optional[int] = None) -> Iterator:
+    """``batches`` (a pass of ``loader``) as the model takes them, through ``to_device``; at most
+    ``limit`` of them (none is read beyond it).
 
     On CUDA, for a loader that finishes its host batches on the device (the torch loader: uint8
     from pinned memory), the next batch is copied and normalised on a side stream while the
     current one is computed: its copy does not wait behind the step's kernels on the compute
     stream. The compute stream waits for the side stream before it reads a batch, and each batch
     is marked as used there (``record_stream``) so that the allocator does not hand its memory
-    back to the side stream early. Elsewhere (CPU; DALI and synthetic batches, already on the
-    device, which DALI may recycle) each batch is finished when it is taken."""
+    back to the side stream early. The loader is thus read one batch ahead: a pass left early
+    (timed checkpoint, stop) drops the staged batch and takes its unreadable files back out of
+    ``corrupt_count`` (the pass that resumes reads it again). Elsewhere (CPU; DALI and synthetic
+    batches, already on the device, which DALI may recycle) each batch is finished when taken."""
+    staged, source = None, batches
     try:
+        if limit is not None:
+            batches = itertools.islice(source, limit)
         if device.type != "cuda" or not hasattr(loader, "to_device"):
             for x, y in batches:
                 yield to_device(loader, x, y, device, channels_last)
@@ -173,7 +181,9 @@ def device_batches(loader, batches: Iterator, device: torch.device, channels_las
             current, staged = staged, stage(next(batches, None))
             yield current
     finally:
-        close = getattr(batches, "close", None)
+        if staged is not None and hasattr(loader, "last_batch_corrupt"):
+            loader.corrupt_count -= loader.last_batch_corrupt  # read ahead, never trained on
+        close = getattr(source, "close", None)
         if close is not None:
             close()  # the loader's pass ends now (a kept DataLoader goes back to its pool)
 
@@ -355,13 +365,9 @@ def recalibrated_bn(model: nn.Module, loader, epoch: int, n_batches: int, precis
             m.momentum = None  # cumulative average over the batches below
             m.train()
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            batches = device_batches(loader, iter(loader.epoch(epoch, 0)), device, channels_last)
-            for i, (x, _) in enumerate(batches):
-                if i >= n_batches:
-                    break
+            for x, _ in device_batches(loader, iter(loader.epoch(epoch, 0)), device, channels_last, limit=n_batches):
                 with precision.autocast(device):
                     model(x)
-            batches.close()  # end the pass now: evaluation, inside the block, reads its own
         for m in bns:
             m.eval()
             for buf in (m.running_mean, m.running_var):

@@ -64,6 +64,7 @@ class TorchLoader:
         self.persistent_workers = persistent_workers and num_workers > 0
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.corrupt_count = 0
+        self.last_batch_corrupt = 0  # of the batch yielded last (a batch read ahead and dropped un-counts it)
         self._idle: list[DataLoader] = []  # kept DataLoaders not in a pass
         self._kept = 0  # kept DataLoaders alive (idle or in a pass)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -95,7 +96,8 @@ class TorchLoader:
         try:
             iterator = iter(loader)
             for x, y, corrupt in iterator:
-                self.corrupt_count += int(corrupt.sum())
+                self.last_batch_corrupt = int(corrupt.sum())
+                self.corrupt_count += self.last_batch_corrupt
                 yield x, y
             reusable = True
         except GeneratorExit:  # the consumer stopped early

@@ -55,21 +55,29 @@ def test_loss_watch_names_the_first_bad_step():
 class UInt8Loader:
     """A loader whose uint8 host batches are finished on the device, like TorchLoader."""
 
-    def __init__(self, n: int, pin: bool):
+    def __init__(self, n: int, pin: bool, slow_copy: bool = False):
         gen = torch.Generator().manual_seed(0)
         self.batches = [(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=gen),
                          torch.randint(0, 10, (8,), generator=gen)) for _ in range(n)]
-        if pin:
-            self.batches = [(x.pin_memory(), y.pin_memory()) for x, y in self.batches]
-        self.closed = 0
+        self.pin, self.slow_copy = pin, slow_copy
+        self.closed = self.read = 0
+        self.corrupt_count = self.last_batch_corrupt = 0
 
     def epoch(self, epoch: int = 0, start_batch: int = 0):
         try:
-            yield from self.batches[start_batch:]
+            for x, y in self.batches[start_batch:]:
+                self.read += 1
+                self.last_batch_corrupt = 1  # every batch "skipped one unreadable file"
+                self.corrupt_count += 1
+                # a fresh pinned copy per batch, dropped by the loader at once (like the DataLoader's
+                # pin thread): its memory is reused while earlier copies may still be in flight
+                yield (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
         finally:
             self.closed += 1
 
     def to_device(self, x, y, device, channels_last):
+        if self.slow_copy:
+            torch.cuda._sleep(5_000_000)  # the side stream is still busy when compute wants the batch
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -86,25 +94,35 @@ def test_device_batches_end_the_loaders_pass_when_left_early():
     it.close()
     assert loader.closed == 1
     assert len(list(device_batches(loader, iter(loader.epoch()), torch.device("cpu"), True))) == 4
+    loader.read = 0
+    assert len(list(device_batches(loader, iter(loader.epoch()), torch.device("cpu"), False, limit=2))) == 2
+    assert loader.read == 2 and loader.closed == 3  # BN recalibration reads no batch beyond its limit
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the side stream); run by scripts/gpu_check.sh")
 def test_side_stream_batches_are_the_inline_batches_under_load():
     """On CUDA the next batch is staged on a side stream while the compute stream is busy: every
-    batch the model reads must equal the one finished inline, even when each is read only after
-    a long kernel on the compute stream and then freed."""
+    batch the model reads must equal the one finished inline, when the side stream is still
+    copying as compute asks for the batch (without the wait, compute reads a half-copied batch),
+    when pinned host memory is reused, and when each batch is freed right after use. A pass left
+    early takes the read-ahead batch back out of corrupt_count."""
     device = torch.device("cuda")
-    loader = UInt8Loader(12, pin=True)
-    want = [loader.to_device(x, y, device, True) for x, y in loader.batches]
+    loader = UInt8Loader(12, pin=True, slow_copy=True)
+    want = [UInt8Loader.to_device(loader, x.pin_memory(), y, device, True) for x, y in loader.batches]
     torch.cuda.synchronize()
-    busy = torch.randn(2048, 2048, device=device)
+    busy = torch.randn(1024, 1024, device=device)
     seen = []
     for x, y in device_batches(loader, iter(loader.epoch()), device, True):
-        for _ in range(8):  # keep the compute stream busy while the next batch is staged
-            busy = torch.tanh(busy @ busy * 1e-3)
         seen.append((x.sum(dtype=torch.float64) + x[0, 0, 0, 0], y.clone()))
         del x, y  # freed while the side stream works: record_stream must hold the memory
+        for _ in range(4):
+            busy = torch.tanh(busy @ busy * 1e-3)
     torch.cuda.synchronize()
-    assert len(seen) == len(want) and loader.closed == 1
+    assert len(seen) == len(want) and loader.closed == 1 and loader.corrupt_count == 12
     for (s, y), (wx, wy) in zip(seen, want):
         assert float(s) == float(wx.sum(dtype=torch.float64) + wx[0, 0, 0, 0]) and torch.equal(y, wy)
+    loader.corrupt_count = 0
+    it = device_batches(loader, iter(loader.epoch()), device, True)
+    next(it), next(it)  # two batches trained on, a third staged
+    it.close()
+    assert loader.corrupt_count == 2 and loader.closed == 2
