@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import datetime as dt
 import os
 import platform
@@ -240,10 +241,10 @@ def main() -> None:
                      "loader": loader, "loader_workers": None if on_synth else args.workers,
                      "relative_to_bare_adarem": v / ips[("bare", "adarem", synth)]
                      if kind == "harness" and name == "adarem" and on_synth and ("bare", "adarem", synth) in ips
-                     else None,
+                     else math.nan,
                      "relative_to_sgd": v / ips[("harness", "sgd", synth)]
-                     if kind == "harness" and on_synth and ("harness", "sgd", synth) in ips else None,
-                     "relative_to_synthetic": v / ips[("harness", name, synth)] if not on_synth else None,
+                     if kind == "harness" and on_synth and ("harness", "sgd", synth) in ips else math.nan,
+                     "relative_to_synthetic": v / ips[("harness", name, synth)] if not on_synth else math.nan,
                      "model": model_name, "image_size": size, "batch_size": batch, "amp": amp,
                      "channels_last": channels_last, "impl": args.impl,
                      "optimizer_path": optimizer_impl(setups[name][1]), "compile": args.compile,
