@@ -102,7 +102,11 @@ def photo_tree(train_images: int, dist) -> Path:
         make_photo_tree(tmp, classes=classes, train_per_class=unique, val_per_class=1)
         for cls in sorted((tmp / "train").iterdir()):
             for i in range(unique, per_class):
-                os.link(cls / f"img_{i % unique:04d}.JPEG", cls / f"img_{i:04d}.JPEG")
+                src, dst = cls / f"img_{i % unique:04d}.JPEG", cls / f"img_{i:04d}.JPEG"
+                try:
+                    os.link(src, dst)
+                except OSError:  # a filesystem without hard links: a copy reads the same
+                    shutil.copyfile(src, dst)
         try:
             tmp.rename(root)
         except OSError:  # another process put its (identical) tree there first

@@ -2,7 +2,7 @@
 
 scikit-learn ships two real photos (china.jpg, flower.jpg, 427x640). Random crops of them at
 ImageNet-like sizes, re-encoded as JPEG, make a tree of real JPEG files of realistic size.
-Where scikit-learn is not installed (the GPU check's machine), the two photos are read from the
+Where scikit-learn is not installed (a minimal GPU image), the two photos are read from the
 folder named by ``ADAREM_SAMPLE_PHOTOS`` (``scripts/gpu_check.sh --build-deps`` copies them there).
 """
 

@@ -144,7 +144,7 @@ def test_closure_zero_grad_and_lr_scheduler():
         return loss
 
     loss = opt.step(closure)
-    assert float(loss) == 9.0
+    assert float(loss.detach()) == 9.0  # the closure's loss, still attached to its graph
     sched.step()
     assert opt.param_groups[0]["lr"] == 0.05
     before = float(x)
