@@ -147,9 +147,9 @@ def test_closure_zero_grad_and_lr_scheduler():
     assert float(loss.detach()) == 9.0  # the closure's loss, still attached to its graph
     sched.step()
     assert opt.param_groups[0]["lr"] == 0.05
-    before = float(x)
+    before = float(x.detach())
     opt.step(closure)
-    assert float(x) == pytest.approx(before - 0.05 * 2 * before, rel=1e-6)
+    assert float(x.detach()) == pytest.approx(before - 0.05 * 2 * before, rel=1e-6)
     opt.zero_grad()
     assert x.grad is None
 
