@@ -182,6 +182,11 @@ class TrainerConfig:
     # Before each evaluation, recompute BatchNorm statistics on this many training batches (and put
     # the running averages back afterwards); 0 = evaluate with the running averages.
     bn_recalibrate: int = 0
+    # BatchNorm normalises over each rank's batch (batch_size / world size) unless this converts it
+    # to SyncBatchNorm (CUDA, more than one rank): then over the global batch, at any world size.
+    # The images per BatchNorm batch are in run.json (bn_batch), and the tables never pool runs
+    # that differ in it.
+    sync_bn: bool = False
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 20  # per-iteration loss line every N steps

@@ -38,6 +38,7 @@ ADDED_KEYS = {
     "trainer.evals_per_epoch": 1,
     "trainer.bn_recalibrate": 0,
     "optimizer.decay_horizon": 0.0,
+    "trainer.sync_bn": False,
 }
 
 

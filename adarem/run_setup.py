@@ -57,6 +57,7 @@ class Run:
     record: Optional[RunRecord] = None
     metrics: Optional[MetricsLog] = None
     tracker: Optional[Tracker] = None
+    bn_batch: Optional[int] = None  # images per BatchNorm batch in training (None: no BatchNorm)
 
     def mark_failed(self, exc: BaseException, message: str) -> None:
         """run.json says how the run ended when it ended by an exception (Ctrl-C included)."""
@@ -124,6 +125,10 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run.model = build_model(config.model.name, run.data.num_classes, run.data.in_chans, config.model.pretrained,
                             config.model.drop_rate, config.model.kwargs).to(dist.device)
+    run.bn_batch = bn_batch(run.model, tc.batch_size, dist.world_size, tc.sync_bn)
+    check_bn_batch(run, dist.device.type)
+    if tc.sync_bn and dist.enabled and run.bn_batch is not None:
+        run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)  # before DDP and the optimizer
     if tc.channels_last:
         run.model = run.model.to(memory_format=torch.channels_last)
     run.optimizer = build_optimizer(config.optimizer, run.model, total_steps=tc.epochs * len(run.data.train))
@@ -170,6 +175,24 @@ def check_same_optimizer_path(paths: list[tuple[str, Optional[str]]]) -> None:
                           f"explicitly (e.g. optimizer.impl=foreach) or make the same path available on every node")
 
 
+def bn_batch(model: torch.nn.Module, batch_size: int, world_size: int, sync_bn: bool) -> Optional[int]:
+    """Images each BatchNorm layer normalises over in a training step: the rank's share of the
+    global batch, or the global batch with SyncBatchNorm; None for a model without BatchNorm."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    return batch_size if sync_bn or world_size == 1 else batch_size // world_size
+
+
+def check_bn_batch(run: Run, device_type: str) -> None:
+    """SyncBatchNorm needs CUDA. (A run is never continued at another world size, which would
+    change the BatchNorm batch: the checkpoint restore refuses that.)"""
+    tc, dist = run.config.trainer, run.dist
+    if tc.sync_bn and dist.enabled and device_type != "cuda" and run.bn_batch is not None:
+        raise ConfigError(f"trainer.sync_bn=true needs CUDA (SyncBatchNorm); these {dist.world_size} ranks are on "
+                          f"{device_type}: drop it (each rank then normalises over its {tc.batch_size // dist.world_size} "
+                          f"images) or run on GPUs")
+
+
 def check_data_identity(run: Run, data_id: dict) -> None:
     """Refuse to continue or report a run that was trained on other data (same configuration and
     directory, but the dataset's contents changed); one line naming what differs."""
@@ -190,6 +213,7 @@ def open_record(run: Run, data_id: dict) -> None:
     run.record.start(run.config_dict, dist.world_size, dist.device, run.plan.previous)
     run.record.update(run_id=run_id(run.config_dict), data_identity=data_id, n_params=count_parameters(run.model),
                       optimizer_impl=optimizer_impl(run.optimizer), tf32=dist.device.type == "cuda",
+                      per_rank_batch=config.trainer.batch_size // dist.world_size, bn_batch=run.bn_batch,
                       **({"adarem_decay": run.optimizer.defaults["decay"]} if config.optimizer.name == "adarem" else {}),
                       steps_per_epoch=len(data.train), train_samples_per_epoch=data.train.num_samples,
                       val_samples=data.val.num_samples)

@@ -75,7 +75,7 @@ SETTING_IGNORED = IDENTITY_IGNORED + OPTIMIZER_OWN + ("data.eval_on", "trainer.e
 MAX_LABEL_KEYS = 3  # differing keys named in a setting's label
 
 
-def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None) -> dict:
+def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None, bn_batch: int | None) -> dict:
     flat = flatten(config)
     # a key added to the schema later, at its neutral value, is left out (adarem/run_identity.py):
     # a record written before the key existed pools with one written after it
@@ -83,24 +83,41 @@ def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None
             if not any(k == p or k.startswith(p + ".") for p in ignored) and not is_neutral(k, v)}
     if data_identity:
         kept["_data_identity"] = data_identity
+    if bn_batch is not None:
+        kept["bn_batch"] = bn_batch
     return kept
+
+
+def split_bn_batch(run: dict) -> int | None:
+    """The images per BatchNorm batch where they are not the global batch (several ranks without
+    SyncBatchNorm: batch / world size), else None: runs that differ in it never pool. None also for
+    a model without BatchNorm (run.json's bn_batch is null). Records written before bn_batch was
+    recorded give it from trainer.batch_size and world_size."""
+    if "bn_batch" in run and run["bn_batch"] is None:
+        return None
+    trainer = (run.get("config") or {}).get("trainer") or {}
+    world, batch = run.get("world_size") or 1, trainer.get("batch_size")
+    if world == 1 or trainer.get("sync_bn") or not isinstance(batch, int):
+        return None
+    return batch // world
 
 
 def _digest(items: dict, n: int) -> str:
     return hashlib.sha1(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-def config_id(config: dict, data_identity: dict | None = None) -> str:
+def config_id(config: dict, data_identity: dict | None = None, bn_batch: int | None = None) -> str:
     """A short hash of everything that makes a configuration different, except the seed; the
     data identity (root, split sizes, class names; see adarem.data.data_identity) is part of it,
-    so runs of two datasets that share data.name never pool into one row."""
-    return _digest(_identity(config, IDENTITY_IGNORED, data_identity), 10)
+    so runs of two datasets that share data.name never pool into one row, and so is the BatchNorm
+    batch where it is not the global batch (``split_bn_batch``)."""
+    return _digest(_identity(config, IDENTITY_IGNORED, data_identity, bn_batch), 10)
 
 
-def setting_items(config: dict, data_identity: dict | None = None) -> dict:
-    """What the optimizers of one comparison share: the configuration without the optimizer
-    group, the seed and data.eval_on (and what config_id ignores)."""
-    return _identity(config, SETTING_IGNORED, data_identity)
+def setting_items(config: dict, data_identity: dict | None = None, bn_batch: int | None = None) -> dict:
+    """What the optimizers of one comparison share: the configuration without the optimizer's own
+    keys, the seed and data.eval_on (and what config_id ignores)."""
+    return _identity(config, SETTING_IGNORED, data_identity, bn_batch)
 
 
 def setting_labels(settings: dict[str, dict], configs: dict[str, dict]) -> dict[str, str]:
@@ -207,7 +224,8 @@ def load_runs(root: Path) -> RunSet:
                                  f"{recorded['val_top1_err']}): excluded"})
                 continue
         rows.append({
-            "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity")),
+            "run_dir": rel, "status": status,
+            "config_id": config_id(cfg, run.get("data_identity"), split_bn_batch(run)),
             "dataset": data.get("name"), "data_id": data_id(run.get("data_identity")),
             "eval_on": data.get("eval_on", "val"),
             "model": cfg.get("model", {}).get("name"),
@@ -229,10 +247,10 @@ def load_runs(root: Path) -> RunSet:
             "bn_recalibrate": trainer.get("bn_recalibrate", 0),
             "evals_per_epoch": trainer.get("evals_per_epoch", 1),
             "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
-            "setting_id": _digest(setting_items(cfg, run.get("data_identity")), 10),
+            "setting_id": _digest(setting_items(cfg, run.get("data_identity"), split_bn_batch(run)), 10),
         })
-        settings[rows[-1]["setting_id"]] = setting_items(cfg, run.get("data_identity"))
-        setting_configs[rows[-1]["setting_id"]] = flatten(cfg)
+        settings[rows[-1]["setting_id"]] = setting_items(cfg, run.get("data_identity"), split_bn_batch(run))
+        setting_configs[rows[-1]["setting_id"]] = {**flatten(cfg), "bn_batch": split_bn_batch(run) or "global batch"}
         for r in lines:
             kind = r.get("type")
             if kind in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float)):

@@ -288,3 +288,17 @@ def test_disk_full_mid_run_ends_failed_with_one_line(tmp_path, env):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "free space" in lines[0], res.stderr[-2000:]
     assert read_run(run_dir)["status"] == "failed"
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".lock" or ".tmp" in p.name]
+
+
+@pytest.mark.slow
+def test_sync_batchnorm_on_cpu_ranks_is_refused(tmp_path, env, stopped_run):
+    """run.json records the images per BatchNorm batch (stopped_run: small_cnn, 1 rank, batch 64).
+    SyncBatchNorm needs CUDA: on two CPU ranks it is refused on every rank in one line. (A resume
+    at another world size, which would change the BatchNorm batch, is refused by the checkpoint:
+    test_run_integrity.py.)"""
+    assert read_run(stopped_run)["bn_batch"] == 64 and read_run(stopped_run)["per_rank_batch"] == 64
+    res = run_train(["trainer.sync_bn=true"], env, tmp_path / "sync", launcher=torchrun(2))
+    ours = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert res.returncode != 0 and ours and all("trainer.sync_bn=true needs CUDA" in line for line in ours), \
+        res.stderr[-2000:]
+    assert not (tmp_path / "sync" / "run.json").exists()

@@ -389,3 +389,27 @@ def test_labels_that_name_paths_make_plot_files_and_links_that_work(tmp_path):
     for line in links:
         target = line[line.index("](") + 2:-1]
         assert " " not in target and (tmp_path / "out" / target).is_file(), line
+
+
+def test_runs_that_normalise_batchnorm_over_other_batches_never_pool(tmp_path):
+    """One configuration on 1 rank and on 2 ranks without SyncBatchNorm: BatchNorm normalised over
+    32 vs 16 images, two rows and two settings. With SyncBatchNorm (or no BatchNorm: bn_batch
+    null), or in records from before bn_batch existed on 1 rank, the runs pool."""
+    from adarem.results.records import split_bn_batch
+
+    def record(world, sync=False, **extra):
+        return {"world_size": world, "config": {"trainer": {"batch_size": 32, "sync_bn": sync}}, **extra}
+
+    assert split_bn_batch(record(1)) is None and split_bn_batch(record(2)) == 16
+    assert split_bn_batch(record(2, sync=True)) is None and split_bn_batch(record(2, bn_batch=None)) is None
+    root = tmp_path / "runs"
+    for s in range(2):
+        for opt in ("sgd", "adarem"):
+            make_run(root, f"one_{opt}{s}", opt, s, [40.0, 20.0, 10.0 + s])
+            d = make_run(root, f"two_{opt}{s}", opt, s, [40.0, 20.0, 12.0 + s])
+            rec = json.loads((d / "run.json").read_text())
+            (d / "run.json").write_text(json.dumps({**rec, "world_size": 2, "bn_batch": 16}))
+    rs = load_runs(root)
+    assert not rs.problems  # not duplicates: two configurations
+    assert set(rs.runs.dataset) == {"toy (bn_batch=global batch)", "toy (bn_batch=16)"}
+    assert rs.runs.config_id.nunique() == 4
