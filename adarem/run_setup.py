@@ -26,7 +26,7 @@ from adarem.config import Config, ConfigError, to_container, validate
 from adarem.data import DataBundle, build_data, data_identity
 from adarem.distributed import DistInfo
 from adarem.engine import Precision, TrainState, make_precision
-from adarem.models import build_model, count_parameters
+from adarem.models import build_model, count_parameters, to_sync_batchnorm
 from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, optimizer_impl
 from adarem.reproducibility import seed_everything
 from adarem.run_dir import RunLock, RunLocked, RunPlan, plan_run
@@ -112,6 +112,7 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     data_id = data_identity(config.data, run.data)
     check_data_identity(run, data_id)  # also for a finished run: its result is this data's only if it matches
     if run.plan.already_done:
+        check_finished_world_size(run)
         if dist.is_main:
             prev = run.plan.previous
             err = (prev.get("final") or {}).get("val_top1_err")
@@ -128,7 +129,7 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     run.bn_batch = bn_batch(run.model, tc.batch_size, dist.world_size, tc.sync_bn)
     check_bn_batch(run, dist.device.type)
     if tc.sync_bn and dist.enabled and run.bn_batch is not None:
-        run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)  # before DDP and the optimizer
+        run.model = to_sync_batchnorm(run.model)  # before DDP and the optimizer
     if tc.channels_last:
         run.model = run.model.to(memory_format=torch.channels_last)
     run.optimizer = build_optimizer(config.optimizer, run.model, total_steps=tc.epochs * len(run.data.train))
@@ -191,6 +192,20 @@ def check_bn_batch(run: Run, device_type: str) -> None:
         raise ConfigError(f"trainer.sync_bn=true needs CUDA (SyncBatchNorm); these {dist.world_size} ranks are on "
                           f"{device_type}: drop it (each rank then normalises over its {tc.batch_size // dist.world_size} "
                           f"images) or run on GPUs")
+
+
+def check_finished_world_size(run: Run) -> None:
+    """A finished run is this launch's result only at the world size it was trained at, where its
+    model may have BatchNorm (each rank normalised over batch / world images): otherwise refused,
+    instead of reporting (or handing compare) a result of another BatchNorm batch."""
+    previous, world = run.plan.previous or {}, run.dist.world_size
+    before = previous.get("world_size")
+    if before is None or before == world or previous.get("bn_batch", "unrecorded") is None \
+            or run.config.trainer.sync_bn:
+        return
+    raise ConfigError(f"{run.run_dir} holds a {previous.get('status')} run trained on {before} rank(s) (BatchNorm batch "
+                      f"{previous.get('bn_batch', 'unrecorded')}); this launch has {world}, which changes what BatchNorm "
+                      f"normalises over: relaunch with {before}, or choose another hydra.run.dir for a new run")
 
 
 def check_data_identity(run: Run, data_id: dict) -> None:

@@ -76,9 +76,9 @@ def test_registered_keys_at_their_neutral_value_leave_the_hash_alone(tmp_path, e
         old = {**config, group: {k: v for k, v in config[group].items() if k != name}}
         new = {**config, group: {**old[group], name: neutral}}
         assert run_id(old) == run_id(new) == record["run_id"], key
-        other = 2 if neutral in (0, 1) else neutral + 1
+        other = (not neutral) if isinstance(neutral, bool) else 2 if neutral in (0, 1) else neutral + 1
         assert run_id({**config, group: {**old[group], name: other}}) != record["run_id"], key
-        if isinstance(neutral, int):  # YAML/JSON may spell the neutral number as a float
+        if isinstance(neutral, int) and not isinstance(neutral, bool):  # YAML/JSON may spell a number as a float
             assert run_id({**config, group: {**old[group], name: float(neutral)}}) == record["run_id"], key
 
 

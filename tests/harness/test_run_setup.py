@@ -38,3 +38,42 @@ def test_the_optimizer_says_when_it_needs_the_missing_kernel(monkeypatch):
     assert fused_cpu_kernel_missing(fused) == "RuntimeError: no compiler"
     assert fused_cpu_kernel_missing(plain) is None
     assert fused_cpu_kernel_missing(torch.optim.SGD([w], lr=0.1)) is None
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "resnet18", "torchvision.shufflenet_v2_x1_0"])
+def test_sync_batchnorm_conversion_keeps_the_model(name):
+    """trainer.sync_bn's conversion: every BatchNorm layer becomes a SyncBatchNorm one, and the
+    model computes the same (eval mode needs no process group). torch's own converter turned
+    timm's BatchNormAct2d (MobileNetV2) into a plain SyncBatchNorm that drops the activation."""
+    import torch
+
+    from adarem.models import build_model, to_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(name, 10, 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        synced = to_sync_batchnorm(model).eval()
+        assert n_bn > 0 and sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == n_bn
+        assert torch.equal(synced(x), want)
+
+
+def test_a_finished_run_is_not_reported_for_another_world_size():
+    from types import SimpleNamespace
+
+    from adarem.config import ConfigError
+    from adarem.run_setup import check_finished_world_size
+
+    def run(world, previous, sync=False):
+        return SimpleNamespace(plan=SimpleNamespace(previous=previous), dist=SimpleNamespace(world_size=world),
+                               config=SimpleNamespace(trainer=SimpleNamespace(sync_bn=sync)), run_dir="runs/x")
+
+    finished = {"status": "finished", "world_size": 1, "bn_batch": 64}
+    check_finished_world_size(run(1, finished))
+    check_finished_world_size(run(2, {**finished, "bn_batch": None}))  # no BatchNorm
+    with pytest.raises(ConfigError, match="trained on 1 rank.*this launch has 2.*relaunch with 1"):
+        check_finished_world_size(run(2, finished))
+    with pytest.raises(ConfigError, match="BatchNorm batch unrecorded"):  # a record from before bn_batch
+        check_finished_world_size(run(2, {"status": "finished", "world_size": 1}))
