@@ -12,6 +12,7 @@ import inspect
 
 import timm
 from torch import nn
+from timm.layers import convert_sync_batchnorm
 from timm.models import register_model
 
 from adarem.config import ConfigError
@@ -132,13 +133,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["build_model", "count_parameters", "SmallCNN"]
-
-
 def to_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Every BatchNorm layer as its SyncBatchNorm counterpart (trainer.sync_bn). timm's converter,
     not torch's: timm's BatchNormAct2d (MobileNetV2, EfficientNet, ...) runs its activation inside
     the norm layer, and torch's converter would make it a plain SyncBatchNorm that never calls it."""
-    from timm.layers import convert_sync_batchnorm
-
     return convert_sync_batchnorm(model)
+
+
+__all__ = ["build_model", "count_parameters", "to_sync_batchnorm", "SmallCNN"]

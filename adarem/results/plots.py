@@ -28,6 +28,7 @@ def file_stem(dataset, model) -> str:
     slug = re.sub(r"[^A-Za-z0-9.=@-]+", "_", label).strip("_")
     return f"{slug}_{hashlib.sha1(label.encode()).hexdigest()[:6]}" if slug != label else slug
 
+
 def mean_ci(frame: pd.DataFrame, x: str, y: str, level: float = 0.95) -> pd.DataFrame:
     """Per value of ``x``: the mean of ``y`` over runs and its Student-t confidence interval (the
     band collapses onto the mean where only one run has a value)."""

@@ -4,8 +4,8 @@ Nothing is dropped silently: every directory that is not a complete, unique run 
 ``RunSet.problems`` with the reason (no run.json, still running or crashed, truncated lines,
 duplicate of another run), and only complete runs (finished or diverged) enter ``runs``.
 
-A setting is what the optimizers of one comparison share (everything but the optimizer group, the
-seed and the split evaluated on). Runs of one dataset x model in two settings (two comparisons
+A setting is what the optimizers of one comparison share (everything but the hyperparameters the
+optimizer presets set, the seed and the split evaluated on). Runs of one dataset x model in two settings (two comparisons
 with other epochs, batch sizes, schedules or data roots) get distinct ``dataset`` labels, which
 name what differs, so that no table, target or claim pairs runs across settings.
 """
@@ -223,9 +223,10 @@ def load_runs(root: Path) -> RunSet:
                                  f"lines for {n_epochs} epochs, last evaluated error {final.get('val_top1_err')} vs final "
                                  f"{recorded['val_top1_err']}): excluded"})
                 continue
+        bn = split_bn_batch(run)
+        setting = setting_items(cfg, run.get("data_identity"), bn)
         rows.append({
-            "run_dir": rel, "status": status,
-            "config_id": config_id(cfg, run.get("data_identity"), split_bn_batch(run)),
+            "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
             "dataset": data.get("name"), "data_id": data_id(run.get("data_identity")),
             "eval_on": data.get("eval_on", "val"),
             "model": cfg.get("model", {}).get("name"),
@@ -247,10 +248,10 @@ def load_runs(root: Path) -> RunSet:
             "bn_recalibrate": trainer.get("bn_recalibrate", 0),
             "evals_per_epoch": trainer.get("evals_per_epoch", 1),
             "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
-            "setting_id": _digest(setting_items(cfg, run.get("data_identity"), split_bn_batch(run)), 10),
+            "setting_id": _digest(setting, 10),
         })
-        settings[rows[-1]["setting_id"]] = setting_items(cfg, run.get("data_identity"), split_bn_batch(run))
-        setting_configs[rows[-1]["setting_id"]] = {**flatten(cfg), "bn_batch": split_bn_batch(run) or "global batch"}
+        settings[rows[-1]["setting_id"]] = setting
+        setting_configs[rows[-1]["setting_id"]] = {**flatten(cfg), "bn_batch": bn or "global batch"}
         for r in lines:
             kind = r.get("type")
             if kind in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float)):
