@@ -75,16 +75,18 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def check_oracle(c: Check, device: str, dry: bool) -> None:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-           "tests/optim/test_adarem_oracle.py"]
-    if dry:
-        cmd += ["-k", "defaults or float64 or many_groups"]
-    env = dict(os.environ, ADAREM_TEST_DEVICE=device)
-    out = c.run("oracle", cmd, 120 if dry else 170, env)
+def _pytest(c: Check, name: str, label: str, args: list[str], timeout: float, env: dict | None = None) -> None:
+    """Run pytest serially (-p no:xdist) as check ``name``; its figure is ``label``: the summary counts."""
+    out = c.run(name, [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist", *args],
+                timeout, env)
     summary = re.findall(r"(\d+ (?:passed|failed|skipped|errors?))", out)
-    c.results[-1]["figure"] = f"oracle tests on {device} (loop, foreach, fused; fp32/bf16/fp16/fp64): " + \
-        (", ".join(summary) or c.results[-1]["figure"])
+    c.results[-1]["figure"] = f"{label}: " + (", ".join(summary) or c.results[-1]["figure"])
+
+
+def check_oracle(c: Check, device: str, dry: bool) -> None:
+    args = ["tests/optim/test_adarem_oracle.py"] + (["-k", "defaults or float64 or many_groups"] if dry else [])
+    _pytest(c, "oracle", f"oracle tests on {device} (loop, foreach, fused; fp32/bf16/fp16/fp64)", args,
+            120 if dry else 170, dict(os.environ, ADAREM_TEST_DEVICE=device))
 
 
 CUDA_TESTS = ["tests/harness/test_engine.py::test_side_stream_batches_are_the_inline_batches_under_load",
@@ -92,10 +94,7 @@ CUDA_TESTS = ["tests/harness/test_engine.py::test_side_stream_batches_are_the_in
 
 
 def check_cuda_tests(c: Check, device: str, dry: bool) -> None:
-    out = c.run("cuda_tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist",
-                               *CUDA_TESTS], 60 if dry else 120)
-    summary = re.findall(r"(\d+ (?:passed|failed|skipped|errors?))", out)
-    c.results[-1]["figure"] = f"CUDA-only tests on {device}: " + (", ".join(summary) or c.results[-1]["figure"])
+    _pytest(c, "cuda_tests", f"CUDA-only tests on {device}", CUDA_TESTS, 60 if dry else 120)
 
 
 def check_optimizer(c: Check, device: str, dry: bool) -> None:
