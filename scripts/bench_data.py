@@ -57,7 +57,7 @@ from adarem.config import DataConfig
 from adarem.data import build_data, list_image_folder, sampling
 from adarem.data.datasets import ImageFolderDataset
 from adarem.data.digits import default_cache_dir
-from adarem.data.photo_tree import make_photo_tree
+from adarem.data.photo_tree import cached_photo_tree
 
 PREVIOUS = "7d5217c73641bcc65b7c550ac7538a73c60226d1"  # the loaders before issue 15's items 5 and 6
 
@@ -187,10 +187,8 @@ def main() -> None:
         root = Path(args.root)
     else:
         per_class = max(1, args.images // 8)
-        root = default_cache_dir() / f"bench_photos_{per_class}"
-        if not (root / "val").is_dir():
-            make_photo_tree(root, classes=8, train_per_class=per_class, val_per_class=per_class,
-                            size_range=(400, 600))
+        root = cached_photo_tree(default_cache_dir() / f"bench_photos_{per_class}", classes=8,
+                                 train_per_class=per_class, val_per_class=per_class, size_range=(400, 600))
     device = torch.device("cuda", 0) if args.dali_device == "mixed" else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_data: --dali-device mixed needs a CUDA device")

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import datetime as dt
+import math
 import os
 import platform
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +47,7 @@ from adarem import distributed as dist_utils
 from adarem.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig
 from adarem.data import build_data
 from adarem.data.digits import default_cache_dir
-from adarem.data.photo_tree import make_photo_tree
+from adarem.data.photo_tree import cached_photo_tree
 from adarem.engine import TrainState, make_precision, train_epoch
 from adarem.models import build_model
 from adarem.optim.factory import build_optimizer, optimizer_impl
@@ -95,22 +93,9 @@ def photo_tree(train_images: int, dist) -> Path:
     classes = 8
     per_class = -(-train_images // classes)
     root = default_cache_dir() / f"bench_photos_{classes}x{per_class}"
-    if dist.local_rank == 0 and not root.exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-        unique = max(1, min(per_class, UNIQUE_PHOTOS // classes))
-        make_photo_tree(tmp, classes=classes, train_per_class=unique, val_per_class=1)
-        for cls in sorted((tmp / "train").iterdir()):
-            for i in range(unique, per_class):
-                src, dst = cls / f"img_{i % unique:04d}.JPEG", cls / f"img_{i:04d}.JPEG"
-                try:
-                    os.link(src, dst)
-                except OSError:  # a filesystem without hard links: a copy reads the same
-                    shutil.copyfile(src, dst)
-        try:
-            tmp.rename(root)
-        except OSError:  # another process put its (identical) tree there first
-            shutil.rmtree(tmp, ignore_errors=True)
+    if dist.local_rank == 0:
+        cached_photo_tree(root, unique_per_class=UNIQUE_PHOTOS // classes, classes=classes, train_per_class=per_class,
+                          val_per_class=1)
     dist_utils.barrier()
     return root
 

@@ -9,6 +9,8 @@ folder named by ``ADAREM_SAMPLE_PHOTOS`` (``scripts/gpu_check.sh --build-deps`` 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,4 +51,33 @@ def make_photo_tree(root: Path, classes: int = 4, train_per_class: int = 8, val_
                 h = int(min(h_max, round(w * rng.uniform(0.6, 0.8))))
                 top, left = int(rng.integers(0, h_max - h + 1)), int(rng.integers(0, w_max - w + 1))
                 Image.fromarray(photo[top:top + h, left:left + w]).save(out / f"img_{i:04d}.JPEG", quality=quality)
+    return root
+
+
+def cached_photo_tree(root: Path, unique_per_class: int | None = None, **kwargs) -> Path:
+    """``make_photo_tree(root, **kwargs)`` once: a tree already at ``root`` is reused, a new one is
+    made in a private folder beside it and renamed into place when complete (a process killed
+    midway leaves no half tree; of two processes making it at once, one tree stays). With
+    ``unique_per_class``, only that many training images per class are distinct JPEG files and
+    the other training entries are hard links to them (copies where the filesystem has none): the
+    same decoding work per image, without generating thousands of files."""
+    root = Path(root)
+    if root.exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+    per_class = kwargs.get("train_per_class", 8)
+    unique = per_class if unique_per_class is None else max(1, min(per_class, unique_per_class))
+    make_photo_tree(tmp, **{**kwargs, "train_per_class": unique})
+    for cls in sorted((tmp / "train").iterdir()):
+        for i in range(unique, per_class):
+            src, dst = cls / f"img_{i % unique:04d}.JPEG", cls / f"img_{i:04d}.JPEG"
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process put its (identical) tree there first
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
