@@ -1,10 +1,19 @@
-"""wandb logging of the same metrics as metrics.jsonl: offline by default, no account needed."""
+"""wandb logging of the same metrics as metrics.jsonl: offline by default, no account needed.
+
+When a run ends (finished, diverged or stopped for a requeue), its record files, run.json and
+metrics.jsonl, are attached to the wandb run (uploaded online, or by ``wandb sync`` of an offline
+run), so that ``adarem-tables --wandb`` tabulates the very files a run directory holds
+(adarem/results/wandb_runs.py) rather than wandb's history, which merges the lines logged at one
+step and has no run status, final error or data identity.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+
+from adarem.run_record import METRICS, RUN_JSON
 
 log = logging.getLogger(__name__)
 
@@ -13,11 +22,13 @@ class Tracker:
     def __init__(self, mode: str, enabled: bool):
         self.mode = mode if enabled else "disabled"
         self.run = None
+        self.run_dir: Path | None = None
 
     def start(self, run_dir: Path, run_id: str, project: str, entity: str | None, group: str, name: str,
               config: dict) -> None:
         if self.mode == "disabled":
             return
+        self.run_dir = Path(run_dir)
         os.environ.setdefault("WANDB_SILENT", "true")
         try:
             import wandb
@@ -41,6 +52,10 @@ class Tracker:
             self.run.log(metrics, step=step)
 
     def finish(self, exit_code: int = 0) -> None:
+        """Attach the run record as it stands (call after run.json's last update), end the wandb run."""
         if self.run is not None:
+            for name in (RUN_JSON, METRICS):
+                if (self.run_dir / name).is_file():
+                    self.run.save(str(self.run_dir / name), base_path=str(self.run_dir), policy="now")
             self.run.finish(exit_code=exit_code)
             self.run = None

@@ -1,0 +1,57 @@
+"""Run records from a wandb project, for ``adarem-tables --wandb ENTITY/PROJECT``.
+
+train.py attaches each run's record files (run.json, metrics.jsonl) to its wandb run when the run
+ends (adarem/tracking.py). This module downloads them, one directory per wandb run, so that the
+tables made from wandb are made by the same code (``load_runs``) from the same files as the tables
+made from the run directories. A wandb run without them (still running, crashed, logged by another
+tool or by a version of this suite that attached nothing) is listed as a problem, never rebuilt
+from wandb's history: the history merges the lines logged at one step and has no run status, final
+error or data identity, so a table made from it would measure something else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from adarem.run_record import METRICS, RUN_JSON
+
+RECORD_FILES = (RUN_JSON, METRICS)
+
+
+def download_runs(project: str, dest: Path, api=None) -> list[dict]:
+    """Download the run record of every run of ``project`` (``ENTITY/PROJECT``) into
+    ``dest/<wandb run id>/``; returns one problem (``run_dir``, ``problem``) per run without one.
+
+    ``dest`` is replaced as a whole: it is a copy of the project as it is now, so a run deleted
+    from the project, or a record re-attached since, never survives from an earlier download."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    problems = []
+    try:
+        for run in api.runs(project):
+            files = {f.name: f for f in run.files(names=list(RECORD_FILES))}
+            if RUN_JSON not in files:
+                problems.append({"run_dir": f"wandb:{project}/{run.id}",
+                                 "problem": f"no {RUN_JSON} attached (wandb state {run.state}: still running, "
+                                            f"crashed, or not logged by adarem-train): excluded"})
+                continue
+            for f in files.values():
+                f.download(root=str(staging / run.id), replace=True)
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old.{uuid.uuid4().hex[:8]}"
+            os.rename(dest, old)
+            shutil.rmtree(old)
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return problems

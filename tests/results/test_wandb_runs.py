@@ -1,0 +1,124 @@
+"""adarem-tables --wandb: the tables made from a wandb project are the tables made from the run
+directories. wandb's server cannot be reached here, so the project is stood in for by an object
+with the wandb API's shape (``Api().runs(path)``, ``run.files(names=...)``, ``file.download``)
+that serves the files of real offline wandb runs written by train.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adarem.cli import tables as tables_cli
+from tests.conftest import read_run, run_train
+
+
+class FakeFile:
+    def __init__(self, path: Path):
+        self.name, self.path = path.name, path
+
+    def download(self, root: str = ".", replace: bool = False, exist_ok: bool = False, api=None):
+        target = Path(root) / self.name
+        assert replace or not target.exists()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path, target)  # follows the offline run's symlink, as `wandb sync` uploads
+
+
+class FakeRun:
+    def __init__(self, files_dir: Path, run_id: str, state: str = "finished"):
+        self.files_dir, self.id, self.state = files_dir, run_id, state
+
+    def files(self, names=None, pattern=None, per_page=50):
+        return [FakeFile(self.files_dir / n) for n in names if (self.files_dir / n).is_file()]
+
+
+class FakeApi:
+    def __init__(self, runs: list[FakeRun]):
+        self._runs = runs
+
+    def runs(self, path):
+        assert path == "me/adarem"
+        return list(self._runs)
+
+
+@pytest.fixture(scope="module")
+def offline_runs(tmp_path_factory, env) -> list[Path]:
+    """Two real train.py runs (two seeds) logged to wandb offline."""
+    root = tmp_path_factory.mktemp("wandb_runs")
+    e = {**env, "WANDB_MODE": "offline"}
+    dirs = []
+    for seed in (0, 1):
+        run_dir = root / f"s{seed}"
+        res = run_train(["trainer.epochs=1", "logging.wandb=offline", f"seed={seed}"], e, run_dir)
+        assert res.returncode == 0, res.stderr[-3000:]
+        dirs.append(run_dir)
+    return dirs
+
+
+def wandb_files(run_dir: Path) -> Path:
+    (files,) = run_dir.glob("wandb/offline-run-*/files")
+    return files
+
+
+def test_a_run_attaches_its_final_record_to_its_wandb_run(offline_runs):
+    for run_dir in offline_runs:
+        files = wandb_files(run_dir)
+        # what `wandb sync` uploads is the record as the run left it: finished, with its final error
+        assert (files / "run.json").read_bytes() == (run_dir / "run.json").read_bytes()
+        assert (files / "metrics.jsonl").read_bytes() == (run_dir / "metrics.jsonl").read_bytes()
+        assert read_run(run_dir)["status"] == "finished"
+
+
+def test_tables_from_wandb_are_the_tables_from_the_run_directories(offline_runs, tmp_path, monkeypatch, capsys):
+    local = tmp_path / "local"
+    for run_dir in offline_runs:  # the run records alone, as make_tables reads them from a runs folder
+        (local / run_dir.name).mkdir(parents=True)
+        for name in ("run.json", "metrics.jsonl"):
+            shutil.copyfile(run_dir / name, local / run_dir.name / name)
+    assert tables_cli.main([str(local), "--out", str(tmp_path / "from_dirs")]) == 0
+
+    runs = [FakeRun(wandb_files(d), read_run(d)["wandb_id"]) for d in offline_runs]
+    crashed = tmp_path / "crashed_files"
+    crashed.mkdir()  # a wandb run that attached nothing (crashed, or logged by another tool)
+    runs.append(FakeRun(crashed, "crashed-1", state="crashed"))
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setattr(wandb, "Api", lambda: FakeApi(runs))
+    out = tmp_path / "from_wandb"
+    assert tables_cli.main(["--wandb", "me/adarem", "--out", str(out)]) == 0
+    for name in ("test_error.csv", "speed.csv", "claims.csv"):
+        assert (out / name).read_text() == (tmp_path / "from_dirs" / name).read_text(), name
+    md = (out / "tables.md").read_text()
+    assert "wandb:me/adarem/crashed-1" in md and "no run.json attached (wandb state crashed" in md
+    assert sorted(p.name for p in (out / "wandb_runs").iterdir()) == sorted(r.id for r in runs[:2])
+
+    # the download is the project as it is now: a run deleted from it does not survive from before
+    monkeypatch.setattr(wandb, "Api", lambda: FakeApi(runs[:1]))
+    assert tables_cli.main(["--wandb", "me/adarem", "--out", str(out)]) == 0
+    assert [p.name for p in (out / "wandb_runs").iterdir()] == [runs[0].id]
+    import pandas as pd
+
+    assert pd.read_csv(out / "test_error.csv").n.tolist() == [1]
+
+    # nothing attached anywhere: one line per run and exit 2, not an empty table
+    monkeypatch.setattr(wandb, "Api", lambda: FakeApi(runs[2:]))
+    capsys.readouterr()
+    assert tables_cli.main(["--wandb", "me/adarem", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "no complete run under me/adarem" in err and "crashed-1" in err
+
+
+def test_an_unreachable_project_is_one_line(tmp_path, monkeypatch, capsys):
+    wandb = pytest.importorskip("wandb")
+
+    class Unreachable:
+        def runs(self, path):
+            raise ValueError("Could not find project me/adarem\nmore detail")
+
+    monkeypatch.setattr(wandb, "Api", lambda: Unreachable())
+    assert tables_cli.main(["--wandb", "me/adarem", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read the wandb project 'me/adarem' (Could not find project me/adarem)" in err[0]
+    assert not (tmp_path / "out" / "wandb_runs").exists() and not list((tmp_path / "out").glob(".wandb_runs*"))
+
+
