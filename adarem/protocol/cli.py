@@ -43,7 +43,9 @@ adarem_m); the lambda ablations adarem_horizon and adarem_nodecay are added with
 
 Outputs: <out>/tables.md (+ CSV/LaTeX/plots, see make_tables.py), <out>/selection.csv (one row per
 trial and seed: optimizer, lr, weight_decay, seed, stage, status, score, chosen, holdout_loss,
-run_dir). Run directories end in the configuration's hash (adarem/run_identity.py): launched again
+run_dir); <runs>/comparisons/<time>.json (the command, options, chosen configurations and final runs:
+make_tables on the runs folder tabulates each optimizer from the newest comparison that ran it).
+Run directories end in the configuration's hash (adarem/run_identity.py): launched again
 with the same arguments, a comparison skips its finished trials and resumes the others, and any
 other setting never reuses them. A stage in which nothing finished stops with exit code 2.
 """
@@ -303,6 +305,7 @@ def compare(argv: list[str]) -> int:
     import pandas as pd
 
     from adarem.results import CLAIMS_FILE, load_runs, write_report
+    from adarem.results.comparisons import write_manifest
     from adarem.results.plots import plot_selection
 
     for opt, srch in searches.items():
@@ -316,10 +319,14 @@ def compare(argv: list[str]) -> int:
     selection.to_csv(out / "selection.csv", index=False, float_format="%.6g")
     plot_selection(selection, out / "plots" / "selection_lr.png")
 
+    # which finals are this comparison's, for make_tables on the runs folder later: of the runs
+    # another invocation left there (an lr chosen over another grid), none enters the tables
+    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+    finals_chosen = {opt: {"lr": lr, "weight_decay": wd} for opt, (lr, wd, *_) in chosen.items()}
+    write_manifest(runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"])
     # only this invocation's finals: runs left in the tree by another invocation (other epochs, an
     # lr chosen before) must never enter its verdicts
     rs = load_runs(runs_root / "final").subset(r["run_dir"] for r in rows if r["stage"] == "final")
-    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + \
         selection_table(searches, chosen, select_seeds, factors) + "\n![holdout error against lr](plots/selection_lr.png)\n"
     text = write_report(rs, out, CLAIMS_FILE, command, preamble=preamble)

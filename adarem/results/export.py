@@ -6,7 +6,9 @@
 Copies every run directory under SRC that holds a run.json, keeping the layout below SRC (so that
 ``compare.py runs=DEST`` finds its trials there again): run.json as written, and metrics.jsonl
 without the per-layer breakdown of the oscillation lines (``per_layer``, ``per_layer_efficiency``:
-about 90 % of the bytes, read by no table). Checkpoints and lock files are not copied. The tables
+about 90 % of the bytes, read by no table), and compare.py's comparison manifests
+(``comparisons/*.json``: which final runs are which comparison's). Checkpoints and lock files are
+not copied. The tables
 made from DEST are the tables made from SRC (tests/results/test_export.py). DEST must not exist:
 a copy is never merged into, or written over, another.
 """
@@ -20,6 +22,8 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
+
+from adarem.results.comparisons import MANIFEST_DIR, manifest_root
 
 DROPPED_KEYS = ("per_layer", "per_layer_efficiency")
 
@@ -46,6 +50,11 @@ def export_runs(src: Path, dest: Path) -> int:
     run_dirs = sorted(p.parent for p in src.rglob("run.json"))
     if not run_dirs:
         raise FileNotFoundError(f"no run.json under {src}")
+    outside = {manifest_root(d) for d in run_dirs} - {None}
+    outside = sorted(str(r) for r in outside if not r.resolve().is_relative_to(src.resolve()))
+    if outside:  # without them the copy's tables would pool comparisons that the original's keep apart
+        raise ValueError(f"the comparison manifests of these runs are in {outside[0]}/{MANIFEST_DIR}, outside {src}; "
+                         f"export the comparison's whole runs folder, {outside[0]}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     # a plain mkdir: the copy gets the umask's mode (mkdtemp's 0700 would hide it from a group)
     staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
@@ -59,6 +68,10 @@ def export_runs(src: Path, dest: Path) -> int:
             if metrics.is_file():
                 with open(metrics, "rb") as fin, open(out / "metrics.jsonl", "wb") as fout:
                     fout.writelines(_compact_line(line) for line in fin)
+        for manifest in src.rglob(f"{MANIFEST_DIR}/*.json"):  # which finals are which comparison's
+            out = staging / manifest.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(manifest, out)
         os.rename(staging, dest)  # all or nothing: a half-made copy never has DEST's name
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -73,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         n = export_runs(Path(args.src), Path(args.dest))
-    except (FileNotFoundError, FileExistsError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"exported {n} runs to {args.dest} (run.json + metrics.jsonl without per-layer oscillation)")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adarem.results.comparisons import newest_comparison_only
 from adarem.run_identity import is_neutral
 from adarem.run_record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, flatten
 
@@ -273,7 +274,8 @@ def load_runs(root: Path) -> RunSet:
                 osc_rows.append({"run_dir": rel, "step": r["step"], "flip_fraction": r["flip_fraction"],
                                  "path_efficiency": float(eff) if isinstance(eff, (int, float)) else math.nan})
 
-    runs = pd.DataFrame(rows)
+    runs, notes = newest_comparison_only(pd.DataFrame(rows))
+    problems += notes
     if not runs.empty:
         # same configuration and seed twice: keep the first started, list the others
         runs = runs.sort_values(["start_time", "run_dir"]).reset_index(drop=True)
