@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from adarem.fsync import replace_durably
 from adarem.run_identity import NOT_IDENTITY, config_differences, flatten  # noqa: F401 (re-exported)
 
 RUN_JSON, METRICS = "run.json", "metrics.jsonl"
@@ -109,9 +110,7 @@ class RunRecord:
         tmp = self.run_dir / f".{RUN_JSON}.tmp"
         with open(tmp, "w") as f:
             json.dump(self.data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.run_dir / RUN_JSON)
+        replace_durably(tmp, self.run_dir / RUN_JSON)  # a crash leaves the old record or the new, never none
 
 
 def _is_json_object(line: str) -> bool:
@@ -147,7 +146,7 @@ class MetricsLog:
             tmp = self.path.with_name(f".{METRICS}.tmp")
             with open(tmp, "w") as f:
                 f.writelines(kept)
-            os.replace(tmp, self.path)
+            replace_durably(tmp, self.path)
         self.lines = len(kept)
         self._f = open(self.path, "a")
         return keep_lines - len(kept)
