@@ -180,8 +180,12 @@ class AdaRem(Optimizer):
                 st["step"] = st["step"].to("cpu", torch.float32)
 
     # ------------------------------------------------------------------ state
-    def _init_group(self, group: dict) -> tuple[list, list, list, list, list, list]:
-        params, grads, exp_avgs, maxes, bufs, steps = [], [], [], [], [], []
+    def _init_group(self, group: dict, params: list, grads: list, exp_avgs: list, maxes: list, bufs: list,
+                    steps: list) -> None:
+        """Fill the lists with the group's tensors that have a gradient (creating their state).
+
+        Torch's signature convention (lists filled in place, nothing returned but constants):
+        torch.compile runs this method eagerly instead of tracing it, as for torch's optimizers."""
         for p in group["params"]:
             if p.grad is None or p.numel() == 0:
                 continue  # empty tensors are skipped, as the contract says
@@ -207,7 +211,6 @@ class AdaRem(Optimizer):
             maxes.append(state["max_abs_exp_avg"])
             bufs.append(state.get("momentum_buffer"))
             steps.append(state["step"])
-        return params, grads, exp_avgs, maxes, bufs, steps
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):
@@ -223,13 +226,19 @@ class AdaRem(Optimizer):
 
         fused = ([], [], [], [], [], [], [])  # every fused group's tensors go into one call
         for group in self.param_groups:
-            params, grads, exp_avgs, maxes, bufs, steps = self._init_group(group)
+            params, grads, exp_avgs, maxes, bufs, steps = [], [], [], [], [], []
+            self._init_group(group, params, grads, exp_avgs, maxes, bufs, steps)
             if not params:
                 continue
             # Steps are counted on the CPU (like torch's non-capturable optimizers), so that
             # lambda**t is a host scalar and needs no device sync.
             torch._foreach_add_(steps, 1.0)
-            lam_t = [group["decay"] ** int(t) for t in torch.stack(steps).tolist()]
+            if torch.compiler.is_compiling() and not group["fused"]:
+                # under torch.compile(opt.step): tensors, not host floats, or the compiled step
+                # would be specialised on lambda^t and recompiled at every step
+                lam_t = [torch.pow(group["decay"], t.double()) for t in steps]
+            else:
+                lam_t = [group["decay"] ** int(t) for t in torch.stack(steps).tolist()]
             if group["fused"]:
                 kw = _group_keywords(group)
                 hp = _hp_rows(kw, lam_t)
@@ -237,10 +246,8 @@ class AdaRem(Optimizer):
                     acc.extend(xs)
                 continue
             impl = _foreach_adarem if group["foreach"] in (None, True) else _single_tensor_adarem
-            new_maxes = impl(params, grads, exp_avgs, maxes, bufs, lam_t, **_group_keywords(group),
-                             **({"scratch": self._scratch} if impl is _foreach_adarem else {}))
-            for p, m in zip(params, new_maxes):
-                self.state[p]["max_abs_exp_avg"] = m
+            impl(params, grads, exp_avgs, maxes, bufs, lam_t, **_group_keywords(group),
+                 **({"scratch": self._scratch} if impl is _foreach_adarem else {}))
         if fused[0]:
             _fused_adarem(*fused, scratch=self._scratch)  # updates each max_abs_exp_avg in place
         return loss
@@ -248,9 +255,9 @@ class AdaRem(Optimizer):
 
 # ---------------------------------------------------------------------- for-loop path
 def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum,
-                          eps, weight_decay, decoupled, maximize) -> list[Tensor]:
-    """The readable path: one tensor at a time, line by line as in the contract."""
-    new_maxes = []
+                          eps, weight_decay, decoupled, maximize) -> None:
+    """The readable path: one tensor at a time, line by line as in the contract. Updates ``maxes``
+    (each tensor's max|d|) in place, as every path does: the state keeps its tensors."""
     for p, grad, d, s, u, lam in zip(params, grads, exp_avgs, maxes, bufs, lam_t):
         g = -grad if maximize else grad
         if weight_decay > 0 and not decoupled:
@@ -267,8 +274,7 @@ def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, be
             p.mul_(1 - lr * weight_decay)
         p.add_(delta, alpha=-lr)
         d.mul_(beta).add_(g, alpha=1 - beta)
-        new_maxes.append(d.abs().max() if d.dim() > 0 else d.abs())
-    return new_maxes
+        s.copy_(d.abs().max())
 
 
 # ---------------------------------------------------------------------- foreach path
@@ -284,10 +290,13 @@ def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> li
     0 where s_i + eps == 0. Stays on the device: no host sync."""
     s = torch.stack(maxes)
     s = s.to(torch.promote_types(s.dtype, torch.float32))
-    lam = torch.tensor(lam_t, dtype=s.dtype)
-    if s.device.type == "cuda":
-        lam = lam.pin_memory()  # pinned + non_blocking: the upload does not sync the host
-    lam = lam.to(s.device, non_blocking=True)
+    if isinstance(lam_t[0], Tensor):  # under torch.compile (see step)
+        lam = torch.stack(lam_t).to(s.device, s.dtype)
+    else:
+        lam = torch.tensor(lam_t, dtype=s.dtype)
+        if s.device.type == "cuda":
+            lam = lam.pin_memory()  # pinned + non_blocking: the upload does not sync the host
+        lam = lam.to(s.device, non_blocking=True)
     denom = s + eps
     c = torch.where(denom == 0, 0.0, lam / torch.where(denom == 0, torch.ones_like(denom), denom))
     return list(c.unbind(0))
@@ -322,7 +331,7 @@ def _scratch_views(scratch: dict, key, tensors: list[Tensor], n: int) -> list[Te
 
 def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum, eps,
                     weight_decay, decoupled, maximize, scratch: Optional[dict] = None,
-                    tensor_major: Optional[bool] = None) -> list[Tensor]:
+                    tensor_major: Optional[bool] = None) -> None:
     """The multi-tensor path. Both variants below use ``r*g = g + c*d*|g|`` (``sign(g)*g = |g|``
     exactly), so no ``r`` tensor is formed, and neither changes the caller's ``.grad``.
 
@@ -336,9 +345,11 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
       device tensors and ``max|d|`` from one ``_foreach_norm(d, inf)``: no host sync at all.
     """
     lr = float(lr)
-    new_maxes: list[Optional[Tensor]] = [None] * len(params)
     coupled = weight_decay > 0 and not decoupled
+    compiling = torch.compiler.is_compiling()
     for (device, dtype), idx in _indices_by_device_and_dtype(params).items():
+        if compiling:  # torch's grouping gives one (None, None) group under torch.compile
+            device, dtype = params[idx[0]].device, params[idx[0]].dtype
         p_ = [params[i] for i in idx]
         d_ = [exp_avgs[i] for i in idx]
         g_ = [grads[i] for i in idx]
@@ -347,6 +358,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
         if tensor_major is None:
             tensor_major = FOREACH_TENSOR_MAJOR
         tm = device.type == "cpu" if tensor_major is None else tensor_major
+        tm = tm and not compiling  # compiled, the multi-tensor form: Inductor fuses it; no host scalars
         if tm:
             if scratch is None:
                 scratch = {}
@@ -385,7 +397,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                 d.lerp_(a, 1 - beta)
                 lo, hi = torch.aminmax(d)  # reads d once, no |d| temporary
                 # an element of |d|, so exact in the state's dtype; updated in place, no allocation
-                new_maxes[idx[k]] = maxes[idx[k]].fill_(max(float(hi), -float(lo)))
+                maxes[idx[k]].fill_(max(float(hi), -float(lo)))
             continue
         if maximize:
             a_ = torch._foreach_neg(g_)
@@ -406,9 +418,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
             b_ = u_
         torch._foreach_add_(p_, b_, alpha=-lr)
         torch._foreach_lerp_(d_, a_, 1 - beta)
-        for i, m in zip(idx, torch._foreach_norm(d_, float("inf"))):
-            new_maxes[i] = m
-    return new_maxes
+        torch._foreach_copy_([maxes[i] for i in idx], torch._foreach_norm(d_, float("inf")))
 
 
 # ---------------------------------------------------------------------- fused path
@@ -490,6 +500,7 @@ def _compiled_for(key):
     return fn
 
 
+@torch.compiler.disable  # already one compiled kernel: torch.compile(opt.step) runs it as it is
 def _fused_adarem(params, grads, exp_avgs, maxes, bufs, hparams, keywords, *, scratch: dict) -> None:
     """``hparams``: one row per tensor (columns ``_HP``), host floats; ``keywords``: each tensor's
     group keywords (for the tensors the CPU kernel hands back). Updates ``maxes`` in place."""
@@ -709,7 +720,5 @@ def _fused_adarem_cpu(params, grads, exp_avgs, maxes, bufs, hparams, keywords, *
     # autograd still refuses a backward through a weight this step changed.
     torch.autograd.graph.increment_version(params + exp_avgs + maxes + [u for u in bufs if u is not None])
     for i in rejected.tolist():  # fp16/bf16, or layouts that differ between p, grad and state
-        (m,) = _foreach_adarem([params[i]], [grads[i]], [exp_avgs[i]], [maxes[i]], [bufs[i]],
-                               [hparams[i][_HP.index("lam")]], **keywords[i], scratch=scratch)
-        if m is not maxes[i]:
-            maxes[i].copy_(m)
+        _foreach_adarem([params[i]], [grads[i]], [exp_avgs[i]], [maxes[i]], [bufs[i]],
+                        [hparams[i][_HP.index("lam")]], **keywords[i], scratch=scratch)

@@ -279,7 +279,7 @@ def test_max_cache_is_rebuilt_when_missing():
     for p in params:
         p.grad = torch.zeros_like(p)
     before = {i: opt2.state[p]["exp_avg"].abs().max() for i, p in enumerate(params) if p in opt2.state}
-    opt2._init_group(opt2.param_groups[0])
+    opt2._init_group(opt2.param_groups[0], [], [], [], [], [], [])
     for i, p in enumerate(params[:3]):
         if p in opt2.state:
             assert math.isclose(float(opt2.state[p]["max_abs_exp_avg"]), float(before[i]))
