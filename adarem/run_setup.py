@@ -208,15 +208,31 @@ def check_finished_world_size(run: Run) -> None:
                       f"normalises over: relaunch with {before}, or choose another hydra.run.dir for a new run")
 
 
+# what a differing data_identity key means, for the refusal (the hashes alone say little)
+_DATA_KEY_MEANING = {
+    "train_sha1": "hash of the training images' paths and classes", "val_sha1": "hash of the evaluated images' "
+    "paths and classes", "train_images": "training images", "val_images": "evaluated images",
+    "train_samples": "training samples per epoch", "val_samples": "evaluated samples",
+    "classes_sha1": "hash of the class names", "num_classes": "classes",
+}
+
+
 def check_data_identity(run: Run, data_id: dict) -> None:
     """Refuse to continue or report a run that was trained on other data (same configuration and
-    directory, but the dataset's contents changed); one line naming what differs."""
+    directory, but the dataset's contents changed: images added, removed, renamed or moved to
+    another class); one line naming what differs."""
     previous = run.plan.previous or {}
     before = previous.get("data_identity")
-    if before is None or before == data_id:  # None: recorded before data identities existed
+    if before is None:  # recorded before data identities existed
         return
-    diff = "; ".join(f"{k} {before.get(k)!r} then, {data_id.get(k)!r} now"
-                     for k in sorted(set(before) | set(data_id)) if before.get(k) != data_id.get(k))
+    # Only the keys recorded by both are compared: a run.json written before a key was added to
+    # the identity (train_images, val_images, train_sha1, val_sha1 came later) lacks it, and its
+    # run, finished or stopped, is still continued or reported when the keys it has agree.
+    differing = [k for k in sorted(set(before) & set(data_id)) if before[k] != data_id[k]]
+    if not differing:
+        return
+    named = {k: f"{k} ({_DATA_KEY_MEANING[k]})" if k in _DATA_KEY_MEANING else k for k in differing}
+    diff = "; ".join(f"{named[k]} {before[k]!r} then, {data_id[k]!r} now" for k in differing)
     raise ConfigError(f"{run.run_dir} holds a {previous.get('status', 'unknown')} run whose dataset differs from "
                       f"this one ({diff}); restore the dataset, or choose another hydra.run.dir for a new run")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -16,8 +16,9 @@ import torch
 
 from adarem.config import ConfigError, DataConfig
 from adarem.data import sampling
-from adarem.data.datasets import (DataError, ImageFolderDataset, Subset, TensorImageDataset, holdout_split,
-                                  list_image_folder)
+from adarem.data import identity
+from adarem.data.datasets import (DataError, ImageFolderDataset, Subset, TensorImageDataset, holdout_indices,
+                                  holdout_split, list_image_folder)
 from adarem.data.loader import SyntheticLoader, TorchLoader
 from adarem.data.transforms import build_transforms
 
@@ -31,6 +32,8 @@ class DataBundle:
     num_classes: int
     in_chans: int
     classes: list[str]
+    # what the two sets hold: counts and hashes of the images read (adarem/data/identity.py)
+    contents: dict = field(default_factory=dict)
 
 
 def imagefolder_root(cfg: DataConfig) -> Path:
@@ -46,12 +49,15 @@ def imagefolder_root(cfg: DataConfig) -> Path:
 
 
 def data_identity(cfg: DataConfig, data: DataBundle) -> dict:
-    """What makes two runs' data the same dataset: name, resolved root, split sizes and a hash
-    of the class names. Stored in run.json; the tables never pool runs whose identities differ."""
+    """What makes two runs' data the same dataset: name, resolved root, samples per epoch, class
+    names (number and hash) and what each set holds (``train_images``/``val_images``,
+    ``train_sha1``/``val_sha1``: adarem/data/identity.py). Stored in run.json; a run directory is
+    not continued or reported with other data, and the tables never pool runs whose identities differ."""
     root = str(Path(cfg.root).resolve()) if cfg.root else ""
     classes = hashlib.sha1(json.dumps(list(data.classes)).encode()).hexdigest()[:10]
     return {"name": cfg.name, "root": root, "eval_on": cfg.eval_on, "train_samples": data.train.num_samples,
-            "val_samples": data.val.num_samples, "num_classes": data.num_classes, "classes_sha1": classes}
+            "val_samples": data.val.num_samples, "num_classes": data.num_classes, "classes_sha1": classes,
+            **data.contents}
 
 
 def check_classes(classes: list, root: Path) -> None:
@@ -83,7 +89,8 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         train = SyntheticLoader(steps, per_rank, steps * global_batch, shape, cfg.num_classes, device, seed)
         val_steps = max(1, cfg.synthetic_val_size // global_batch)
         val = SyntheticLoader(val_steps, per_rank, val_steps * global_batch, shape, cfg.num_classes, device, seed + 1)
-        return DataBundle(train, val, cfg.num_classes, cfg.in_chans, [str(i) for i in range(cfg.num_classes)])
+        return DataBundle(train, val, cfg.num_classes, cfg.in_chans, [str(i) for i in range(cfg.num_classes)],
+                          identity.contents(None, None, None, None))  # generated: the configuration says all
 
     train_tf, val_tf = build_transforms(cfg)
     if cfg.name == "fashion_mnist":
@@ -95,6 +102,10 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         val_ds = TensorImageDataset(xv, yv, val_tf, seed)
         if cfg.eval_on == "holdout":
             train_ds, val_ds = holdout_split(train_ds, TensorImageDataset(xs, ys, val_tf, seed), cfg.holdout_fraction)
+            contents = identity.contents(len(train_ds), len(val_ds), identity.tensor_sha1(xs, ys, train_ds.indices),
+                                         identity.tensor_sha1(xs, ys, val_ds.indices))
+        else:
+            contents = identity.contents(len(xs), len(xv), identity.tensor_sha1(xs, ys), identity.tensor_sha1(xv, yv))
         classes = CLASSES
     else:
         root = imagefolder_root(cfg)
@@ -109,13 +120,19 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
                             f"that labels mean the same in both")
         if cfg.loader == "dali" and cfg.eval_on == "holdout":
             raise ConfigError("data.eval_on=holdout is implemented for data.loader=torch only")
+        if cfg.eval_on == "holdout":  # both sets are parts of train/ (the split holdout_split makes)
+            keep, held = holdout_indices(len(train_samples), cfg.holdout_fraction)
+            contents = identity.folder_contents([train_samples[i] for i in keep], [train_samples[i] for i in held],
+                                                root)
+        else:  # the lists both loaders read
+            contents = identity.folder_contents(train_samples, val_samples, root)
         if cfg.loader == "dali":
             from adarem.data.dali import build_dali_loaders
 
             check_sizes(len(train_samples), len(val_samples), global_batch, world)
             train, val = build_dali_loaders(cfg, train_samples, val_samples, global_batch,
                                             rank, world, seed, device, channels_last, half)
-            return DataBundle(train, val, len(classes), cfg.in_chans, classes)
+            return DataBundle(train, val, len(classes), cfg.in_chans, classes, contents)
         mode = "L" if cfg.in_chans == 1 else "RGB"
         train_ds = ImageFolderDataset(train_samples, train_tf, seed, cfg.on_corrupt, mode)
         val_ds = ImageFolderDataset(val_samples, val_tf, seed, cfg.on_corrupt, mode)
@@ -139,4 +156,4 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
     val_plan = sampling.val_batches(n_val, per_rank, rank, world)
     val = TorchLoader(val_ds, lambda epoch, start: val_plan[start:], num_batches=len(val_plan),
                       num_samples=n_val, **common)
-    return DataBundle(train, val, len(classes), cfg.in_chans, list(classes))
+    return DataBundle(train, val, len(classes), cfg.in_chans, list(classes), contents)

@@ -138,6 +138,12 @@ class Subset(ReproducibleDataset):
 def holdout_split(train: ReproducibleDataset, train_with_val_transform: ReproducibleDataset,
                   fraction: float) -> tuple[Subset, Subset]:
     """A fixed split of the training set (same for every seed and optimizer): (train, holdout)."""
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345)).tolist()
-    k = max(1, int(round(fraction * len(train))))
-    return Subset(train, sorted(perm[k:])), Subset(train_with_val_transform, sorted(perm[:k]))
+    keep, held = holdout_indices(len(train), fraction)
+    return Subset(train, keep), Subset(train_with_val_transform, held)
+
+
+def holdout_indices(n: int, fraction: float) -> tuple[list[int], list[int]]:
+    """The indices of ``holdout_split``: (trained on, held out), each sorted."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(12345)).tolist()
+    k = max(1, int(round(fraction * n)))
+    return sorted(perm[k:]), sorted(perm[:k])
