@@ -16,6 +16,7 @@ there too, and the run is kept (its run.json and complete lines agree). Writes t
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -42,6 +43,17 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         offsets = tuple(float(x) for x in args.targets.split(","))
     except ValueError:
         print(f"error: --targets={args.targets!r} must be comma-separated numbers, e.g. 1,5", file=sys.stderr)
+        return 2
+    bad = [o for o in offsets if not (0 <= o < math.inf)]  # nan fails both comparisons
+    if bad:
+        print(f"error: --targets={args.targets}: {', '.join(f'{o:g}' for o in bad)} is not a finite number >= 0 "
+              f"(points of error above SGD's final error; inf would count every run as there at its first "
+              f"evaluation), e.g. 1,5", file=sys.stderr)
+        return 2
+    if list(offsets) != sorted(set(offsets)):  # the claims use the first: an order must not choose it unseen
+        print(f"error: --targets={args.targets} must be increasing without repeats (the first, the smallest, is the "
+              f"claims' target), e.g. {','.join(f'{o:g}' for o in sorted(set(offsets)))}; give one offset alone "
+              f"for the claims at it", file=sys.stderr)
         return 2
     out = Path(args.out or Path("results") / (args.wandb.replace("/", "_") if args.wandb else Path(args.runs_dir).name))
     if out.exists() and not out.is_dir():

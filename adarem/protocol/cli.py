@@ -61,7 +61,7 @@ from pathlib import Path
 from adarem.config import ConfigError
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
 from adarem.protocol.report import provenance, selection_table
-from adarem.protocol.search import SELECT_SEED0, Search, lr_factors, score, weight_decays
+from adarem.protocol.search import SELECT_SEED0, Search, lowest_lr, lr_factors, score, weight_decays
 
 USAGE = __doc__
 DEFAULTS = {
@@ -146,6 +146,10 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     bad = [m for m in own["lr_grid"] if not (0 < m < math.inf)]
     if bad:
         fail(f"lr_grid={','.join(map(str, own['lr_grid']))}: every factor must be a finite number > 0 (bad: {bad})")
+    repeated = sorted({m for m in own["lr_grid"] if own["lr_grid"].count(m) > 1})
+    if repeated:  # two trials of one lr would share one run directory, and each would find the other's lock
+        fail(f"lr_grid={','.join(f'{m:g}' for m in own['lr_grid'])} repeats a factor "
+             f"({','.join(f'{m:g}' for m in repeated)}); give each factor once")
     if not own["lr_grid"] and not (own["lr_step"] > 0 and own["lr_span"] >= 0):
         fail(f"lr_span={own['lr_span']} must be >= 0 and lr_step={own['lr_step']} > 0")
     if own["lr_span"] > 6 or (own["lr_step"] > 0 and own["lr_span"] / own["lr_step"] > 100):
@@ -165,6 +169,25 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         if not ok:
             fail(f"{key}={value!r} (from {key}= or ${SLURM_KEYS[key][0]}) must be "
                  f"{'a number > 0' if key == 'mem_gb' else f'an integer >= {least}'}")
+    # a cosine's schedule.min_lr is one absolute value for every trial, and train.py refuses a run whose
+    # lr is below it: refused here, before any training, if the search can reach such an lr (on the
+    # grid or by extending it), rather than as failed trials that the selection would score as worst
+    try:
+        cfg = compose(trial_base(passthrough))
+    except Exception:  # noqa: BLE001 - a bad override: compare() reports it in one line
+        return own, passthrough
+    min_lr = float(cfg.schedule.min_lr) if cfg.schedule.name == "cosine" else 0.0
+    for opt in own["optimizers"] if min_lr > 0 else ():
+        try:
+            lr0 = float(compose([*trial_base(passthrough), f"optimizer={opt}"]).optimizer.lr)
+        except Exception:  # noqa: BLE001 - reported by compare() with the optimizer's name
+            continue
+        if lowest_lr(lr0, own) < min_lr:
+            how = f"lr_grid={','.join(f'{m:g}' for m in own['lr_grid'])}" if own["lr_grid"] else f"lr_span={own['lr_span']:g}, lr_step={own['lr_step']:g}, " \
+                                                   f"max_extend={own['max_extend']} (extensions included)"
+            fail(f"schedule.min_lr={min_lr:g} is above the lowest lr the search tries for {opt}, "
+                 f"{lowest_lr(lr0, own):.6g} ({how}): that run's cosine would raise its lr; lower schedule.min_lr "
+                 f"or narrow the grid (lr_span, lr_grid, max_extend=0)")
     return own, passthrough
 
 

@@ -31,6 +31,14 @@ def lr_factors(own: dict) -> list[float]:
     return [10 ** (k * own["lr_step"]) for k in range(-n, n + 1)]
 
 
+def lowest_lr(lr0: float, own: dict) -> float:
+    """The lowest lr the search of an optimizer whose default lr is ``lr0`` can try: the grid's lowest
+    point, divided by 10^lr_step for each of the ``max_extend`` extensions (none with an lr_grid),
+    rounded as the trial's override writes it."""
+    extend = 0 if own["lr_grid"] else own["max_extend"] * own["lr_step"]
+    return float(f"{lr0 * min(lr_factors(own)) / 10 ** extend:.6g}")
+
+
 def weight_decays(default_wd: float, search: str) -> list[float]:
     """search=lr: the optimizer's own weight decay; search=lr_wd: 0.1x, 1x, 10x it (1e-4 where it is 0)."""
     return [default_wd] if search == "lr" else [(default_wd or 1e-4) * f for f in WD_FACTORS]

@@ -1,0 +1,138 @@
+"""The lr schedules (adarem/schedule.py) stepped through whole runs as the engine steps them, and the
+checks that a schedule fits its run (adarem/config.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from timm.scheduler import create_scheduler_v2
+
+from adarem.config import ConfigError, ScheduleConfig, register_configs, validate
+from adarem.schedule import build_scheduler
+from tests.conftest import REPO, read_metrics, run_train
+
+register_configs()
+
+LR = 0.1
+S = 7  # steps per epoch
+
+
+def lrs(cfg: ScheduleConfig, epochs: int, steps: int = S, lr: float = LR) -> list[float]:
+    """f(0) .. f(N): the lr set before the first step and after each of the N steps, stepped as
+    adarem.engine.train_epoch does (step_update(k) after optimizer step k). Step k runs at f(k - 1)."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = build_scheduler(cfg, opt, epochs, steps)
+    out = [opt.param_groups[0]["lr"]]
+    for k in range(1, epochs * steps + 1):
+        opt.step()
+        sched.step_update(num_updates=k)
+        out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def test_cosine_with_warmup_warms_up_then_decays_to_min_lr_when_the_run_ends():
+    # 3 epochs, the first a warm-up from 0.01: warm-up over steps 1..7, the cosine over the 14 after
+    f = lrs(ScheduleConfig(name="cosine", warmup_epochs=1, warmup_lr=0.01, min_lr=0.002), epochs=3)
+    assert len(f) == 3 * S + 1
+    assert f[0] == pytest.approx(0.01)  # the first step's lr
+    assert f[3] == pytest.approx(0.01 + 3 / 7 * (LR - 0.01))  # linear
+    assert f[S] == pytest.approx(LR) and max(f) == pytest.approx(LR)  # warm-up ends at the peak
+    assert f[S + 7] == pytest.approx((LR + 0.002) / 2)  # the cosine's midpoint: half way through the rest
+    assert f[-2] == pytest.approx(0.002 + (LR - 0.002) / 2 * (1 + math.cos(math.pi * 13 / 14)))  # the last step's
+    assert f[-1] == pytest.approx(0.002, abs=1e-12)  # min_lr exactly when the last step ends
+    assert all(b <= a for a, b in zip(f[S:], f[S + 1:]))
+
+
+def test_the_reviewers_case_and_the_presets_end_at_min_lr():
+    # train.py schedule.warmup_epochs=1 trainer.epochs=2 used to end at 0.05, half the peak
+    f = lrs(ScheduleConfig(name="cosine", warmup_epochs=1), epochs=2, lr=LR)
+    assert f[S] == pytest.approx(LR) and f[-1] == pytest.approx(0.0, abs=1e-12)
+    for experiment in ("paper_mobilenetv2", "paper_shufflenetv2"):  # 150 epochs, 5 of warm-up: ended at 1.2e-4
+        cfg = make([f"experiment={experiment}", "optimizer=sgd"])
+        assert cfg.schedule.warmup_epochs == 5 and cfg.trainer.epochs == 150
+        f = lrs(cfg.schedule, cfg.trainer.epochs, steps=2, lr=cfg.optimizer.lr)
+        assert f[10] == pytest.approx(cfg.optimizer.lr) and f[-1] == pytest.approx(cfg.schedule.min_lr, abs=1e-12)
+
+
+def test_cosine_without_warmup_is_the_schedule_the_suite_always_used():
+    """Without warm-up nothing changed: the committed results' runs were trained on this schedule."""
+    cfg = ScheduleConfig(name="cosine", min_lr=0.001)
+    f = lrs(cfg, epochs=4)
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=LR)
+    old, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=4, warmup_epochs=0.0, warmup_lr=0.0, min_lr=0.001,
+                                 step_on_epochs=False, updates_per_epoch=S, warmup_prefix=True)
+    expected = [opt.param_groups[0]["lr"]]
+    for k in range(1, 4 * S + 1):
+        old.step_update(num_updates=k)
+        expected.append(opt.param_groups[0]["lr"])
+    assert f == expected
+    assert f[0] == LR and f[-1] == pytest.approx(0.001, abs=1e-12)
+
+
+def test_step_milestones_count_from_the_start_and_decay_at_the_first_step_after_them():
+    # 3 epochs, milestones after epochs 1 and 2, half an epoch of warm-up (ceil(3.5) = 4 steps)
+    f = lrs(ScheduleConfig(name="step", milestones=[1, 2], decay_rate=0.1, warmup_epochs=0.5, warmup_lr=0.0), epochs=3)
+    assert f[0] == 0.0 and f[2] == pytest.approx(LR / 2)
+    assert f[4] == pytest.approx(LR)  # warm-up over steps 1..4; not counted before the milestones
+    assert f[S - 1] == pytest.approx(LR)  # step 7, the last of epoch 1, still at the lr
+    assert f[S] == pytest.approx(LR * 0.1)  # step 8, the first of epoch 2, decayed (torchvision's timing)
+    assert f[2 * S - 1] == pytest.approx(LR * 0.1) and f[2 * S] == pytest.approx(LR * 0.01)
+    assert f[-1] == pytest.approx(LR * 0.01)
+    g = lrs(ScheduleConfig(name="step", milestones=[1, 2], decay_rate=0.1), epochs=3)  # no warm-up
+    assert g[: S] == [LR] * S and g[S] == pytest.approx(LR * 0.1) and g[2 * S] == pytest.approx(LR * 0.01)
+
+
+def test_constant_with_warmup_holds_the_lr_after_it():
+    f = lrs(ScheduleConfig(name="constant", warmup_epochs=1, warmup_lr=0.0), epochs=2)
+    assert f[0] == 0.0 and f[S:] == [pytest.approx(LR)] * (S + 1)
+
+
+def make(overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "run_dir=/tmp/x"])
+    return validate(cfg)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.lr=0.01", "schedule.min_lr=0.5"], "schedule.min_lr=0.5 is above optimizer.lr=0.01"),
+    (["trainer.epochs=2", "schedule.warmup_epochs=2"], "schedule.warmup_epochs=2.0 must be < trainer.epochs=2"),
+    (["trainer.epochs=2", "schedule.warmup_epochs=5"], "schedule.warmup_epochs=5.0 must be < trainer.epochs=2"),
+    (["schedule=step", "trainer.epochs=10"], "schedule.milestones=[30, 60, 80] must all be < trainer.epochs=10"),
+    (["schedule=step", "trainer.epochs=10", "schedule.milestones=[3,10]"], "drop [10]"),
+    (["schedule=step", "schedule.milestones=[]"], "schedule.milestones=[] never decays"),
+    (["schedule=step", "trainer.epochs=10", "schedule.milestones=[2,5]", "schedule.warmup_epochs=2"],
+     "must all be > schedule.warmup_epochs=2.0"),
+    (["schedule=step", "trainer.epochs=10", "schedule.milestones=[5,3]"], "must be increasing epoch numbers"),
+])
+def test_a_schedule_that_does_not_fit_its_run_is_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        make(overrides)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_what_fits_is_accepted():
+    make(["optimizer.lr=0.01", "schedule.min_lr=0.01"])  # min_lr = lr: a flat cosine, not a rise
+    make(["schedule=step", "optimizer.lr=0.01", "schedule.min_lr=0.5", "trainer.epochs=90"])  # step ignores min_lr
+    make(["schedule=step", "trainer.epochs=10", "schedule.milestones=[3,9]", "schedule.warmup_epochs=2.5"])
+    make(["trainer.epochs=2", "schedule.warmup_epochs=1.5"])
+
+
+def test_train_py_refuses_min_lr_above_lr_in_one_line(env, tmp_path):
+    res = run_train(["optimizer.lr=0.01", "schedule.min_lr=0.5"], env, tmp_path / "run")
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: schedule.min_lr=0.5 is above optimizer.lr=0.01"), lines[0]
+
+
+def test_train_py_with_warmup_ends_at_min_lr(env, tmp_path):
+    """The reviewer's command: the epoch lines' lr is the peak after the warm-up epoch and 0 at the end."""
+    res = run_train(["schedule.warmup_epochs=1"], env, tmp_path / "run")  # FAST: 2 epochs, adarem lr 0.1
+    assert res.returncode == 0, res.stderr[-2000:]
+    epochs = [m for m in read_metrics(tmp_path / "run") if m["type"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert epochs[0]["lr"] == pytest.approx(0.1) and epochs[1]["lr"] == pytest.approx(0.0, abs=1e-12)
