@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from adarem.run_record import METRICS, RUN_JSON
@@ -56,6 +57,11 @@ class Tracker:
         if self.run is not None:
             for name in (RUN_JSON, METRICS):
                 if (self.run_dir / name).is_file():
-                    self.run.save(str(self.run_dir / name), base_path=str(self.run_dir), policy="now")
+                    # a copy in the wandb run's own folder, not wandb's default symlink: an offline run
+                    # synced later (its folder copied off the cluster, or the run directory removed)
+                    # uploads the record as the run left it
+                    copy = Path(self.run.dir) / name
+                    shutil.copyfile(self.run_dir / name, copy)
+                    self.run.save(str(copy), base_path=self.run.dir, policy="now", glob=False)
             self.run.finish(exit_code=exit_code)
             self.run = None

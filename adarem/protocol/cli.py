@@ -93,8 +93,8 @@ SLURM_KEYS = {
     "mem_gb": ("ADAREM_MEM_GB", ""),
     "array_parallelism": ("ADAREM_ARRAY_PARALLELISM", "64"),
 }
-# digits: 1,408 training images, so the holdout is a quarter of them (352 images, 0.28 points per
-# image); the selection runs train on the other 1,056, the finals on all 1,408.
+# digits: 1,438 training images, so the holdout is a quarter of them (360 images, 0.28 points per
+# image); the selection runs train on the other 1,078, the finals on all 1,438.
 # A loss line every 5 of the 66 steps: "train loss at x % of the steps" is read from those lines.
 # BN statistics from 2 training batches (256 images x 256 positions per channel) before each
 # evaluation: 8 batches would re-forward the whole selection split every time (measured: a trial's
@@ -349,7 +349,13 @@ def compare(argv: list[str]) -> int:
     write_manifest(runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"])
     # only this invocation's finals: runs left in the tree by another invocation (other epochs, an
     # lr chosen before) must never enter its verdicts
-    rs = load_runs(runs_root / "final").subset(r["run_dir"] for r in rows if r["stage"] == "final")
+    # (the runs it names: another comparison's newer manifest, from a host with a skewed clock, must
+    # not take them out of this report)
+    rs = load_runs(runs_root / "final", newest_comparison=False).subset(r["run_dir"] for r in rows
+                                                                        if r["stage"] == "final")
+    if rs.runs.empty:
+        fail(f"none of this comparison's final runs could be read back from {runs_root / 'final'}; see the run "
+             f"directories there")
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + \
         selection_table(searches, chosen, select_seeds, factors) + "\n![holdout error against lr](plots/selection_lr.png)\n"
     text = write_report(rs, out, CLAIMS_FILE, command, preamble=preamble)

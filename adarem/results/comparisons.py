@@ -35,7 +35,7 @@ MANIFEST_DIR = "comparisons"
 def write_manifest(runs_root: Path, command: str, options: dict, overrides: list[str], chosen: dict,
                    final_dirs: list[str]) -> Path:
     """Record one finished comparison under ``runs_root/comparisons/`` (atomic; never overwrites)."""
-    runs_root = Path(runs_root).resolve()
+    runs_root = Path(os.path.abspath(runs_root))  # as spelled: final/ may be a symlink to another disk
     folder = runs_root / MANIFEST_DIR
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.time_ns()
@@ -46,7 +46,7 @@ def write_manifest(runs_root: Path, command: str, options: dict, overrides: list
         "overrides": overrides,
         "chosen": chosen,
         # relative to the runs folder, so that an exported copy of the folder keeps them
-        "finals": sorted({os.path.relpath(Path(d).resolve(), runs_root) for d in final_dirs}),
+        "finals": sorted({os.path.relpath(os.path.abspath(d), runs_root) for d in final_dirs}),
     }
     path = folder / f"{stamp}.json"
     tmp = folder / f".{stamp}.json.tmp"
@@ -55,68 +55,91 @@ def write_manifest(runs_root: Path, command: str, options: dict, overrides: list
     return path
 
 
+def _path_keys(path) -> set[str]:
+    """A run directory as spelled (absolute, normalised) and as resolved: a folder reached through a
+    symlink (a runs folder moved to a bigger disk) matches either way."""
+    return {os.path.abspath(path), str(Path(path).resolve())}
+
+
 def manifest_root(run_dir: Path) -> Path | None:
     """The runs folder of a compare.py final run (``<runs>/final/<optimizer>/<trial>``), if it has
-    manifests; None for a run laid out otherwise."""
-    parents = Path(run_dir).resolve().parents
-    if len(parents) < 3 or parents[1].name != "final":
-        return None
-    root = parents[2]
-    return root if (root / MANIFEST_DIR).is_dir() else None
+    manifests; None for a run laid out otherwise. Looked up as spelled, then as resolved."""
+    for parents in (Path(os.path.abspath(run_dir)).parents, Path(run_dir).resolve().parents):
+        if len(parents) >= 3 and parents[1].name == "final" and (parents[2] / MANIFEST_DIR).is_dir():
+            return parents[2]
+    return None
 
 
 def read_manifests(root: Path) -> tuple[list[dict], list[dict]]:
-    """(the manifests of a runs folder, each with ``file`` and ``final_paths``, the resolved run
-    directories; problems): a manifest that does not parse is listed and not used."""
+    """(the manifests of a runs folder, each with ``file`` and ``final_keys``, its final run
+    directories as ``_path_keys``; problems): a manifest that does not parse is listed, not used."""
     out, problems = [], []
     for path in sorted((root / MANIFEST_DIR).glob("*.json")):
         try:
             record = json.loads(path.read_text())
-            record["final_paths"] = {str((root / f).resolve()) for f in record["finals"]}
-            record["finished"] = str(record["finished"])
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(record, dict):
+                raise TypeError("not a JSON object")
+            for key, kind in (("finals", list), ("finished", str), ("command", str)):
+                if not isinstance(record.get(key), kind):
+                    raise TypeError(f"{key!r} missing or not a {kind.__name__}")
+            if not all(isinstance(f, str) for f in record["finals"]):
+                raise TypeError("'finals' holds a non-string")
+        except (ValueError, TypeError) as exc:
             problems.append({"run_dir": str(path), "problem": f"comparison manifest unreadable ({type(exc).__name__}: "
                              f"{exc}): not used; the runs it lists are tabulated as if it did not exist"})
             continue
+        record["final_keys"] = set().union(*(_path_keys(root / f) for f in record["finals"]))
         record["file"] = str(path)
         out.append(record)
     return out, problems
 
 
-def newest_comparison_only(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """The val runs of each dataset x model x optimizer that a compare.py manifest lists, reduced
-    to the finals of the newest comparison that ran that optimizer; (kept runs, problems and
-    notes). Runs that no manifest could list (another layout, no manifests) are untouched."""
+def newest_comparison_only(runs: pd.DataFrame, listed: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """The complete val runs (``runs``) of each dataset x model x setting x optimizer that a
+    compare.py manifest lists, reduced to the finals of the newest comparison that ran that
+    optimizer there; (kept runs, problems and notes). ``listed``: every run record read, complete
+    or not (``run_dir`` and the same group columns), so that a comparison whose finals of an
+    optimizer all failed still covers it: an older comparison's runs never stand in for them. Runs
+    outside a compare.py runs folder with manifests are untouched."""
     if runs.empty:
         return runs, []
+    roots = {d: manifest_root(d) for d in listed.run_dir}
     manifests, problems = [], []
-    for root in {manifest_root(d) for d in runs.run_dir} - {None}:
+    for root in set(roots.values()) - {None}:
         found, bad = read_manifests(root)
         manifests += found
         problems += bad
     if not manifests:
         return runs, problems
-    resolved = runs.run_dir.map(lambda d: str(Path(d).resolve()))
-    drop = []
-    # per setting (adarem/results/records.py): two comparisons with other epochs are two settings,
-    # each reported; within one, the newest comparison that ran an optimizer gives its runs
-    for (name, model, _), table in runs[runs.eval_on == "val"].groupby(["dataset", "model", "setting_id"]):
-        sources = {}
-        for opt, g in table.groupby("optimizer"):
-            covering = [m for m in manifests if resolved[g.index].isin(m["final_paths"]).any()]
-            if not covering:
-                continue
-            newest = max(covering, key=lambda m: (m["finished"], m["file"]))
-            sources.setdefault(newest["file"], []).append(opt)
-            for i in g.index[~resolved[g.index].isin(newest["final_paths"])]:
+
+    def listing(run_dirs) -> list[dict]:
+        keys = set().union(*(_path_keys(d) for d in run_dirs)) if len(run_dirs) else set()
+        return [m for m in manifests if m["final_keys"] & keys]
+
+    group = ["dataset", "model", "setting_id", "optimizer"]
+    in_folder = runs.run_dir.map(lambda d: roots.get(d) is not None)
+    val = runs[(runs.eval_on == "val") & in_folder]
+    listed_by_group = {k: g.run_dir.tolist() for k, g in listed[listed.run_dir.map(lambda d: roots.get(d) is not None)]
+                       .groupby(group)}
+    drop, sources = [], {}  # sources: (dataset, model, setting) -> {manifest file: [optimizers]}
+    for (name, model, setting, opt), g in val.groupby(group):
+        covering = listing(listed_by_group.get((name, model, setting, opt), g.run_dir.tolist()))
+        if not covering:
+            continue
+        newest = max(covering, key=lambda m: (m["finished"], m["file"]))
+        sources.setdefault((name, model, setting), {}).setdefault(newest["file"], []).append(opt)
+        for i in g.index:
+            if not _path_keys(runs.run_dir[i]) & newest["final_keys"]:
                 drop.append(i)
                 problems.append({"run_dir": runs.run_dir[i], "problem": (
                     f"not a final run of the newest comparison that ran {opt} on {name} x {model} in this folder "
                     f"({newest['file']}: {newest['command']}): excluded, so that no optimizer's runs mix two "
                     f"comparisons' selections (an earlier comparison's report is its own tables.md)")})
-        if len(sources) > 1:
+    commands = {m["file"]: m["command"] for m in manifests}
+    for (name, model, _), by_file in sources.items():
+        if len(by_file) > 1:
             problems.append({"run_dir": f"({name} x {model})", "problem": "optimizers from several comparisons: " +
-                             "; ".join(f"{', '.join(sorted(opts))} from {f} ({next(m['command'] for m in manifests if m['file'] == f)})"
-                                       for f, opts in sorted(sources.items())) +
+                             "; ".join(f"{', '.join(sorted(opts))} from {f} ({commands[f]})"
+                                       for f, opts in sorted(by_file.items())) +
                              ": each was selected by its own comparison's search, possibly over other grids"})
     return runs.drop(index=drop).reset_index(drop=True), problems

@@ -12,9 +12,11 @@ name what differs, so that no table, target or claim pairs runs across settings.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +76,53 @@ OPTIMIZER_OWN = tuple(f"optimizer.{k}" for k in ("name", "variant", "lr", "weigh
                                                  "beta", "decay", "decay_horizon"))
 SETTING_IGNORED = IDENTITY_IGNORED + OPTIMIZER_OWN + ("data.eval_on", "trainer.evals_per_epoch")
 MAX_LABEL_KEYS = 3  # differing keys named in a setting's label
+SEARCHED = ("lr", "weight_decay")  # the optimizer keys a search chooses: columns of their own
+
+
+@functools.lru_cache(maxsize=1)
+def optimizer_presets() -> dict[str, dict]:
+    """The optimizer presets (configs/optimizer/*.yaml, or their installed copy) by variant."""
+    import yaml
+
+    from adarem.cli import CONFIG_DIR
+
+    presets = {}
+    for f in sorted(Path(CONFIG_DIR, "optimizer").glob("*.yaml")):
+        preset = yaml.safe_load(f.read_text()) or {}
+        presets[preset.get("variant") or f.stem] = preset
+    return presets
+
+
+def _spell(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, list) else str(v)
+
+
+def optimizer_label(opt: dict) -> str:
+    """A run's optimizer as the tables name it: its variant (the preset's name), followed by the
+    preset's own keys it changed, ``sgd (momentum=0)``: SGD without momentum is not the SGD-momentum
+    the claims compare with, however its preset was named on the command line."""
+    variant = opt.get("variant") or opt.get("name")
+    preset = optimizer_presets().get(variant)
+    if preset is None:
+        return str(variant)
+    changed = [f"{k}={_spell(opt[k])}" for k in sorted(preset) if k not in (*SEARCHED, "variant")
+               and k in opt and json.dumps(opt[k]) != json.dumps(preset[k])
+               and not (isinstance(opt[k], (int, float)) and isinstance(preset[k], (int, float))
+                        and float(opt[k]) == float(preset[k]))]
+    return f"{variant} ({'; '.join(changed)})" if changed else str(variant)
+
+
+def _label_unset_own_keys(runs: pd.DataFrame, own: list[dict]) -> None:
+    """Within a setting, configurations of one label that differ in an optimizer key their preset
+    leaves at the schema default (optimizer.decay_horizon for adarem...) are told apart by it."""
+    keys = [k.split(".", 1)[1] for k in OPTIMIZER_OWN if k.split(".", 1)[1] not in (*SEARCHED, "name", "variant")]
+    for _, g in runs.groupby(["dataset", "model", "setting_id", "optimizer"]):
+        differing = [k for k in keys if len({json.dumps(own[i].get(k)) for i in g.index}) > 1]
+        if differing:
+            for i in g.index:
+                extra = "; ".join(f"{k}={_spell(own[i].get(k))}" for k in differing)
+                base = runs.at[i, "optimizer"]
+                runs.at[i, "optimizer"] = f"{base[:-1]}; {extra})" if base.endswith(")") else f"{base} ({extra})"
 
 
 def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None, bn_batch: int | None) -> dict:
@@ -168,16 +217,29 @@ def read_metrics_lines(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    dirs = set()
-    for name in (RUN_JSON, METRICS):
-        for p in Path(root).rglob(name):
-            if "wandb" not in p.parts:
-                dirs.add(p.parent)
+    """Directories below ``root`` holding a run record, through symlinked folders too (a runs
+    folder moved to a bigger disk), each real folder once; not the copies inside a run's wandb
+    folder (the root itself may lie under a folder named wandb)."""
+    dirs, seen = [], set()
+    for here, subdirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a symlink loop, or a second link to a folder already read
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        subdirs[:] = sorted(d for d in subdirs if d != "wandb")
+        if RUN_JSON in files or METRICS in files:
+            dirs.append(Path(here))
     return sorted(dirs)
 
 
-def load_runs(root: Path) -> RunSet:
+def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
+    """Every run record under ``root``. ``newest_comparison``: where compare.py's manifests say
+    which finals are which comparison's, each optimizer's runs are its newest comparison's
+    (adarem/results/comparisons.py); compare.py's own report, which names its runs, turns it off."""
     rows, epoch_rows, osc_rows, eval_rows, iter_rows, problems = [], [], [], [], [], []
+    listed = []  # every record read, complete or not: which comparison covers which optimizer
+    own = []  # per row, its optimizer config
     settings: dict[str, dict] = {}  # setting id -> its items, for labels
     setting_configs: dict[str, dict] = {}  # setting id -> a flattened config of one of its runs
     for run_dir in find_run_dirs(root):
@@ -197,16 +259,22 @@ def load_runs(root: Path) -> RunSet:
             problems.append({"run_dir": rel, "problem": "run.json is not a run record (no config object): excluded"})
             continue
         status = run.get("status", "unknown")
+        cfg = run["config"]
+        bn = split_bn_batch(run)
+        setting = setting_items(cfg, run.get("data_identity"), bn)
+        opt = cfg.get("optimizer") or {}
+        listed.append({"run_dir": rel, "dataset": (cfg.get("data") or {}).get("name"),
+                       "model": (cfg.get("model") or {}).get("name"), "setting_id": _digest(setting, 10),
+                       "optimizer": optimizer_label(opt)})
         if status not in FINAL_STATUSES:
             problems.append({"run_dir": rel, "problem": f"incomplete (status {status}): excluded"})
             continue
-        cfg = run["config"]
         epochs = [r for r in lines if r.get("type") == "epoch"]
         evals = [r for r in epochs if "val_top1_err" in r and r["val_top1_err"] is not None]
+        every_eval = [r for r in lines if r.get("type") in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float))]
         if status == "finished" and not evals:
             problems.append({"run_dir": rel, "problem": "finished but no evaluated epoch in metrics.jsonl: excluded"})
             continue
-        opt = cfg.get("optimizer") or {}
         trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}
         final = evals[-1] if evals and status == "finished" else {}
         recorded = run.get("final") or {}
@@ -224,20 +292,20 @@ def load_runs(root: Path) -> RunSet:
                                  f"lines for {n_epochs} epochs, last evaluated error {final.get('val_top1_err')} vs final "
                                  f"{recorded['val_top1_err']}): excluded"})
                 continue
-        bn = split_bn_batch(run)
-        setting = setting_items(cfg, run.get("data_identity"), bn)
         rows.append({
             "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
             "dataset": data.get("name"), "data_id": data_id(run.get("data_identity")),
             "eval_on": data.get("eval_on", "val"),
             "model": cfg.get("model", {}).get("name"),
-            "optimizer": opt.get("variant") or opt.get("name"), "lr": opt.get("lr"),
+            "optimizer": optimizer_label(opt), "lr": opt.get("lr"),
             "weight_decay": opt.get("weight_decay"), "epochs": trainer.get("epochs"),
             "batch_size": trainer.get("batch_size"), "seed": cfg.get("seed"),
             "experiment": cfg.get("experiment_name", ""), "start_time": run.get("start_time", ""),
             "final_top1": final.get("val_top1_err", math.nan), "final_top5": final.get("val_top5_err", math.nan),
-            "best_top1": min((r["val_top1_err"] for r in evals), default=math.nan) if status == "finished" else math.nan,
-            "best_top5": min((r["val_top5_err"] for r in evals), default=math.nan) if status == "finished" else math.nan,
+            # over every evaluation, the mid-epoch ones (trainer.evals_per_epoch) included
+            "best_top1": min((r["val_top1_err"] for r in every_eval), default=math.nan) if status == "finished" else math.nan,
+            "best_top5": min((r["val_top5_err"] for r in every_eval if isinstance(r.get("val_top5_err"), (int, float))),
+                             default=math.nan) if status == "finished" else math.nan,
             "final_train_loss": epochs[-1]["train_loss"] if epochs and status == "finished" else math.nan,
             "wall_time_s": epochs[-1].get("wall_time_s", math.nan) if epochs else math.nan,
             "images_per_s": sum(r.get("images_per_s", 0) for r in epochs) / len(epochs) if epochs else math.nan,
@@ -249,8 +317,12 @@ def load_runs(root: Path) -> RunSet:
             "bn_recalibrate": trainer.get("bn_recalibrate", 0),
             "evals_per_epoch": trainer.get("evals_per_epoch", 1),
             "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
+            # the code that trained it: a reused finished run keeps the commit it was trained at
+            "commit": str((run.get("git") or {}).get("commit") or "unrecorded")[:10],
+            "dirty": bool((run.get("git") or {}).get("dirty")),
             "setting_id": _digest(setting, 10),
         })
+        own.append(opt)
         settings[rows[-1]["setting_id"]] = setting
         setting_configs[rows[-1]["setting_id"]] = {**flatten(cfg), "bn_batch": bn or "global batch"}
         for r in lines:
@@ -274,8 +346,13 @@ def load_runs(root: Path) -> RunSet:
                 osc_rows.append({"run_dir": rel, "step": r["step"], "flip_fraction": r["flip_fraction"],
                                  "path_efficiency": float(eff) if isinstance(eff, (int, float)) else math.nan})
 
-    runs, notes = newest_comparison_only(pd.DataFrame(rows))
-    problems += notes
+    runs = pd.DataFrame(rows)
+    if not runs.empty:
+        _label_unset_own_keys(runs, own)
+    if newest_comparison:
+        runs, notes = newest_comparison_only(runs, pd.DataFrame(listed, columns=["run_dir", "dataset", "model",
+                                                                                 "setting_id", "optimizer"]))
+        problems += notes
     if not runs.empty:
         # same configuration and seed twice: keep the first started, list the others
         runs = runs.sort_values(["start_time", "run_dir"]).reset_index(drop=True)

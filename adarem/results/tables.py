@@ -47,20 +47,24 @@ def selected_groups(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def selection_notes(runs: pd.DataFrame) -> list[dict]:
-    """One note per setting and optimizer whose selected configuration tied on seeds with another
-    (two comparisons with other searches in one runs folder): a report lists them."""
+    """One note per setting and optimizer with more than one configuration on the val/test split
+    (two searches in one runs folder, runs by hand beside a comparison): which one the tables,
+    targets and claims use, and why; a report lists them."""
     if runs.empty:
         return []
     notes = []
     for (dataset, model, opt), g in _candidates(runs).groupby(SETTING + ["optimizer"], dropna=False, sort=True):
-        tied = g[g.n == g.n.iloc[0]]
-        if len(tied) > 1:
-            chosen = tied.iloc[0]
-            others = "; ".join(f"lr {r.lr:g}, wd {r.weight_decay:g}" for r in tied.iloc[1:].itertuples())
-            notes.append({"run_dir": f"{dataset} x {model}: {opt}",
-                          "problem": f"{len(tied)} configurations with {chosen.n} seeds each; tables, targets and "
-                                     f"claims use the most recently started (lr {chosen.lr:g}, wd {chosen.weight_decay:g}),"
-                                     f" not {others}: keep one comparison per runs folder"})
+        if len(g) < 2:
+            continue
+        chosen, rest = g.iloc[0], g.iloc[1:]
+        tied = (g.n == chosen.n).sum() > 1
+        why = "the most recently started of those with the most seeds" if tied else "the one with the most seeds"
+        others = "; ".join(f"lr {r.lr:g}, wd {r.weight_decay:g} ({r.n} seeds)" for r in rest.itertuples())
+        notes.append({"run_dir": f"{dataset} x {model}: {opt}",
+                      "problem": f"{len(g)} configurations" + (f" with {chosen.n} seeds each" if (g.n == chosen.n).all()
+                                                              else "") +
+                                 f"; tables, targets and claims use {why} (lr {chosen.lr:g}, wd {chosen.weight_decay:g}, "
+                                 f"{chosen.n} seeds), not {others}: keep one comparison per runs folder"})
     return notes
 
 
@@ -215,8 +219,14 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
                 elif not same_protocol(base, g):
                     row[col] = "— (evaluated differently)"
                 else:
-                    r, lo, hi = speedup_ci([h[0] for h in steps_to_target(rs, base, t)], [h[0] for h in hits])
-                    ci = f"[{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]" if not math.isnan(lo) else f"[< {MIN_BOOT_SEEDS} seeds]"
+                    base_hits = [h[0] for h in steps_to_target(rs, base, t)]
+                    r, lo, hi = speedup_ci(base_hits, [h[0] for h in hits])
+                    if not math.isnan(lo):
+                        ci = f"[{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]"
+                    elif min(len(base_hits), len(hits)) < MIN_BOOT_SEEDS:
+                        ci = f"[< {MIN_BOOT_SEEDS} seeds]"
+                    else:  # enough seeds, but no resample has a finite ratio: neither side reached it
+                        ci = "[neither reached]"
                     row[col] = f"{_fmt_ratio(r)} {ci}"
         for frac in fractions:
             row[f"train loss @{int(frac * 100)}%"] = mean_std(

@@ -11,6 +11,7 @@ error or data identity, so a table made from it would measure something else.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -19,6 +20,16 @@ from pathlib import Path
 from adarem.run_record import METRICS, RUN_JSON
 
 RECORD_FILES = (RUN_JSON, METRICS)
+
+
+def _compare_final(run_dir: Path) -> bool:
+    """Whether a downloaded record is a compare.py final run (its run_dir: <runs>/final/<opt>/<trial>)."""
+    try:
+        config = json.loads((run_dir / RUN_JSON).read_text()).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    parts = Path(str(config.get("run_dir") or "")).parts
+    return len(parts) >= 3 and parts[-3] == "final"
 
 
 def download_runs(project: str, dest: Path, api=None) -> list[dict]:
@@ -45,7 +56,17 @@ def download_runs(project: str, dest: Path, api=None) -> list[dict]:
                                             f"crashed, or not logged by adarem-train): excluded"})
                 continue
             for f in files.values():
-                f.download(root=str(staging / run.id), replace=True)
+                handle = f.download(root=str(staging / run.id), replace=True)
+                if handle is not None:
+                    handle.close()
+        from_compare = sum(_compare_final(staging / run_dir.name) for run_dir in staging.iterdir())
+        if from_compare:
+            problems.append({"run_dir": f"wandb:{project}", "problem": (
+                f"{from_compare} run(s) are compare.py finals: which comparison chose which configuration is "
+                f"recorded in their runs folder (comparisons/*.json), not on wandb, so runs of two comparisons "
+                f"of one setting are selected here by seed count; tabulate the runs folder to report its newest")})
+        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+            raise FileExistsError(f"{dest} is not a folder this command made; move it away or pass another --out")
         if dest.exists():
             old = dest.parent / f".{dest.name}.old.{uuid.uuid4().hex[:8]}"
             os.rename(dest, old)

@@ -97,3 +97,52 @@ def test_make_tables_on_a_folder_of_two_comparisons_reports_the_newest(tmp_path,
     assert rows == list(csv.DictReader(open(tmp_path / "second" / "test_error.csv")))
     assert {r["n"] for r in rows} == {"1"}  # by seed count the first comparison's 2 seeds were taken
     assert (tmp_path / "folder" / "claims.csv").read_text() == (tmp_path / "second" / "claims.csv").read_text()
+
+
+def test_failed_finals_of_the_newest_comparison_do_not_bring_back_older_ones(tmp_path):
+    """B's SGD finals all failed: SGD has no runs in B, and A's SGD (another grid's choice) must not
+    stand in for them beside B's AdaRem."""
+    root = tmp_path / "runs"
+    a = finals(root, "sgd", 0.1, range(3), 10.0) + finals(root, "adarem", 1.0, range(3), 8.0)
+    write_manifest(root, "compare A", {}, [], {}, a)
+    b = [make_run(root / "final" / "sgd", f"lr0.3_s{s}", "sgd", s, [40.0], status="failed", lr=0.3) for s in range(3)]
+    b += finals(root, "adarem", 3.0, range(3), 12.0)
+    write_manifest(root, "compare B", {}, [], {}, b)
+    rs = load_runs(root / "final")
+    assert sorted(set(zip(rs.runs.optimizer, rs.runs.lr))) == [("adarem", 3.0)]
+
+
+def test_hand_made_runs_beside_a_comparison_folder_are_untouched(tmp_path):
+    runs = tmp_path / "runs"
+    cmp_root = runs / "compare" / "toy"
+    write_manifest(cmp_root, "compare A", {}, [], {}, finals(cmp_root, "sgd", 0.1, range(2), 10.0))
+    for s in range(5):  # train.py runs of another sgd configuration, outside any compare.py folder
+        make_run(runs / "toy" / "net" / "sgd", f"s{s}", "sgd", s, [40.0, 20.0, 9.0], lr=0.3)
+    rs = load_runs(runs)
+    assert sorted(zip(rs.runs.lr, rs.runs.seed)) == [(0.1, 0), (0.1, 1)] + [(0.3, s) for s in range(5)]
+    assert not [p for p in rs.problems if "newest comparison" in p["problem"]]
+
+
+def test_a_manifest_missing_a_field_is_listed_not_a_crash(tmp_path):
+    root = tmp_path / "runs"
+    finals(root, "sgd", 0.1, range(2), 10.0)
+    (root / "comparisons").mkdir()
+    (root / "comparisons" / "1.json").write_text(json.dumps({"finished": "2026", "finals": "final/sgd"}))
+    rs = load_runs(root / "final")
+    assert len(rs.runs) == 2 and "comparison manifest unreadable" in rs.problems[0]["problem"]
+
+
+def test_a_final_folder_reached_through_a_symlink_keeps_its_manifests(tmp_path):
+    disk, root = tmp_path / "bigdisk", tmp_path / "runs"
+    disk.mkdir()
+    root.mkdir()
+    (root / "final").symlink_to(disk, target_is_directory=True)
+    write_manifest(root, "compare A", {}, [], {}, finals(root, "sgd", 0.1, range(3), 10.0))
+    write_manifest(root, "compare B", {}, [], {}, finals(root, "sgd", 0.3, range(2), 9.0))
+    for folder in (root / "final", root):
+        assert sorted(set(load_runs(folder).runs.lr)) == [0.3], folder
+
+
+def test_a_runs_folder_under_a_folder_named_wandb_is_read(tmp_path):
+    finals(tmp_path / "results" / "wandb" / "runs", "sgd", 0.1, range(2), 10.0)
+    assert len(load_runs(tmp_path / "results" / "wandb" / "runs").runs) == 2

@@ -370,7 +370,34 @@ def test_a_tie_on_seeds_is_not_broken_by_the_test_error_and_is_listed(tmp_path):
     sel = selected_groups(rs.runs)
     assert set(sel[sel.optimizer == "adarem"].lr) == {0.3}
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
-    assert "2 configurations with 3 seeds each" in text and "(lr 0.3, wd 0)" in text and "not lr 0.03" in text
+    assert "2 configurations with 3 seeds each" in text and "(lr 0.3, wd 0, 3 seeds)" in text and "not lr 0.03" in text
+
+
+def test_a_preset_run_with_its_own_keys_changed_is_another_optimizer(tmp_path):
+    """optimizer=sgd optimizer.momentum=0 is not the SGD-momentum the claims compare with: with
+    more seeds than the real SGD-momentum runs it used to be selected as "sgd", silently."""
+    def run(name, variant, seed, err, **opt):
+        d = make_run(tmp_path / "runs", name, variant, seed, [40.0, 20.0, err], lr=opt.pop("lr", 0.1))
+        record = json.loads((d / "run.json").read_text())
+        record["config"]["optimizer"].update(opt)
+        (d / "run.json").write_text(json.dumps(record))
+
+    for s in range(2):
+        run(f"sgdm{s}", "sgd", s, 9.0 + 0.1 * s, momentum=0.9)
+        run(f"adarem{s}", "adarem", s, 12.0 + 0.1 * s, decay_horizon=0.0)
+    for s in range(3):
+        run(f"sgd0_{s}", "sgd", s, 19.0 + 0.1 * s, momentum=0.0)
+        run(f"adarem_h{s}", "adarem", s, 8.0 + 0.1 * s, decay_horizon=0.5)
+        run(f"sgd_lr{s}", "sgd", s, 11.0 + 0.1 * s, momentum=0.9, lr=0.3)
+    rs = load_runs(tmp_path / "runs")
+    assert set(rs.runs.optimizer) == {"sgd", "sgd (momentum=0)", "adarem (decay_horizon=0)", "adarem (decay_horizon=0.5)"}
+    from adarem.results.tables import selected_groups, selection_notes
+
+    sel = selected_groups(rs.runs)
+    sgd = sel[sel.optimizer == "sgd"]
+    assert set(sgd.lr) == {0.3} and len(sgd) == 3  # SGD-momentum: the lr with the most seeds, never momentum 0
+    (note,) = [n["problem"] for n in selection_notes(rs.runs) if n["run_dir"].endswith(": sgd")]
+    assert "use the one with the most seeds (lr 0.3, wd 0, 3 seeds), not lr 0.1, wd 0 (2 seeds)" in note
 
 
 def test_labels_that_name_paths_make_plot_files_and_links_that_work(tmp_path):
@@ -413,3 +440,32 @@ def test_runs_that_normalise_batchnorm_over_other_batches_never_pool(tmp_path):
     assert not rs.problems  # not duplicates: two configurations
     assert set(rs.runs.dataset) == {"toy (bn_batch=global batch)", "toy (bn_batch=16)"}
     assert rs.runs.config_id.nunique() == 4
+
+
+def test_a_missing_speed_up_interval_says_why(tmp_path):
+    """Neither AdaRem nor Adam reaches SGD's target in any of 3 seeds each: the interval is missing
+    because neither got there, not for want of seeds."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+        make_run(root, f"adam{s}", "adam", s, [50.0, 40.0, 30.0 + 0.1 * s])
+        make_run(root, f"adarem{s}", "adarem", s, [50.0, 45.0, 35.0 + 0.1 * s])
+    make_run(root, "adamw0", "adamw", 0, [50.0, 45.0, 9.0])
+    df = speed_table(load_runs(root))
+    adarem = df[df.optimizer == "adarem"].iloc[0]
+    assert adarem["speed-up vs adam [95 % CI]"] == "— [neither reached]"
+    assert adarem["speed-up vs adamw [95 % CI]"].endswith("[< 3 seeds]")  # one AdamW seed
+
+
+def test_the_report_names_the_code_that_trained_the_runs(tmp_path):
+    """A comparison relaunched after a code change reuses its finished runs: the report says which
+    commits (and uncommitted changes) trained what, not only the commit it was made at."""
+    root = tmp_path / "runs"
+    for s, (commit, dirty) in enumerate([("aaaaaaaaaa11", False), ("aaaaaaaaaa11", False), ("bbbbbbbbbb22", True)]):
+        d = make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+        record = json.loads((d / "run.json").read_text())
+        record["git"] = {"commit": commit, "dirty": dirty}
+        (d / "run.json").write_text(json.dumps(record))
+    text = write_report(load_runs(root), tmp_path / "out", CLAIMS_FILE, "test")
+    assert "Trained at: commit aaaaaaaaaa (2 runs); commit bbbbbbbbbb with uncommitted changes (1 runs)." in text
+    assert "runs trained at 2 commits" in text and "1 run(s) trained with uncommitted changes" in text

@@ -5,6 +5,7 @@ that serves the files of real offline wandb runs written by train.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -64,10 +65,12 @@ def wandb_files(run_dir: Path) -> Path:
 def test_a_run_attaches_its_final_record_to_its_wandb_run(offline_runs):
     for run_dir in offline_runs:
         files = wandb_files(run_dir)
-        # what `wandb sync` uploads is the record as the run left it: finished, with its final error
-        assert (files / "run.json").read_bytes() == (run_dir / "run.json").read_bytes()
-        assert (files / "metrics.jsonl").read_bytes() == (run_dir / "metrics.jsonl").read_bytes()
-        assert read_run(run_dir)["status"] == "finished"
+        # what `wandb sync` uploads is the record as the run left it, finished with its final error,
+        # in the wandb run's own folder (not a link to the run directory: a copied offline folder
+        # or a removed run directory would upload nothing)
+        for name in ("run.json", "metrics.jsonl"):
+            assert not (files / name).is_symlink() and (files / name).read_bytes() == (run_dir / name).read_bytes()
+        assert json.loads((files / "run.json").read_text())["status"] == "finished"
 
 
 def test_tables_from_wandb_are_the_tables_from_the_run_directories(offline_runs, tmp_path, monkeypatch, capsys):
@@ -90,6 +93,7 @@ def test_tables_from_wandb_are_the_tables_from_the_run_directories(offline_runs,
         assert (out / name).read_text() == (tmp_path / "from_dirs" / name).read_text(), name
     md = (out / "tables.md").read_text()
     assert "wandb:me/adarem/crashed-1" in md and "no run.json attached (wandb state crashed" in md
+    assert "compare.py finals" not in md  # train.py runs, not a comparison
     assert sorted(p.name for p in (out / "wandb_runs").iterdir()) == sorted(r.id for r in runs[:2])
 
     # the download is the project as it is now: a run deleted from it does not survive from before
@@ -122,3 +126,15 @@ def test_an_unreachable_project_is_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out" / "wandb_runs").exists() and not list((tmp_path / "out").glob(".wandb_runs*"))
 
 
+
+
+def test_compare_finals_read_from_wandb_are_flagged(tmp_path, monkeypatch, capsys):
+    """Which comparison chose which configuration lives in the runs folder, not on wandb: say so."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "run.json").write_text(json.dumps({"status": "finished", "config": {
+        "run_dir": "runs/compare/digits_small_cnn/final/sgd/lr0.1_wd0.0001_s0_0123456789"}}))
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setattr(wandb, "Api", lambda: FakeApi([FakeRun(files, "sgd-s0-1")]))
+    assert tables_cli.main(["--wandb", "me/adarem", "--out", str(tmp_path / "out")]) == 2
+    assert "1 run(s) are compare.py finals" in capsys.readouterr().err
