@@ -105,9 +105,10 @@ def rank_state(state) -> dict:
 
 
 def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, per_rank: list,
-                        config: dict) -> dict:
+                        config: dict, data_identity: dict | None = None) -> dict:
     """Everything needed to continue a run exactly where it stopped; ``per_rank`` holds every
-    rank's ``rank_state``; ``config`` is the resolved configuration (resume=<path> checks it)."""
+    rank's ``rank_state``; ``config`` is the resolved configuration and ``data_identity`` the
+    data it was trained on (resume=<path> checks both)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -117,6 +118,7 @@ def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_line
                      "phase": state.phase, "elapsed_train_s": state.elapsed_train_s, "final": state.final},
         "metrics_lines": metrics_lines,
         "config": config,
+        "data_identity": data_identity,
         "per_rank": per_rank,
     }
 

@@ -222,19 +222,25 @@ def check_data_identity(run: Run, data_id: dict) -> None:
     directory, but the dataset's contents changed: images added, removed, renamed or moved to
     another class); one line naming what differs."""
     previous = run.plan.previous or {}
-    before = previous.get("data_identity")
-    if before is None:  # recorded before data identities existed
-        return
-    # Only the keys recorded by both are compared: a run.json written before a key was added to
-    # the identity (train_images, val_images, train_sha1, val_sha1 came later) lacks it, and its
-    # run, finished or stopped, is still continued or reported when the keys it has agree.
-    differing = [k for k in sorted(set(before) & set(data_id)) if before[k] != data_id[k]]
-    if not differing:
-        return
-    named = {k: f"{k} ({_DATA_KEY_MEANING[k]})" if k in _DATA_KEY_MEANING else k for k in differing}
-    diff = "; ".join(f"{named[k]} {before[k]!r} then, {data_id[k]!r} now" for k in differing)
-    raise ConfigError(f"{run.run_dir} holds a {previous.get('status', 'unknown')} run whose dataset differs from "
-                      f"this one ({diff}); restore the dataset, or choose another hydra.run.dir for a new run")
+    checkpoint = run.plan.checkpoint if isinstance(run.plan.checkpoint, dict) else {}
+    # the run directory's record, and the checkpoint resumed from (resume=<path> may name one of
+    # another directory); either may predate data identities (None: nothing to compare)
+    for before, where in ((previous.get("data_identity"), f"{run.run_dir} holds a {previous.get('status', 'unknown')} "
+                                                           f"run whose dataset"),
+                          (checkpoint.get("data_identity"), f"the checkpoint {run.plan.checkpoint_path} was trained on "
+                                                            f"a dataset that")):
+        if not isinstance(before, dict):
+            continue
+        # Only the keys recorded by both are compared: a record written before a key was added to
+        # the identity (train_images, val_images, train_sha1, val_sha1 came later) lacks it, and its
+        # run, finished or stopped, is still continued or reported when the keys it has agree.
+        differing = [k for k in sorted(set(before) & set(data_id)) if before[k] != data_id[k]]
+        if not differing:
+            continue
+        named = {k: f"{k} ({_DATA_KEY_MEANING[k]})" if k in _DATA_KEY_MEANING else k for k in differing}
+        diff = "; ".join(f"{named[k]} {before[k]!r} then, {data_id[k]!r} now" for k in differing)
+        raise ConfigError(f"{where} differs from this one ({diff}); restore the dataset, or choose another "
+                          f"hydra.run.dir for a new run")
 
 
 def open_record(run: Run, data_id: dict) -> None:

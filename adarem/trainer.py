@@ -148,7 +148,8 @@ class Trainer:
         if r.dist.is_main:
             r.metrics.flush()
             ckpt_io.save_atomic(ckpt_io.training_checkpoint(r.model, r.optimizer, r.scheduler, r.precision.scaler,
-                                                            self.state, r.metrics.lines, per_rank, r.config_dict),
+                                                            self.state, r.metrics.lines, per_rank, r.config_dict,
+                                                            r.record.data.get("data_identity")),
                                 r.run_dir)
         dist_utils.barrier()
         self.last_checkpoint = time.monotonic()

@@ -158,3 +158,22 @@ def test_a_record_from_before_the_contents_keys_is_still_reported(digits_run, en
     assert "classes_sha1 (hash of the class names) '0123456789' then" in line
     assert not any(k in line for k in NEW_KEYS)
     assert _snapshot(run_dir) == before
+
+
+def test_resume_from_a_checkpoint_path_checks_the_data_it_was_trained_on(tmp_path, env):
+    """resume=<path> may name a checkpoint of another directory: the new directory has no record to
+    compare with, so the checkpoint carries its data identity."""
+    tree = ensure_digits_tree(tmp_path / "tree")
+    stopped = tmp_path / "stopped"
+    res = run_train(_args(tree) + ["trainer.max_steps=3"], env, stopped)
+    assert res.returncode == 75, res.stderr[-3000:]
+    _swap(tree / "train", "3", "8")
+    res = run_train(_args(tree) + [f"resume={stopped / 'checkpoint.pt'}"], env, tmp_path / "elsewhere")
+    assert res.returncode == 2
+    line = _one_error_line(res)
+    assert "the checkpoint" in line and "was trained on a dataset that differs" in line and "train_sha1" in line
+    assert not (tmp_path / "elsewhere" / "run.json").exists() or read_run(tmp_path / "elsewhere")["status"] != "finished"
+    _swap(tree / "train", "3", "8")  # the same data again: it continues there
+    res = run_train(_args(tree) + [f"resume={stopped / 'checkpoint.pt'}"], env, tmp_path / "again")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_run(tmp_path / "again")["status"] == "finished"
