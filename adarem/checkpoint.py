@@ -6,7 +6,9 @@ before), so that a kill during any write leaves at least one loadable checkpoint
 
 from __future__ import annotations
 
+import copy
 import io
+import math
 import os
 import random
 from pathlib import Path
@@ -139,12 +141,78 @@ def restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int, w
                               f"resume only from a checkpoint of the same model and optimizer") from None
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b  # 8 and 8.0 are one schedule
+    return type(a) is type(b) and a == b
+
+
+def _horizon(d: dict) -> int:
+    """A step after which a timm cosine or multistep schedule described by ``d`` no longer changes."""
+    ends = [d.get("warmup_t", 0) or 0]
+    if isinstance(d.get("t_initial"), (int, float)):
+        cycles = d.get("cycle_limit", 1) or 1
+        ends.append((d.get("warmup_t", 0) or 0) + d["t_initial"] * max(1, cycles) * max(1.0, d.get("cycle_mul", 1.0)) ** cycles)
+    if isinstance(d.get("decay_t"), (list, tuple)) and d["decay_t"]:
+        ends.append(max(d["decay_t"]))
+    elif isinstance(d.get("decay_t"), (int, float)):  # StepLRScheduler: every decay_t steps, forever
+        ends.append(10 * d["decay_t"])
+    return int(min(max(ends), 10 ** 8)) + 2
+
+
+def check_same_schedule(saved, scheduler) -> None:
+    """A checkpoint's lr schedule against the one this code builds for the run's configuration.
+
+    timm's schedulers hold no state that changes as a run steps: their state_dict is the schedule
+    itself (lengths, warm-up, milestones, min lr). Loading it with timm's load_state_dict, a plain
+    ``__dict__.update``, would silently continue a run stopped under another version of
+    adarem/schedule.py on that version's schedule while its record claims this one's. So the
+    checkpoint's schedule is never loaded: where its state differs from this one's (keys both hold;
+    one only one side holds is another timm's), the lr both set at every step up to where they
+    become constant is compared, and any difference is refused in one line. A same-code resume finds
+    the states equal and computes nothing."""
+    if not isinstance(saved, dict):
+        raise CheckpointError("the checkpoint holds no lr schedule state; it was not written by this suite's train.py")
+    built = scheduler.state_dict()
+    differ = [k for k in built if k in saved and not _same(saved[k], built[k])]
+    if not differ:
+        return
+    other = copy.copy(scheduler)
+    other.__dict__.update({k: saved[k] for k in differ})
+    first = None
+    for t in range(max(_horizon(built), _horizon(other.__dict__))):
+        try:
+            theirs = other._get_lr(t)
+        except Exception:  # noqa: BLE001 - a state this timm cannot even evaluate: another schedule
+            first = t
+            break
+        ours = scheduler._get_lr(t)
+        if len(theirs) != len(ours) or not all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-15)
+                                               for x, y in zip(theirs, ours)):
+            first = t
+            break
+    if first is None:
+        return  # written differently, the same lr at every step (e.g. a cycle_decay with one cycle)
+    shown = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {built[k]!r} here" for k in differ[:4])
+    raise CheckpointError(f"the checkpoint's lr schedule differs from the one this code builds for its configuration "
+                          f"({shown}{'; ...' if len(differ) > 4 else ''}; first different lr after step {first}): it "
+                          f"was written by another version of adarem/schedule.py; finish it with that version, or "
+                          f"start a new run (resume=never with a new hydra.run.dir)")
+
+
 def _restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) -> None:
     from adarem.engine import EpochProgress
 
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    # the schedule is the one this code builds for the configuration: a checkpoint's is compared, never loaded
+    check_same_schedule(ckpt["scheduler"], scheduler)
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     pos = ckpt["position"]

@@ -150,9 +150,10 @@ class DataConfig:
 class ScheduleConfig:
     name: str = "cosine"  # cosine | step | constant
     warmup_epochs: float = 0.0
-    warmup_lr: float = 0.0  # lr at the start of the warm-up, ramps linearly to optimizer.lr
-    # step: epochs counted from the start of training (warm-up included), after the warm-up and
-    # before trainer.epochs; the first step of epoch m + 1 runs at the decayed lr
+    warmup_lr: float = 0.0  # lr at the start of the warm-up (<= optimizer.lr), ramps linearly to optimizer.lr
+    # step: epochs counted from the start of training (warm-up included), after the warm-up; the first
+    # step of epoch m + 1 runs at the decayed lr; one at or beyond trainer.epochs never fires (a
+    # truncated recipe, said at start-up)
     milestones: list[int] = field(default_factory=lambda: [30, 60, 80])
     decay_rate: float = 0.1  # step: lr factor at each milestone
     min_lr: float = 0.0  # cosine: the lr the run ends at (<= optimizer.lr); the cosine spans the steps after the warm-up
@@ -262,21 +263,21 @@ class Config:
 
 
 def _check_schedule_fits(s: ScheduleConfig, epochs: int, lr: float) -> None:
-    """The schedule against the run it schedules (adarem/schedule.py): the warm-up ends within the
-    run, step milestones fall after the warm-up and before the last epoch, and the cosine decays to
-    a min_lr no higher than the lr it starts from."""
-    _require(s.warmup_epochs < epochs,
-             f"schedule.warmup_epochs={s.warmup_epochs} must be < trainer.epochs={epochs} (the warm-up is part of "
-             f"the run and would leave no step after it); lower it or train longer")
+    """The schedule against the run it schedules (adarem/schedule.py): step milestones fall after the
+    warm-up, the warm-up starts no higher than the lr it rises to, and the cosine decays to a min_lr no
+    higher than the lr it starts from. A run shorter than its schedule (milestones at or beyond
+    trainer.epochs, a warm-up as long as the run) is accepted as the schedule cut at trainer.epochs:
+    a smoke run of a longer recipe (adarem.schedule.truncation says so at start-up)."""
     if s.name == "step":
         ms = list(s.milestones)
         _require(bool(ms), "schedule.milestones=[] never decays the lr; give epoch numbers, or use schedule=constant")
-        _require(ms[-1] < epochs,
-                 f"schedule.milestones={ms} must all be < trainer.epochs={epochs} (epochs counted from the start of "
-                 f"training; a later one never decays the lr); drop {[m for m in ms if m >= epochs]} or train longer")
         _require(ms[0] > s.warmup_epochs,
                  f"schedule.milestones={ms} must all be > schedule.warmup_epochs={s.warmup_epochs} (a decay during "
                  f"the warm-up is overridden by it); move the milestones or shorten the warm-up")
+    if s.warmup_epochs > 0:
+        _require(s.warmup_lr <= lr,
+                 f"schedule.warmup_lr={s.warmup_lr} is above optimizer.lr={lr}: the warm-up would lower the lr, not "
+                 f"raise it; set schedule.warmup_lr <= optimizer.lr (0 starts from zero)")
     if s.name == "cosine":
         _require(s.min_lr <= lr,
                  f"schedule.min_lr={s.min_lr} is above optimizer.lr={lr}: the cosine would raise the lr, not decay "

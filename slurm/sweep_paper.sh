@@ -5,6 +5,8 @@
 # trained with the final seeds and scored on val. Each stage is one SLURM job array submitted
 # through submitit (launcher=slurm); compare.py waits for it, reads the run records, and goes on.
 #   SLURM_PARTITION=gpu SLURM_ACCOUNT=me bash slurm/sweep_paper.sh [compare.py keys / train.py overrides]
+#   (dry_run=true: check every configuration, submit nothing; trainer.epochs=1: a smoke run, each recipe's
+#   schedule cut after its first epoch, with a note saying so)
 # Run it where sbatch works (a login node), inside tmux or screen: it waits for days. Launched again
 # with the same arguments, it submits only the trials that have not finished (failed ones run again
 # and resume from their checkpoints). One compare.py per experiment, in parallel; their logs go to

@@ -25,8 +25,13 @@ Protocol, identical for every optimizer (AlgoPerf's and DeepOBS's tuning rules a
 
 Keys of this script (key=value): optimizers=a,b,c  seeds=N  select_seeds=N  search=lr|lr_wd
 lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step; no extension)
-max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR.  Every other
-key=value is a train.py override.
+max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR  dry_run=true (check the
+arguments and every optimizer's configuration as a trial's train.py would, print the plan, launch
+nothing).  Every other key=value is a train.py override.
+A cosine's schedule.min_lr (and a warm-up's schedule.warmup_lr) must not exceed the grid's lowest lr;
+an extension that would go below it is not made, and that edge is flagged in the report. A run
+shorter than its recipe (trainer.epochs=1 of a 90-epoch step schedule) is the recipe's schedule cut
+at trainer.epochs: accepted, with a note saying which part is never reached.
 Where the trials run: launcher=local (default: ``workers`` spawned processes on this machine, each
 with cpus/workers torch threads) or launcher=slurm (each stage's trials as one submitit job array,
 one task per GPU; the comparison waits for the stage, then reads each trial's run.json; submitit's
@@ -61,7 +66,8 @@ from pathlib import Path
 from adarem.config import ConfigError
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
 from adarem.protocol.report import provenance, selection_table
-from adarem.protocol.search import SELECT_SEED0, Search, lowest_lr, lr_factors, score, weight_decays
+from adarem.protocol.search import SELECT_SEED0, Search, lowest_lr, lr_factors, lr_floor, score, weight_decays
+from adarem.schedule import truncation
 
 USAGE = __doc__
 DEFAULTS = {
@@ -81,6 +87,7 @@ DEFAULTS = {
     "runs": "",
     "evals_per_epoch": "4",
     "launcher": "local",
+    "dry_run": "false",
 }
 # launcher=slurm: key -> (environment variable, default), as configs/hydra/launcher/slurm.yaml
 SLURM_KEYS = {
@@ -137,6 +144,9 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     except ValueError as exc:
         fail(f"bad compare.py argument ({exc}); seeds, select_seeds, workers and max_extend are integers, "
              f"lr_span/lr_step numbers, lr_grid comma-separated numbers")
+    if own["dry_run"] not in ("true", "false"):
+        fail(f"dry_run={own['dry_run']!r} must be true or false")
+    own["dry_run"] = own["dry_run"] == "true"
     own["optimizers"] = [o for o in own["optimizers"].split(",") if o]
     if own["seeds"] < 1 or own["select_seeds"] < 1 or own["workers"] < 1 or own["max_extend"] < 0 \
             or own["evals_per_epoch"] < 1 or not own["optimizers"]:
@@ -169,25 +179,28 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         if not ok:
             fail(f"{key}={value!r} (from {key}= or ${SLURM_KEYS[key][0]}) must be "
                  f"{'a number > 0' if key == 'mem_gb' else f'an integer >= {least}'}")
-    # a cosine's schedule.min_lr is one absolute value for every trial, and train.py refuses a run whose
-    # lr is below it: refused here, before any training, if the search can reach such an lr (on the
-    # grid or by extending it), rather than as failed trials that the selection would score as worst
+    # a cosine's schedule.min_lr and a warm-up's schedule.warmup_lr are absolute values, the same for every
+    # trial, and train.py refuses a run whose lr is below them: refused here, before any training, if the
+    # grid holds such an lr, rather than as failed trials that the selection would score as worst.
+    # Extensions stop above them instead (Search.extend), and the report flags that edge.
     try:
         cfg = compose(trial_base(passthrough))
     except Exception:  # noqa: BLE001 - a bad override: compare() reports it in one line
         return own, passthrough
-    min_lr = float(cfg.schedule.min_lr) if cfg.schedule.name == "cosine" else 0.0
-    for opt in own["optimizers"] if min_lr > 0 else ():
+    floor, key = lr_floor(cfg.schedule)
+    for opt in own["optimizers"] if floor > 0 else ():
         try:
             lr0 = float(compose([*trial_base(passthrough), f"optimizer={opt}"]).optimizer.lr)
         except Exception:  # noqa: BLE001 - reported by compare() with the optimizer's name
             continue
-        if lowest_lr(lr0, own) < min_lr:
-            how = f"lr_grid={','.join(f'{m:g}' for m in own['lr_grid'])}" if own["lr_grid"] else f"lr_span={own['lr_span']:g}, lr_step={own['lr_step']:g}, " \
-                                                   f"max_extend={own['max_extend']} (extensions included)"
-            fail(f"schedule.min_lr={min_lr:g} is above the lowest lr the search tries for {opt}, "
-                 f"{lowest_lr(lr0, own):.6g} ({how}): that run's cosine would raise its lr; lower schedule.min_lr "
-                 f"or narrow the grid (lr_span, lr_grid, max_extend=0)")
+        if lowest_lr(lr0, own) < floor:
+            how = f"lr_grid={','.join(f'{m:g}' for m in own['lr_grid'])}" if own["lr_grid"] else \
+                f"lr_span={own['lr_span']:g}, lr_step={own['lr_step']:g}"
+            fail(f"{key} is above the lowest lr of the grid for {opt}, {lowest_lr(lr0, own):.6g} ({how}): that trial "
+                 f"would be refused; lower {key.split('=')[0]} or narrow the grid (lr_span, lr_grid)")
+    note = truncation(cfg.schedule, int(cfg.trainer.epochs))
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     return own, passthrough
 
 
@@ -253,7 +266,7 @@ def compare(argv: list[str]) -> int:
             fail(f"{exc} (with optimizer={opt})")
         ocfg = composed.optimizer
         searches[opt] = Search(opt, float(ocfg.lr), weight_decays(float(ocfg.weight_decay), own["search"]), factors,
-                               own["lr_step"])
+                               own["lr_step"], lr_floor(composed.schedule))
     select_seeds = [SELECT_SEED0 + i for i in range(own["select_seeds"])]
     final_seeds = list(range(own["seeds"]))
 
@@ -271,6 +284,10 @@ def compare(argv: list[str]) -> int:
     print(f"compare: {len(searches)} optimizers x {n_trials} trials x {len(select_seeds)} selection seeds on a "
           f"holdout (search={own['search']}), then {len(final_seeds)} final seeds each; {where}; runs in {runs_root}",
           flush=True)
+    if own["dry_run"]:
+        print(f"dry run: the arguments and every optimizer's configuration are accepted; nothing was launched",
+              flush=True)
+        return 0
     if own["launcher"] == "local":
         dispatcher = LocalDispatcher(own["workers"], threads)
     else:
@@ -295,8 +312,8 @@ def compare(argv: list[str]) -> int:
                 lr, wd, err, _ = srch.best(select_seeds)
                 side = srch.edge(lr)
                 if side in ("low", "high") and math.isfinite(err):
-                    new = srch.extend(side)
-                    todo += [(opt, new, w, s) for w in srch.wds for s in select_seeds]
+                    new = srch.extend(side)  # None: below the schedule's min_lr/warmup_lr (flagged in the report)
+                    todo += [(opt, new, w, s) for w in srch.wds for s in select_seeds] if new is not None else []
             if not todo:
                 break
             print(f"  extending the grid of {sorted({t[0] for t in todo})} by one half-decade step", flush=True)

@@ -50,6 +50,8 @@ def selection_table(searches: dict, chosen: dict, select_seeds: list[int], facto
         lr, wd, err, loss = chosen[opt]
         edge = srch.edge(lr)
         flag = f"**yes ({edge})**" if edge in ("low", "high") else f"**{edge}**" if edge else "no"
+        if edge == "low" and srch.blocked:  # the next lr down would be below schedule.min_lr or warmup_lr
+            flag = f"**yes (low; {srch.blocked})**"
         lines.append(f"| {opt} | {srch.lr0:g} | {', '.join(f'{x:.3g}' for x in srch.lrs)} | "
                      f"{', '.join(f'{w:g}' for w in srch.wds)} | {len(srch.trials())} (x{len(select_seeds)})"
                      f"{f', +{srch.extensions} extension(s)' if srch.extensions else ''} | {lr:.3g} | {wd:g} | "

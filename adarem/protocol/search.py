@@ -32,11 +32,20 @@ def lr_factors(own: dict) -> list[float]:
 
 
 def lowest_lr(lr0: float, own: dict) -> float:
-    """The lowest lr the search of an optimizer whose default lr is ``lr0`` can try: the grid's lowest
-    point, divided by 10^lr_step for each of the ``max_extend`` extensions (none with an lr_grid),
-    rounded as the trial's override writes it."""
-    extend = 0 if own["lr_grid"] else own["max_extend"] * own["lr_step"]
-    return float(f"{lr0 * min(lr_factors(own)) / 10 ** extend:.6g}")
+    """The lowest lr of the grid before extension of an optimizer whose default lr is ``lr0``, rounded
+    as the trial's override writes it. Extensions never go below ``lr_floor`` (Search.extend)."""
+    return float(f"{lr0 * min(lr_factors(own)):.6g}")
+
+
+def lr_floor(schedule) -> tuple[float, str]:
+    """The lowest lr a trial may run at under this schedule (adarem/config.py refuses a lower one),
+    and the key that sets it: a cosine's min_lr, a warm-up's warmup_lr; (0, "") when nothing does."""
+    floors = [(0.0, "")]
+    if schedule.name == "cosine" and float(schedule.min_lr) > 0:
+        floors.append((float(schedule.min_lr), f"schedule.min_lr={float(schedule.min_lr):g}"))
+    if float(schedule.warmup_epochs) > 0 and float(schedule.warmup_lr) > 0:
+        floors.append((float(schedule.warmup_lr), f"schedule.warmup_lr={float(schedule.warmup_lr):g}"))
+    return max(floors)
 
 
 def weight_decays(default_wd: float, search: str) -> list[float]:
@@ -47,11 +56,14 @@ def weight_decays(default_wd: float, search: str) -> list[float]:
 class Search:
     """The trials of one optimizer: scores per (lr, wd), the chosen point, whether it is interior."""
 
-    def __init__(self, opt: str, lr0: float, wds: list[float], factors: list[float], step: float):
+    def __init__(self, opt: str, lr0: float, wds: list[float], factors: list[float], step: float,
+                 floor: tuple[float, str] = (0.0, "")):
         self.opt, self.lr0, self.wds, self.step = opt, lr0, wds, step
         self.lrs = [lr0 * f for f in factors]
         self.results: dict[tuple[float, float, int], dict] = {}
         self.extensions = 0
+        self.floor, self.floor_key = floor  # extensions stop above it (lr_floor)
+        self.blocked = ""  # why the low edge was not extended, for the report
 
     def trials(self) -> list[tuple[float, float]]:
         return [(lr, wd) for lr in self.lrs for wd in self.wds]
@@ -76,8 +88,13 @@ class Search:
             return "not searched (fewer than 3 lrs)"
         return "low" if lr == min(self.lrs) else "high" if lr == max(self.lrs) else ""
 
-    def extend(self, side: str) -> float:
+    def extend(self, side: str) -> float | None:
+        """Add the next lr beyond the ``side`` edge and return it; None, and ``blocked`` says why, when
+        that lr (as the trial's override writes it) is below the schedule's floor: such a run is refused."""
         lr = min(self.lrs) / 10 ** self.step if side == "low" else max(self.lrs) * 10 ** self.step
+        if side == "low" and float(f"{lr:.6g}") < self.floor:
+            self.blocked = f"not extended below: the next lr {lr:.3g} is under {self.floor_key}"
+            return None
         self.lrs.append(lr)
         self.lrs.sort()
         self.extensions += 1

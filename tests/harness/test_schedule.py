@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from timm.scheduler import create_scheduler_v2
 
 from adarem.config import ConfigError, ScheduleConfig, register_configs, validate
-from adarem.schedule import build_scheduler
+from adarem.schedule import build_scheduler, truncation
 from tests.conftest import REPO, read_metrics, run_train
 
 register_configs()
@@ -100,10 +100,10 @@ def make(overrides):
 
 @pytest.mark.parametrize("overrides, message", [
     (["optimizer.lr=0.01", "schedule.min_lr=0.5"], "schedule.min_lr=0.5 is above optimizer.lr=0.01"),
-    (["trainer.epochs=2", "schedule.warmup_epochs=2"], "schedule.warmup_epochs=2.0 must be < trainer.epochs=2"),
-    (["trainer.epochs=2", "schedule.warmup_epochs=5"], "schedule.warmup_epochs=5.0 must be < trainer.epochs=2"),
-    (["schedule=step", "trainer.epochs=10"], "schedule.milestones=[30, 60, 80] must all be < trainer.epochs=10"),
-    (["schedule=step", "trainer.epochs=10", "schedule.milestones=[3,10]"], "drop [10]"),
+    (["optimizer.lr=0.01", "schedule.warmup_epochs=1", "schedule.warmup_lr=0.02"],
+     "schedule.warmup_lr=0.02 is above optimizer.lr=0.01: the warm-up would lower the lr"),
+    (["schedule=step", "optimizer.lr=0.01", "schedule.warmup_epochs=0.5", "schedule.warmup_lr=0.1",
+      "schedule.milestones=[1]"], "schedule.warmup_lr=0.1 is above optimizer.lr=0.01"),
     (["schedule=step", "schedule.milestones=[]"], "schedule.milestones=[] never decays"),
     (["schedule=step", "trainer.epochs=10", "schedule.milestones=[2,5]", "schedule.warmup_epochs=2"],
      "must all be > schedule.warmup_epochs=2.0"),
@@ -120,6 +120,46 @@ def test_what_fits_is_accepted():
     make(["schedule=step", "optimizer.lr=0.01", "schedule.min_lr=0.5", "trainer.epochs=90"])  # step ignores min_lr
     make(["schedule=step", "trainer.epochs=10", "schedule.milestones=[3,9]", "schedule.warmup_epochs=2.5"])
     make(["trainer.epochs=2", "schedule.warmup_epochs=1.5"])
+    make(["optimizer.lr=0.01", "schedule.warmup_lr=0.5"])  # no warm-up: warmup_lr is never used
+    make(["optimizer.lr=0.01", "schedule.warmup_epochs=1", "schedule.warmup_lr=0.01"])  # a flat warm-up
+
+
+@pytest.mark.parametrize("overrides, note", [
+    # the reviewer's short runs of the presets, refused by the previous version
+    (["data=digits", "schedule=step", "trainer.epochs=2"],
+     "schedule truncated at trainer.epochs=2: schedule.milestones [30, 60, 80] are at or beyond trainer.epochs=2 and "
+     "never decay the lr"),
+    (["experiment=paper_mobilenetv2", "trainer.epochs=3"],
+     "the warm-up (schedule.warmup_epochs=5) is cut when the run ends: the lr rises from schedule.warmup_lr only "
+     "60% of the way to optimizer.lr; no cosine decay follows"),
+    (["experiment=paper_resnet18", "trainer.epochs=1", "optimizer=sgd"], "[30, 60, 80] are at or beyond"),
+    (["schedule=step", "trainer.epochs=10", "schedule.milestones=[3,10]"], "schedule.milestones [10] is at or beyond"),
+    (["trainer.epochs=2", "schedule.warmup_epochs=2"], "rises from schedule.warmup_lr only 100% of the way"),
+    (["experiment=paper_resnet50", "trainer.epochs=90"], None),  # the whole recipe: nothing to say
+    (["experiment=paper_shufflenetv2"], None),
+    (["schedule=step", "trainer.epochs=10", "schedule.milestones=[3,9]"], None),
+])
+def test_a_run_shorter_than_its_schedule_is_accepted_and_said_to_be_truncated(overrides, note):
+    cfg = make(overrides)
+    said = truncation(cfg.schedule, cfg.trainer.epochs)
+    assert (said is None) if note is None else (note in said and "\n" not in said), said
+
+
+def test_a_truncated_schedule_is_the_recipes_first_epochs_never_a_stretched_one():
+    # a 5-epoch warm-up in a 3-epoch run keeps its slope: after 3 epochs the lr is 3/5 of the way
+    f = lrs(ScheduleConfig(name="cosine", warmup_epochs=5, warmup_lr=0.0), epochs=3)
+    g = lrs(ScheduleConfig(name="cosine", warmup_epochs=5, warmup_lr=0.0), epochs=150)  # the recipe
+    assert f == g[: 3 * S + 1]
+    assert f[-1] == pytest.approx(LR * 3 / 5) and all(b > a for a, b in zip(f, f[1:]))
+    # a warm-up exactly as long as the run reaches the lr when the last step ends
+    f = lrs(ScheduleConfig(name="cosine", warmup_epochs=2, warmup_lr=0.0), epochs=2)
+    assert f[-1] == pytest.approx(LR) and f[-2] < LR
+    # milestones 30/60/80 in 2 epochs: the 90-epoch recipe's first two epochs, a constant lr
+    f = lrs(ScheduleConfig(name="step"), epochs=2)
+    assert f == lrs(ScheduleConfig(name="step"), epochs=90)[: 2 * S + 1] == [LR] * (2 * S + 1)
+    # one milestone inside, one beyond: the first fires at its epoch, the second never
+    f = lrs(ScheduleConfig(name="step", milestones=[1, 5], decay_rate=0.1), epochs=3)
+    assert f[S - 1] == LR and f[S:] == [pytest.approx(LR * 0.1)] * (2 * S + 1)
 
 
 def test_train_py_refuses_min_lr_above_lr_in_one_line(env, tmp_path):
@@ -136,3 +176,18 @@ def test_train_py_with_warmup_ends_at_min_lr(env, tmp_path):
     epochs = [m for m in read_metrics(tmp_path / "run") if m["type"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert epochs[0]["lr"] == pytest.approx(0.1) and epochs[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_train_py_runs_a_short_smoke_run_of_a_step_recipe_and_says_it_is_truncated(env, tmp_path):
+    """The reviewer's command, refused by the previous version: data=digits schedule=step trainer.epochs=2
+    (milestones 30/60/80). It trains at the constant lr and says so once on stderr."""
+    res = run_train(["data=digits", "schedule=step"], env, tmp_path / "run")  # FAST: trainer.epochs=2
+    assert res.returncode == 0, res.stderr[-2000:]
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: schedule truncated")]
+    assert notes == ["note: schedule truncated at trainer.epochs=2: schedule.milestones [30, 60, 80] are at or beyond "
+                     "trainer.epochs=2 and never decay the lr (the recipe's first 2 epoch(s), as a smoke run; the full "
+                     "schedule needs more epochs)"], res.stderr
+    epochs = [m for m in read_metrics(tmp_path / "run") if m["type"] == "epoch"]
+    assert [e["lr"] for e in epochs] == [pytest.approx(0.1), pytest.approx(0.1)]
+    plain = run_train(["data=digits"], env, tmp_path / "cosine")  # a schedule that fits: no note
+    assert plain.returncode == 0 and "note: schedule" not in plain.stderr, plain.stderr[-2000:]

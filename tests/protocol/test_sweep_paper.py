@@ -1,9 +1,12 @@
 """slurm/sweep_paper.sh: one compare.py launcher=slurm per paper experiment, with the ImageNet
-holdout; checked with a stand-in interpreter that records its arguments."""
+holdout; checked with a stand-in interpreter that records its arguments, and with the real one and
+compare.py's dry_run=true, which composes and checks every preset x optimizer configuration as its
+trials would (a refused configuration fails the sweep) and submits nothing."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 
 from tests.conftest import REPO
 
@@ -22,3 +25,28 @@ def test_sweep_paper_runs_the_protocol_on_each_experiment(tmp_path, env):
         assert args == ["scripts/compare.py", f"experiment={exp}", "launcher=slurm",
                         "optimizers=sgd,sgd_plain,adam,adamw,adarem,adarem_m,adarem_nodecay", "seeds=5", "select_seeds=2",
                         "data.holdout_fraction=0.01", "trainer.epochs=1"], args
+
+
+def test_sweep_paper_configurations_are_accepted_by_the_real_compare(tmp_path, env):
+    """The smoke run slurm/README.md documents (trainer.epochs=1 of 90- and 150-epoch recipes): every
+    preset with every default optimizer must compose and pass train.py's checks; the previous schedule
+    checks refused all four. A refused configuration exits 2, and the sweep with it."""
+    logs = tmp_path / "logs"
+    res = subprocess.run(["bash", str(REPO / "slurm" / "sweep_paper.sh"), "dry_run=true", "trainer.epochs=1",
+                          f"runs={tmp_path / 'runs'}", f"out={tmp_path / 'out'}"], cwd=tmp_path,
+                         env=dict(env, ADAREM_PYTHON=sys.executable, LOGS=str(logs)), capture_output=True, text=True,
+                         timeout=600)
+    texts = {p.name: p.read_text() for p in logs.glob("compare_*.log")}
+    assert res.returncode == 0, (res.stdout, texts)
+    assert len(texts) == 4
+    for name, text in texts.items():
+        assert "dry run: the arguments and every optimizer's configuration are accepted" in text, (name, text)
+        assert "note: schedule truncated at trainer.epochs=1" in text, (name, text)
+    # and a configuration that is refused fails the sweep, in one line per experiment
+    bad = subprocess.run(["bash", str(REPO / "slurm" / "sweep_paper.sh"), "dry_run=true", "trainer.epochs=1",
+                          "schedule.min_lr=0.05", f"runs={tmp_path / 'runs'}", f"out={tmp_path / 'out'}"],
+                         cwd=tmp_path, env=dict(env, ADAREM_PYTHON=sys.executable, LOGS=str(logs),
+                                                EXPERIMENTS="paper_mobilenetv2"),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stdout
+    assert (logs / "compare_paper_mobilenetv2.log").read_text().startswith("error: schedule.min_lr=0.05 is above")

@@ -41,17 +41,58 @@ def test_repeats_are_found_as_numbers(capsys):
     assert own["lr_grid"] == [0.1, 1.0, 10.0]
 
 
-def test_min_lr_above_an_lr_the_search_can_reach_is_refused(capsys):
-    # sgd's default lr 0.1: the grid's lowest point 0.01; each extension divides by 10^0.5
-    err = parse_error(["optimizers=sgd", "schedule.min_lr=0.005", "max_extend=1"], capsys)
-    assert "schedule.min_lr=0.005 is above the lowest lr the search tries for sgd, 0.00316228" in err
-    assert "max_extend=1 (extensions included)" in err
-    cli.parse(["optimizers=sgd", "schedule.min_lr=0.005", "max_extend=0"])  # 0.01 is the lowest: fits
-    cli.parse(["optimizers=sgd", "schedule.min_lr=0.005", "lr_grid=0.1,1"])  # a grid is never extended
-    err = parse_error(["optimizers=sgd,adam", "schedule.min_lr=0.005", "max_extend=0"], capsys)
+def test_min_lr_above_the_grid_is_refused_and_extensions_are_not_counted(capsys):
+    # sgd's default lr 0.1: the grid's lowest point 0.01
+    err = parse_error(["optimizers=sgd", "schedule.min_lr=0.02"], capsys)
+    assert "schedule.min_lr=0.02 is above the lowest lr of the grid for sgd, 0.01 (lr_span=1, lr_step=0.5)" in err
+    cli.parse(["optimizers=sgd", "schedule.min_lr=0.005", "max_extend=3"])  # extensions stop above it instead
+    cli.parse(["optimizers=sgd,adamw", "schedule.min_lr=1e-5"])  # the reviewer's command: adamw's grid starts at 1e-4
+    err = parse_error(["optimizers=sgd,adam", "schedule.min_lr=0.005"], capsys)
     assert "for adam, 0.0001 " in err  # adam's default lr is 1e-3
+    assert "lr_grid=0.1,1" in parse_error(["optimizers=sgd", "schedule.min_lr=0.02", "lr_grid=0.1,1"], capsys)
     cli.parse(["optimizers=sgd,adam", "schedule=step", "trainer.epochs=90", "schedule.min_lr=0.005"])  # unused
     cli.parse(["optimizers=sgd,adam"])  # min_lr 0: nothing composed per optimizer, nothing refused
+
+
+def test_warmup_lr_above_the_grid_is_refused_and_unused_without_warmup(capsys):
+    err = parse_error(["optimizers=sgd", "schedule.warmup_epochs=1", "schedule.warmup_lr=0.02"], capsys)
+    assert "schedule.warmup_lr=0.02 is above the lowest lr of the grid for sgd, 0.01" in err
+    cli.parse(["optimizers=sgd", "schedule.warmup_lr=0.02"])  # no warm-up: warmup_lr is never used
+
+
+def test_an_extension_below_min_lr_is_not_made_and_the_edge_is_flagged():
+    from adarem.protocol.report import selection_table
+    from adarem.protocol.search import Search, lr_factors, lr_floor
+    from omegaconf import OmegaConf
+
+    floor = lr_floor(OmegaConf.create({"name": "cosine", "min_lr": 0.005, "warmup_epochs": 0, "warmup_lr": 0}))
+    assert floor == (0.005, "schedule.min_lr=0.005")
+    own = {"lr_grid": [], "lr_span": 1.0, "lr_step": 0.5}
+    srch = Search("sgd", 0.1, [0.0], lr_factors(own), 0.5, floor)
+    for lr, wd in srch.trials():  # the best on the low edge, 0.01
+        srch.results[(lr, wd, 1000)] = {"status": "finished", "err": 10 + lr, "loss": 1.0}
+    assert srch.edge(srch.best([1000])[0]) == "low"
+    assert srch.extend("low") is None and srch.extensions == 0 and min(srch.lrs) == pytest.approx(0.01)
+    assert srch.blocked == "not extended below: the next lr 0.00316 is under schedule.min_lr=0.005"
+    assert srch.extend("high") == pytest.approx(1.0 * 10 ** 0.5)  # the other side is unaffected
+    table = selection_table({"sgd": srch}, {"sgd": srch.best([1000])}, [1000], lr_factors(own))
+    assert "**yes (low; not extended below: the next lr 0.00316 is under schedule.min_lr=0.005)**" in table
+    # with the floor below the next lr, the extension is made
+    low = Search("sgd", 0.1, [0.0], lr_factors(own), 0.5, (0.003, "schedule.min_lr=0.003"))
+    assert low.extend("low") == pytest.approx(0.01 / 10 ** 0.5) and not low.blocked
+    warm = lr_floor(OmegaConf.create({"name": "step", "min_lr": 0.5, "warmup_epochs": 1, "warmup_lr": 0.002}))
+    assert warm == (0.002, "schedule.warmup_lr=0.002")  # step ignores min_lr; a warm-up's start counts
+
+
+def test_compare_dry_run_of_a_short_preset_run_is_accepted_with_a_note(env, tmp_path):
+    """The reviewer's command, refused by the previous version: a 1-epoch smoke run of the 90-epoch
+    step recipe. dry_run=true checks every optimizer's configuration as its trials would, launches nothing."""
+    res = compare(["experiment=paper_resnet18", "trainer.epochs=1", "optimizers=sgd", "dry_run=true"], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "note: schedule truncated at trainer.epochs=1: schedule.milestones [30, 60, 80] are at or beyond" in res.stderr
+    assert "dry run:" in res.stdout and not (tmp_path / "runs").exists()
+    bad = compare(["optimizers=sgd", "dry_run=maybe"], env, tmp_path)
+    assert bad.returncode == 2 and bad.stderr == "error: dry_run='maybe' must be true or false\n"
 
 
 @pytest.mark.parametrize("targets, says", [
