@@ -93,36 +93,71 @@ def optimizer_presets() -> dict[str, dict]:
     return presets
 
 
+# The optimizer keys of OPTIMIZER_OWN each optimizer reads (adarem/optim/factory.py). Every preset
+# sets each of them (tests/results/test_tables.py checks it), so a run's label compares with its preset
+# only; a key the optimizer never reads (beta for SGD) changes nothing and is not compared.
+READS = {"sgd": ("momentum",), "adam": ("betas",), "adamw": ("betas",),
+         "adarem": ("beta", "decay", "decay_horizon", "momentum")}
+
+
+def _same(a, b) -> bool:
+    """Equal as numbers (1 and 1.0, 1e-4 and 0.0001, a list and a tuple), else as JSON."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return json.dumps(a, default=str) == json.dumps(b, default=str)
+
+
 def _spell(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, list) else str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_spell(x) for x in v) + "]"
+    return format(v, ".10g") if isinstance(v, float) else str(v)
 
 
 def optimizer_label(opt: dict) -> str:
     """A run's optimizer as the tables name it: its variant (the preset's name), followed by the
-    preset's own keys it changed, ``sgd (momentum=0)``: SGD without momentum is not the SGD-momentum
-    the claims compare with, however its preset was named on the command line."""
+    preset's keys its optimizer reads that the run changed, ``sgd (momentum=0)``: SGD without
+    momentum is not the SGD-momentum the claims compare with, however its preset was named on the
+    command line. A key a record lacks (written before the key existed) is the preset's. Labels
+    follow today's presets (configs/optimizer/): a preset retuned later renames older runs."""
     variant = opt.get("variant") or opt.get("name")
     preset = optimizer_presets().get(variant)
     if preset is None:
         return str(variant)
-    changed = [f"{k}={_spell(opt[k])}" for k in sorted(preset) if k not in (*SEARCHED, "variant")
-               and k in opt and json.dumps(opt[k]) != json.dumps(preset[k])
-               and not (isinstance(opt[k], (int, float)) and isinstance(preset[k], (int, float))
-                        and float(opt[k]) == float(preset[k]))]
+    name = opt.get("name", preset.get("name"))
+    if not _same(name, preset.get("name")):
+        return f"{variant} (name={name})"
+    reads = list(READS.get(str(name), ()))
+    try:
+        horizon = float(opt.get("decay_horizon", preset.get("decay_horizon", 0.0)) or 0.0)
+    except (TypeError, ValueError):
+        horizon = 0.0
+    if name == "adarem" and horizon > 0:
+        reads.remove("decay")  # lambda comes from the horizon: the decay key is not read
+    changed = [f"{k}={_spell(opt[k])}" for k in reads if k in opt and k in preset and not _same(opt[k], preset[k])]
     return f"{variant} ({'; '.join(changed)})" if changed else str(variant)
 
 
-def _label_unset_own_keys(runs: pd.DataFrame, own: list[dict]) -> None:
-    """Within a setting, configurations of one label that differ in an optimizer key their preset
-    leaves at the schema default (optimizer.decay_horizon for adarem...) are told apart by it."""
-    keys = [k.split(".", 1)[1] for k in OPTIMIZER_OWN if k.split(".", 1)[1] not in (*SEARCHED, "name", "variant")]
-    for _, g in runs.groupby(["dataset", "model", "setting_id", "optimizer"]):
-        differing = [k for k in keys if len({json.dumps(own[i].get(k)) for i in g.index}) > 1]
-        if differing:
-            for i in g.index:
-                extra = "; ".join(f"{k}={_spell(own[i].get(k))}" for k in differing)
-                base = runs.at[i, "optimizer"]
-                runs.at[i, "optimizer"] = f"{base[:-1]}; {extra})" if base.endswith(")") else f"{base} ({extra})"
+# The data identity's content keys (adarem/data/identity.py), recorded since ad3a920: run records
+# written before lack them. Ids hash the other keys; runs of one data root that recorded different
+# contents are told apart afterwards (_split_by_content), so an old record still pools with new
+# ones of the same data, and runs on changed data never pool.
+CONTENT_KEYS = ("train_images", "val_images", "train_sha1", "val_sha1")
+
+
+def _base(data_identity: dict | None) -> dict | None:
+    if not isinstance(data_identity, dict):
+        return data_identity
+    return {k: v for k, v in data_identity.items() if k not in CONTENT_KEYS}
+
+
+def _content(data_identity: dict | None) -> str | None:
+    """A digest of the content keys a record holds; None for a record written before them."""
+    if not isinstance(data_identity, dict) or not any(k in data_identity for k in CONTENT_KEYS):
+        return None
+    return _digest({k: data_identity.get(k) for k in CONTENT_KEYS}, 10)
 
 
 def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None, bn_batch: int | None) -> dict:
@@ -132,7 +167,7 @@ def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None
     kept = {k: v for k, v in flat.items()
             if not any(k == p or k.startswith(p + ".") for p in ignored) and not is_neutral(k, v)}
     if data_identity:
-        kept["_data_identity"] = data_identity
+        kept["_data_identity"] = _base(data_identity)
     if bn_batch is not None:
         kept["bn_batch"] = bn_batch
     return kept
@@ -194,7 +229,7 @@ def data_id(data_identity: dict | None) -> str:
     """A short hash of a run's data identity ("none" for a record without one)."""
     if not data_identity:
         return "none"
-    return hashlib.sha1(json.dumps(data_identity, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return hashlib.sha1(json.dumps(_base(data_identity), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
 def read_metrics_lines(path: Path) -> tuple[list[dict], list[str]]:
@@ -233,13 +268,44 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(dirs)
 
 
+def _split_by_content(runs: pd.DataFrame, listed: pd.DataFrame, settings: dict, setting_configs: dict) -> list[dict]:
+    """Runs of one data identity (without its content keys) that recorded different contents
+    (images added, classes swapped) get their own config, setting and data ids, in place, in both
+    frames (decided on ``listed``, every record read); a record without content keys among them
+    cannot be placed and keeps the bare ids, apart from every content, and is listed. One content
+    (or none recorded): nothing changes."""
+    split = {}  # run_dir -> its content, or None (unplaceable), in data ids recorded with several contents
+    for n_contents, g in ((len(set(g.content.dropna())), g) for _, g in listed.groupby("data_id")):
+        if n_contents > 1:
+            split.update({d: (c if isinstance(c, str) else None, n_contents) for d, c in zip(g.run_dir, g.content)})
+    problems = []
+    for frame in (runs, listed):
+        for i in frame.index[frame.run_dir.isin(split)] if not frame.empty else []:
+            c, n_contents = split[frame.at[i, "run_dir"]]
+            if c is None:
+                if frame is runs:
+                    problems.append({"run_dir": frame.at[i, "run_dir"], "problem": (
+                        f"recorded before data contents were hashed, beside runs of the same data root on "
+                        f"{n_contents} different contents: kept apart from all of them")})
+                continue
+            old = frame.at[i, "setting_id"]
+            new = _digest({"setting": old, "content": c}, 10)
+            frame.at[i, "setting_id"] = new
+            frame.at[i, "data_id"] = _digest({"data": frame.at[i, "data_id"], "content": c}, 6)
+            if frame is runs:
+                frame.at[i, "config_id"] = _digest({"config": frame.at[i, "config_id"], "content": c}, 10)
+                if new not in settings:
+                    settings[new] = {**settings[old], "_data_content": c}
+                    setting_configs[new] = {**setting_configs[old], "data contents": c}
+    return problems
+
+
 def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
     """Every run record under ``root``. ``newest_comparison``: where compare.py's manifests say
     which finals are which comparison's, each optimizer's runs are its newest comparison's
     (adarem/results/comparisons.py); compare.py's own report, which names its runs, turns it off."""
     rows, epoch_rows, osc_rows, eval_rows, iter_rows, problems = [], [], [], [], [], []
     listed = []  # every record read, complete or not: which comparison covers which optimizer
-    own = []  # per row, its optimizer config
     settings: dict[str, dict] = {}  # setting id -> its items, for labels
     setting_configs: dict[str, dict] = {}  # setting id -> a flattened config of one of its runs
     for run_dir in find_run_dirs(root):
@@ -265,7 +331,8 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
         opt = cfg.get("optimizer") or {}
         listed.append({"run_dir": rel, "dataset": (cfg.get("data") or {}).get("name"),
                        "model": (cfg.get("model") or {}).get("name"), "setting_id": _digest(setting, 10),
-                       "optimizer": optimizer_label(opt)})
+                       "optimizer": optimizer_label(opt), "data_id": data_id(run.get("data_identity")),
+                       "content": _content(run.get("data_identity"))})
         if status not in FINAL_STATUSES:
             problems.append({"run_dir": rel, "problem": f"incomplete (status {status}): excluded"})
             continue
@@ -292,9 +359,11 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
                                  f"lines for {n_epochs} epochs, last evaluated error {final.get('val_top1_err')} vs final "
                                  f"{recorded['val_top1_err']}): excluded"})
                 continue
+        git = run.get("git") if isinstance(run.get("git"), dict) else {}
         rows.append({
             "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
             "dataset": data.get("name"), "data_id": data_id(run.get("data_identity")),
+            "content": _content(run.get("data_identity")),
             "eval_on": data.get("eval_on", "val"),
             "model": cfg.get("model", {}).get("name"),
             "optimizer": optimizer_label(opt), "lr": opt.get("lr"),
@@ -318,11 +387,10 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
             "evals_per_epoch": trainer.get("evals_per_epoch", 1),
             "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
             # the code that trained it: a reused finished run keeps the commit it was trained at
-            "commit": str((run.get("git") or {}).get("commit") or "unrecorded")[:10],
-            "dirty": bool((run.get("git") or {}).get("dirty")),
+            "commit": str(git.get("commit") or "unrecorded")[:10],
+            "dirty": git.get("dirty") is True,
             "setting_id": _digest(setting, 10),
         })
-        own.append(opt)
         settings[rows[-1]["setting_id"]] = setting
         setting_configs[rows[-1]["setting_id"]] = {**flatten(cfg), "bn_batch": bn or "global batch"}
         for r in lines:
@@ -347,11 +415,11 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
                                  "path_efficiency": float(eff) if isinstance(eff, (int, float)) else math.nan})
 
     runs = pd.DataFrame(rows)
-    if not runs.empty:
-        _label_unset_own_keys(runs, own)
+    listed = pd.DataFrame(listed, columns=["run_dir", "dataset", "model", "setting_id", "optimizer", "data_id",
+                                           "content"])
+    problems += _split_by_content(runs, listed, settings, setting_configs)
     if newest_comparison:
-        runs, notes = newest_comparison_only(runs, pd.DataFrame(listed, columns=["run_dir", "dataset", "model",
-                                                                                 "setting_id", "optimizer"]))
+        runs, notes = newest_comparison_only(runs, listed)
         problems += notes
     if not runs.empty:
         # same configuration and seed twice: keep the first started, list the others

@@ -78,8 +78,11 @@ def code_line(runs: pd.DataFrame) -> str:
     versions = _code_versions(runs)
     if not versions:
         return ""
-    return "Trained at: " + "; ".join(f"commit {c}{' with uncommitted changes' if d else ''} ({n} runs)"
-                                      for c, d, n in versions) + ".\n"
+    def version(c, d, n):
+        what = "git not recorded" if c == "unrecorded" else f"commit {c}{' with uncommitted changes' if d else ''}"
+        return f"{what} ({n} run{'s' if n != 1 else ''})"
+
+    return "Trained at: " + "; ".join(version(*v) for v in versions) + ".\n"
 
 
 def code_notes(runs: pd.DataFrame) -> list[dict]:
@@ -89,8 +92,9 @@ def code_notes(runs: pd.DataFrame) -> list[dict]:
     if not versions:
         return []
     notes = []
-    if len({c for c, _, _ in versions}) > 1:
-        notes.append({"run_dir": "(code)", "problem": f"runs trained at {len({c for c, _, _ in versions})} commits "
+    commits = {c for c, _, _ in versions} - {"unrecorded"}
+    if len(commits) > 1:
+        notes.append({"run_dir": "(code)", "problem": f"runs trained at {len(commits)} commits "
                       f"(see 'Trained at'): a difference between optimizers may be a difference between code "
                       f"versions; rerun the comparison into a fresh runs folder to compare one version"})
     dirty = sum(n for _, d, n in versions if d)

@@ -390,7 +390,8 @@ def test_a_preset_run_with_its_own_keys_changed_is_another_optimizer(tmp_path):
         run(f"adarem_h{s}", "adarem", s, 8.0 + 0.1 * s, decay_horizon=0.5)
         run(f"sgd_lr{s}", "sgd", s, 11.0 + 0.1 * s, momentum=0.9, lr=0.3)
     rs = load_runs(tmp_path / "runs")
-    assert set(rs.runs.optimizer) == {"sgd", "sgd (momentum=0)", "adarem (decay_horizon=0)", "adarem (decay_horizon=0.5)"}
+    # plain AdaRem (decay_horizon 0, as its preset) keeps its name: only the deviating runs are renamed
+    assert set(rs.runs.optimizer) == {"sgd", "sgd (momentum=0)", "adarem", "adarem (decay_horizon=0.5)"}
     from adarem.results.tables import selected_groups, selection_notes
 
     sel = selected_groups(rs.runs)
@@ -467,5 +468,56 @@ def test_the_report_names_the_code_that_trained_the_runs(tmp_path):
         record["git"] = {"commit": commit, "dirty": dirty}
         (d / "run.json").write_text(json.dumps(record))
     text = write_report(load_runs(root), tmp_path / "out", CLAIMS_FILE, "test")
-    assert "Trained at: commit aaaaaaaaaa (2 runs); commit bbbbbbbbbb with uncommitted changes (1 runs)." in text
+    assert "Trained at: commit aaaaaaaaaa (2 runs); commit bbbbbbbbbb with uncommitted changes (1 run)." in text
     assert "runs trained at 2 commits" in text and "1 run(s) trained with uncommitted changes" in text
+
+
+def test_every_preset_sets_the_keys_its_optimizer_reads_and_spellings_do_not_split():
+    """optimizer_label compares a run with its preset: each preset must set every key of
+    OPTIMIZER_OWN its optimizer reads (adarem_horizon's decay is not read), and a record written
+    before a key existed, or spelling a number differently, is still the preset."""
+    from adarem.results.records import READS, optimizer_label, optimizer_presets
+
+    presets = optimizer_presets()
+    assert {"sgd", "sgd_plain", "adam", "adamw", "adarem", "adarem_m", "adarem_nodecay", "adarem_horizon"} <= set(presets)
+    for variant, preset in presets.items():
+        missing = set(READS[preset["name"]]) - set(preset) - ({"decay"} if preset.get("decay_horizon", 0) else set())
+        assert not missing, (variant, missing)
+        assert optimizer_label(dict(preset)) == variant
+    old = {k: v for k, v in presets["adarem"].items() if k != "decay_horizon"}
+    assert optimizer_label(old) == "adarem"
+    assert optimizer_label({**presets["adam"], "betas": (0.9, 0.999), "momentum": 0}) == "adam"  # SGD's key: not read
+    assert optimizer_label({**presets["sgd"], "momentum": 0.95}) == "sgd (momentum=0.95)"
+    assert optimizer_label({**presets["sgd"], "momentum": 0.9500001}) == "sgd (momentum=0.9500001)"
+    assert optimizer_label({**presets["adarem_horizon"], "decay": 0.5}) == "adarem_horizon"  # decay not read
+    assert optimizer_label({**presets["adarem"], "decay_horizon": 1.0}) == "adarem (decay_horizon=1)"
+
+
+def test_records_before_content_hashes_pool_with_new_ones_and_other_contents_never_do(tmp_path):
+    """data_identity gained content keys (train_sha1 ...): a record without them pools with new
+    records of the same data; records of one data root with two contents (classes swapped) are two
+    datasets, and an old record beside both cannot be placed, so it is kept apart and listed."""
+    base = {"name": "toy", "root": "/data/toy", "eval_on": "val", "train_samples": 96, "val_samples": 32,
+            "num_classes": 10, "classes_sha1": "abc"}
+
+    def run(root, name, seed, identity, err=10.0):
+        d = make_run(root, name, "sgd", seed, [40.0, 20.0, err + 0.1 * seed])
+        record = json.loads((d / "run.json").read_text())
+        record["data_identity"] = identity
+        (d / "run.json").write_text(json.dumps(record))
+
+    a = {**base, "train_images": 100, "val_images": 32, "train_sha1": "aaa", "val_sha1": "vvv"}
+    one = tmp_path / "one"
+    run(one, "old0", 0, base)
+    run(one, "new1", 1, a)
+    rs = load_runs(one)
+    assert rs.runs.config_id.nunique() == 1 and set(rs.runs.dataset) == {"toy"} and not rs.problems
+
+    two = tmp_path / "two"
+    run(two, "old0", 0, base)
+    run(two, "a1", 1, a)
+    run(two, "b2", 2, {**a, "train_sha1": "bbb"}, err=30.0)
+    rs = load_runs(two)
+    assert rs.runs.config_id.nunique() == 3 and rs.runs.dataset.nunique() == 3
+    (problem,) = rs.problems
+    assert problem["run_dir"].endswith("old0") and "kept apart from all of them" in problem["problem"]
