@@ -197,11 +197,12 @@ def check_same_schedule(saved, scheduler) -> None:
                                                for x, y in zip(theirs, ours)):
             first = t
             break
-    if first is None:
+    if first is None and not any(k.startswith("noise") for k in differ):  # noise is applied outside _get_lr
         return  # written differently, the same lr at every step (e.g. a cycle_decay with one cycle)
+    where = "the lr noise differs" if first is None else f"first different lr after step {first}"
     shown = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {built[k]!r} here" for k in differ[:4])
     raise CheckpointError(f"the checkpoint's lr schedule differs from the one this code builds for its configuration "
-                          f"({shown}{'; ...' if len(differ) > 4 else ''}; first different lr after step {first}): it "
+                          f"({shown}{'; ...' if len(differ) > 4 else ''}; {where}): it "
                           f"was written by another version of adarem/schedule.py; finish it with that version, or "
                           f"start a new run (resume=never with a new hydra.run.dir)")
 

@@ -32,7 +32,7 @@ from adarem.reproducibility import seed_everything
 from adarem.run_dir import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run_identity import run_id
 from adarem.run_record import MetricsLog, RunRecord, now
-from adarem.schedule import build_scheduler
+from adarem.schedule import build_scheduler, truncation
 from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
 
@@ -253,6 +253,8 @@ def open_record(run: Run, data_id: dict) -> None:
                       per_rank_batch=config.trainer.batch_size // dist.world_size, bn_batch=run.bn_batch,
                       **({"adarem_decay": run.optimizer.defaults["decay"]} if config.optimizer.name == "adarem" else {}),
                       steps_per_epoch=len(data.train), train_samples_per_epoch=data.train.num_samples,
+                      # a smoke run of a longer recipe says so where the tables read it, not only on stderr
+                      schedule_truncated=truncation(config.schedule, config.trainer.epochs),
                       val_samples=data.val.num_samples)
     run.metrics = MetricsLog(run.run_dir, dist.is_main)
     lost = run.metrics.open(keep_lines=run.plan.checkpoint["metrics_lines"] if run.plan.checkpoint else 0)

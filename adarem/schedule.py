@@ -53,8 +53,9 @@ def truncation(cfg: ScheduleConfig, epochs: int) -> str | None:
     elif cfg.name == "step":
         late = [m for m in cfg.milestones if m >= epochs]
         if late:
-            parts.append(f"schedule.milestones {late} {'is' if len(late) == 1 else 'are'} at or beyond trainer.epochs="
-                         f"{epochs} and never decay the lr")
+            one = len(late) == 1
+            parts.append(f"schedule.milestones {late} {'is' if one else 'are'} at or beyond trainer.epochs="
+                         f"{epochs} and never {'decays' if one else 'decay'} the lr")
     if not parts:
         return None
     return (f"schedule truncated at trainer.epochs={epochs}: {'; '.join(parts)} (the recipe's first {epochs} "

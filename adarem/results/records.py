@@ -154,16 +154,33 @@ def _base(data_identity: dict | None) -> dict | None:
 
 
 def _content(data_identity: dict | None) -> str | None:
-    """A digest of the content keys a record holds; None for a record written before them."""
-    if not isinstance(data_identity, dict) or not any(k in data_identity for k in CONTENT_KEYS):
+    """A digest of the content keys; None for a record without all of them (written before them)."""
+    if not isinstance(data_identity, dict) or not all(k in data_identity for k in CONTENT_KEYS):
         return None
     return _digest({k: data_identity.get(k) for k in CONTENT_KEYS}, 10)
+
+
+def _unread_keys(flat: dict) -> tuple[str, ...]:
+    """The optimizer keys of OPTIMIZER_OWN the run's optimizer does not read (READS)."""
+    name = flat.get("optimizer.name")
+    if name not in READS:
+        return ()
+    reads = set(READS[name])
+    try:
+        if name == "adarem" and float(flat.get("optimizer.decay_horizon") or 0.0) > 0:
+            reads.discard("decay")
+    except (TypeError, ValueError):
+        pass
+    own = {k.split(".", 1)[1] for k in OPTIMIZER_OWN} - {"name", "variant", *SEARCHED}
+    return tuple(f"optimizer.{k}" for k in sorted(own - reads))
 
 
 def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None, bn_batch: int | None) -> dict:
     flat = flatten(config)
     # a key added to the schema later, at its neutral value, is left out (adarem/run_identity.py):
-    # a record written before the key existed pools with one written after it
+    # a record written before the key existed pools with one written after it; so is an optimizer key
+    # the run's optimizer never reads (momentum for Adam): it changes nothing in training
+    ignored = ignored + _unread_keys(flat)
     kept = {k: v for k, v in flat.items()
             if not any(k == p or k.startswith(p + ".") for p in ignored) and not is_neutral(k, v)}
     if data_identity:
@@ -389,6 +406,7 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
             # the code that trained it: a reused finished run keeps the commit it was trained at
             "commit": str(git.get("commit") or "unrecorded")[:10],
             "dirty": git.get("dirty") is True,
+            "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
             "setting_id": _digest(setting, 10),
         })
         settings[rows[-1]["setting_id"]] = setting

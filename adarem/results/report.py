@@ -104,6 +104,16 @@ def code_notes(runs: pd.DataFrame) -> list[dict]:
     return notes
 
 
+def truncation_notes(runs: pd.DataFrame) -> list[dict]:
+    """A flag per kind of truncated schedule (run.json's schedule_truncated: a smoke run of a longer
+    recipe): its numbers are the recipe's first epochs, not the recipe's."""
+    if runs.empty or "schedule_truncated" not in runs:
+        return []
+    cut = runs[runs.schedule_truncated.astype(bool)]
+    return [{"run_dir": f"(schedule) {len(g)} run{'s' if len(g) != 1 else ''} of {', '.join(sorted(set(g.optimizer)))}",
+             "problem": note} for note, g in cut.groupby("schedule_truncated")]
+
+
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),
                  preamble: str = "") -> str:
     """tables.md (+ CSV, LaTeX, plots) in out_dir; ``preamble`` (Markdown) goes right after the
@@ -134,7 +144,7 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
         if not verdicts.empty:
             verdicts[CSV_COLUMNS].to_csv(out_dir / "claims.csv", index=False)
             parts.append(claims_markdown(verdicts))
-    problems = pd.concat([rs.problems_frame, pd.DataFrame(selection_notes(rs.runs) + code_notes(rs.runs),
+    problems = pd.concat([rs.problems_frame, pd.DataFrame(selection_notes(rs.runs) + code_notes(rs.runs) + truncation_notes(rs.runs),
                                                           columns=["run_dir", "problem"])], ignore_index=True)
     parts.append("## Excluded or flagged runs\n\n" + (problems.to_markdown(index=False) if not problems.empty else "None.") + "\n")
     pngs = plot_curves(rs, out_dir / "plots")

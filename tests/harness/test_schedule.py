@@ -3,6 +3,7 @@ checks that a schedule fits its run (adarem/config.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -189,5 +190,12 @@ def test_train_py_runs_a_short_smoke_run_of_a_step_recipe_and_says_it_is_truncat
                      "schedule needs more epochs)"], res.stderr
     epochs = [m for m in read_metrics(tmp_path / "run") if m["type"] == "epoch"]
     assert [e["lr"] for e in epochs] == [pytest.approx(0.1), pytest.approx(0.1)]
+    # ...and says it where the tables read it: run.json, and a flag in make_tables' report
+    assert "note: " + json.loads((tmp_path / "run" / "run.json").read_text())["schedule_truncated"] == notes[0]
+    from adarem.results import load_runs, write_report
+
+    text = write_report(load_runs(tmp_path / "run"), tmp_path / "tables", None, "test")
+    assert "(schedule) 1 run of adarem" in text and "schedule truncated at trainer.epochs=2" in text
     plain = run_train(["data=digits"], env, tmp_path / "cosine")  # a schedule that fits: no note
     assert plain.returncode == 0 and "note: schedule" not in plain.stderr, plain.stderr[-2000:]
+    assert json.loads((tmp_path / "cosine" / "run.json").read_text())["schedule_truncated"] is None

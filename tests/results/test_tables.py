@@ -521,3 +521,18 @@ def test_records_before_content_hashes_pool_with_new_ones_and_other_contents_nev
     assert rs.runs.config_id.nunique() == 3 and rs.runs.dataset.nunique() == 3
     (problem,) = rs.problems
     assert problem["run_dir"].endswith("old0") and "kept apart from all of them" in problem["problem"]
+
+
+def test_a_key_the_optimizer_never_reads_does_not_make_another_configuration(tmp_path):
+    """optimizer=adam optimizer.momentum=0.5 trains exactly as Adam: its runs pool with Adam's
+    (two identical-looking rows and a note naming neither difference were the alternative)."""
+    root = tmp_path / "runs"
+    for s in range(2):
+        for name, momentum in (("a", 0.0), ("b", 0.5)):
+            d = make_run(root, f"{name}{s}", "adam", s + (2 if name == "b" else 0), [40.0, 20.0, 10.0 + s])
+            record = json.loads((d / "run.json").read_text())
+            record["config"]["optimizer"]["momentum"] = momentum
+            (d / "run.json").write_text(json.dumps(record))
+    rs = load_runs(root)
+    assert rs.runs.config_id.nunique() == 1 and set(rs.runs.optimizer) == {"adam"}
+    assert len(error_table(rs)) == 1 and error_table(rs).n.tolist() == [4]
