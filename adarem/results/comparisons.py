@@ -61,12 +61,20 @@ def _path_keys(path) -> set[str]:
     return {os.path.abspath(path), str(Path(path).resolve())}
 
 
+def runs_folder(run_dir) -> Path | None:
+    """The runs folder of a run laid out as compare.py's finals (``<runs>/final/<optimizer>/<trial>``),
+    else None."""
+    parents = Path(run_dir).parents
+    return parents[2] if len(parents) >= 3 and parents[1].name == "final" else None
+
+
 def manifest_root(run_dir: Path) -> Path | None:
-    """The runs folder of a compare.py final run (``<runs>/final/<optimizer>/<trial>``), if it has
-    manifests; None for a run laid out otherwise. Looked up as spelled, then as resolved."""
-    for parents in (Path(os.path.abspath(run_dir)).parents, Path(run_dir).resolve().parents):
-        if len(parents) >= 3 and parents[1].name == "final" and (parents[2] / MANIFEST_DIR).is_dir():
-            return parents[2]
+    """The runs folder of a compare.py final run, if it has manifests; None for a run laid out
+    otherwise. Looked up as spelled, then as resolved."""
+    for spelled in (os.path.abspath(run_dir), Path(run_dir).resolve()):
+        root = runs_folder(spelled)
+        if root is not None and (root / MANIFEST_DIR).is_dir():
+            return root
     return None
 
 

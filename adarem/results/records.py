@@ -100,6 +100,18 @@ READS = {"sgd": ("momentum",), "adam": ("betas",), "adamw": ("betas",),
          "adarem": ("beta", "decay", "decay_horizon", "momentum")}
 
 
+def _reads(name, decay_horizon) -> set[str]:
+    """The keys of READS the optimizer ``name`` reads; AdaRem with a horizon > 0 takes lambda from
+    it and does not read ``decay``. Empty for an optimizer READS does not know."""
+    reads = set(READS.get(str(name), ()))
+    try:
+        if name == "adarem" and float(decay_horizon or 0.0) > 0:
+            reads.discard("decay")
+    except (TypeError, ValueError):
+        pass
+    return reads
+
+
 def _same(a, b) -> bool:
     """Equal as numbers (1 and 1.0, 1e-4 and 0.0001, a list and a tuple), else as JSON."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -129,14 +141,9 @@ def optimizer_label(opt: dict) -> str:
     name = opt.get("name", preset.get("name"))
     if not _same(name, preset.get("name")):
         return f"{variant} (name={name})"
-    reads = list(READS.get(str(name), ()))
-    try:
-        horizon = float(opt.get("decay_horizon", preset.get("decay_horizon", 0.0)) or 0.0)
-    except (TypeError, ValueError):
-        horizon = 0.0
-    if name == "adarem" and horizon > 0:
-        reads.remove("decay")  # lambda comes from the horizon: the decay key is not read
-    changed = [f"{k}={_spell(opt[k])}" for k in reads if k in opt and k in preset and not _same(opt[k], preset[k])]
+    reads = _reads(name, opt.get("decay_horizon", preset.get("decay_horizon")))
+    changed = [f"{k}={_spell(opt[k])}" for k in READS.get(str(name), ())
+               if k in reads and k in opt and k in preset and not _same(opt[k], preset[k])]
     return f"{variant} ({'; '.join(changed)})" if changed else str(variant)
 
 
@@ -165,14 +172,8 @@ def _unread_keys(flat: dict) -> tuple[str, ...]:
     name = flat.get("optimizer.name")
     if name not in READS:
         return ()
-    reads = set(READS[name])
-    try:
-        if name == "adarem" and float(flat.get("optimizer.decay_horizon") or 0.0) > 0:
-            reads.discard("decay")
-    except (TypeError, ValueError):
-        pass
     own = {k.split(".", 1)[1] for k in OPTIMIZER_OWN} - {"name", "variant", *SEARCHED}
-    return tuple(f"optimizer.{k}" for k in sorted(own - reads))
+    return tuple(f"optimizer.{k}" for k in sorted(own - _reads(name, flat.get("optimizer.decay_horizon"))))
 
 
 def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None, bn_batch: int | None) -> dict:
@@ -246,7 +247,7 @@ def data_id(data_identity: dict | None) -> str:
     """A short hash of a run's data identity ("none" for a record without one)."""
     if not data_identity:
         return "none"
-    return hashlib.sha1(json.dumps(_base(data_identity), sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return _digest(_base(data_identity), 6)
 
 
 def read_metrics_lines(path: Path) -> tuple[list[dict], list[str]]:
@@ -292,7 +293,8 @@ def _split_by_content(runs: pd.DataFrame, listed: pd.DataFrame, settings: dict, 
     cannot be placed and keeps the bare ids, apart from every content, and is listed. One content
     (or none recorded): nothing changes."""
     split = {}  # run_dir -> its content, or None (unplaceable), in data ids recorded with several contents
-    for n_contents, g in ((len(set(g.content.dropna())), g) for _, g in listed.groupby("data_id")):
+    for _, g in listed.groupby("data_id"):
+        n_contents = g.content.dropna().nunique()
         if n_contents > 1:
             split.update({d: (c if isinstance(c, str) else None, n_contents) for d, c in zip(g.run_dir, g.content)})
     problems = []
@@ -377,13 +379,13 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
                                  f"{recorded['val_top1_err']}): excluded"})
                 continue
         git = run.get("git") if isinstance(run.get("git"), dict) else {}
+        entry = listed[-1]
         rows.append({
             "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
-            "dataset": data.get("name"), "data_id": data_id(run.get("data_identity")),
-            "content": _content(run.get("data_identity")),
+            "dataset": data.get("name"), "data_id": entry["data_id"], "content": entry["content"],
             "eval_on": data.get("eval_on", "val"),
             "model": cfg.get("model", {}).get("name"),
-            "optimizer": optimizer_label(opt), "lr": opt.get("lr"),
+            "optimizer": entry["optimizer"], "lr": opt.get("lr"),
             "weight_decay": opt.get("weight_decay"), "epochs": trainer.get("epochs"),
             "batch_size": trainer.get("batch_size"), "seed": cfg.get("seed"),
             "experiment": cfg.get("experiment_name", ""), "start_time": run.get("start_time", ""),
@@ -407,7 +409,7 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
             "commit": str(git.get("commit") or "unrecorded")[:10],
             "dirty": git.get("dirty") is True,
             "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
-            "setting_id": _digest(setting, 10),
+            "setting_id": entry["setting_id"],
         })
         settings[rows[-1]["setting_id"]] = setting
         setting_configs[rows[-1]["setting_id"]] = {**flatten(cfg), "bn_batch": bn or "global batch"}

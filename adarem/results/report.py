@@ -65,6 +65,10 @@ def speed_note(rs: RunSet, offsets) -> str:
             + (f" Optimizer paths (run.json's optimizer_impl): {paths}." if paths else "") + "\n\n")
 
 
+def _n_runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
 def _code_versions(runs: pd.DataFrame) -> list[tuple[str, bool, int]]:
     if runs.empty or "commit" not in runs:
         return []
@@ -78,9 +82,10 @@ def code_line(runs: pd.DataFrame) -> str:
     versions = _code_versions(runs)
     if not versions:
         return ""
+
     def version(c, d, n):
         what = "git not recorded" if c == "unrecorded" else f"commit {c}{' with uncommitted changes' if d else ''}"
-        return f"{what} ({n} run{'s' if n != 1 else ''})"
+        return f"{what} ({_n_runs(n)})"
 
     return "Trained at: " + "; ".join(version(*v) for v in versions) + ".\n"
 
@@ -110,7 +115,7 @@ def truncation_notes(runs: pd.DataFrame) -> list[dict]:
     if runs.empty or "schedule_truncated" not in runs:
         return []
     cut = runs[runs.schedule_truncated.astype(bool)]
-    return [{"run_dir": f"(schedule) {len(g)} run{'s' if len(g) != 1 else ''} of {', '.join(sorted(set(g.optimizer)))}",
+    return [{"run_dir": f"(schedule) {_n_runs(len(g))} of {', '.join(sorted(set(g.optimizer)))}",
              "problem": note} for note, g in cut.groupby("schedule_truncated")]
 
 

@@ -17,6 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from adarem.results.comparisons import runs_folder
 from adarem.run_record import METRICS, RUN_JSON
 
 RECORD_FILES = (RUN_JSON, METRICS)
@@ -28,8 +29,7 @@ def _compare_final(run_dir: Path) -> bool:
         config = json.loads((run_dir / RUN_JSON).read_text()).get("config") or {}
     except (OSError, ValueError, AttributeError):
         return False
-    parts = Path(str(config.get("run_dir") or "")).parts
-    return len(parts) >= 3 and parts[-3] == "final"
+    return runs_folder(str(config.get("run_dir") or "")) is not None
 
 
 def download_runs(project: str, dest: Path, api=None) -> list[dict]:
