@@ -23,11 +23,11 @@ def ensure_digits_tree(root: Path | None = None, val_fraction: float = 0.2, seed
     Written into a temporary directory and renamed into place, so that concurrent ranks or runs
     never see a half-written tree. The split is stratified and fixed (seed 0).
     """
-    from sklearn.datasets import load_digits
-
     root = Path(root) if root else default_cache_dir() / f"digits_{DIGITS_VERSION}"
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root
+    from sklearn.datasets import load_digits  # 1.6 s to import: only when the tree is written
+
     root.parent.mkdir(parents=True, exist_ok=True)
     images, labels = load_digits(return_X_y=True)
     rng = np.random.default_rng(seed)
