@@ -4,10 +4,13 @@
     python scripts/prepare_imagenet.py /datasets/imagenet --val-labels LOC_val_solution.csv --out /datasets/imagenet_val_by_class
 
 Expects <root>/train/<wnid>/*.JPEG (1000 classes, 1,281,167 images) and <root>/val/<wnid>/*.JPEG
-(50,000 images). Reports what is missing or extra; exit 0 only when the tree is complete. With
---val-labels (Kaggle's LOC_val_solution.csv, or lines 'filename wnid'), it makes --out/<wnid>/
-symlinks to the flat val images; the originals are never modified, moved or deleted. Then use
-data.root with a directory holding train/ (or a link to it) and the new val/.
+(50,000 images). Counts what the training loader reads (nested folders included) and reports what
+is missing or extra: dangling links, hidden files and folders (macOS '._x.JPEG', .ipynb_checkpoints),
+other files; exit 0 only when the tree is complete. With --val-labels (Kaggle's
+LOC_val_solution.csv, or lines 'filename wnid'), it makes --out/<wnid>/ symlinks to the flat val
+images, once every image has one label and every label an image; --out appears only when all links
+are made. The originals are never modified, moved or deleted. Then use data.root with a directory
+holding train/ (or a link to it) and the new val/.
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ def main(argv=None) -> int:
         print(f"linked {n} validation images into {args.out}/<wnid>/ (originals untouched)")
         return 0
     expected = {"classes": args.expect_classes, "train": args.expect_train, "val": args.expect_val}
-    problems, counts = check_tree(args.root, expected)
+    try:
+        problems, counts = check_tree(args.root, expected)
+    except OSError as exc:  # e.g. a folder it may not read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for split, c in counts.items():
         print(f"{split}: {c['classes']} classes, {c['images']} images")
     for p in problems:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+from adarem.data.datasets import DataError, list_image_folder
 
 EXPECTED = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 
@@ -19,9 +22,13 @@ EXPECTED = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 @dataclass
 class SplitReport:
     classes: int = 0
-    images: int = 0
+    images: int = 0  # what the training loader will read that is a regular file
+    class_names: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     non_images: list[str] = field(default_factory=list)
+    dangling: list[str] = field(default_factory=list)  # links (or other entries) that are no regular file
+    hidden: list[str] = field(default_factory=list)  # names starting with '.': class folders, or inside them
+    loose: list[str] = field(default_factory=list)  # images directly in the split, outside any class folder
 
 
 def _is_image(name: str) -> bool:
@@ -29,33 +36,65 @@ def _is_image(name: str) -> bool:
 
 
 def scan_split(split_dir: Path) -> SplitReport:
+    """What the training loader will read from ``split_dir``, and what it should not."""
     rep = SplitReport()
     if not split_dir.is_dir():
         return rep
-    for cls in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        rep.classes += 1
-        n = 0
-        for f in os.scandir(cls):
-            if _is_image(f.name):
-                n += 1
-            elif f.is_file():
-                rep.non_images.append(str(Path(cls.name) / f.name))
-        rep.images += n
-        if n == 0:
-            rep.empty_classes.append(cls.name)
+    # The images are the loader's own listing (list_image_folder), so that the counts are what a
+    # run reads: nested folders included, and also the macOS '._x.JPEG' files and hidden folders
+    # (which become classes), which are therefore reported below.
+    try:
+        samples, classes = list_image_folder(split_dir)
+    except DataError:  # no class folders, or none with an image: still report what is there
+        samples = []
+        try:
+            classes, _ = find_classes(str(split_dir))
+        except FileNotFoundError:
+            classes = []
+    rep.classes, rep.class_names = len(classes), classes
+    per_class = [0] * len(classes)
+    for path, label in samples:
+        if Path(path).is_file():  # follows links: a link whose original moved away is not an image
+            per_class[label] += 1
+        else:
+            rep.dangling.append(os.path.relpath(path, split_dir))
+    rep.images = sum(per_class)
+    rep.empty_classes = [c for c, n in zip(classes, per_class) if n == 0]
+    # The same walk as the loader's, for what it reads but should not (hidden entries) and what it
+    # skips (other files, and images outside the class folders).
+    for cls in classes:
+        if cls.startswith("."):
+            rep.hidden.append(cls)
+        for dirpath, dirs, files in os.walk(split_dir / cls, followlinks=True):
+            rel_dir = os.path.relpath(dirpath, split_dir)
+            for name in sorted(dirs + files):
+                if name.startswith("."):
+                    rep.hidden.append(os.path.join(rel_dir, name))
+            rep.non_images += [os.path.join(rel_dir, f) for f in sorted(files)
+                               if not f.startswith(".") and not _is_image(f)]
+    for entry in os.scandir(split_dir):
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            rep.dangling.append(entry.name)  # a class folder whose link dangles is no class at all
+        elif entry.is_file() and _is_image(entry.name):
+            rep.loose.append(entry.name)
     return rep
+
+
+def _examples(names: list[str], n: int = 1) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def check_tree(root: Path, expected: dict = EXPECTED) -> tuple[list[str], dict]:
     """Problems (human-readable lines; empty means the tree is complete) and the counts."""
-    problems, counts = [], {}
+    problems, counts, class_names = [], {}, {}
     for split in ("train", "val"):
         rep = scan_split(root / split)
         counts[split] = {"classes": rep.classes, "images": rep.images}
+        class_names[split] = set(rep.class_names)
         if not (root / split).is_dir():
             problems.append(f"{root / split} is missing")
             continue
-        if rep.classes == 0 and any(_is_image(f.name) for f in os.scandir(root / split)):
+        if rep.loose and all(c.startswith(".") for c in rep.class_names):  # none, or only hidden ones
             problems.append(f"{root / split} is flat (images without class folders): build the layout "
                             f"with --val-labels")
             continue
@@ -65,23 +104,52 @@ def check_tree(root: Path, expected: dict = EXPECTED) -> tuple[list[str], dict]:
             diff = rep.images - expected[split]
             problems.append(f"{split}: {rep.images} images, expected {expected[split]} "
                             f"({'+' if diff > 0 else ''}{diff})")
+        if rep.dangling:
+            problems.append(f"{split}: {len(rep.dangling)} dangling link(s), not counted (e.g. "
+                            f"{rep.dangling[0]}): restore the originals they point to, or build the "
+                            f"layout again with --val-labels")
+        if rep.hidden:
+            problems.append(f"{split}: {len(rep.hidden)} hidden file(s)/folder(s) (e.g. "
+                            f"{_examples(rep.hidden, 3)}): delete them; the loader takes a hidden folder "
+                            f"in {split}/ for a class, and reads hidden images such as macOS '._' files")
+        if rep.loose:
+            problems.append(f"{split}: {len(rep.loose)} image(s) outside the class folders, which the "
+                            f"loader skips (e.g. {rep.loose[0]}): move them into their class folder")
         problems += [f"{split}: class {c} has no images" for c in rep.empty_classes[:20]]
         problems += [f"{split}: not an image: {f}" for f in rep.non_images[:20]]
-    train_classes = {p.name for p in (root / "train").iterdir() if p.is_dir()} if (root / "train").is_dir() else set()
-    val_classes = {p.name for p in (root / "val").iterdir() if p.is_dir()} if (root / "val").is_dir() else set()
-    if train_classes and val_classes and train_classes != val_classes:
-        problems.append(f"class folders differ: only in train {sorted(train_classes - val_classes)[:5]}, "
-                        f"only in val {sorted(val_classes - train_classes)[:5]}")
+    train, val = class_names["train"], class_names["val"]
+    if train and val and train != val:
+        problems.append(f"class folders differ: only in train {sorted(train - val)[:5]}, "
+                        f"only in val {sorted(val - train)[:5]}")
     return problems, counts
 
 
 def read_val_labels(path: Path) -> dict[str, str]:
-    """image file stem -> wnid, from LOC_val_solution.csv (Kaggle) or 'filename wnid' lines."""
-    labels = {}
+    """image file stem -> wnid, from LOC_val_solution.csv (Kaggle) or 'filename wnid' lines.
+
+    An image listed twice with the same class is accepted; with two classes it is an error, since
+    either could be the wrong one.
+    """
+    labels: dict[str, str] = {}
+
+    def add(where: str, name: str, wnid: str) -> None:
+        stem = Path(name).stem
+        if labels.setdefault(stem, wnid) != wnid:
+            raise ValueError(f"{where}: {name} is labelled both {labels[stem]} and {wnid}; fix the labels "
+                             f"file so that each image has one class")
+
     with open(path) as f:
         if path.suffix == ".csv":
-            for row in csv.DictReader(f):
-                labels[Path(row["ImageId"]).stem] = row["PredictionString"].split()[0]
+            reader = csv.DictReader(f)
+            if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
+                raise ValueError(f"{path}: expected the header 'ImageId,PredictionString' of Kaggle's "
+                                 f"LOC_val_solution.csv, got {reader.fieldnames}")
+            for row in reader:
+                wnid = (row["PredictionString"] or "").split()[:1]
+                if not row["ImageId"] or not wnid:
+                    raise ValueError(f"{path}:{reader.line_num}: expected 'ImageId,wnid ...', got "
+                                     f"{row['ImageId']!r},{row['PredictionString']!r}")
+                add(f"{path}:{reader.line_num}", row["ImageId"], wnid[0])
         else:
             for n, line in enumerate(f, 1):
                 parts = line.split()
@@ -89,21 +157,50 @@ def read_val_labels(path: Path) -> dict[str, str]:
                     continue
                 if len(parts) != 2:
                     raise ValueError(f"{path}:{n}: expected 'filename wnid', got {line.strip()!r}")
-                labels[Path(parts[0]).stem] = parts[1]
+                add(f"{path}:{n}", *parts)
+    if not labels:
+        raise ValueError(f"{path} holds no labels; pass LOC_val_solution.csv or a file of 'filename wnid' lines")
     return labels
 
 
 def build_val_layout(flat_val: Path, labels_file: Path, out: Path) -> int:
-    """out/<wnid>/<file> symlinks to every image of flat_val; returns how many were linked."""
+    """out/<wnid>/<file> symlinks to every image of flat_val; returns how many were linked.
+
+    Every image must have a label and every label an image, and out/ appears only once complete
+    (see below): a later check never takes a partial layout for the validation set.
+    """
     labels = read_val_labels(labels_file)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; pass a new directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty or not a directory; pass a new directory")
+    if not flat_val.is_dir():
+        raise FileNotFoundError(f"{flat_val} is not a directory; extract the validation images there")
     images = sorted(p for p in flat_val.iterdir() if p.is_file() and _is_image(p.name))
-    missing = [p.name for p in images if p.stem not in labels]
+    if not images:
+        raise ValueError(f"{flat_val} holds no images directly; extract the validation images there (if it "
+                         f"is already per-class, check it without --val-labels)")
+    unlabelled = [p.name for p in images if p.stem not in labels]
+    if unlabelled:
+        raise ValueError(f"{len(unlabelled)} images in {flat_val} have no label in {labels_file} (e.g. "
+                         f"{_examples(unlabelled, 3)}); pass the labels of these images, or remove strays")
+    # p.is_file() above follows links, so a dangling link counts as a missing image here
+    missing = sorted(labels.keys() - {p.stem for p in images})
     if missing:
-        raise ValueError(f"{len(missing)} images have no label in {labels_file} (e.g. {missing[:3]})")
-    for p in images:
-        d = out / labels[p.stem]
-        d.mkdir(parents=True, exist_ok=True)
-        (d / p.name).symlink_to(p.resolve())
+        raise ValueError(f"{len(missing)} of the {len(labels)} images labelled in {labels_file} are missing "
+                         f"from {flat_val} (e.g. {missing[0]}); finish extracting the validation images "
+                         f"and run again")
+    # The links are made in a hidden sibling directory that is renamed to out/ once all are made, so
+    # that a run stopped half-way (disk full, Ctrl-C) leaves no out/ that looks complete. The
+    # sibling holds only links and folders made here, so removing it touches no original.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    partial.mkdir()
+    try:
+        for p in images:
+            d = partial / labels[p.stem]
+            d.mkdir(exist_ok=True)
+            (d / p.name).symlink_to(p.resolve())
+        partial.rename(out)  # replaces an empty out/ (POSIX rename)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return len(images)
