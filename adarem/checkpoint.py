@@ -117,7 +117,8 @@ def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_line
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "position": {"epoch": state.epoch, "batch": state.batch, "global_step": state.global_step,
-                     "phase": state.phase, "elapsed_train_s": state.elapsed_train_s, "final": state.final},
+                     "phase": state.phase, "elapsed_train_s": state.elapsed_train_s, "final": state.final,
+                     "corrupt_skipped": state.corrupt_skipped},
         "metrics_lines": metrics_lines,
         "config": config,
         "data_identity": data_identity,
@@ -220,6 +221,7 @@ def _restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) 
     state.epoch, state.batch, state.global_step = pos["epoch"], pos["batch"], pos["global_step"]
     state.phase, state.elapsed_train_s = pos["phase"], pos["elapsed_train_s"]
     state.final = dict(pos.get("final") or {})
+    state.corrupt_skipped = int(pos.get("corrupt_skipped", 0))  # absent from checkpoints before it was counted
     per_rank = ckpt["per_rank"]
     if rank >= len(per_rank):
         raise CheckpointError(f"checkpoint was written by {len(per_rank)} ranks, this is rank {rank}; "

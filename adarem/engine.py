@@ -37,6 +37,7 @@ class EpochProgress:
     window_steps: int = 0
     data_wait_s: float = 0.0
     train_time_s: float = 0.0
+    corrupt_skipped: int = 0  # unreadable training images replaced on this rank (data.on_corrupt=skip)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +89,7 @@ class TrainState:
     elapsed_train_s: float = 0.0  # cumulative training wall time, over restarts
     progress: EpochProgress = field(default_factory=EpochProgress)
     final: dict = field(default_factory=dict)  # the last evaluation's metrics (run.json "final")
+    corrupt_skipped: int = 0  # over the epochs evaluated so far, all ranks (run.json "corrupt_skipped")
 
 
 class LossWatch:
@@ -203,6 +205,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
     prog = state.progress
     t_last = time.perf_counter()
     it = device_batches(loader, iter(loader.epoch(state.epoch, state.batch)), device, cfg.channels_last)
+    corrupt_before = getattr(loader, "corrupt_count", 0)
+
+    def settle() -> None:  # the pass ends: its counts into the (checkpointed) epoch progress
+        it.close()  # un-counts a batch read ahead and never trained on
+        prog.corrupt_skipped += getattr(loader, "corrupt_count", 0) - corrupt_before
+        _to_host(prog)
+
     while True:
         t0 = time.perf_counter()
         try:
@@ -292,12 +301,12 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             div = watch.check()  # never checkpoint diverged weights
             if div is not None:
                 return StepOutcome("diverged", div)
-            _to_host(prog)
+            settle()
             return StepOutcome(reason)
     div = watch.check()
     if div is not None:
         return StepOutcome("diverged", div)
-    _to_host(prog)
+    settle()
     return StepOutcome("epoch_end")
 
 

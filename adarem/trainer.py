@@ -87,13 +87,20 @@ class Trainer:
         """The epoch's metrics line, with an evaluation when one is due."""
         r, state, tc = self.run_, self.state, self.tc
         prog = state.progress
-        sums = torch.tensor([prog.loss_sum, prog.samples], dtype=torch.float64, device=r.dist.device)
+        sums = torch.tensor([prog.loss_sum, prog.samples, prog.corrupt_skipped], dtype=torch.float64,
+                            device=r.dist.device)
         dist_utils.all_reduce_sum(sums)
+        loss_sum, samples, corrupt = sums.tolist()
         rec = {"type": "epoch", "epoch": state.epoch, "step": state.global_step,
-               "train_loss": float(sums[0] / sums[1]), "lr": r.optimizer.param_groups[0]["lr"],
-               "epoch_time_s": prog.train_time_s, "images_per_s": float(sums[1]) / max(prog.train_time_s, 1e-9),
+               "train_loss": loss_sum / samples, "lr": r.optimizer.param_groups[0]["lr"],
+               "epoch_time_s": prog.train_time_s, "images_per_s": samples / max(prog.train_time_s, 1e-9),
                "data_wait_s": prog.data_wait_s, "wall_time_s": state.elapsed_train_s,
-               "corrupt_skipped": r.data.train.corrupt_count}
+               "corrupt_skipped": int(corrupt)}  # this epoch's, every rank's
+        # the run's total moves with the epoch: both are in the checkpoint saved after this phase
+        state.corrupt_skipped += int(corrupt)
+        if corrupt and r.dist.is_main:
+            log.warning("epoch %d trained on %d replacement(s) for unreadable training images "
+                        "(data.on_corrupt=skip; %d in the run so far)", state.epoch, int(corrupt), state.corrupt_skipped)
         if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
             rec["epoch_frac"] = state.epoch + 1.0
             rec.update(self.evaluate())
@@ -184,7 +191,8 @@ class Trainer:
         if not math.isfinite(final.get("val_top1_err", math.nan)):
             raise DataError(f"the run ended without a finite final validation error (final={final}); "
                             f"check that the validation split holds images of every rank")
-        r.record.update(status="finished", end_time=now(), final=final, wall_time_s=self.state.elapsed_train_s)
+        r.record.update(status="finished", end_time=now(), final=final, wall_time_s=self.state.elapsed_train_s,
+                        corrupt_skipped=self.state.corrupt_skipped)
         r.tracker.finish()
         if r.dist.is_main:
             print(f"final top-1 error {final['val_top1_err']:.2f}% (top-5 {final['val_top5_err']:.2f}%) after "

@@ -135,10 +135,11 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
             return DataBundle(train, val, len(classes), cfg.in_chans, classes, contents)
         mode = "L" if cfg.in_chans == 1 else "RGB"
         train_ds = ImageFolderDataset(train_samples, train_tf, seed, cfg.on_corrupt, mode)
-        val_ds = ImageFolderDataset(val_samples, val_tf, seed, cfg.on_corrupt, mode)
+        val_ds = ImageFolderDataset(val_samples, val_tf, seed, cfg.on_corrupt, mode, evaluation=True)
         if cfg.eval_on == "holdout":
             train_ds, val_ds = holdout_split(
-                train_ds, ImageFolderDataset(train_samples, val_tf, seed, cfg.on_corrupt, mode), cfg.holdout_fraction)
+                train_ds, ImageFolderDataset(train_samples, val_tf, seed, cfg.on_corrupt, mode, evaluation=True),
+                cfg.holdout_fraction)
     if cfg.loader == "dali":
         raise ConfigError(f"data.loader=dali reads ImageFolder trees; data={cfg.name} has none, use data.loader=torch")
 

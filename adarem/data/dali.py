@@ -45,27 +45,45 @@ from adarem.data.transforms import random_resized_crop_box, val_resize
 # one for a pass nested inside another. A deeper nesting gets a pipeline dropped after its pass.
 MAX_KEPT = 2
 _HEADER = 2  # schedule table: [number of sample slots of the pass, epoch, sample indices...]
-_NOT_JPEG, _UNREADABLE = 0, 1
-_REASONS = {_NOT_JPEG: "not a complete JPEG (truncated or another format)", _UNREADABLE: "could not be read"}
+_UNDECODABLE, _UNREADABLE = 0, 1
+_REASONS = {_UNDECODABLE: "not a decodable image (truncated or corrupt)", _UNREADABLE: "could not be read"}
 
 
 def looks_like_complete_jpeg(data: bytes | np.ndarray) -> bool:
-    """Start-of-image and end-of-image markers present: catches truncated and non-JPEG files
-    cheaply, before a decoder fails on them somewhere inside a batch."""
+    """Start-of-image and end-of-image markers present: the cheap test that almost every file of
+    a JPEG dataset passes, and that catches a truncated JPEG before a decoder fails on it somewhere
+    inside a batch."""
     head, tail = data[:2], data[-64:]  # some writers pad after the EOI marker
     if isinstance(data, np.ndarray):
         head, tail = head.tobytes(), tail.tobytes()
     return len(data) >= 4 and head == b"\xff\xd8" and b"\xff\xd9" in tail
 
 
-def read_jpeg(path: str) -> tuple[np.ndarray | None, int]:
-    """(bytes, -1) for a readable, complete JPEG; (None, reason code) otherwise."""
+def pil_decodes(raw: bytes) -> bool:
+    """PIL decodes the whole file, as the torch loader would: the test for the files that fail the
+    marker test but are images (ImageNet's PNG named .JPEG, a JPEG with more trailing bytes, the
+    other formats list_image_folder accepts); DALI's decoder reads these formats too. A truncated
+    file fails here as it fails in the torch loader."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+        return True
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
+
+
+def read_image(path: str) -> tuple[np.ndarray | None, int]:
+    """(encoded bytes, -1) for a file that decodes; (None, reason code) otherwise."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError:
         return None, _UNREADABLE
-    return (np.frombuffer(raw, dtype=np.uint8), -1) if looks_like_complete_jpeg(raw) else (None, _NOT_JPEG)
+    if looks_like_complete_jpeg(raw) or pil_decodes(raw):
+        return np.frombuffer(raw, dtype=np.uint8), -1
+    return None, _UNDECODABLE
 
 
 # start-of-frame markers (baseline, extended, progressive, lossless...; not DHT C4, JPG C8, DAC CC)
@@ -139,7 +157,7 @@ class SampleReader:
     Runs in DALI's Python workers (forked, or spawned when CUDA is initialised: it must pickle),
     so it holds no state that the main process changes except the schedule table, a shared file
     mapped read-only. An unreadable file is replaced by the next readable one whatever
-    ``data.on_corrupt`` says (the decoder must get a JPEG); the main process raises or counts.
+    ``data.on_corrupt`` says (the decoder must get an image); the main process raises or counts.
     """
 
     def __init__(self, samples: list[tuple[str, int]], schedule_path: str, capacity: int, mode: str,
@@ -183,7 +201,7 @@ class SampleReader:
         record = np.full(RECORD, -1, dtype=np.int64)
         data, j = None, index
         for _ in range(n):  # replace an unreadable sample by the next readable one
-            data, reason = read_jpeg(self.paths[j])
+            data, reason = read_image(self.paths[j])
             if data is not None:
                 break
             if record[BAD] < 0:
@@ -355,13 +373,17 @@ class DaliLoader:
         replaced = bad[bad[:, 0] >= 0]
         if not len(replaced):
             return
-        if self.cfg.on_corrupt == "error":
+        if self.cfg.on_corrupt == "error" or not self.train:  # an evaluation set never replaces
             path = self.samples[int(replaced[0, 0])][0]
             reason = _REASONS.get(int(replaced[0, 1]), "unreadable")
             try:
                 np.fromfile(path, dtype=np.uint8)
             except OSError as exc:
                 reason = str(exc)
+            if not self.train:
+                raise DataError(f"corrupt image {path} in the evaluation set: {reason}; repair or remove it "
+                                f"(data.on_corrupt=skip replaces training images only: an error measured with a "
+                                f"replaced image would be another set's)")
             raise DataError(f"corrupt image {path}: {reason}; remove it or set data.on_corrupt=skip to skip "
                             f"and count such files")
         self.corrupt_count += len(replaced)
@@ -412,8 +434,8 @@ def _run(pipe):
         for line in reversed(str(exc).splitlines()):
             if line.startswith(f"{DataError.__module__}.DataError: "):
                 raise DataError(line.split(": ", 1)[1]) from None
-        raise DataError(f"DALI failed on a batch ({_dali_reason(exc)}); if a file is corrupt in a way the "
-                        f"marker check missed, find it with scripts/prepare_imagenet.py") from None
+        raise DataError(f"DALI failed on a batch ({_dali_reason(exc)}); if a file decodes in PIL but not in "
+                        f"DALI, the same run with data.loader=torch names any file PIL cannot decode") from None
 
 
 def to_torch(tensor_list, device: torch.device) -> torch.Tensor:

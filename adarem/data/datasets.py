@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -42,14 +43,18 @@ def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]
 class ReproducibleDataset(Dataset):
     """Base: ``__getitem__((index, epoch))`` seeds the augmentation from (seed, epoch, index).
 
-    Items are ``(image, label, corrupt)``: with ``on_corrupt='skip'`` an unreadable sample is
-    replaced by the next readable one and flagged, so that the loader can count it.
+    Items are ``(image, label, corrupt)``: with ``on_corrupt='skip'`` an unreadable training sample
+    is replaced by the next readable one of the same set (a holdout split's training part never
+    borrows a holdout image) and flagged, so that the loader can count it. An evaluation set
+    (``evaluation=True``) never replaces: an error measured with a substituted image would be the
+    error of another set, so an unreadable evaluation image always stops the run.
     """
 
-    def __init__(self, transform: Callable, seed: int, on_corrupt: str):
+    def __init__(self, transform: Callable, seed: int, on_corrupt: str, evaluation: bool = False):
         self.transform = transform
         self.seed = seed
-        self.on_corrupt = on_corrupt
+        self.on_corrupt = "error" if evaluation else on_corrupt
+        self.evaluation = evaluation
         self.cache: dict | None = None
 
     def cache_samples(self) -> None:
@@ -67,15 +72,25 @@ class ReproducibleDataset(Dataset):
 
     def __getitem__(self, key):
         index, epoch = key
+        n = len(self)
+        return self.item(index, epoch, ((index + a) % n for a in range(1, n)))
+
+    def item(self, index: int, epoch: int, replacements: Iterable[int]):
+        """Sample ``index`` as epoch ``epoch`` sees it; under ``on_corrupt='skip'`` an unreadable one
+        is replaced by the first readable sample of ``replacements`` (its augmentation still drawn
+        from ``index``'s seed)."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         corrupt = False
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
+        for i in itertools.chain([index], replacements):
             try:
                 image, label = self.load(i)
                 break
             except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+                if self.evaluation:
+                    raise DataError(f"corrupt image {self.describe(i)} in the evaluation set: {exc}; repair or "
+                                    f"remove it (data.on_corrupt=skip replaces training images only: an error "
+                                    f"measured with a replaced image would be another set's)") from None
                 if self.on_corrupt == "error":
                     raise DataError(f"corrupt image {self.describe(i)}: {exc}; remove it or set "
                                     f"data.on_corrupt=skip to skip and count such files") from None
@@ -89,8 +104,9 @@ class ReproducibleDataset(Dataset):
 
 
 class ImageFolderDataset(ReproducibleDataset):
-    def __init__(self, samples: list[tuple[str, int]], transform, seed: int, on_corrupt: str, mode: str):
-        super().__init__(transform, seed, on_corrupt)
+    def __init__(self, samples: list[tuple[str, int]], transform, seed: int, on_corrupt: str, mode: str,
+                 evaluation: bool = False):
+        super().__init__(transform, seed, on_corrupt, evaluation)
         self.samples = samples
         self.mode = mode  # PIL mode: "L" or "RGB"
 
@@ -132,7 +148,8 @@ class Subset(ReproducibleDataset):
 
     def __getitem__(self, key):
         index, epoch = key
-        return self.base[(self.indices[index], epoch)]
+        n = len(self.indices)  # replacements come from this subset only
+        return self.base.item(self.indices[index], epoch, (self.indices[(index + a) % n] for a in range(1, n)))
 
 
 def holdout_split(train: ReproducibleDataset, train_with_val_transform: ReproducibleDataset,

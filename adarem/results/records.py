@@ -409,6 +409,8 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
             "commit": str(git.get("commit") or "unrecorded")[:10],
             "dirty": git.get("dirty") is True,
             "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
+            # training images replaced by others (data.on_corrupt=skip), all ranks; absent before it was recorded
+            "corrupt_skipped": run.get("corrupt_skipped") if isinstance(run.get("corrupt_skipped"), int) else 0,
             "setting_id": entry["setting_id"],
         })
         settings[rows[-1]["setting_id"]] = setting

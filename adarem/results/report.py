@@ -119,6 +119,18 @@ def truncation_notes(runs: pd.DataFrame) -> list[dict]:
              "problem": note} for note, g in cut.groupby("schedule_truncated")]
 
 
+def corrupt_notes(runs: pd.DataFrame) -> list[dict]:
+    """A flag per optimizer whose runs trained on replacements for unreadable training images
+    (data.on_corrupt=skip): another training set than the one named, by that many images."""
+    if runs.empty or "corrupt_skipped" not in runs:
+        return []
+    hit = runs[runs.corrupt_skipped > 0]
+    return [{"run_dir": f"(data) {_n_runs(len(g))} of {opt}",
+             "problem": f"trained with {int(g.corrupt_skipped.sum())} replacement(s) for unreadable training images "
+                        f"(data.on_corrupt=skip; run.json corrupt_skipped): repair the files for a clean comparison"}
+            for opt, g in hit.groupby("optimizer")]
+
+
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),
                  preamble: str = "") -> str:
     """tables.md (+ CSV, LaTeX, plots) in out_dir; ``preamble`` (Markdown) goes right after the
@@ -149,8 +161,8 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
         if not verdicts.empty:
             verdicts[CSV_COLUMNS].to_csv(out_dir / "claims.csv", index=False)
             parts.append(claims_markdown(verdicts))
-    problems = pd.concat([rs.problems_frame, pd.DataFrame(selection_notes(rs.runs) + code_notes(rs.runs) + truncation_notes(rs.runs),
-                                                          columns=["run_dir", "problem"])], ignore_index=True)
+    notes = (selection_notes(rs.runs) + code_notes(rs.runs) + truncation_notes(rs.runs) + corrupt_notes(rs.runs))
+    problems = pd.concat([rs.problems_frame, pd.DataFrame(notes, columns=["run_dir", "problem"])], ignore_index=True)
     parts.append("## Excluded or flagged runs\n\n" + (problems.to_markdown(index=False) if not problems.empty else "None.") + "\n")
     pngs = plot_curves(rs, out_dir / "plots")
     if pngs:

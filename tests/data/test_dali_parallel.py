@@ -105,7 +105,7 @@ def test_corrupt_files(tree, tmp_path, num_workers):
                                                                    .read_bytes()[:600])
     (root / "train" / "class_002" / "img_0001.JPEG").write_bytes(b"this is not a jpeg at all" * 20)
     data = build_data(cfg_for(root, num_workers=num_workers), 18, 0, 1, 0, CPU)
-    with pytest.raises(DataError, match=r"corrupt image .*img_000[12]\.JPEG: not a complete JPEG.*on_corrupt=skip"):
+    with pytest.raises(DataError, match=r"corrupt image .*img_000[12]\.JPEG: not a decodable image.*on_corrupt=skip"):
         collect(data.train)
     assert data.train._kept == 0
     data = build_data(cfg_for(root, num_workers=num_workers, on_corrupt="skip"), 18, 0, 1, 0, CPU)

@@ -11,6 +11,7 @@ import torch
 
 from adarem.config import DataConfig
 from adarem.data import DataError, build_data
+from adarem.data.datasets import ImageFolderDataset
 from adarem.data.sampling import train_batches, val_batches
 from tests.conftest import read_run, run_train
 
@@ -101,6 +102,92 @@ def test_corrupt_and_truncated_jpegs(tree, tmp_path, loader):
     x, y = collect(data.train)
     assert len(y) == 18 and torch.isfinite(x).all()
     assert data.train.corrupt_count == 2
+
+
+def _odd_but_readable_copy(tree, tmp_path):
+    """ImageNet's quirks that PIL reads: a PNG named .JPEG, a real .png, a JPEG with trailing bytes
+    past the 64 the marker test looks at, a CMYK JPEG (val/class_001)."""
+    from PIL import Image
+
+    root = tmp_path / "odd"
+    shutil.copytree(tree, root)
+    val = root / "val" / "class_001"
+    photos = sorted(val.glob("*.JPEG"))
+    with Image.open(photos[0]) as img:
+        img.convert("RGB").save(val / "img_0000.JPEG", format="PNG")  # replaced by a PNG, same name
+    with Image.open(photos[1]) as img:
+        img.convert("RGB").save(val / "img_0001.png")
+    photos[1].unlink()
+    photos[2].write_bytes(photos[2].read_bytes() + bytes(range(200)))
+    with Image.open(photos[3]) as img:
+        img.convert("CMYK").save(photos[3], format="JPEG", quality=95)
+    return root
+
+
+def test_dali_reads_every_image_the_torch_loader_reads(tree, tmp_path):
+    """DALI's marker test rejected a PNG named .JPEG (one is in ImageNet's train split) and a JPEG
+    with trailing bytes, though both loaders decode them: the default on_corrupt=error stopped the
+    run, and skip trained DALI on other images than the torch loader."""
+    root = _odd_but_readable_copy(tree, tmp_path)
+    xt, yt = collect(build_data(cfg_for(root), 6, 0, 1, 0, CPU).val)
+    dali_val = build_data(cfg_for(root, loader="dali"), 6, 0, 1, 0, CPU).val
+    xd, yd = collect(dali_val)
+    assert dali_val.corrupt_count == 0 and torch.equal(yt, yd) and len(yt) == 15
+    diff = (xt - xd).abs().mean(dim=(1, 2, 3))
+    assert float(diff.max()) < 0.02, diff  # every image, the odd ones included, is the same picture
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_an_evaluation_image_is_never_replaced(tree, tmp_path, loader):
+    """on_corrupt=skip replaces training images only: a validation error measured with another
+    image in place of an unreadable one is another set's error (it was reported as this set's)."""
+    root = tmp_path / "broken_val"
+    shutil.copytree(tree, root)
+    bad = root / "val" / "class_000" / "img_0001.JPEG"
+    bad.write_bytes(bad.read_bytes()[:600])
+    data = build_data(cfg_for(root, loader=loader, on_corrupt="skip"), 6, 0, 1, 0, CPU)
+    with pytest.raises(DataError, match=r"corrupt image .*img_0001\.JPEG in the evaluation set: .*training images only"):
+        collect(data.val)
+    if loader == "torch":  # the lr search's holdout is an evaluation set too
+        cfg = dict(on_corrupt="skip", eval_on="holdout", holdout_fraction=0.3)
+        held = build_data(cfg_for(tree, **cfg), 6, 0, 1, 0, CPU).val.dataset
+        copy = tmp_path / "broken_holdout"
+        shutil.copytree(tree, copy)
+        target = copy / Path(held.base.samples[held.indices[0]][0]).relative_to(tree)
+        target.write_bytes(target.read_bytes()[:600])
+        holdout = build_data(cfg_for(copy, **cfg), 6, 0, 1, 0, CPU)
+        with pytest.raises(DataError, match="in the evaluation set"):
+            collect(holdout.val)
+
+
+def test_a_replaced_training_image_never_comes_from_the_holdout(tree, tmp_path):
+    """Under a holdout split, an unreadable training image is replaced by the next training image,
+    never by the next file of train/ (which may be held out: selection data leaking into training)."""
+    from adarem.data.datasets import holdout_indices
+
+    n = 18
+    keep, held = holdout_indices(n, 0.3)
+    i = next(k for k, b in enumerate(keep) if b + 1 in held)  # its next file is held out
+    root = tmp_path / "broken_train"
+    shutil.copytree(tree, root)
+    cfg = cfg_for(root, on_corrupt="skip", eval_on="holdout", holdout_fraction=0.3)
+    data = build_data(cfg, 6, 0, 1, 0, CPU)
+    train = data.train.dataset
+    bad = Path(train.base.samples[keep[i]][0])
+    bad.write_bytes(bad.read_bytes()[:600])
+    x, label, corrupt = train[(i, 0)]
+    assert corrupt
+
+    def as_if(source: int):  # sample keep[i] (its augmentation draws) showing the picture of `source`
+        samples = list(train.base.samples)
+        samples[keep[i]] = samples[source]
+        return ImageFolderDataset(samples, train.base.transform, train.base.seed, "error", train.base.mode).item(
+            keep[i], 0, [])
+
+    next_training, _, _ = as_if(keep[i + 1])
+    next_file, _, _ = as_if(keep[i] + 1)  # held out
+    assert label == train.base.samples[keep[i + 1]][1]
+    assert torch.equal(x, next_training) and not torch.equal(x, next_file)
 
 
 @pytest.mark.slow
