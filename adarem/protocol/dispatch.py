@@ -9,6 +9,10 @@ dispatcher's business:
   run, submitit requeues it and it resumes from its directory). Trials whose run directory already
   holds a finished (or diverged) run are not submitted again; failed or unfinished ones are.
 
+Either way a finished trial is reused only at the world size it was trained at, where its model
+has BatchNorm (``reuse_refusal``: train.py's own check, made before launching): otherwise it is a
+failed trial whose error says so, never a result of another BatchNorm batch in the selection.
+
 Both yield ``(key, outcome)`` pairs in the order the trials were given; an outcome is a dict with
 ``run_dir``, ``status``, ``err``/``loss`` (the run's final holdout or test top-1 error and loss),
 ``data_identity``, ``seconds``, and ``error`` / ``locked`` when the trial did not run to an end.
@@ -89,8 +93,50 @@ def read_outcome(run_dir: Path, seconds: float = 0.0) -> dict:
             "data_identity": record.get("data_identity"), "seconds": seconds}
 
 
+def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
+    """Why the finished (or diverged) run in ``run_dir`` is not this launch's result, in one line;
+    None when it is, or when there is none to reuse (train.py decides about anything else).
+
+    train.py's check_finished_world_size (adarem/run_setup.py), with the same rule, made before a
+    trial is launched (the SLURM dispatcher reuses a finished trial without launching train.py)
+    and worded for compare.py's keys: a run is this launch's result only at the world size it was
+    trained at (``world`` ranks per trial; ``launch`` says whence), unless its model has no
+    BatchNorm (run.json's ``bn_batch`` is null) or SyncBatchNorm normalises over the whole batch.
+    A record of a version that did not write world_size is reused, as train.py reuses it."""
+    from adarem.run_record import read_run_json
+
+    try:
+        record = read_run_json(run_dir) or {}
+    except ValueError:
+        return None  # not a result either way: the launch fails on it (read_outcome, train.py)
+    before, bn = record.get("world_size"), record.get("bn_batch", "unrecorded")
+    if record.get("status") not in DONE or before is None or before == world or bn is None \
+            or bool(cfg.trainer.sync_bn):
+        return None
+    batch = int(cfg.trainer.batch_size)
+    now = f" (BatchNorm batch {batch if world == 1 else batch // world})" if isinstance(bn, int) else ""
+    how = "launcher=local, or launcher=slurm with" if before == 1 else "launcher=slurm with"
+    return (f"{run_dir} holds a {record['status']} run trained on {before} rank(s) (BatchNorm batch {bn}); this "
+            f"launch has {world}{now} ({launch}), which changes what BatchNorm normalises over: relaunch with "
+            f"{before} rank(s) per trial ({how} nodes x max(1, gpus_per_node) = {before}), or give runs= a fresh "
+            f"folder for a new comparison")
+
+
+def refused(run_dir: Path, error: str, seconds: float = 0.0) -> dict:
+    """The outcome of a trial refused before training (as run_one returns train.py's refusals)."""
+    return {"run_dir": str(run_dir), "status": "failed", "error": error, "seconds": seconds, "locked": False}
+
+
+LOCAL_WORLD = 1  # run_one trains each trial as one process: no process group, one rank
+
+
 def run_one(overrides: list[str], threads: int) -> dict:
     """Train one configuration in this (worker) process; returns its outcome."""
+    cfg = compose(overrides)
+    run_dir = Path(cfg.run_dir)
+    why = reuse_refusal(run_dir, cfg, LOCAL_WORLD, "launcher=local: one process per trial")
+    if why:  # train.py would refuse it too, with hydra.run.dir in its advice
+        return refused(run_dir, why)
     import torch
 
     torch.set_num_threads(threads)
@@ -99,8 +145,6 @@ def run_one(overrides: list[str], threads: int) -> dict:
     from adarem.run_dir import RunLocked
     from adarem.run_record import read_run_json
 
-    cfg = compose(overrides)
-    run_dir = Path(cfg.run_dir)
     t0 = time.time()
     try:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
@@ -212,6 +256,10 @@ class SlurmDispatcher:
 
     def __init__(self, folder: Path, params: dict, poll_s: float = 10.0, cluster: str = "slurm"):
         self.folder, self.params, self.poll_s, self.cluster = Path(folder), params, poll_s, cluster
+        # the ranks of each trial's job (adarem/distributed.py: one per SLURM task)
+        nodes, tasks = int(params.get("nodes", 1)), int(params.get("tasks_per_node", 1))
+        self.world = nodes * tasks
+        self.launch = f"launcher=slurm: {nodes} node(s) x {tasks} task(s)"
 
     def __enter__(self):
         return self
@@ -234,17 +282,19 @@ class SlurmDispatcher:
         outcomes: dict[int, dict] = {}
         todo = []
         for i, (_, overrides) in enumerate(trials):
-            run_dir = Path(compose(overrides).run_dir)
-            res = read_outcome(run_dir)
-            if res["status"] in DONE:  # launched again it would only report its result
+            cfg = compose(overrides)
+            run_dir = Path(cfg.run_dir)
+            why = reuse_refusal(run_dir, cfg, self.world, self.launch)
+            res = refused(run_dir, why) if why else read_outcome(run_dir)
+            if res["status"] in DONE or why:  # launched again it would only report its result (or refuse)
                 outcomes[i] = res
             else:
-                todo.append((i, overrides, run_dir))
+                todo.append((i, overrides, cfg, run_dir))
         if todo:
             print(f"  {stage}: submitting {len(todo)} trial(s) as a job array ({len(trials) - len(todo)} already "
                   f"done); submitit files in {self.folder}", flush=True)
             ex = self._executor(stage)
-            jobs = ex.map_array(Trial(), [overrides for _, overrides, _ in todo])
+            jobs = ex.map_array(Trial(), [overrides for _, overrides, _, _ in todo])
             print(f"  {stage}: job {jobs[0].job_id.split('_')[0]}", flush=True)
             t0 = time.time()
             try:
@@ -254,8 +304,11 @@ class SlurmDispatcher:
                     with contextlib.suppress(Exception):
                         job.cancel(check=False)
                 raise
-            for (i, _, run_dir), job in zip(todo, jobs):
-                outcomes[i] = self._outcome(job, run_dir, time.time() - t0)
+            for (i, _, cfg, run_dir), job in zip(todo, jobs):
+                res = self._outcome(job, run_dir, time.time() - t0)
+                # a run another launch finished meanwhile: the job only reported it, or refused it
+                why = reuse_refusal(run_dir, cfg, self.world, self.launch) if res["status"] in DONE else None
+                outcomes[i] = refused(run_dir, why, res["seconds"]) if why else res
         for i, (key, _) in enumerate(trials):
             yield key, outcomes[i]
 

@@ -116,3 +116,28 @@ def test_slurm_dispatcher_submits_only_unfinished_trials_and_reads_run_records(t
     monkeypatch.setattr(d, "_executor", lambda stage: pytest.fail("nothing should be submitted"))
     again = dict(d.run("select", list(trials.items())))
     assert {name: res["status"] for name, res in again.items()} == dict.fromkeys(trials, "finished") | {"diverged": "diverged"}
+
+
+def test_slurm_dispatcher_refuses_a_trial_finished_meanwhile_at_another_world_size(tmp_path, monkeypatch):
+    """A trial submitted unfinished that another launch finished on 2 ranks before its job started:
+    the job's train.py only refuses it (check_finished_world_size), and the run record then says
+    finished; the dispatcher refuses it too, not hand the 2-rank BatchNorm result to the selection."""
+    base = cli.trial_base(["data=digits", "trainer.epochs=1"])
+    overrides = cli.trial_overrides(base, [], tmp_path, "sgd", 0.1, 1e-4, 1000, "select")
+    cfg = dispatch.compose(overrides)
+    run_dir, batch = Path(cfg.run_dir), int(cfg.trainer.batch_size)
+
+    class FakeExecutor:
+        def map_array(self, fn, args):
+            run_dir.mkdir(parents=True)
+            (run_dir / "run.json").write_text(json.dumps({"status": "finished", "world_size": 2, "bn_batch": batch // 2,
+                                                          "final": {"val_top1_err": 9.0, "val_loss": 0.3}}))
+            return [FakeJob("78_0", {"status": "failed", "error": "refused by train.py", "run_dir": str(run_dir)})]
+
+    d = dispatch.SlurmDispatcher(tmp_path / "submitit", {"nodes": 1, "tasks_per_node": 1}, poll_s=0)
+    monkeypatch.setattr(d, "_executor", lambda stage: FakeExecutor())
+    [(_, res)] = list(d.run("select", [("t", overrides)]))
+    assert res["status"] == "failed" and "err" not in res, res
+    assert res["error"].startswith(f"{run_dir} holds a finished run trained on 2 rank(s) (BatchNorm batch "
+                                   f"{batch // 2}); this launch has 1 (BatchNorm batch {batch}) (launcher=slurm: "
+                                   f"1 node(s) x 1 task(s))"), res["error"]

@@ -6,6 +6,8 @@ trial preempted by submitit's signal checkpoints, is requeued and resumes."""
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from adarem.protocol.search import score
 from tests.conftest import REPO, read_metrics, read_run, submitit_job_pid
 from tests.protocol.slurm_stubs import install_submitit_stubs
 
@@ -97,3 +100,63 @@ def test_a_preempted_trial_checkpoints_is_requeued_and_resumes(tmp_path, slurm_e
     assert steps == sorted(set(steps))  # no step lost or repeated in the record
     rows = list(csv.DictReader(open(tmp_path / "out" / "selection.csv")))
     assert [(r["stage"], r["status"]) for r in rows] == [("select", "finished"), ("final", "finished")]
+
+
+def test_a_trial_finished_at_another_world_size_is_refused_by_both_launchers(tmp_path, monkeypatch):
+    """A finished trial trained on 2 ranks (its BatchNorm normalised over batch / 2 images) is no
+    result of a launch with 8 ranks per trial (launcher=slurm, gpus_per_node=8) nor of one with 1
+    (launcher=local): train.py refuses it (adarem/run_setup.py check_finished_world_size), and the
+    SLURM dispatcher, which reuses a finished trial without launching train.py, must too, instead
+    of handing its error to the lr selection. Nothing is submitted: the run records are written by
+    hand, and the stand-in sbatch would log any submission."""
+    from adarem.protocol import cli, dispatch
+
+    install_submitit_stubs(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "stub.log"))
+    monkeypatch.setenv("STUB_STATE", str(tmp_path / "slurm-state"))
+    for key in ("SLURM_PARTITION", "ADAREM_GPUS_PER_NODE", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
+        monkeypatch.delenv(key, raising=False)
+    own, passthrough = cli.parse(["launcher=slurm", "gpus_per_node=8", "optimizers=sgd", "data=digits",
+                                  "trainer.epochs=1"])
+    base = cli.trial_base(passthrough)
+    trials = {name: cli.trial_overrides(base, [], tmp_path / "runs", "sgd", lr, 1e-4, 1000, "select")
+              for name, lr in (("other_world", 0.1), ("diverged_other_world", 0.2), ("same_world", 0.3),
+                               ("no_batchnorm", 0.4), ("unrecorded_world", 0.5))}
+    batch = int(dispatch.compose(trials["other_world"]).trainer.batch_size)
+    dirs = {name: Path(dispatch.compose(o).run_dir) for name, o in trials.items()}
+    for name, status, world, bn in (("other_world", "finished", 2, batch // 2),
+                                    ("diverged_other_world", "diverged", 2, batch // 2),
+                                    ("same_world", "finished", 8, batch // 8), ("no_batchnorm", "finished", 2, None),
+                                    ("unrecorded_world", "finished", None, None)):
+        record = {"status": status, "final": {"val_top1_err": 12.5, "val_loss": 0.4} if status == "finished" else {}}
+        if world is not None:
+            record.update(world_size=world, bn_batch=bn)
+        dirs[name].mkdir(parents=True)
+        (dirs[name] / "run.json").write_text(json.dumps(record))
+
+    d = dispatch.SlurmDispatcher(tmp_path / "runs" / "submitit", dispatch.slurm_parameters(own), poll_s=0)
+    out = dict(d.run("select", list(trials.items())))
+    assert not (tmp_path / "stub.log").exists()  # nothing submitted: each is reused or refused
+    for name in ("other_world", "diverged_other_world"):
+        res = out[name]
+        assert res["status"] == "failed" and "err" not in res and not res["locked"], res
+        status = "finished" if name == "other_world" else "diverged"
+        assert res["error"] == (
+            f"{dirs[name]} holds a {status} run trained on 2 rank(s) (BatchNorm batch {batch // 2}); this launch has 8 "
+            f"(BatchNorm batch {batch // 8}) (launcher=slurm: 1 node(s) x 8 task(s)), which changes what BatchNorm "
+            f"normalises over: relaunch with 2 rank(s) per trial (launcher=slurm with nodes x max(1, gpus_per_node) "
+            f"= 2), or give runs= a fresh folder for a new comparison"), res["error"]
+        assert math.isinf(score(res))  # the selection scores it as any failed trial
+    # reused: trained at this world size, a model without BatchNorm, a record without world_size
+    for name in ("same_world", "no_batchnorm", "unrecorded_world"):
+        assert out[name]["status"] == "finished" and out[name]["err"] == 12.5, (name, out[name])
+
+    # the local launcher (one process per trial) refuses the same trial the same way, before train()
+    local = dispatch.run_one(trials["other_world"], threads=1)
+    assert local["status"] == "failed" and not local["locked"], local
+    assert local["error"].startswith(f"{dirs['other_world']} holds a finished run trained on 2 rank(s) (BatchNorm "
+                                     f"batch {batch // 2}); this launch has 1 (BatchNorm batch {batch}) "
+                                     f"(launcher=local: one process per trial)"), local["error"]
+    assert local["error"].endswith("relaunch with 2 rank(s) per trial (launcher=slurm with nodes x "
+                                   "max(1, gpus_per_node) = 2), or give runs= a fresh folder for a new comparison")
