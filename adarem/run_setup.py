@@ -92,7 +92,7 @@ def create(cfg: DictConfig, stop: StopFlag) -> Run:
     config = validate(cfg)
     dist = dist_utils.init_distributed(config.trainer.device)
     stop.distributed, stop.device = dist.enabled, dist.device
-    seed_everything(config.seed, config.trainer.deterministic)
+    seed_everything(config.seed, config.trainer.deterministic, dist.rank)
     return Run(config, to_container(cfg), dist, Path(config.run_dir))
 
 

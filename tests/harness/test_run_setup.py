@@ -77,3 +77,40 @@ def test_a_finished_run_is_not_reported_for_another_world_size():
         check_finished_world_size(run(2, finished))
     with pytest.raises(ConfigError, match="BatchNorm batch unrecorded"):  # a record from before bn_batch
         check_finished_world_size(run(2, {"status": "finished", "world_size": 1}))
+
+
+RANK_DRAWS = """
+import sys, torch, torch.distributed as dist
+from adarem.protocol.dispatch import compose
+from adarem.run_setup import create
+from adarem.signals import StopFlag
+run = create(compose(["model.drop_rate=0.5", "logging.wandb=disabled", "seed=7", "run_dir=" + sys.argv[1]]), StopFlag())
+mask = torch.nn.Dropout(0.5)(torch.ones(64)) > 0  # what a dropout layer does to this rank's images
+masks = [torch.zeros_like(mask) for _ in range(dist.get_world_size())] if dist.is_initialized() else [mask]
+if dist.is_initialized():
+    dist.all_gather(masks, mask)
+    dist.destroy_process_group()
+if not dist.is_initialized() and run.dist.is_main:
+    print("masks", *("".join("1" if v else "0" for v in m.tolist()) for m in masks))
+"""
+
+
+@pytest.mark.slow
+def test_each_rank_draws_its_own_dropout_masks(tmp_path, env):
+    """Every rank was seeded with config.seed, so rank j's image i got rank 0's mask for image i:
+    dropout noise correlated across the global batch. Rank 0 keeps a single process's stream."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, torchrun
+
+    script = tmp_path / "draws.py"
+    script.write_text(RANK_DRAWS)
+    outs = []
+    for launcher in ([sys.executable], torchrun(2)):
+        res = subprocess.run([*launcher, str(script), str(tmp_path / f"run{len(outs)}")], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        outs.append(next(line.split()[1:] for line in res.stdout.splitlines() if line.startswith("masks")))
+    (single,), (rank0, rank1) = outs
+    assert rank0 == single and rank1 != rank0
