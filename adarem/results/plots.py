@@ -68,10 +68,12 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
             if not it.empty:
                 y = "train_loss_window" if it.train_loss_window.notna().all() else "loss"
                 _band(axes[1], mean_ci(it, "step", y), "step", label)
-            # wall-clock differs per seed: the band is over seeds at each evaluation index
-            ev = ev.assign(k=ev.groupby("run_dir").cumcount())
-            wall = ev.groupby("k").wall_time_s.mean().rename("wall")
-            _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label)
+            # wall-clock differs per seed: the band is over seeds at each evaluation index; none
+            # for runs timed on different platforms (tables.timing_notes flags them)
+            if "platform" not in g or g.platform.nunique() == 1:
+                ev = ev.assign(k=ev.groupby("run_dir").cumcount())
+                wall = ev.groupby("k").wall_time_s.mean().rename("wall")
+                _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label)
             osc = rs.oscillation[rs.oscillation.run_dir.isin(g.run_dir)]
             if not osc.empty:
                 osc_groups.append((label, osc))

@@ -191,6 +191,19 @@ def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None
     return kept
 
 
+def timing_platform(run: dict) -> str:
+    """What a run's seconds and images/s were measured on: ranks x device (CPU: torch threads per
+    rank). The host name is left out: two nodes of one cluster partition time alike."""
+    hw = run.get("hardware") if isinstance(run.get("hardware"), dict) else {}
+    world = run.get("world_size") if isinstance(run.get("world_size"), int) else 1
+    device = str(hw.get("device") or "unrecorded").split(":")[0]
+    if device == "cuda":
+        device = str(hw.get("gpu") or "cuda")
+    elif device == "cpu" and hw.get("torch_threads"):
+        device = f"cpu/{hw['torch_threads']} thread(s)"
+    return f"{world} x {device}"
+
+
 def split_bn_batch(run: dict) -> int | None:
     """The images per BatchNorm batch where they are not the global batch (several ranks without
     SyncBatchNorm: batch / world size), else None: runs that differ in it never pool. None also for
@@ -409,6 +422,7 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
             "commit": str(git.get("commit") or "unrecorded")[:10],
             "dirty": git.get("dirty") is True,
             "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
+            "platform": timing_platform(run),
             # training images replaced by others (data.on_corrupt=skip), all ranks; absent before it was recorded
             "corrupt_skipped": run.get("corrupt_skipped") if isinstance(run.get("corrupt_skipped"), int) else 0,
             "setting_id": entry["setting_id"],

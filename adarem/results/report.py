@@ -9,7 +9,7 @@ import pandas as pd
 from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
-from adarem.results.tables import error_table, oscillation_table, selection_notes, speed_table
+from adarem.results.tables import error_table, oscillation_table, selection_notes, speed_table, timing_notes
 
 
 def _fmt_p(p) -> str:
@@ -161,7 +161,8 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
         if not verdicts.empty:
             verdicts[CSV_COLUMNS].to_csv(out_dir / "claims.csv", index=False)
             parts.append(claims_markdown(verdicts))
-    notes = (selection_notes(rs.runs) + code_notes(rs.runs) + truncation_notes(rs.runs) + corrupt_notes(rs.runs))
+    notes = (selection_notes(rs.runs) + code_notes(rs.runs) + truncation_notes(rs.runs) + corrupt_notes(rs.runs)
+             + timing_notes(rs.runs))
     problems = pd.concat([rs.problems_frame, pd.DataFrame(notes, columns=["run_dir", "problem"])], ignore_index=True)
     parts.append("## Excluded or flagged runs\n\n" + (problems.to_markdown(index=False) if not problems.empty else "None.") + "\n")
     pngs = plot_curves(rs, out_dir / "plots")

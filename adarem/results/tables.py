@@ -15,6 +15,7 @@ PROTOCOL = ["evals_per_epoch", "bn_recalibrate"]
 GROUP = ["dataset", "model", "optimizer", "eval_on", "lr", "weight_decay", "epochs", "batch_size", *PROTOCOL,
          "config_id"]
 SETTING = ["dataset", "model"]
+MIXED = "mixed hardware (see flags)"  # a time cell whose runs were timed on different platforms
 DIVERGED_ERROR = 100.0  # a diverged run's error where a number is needed (claims): the worst possible
 
 
@@ -199,6 +200,7 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
     for key, g in rs.runs.groupby(GROUP, dropna=False, sort=True):
         info = dict(zip(GROUP, key))
         row = {**info, "n": len(g), "diverged": int((g.status == "diverged").sum())}
+        mixed = "platform" in g and g.platform.nunique() > 1  # seconds of different machines: no median
         tgt = targets.get((info["dataset"], info["model"])) if info["eval_on"] == "val" else None
         for i, (off, t) in enumerate(zip(offsets, tgt or [None] * len(offsets))):
             col = f"SGD+{off:g}"
@@ -207,7 +209,7 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
                 continue
             hits = steps_to_target(rs, g, t)
             row[f"steps to {col}"] = _median_reached([h[0] for h in hits], len(hits))
-            row[f"s to {col}"] = _median_reached([h[1] for h in hits], len(hits))
+            row[f"s to {col}"] = _median_reached([h[1] for h in hits], len(hits)) if not mixed else MIXED
             if i:
                 continue
             here = sel[(sel.dataset == info["dataset"]) & (sel.model == info["model"]) & (sel.eval_on == "val")]
@@ -232,7 +234,7 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
             row[f"train loss @{int(frac * 100)}%"] = mean_std(
                 [train_loss_at(rs, d, b, frac) for d, b in zip(g.run_dir, g.budget_steps)])
         row["val-err AUC"] = mean_std(area_under_val_error(rs, g[g.status == "finished"].run_dir))
-        row["images/s"] = mean_std(g.images_per_s)
+        row["images/s"] = mean_std(g.images_per_s) if not mixed else MIXED
         rows.append(row)
     df = pd.DataFrame(rows).drop(columns=["config_id"])
     speedups = [c for c in df.columns if c.startswith("speed-up vs")]
@@ -242,6 +244,28 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
     rest = [c for c in df.columns if c not in speedups]
     at = rest.index(f"s to SGD+{offsets[0]:g}") + 1
     return df[rest[:at] + speedups + rest[at:]].fillna("—")
+
+
+def timing_notes(runs: pd.DataFrame) -> list[dict]:
+    """Flags for seconds and images/s measured on different platforms (records.timing_platform):
+    within a row (its time cells are left out), and between the optimizers of a setting (their
+    seconds compare machines as much as optimizers)."""
+    if runs.empty or "platform" not in runs:
+        return []
+    notes = []
+    for key, g in runs.groupby(GROUP, dropna=False, sort=True):
+        if g.platform.nunique() > 1:
+            info = dict(zip(GROUP, key))
+            notes.append({"run_dir": f"(timing) {len(g)} runs of {info['optimizer']} on {info['dataset']}/{info['model']}",
+                          "problem": f"timed on {g.platform.nunique()} platforms ({'; '.join(sorted(set(g.platform)))}): "
+                                     f"their seconds and images/s are not pooled (steps are)"})
+    for (dataset, model), g in selected_groups(runs).groupby(SETTING):
+        per_opt = g.groupby("optimizer").platform.agg(lambda p: "; ".join(sorted(set(p))))
+        if per_opt.nunique() > 1:
+            notes.append({"run_dir": f"(timing) {dataset}/{model}",
+                          "problem": "optimizers timed on different platforms (" + ", ".join(
+                              f"{opt}: {p}" for opt, p in per_opt.items()) + "): compare steps, not seconds"})
+    return notes
 
 
 def oscillation_table(rs: RunSet) -> pd.DataFrame:

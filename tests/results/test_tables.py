@@ -536,3 +536,35 @@ def test_a_key_the_optimizer_never_reads_does_not_make_another_configuration(tmp
     rs = load_runs(root)
     assert rs.runs.config_id.nunique() == 1 and set(rs.runs.optimizer) == {"adam"}
     assert len(error_table(rs)) == 1 and error_table(rs).n.tolist() == [4]
+
+
+def test_seconds_and_images_per_second_are_never_pooled_across_platforms(tmp_path):
+    """A model without BatchNorm trained on 1 and on 2 ranks pools for its errors and steps, but its
+    seconds and images/s measure two machines: they were averaged into one row ("1300 ± 358
+    images/s"), and the optimizers' seconds compared without a word when timed on different ones."""
+    root = tmp_path / "runs"
+
+    def platform(d, world, device="cpu", gpu=None):
+        record = json.loads((d / "run.json").read_text())
+        record.update(world_size=world, bn_batch=None,  # no BatchNorm: the errors pool
+                      hardware={"device": device, "torch_threads": 1, **({"gpu": gpu} if gpu else {})})
+        (d / "run.json").write_text(json.dumps(record))
+
+    for s in range(3):
+        platform(make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0]), 1)
+        platform(make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0]), 1 + (s == 2))
+    rs = load_runs(root)
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["sgd", "images/s"] != "mixed hardware (see flags)" and speed.loc["sgd", "s to SGD+1"].startswith("6")
+    assert speed.loc["adarem", "images/s"] == speed.loc["adarem", "s to SGD+1"] == "mixed hardware (see flags)"
+    assert speed.loc["adarem", "steps to SGD+1"].startswith("30")  # steps still pool
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert "timed on 2 platforms (1 x cpu/1 thread(s); 2 x cpu/1 thread(s))" in text
+    assert "optimizers timed on different platforms (adarem: 1 x cpu/1 thread(s); 2 x cpu/1 thread(s), " \
+           "sgd: 1 x cpu/1 thread(s)): compare steps, not seconds" in text
+
+    same = tmp_path / "same"  # every run on one platform (the committed study's case): no flag
+    for s in range(3):
+        platform(make_run(same, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0]), 8, "cuda:0", "NVIDIA H200")
+        platform(make_run(same, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0]), 8, "cuda:1", "NVIDIA H200")
+    assert "platform" not in write_report(load_runs(same), tmp_path / "out2", CLAIMS_FILE, "test")
