@@ -300,6 +300,8 @@ def compare(argv: list[str]) -> int:
                 if res.get("locked"):  # not evaluated: never score it as worst
                     fail(f"{res['run_dir']} is in use by another process (another compare on the same runs=?); "
                          f"wait for it to end, then launch again: finished trials are kept")
+                if res.get("refused"):  # scored as worst, it would silently drop this lr from the search
+                    fail(f"trial refused: {res['error']}")
                 searches[opt].results[(lr, wd, seed)] = res
                 print(f"  select {opt:15s} lr {lr:<9.4g} wd {wd:<8.3g} seed {seed} {res['status']:9s} "
                       f"holdout top-1 err {score(res):6.2f}%  ({res['seconds']:.0f} s)"
@@ -330,6 +332,8 @@ def compare(argv: list[str]) -> int:
         for (opt, s), res in dispatcher.run("final", finals):
             if res.get("locked"):
                 fail(f"{res['run_dir']} is in use by another process; wait for it to end, then launch again")
+            if res.get("refused"):
+                fail(f"trial refused: {res['error']}")
             if math.isfinite(score(res)):
                 finished.add(opt)
                 data_identity = data_identity or res.get("data_identity")

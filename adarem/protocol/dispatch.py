@@ -123,8 +123,20 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
 
 
 def refused(run_dir: Path, error: str, seconds: float = 0.0) -> dict:
-    """The outcome of a trial refused before training (as run_one returns train.py's refusals)."""
-    return {"run_dir": str(run_dir), "status": "failed", "error": error, "seconds": seconds, "locked": False}
+    """The outcome of a trial refused before training (as run_one returns train.py's refusals):
+    compare.py stops on it, as on a locked trial (scored as the worst, it would silently drop an lr
+    from the search)."""
+    return {"run_dir": str(run_dir), "status": "failed", "error": error, "seconds": seconds, "locked": False,
+            "refused": True}
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """train()'s refusals of the run as configured (another configuration or data in its directory,
+    a finished run of another world size...): a ConfigError, never the optimizer's doing."""
+    from adarem.config import ConfigError
+    from adarem.run_dir import RunLocked
+
+    return isinstance(exc, ConfigError) and not isinstance(exc, RunLocked)
 
 
 LOCAL_WORLD = 1  # run_one trains each trial as one process: no process group, one rank
@@ -149,9 +161,9 @@ def run_one(overrides: list[str], threads: int) -> dict:
     try:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             code = train(cfg)
-    except Exception as exc:  # one failed configuration must not stop the comparison
+    except Exception as exc:  # one failed configuration must not stop the comparison; a refusal does
         return {"run_dir": str(run_dir), "status": "failed", "error": one_line(exc), "seconds": time.time() - t0,
-                "locked": isinstance(exc, RunLocked)}
+                "locked": isinstance(exc, RunLocked), "refused": _is_refusal(exc)}
     try:
         record = read_run_json(run_dir) or {}
     except ValueError as exc:
@@ -221,7 +233,7 @@ class Trial:
             code = train(cfg)
         except Exception as exc:  # the trial failed, not the job: the protocol reads the outcome
             return {"run_dir": str(run_dir), "status": "failed", "error": one_line(exc), "seconds": time.time() - t0,
-                    "locked": isinstance(exc, RunLocked)}
+                    "locked": isinstance(exc, RunLocked), "refused": _is_refusal(exc)}
         finally:
             dist_utils.cleanup()
         res = read_outcome(run_dir, time.time() - t0)
@@ -336,5 +348,5 @@ class SlurmDispatcher:
         if isinstance(returned, dict):
             res["locked"] = bool(returned.get("locked"))
             if "error" in returned and res["status"] not in DONE:
-                res.update(status="failed", error=returned["error"])
+                res.update(status="failed", error=returned["error"], refused=bool(returned.get("refused")))
         return res

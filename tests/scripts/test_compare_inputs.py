@@ -120,3 +120,24 @@ def test_make_tables_script_says_it_in_one_line(env, tmp_path):
                           "--out", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error: --targets=inf") and res.stderr.count("\n") == 1, \
         res.stderr
+
+
+@pytest.mark.slow
+def test_a_refused_trial_stops_the_comparison(env, tmp_path):
+    """A finished selection trial that this launch may not reuse (here: trained on 2 ranks, a
+    BatchNorm model's other BN batch) was scored as the worst trial and the search went on without
+    its lr; now compare.py stops with the refusal's one line."""
+    import json
+
+    args = ["optimizers=sgd", "lr_grid=1", "select_seeds=1", "seeds=1", "trainer.epochs=1"]
+    first = compare(args, env, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (trial,) = (tmp_path / "runs" / "select").rglob("run.json")
+    record = json.loads(trial.read_text())
+    assert record["status"] == "finished" and isinstance(record["bn_batch"], int)
+    record.update(world_size=2, bn_batch=record["bn_batch"] // 2)
+    trial.write_text(json.dumps(record))
+    again = compare(args, env, tmp_path)
+    assert again.returncode == 2 and again.stderr.startswith("error: trial refused: "), again.stderr[-2000:]
+    assert "trained on 2 rank(s)" in again.stderr and again.stderr.count("\n") == 1
+    assert not [line for line in again.stdout.splitlines() if line.startswith("  final ")]  # none on a partial search
