@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -67,10 +68,25 @@ def is_neutral(key: str, value) -> bool:
     return value == neutral  # 0 == 0.0: JSON and YAML may spell a number either way
 
 
+def normalise_root(root):
+    """``data.root`` as one spelling per folder: ``~`` expanded, made absolute (against the working
+    directory of the launch) and normalised, so that ``/data/x``, ``/data/x/``, ``/data//x`` and
+    ``x`` launched from ``/data`` are one configuration (they were three run directories and three
+    rows of the tables). Links are not resolved: a link may be repointed at other data, which the
+    data identity's content hashes tell apart. "" (the dataset's default) stays ""."""
+    if not isinstance(root, str) or not root:
+        return root
+    return os.path.normpath(os.path.abspath(os.path.expanduser(root)))
+
+
 def identity_items(config: dict) -> dict:
     """The flattened identity keys; a key of ADDED_KEYS at its neutral value is left out, so a
-    configuration recorded before the key existed has the same items (and hash)."""
-    return {k: v for k, v in flatten(config).items() if is_identity_key(k) and not is_neutral(k, v)}
+    configuration recorded before the key existed has the same items (and hash). ``data.root`` is
+    compared normalised (normalise_root)."""
+    items = {k: v for k, v in flatten(config).items() if is_identity_key(k) and not is_neutral(k, v)}
+    if "data.root" in items:
+        items["data.root"] = normalise_root(items["data.root"])
+    return items
 
 
 def run_id(config: dict) -> str:

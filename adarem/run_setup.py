@@ -30,7 +30,7 @@ from adarem.models import build_model, count_parameters, to_sync_batchnorm
 from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, optimizer_impl
 from adarem.reproducibility import seed_everything
 from adarem.run_dir import RunLock, RunLocked, RunPlan, plan_run
-from adarem.run_identity import run_id
+from adarem.run_identity import normalise_root, run_id
 from adarem.run_record import MetricsLog, RunRecord, now
 from adarem.schedule import build_scheduler, truncation
 from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
@@ -89,6 +89,7 @@ def lock_run_dir(run: Run) -> None:
 
 def create(cfg: DictConfig, stop: StopFlag) -> Run:
     """Validate the config and join the process group: the run exists, nothing is built yet."""
+    cfg.data.root = normalise_root(cfg.data.root)  # recorded (run.json, checkpoints) as the run id sees it
     config = validate(cfg)
     dist = dist_utils.init_distributed(config.trainer.device)
     stop.distributed, stop.device = dist.enabled, dist.device

@@ -184,6 +184,9 @@ def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None
     ignored = ignored + _unread_keys(flat)
     kept = {k: v for k, v in flat.items()
             if not any(k == p or k.startswith(p + ".") for p in ignored) and not is_neutral(k, v)}
+    root = kept.get("data.root")
+    if isinstance(root, str) and os.path.isabs(os.path.expanduser(root)):  # /x/t2/ and /x/t2 pool (a relative
+        kept["data.root"] = os.path.normpath(os.path.expanduser(root))    # one, of old records, is left as is)
     if data_identity:
         kept["_data_identity"] = _base(data_identity)
     if bn_batch is not None:

@@ -285,3 +285,23 @@ def test_compare_stops_on_a_locked_trial(tmp_path, env):
     assert again.returncode == 2, again.stderr[-3000:]
     assert "is in use by another process" in again.stderr.strip().splitlines()[-1]
     assert "Traceback" not in again.stderr
+
+
+def test_one_folder_spelled_three_ways_is_one_run(tmp_path, env):
+    """data.root=/x/t, /x/t/ and t (from /x) trained three runs in three directories, which the
+    tables then kept apart as three one-seed rows; the root is now normalised before it is hashed
+    and recorded, so the later spellings find the finished run."""
+    from adarem.data.photo_tree import make_photo_tree
+
+    root = make_photo_tree(tmp_path / "tree", classes=2, train_per_class=4, val_per_class=2, size_range=(60, 90))
+    common = ["data=folder", "data.image_size=32", "data.val_resize=36", "trainer.batch_size=4", "trainer.epochs=1",
+              f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"]
+    first = run_train([f"data.root={root}", *common], env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert read_run(run_dir)["config"]["data"]["root"] == str(root)
+    for spelling, cwd in ((f"{root}/", REPO), (f"{root.parent}//{root.name}", REPO), (root.name, root.parent)):
+        cmd = [sys.executable, str(REPO / "train.py"), *FAST, f"data.root={spelling}", *common]
+        res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and "already finished" in res.stdout, (spelling, res.stderr[-2000:])
+    assert [d.name for d in (tmp_path / "runs").iterdir()] == [run_dir.name]

@@ -568,3 +568,15 @@ def test_seconds_and_images_per_second_are_never_pooled_across_platforms(tmp_pat
         platform(make_run(same, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0]), 8, "cuda:0", "NVIDIA H200")
         platform(make_run(same, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0]), 8, "cuda:1", "NVIDIA H200")
     assert "platform" not in write_report(load_runs(same), tmp_path / "out2", CLAIMS_FILE, "test")
+
+
+def test_records_of_one_folder_spelled_two_ways_pool(tmp_path):
+    """Records written before data.root was normalised: /x/t2 and /x/t2/ are one folder."""
+    root = tmp_path / "runs"
+    for s, spelling in enumerate(["/data/t2", "/data/t2/", "/data//t2"]):
+        d = make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0])
+        record = json.loads((d / "run.json").read_text())
+        record["config"]["data"]["root"] = spelling
+        (d / "run.json").write_text(json.dumps(record))
+    table = error_table(load_runs(root))
+    assert len(table) == 1 and int(table.n.iloc[0]) == 3
