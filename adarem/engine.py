@@ -109,6 +109,8 @@ class LossWatch:
     def add(self, step: int, loss: torch.Tensor) -> None:
         if poisoned("nan_loss", step):  # fault injection: this rank alone sees a NaN
             loss = loss.detach() * math.nan
+        if poisoned("huge_loss", step):  # ... or an absurd but finite loss
+            loss = loss.detach() * 0 + 1e30
         self.pending.append((step, loss.detach().float()))
 
     def check(self) -> Optional[Divergence]:
@@ -128,7 +130,10 @@ class LossWatch:
         step = float(first)
         if math.isinf(step):
             return None
-        return Divergence(int(step), local.loss if local is not None and local.step == int(step) else math.nan)
+        # the loss itself, from a rank that saw it (rank 0 alone writes the record): one more
+        # collective, only when the run has diverged
+        seen = dist_utils.all_gather_object((local.step, local.loss) if local is not None else None)
+        return Divergence(int(step), next(loss for s, loss in filter(None, seen) if s == int(step)))
 
 
 def to_device(loader, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):

@@ -4,7 +4,8 @@ sends SIGTERM instead (a scheduler's preemption notice at an exact point). Unset
 string comparison. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` (right after
 the end-of-epoch checkpoint of epoch E, before evaluation), ``eval@E`` (in the middle of
 epoch E's first evaluation: a mid-epoch one when trainer.evals_per_epoch > 1), ``after_eval@E`` (right after epoch E's evaluation was logged),
-``checkpoint_write@K`` (half-way through writing the K-th checkpoint).
+``checkpoint_write@K`` (half-way through writing the K-th checkpoint). Not kills: ``nan_loss@N``
+and ``huge_loss@N`` (step N's loss becomes NaN, or a finite 1e30 beyond trainer.diverge_loss).
 """
 
 from __future__ import annotations
@@ -26,5 +27,5 @@ def poisoned(point: str, n: int) -> bool:
 
 
 def maybe_crash(point: str, n: int) -> None:
-    if _SPEC and point == _POINT and str(n) == _N and point != "nan_loss":
+    if _SPEC and point == _POINT and str(n) == _N and point not in ("nan_loss", "huge_loss"):
         os.kill(os.getpid(), signal.Signals[f"SIG{_SIGNAL}"] if _SIGNAL else signal.SIGKILL)

@@ -100,19 +100,22 @@ def test_divergence_is_a_result(tmp_path, env):
 
 @pytest.mark.slow
 def test_divergence_seen_by_one_rank_stops_every_rank(tmp_path, env):
-    """Rank 1 alone records a NaN loss at step 5: both ranks must agree (collectively) that the run
-    diverged at step 5, instead of rank 1 leaving while rank 0 waits in its next all-reduce."""
+    """Rank 1 alone records an absurd loss at step 5: both ranks must agree (collectively) that the
+    run diverged at step 5, instead of rank 1 leaving while rank 0 waits in its next all-reduce; and
+    rank 0, which writes the record, reports rank 1's loss (it wrote NaN)."""
     import time
 
     run_dir = tmp_path / "ddp"
     launcher = torchrun(2)
     t0 = time.monotonic()
-    res = run_train(["trainer.log_every=1000"], dict(env, ADAREM_FAULT="nan_loss@5", ADAREM_FAULT_RANK="1"),
+    res = run_train(["trainer.log_every=1000"], dict(env, ADAREM_FAULT="huge_loss@5", ADAREM_FAULT_RANK="1"),
                     run_dir, launcher=launcher, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert time.monotonic() - t0 < 150
     run = read_run(run_dir)
     assert run["status"] == "diverged" and run["diverged_at_step"] == 5
+    (line,) = [m for m in read_metrics(run_dir) if m["type"] == "diverged"]
+    assert line["step"] == 5 and abs(line["loss"] / 1e30 - 1) < 1e-6  # float32
 
 
 @pytest.mark.slow
