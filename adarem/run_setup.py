@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -58,20 +59,44 @@ class Run:
     metrics: Optional[MetricsLog] = None
     tracker: Optional[Tracker] = None
     bn_batch: Optional[int] = None  # images per BatchNorm batch in training (None: no BatchNorm)
+    started: float = field(default_factory=time.time)  # this process's start (a rank's error file is newer)
 
     def mark_failed(self, exc: BaseException, message: str) -> None:
-        """run.json says how the run ended when it ended by an exception (Ctrl-C included)."""
+        """run.json says how the run ended when it ended by an exception (Ctrl-C included). Under
+        DDP a rank that fails alone leaves its reason in ``rank<r>_error.txt`` before it exits;
+        rank 0, the only writer of run.json, then fails in its next collective ("connection closed
+        by peer") and records the first rank's reason, its own after it."""
         if self.record is None or self.record.data.get("status") != "running":
             return
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = f"{type(exc).__name__}: {message}"
         try:
-            self.record.update(status=status, end_time=now(), error=f"{type(exc).__name__}: {message}")
+            if not self.dist.is_main:
+                if self.run_dir.is_dir():
+                    tmp = self.run_dir / f".rank{self.dist.rank}_error.txt.tmp"
+                    tmp.write_text(error)
+                    os.replace(tmp, self.run_dir / f"rank{self.dist.rank}_error.txt")
+                return
+            first = first_rank_error(self.run_dir, self.started)
+            self.record.update(status=status, end_time=now(), error=f"{first} (rank 0 then: {error})" if first else error)
         except OSError:  # the disk that failed the run may fail this write too
             pass
 
     def close(self) -> None:
         if self.lock is not None:
             self.lock.release()
+
+
+def first_rank_error(run_dir: Path, since: float) -> Optional[str]:
+    """"rank r: <error>" of the rank whose error file (written since ``since``) came first."""
+    found = []
+    for path in run_dir.glob("rank*_error.txt"):
+        try:
+            if path.stat().st_mtime >= since:
+                found.append((path.stat().st_mtime, path.name[4:-len("_error.txt")], path.read_text().strip()))
+        except OSError:
+            continue
+    return f"rank {min(found)[1]}: {min(found)[2]}" if found else None
 
 
 def lock_run_dir(run: Run) -> None:

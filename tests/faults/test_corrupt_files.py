@@ -59,3 +59,25 @@ def test_replaced_images_are_counted_over_ranks_and_resumes(tmp_path, env, broke
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "trained with 8 replacement(s) for unreadable training images" in (out / "tables.md").read_text()
+
+
+def test_a_rank_that_fails_alone_is_named_in_the_record(tmp_path, env):
+    """An unreadable validation image in rank 1's shard: rank 1 stops with it, rank 0 then fails in
+    its next collective; run.json carried rank 0's "connection closed by peer", the cause only on
+    stderr."""
+    from adarem.data.datasets import list_image_folder
+    from adarem.data.sampling import val_batches
+
+    root = make_photo_tree(tmp_path / "tree", classes=2, train_per_class=4, val_per_class=2, size_range=(60, 90))
+    samples, _ = list_image_folder(root / "val")
+    (index,) = val_batches(len(samples), 1, 1, 2)[0]  # rank 1's first validation image
+    bad = samples[index][0]
+    with open(bad, "r+b") as f:
+        f.truncate(300)
+    run_dir = tmp_path / "run"
+    res = run_train([*_args(root)[:-4], "trainer.batch_size=4", "trainer.epochs=1"], env, run_dir,
+                    launcher=torchrun(2))
+    assert res.returncode != 0
+    record = read_run(run_dir)
+    assert record["status"] == "failed"
+    assert record["error"].startswith(f"rank 1: DataError: corrupt image {bad} in the evaluation set"), record["error"]
