@@ -64,6 +64,10 @@ def check_classes(classes: list, root: Path) -> None:
     if len(classes) < 2:
         raise DataError(f"{root} holds {len(classes)} class folder(s); classification needs at least 2 "
                         f"(one class folder per label under train/ and val/)")
+    hidden = [c for c in classes if c.startswith(".")]
+    if hidden:  # torchvision's mapping makes it class 0 and shifts every label (.ipynb_checkpoints, say)
+        raise DataError(f"hidden folder {root / hidden[0]} would be a class; remove it (python "
+                        f"scripts/prepare_imagenet.py <root> lists every such entry)")
 
 
 def check_sizes(n_train: int, n_val: int, global_batch: int, world: int) -> None:
@@ -112,6 +116,7 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         train_samples, classes = list_image_folder(root / "train")
         check_classes(classes, root / "train")
         val_samples, val_classes = list_image_folder(root / "val")
+        check_classes(val_classes, root / "val")
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))[:5]
             only_val = sorted(set(val_classes) - set(classes))[:5]

@@ -236,3 +236,15 @@ def test_cached_photo_tree_links_repeats_and_is_made_once(tmp_path):
     mtime = (cls / "img_0001.JPEG").stat().st_mtime_ns
     assert cached_photo_tree(tmp_path / "tree", classes=3, train_per_class=9) == root
     assert (cls / "img_0001.JPEG").stat().st_mtime_ns == mtime and not (root / "train" / "class_002").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_hidden_folder_is_not_taken_for_a_class(tree, tmp_path, split):
+    """torchvision's class mapping takes .ipynb_checkpoints for class 0: every label shifts by one
+    (or, in one split only, the class lists differ)."""
+    root = tmp_path / "hidden"
+    shutil.copytree(tree, root)
+    (root / split / ".ipynb_checkpoints").mkdir()
+    shutil.copy(next((root / split / "class_000").glob("*.JPEG")), root / split / ".ipynb_checkpoints" / "a.JPEG")
+    with pytest.raises(DataError, match=rf"hidden folder .*{split}/\.ipynb_checkpoints would be a class; remove it"):
+        build_data(cfg_for(root), 6, 0, 1, 0, CPU)
