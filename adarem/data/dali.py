@@ -59,6 +59,12 @@ def looks_like_complete_jpeg(data: bytes | np.ndarray) -> bool:
     return len(data) >= 4 and head == b"\xff\xd8" and b"\xff\xd9" in tail
 
 
+def looks_like_complete_png(data: bytes) -> bool:
+    """PNG signature first and the IEND chunk last: the cheap test for a PNG dataset's files (a
+    truncated PNG has no IEND)."""
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
+
+
 def pil_decodes(raw: bytes) -> bool:
     """PIL decodes the whole file, as the torch loader would: the test for the files that fail the
     marker test but are images (ImageNet's PNG named .JPEG, a JPEG with more trailing bytes, the
@@ -81,7 +87,7 @@ def read_image(path: str) -> tuple[np.ndarray | None, int]:
             raw = f.read()
     except OSError:
         return None, _UNREADABLE
-    if looks_like_complete_jpeg(raw) or pil_decodes(raw):
+    if looks_like_complete_jpeg(raw) or looks_like_complete_png(raw) or pil_decodes(raw):
         return np.frombuffer(raw, dtype=np.uint8), -1
     return None, _UNDECODABLE
 
