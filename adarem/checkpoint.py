@@ -118,7 +118,7 @@ def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_line
         "scaler": scaler.state_dict() if scaler is not None else None,
         "position": {"epoch": state.epoch, "batch": state.batch, "global_step": state.global_step,
                      "phase": state.phase, "elapsed_train_s": state.elapsed_train_s, "final": state.final,
-                     "corrupt_skipped": state.corrupt_skipped},
+                     "corrupt_skipped": state.corrupt_skipped, "corrupt_exact": state.corrupt_exact},
         "metrics_lines": metrics_lines,
         "config": config,
         "data_identity": data_identity,
@@ -221,7 +221,9 @@ def _restore(ckpt: dict, model, optimizer, scheduler, scaler, state, rank: int) 
     state.epoch, state.batch, state.global_step = pos["epoch"], pos["batch"], pos["global_step"]
     state.phase, state.elapsed_train_s = pos["phase"], pos["elapsed_train_s"]
     state.final = dict(pos.get("final") or {})
-    state.corrupt_skipped = int(pos.get("corrupt_skipped", 0))  # absent from checkpoints before it was counted
+    # absent from checkpoints written before the count was kept: what came before is unknown
+    state.corrupt_skipped = int(pos.get("corrupt_skipped", 0))
+    state.corrupt_exact = bool(pos.get("corrupt_exact", "corrupt_skipped" in pos))
     per_rank = ckpt["per_rank"]
     if rank >= len(per_rank):
         raise CheckpointError(f"checkpoint was written by {len(per_rank)} ranks, this is rank {rank}; "

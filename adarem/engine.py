@@ -90,6 +90,7 @@ class TrainState:
     progress: EpochProgress = field(default_factory=EpochProgress)
     final: dict = field(default_factory=dict)  # the last evaluation's metrics (run.json "final")
     corrupt_skipped: int = 0  # over the epochs evaluated so far, all ranks (run.json "corrupt_skipped")
+    corrupt_exact: bool = True  # False: resumed from a checkpoint written before the count was kept
 
 
 class LossWatch:
@@ -163,7 +164,9 @@ def device_batches(loader, batches: Iterator, device: torch.device, channels_las
     (timed checkpoint, stop) drops the staged batch and takes its unreadable files back out of
     ``corrupt_count`` (the pass that resumes reads it again). Elsewhere (CPU; DALI and synthetic
     batches, already on the device, which DALI may recycle) each batch is finished when taken."""
-    staged, source = None, batches
+    # staged_corrupt: the staged batch's unreadable files, kept here because a nested pass of the
+    # same loader (BN recalibration in a mid-epoch evaluation) overwrites loader.last_batch_corrupt
+    staged, source, staged_corrupt = None, batches, 0
     try:
         if limit is not None:
             batches = itertools.islice(source, limit)
@@ -175,8 +178,10 @@ def device_batches(loader, batches: Iterator, device: torch.device, channels_las
         compute = torch.cuda.current_stream(device)
 
         def stage(batch):
+            nonlocal staged_corrupt
             if batch is None:
                 return None
+            staged_corrupt = getattr(loader, "last_batch_corrupt", 0)
             with torch.cuda.stream(side):
                 return to_device(loader, *batch, device, channels_last)
 
@@ -188,8 +193,8 @@ def device_batches(loader, batches: Iterator, device: torch.device, channels_las
             current, staged = staged, stage(next(batches, None))
             yield current
     finally:
-        if staged is not None and hasattr(loader, "last_batch_corrupt"):
-            loader.corrupt_count -= loader.last_batch_corrupt  # read ahead, never trained on
+        if staged is not None and hasattr(loader, "corrupt_count"):
+            loader.corrupt_count -= staged_corrupt  # read ahead, never trained on
         close = getattr(source, "close", None)
         if close is not None:
             close()  # the loader's pass ends now (a kept DataLoader goes back to its pool)
@@ -211,108 +216,105 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
     t_last = time.perf_counter()
     it = device_batches(loader, iter(loader.epoch(state.epoch, state.batch)), device, cfg.channels_last)
     corrupt_before = getattr(loader, "corrupt_count", 0)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x, y = next(it)
+            except StopIteration:
+                break
+            prog.data_wait_s += time.perf_counter() - t0
 
-    def settle() -> None:  # the pass ends: its counts into the (checkpointed) epoch progress
+            step = state.global_step + 1
+            if oscillation is not None:
+                oscillation.before_step(step)
+            with precision.autocast(device):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            if precision.scaler is not None:
+                precision.scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    precision.scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
+            else:
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+            state.global_step = step
+            state.batch += 1
+            maybe_crash("step", step)
+            scheduler.step_update(num_updates=step)
+            watch.add(step, loss)
+            prog.loss_sum += loss.detach().double() * y.shape[0]  # a device scalar until the epoch ends
+            prog.samples += y.shape[0]
+            prog.window_loss_sum += loss.detach().double() * y.shape[0]
+            prog.window_samples += y.shape[0]
+            prog.window_steps += 1
+            if oscillation is not None:
+                record = oscillation.after_step(step)
+                if record is not None:
+                    on_log(record)
+
+            now = time.perf_counter()
+            prog.train_time_s += now - t_last
+            t_last = now
+            if progress_bar is not None:
+                progress_bar.update(1)
+            last_of_epoch = state.batch >= len(loader)
+            if step % cfg.log_every == 0 or last_of_epoch:
+                div = watch.check()
+                if div is not None:
+                    return StepOutcome("diverged", div)
+                lr = optimizer.param_groups[0]["lr"]
+                # train_loss_window: the mean loss over the steps since the previous line, over all
+                # ranks (one batch's loss alone is too noisy to read "train loss at x %" from)
+                window = torch.stack([torch.as_tensor(prog.window_loss_sum, dtype=torch.float64, device=device),
+                                      torch.tensor(float(prog.window_samples), dtype=torch.float64, device=device)])
+                dist_utils.all_reduce_sum(window)
+                total, n = window.tolist()
+                on_log({"type": "iter", "epoch": state.epoch, "step": step, "loss": loss.item(),
+                        "train_loss_window": total / max(n, 1), "train_loss_window_steps": prog.window_steps, "lr": lr})
+                prog.window_loss_sum, prog.window_samples, prog.window_steps = 0.0, 0, 0
+                if progress_bar is not None:
+                    progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
+                                             img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
+            if on_eval is not None and state.batch in eval_batches and not last_of_epoch:
+                div = watch.check()  # collective under DDP, like the evaluation itself
+                if div is not None:
+                    return StepOutcome("diverged", div)
+                on_eval()
+                model.train()
+                t_last = time.perf_counter()  # evaluation is not training time
+            reason = None
+            # Single process: the stop flag is a host variable, read every step for free. Under DDP
+            # the decision is an all-reduce plus a host sync, so it is taken every stop_check_every
+            # steps (the same steps on every rank) and at the epoch's end.
+            if not stop.distributed or step % cfg.stop_check_every == 0 or last_of_epoch:
+                stop_now, checkpoint_now = stop.poll(checkpoint_due())
+            else:
+                stop_now = checkpoint_now = False
+            if stop_now:
+                reason = "preempt"
+            elif cfg.max_steps and step >= cfg.max_steps and not last_of_epoch:
+                reason = "max_steps"
+            elif checkpoint_now and not last_of_epoch:
+                reason = "timed_checkpoint"
+            if reason is not None:
+                div = watch.check()  # never checkpoint diverged weights
+                if div is not None:
+                    return StepOutcome("diverged", div)
+                return StepOutcome(reason)
+        div = watch.check()
+        if div is not None:
+            return StepOutcome("diverged", div)
+        return StepOutcome("epoch_end")
+    finally:  # the pass ends, however (diverged too): its counts into the checkpointed epoch progress
         it.close()  # un-counts a batch read ahead and never trained on
         prog.corrupt_skipped += getattr(loader, "corrupt_count", 0) - corrupt_before
         _to_host(prog)
-
-    while True:
-        t0 = time.perf_counter()
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        prog.data_wait_s += time.perf_counter() - t0
-
-        step = state.global_step + 1
-        if oscillation is not None:
-            oscillation.before_step(step)
-        with precision.autocast(device):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if precision.scaler is not None:
-            precision.scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                precision.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            precision.scaler.step(optimizer)
-            precision.scaler.update()
-        else:
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-        state.global_step = step
-        state.batch += 1
-        maybe_crash("step", step)
-        scheduler.step_update(num_updates=step)
-        watch.add(step, loss)
-        prog.loss_sum += loss.detach().double() * y.shape[0]  # a device scalar until the epoch ends
-        prog.samples += y.shape[0]
-        prog.window_loss_sum += loss.detach().double() * y.shape[0]
-        prog.window_samples += y.shape[0]
-        prog.window_steps += 1
-        if oscillation is not None:
-            record = oscillation.after_step(step)
-            if record is not None:
-                on_log(record)
-
-        now = time.perf_counter()
-        prog.train_time_s += now - t_last
-        t_last = now
-        if progress_bar is not None:
-            progress_bar.update(1)
-        last_of_epoch = state.batch >= len(loader)
-        if step % cfg.log_every == 0 or last_of_epoch:
-            div = watch.check()
-            if div is not None:
-                return StepOutcome("diverged", div)
-            lr = optimizer.param_groups[0]["lr"]
-            # train_loss_window: the mean loss over the steps since the previous line, over all
-            # ranks (one batch's loss alone is too noisy to read "train loss at x %" from)
-            window = torch.stack([torch.as_tensor(prog.window_loss_sum, dtype=torch.float64, device=device),
-                                  torch.tensor(float(prog.window_samples), dtype=torch.float64, device=device)])
-            dist_utils.all_reduce_sum(window)
-            total, n = window.tolist()
-            on_log({"type": "iter", "epoch": state.epoch, "step": step, "loss": loss.item(),
-                    "train_loss_window": total / max(n, 1), "train_loss_window_steps": prog.window_steps, "lr": lr})
-            prog.window_loss_sum, prog.window_samples, prog.window_steps = 0.0, 0, 0
-            if progress_bar is not None:
-                progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
-                                         img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
-        if on_eval is not None and state.batch in eval_batches and not last_of_epoch:
-            div = watch.check()  # collective under DDP, like the evaluation itself
-            if div is not None:
-                return StepOutcome("diverged", div)
-            on_eval()
-            model.train()
-            t_last = time.perf_counter()  # evaluation is not training time
-        reason = None
-        # Single process: the stop flag is a host variable, read every step for free. Under DDP
-        # the decision is an all-reduce plus a host sync, so it is taken every stop_check_every
-        # steps (the same steps on every rank) and at the epoch's end.
-        if not stop.distributed or step % cfg.stop_check_every == 0 or last_of_epoch:
-            stop_now, checkpoint_now = stop.poll(checkpoint_due())
-        else:
-            stop_now = checkpoint_now = False
-        if stop_now:
-            reason = "preempt"
-        elif cfg.max_steps and step >= cfg.max_steps and not last_of_epoch:
-            reason = "max_steps"
-        elif checkpoint_now and not last_of_epoch:
-            reason = "timed_checkpoint"
-        if reason is not None:
-            div = watch.check()  # never checkpoint diverged weights
-            if div is not None:
-                return StepOutcome("diverged", div)
-            settle()
-            return StepOutcome(reason)
-    div = watch.check()
-    if div is not None:
-        return StepOutcome("diverged", div)
-    settle()
-    return StepOutcome("epoch_end")
 
 
 def _to_host(prog: EpochProgress) -> None:

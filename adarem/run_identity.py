@@ -79,19 +79,19 @@ def normalise_root(root):
     return os.path.normpath(os.path.abspath(os.path.expanduser(root)))
 
 
-def identity_items(config: dict) -> dict:
+def identity_items(config: dict, normalise: bool = True) -> dict:
     """The flattened identity keys; a key of ADDED_KEYS at its neutral value is left out, so a
     configuration recorded before the key existed has the same items (and hash). ``data.root`` is
-    compared normalised (normalise_root)."""
+    compared normalised (normalise_root; ``normalise=False``: as spelled, as before it was)."""
     items = {k: v for k, v in flatten(config).items() if is_identity_key(k) and not is_neutral(k, v)}
-    if "data.root" in items:
+    if "data.root" in items and normalise:
         items["data.root"] = normalise_root(items["data.root"])
     return items
 
 
-def run_id(config: dict) -> str:
+def run_id(config: dict, normalise: bool = True) -> str:
     """10 hex digits of the SHA-1 of the identity keys (sorted JSON)."""
-    blob = json.dumps(identity_items(config), sort_keys=True, default=str)
+    blob = json.dumps(identity_items(config, normalise), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 

@@ -114,12 +114,31 @@ def lock_run_dir(run: Run) -> None:
 
 def create(cfg: DictConfig, stop: StopFlag) -> Run:
     """Validate the config and join the process group: the run exists, nothing is built yet."""
-    cfg.data.root = normalise_root(cfg.data.root)  # recorded (run.json, checkpoints) as the run id sees it
+    spelled = cfg.data.root
+    cfg.data.root = normalise_root(spelled)  # recorded (run.json, checkpoints) as the run id sees it
     config = validate(cfg)
     dist = dist_utils.init_distributed(config.trainer.device)
     stop.distributed, stop.device = dist.enabled, dist.device
     seed_everything(config.seed, config.trainer.deterministic, dist.rank)
-    return Run(config, to_container(cfg), dist, Path(config.run_dir))
+    run = Run(config, to_container(cfg), dist, Path(config.run_dir))
+    if spelled != cfg.data.root and dist.is_main:
+        note_run_of_the_old_spelling(run, spelled)
+    return run
+
+
+def note_run_of_the_old_spelling(run: Run, spelled: str) -> None:
+    """Before data.root was normalised, this spelling hashed to another run id: a run stopped (or
+    finished) then sits in the directory of the old id, which this launch would not find. Say so,
+    rather than train again beside it in silence."""
+    new_id = run_id(run.config_dict)
+    old_id = run_id({**run.config_dict, "data": {**run.config_dict["data"], "root": spelled}}, normalise=False)
+    if new_id not in run.run_dir.name or (run.run_dir / "run.json").exists():
+        return
+    old_dir = run.run_dir.with_name(run.run_dir.name.replace(new_id, old_id))
+    if (old_dir / "run.json").exists():
+        print(f"note: {old_dir} holds a run of this configuration recorded with data.root={spelled} before data.root "
+              f"was normalised; to continue or report it instead, pass hydra.run.dir={old_dir}", file=sys.stderr,
+              flush=True)
 
 
 def prepare(run: Run, stop: StopFlag) -> Optional[int]:

@@ -175,15 +175,25 @@ class Trainer:
 
     def diverged(self, div: Divergence) -> int:
         r = self.run_
+        # every rank is here (the decision is collective): this epoch's replaced images, all ranks
+        corrupt = torch.tensor([self.state.progress.corrupt_skipped], dtype=torch.float64, device=r.dist.device)
+        dist_utils.all_reduce_sum(corrupt)
         r.metrics.log({"type": "diverged", "epoch": self.state.epoch, "step": div.step, "loss": div.loss})
         r.metrics.close()
         r.record.update(status="diverged", end_time=now(), diverged_at_step=div.step,
-                        final={"val_top1_err": None, "diverged_at_step": div.step})
+                        final={"val_top1_err": None, "diverged_at_step": div.step},
+                        corrupt_skipped=self.state.corrupt_skipped + int(corrupt), **self.corrupt_caveat())
         if r.dist.is_main:
             print(f"DIVERGED: training loss {div.loss} at step {div.step} (epoch {self.state.epoch}); the run is "
                   f"marked diverged in {r.run_dir / 'run.json'} and its last good checkpoint is kept", file=sys.stderr)
         r.tracker.finish()
         return 0
+
+    def corrupt_caveat(self) -> dict:
+        """run.json's corrupt_skipped_exact=false when the run resumed from a checkpoint written
+        before the count was kept: the epochs before it may have replaced more (the tables say "at
+        least")."""
+        return {} if self.state.corrupt_exact else {"corrupt_skipped_exact": False}
 
     def finish(self) -> int:
         r, final = self.run_, self.state.final
@@ -192,7 +202,7 @@ class Trainer:
             raise DataError(f"the run ended without a finite final validation error (final={final}); "
                             f"check that the validation split holds images of every rank")
         r.record.update(status="finished", end_time=now(), final=final, wall_time_s=self.state.elapsed_train_s,
-                        corrupt_skipped=self.state.corrupt_skipped)
+                        corrupt_skipped=self.state.corrupt_skipped, **self.corrupt_caveat())
         r.tracker.finish()
         if r.dist.is_main:
             print(f"final top-1 error {final['val_top1_err']:.2f}% (top-5 {final['val_top5_err']:.2f}%) after "

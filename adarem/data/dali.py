@@ -403,7 +403,11 @@ class DaliLoader:
         try:
             feed.start(epoch, batches)
             for k, batch in enumerate(batches):
-                images, labels, bad = _run(feed.pipe)
+                try:
+                    images, labels, bad = _run(feed.pipe)
+                except DataError as exc:
+                    self._name_undecodable(batches[k:k + 1 + self.cfg.dali_prefetch], exc)
+                    raise
                 if images is None:
                     raise DataError(f"the DALI pipeline ended after {k} of {len(batches)} batches")
                 n = len(batch)  # a short last validation batch was padded
@@ -425,6 +429,26 @@ class DaliLoader:
                 self._idle.append(feed)
             elif kept:  # failed: dropped with its workers
                 self._kept -= 1
+
+
+    def _name_undecodable(self, batches: list[list[int]], exc: DataError) -> None:
+        """After DALI's decoder failed: the first file of the failing batch (or of those prefetched
+        with it) that PIL cannot decode either, named in the error. A file that passes the reader's
+        cheap test (markers present, corrupt inside) reaches the decoder, and data.on_corrupt=skip
+        cannot replace it there."""
+        if not str(exc).startswith("DALI failed on a batch"):
+            return
+        for index in (i for batch in batches for i in batch):
+            path = self.samples[index][0]
+            try:
+                with open(path, "rb") as f:
+                    ok = pil_decodes(f.read())
+            except OSError:
+                ok = False
+            if not ok:
+                reason = str(exc).split("; if a file decodes", 1)[0]
+                raise DataError(f"corrupt image {path}: PIL cannot decode it either ({reason}); remove or repair it "
+                                f"(data.on_corrupt=skip replaces only files the reader finds truncated)") from None
 
 
 def _run(pipe):

@@ -131,12 +131,15 @@ def refused(run_dir: Path, error: str, seconds: float = 0.0) -> dict:
 
 
 def _is_refusal(exc: BaseException) -> bool:
-    """train()'s refusals of the run as configured (another configuration or data in its directory,
-    a finished run of another world size...): a ConfigError, never the optimizer's doing."""
+    """train()'s refusals of the run as configured, never the optimizer's doing: a ConfigError
+    (another configuration or data in its directory, a finished run of another world size...) or
+    a CheckpointError (a stopped run's checkpoint written by another number of processes, or
+    unreadable, or of another lr schedule)."""
+    from adarem.checkpoint import CheckpointError
     from adarem.config import ConfigError
     from adarem.run_dir import RunLocked
 
-    return isinstance(exc, ConfigError) and not isinstance(exc, RunLocked)
+    return isinstance(exc, (ConfigError, CheckpointError)) and not isinstance(exc, RunLocked)
 
 
 LOCAL_WORLD = 1  # run_one trains each trial as one process: no process group, one rank

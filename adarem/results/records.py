@@ -194,6 +194,16 @@ def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None
     return kept
 
 
+def replaced_images(run: dict, epochs: list[dict]) -> dict:
+    """Training images replaced by others (data.on_corrupt=skip), all ranks: run.json's count, and
+    whether it is exact. A record from before the count was kept has only its epoch lines' count
+    (rank 0's, cumulative): a lower bound, as is a run resumed from such a checkpoint."""
+    if isinstance(run.get("corrupt_skipped"), int):
+        return {"corrupt_skipped": run["corrupt_skipped"], "corrupt_exact": run.get("corrupt_skipped_exact") is not False}
+    old = max((r["corrupt_skipped"] for r in epochs if isinstance(r.get("corrupt_skipped"), int)), default=0)
+    return {"corrupt_skipped": old, "corrupt_exact": old == 0}
+
+
 def timing_platform(run: dict) -> str:
     """What a run's seconds and images/s were measured on: ranks x device (CPU: torch threads per
     rank). The host name is left out: two nodes of one cluster partition time alike."""
@@ -426,8 +436,7 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
             "dirty": git.get("dirty") is True,
             "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
             "platform": timing_platform(run),
-            # training images replaced by others (data.on_corrupt=skip), all ranks; absent before it was recorded
-            "corrupt_skipped": run.get("corrupt_skipped") if isinstance(run.get("corrupt_skipped"), int) else 0,
+            **replaced_images(run, epochs),
             "setting_id": entry["setting_id"],
         })
         settings[rows[-1]["setting_id"]] = setting

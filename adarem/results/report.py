@@ -126,8 +126,9 @@ def corrupt_notes(runs: pd.DataFrame) -> list[dict]:
         return []
     hit = runs[runs.corrupt_skipped > 0]
     return [{"run_dir": f"(data) {_n_runs(len(g))} of {opt}",
-             "problem": f"trained with {int(g.corrupt_skipped.sum())} replacement(s) for unreadable training images "
-                        f"(data.on_corrupt=skip; run.json corrupt_skipped): repair the files for a clean comparison"}
+             "problem": f"trained with {'' if g.corrupt_exact.all() else 'at least '}{int(g.corrupt_skipped.sum())} "
+                        f"replacement(s) for unreadable training images (data.on_corrupt=skip; run.json "
+                        f"corrupt_skipped): repair the files for a clean comparison"}
             for opt, g in hit.groupby("optimizer")]
 
 

@@ -248,3 +248,25 @@ def test_a_hidden_folder_is_not_taken_for_a_class(tree, tmp_path, split):
     shutil.copy(next((root / split / "class_000").glob("*.JPEG")), root / split / ".ipynb_checkpoints" / "a.JPEG")
     with pytest.raises(DataError, match=rf"hidden folder .*{split}/\.ipynb_checkpoints would be a class; remove it"):
         build_data(cfg_for(root), 6, 0, 1, 0, CPU)
+
+
+def test_a_file_corrupt_inside_is_named_when_dali_fails_on_it(tree, tmp_path):
+    """A PNG whose markers are intact but whose image data is damaged passes the reader's cheap
+    test and fails in DALI's decoder: the error names the file (it said only that a batch failed,
+    and pointed at files PIL decodes)."""
+    from PIL import Image
+
+    root = tmp_path / "inside"
+    shutil.copytree(tree, root)
+    victim = sorted((root / "train" / "class_001").glob("*.JPEG"))[2]
+    with Image.open(victim) as img:
+        img.convert("RGB").save(victim, format="PNG")
+    raw = bytearray(victim.read_bytes())
+    at = raw.find(b"IDAT") + 300
+    raw[at:at + 40] = bytes(40)
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"corrupt image {victim}: PIL cannot decode it either"):
+        collect(build_data(cfg_for(root, loader="dali", on_corrupt="skip"), 18, 0, 1, 0, CPU).train)
+    torch_data = build_data(cfg_for(root, on_corrupt="skip"), 18, 0, 1, 0, CPU)
+    collect(torch_data.train)
+    assert torch_data.train.corrupt_count == 1

@@ -81,3 +81,31 @@ def test_a_rank_that_fails_alone_is_named_in_the_record(tmp_path, env):
     record = read_run(run_dir)
     assert record["status"] == "failed"
     assert record["error"].startswith(f"rank 1: DataError: corrupt image {bad} in the evaluation set"), record["error"]
+
+
+def test_a_diverged_run_records_its_replaced_images(tmp_path, env, broken_tree):
+    run_dir = tmp_path / "diverged"
+    res = run_train(_args(broken_tree), dict(env, ADAREM_FAULT="nan_loss@7"), run_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = read_run(run_dir)
+    assert record["status"] == "diverged" and record["diverged_at_step"] == 7
+    # epoch 0's 4 and those of epoch 1's first 3 batches (it had none before)
+    assert record["corrupt_skipped"] >= 4 and "corrupt_skipped_exact" not in record
+
+
+def test_a_resume_from_a_checkpoint_without_the_count_says_it_is_a_lower_bound(tmp_path, env, broken_tree):
+    import torch
+
+    run_dir = tmp_path / "old"
+    assert run_train(_args(broken_tree) + ["trainer.max_steps=6"], env, run_dir).returncode == 75
+    for path in run_dir.glob("checkpoint*.pt"):  # as written before the count was kept
+        ckpt = torch.load(path, weights_only=False)
+        for key in ("corrupt_skipped", "corrupt_exact"):
+            ckpt["position"].pop(key)
+        for rank in ckpt["per_rank"]:
+            rank["progress"].pop("corrupt_skipped")
+        torch.save(ckpt, path)
+    res = run_train(_args(broken_tree), env, run_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = read_run(run_dir)
+    assert record["corrupt_skipped"] < 8 and record["corrupt_skipped_exact"] is False

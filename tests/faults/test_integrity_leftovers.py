@@ -305,3 +305,24 @@ def test_one_folder_spelled_three_ways_is_one_run(tmp_path, env):
         res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0 and "already finished" in res.stdout, (spelling, res.stderr[-2000:])
     assert [d.name for d in (tmp_path / "runs").iterdir()] == [run_dir.name]
+
+
+def test_a_run_of_an_old_spelling_is_pointed_at(tmp_path, env):
+    """A run recorded before data.root was normalised sits in the directory of its spelling's id:
+    a relaunch with that spelling says where, instead of training beside it unannounced."""
+    import shutil
+
+    from adarem.data.photo_tree import make_photo_tree
+
+    root = make_photo_tree(tmp_path / "tree", classes=2, train_per_class=4, val_per_class=2, size_range=(60, 90))
+    common = ["data=folder", f"data.root={root}/", "data.image_size=32", "data.val_resize=36", "trainer.batch_size=4",
+              "trainer.epochs=1", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"]
+    assert run_train(common, env).returncode == 75
+    (new_dir,) = (tmp_path / "runs").iterdir()
+    record = read_run(new_dir)
+    record["config"]["data"]["root"] = f"{root}/"  # as the old code recorded it, in its old-id directory
+    old_dir = new_dir.with_name(run_id(record["config"], normalise=False))
+    shutil.move(new_dir, old_dir)
+    (old_dir / "run.json").write_text(json.dumps(record))
+    res = run_train(common, env)
+    assert f"note: {old_dir} holds a run of this configuration recorded with data.root={root}/" in res.stderr

@@ -402,15 +402,15 @@ def test_a_preset_run_with_its_own_keys_changed_is_another_optimizer(tmp_path):
 
 
 def test_labels_that_name_paths_make_plot_files_and_links_that_work(tmp_path):
-    """A setting label may hold a path (data.root spelled two ways): the plots' file names and the
-    Markdown links to them must still work (hostile review: write_report crashed on the '/')."""
+    """A setting label may hold a path (two data roots): the plots' file names and the Markdown
+    links to them must still work (hostile review: write_report crashed on the '/')."""
     root = tmp_path / "runs"
     for s in range(2):
-        for tag, spelled in (("a", "/data/fmnist"), ("b", "/data/fmnist/")):
+        for tag, path in (("a", "/data/fmnist"), ("b", "/data/fmnist_v2")):
             for opt in ("sgd", "adarem"):
-                _retag(make_run(root, f"{tag}_{opt}{s}", opt, s, [40.0, 20.0, 10.0 + s]), **{"data.root": spelled})
+                _retag(make_run(root, f"{tag}_{opt}{s}", opt, s, [40.0, 20.0, 10.0 + s]), **{"data.root": path})
     rs = load_runs(root)
-    assert set(rs.runs.dataset) == {"toy (data.root=/data/fmnist)", "toy (data.root=/data/fmnist/)"}
+    assert set(rs.runs.dataset) == {"toy (data.root=/data/fmnist)", "toy (data.root=/data/fmnist_v2)"}
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
     links = [line for line in text.splitlines() if line.startswith("![curves_")]
     assert len(links) == 2 and len(set(links)) == 2
@@ -580,3 +580,18 @@ def test_records_of_one_folder_spelled_two_ways_pool(tmp_path):
         (d / "run.json").write_text(json.dumps(record))
     table = error_table(load_runs(root))
     assert len(table) == 1 and int(table.n.iloc[0]) == 3
+
+
+def test_replaced_images_of_records_before_the_count_are_a_lower_bound(tmp_path):
+    """A record written before run.json counted replaced images has only its epoch lines' count
+    (rank 0's, cumulative): flagged as "at least", not read as none."""
+    root = tmp_path / "runs"
+    for s in range(2):
+        d = make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0])
+        lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for line in lines:
+            if line["type"] == "epoch":
+                line["corrupt_skipped"] = 3 * (line["epoch"] + 1) * (s == 0)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = write_report(load_runs(root), tmp_path / "out", CLAIMS_FILE, "test")
+    assert "trained with at least 9 replacement(s) for unreadable training images" in text

@@ -141,3 +141,17 @@ def test_a_refused_trial_stops_the_comparison(env, tmp_path):
     assert again.returncode == 2 and again.stderr.startswith("error: trial refused: "), again.stderr[-2000:]
     assert "trained on 2 rank(s)" in again.stderr and again.stderr.count("\n") == 1
     assert not [line for line in again.stdout.splitlines() if line.startswith("  final ")]  # none on a partial search
+
+    # the same trial stopped by 2 ranks: train.py refuses its checkpoint (a CheckpointError), which
+    # was scored as the worst trial too
+    import torch
+
+    ckpt_path = trial.parent / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["per_rank"] = ckpt["per_rank"] * 2
+    torch.save(ckpt, ckpt_path)
+    record.update(status="stopped")
+    trial.write_text(json.dumps(record))
+    stopped = compare(args, env, tmp_path)
+    assert stopped.returncode == 2 and stopped.stderr.startswith("error: trial refused: "), stopped.stderr[-2000:]
+    assert "written by 2 process(es)" in stopped.stderr and stopped.stderr.count("\n") == 1
