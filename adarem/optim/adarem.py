@@ -33,7 +33,11 @@ Implementation notes (all paths compute the same rule):
   ``d`` is updated, so the fused path needs no extra reduction pass at the start of the next step.
   It is derived state: it is recomputed from ``exp_avg`` whenever it is missing.
 * When ``s + eps == 0`` (possible only with ``eps = 0`` and ``d`` all zeros) every ``b`` is 0,
-  which is what the rule gives in the limit; no ``0/0`` is evaluated.
+  which is what the rule gives in the limit; no ``0/0`` is evaluated. With ``eps`` below the
+  smallest normal number (``eps = 0``, say) ``s + eps`` can be subnormal, where
+  ``lambda^t / (s + eps)`` overflows; every path then still computes ``b = d / (s + eps)`` in
+  range (the fast paths scale ``d`` and ``s + eps`` by ``2^64``, or divide per element), so the
+  step stays finite, as the rule's is.
 * The fast paths use the per-tensor scalar ``c = lambda^t / (s + eps)``. The compiled fused path
   computes ``delta = (1 + c * sign(g) * d) * g``; the foreach path and the fused CPU kernel compute
   ``delta = g + c * d * |g|``
@@ -64,7 +68,15 @@ Implementation notes (all paths compute the same rule):
   (tests/optim/test_adarem_behaviour.py checks both limits).
 * Low precision: the state has the parameter's dtype (fp16/bf16 parameters keep fp16/bf16 ``d``
   and ``u``); the per-tensor scalars are computed in at least fp32 (fp64 for fp64 parameters; the
-  foreach path on the CPU uses fp64 host floats for every dtype).
+  foreach path on the CPU uses fp64 host floats for every dtype), and so are lr, momentum and
+  weight decay, which only the stored result is rounded with: torch's CPU ``add(..., alpha=x)``
+  rounds ``x`` itself to a bf16/fp16 tensor's dtype (lr 0.1 would step as 0.10009765625, momentum
+  0.9 as 0.8984375), so the for-loop path steps fp32 copies of fp16/bf16 tensors, and the foreach
+  path on the CPU uses ``addcmul(..., value=x)`` instead (fp32 arithmetic, one rounding).
+* Non-finite gradients give non-finite weights on every path (as the rule does), but not always
+  the same non-finite value: for an infinite gradient the rule gives ``-inf``/``+inf``, while the
+  fast paths' ``g + c*d*|g|`` can give ``inf - inf = NaN``. Checking for it would cost the hot
+  paths a pass; skip such steps instead (``GradScaler`` does).
 """
 
 from __future__ import annotations
@@ -99,8 +111,25 @@ def _validate_hyperparameters(h: dict) -> None:
         value = float(h[name]) if isinstance(h[name], Tensor) else h[name]
         if not in_range(name, value):
             raise ValueError(f"Invalid {name}: {h[name]!r}; AdaRem needs {name} in {describe(name)}")
-    if h.get("fused") and h.get("foreach"):
+    # Flags are read as truth values: "no" or None would silently mean True or False.
+    for name in ("decoupled_weight_decay", "maximize"):
+        if not isinstance(h[name], bool):
+            raise ValueError(f"Invalid {name}: {h[name]!r}; AdaRem needs True or False")
+    for name in ("foreach", "fused"):  # None: pick the default path, as torch's optimizers do
+        if h[name] is not None and not isinstance(h[name], bool):
+            raise ValueError(f"Invalid {name}: {h[name]!r}; AdaRem needs None, True or False")
+    if h["fused"] and h["foreach"]:
         raise ValueError("AdaRem: fused=True and foreach=True cannot both be set; pick one")
+
+
+def _check_group(group: dict) -> None:
+    """What a parameter group must satisfy to be added (constructor or add_param_group)."""
+    _validate_hyperparameters(group)
+    if any(torch.is_complex(p) for p in group["params"]):
+        raise ValueError("AdaRem does not support complex parameters; "
+                         "view them as real with torch.view_as_real")
+    if group["fused"] and any(p.device.type == "cpu" for p in group["params"]):
+        _require_cpu_kernel()  # fail here, not at the first step
 
 
 class AdaRem(Optimizer):
@@ -124,6 +153,12 @@ class AdaRem(Optimizer):
         fused: use the fused path (one pass over memory per tensor): ``torch.compile`` (Triton)
             on CUDA, a C++ kernel compiled once per machine on the CPU (needs a C++ compiler and
             ninja). Default False/None.
+
+    ``torch.compile(opt.step)``: as for torch's own optimizers, a float lr is a constant of the
+    compiled step, so every change of it (a scheduler) recompiles the step, and after dynamo's
+    recompile limit the step runs uncompiled. Give the lr as a tensor instead
+    (``lr=torch.tensor(0.1)``; torch's LR schedulers update it in place): the compiled step then
+    reads its value at every step and is not recompiled. Eager steps read a tensor lr as a float.
     """
 
     def __init__(
@@ -147,23 +182,18 @@ class AdaRem(Optimizer):
             foreach=foreach, fused=fused,
         )
         _validate_hyperparameters(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults)  # checks every group through add_param_group
         self._scratch: dict = {}  # reusable temporaries of the foreach path; not in the state_dict
-        for group in self.param_groups:
-            for p in group["params"]:
-                if torch.is_complex(p):
-                    raise ValueError("AdaRem does not support complex parameters; "
-                                     "view them as real with torch.view_as_real")
 
     def add_param_group(self, param_group: dict) -> None:
+        # torch fills in the defaults as it appends the group, so the group is checked once it is
+        # in; a group that is refused is taken out again, or the next step would apply it.
         super().add_param_group(param_group)
-        # Per-group values are checked as strictly as constructor arguments.
-        group = self.param_groups[-1]
-        _validate_hyperparameters(group)
-        if group["fused"] and any(p.device.type == "cpu" for p in group["params"]):
-            why = cpu_kernel_error()  # fail here, not at the first step
-            if why is not None:
-                raise RuntimeError(_kernel_message(why))
+        try:
+            _check_group(self.param_groups[-1])
+        except Exception:
+            self.param_groups.pop()
+            raise
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -185,7 +215,9 @@ class AdaRem(Optimizer):
         """Fill the lists with the group's tensors that have a gradient (creating their state).
 
         Torch's signature convention (lists filled in place, nothing returned but constants):
-        torch.compile runs this method eagerly instead of tracing it, as for torch's optimizers."""
+        torch.compile runs this method eagerly instead of tracing it, as for torch's optimizers.
+        Raises for a sparse gradient or a complex parameter before it creates that tensor's state
+        (step() drops the state it created for the tensors before)."""
         for p in group["params"]:
             if p.grad is None or p.numel() == 0:
                 continue  # empty tensors are skipped, as the contract says
@@ -224,12 +256,26 @@ class AdaRem(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # Every group is read and checked (sparse gradients, complex parameters, the CPU kernel)
+        # before any is updated: a step that raises leaves weights, step counts and state as they
+        # were, instead of having updated the groups before the one that failed.
+        work = []
+        known = len(self.state)
+        try:
+            for group in self.param_groups:
+                lists = ([], [], [], [], [], [])  # params, grads, exp_avgs, maxes, bufs, steps
+                self._init_group(group, *lists)
+                if lists[0]:
+                    if group["fused"] and FUSED_CPU_KERNEL and any(p.is_cpu for p in lists[0]):
+                        _require_cpu_kernel()  # e.g. a state_dict that made a group fused
+                    work.append((group, *lists))
+        except Exception:
+            for p in list(self.state)[known:]:  # the zero state created for this step's tensors
+                del self.state[p]
+            raise
+
         fused = ([], [], [], [], [], [], [])  # every fused group's tensors go into one call
-        for group in self.param_groups:
-            params, grads, exp_avgs, maxes, bufs, steps = [], [], [], [], [], []
-            self._init_group(group, params, grads, exp_avgs, maxes, bufs, steps)
-            if not params:
-                continue
+        for group, params, grads, exp_avgs, maxes, bufs, steps in work:
             # Steps are counted on the CPU (like torch's non-capturable optimizers), so that
             # lambda**t is a host scalar and needs no device sync.
             torch._foreach_add_(steps, 1.0)
@@ -254,11 +300,29 @@ class AdaRem(Optimizer):
 
 
 # ---------------------------------------------------------------------- for-loop path
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _host_lr(lr: float | Tensor) -> float | Tensor:
+    """The lr as a host float; under torch.compile a tensor lr stays a tensor, so that the compiled
+    step reads its value instead of being specialised (and recompiled) on it."""
+    return lr if torch.compiler.is_compiling() and isinstance(lr, Tensor) else float(lr)
+
+
 def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, momentum,
                           eps, weight_decay, decoupled, maximize) -> None:
     """The readable path: one tensor at a time, line by line as in the contract. Updates ``maxes``
-    (each tensor's max|d|) in place, as every path does: the state keeps its tensors."""
-    for p, grad, d, s, u, lam in zip(params, grads, exp_avgs, maxes, bufs, lam_t):
+    (each tensor's max|d|) in place, as every path does: the state keeps its tensors.
+
+    fp16/bf16 tensors are stepped as fp32 copies, stored back (rounded once) at the end: on the CPU,
+    ``add(..., alpha=lr)`` on a bf16 tensor would round lr itself to bf16, and ``s + eps`` would be
+    bf16 too. fp32/fp64 tensors are updated in place."""
+    lr = _host_lr(lr)
+    for param, grad, d_state, s_state, u_state, lam in zip(params, grads, exp_avgs, maxes, bufs, lam_t):
+        p, d, s, u = param, d_state, s_state, u_state
+        if p.dtype in _LOW_PRECISION:
+            p, grad, d, s = p.float(), grad.float(), d.float(), s.float()
+            u = None if u is None else u.float()
         g = -grad if maximize else grad
         if weight_decay > 0 and not decoupled:
             g = g.add(p, alpha=weight_decay)
@@ -274,7 +338,12 @@ def _single_tensor_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, be
             p.mul_(1 - lr * weight_decay)
         p.add_(delta, alpha=-lr)
         d.mul_(beta).add_(g, alpha=1 - beta)
-        s.copy_(d.abs().max())
+        if p is not param:  # fp32 copies of fp16/bf16 tensors
+            param.copy_(p)
+            d_state.copy_(d)
+            if u is not None:
+                u_state.copy_(u)
+        s_state.copy_(d_state.abs().max())  # of d as stored
 
 
 # ---------------------------------------------------------------------- foreach path
@@ -285,9 +354,15 @@ def _indices_by_device_and_dtype(params: list[Tensor]) -> dict:
     return {key: list(indices) for key, (_, indices) in grouped.items()}
 
 
-def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> list[Tensor]:
-    """c_i = lambda^t_i / (s_i + eps) as 0-dim tensors (fp32, or fp64 for fp64 parameters),
-    0 where s_i + eps == 0. Stays on the device: no host sync."""
+def _resilience_scale(maxes: list[Tensor], lam_t: list, eps: float) -> tuple[Optional[list[Tensor]], list[Tensor]]:
+    """``(k, c)``, 0-dim tensors (fp32, or fp64 for fp64 parameters) with ``k_i * c_i`` =
+    lambda^t_i / (s_i + eps), so that ``c_i * (k_i * d)`` is lambda^t * d / (s + eps); c_i = 0
+    where s_i + eps == 0. Stays on the device: no host sync.
+
+    ``k`` is None (all 1) unless eps is below the type's smallest normal number (eps = 0, say):
+    only then can s + eps be subnormal, where lambda^t / (s + eps) overflows to inf (and inf * 0 is
+    NaN). There k_i = 2^64 (exact) where s_i + eps is subnormal and 1 elsewhere; it costs one more
+    multiplication of d, which the default eps never pays."""
     s = torch.stack(maxes)
     s = s.to(torch.promote_types(s.dtype, torch.float32))
     if isinstance(lam_t[0], Tensor):  # under torch.compile (see step)
@@ -298,11 +373,18 @@ def _resilience_scale(maxes: list[Tensor], lam_t: list[float], eps: float) -> li
             lam = lam.pin_memory()  # pinned + non_blocking: the upload does not sync the host
         lam = lam.to(s.device, non_blocking=True)
     denom = s + eps
-    c = torch.where(denom == 0, 0.0, lam / torch.where(denom == 0, torch.ones_like(denom), denom))
-    return list(c.unbind(0))
+    divisor = torch.where(denom == 0, torch.ones_like(denom), denom)
+    k = None
+    tiny = torch.finfo(s.dtype).tiny
+    if eps < tiny:
+        k = torch.where(denom < tiny, 2.0 ** 64, 1.0).to(s.dtype)
+        divisor = divisor * k
+    c = torch.where(denom == 0, 0.0, lam / divisor)
+    return (None if k is None else list(k.unbind(0))), list(c.unbind(0))
 
 
 _FLOAT32_MAX = torch.finfo(torch.float32).max
+_FLOAT64_MAX = torch.finfo(torch.float64).max
 
 # None: the foreach path runs tensor-major on the CPU and with multi-tensor ops elsewhere; tests set
 # it to False to check the multi-tensor variant on the CPU too.
@@ -314,6 +396,40 @@ def _scale_on_host(s: float, lam: float, eps: float) -> float:
     where s + eps == 0 (d all zero), NaN where s is NaN (as in the rule)."""
     denom = s + eps
     return lam / denom if denom != 0 else 0.0
+
+
+# torch's CPU add(x, y, alpha=a) rounds a to x's dtype when that is fp16/bf16 (lr 0.1 steps as
+# 0.10009765625, momentum 0.9 as 0.8984375); addcmul(x, y, 1, value=a) computes x + a*y in fp32
+# (opmath) and rounds once, into the result. fp32/fp64, and other devices (whose add takes alpha in
+# opmath), keep add.
+_ONE = {dtype: torch.ones((), dtype=dtype) for dtype in _LOW_PRECISION}
+
+
+def _one_if_alpha_rounds(device: torch.device, dtype: torch.dtype) -> Optional[Tensor]:
+    """The 0-dim 1 that _add_scaled needs where add(..., alpha=) would round alpha, else None."""
+    return _ONE.get(dtype) if device.type == "cpu" else None
+
+
+def _add_scaled(x: Tensor, y: Tensor, alpha: float, one: Optional[Tensor], out: Tensor) -> Tensor:
+    """out = x + alpha * y with alpha in at least fp32 (``one`` from _one_if_alpha_rounds)."""
+    if one is None:
+        return torch.add(x, y, alpha=alpha, out=out)
+    return torch.addcmul(x, y, one, value=alpha, out=out)
+
+
+def _foreach_add_scaled(xs: list[Tensor], ys: list[Tensor], alpha, one: Optional[Tensor],
+                        inplace: bool) -> Optional[list[Tensor]]:
+    """xs + alpha * ys as _add_scaled does it (into xs when ``inplace``). Under torch.compile
+    alpha may be a tensor (a tensor lr), which _foreach_add takes only as a number."""
+    if isinstance(alpha, Tensor):
+        ys = torch._foreach_mul(ys, alpha)
+        return torch._foreach_add_(xs, ys) if inplace else torch._foreach_add(xs, ys)
+    if one is None:
+        return torch._foreach_add_(xs, ys, alpha=alpha) if inplace else torch._foreach_add(xs, ys, alpha=alpha)
+    ones = [one] * len(xs)
+    if inplace:
+        return torch._foreach_addcmul_(xs, ys, ones, value=alpha)
+    return torch._foreach_addcmul(xs, ys, ones, value=alpha)
 
 
 def _scratch_views(scratch: dict, key, tensors: list[Tensor], n: int) -> list[Tensor]:
@@ -344,7 +460,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
     * other devices: ``_foreach_*`` ops over the whole group (multi-tensor kernels), ``c`` as 0-dim
       device tensors and ``max|d|`` from one ``_foreach_norm(d, inf)``: no host sync at all.
     """
-    lr = float(lr)
+    lr = _host_lr(lr)
     coupled = weight_decay > 0 and not decoupled
     compiling = torch.compiler.is_compiling()
     for (device, dtype), idx in _indices_by_device_and_dtype(params).items():
@@ -359,6 +475,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
             tensor_major = FOREACH_TENSOR_MAJOR
         tm = device.type == "cpu" if tensor_major is None else tensor_major
         tm = tm and not compiling  # compiled, the multi-tensor form: Inductor fuses it; no host scalars
+        one = _one_if_alpha_rounds(device, dtype)
         if tm:
             if scratch is None:
                 scratch = {}
@@ -374,9 +491,9 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                     if maximize:
                         torch.neg(g, out=a)
                         if coupled:
-                            a.add_(p, alpha=weight_decay)
+                            _add_scaled(a, p, weight_decay, one, out=a)
                     else:
-                        torch.add(g, p, alpha=weight_decay, out=a)
+                        _add_scaled(g, p, weight_decay, one, out=a)
                 else:
                     a = g  # only read
                 torch.abs(a, out=b)
@@ -384,16 +501,16 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                 if dtype != torch.float64 and abs(c) > _FLOAT32_MAX:  # eps ~0 and a subnormal or zero s
                     den = float(torch.tensor(den, dtype=torch.float32))
                     c = 0.0 if den == 0 else c  # s + eps == 0 in fp32 (d all zero): b = 0, as the loop path
-                if dtype == torch.float64 or abs(c) <= _FLOAT32_MAX or c != c:
+                if abs(c) <= (_FLOAT64_MAX if dtype == torch.float64 else _FLOAT32_MAX) or c != c:
                     torch.addcmul(a, b, d, value=c, out=b)  # delta = g + c*d*|g| = r*g
-                else:  # c overflows fp32: divide per element instead
+                else:  # c overflows (fp64 too, with a subnormal fp64 s): divide per element instead
                     b.mul_(d).div_(den).mul_(lam_[k]).add_(a)
                 if momentum > 0:
-                    torch.add(b, u, alpha=momentum, out=u)  # u = mu*u + delta
+                    _add_scaled(b, u, momentum, one, out=u)  # u = mu*u + delta
                     b = u
                 if weight_decay > 0 and decoupled:
                     p.mul_(1 - lr * weight_decay)
-                p.add_(b, alpha=-lr)
+                _add_scaled(p, b, -lr, one, out=p)
                 d.lerp_(a, 1 - beta)
                 lo, hi = torch.aminmax(d)  # reads d once, no |d| temporary
                 # an element of |d|, so exact in the state's dtype; updated in place, no allocation
@@ -402,21 +519,29 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
         if maximize:
             a_ = torch._foreach_neg(g_)
             if coupled:
-                torch._foreach_add_(a_, p_, alpha=weight_decay)
+                _foreach_add_scaled(a_, p_, weight_decay, one, inplace=True)
         elif coupled:
-            a_ = torch._foreach_add(g_, p_, alpha=weight_decay)
+            a_ = _foreach_add_scaled(g_, p_, weight_decay, one, inplace=False)
         else:
             a_ = g_  # only read
-        c_ = _resilience_scale([maxes[i] for i in idx], lam_, eps)
-        e_ = torch._foreach_mul(d_, c_)  # c*d in [-1, 1] first: no fp16 overflow of c*|g|
+        k_, c_ = _resilience_scale([maxes[i] for i in idx], lam_, eps)
+        if k_ is None:
+            e_ = torch._foreach_mul(d_, c_)  # c*d in [-1, 1] first: no fp16 overflow of c*|g|
+        else:  # eps below the normal range (see _resilience_scale)
+            e_ = torch._foreach_mul(d_, k_)
+            torch._foreach_mul_(e_, c_)
         b_ = torch._foreach_addcmul(a_, e_, torch._foreach_abs(a_))  # delta = g + c*d*|g| = r*g
         if weight_decay > 0 and decoupled:
             torch._foreach_mul_(p_, 1 - lr * weight_decay)
         if momentum > 0:
-            torch._foreach_mul_(u_, momentum)
-            torch._foreach_add_(u_, b_)
+            if dtype in _LOW_PRECISION:  # u = delta + mu*u rounded once, not mu*u first
+                _foreach_add_scaled(b_, u_, momentum, one, inplace=True)  # b_ is a temporary
+                torch._foreach_copy_(u_, b_)
+            else:
+                torch._foreach_mul_(u_, momentum)
+                torch._foreach_add_(u_, b_)
             b_ = u_
-        torch._foreach_add_(p_, b_, alpha=-lr)
+        _foreach_add_scaled(p_, b_, -lr, one, inplace=True)
         torch._foreach_lerp_(d_, a_, 1 - beta)
         torch._foreach_copy_([maxes[i] for i in idx], torch._foreach_norm(d_, float("inf")))
 
@@ -429,14 +554,15 @@ _HP = ("lr", "lam", "beta", "one_minus_beta", "eps", "wd_coupled", "keep", "sign
 
 
 def _group_keywords(group: dict) -> dict:
-    return dict(lr=float(group["lr"]), beta=group["beta"], momentum=group["momentum"], eps=group["eps"],
+    # lr as given: each path reads it as a host float (_host_lr), except a tensor lr under torch.compile
+    return dict(lr=group["lr"], beta=group["beta"], momentum=group["momentum"], eps=group["eps"],
                 weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"],
                 maximize=group["maximize"])
 
 
 def _hp_rows(kw: dict, lam_t: list[float]) -> list[list[float]]:
     """One row per tensor (columns ``_HP``) for a group with keywords ``kw``."""
-    lr, wd = kw["lr"], kw["weight_decay"]
+    lr, wd = float(kw["lr"]), kw["weight_decay"]
     coupled = 0.0 if kw["decoupled"] else wd
     keep = 1.0 - lr * wd if kw["decoupled"] else 1.0
     sign = -1.0 if kw["maximize"] else 1.0
@@ -465,8 +591,11 @@ def _fused_kernel(params, grads, exp_avgs, maxes, bufs, hp):
         g = torch.where(wdc != 0, g + wdc * pf, g)  # no "+ 0 * p": a NaN weight must not reach d
         df = d.to(cdt)
         denom = s.to(cdt) + eps
-        c = torch.where(denom == 0, 0.0, lam / torch.where(denom == 0, 1.0, denom))
-        delta = (1 + c * torch.sign(g) * df) * g
+        # A subnormal s + eps (eps = 0, say) would make lambda^t / denom inf, and inf * 0 NaN:
+        # there d and denom are both scaled by k = 2^64 (exact); elsewhere k = 1.
+        k = torch.where(denom < torch.finfo(cdt).tiny, 2.0 ** 64, 1.0)
+        c = torch.where(denom == 0, 0.0, lam / torch.where(denom == 0, 1.0, denom * k))
+        delta = (1 + c * torch.sign(g) * (df * k)) * g
         if bufs[i] is not None:
             u_new = mom * bufs[i].to(cdt) + delta
             bufs[i].copy_(u_new)
@@ -710,10 +839,16 @@ def _kernel_message(why: str) -> str:
             f"install a C++ compiler and ninja (pip install ninja), or use foreach=True")
 
 
-def _fused_adarem_cpu(params, grads, exp_avgs, maxes, bufs, hparams, keywords, *, scratch) -> None:
-    why = cpu_kernel_error()  # loaded already where the optimizer was built fused; not after a
-    if why is not None:       # load_state_dict that switched groups to fused
+@torch.compiler.disable  # a lock and a build: nothing to trace
+def _require_cpu_kernel() -> None:
+    why = cpu_kernel_error()
+    if why is not None:
         raise RuntimeError(_kernel_message(why))
+
+
+def _fused_adarem_cpu(params, grads, exp_avgs, maxes, bufs, hparams, keywords, *, scratch) -> None:
+    # step() checked already that the kernel loads (also after a load_state_dict that switched
+    # groups to fused, where the constructor did not)
     rejected = torch.ops.adarem.fused_step_cpu_(params, grads, exp_avgs, maxes, bufs,
                                                 torch.tensor(hparams, dtype=torch.float64))
     # The op writes through data pointers: bump the version counters as in-place ops do, so that

@@ -198,6 +198,51 @@ def test_timm_factory_builds_adarem_variants():
     assert all(g["decay"] == 1.0 for g in nd.param_groups)
 
 
+@pytest.mark.parametrize("name, given, expected", [
+    ("adaremm", {"momentum": 0.5}, 0.5),  # the caller's momentum, not the variant's 0.9
+    ("adaremm", {}, 0.9),                 # timm's default momentum: the variant's
+    ("adarem", {}, 0.0),
+    ("adarem", {"momentum": 0.0}, 0.0),
+    ("adarem", {"momentum": 0.9}, 0.0),   # timm's default, which timm's train.py always passes
+    ("adaremnodecay", {"momentum": 0.9}, 0.0),
+    ("adarem", {"momentum": 0.5}, "use 'adaremm'"),
+    ("adaremnodecay", {"momentum": 0.3}, "use 'adaremm'"),
+])
+def test_timm_uses_or_refuses_the_callers_momentum(name, given, expected):
+    """timm hands its momentum argument only to optimizers registered with has_momentum and drops
+    it silently for the others: every variant takes it, and uses it or says why not."""
+    from timm.optim import create_optimizer_v2
+
+    from adarem.optim import register_with_timm
+
+    register_with_timm()
+    model = torch.nn.Linear(4, 2)
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=rf"{name!r} is AdaRem without momentum.*{expected}"):
+            create_optimizer_v2(model, name, lr=0.1, **given)
+        return
+    opt = create_optimizer_v2(model, name, lr=0.1, **given)
+    assert isinstance(opt, AdaRem) and {g["momentum"] for g in opt.param_groups} == {expected}
+
+
+@pytest.mark.parametrize("flags", [dict(foreach=False), dict(foreach=True), dict(fused=True)],
+                         ids=["loop", "foreach", "fused"])
+def test_an_infinite_gradient_gives_non_finite_weights_on_every_path(flags):
+    """Documented, not hidden: the rule gives -inf where the gradient is +inf; the fast paths'
+    g + c*d*|g| may give inf - inf = NaN instead. Either way the weight is not finite."""
+    if flags.get("fused"):
+        from adarem.optim.adarem import cpu_kernel_error
+        if cpu_kernel_error() is not None:
+            pytest.skip(f"the fused CPU kernel cannot be built here: {cpu_kernel_error()}")
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = AdaRem([w], **flags)
+    w.grad = torch.tensor([-1.0, 1.0, 1.0])
+    opt.step()  # d = 0.1 * g: the next step's resilience is active
+    w.grad = torch.tensor([float("inf"), 1.0, 1.0])
+    opt.step()
+    assert not torch.isfinite(w.detach()[0]) and torch.isfinite(w.detach()[1:]).all()
+
+
 def test_fused_flag_conflict_is_clear():
     with pytest.raises(ValueError, match="fused=True and foreach=True"):
         AdaRem([torch.nn.Parameter(torch.ones(1))], fused=True, foreach=True)

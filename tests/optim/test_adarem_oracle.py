@@ -185,6 +185,31 @@ def test_low_precision_parameters_follow_oracle(dtype, path):
                     assert opt.state[p]["momentum_buffer"].dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", PATHS)
+def test_low_precision_lr_and_momentum_are_not_rounded(dtype, path):
+    """lr 0.1 and momentum 0.9 act as given on fp16/bf16 parameters, not rounded to the parameter's
+    dtype (torch's CPU add(..., alpha=) does that: bf16 0.10009765625 and 0.8984375, a systematic
+    bias); the arithmetic is fp32 and rounds once, into the stored tensor. With the resilience off
+    (decay ~ 0, so delta = g) step 1 gives theta - lr*g1 and u = g1, step 2 u = mu*g1 + g2."""
+    n = 4096
+    gen = torch.Generator().manual_seed(0)
+    theta, g1, g2 = ((torch.randn(n, generator=gen) * 4).to(dtype) for _ in range(3))
+    p = theta.clone().to(DEVICE).requires_grad_()
+    opt = AdaRem([p], lr=0.1, momentum=0.9, decay=1e-30, **FLAGS[path])
+    p.grad = g1.to(DEVICE)
+    opt.step()
+    p1 = p.detach().cpu().clone()
+    p.grad = g2.to(DEVICE)
+    opt.step()
+    u2 = opt.state[p]["momentum_buffer"].cpu()
+    # exactly rounded references; rounding in fp32 first may differ from them only at rare ties
+    exact_p1 = (theta.double() - 0.1 * g1.double()).to(dtype)
+    exact_u2 = (0.9 * g1.double() + g2.double()).to(dtype)
+    assert int((p1 != exact_p1).sum()) <= n // 1000
+    assert int((u2 != exact_u2).sum()) <= n // 1000
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_float64_follows_oracle_to_float64_rounding(path):
     """Per-tensor scalars are computed in the parameter's precision: no fp32 rounding in fp64."""

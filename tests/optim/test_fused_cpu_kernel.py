@@ -209,22 +209,55 @@ def test_half_precision_steps_with_the_foreach_path(dtype):
     assert results[0][2] == results[1][2]
 
 
+# every fast path: the CPU kernel, the foreach path tensor-major (the CPU's) and multi-tensor (other
+# devices', and torch.compile's), and the compiled fused kernel (CUDA's) through Inductor's C++
+FAST_PATHS = {"fused": (dict(fused=True), {}), "foreach": (dict(foreach=True), {}),
+              "foreach_mt": (dict(foreach=True), dict(FOREACH_TENSOR_MAJOR=False)),
+              "fused_compiled": (dict(fused=True), dict(FUSED_CPU_KERNEL=False))}
+
+
 @needs_kernel
 @pytest.mark.parametrize("eps", [0.0, 1e-50])
-@pytest.mark.parametrize("flags", [dict(fused=True), dict(foreach=True)], ids=["fused", "foreach"])
-def test_tiny_eps_with_a_zero_or_subnormal_max_stays_finite(flags, eps):
-    """eps = 0 or below fp32's range (allowed) with max|d| zero (the first step) or subnormal:
-    lambda^t / (s + eps) overflows fp32, but b = d / (s + eps) is within [-1, 1] (or 0 where
-    s + eps is 0 in fp32); the fast paths must give the for-loop path's finite result."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_tiny_eps_with_a_zero_or_subnormal_max_stays_finite(path, dtype, eps, monkeypatch):
+    """eps = 0 or below the type's normal range (allowed) with max|d| zero (the first step) or
+    subnormal: lambda^t / (s + eps) overflows, but b = d / (s + eps) is within [-1, 1] (or 0 where
+    s + eps is 0); the fast paths must give the for-loop path's finite result."""
+    flags, switches = FAST_PATHS[path]
+    for name, value in switches.items():  # the for-loop path reads neither switch
+        monkeypatch.setattr(adarem_module, name, value)
+    tiny = torch.finfo(dtype).tiny  # d = 0.1 * g below it: subnormal
     out = []
     for f in (dict(foreach=False), flags):
-        w = torch.nn.Parameter(torch.ones(3))
+        w = torch.nn.Parameter(torch.ones(3, dtype=dtype))
         opt = AdaRem([w], lr=0.1, eps=eps, **f)
-        w.grad = torch.tensor([1e-38, -1e-38, 5e-39])  # d = 0.1 * g: subnormal
+        w.grad = torch.tensor([0.85, -0.85, 0.4], dtype=dtype) * tiny
         opt.step()
-        w.grad = torch.tensor([1.0, 1.0, -1.0])
+        w.grad = torch.tensor([1.0, 1.0, -1.0], dtype=dtype)
         opt.step()
         out.append(w.detach().clone())
+    assert torch.isfinite(out[1]).all()
+    torch.testing.assert_close(out[1], out[0])
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_eps_zero_with_tiny_gradients_stays_finite(path, monkeypatch):
+    """eps = 0 and gradients of 1e-41 (subnormal) for three steps, as reported: every
+    weight stays finite and follows the for-loop path."""
+    flags, switches = FAST_PATHS[path]
+    for name, value in switches.items():  # the for-loop path reads neither switch
+        monkeypatch.setattr(adarem_module, name, value)
+    out = []
+    for f in (dict(foreach=False), flags):
+        gen = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(64, generator=gen))
+        opt = AdaRem([p], lr=0.1, eps=0.0, **f)
+        for _ in range(3):
+            p.grad = torch.randn(64, generator=gen) * 1e-41
+            opt.step()
+        out.append(p.detach().clone())
     assert torch.isfinite(out[1]).all()
     torch.testing.assert_close(out[1], out[0])
 

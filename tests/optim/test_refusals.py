@@ -1,0 +1,130 @@
+"""What AdaRem refuses (bad parameter groups, sparse gradients, a missing CPU kernel), and that a
+refusal changes nothing: a group that raised is not kept, a step that raised updated no group."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+
+import pytest
+import torch
+
+import adarem.optim.adarem as adarem_module
+from adarem import AdaRem
+
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+PATHS = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+
+
+def _skip_without_kernel(flags: dict) -> None:
+    if flags.get("fused") and not HAS_COMPILER:
+        pytest.skip("no C++ compiler: the fused CPU kernel cannot be built here")
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    """Two state_dicts hold the same groups and the same state, bit for bit."""
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        assert a["state"][k].keys() == b["state"][k].keys()
+        for name, v in a["state"][k].items():
+            assert torch.equal(v, b["state"][k][name]), (k, name)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (dict(lr=-1.0), ValueError, "Invalid lr: -1.0"),
+    (dict(beta=1.0), ValueError, "Invalid beta: 1.0"),
+    (dict(maximize="no"), ValueError, "Invalid maximize: 'no'"),
+    (dict(decoupled_weight_decay=None), ValueError, "Invalid decoupled_weight_decay: None"),
+    (dict(foreach="yes"), ValueError, "Invalid foreach: 'yes'"),
+    (dict(fused=True, foreach=True), ValueError, "cannot both be set"),
+    (dict(complex=True), ValueError, "complex parameters"),
+    (dict(fused=True, kernel_missing=True), RuntimeError, "needs its C\\+\\+ kernel"),
+])
+def test_a_refused_param_group_is_not_kept(bad, error, match, monkeypatch):
+    """add_param_group raises for a group the constructor would refuse, and the optimizer steps on
+    as if it had never been offered: the refused tensor is not updated."""
+    bad = dict(bad)
+    if bad.pop("kernel_missing", False):
+        monkeypatch.setattr(adarem_module, "cpu_kernel_error", lambda: "RuntimeError: no compiler")
+    dtype = torch.complex64 if bad.pop("complex", False) else torch.float32
+    a = torch.nn.Parameter(torch.ones(2))
+    b = torch.nn.Parameter(torch.ones(2, dtype=dtype))
+    opt = AdaRem([a], lr=0.5)
+    with pytest.raises(error, match=match):
+        opt.add_param_group({"params": [b], **bad})
+    assert len(opt.param_groups) == 1
+    a.grad, b.grad = torch.ones(2), torch.ones(2, dtype=dtype)
+    opt.step()
+    assert torch.equal(b.detach(), torch.ones(2, dtype=dtype)) and b not in opt.state
+    assert torch.equal(a.detach(), torch.full((2,), 0.5))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(maximize="no"), "Invalid maximize: 'no'"),
+    (dict(maximize=1), "Invalid maximize: 1"),
+    (dict(decoupled_weight_decay=None), "Invalid decoupled_weight_decay: None"),
+    (dict(fused="false"), "Invalid fused: 'false'"),
+])
+def test_flags_must_be_bools(kwargs, match):
+    """A truthy string would silently switch a flag on; None is accepted only where torch's
+    optimizers accept it (foreach and fused: pick the default path)."""
+    with pytest.raises(ValueError, match=match):
+        AdaRem([torch.nn.Parameter(torch.ones(2))], **kwargs)
+    opt = AdaRem([torch.nn.Parameter(torch.ones(2))], foreach=None, fused=None)
+    assert opt.param_groups[0]["foreach"] is None and opt.param_groups[0]["fused"] is None
+
+
+def test_a_complex_parameter_is_refused_by_the_constructor_and_by_add_param_group():
+    c = torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex parameters"):
+        AdaRem([c])
+    opt = AdaRem([torch.nn.Parameter(torch.ones(2))])
+    with pytest.raises(ValueError, match="complex parameters"):
+        opt.add_param_group({"params": [c]})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_sparse_gradient_in_a_later_group_changes_nothing(path):
+    """The step checks every group before it updates any: the earlier group's weights, step
+    counts and trackers are as they were, and a tensor stepped for the first time gets no state."""
+    flags = PATHS[path]
+    _skip_without_kernel(flags)
+    torch.manual_seed(0)
+    a, fresh = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))
+    emb = torch.nn.Embedding(5, 2, sparse=True)
+    opt = AdaRem([{"params": [a, fresh]}, {"params": list(emb.parameters())}], **flags)
+    a.grad = torch.ones(3)
+    opt.step()  # a has state now, fresh has none
+    before = copy.deepcopy(opt.state_dict())
+    weights = [a.detach().clone(), fresh.detach().clone()]
+    a.grad, fresh.grad = torch.ones(3), torch.ones(2)
+    emb(torch.tensor([1])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert torch.equal(a.detach(), weights[0]) and torch.equal(fresh.detach(), weights[1])
+    assert fresh not in opt.state
+    _assert_same_state(opt.state_dict(), before)
+    # with the sparse gradient gone the step proceeds, as if the failed one had never been tried
+    emb.weight.grad = None
+    opt.step()
+    assert int(opt.state[a]["step"]) == 2 and int(opt.state[fresh]["step"]) == 1
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the fused CPU kernel cannot be built here")
+def test_a_fused_group_whose_kernel_is_gone_changes_nothing(monkeypatch):
+    """A group made fused by a loaded state_dict needs the kernel only at the step: where it cannot
+    load, the step raises before the foreach group before it is updated."""
+    a, w = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(4))
+    opt = AdaRem([{"params": [a], "foreach": True}, {"params": [w], "fused": True}])
+    a.grad, w.grad = torch.ones(3), torch.ones(4)
+    opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    weights = [a.detach().clone(), w.detach().clone()]
+    monkeypatch.setattr(adarem_module, "cpu_kernel_error", lambda: "RuntimeError: no compiler")
+    with pytest.raises(RuntimeError, match="needs its C\\+\\+ kernel"):
+        opt.step()
+    assert torch.equal(a.detach(), weights[0]) and torch.equal(w.detach(), weights[1])
+    _assert_same_state(opt.state_dict(), before)
