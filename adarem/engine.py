@@ -212,6 +212,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
     time is not counted as training time."""
     model.train()
     watch = LossWatch(cfg.diverge_loss, stop.distributed, device)
+    world = torch.distributed.get_world_size() if stop.distributed else 1  # for the progress bar's img/s
     prog = state.progress
     t_last = time.perf_counter()
     it = device_batches(loader, iter(loader.epoch(state.epoch, state.batch)), device, cfg.channels_last)
@@ -280,7 +281,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 prog.window_loss_sum, prog.window_samples, prog.window_steps = 0.0, 0, 0
                 if progress_bar is not None:
                     progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}",
-                                             img_s=f"{prog.samples / max(prog.train_time_s, 1e-9):.0f}")
+                                             # every rank trains as many images as this one
+                                             img_s=f"{prog.samples * world / max(prog.train_time_s, 1e-9):.0f}")
             if on_eval is not None and state.batch in eval_batches and not last_of_epoch:
                 div = watch.check()  # collective under DDP, like the evaluation itself
                 if div is not None:
