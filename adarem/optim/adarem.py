@@ -257,8 +257,10 @@ class AdaRem(Optimizer):
                 loss = closure()
 
         # Every group is read and checked (sparse gradients, complex parameters, the CPU kernel)
-        # before any is updated: a step that raises leaves weights, step counts and state as they
-        # were, instead of having updated the groups before the one that failed.
+        # before any is updated: a step that raises leaves weights and step counts as they were,
+        # instead of having updated the groups before the one that failed, and drops the state it
+        # created (an entry that existed may keep a zero buffer it gained: a zero buffer or a
+        # zero state at step 0 steps exactly as a missing one).
         work = []
         known = len(self.state)
         try:
