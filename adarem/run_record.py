@@ -64,6 +64,17 @@ def hardware(device: torch.device) -> dict:
     return hw
 
 
+def trained_at_other_bn_batch(record: dict, world: int, sync_bn: bool) -> bool:
+    """Whether a run recorded in ``record`` normalised BatchNorm over another batch than a launch of
+    ``world`` ranks would: it was trained at another world size, its model has BatchNorm (bn_batch
+    null means none; a record without the key may have it) and neither uses SyncBatchNorm. A record
+    of a version that did not write world_size is taken as this launch's. train.py's refusal of a
+    finished run and compare.py's refusal to reuse a trial both ask this."""
+    before = record.get("world_size")
+    return before is not None and before != world and record.get("bn_batch", "unrecorded") is not None \
+        and not sync_bn
+
+
 def read_run_json(run_dir: Path) -> dict | None:
     """The run directory's run.json, None if there is none; ValueError (one line) if it is not a
     JSON object (empty, truncated by a full disk, edited by hand)."""

@@ -32,7 +32,7 @@ from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, opti
 from adarem.reproducibility import seed_everything
 from adarem.run_dir import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run_identity import normalise_root, run_id
-from adarem.run_record import MetricsLog, RunRecord, now
+from adarem.run_record import MetricsLog, RunRecord, now, trained_at_other_bn_batch
 from adarem.schedule import build_scheduler, truncation
 from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
@@ -92,11 +92,15 @@ def first_rank_error(run_dir: Path, since: float) -> Optional[str]:
     found = []
     for path in run_dir.glob("rank*_error.txt"):
         try:
-            if path.stat().st_mtime >= since:
-                found.append((path.stat().st_mtime, path.name[4:-len("_error.txt")], path.read_text().strip()))
+            mtime = path.stat().st_mtime
+            if mtime >= since:
+                found.append((mtime, path.name[4:-len("_error.txt")], path.read_text().strip()))
         except OSError:
             continue
-    return f"rank {min(found)[1]}: {min(found)[2]}" if found else None
+    if not found:
+        return None
+    _, rank, error = min(found)
+    return f"rank {rank}: {error}"
 
 
 def lock_run_dir(run: Run) -> None:
@@ -244,10 +248,9 @@ def check_finished_world_size(run: Run) -> None:
     model may have BatchNorm (each rank normalised over batch / world images): otherwise refused,
     instead of reporting (or handing compare) a result of another BatchNorm batch."""
     previous, world = run.plan.previous or {}, run.dist.world_size
-    before = previous.get("world_size")
-    if before is None or before == world or previous.get("bn_batch", "unrecorded") is None \
-            or run.config.trainer.sync_bn:
+    if not trained_at_other_bn_batch(previous, world, run.config.trainer.sync_bn):
         return
+    before = previous["world_size"]
     raise ConfigError(f"{run.run_dir} holds a {previous.get('status')} run trained on {before} rank(s) (BatchNorm batch "
                       f"{previous.get('bn_batch', 'unrecorded')}); this launch has {world}, which changes what BatchNorm "
                       f"normalises over: relaunch with {before}, or choose another hydra.run.dir for a new run")

@@ -40,6 +40,12 @@ def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]
     return samples, classes
 
 
+def _following(index: int, n: int) -> Iterable[int]:
+    """The positions after ``index`` in a set of ``n``, wrapping round: where a replacement for an
+    unreadable sample is looked for."""
+    return ((index + a) % n for a in range(1, n))
+
+
 class ReproducibleDataset(Dataset):
     """Base: ``__getitem__((index, epoch))`` seeds the augmentation from (seed, epoch, index).
 
@@ -53,7 +59,7 @@ class ReproducibleDataset(Dataset):
     def __init__(self, transform: Callable, seed: int, on_corrupt: str, evaluation: bool = False):
         self.transform = transform
         self.seed = seed
-        self.on_corrupt = "error" if evaluation else on_corrupt
+        self.on_corrupt = on_corrupt  # an evaluation set never replaces, whatever it says (item)
         self.evaluation = evaluation
         self.cache: dict | None = None
 
@@ -72,8 +78,7 @@ class ReproducibleDataset(Dataset):
 
     def __getitem__(self, key):
         index, epoch = key
-        n = len(self)
-        return self.item(index, epoch, ((index + a) % n for a in range(1, n)))
+        return self.item(index, epoch, _following(index, len(self)))
 
     def item(self, index: int, epoch: int, replacements: Iterable[int]):
         """Sample ``index`` as epoch ``epoch`` sees it; under ``on_corrupt='skip'`` an unreadable one
@@ -148,8 +153,9 @@ class Subset(ReproducibleDataset):
 
     def __getitem__(self, key):
         index, epoch = key
-        n = len(self.indices)  # replacements come from this subset only
-        return self.base.item(self.indices[index], epoch, (self.indices[(index + a) % n] for a in range(1, n)))
+        # replacements come from this subset only
+        return self.base.item(self.indices[index], epoch,
+                              (self.indices[i] for i in _following(index, len(self.indices))))
 
 
 def holdout_split(train: ReproducibleDataset, train_with_val_transform: ReproducibleDataset,

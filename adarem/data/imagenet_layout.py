@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from adarem.data.datasets import DataError, list_image_folder
+from adarem.fsync import staged_directory
 
 EXPECTED = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 
@@ -191,16 +191,9 @@ def build_val_layout(flat_val: Path, labels_file: Path, out: Path) -> int:
     # The links are made in a hidden sibling directory that is renamed to out/ once all are made, so
     # that a run stopped half-way (disk full, Ctrl-C) leaves no out/ that looks complete. The
     # sibling holds only links and folders made here, so removing it touches no original.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    partial.mkdir()
-    try:
+    with staged_directory(out) as partial:
         for p in images:
             d = partial / labels[p.stem]
             d.mkdir(exist_ok=True)
             (d / p.name).symlink_to(p.resolve())
-        partial.rename(out)  # replaces an empty out/ (POSIX rename)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return len(images)

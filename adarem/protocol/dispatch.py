@@ -103,16 +103,15 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
     trained at (``world`` ranks per trial; ``launch`` says whence), unless its model has no
     BatchNorm (run.json's ``bn_batch`` is null) or SyncBatchNorm normalises over the whole batch.
     A record of a version that did not write world_size is reused, as train.py reuses it."""
-    from adarem.run_record import read_run_json
+    from adarem.run_record import read_run_json, trained_at_other_bn_batch
 
     try:
         record = read_run_json(run_dir) or {}
     except ValueError:
         return None  # not a result either way: the launch fails on it (read_outcome, train.py)
-    before, bn = record.get("world_size"), record.get("bn_batch", "unrecorded")
-    if record.get("status") not in DONE or before is None or before == world or bn is None \
-            or bool(cfg.trainer.sync_bn):
+    if record.get("status") not in DONE or not trained_at_other_bn_batch(record, world, bool(cfg.trainer.sync_bn)):
         return None
+    before, bn = record["world_size"], record.get("bn_batch", "unrecorded")
     batch = int(cfg.trainer.batch_size)
     now = f" (BatchNorm batch {batch if world == 1 else batch // world})" if isinstance(bn, int) else ""
     how = "launcher=local, or launcher=slurm with" if before == 1 else "launcher=slurm with"

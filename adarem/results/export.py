@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
+from adarem.fsync import staged_directory
 from adarem.results.comparisons import MANIFEST_DIR, manifest_root
 
 DROPPED_KEYS = ("per_layer", "per_layer_efficiency")
@@ -55,11 +54,7 @@ def export_runs(src: Path, dest: Path) -> int:
     if outside:  # without them the copy's tables would pool comparisons that the original's keep apart
         raise ValueError(f"the comparison manifests of these runs are in {outside[0]}/{MANIFEST_DIR}, outside {src}; "
                          f"export the comparison's whole runs folder, {outside[0]}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # a plain mkdir: the copy gets the umask's mode (mkdtemp's 0700 would hide it from a group)
-    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_directory(dest) as staging:  # all or nothing: a half-made copy never has DEST's name
         for run_dir in run_dirs:
             out = staging / run_dir.relative_to(src)
             out.mkdir(parents=True, exist_ok=True)
@@ -72,10 +67,6 @@ def export_runs(src: Path, dest: Path) -> int:
             out = staging / manifest.relative_to(src)
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(manifest, out)
-        os.rename(staging, dest)  # all or nothing: a half-made copy never has DEST's name
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return len(run_dirs)
 
 

@@ -20,14 +20,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_a_compiled_step_follows_the_eager_one_without_recompiling(case):
+def _twin_models(case: str):
+    """Two identical small models (one stepped eagerly, one by a compiled step), fresh dynamo
+    caches; skipped where the case's fused CPU kernel cannot be built."""
     if case == "fused" and cpu_kernel_error() is not None:
         pytest.skip(f"the fused CPU kernel cannot be built here: {cpu_kernel_error()}")
     torch._dynamo.reset()
     torch.manual_seed(0)
     eager = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    compiled = copy.deepcopy(eager)
+    return eager, copy.deepcopy(eager)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_compiled_step_follows_the_eager_one_without_recompiling(case):
+    eager, compiled = _twin_models(case)
     opt_e = AdaRem(eager.parameters(), lr=0.05, decay=0.9, **CASES[case])
     opt_c = AdaRem(compiled.parameters(), lr=0.05, decay=0.9, **CASES[case])
     step = torch.compile(opt_c.step)
@@ -83,12 +89,7 @@ def test_a_tensor_lr_changed_every_step_does_not_recompile(case):
     """As for torch's optimizers, a float lr is a constant of the compiled step; a tensor lr, which
     an LR scheduler updates in place, is read by it: a schedule that changes lr at every step then
     compiles once, and the steps follow the eager ones."""
-    if case == "fused" and cpu_kernel_error() is not None:
-        pytest.skip(f"the fused CPU kernel cannot be built here: {cpu_kernel_error()}")
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    eager = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    compiled = copy.deepcopy(eager)
+    eager, compiled = _twin_models(case)
     opts = [AdaRem(m.parameters(), lr=torch.tensor(0.05), decay=0.9, **TENSOR_LR_CASES[case])
             for m in (eager, compiled)]
     scheds = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.8) for o in opts]
