@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from adarem.config import DataConfig
-from adarem.data.datasets import DataError
+from adarem.data.datasets import DataError, corrupt_image_error
 from adarem.data.sampling import sample_seed
 from adarem.data.transforms import random_resized_crop_box, val_resize
 
@@ -386,12 +386,7 @@ class DaliLoader:
                 np.fromfile(path, dtype=np.uint8)
             except OSError as exc:
                 reason = str(exc)
-            if not self.train:
-                raise DataError(f"corrupt image {path} in the evaluation set: {reason}; repair or remove it "
-                                f"(data.on_corrupt=skip replaces training images only: an error measured with a "
-                                f"replaced image would be another set's)")
-            raise DataError(f"corrupt image {path}: {reason}; remove it or set data.on_corrupt=skip to skip "
-                            f"and count such files")
+            raise corrupt_image_error(path, reason, evaluation=not self.train)
         self.corrupt_count += len(replaced)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -436,7 +431,7 @@ class DaliLoader:
         with it) that PIL cannot decode either, named in the error. A file that passes the reader's
         cheap test (markers present, corrupt inside) reaches the decoder, and data.on_corrupt=skip
         cannot replace it there."""
-        if not str(exc).startswith("DALI failed on a batch"):
+        if not isinstance(exc, DaliBatchError):
             return
         for index in (i for batch in batches for i in batch):
             path = self.samples[index][0]
@@ -446,9 +441,18 @@ class DaliLoader:
             except OSError:
                 ok = False
             if not ok:
-                reason = str(exc).split("; if a file decodes", 1)[0]
-                raise DataError(f"corrupt image {path}: PIL cannot decode it either ({reason}); remove or repair it "
-                                f"(data.on_corrupt=skip replaces only files the reader finds truncated)") from None
+                raise DataError(f"corrupt image {path}: PIL cannot decode it either (DALI failed on a batch "
+                                f"({exc.reason})); remove or repair it (data.on_corrupt=skip replaces only files "
+                                f"the reader finds truncated)") from None
+
+
+class DaliBatchError(DataError):
+    """DALI failed on a batch for a reason of its own (its decoder, say): ``reason`` is DALI's line."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"DALI failed on a batch ({reason}); if a file decodes in PIL but not in DALI, the same run "
+                         f"with data.loader=torch names any file PIL cannot decode")
+        self.reason = reason
 
 
 def _run(pipe):
@@ -464,8 +468,7 @@ def _run(pipe):
         for line in reversed(str(exc).splitlines()):
             if line.startswith(f"{DataError.__module__}.DataError: "):
                 raise DataError(line.split(": ", 1)[1]) from None
-        raise DataError(f"DALI failed on a batch ({_dali_reason(exc)}); if a file decodes in PIL but not in "
-                        f"DALI, the same run with data.loader=torch names any file PIL cannot decode") from None
+        raise DaliBatchError(_dali_reason(exc)) from None
 
 
 def to_torch(tensor_list, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,18 @@ class DataError(RuntimeError):
     """A user-facing data problem (missing root, corrupt file...); the message says what to do."""
 
 
+def corrupt_image_error(path, reason, evaluation: bool) -> DataError:
+    """The refusal of an unreadable image, as both loaders word it: an evaluation image always
+    (an error measured with a replaced one would be another set's), a training image under
+    data.on_corrupt=error."""
+    if evaluation:
+        return DataError(f"corrupt image {path} in the evaluation set: {reason}; repair or remove it "
+                         f"(data.on_corrupt=skip replaces training images only: an error measured with a "
+                         f"replaced image would be another set's)")
+    return DataError(f"corrupt image {path}: {reason}; remove it or set data.on_corrupt=skip to skip and count "
+                     f"such files")
+
+
 def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """Samples and classes of an ImageFolder split, with torchvision's own class mapping."""
     if not split_dir.is_dir():
@@ -92,13 +104,8 @@ class ReproducibleDataset(Dataset):
                 image, label = self.load(i)
                 break
             except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-                if self.evaluation:
-                    raise DataError(f"corrupt image {self.describe(i)} in the evaluation set: {exc}; repair or "
-                                    f"remove it (data.on_corrupt=skip replaces training images only: an error "
-                                    f"measured with a replaced image would be another set's)") from None
-                if self.on_corrupt == "error":
-                    raise DataError(f"corrupt image {self.describe(i)}: {exc}; remove it or set "
-                                    f"data.on_corrupt=skip to skip and count such files") from None
+                if self.evaluation or self.on_corrupt == "error":
+                    raise corrupt_image_error(self.describe(i), exc, self.evaluation) from None
                 corrupt = True
         else:
             raise DataError("every image of the dataset is unreadable")
