@@ -285,7 +285,7 @@ def _check_schedule_fits(s: ScheduleConfig, epochs: int, lr: float) -> None:
 
 
 def register_configs() -> None:
-    from adarem.run_identity import register_resolver
+    from adarem.run.identity import register_resolver
 
     register_resolver()
     # One schema for the whole tree: every group's YAML merges into its typed field of Config

@@ -23,7 +23,7 @@ from adarem import distributed as dist_utils
 from adarem.config import ConfigError, TrainerConfig
 from adarem.faults import maybe_crash, poisoned
 from adarem.oscillation import OscillationTracker
-from adarem.signals import StopFlag
+from adarem.run.signals import StopFlag
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Everything a training run is made of, built in the order that keeps bad input harmless.
 
 ``create`` validates the config and joins the process group; ``prepare`` locks the run directory, decides what
-to do with it (``adarem/run_dir.py``), and only then builds data, model, optimizer and scheduler,
+to do with it (``adarem/run/plan.py``), and only then builds data, model, optimizer and scheduler,
 restores a checkpoint and opens the run record. Everything that can fail on bad input fails
 before anything is written. ``Run`` holds the pieces as explicit state (no globals): the training
 loop (``adarem/trainer.py``) reads them, and ``Run.mark_failed`` / ``Run.close`` end a run
@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from adarem import checkpoint as ckpt_io
+from adarem.run import checkpoint as ckpt_io
 from adarem import distributed as dist_utils
 from adarem.config import Config, ConfigError, to_container, validate
 from adarem.data import DataBundle, build_data, data_identity
@@ -30,11 +30,11 @@ from adarem.engine import Precision, TrainState, make_precision
 from adarem.models import build_model, count_parameters, to_sync_batchnorm
 from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, optimizer_impl
 from adarem.reproducibility import seed_everything
-from adarem.run_dir import RunLock, RunLocked, RunPlan, plan_run
-from adarem.run_identity import normalise_root, run_id
-from adarem.run_record import MetricsLog, RunRecord, now, trained_at_other_bn_batch
+from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
+from adarem.run.identity import normalise_root, run_id
+from adarem.run.record import MetricsLog, RunRecord, now, trained_at_other_bn_batch
 from adarem.schedule import build_scheduler, truncation
-from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
+from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
 
 log = logging.getLogger("train")

@@ -66,7 +66,7 @@ def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, epoch
     """A timm scheduler whose ``step_update(num_updates)`` is called after every optimizer step.
 
     Its state (``state_dict()``) is a function of the configuration and this code only: nothing in it
-    changes as the run steps. adarem/checkpoint.py compares a checkpoint's against it on resume."""
+    changes as the run steps. adarem/run/checkpoint.py compares a checkpoint's against it on resume."""
     note = truncation(cfg, epochs)
     if note and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
         print(f"note: {note}", file=sys.stderr, flush=True)

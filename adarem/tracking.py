@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from adarem.run_record import METRICS, RUN_JSON
+from adarem.run.record import METRICS, RUN_JSON
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,16 @@ import time
 
 import torch
 
-from adarem import checkpoint as ckpt_io
+from adarem.run import checkpoint as ckpt_io
 from adarem import distributed as dist_utils
 from adarem.config import ConfigError
 from adarem.data import DataError
 from adarem.engine import Divergence, EpochProgress, evaluate, progress_bar, recalibrated_bn, train_epoch
 from adarem.faults import maybe_crash
 from adarem.oscillation import OscillationTracker
-from adarem.run_record import now
+from adarem.run.record import now
 from adarem.run_setup import Run
-from adarem.signals import REQUEUE_EXIT_CODE, StopFlag
+from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 
 log = logging.getLogger("train")
 

@@ -27,11 +27,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from adarem import distributed as dist_utils  # noqa: E402
-from adarem.checkpoint import CheckpointError  # noqa: E402
+from adarem.run.checkpoint import CheckpointError  # noqa: E402
 from adarem.config import ConfigError  # noqa: E402
 from adarem.data import DataError  # noqa: E402
 from adarem.run_setup import create, prepare  # noqa: E402
-from adarem.signals import StopFlag  # noqa: E402
+from adarem.run.signals import StopFlag  # noqa: E402
 from adarem.trainer import Trainer  # noqa: E402
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError)  # one line, exit 2

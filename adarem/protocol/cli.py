@@ -50,7 +50,7 @@ Outputs: <out>/tables.md (+ CSV/LaTeX/plots, see make_tables.py), <out>/selectio
 trial and seed: optimizer, lr, weight_decay, seed, stage, status, score, chosen, holdout_loss,
 run_dir); <runs>/comparisons/<time>.json (the command, options, chosen configurations and final runs:
 make_tables on the runs folder tabulates each optimizer from the newest comparison that ran it).
-Run directories end in the configuration's hash (adarem/run_identity.py): launched again
+Run directories end in the configuration's hash (adarem/run/identity.py): launched again
 with the same arguments, a comparison skips its finished trials and resumes the others, and any
 other setting never reuses them. A stage in which nothing finished stops with exit code 2.
 """

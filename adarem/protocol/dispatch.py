@@ -79,7 +79,7 @@ def train_function():
 
 def read_outcome(run_dir: Path, seconds: float = 0.0) -> dict:
     """A trial's outcome as its run record tells it."""
-    from adarem.run_record import read_run_json
+    from adarem.run.record import read_run_json
 
     try:
         record = read_run_json(run_dir)
@@ -103,7 +103,7 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
     trained at (``world`` ranks per trial; ``launch`` says whence), unless its model has no
     BatchNorm (run.json's ``bn_batch`` is null) or SyncBatchNorm normalises over the whole batch.
     A record of a version that did not write world_size is reused, as train.py reuses it."""
-    from adarem.run_record import read_run_json, trained_at_other_bn_batch
+    from adarem.run.record import read_run_json, trained_at_other_bn_batch
 
     try:
         record = read_run_json(run_dir) or {}
@@ -134,9 +134,9 @@ def _is_refusal(exc: BaseException) -> bool:
     (another configuration or data in its directory, a finished run of another world size...) or
     a CheckpointError (a stopped run's checkpoint written by another number of processes, or
     unreadable, or of another lr schedule)."""
-    from adarem.checkpoint import CheckpointError
+    from adarem.run.checkpoint import CheckpointError
     from adarem.config import ConfigError
-    from adarem.run_dir import RunLocked
+    from adarem.run.plan import RunLocked
 
     return isinstance(exc, (ConfigError, CheckpointError)) and not isinstance(exc, RunLocked)
 
@@ -156,8 +156,8 @@ def run_one(overrides: list[str], threads: int) -> dict:
     torch.set_num_threads(threads)
     train = train_function()
     from adarem.cli import one_line
-    from adarem.run_dir import RunLocked
-    from adarem.run_record import read_run_json
+    from adarem.run.plan import RunLocked
+    from adarem.run.record import read_run_json
 
     t0 = time.time()
     try:
@@ -220,12 +220,12 @@ class LocalDispatcher:
 class Trial:
     """One trial as a submitit job: train.py's ``train()`` on the composed overrides, as any run
     (its stop signals, checkpoint and resume=auto). ``checkpoint`` makes submitit requeue it with
-    the same arguments on preemption or timeout, after the run has checkpointed (adarem.signals)."""
+    the same arguments on preemption or timeout, after the run has checkpointed (adarem.run.signals)."""
 
     def __call__(self, overrides: list[str]) -> dict:
         from adarem import distributed as dist_utils
         from adarem.cli import one_line
-        from adarem.run_dir import RunLocked
+        from adarem.run.plan import RunLocked
 
         t0 = time.time()
         train = train_function()

@@ -13,7 +13,7 @@ from adarem.protocol.search import SELECT_SEED0
 def provenance(command: str, own: dict, threads: int, data_identity, n_select: int, final_seeds: list[int]) -> str:
     import torch
 
-    from adarem.run_record import git_info, versions
+    from adarem.run.record import git_info, versions
 
     git = git_info()
     vers = ", ".join(f"{k} {v}" for k, v in versions().items())

@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from adarem.results.comparisons import newest_comparison_only
-from adarem.run_identity import is_neutral
-from adarem.run_record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, flatten
+from adarem.run.identity import is_neutral
+from adarem.run.record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, flatten
 
 IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "trainer.deterministic",
                                         "trainer.oscillation_every", "trainer.compile", "trainer.channels_last")
@@ -178,7 +178,7 @@ def _unread_keys(flat: dict) -> tuple[str, ...]:
 
 def _identity(config: dict, ignored: tuple[str, ...], data_identity: dict | None, bn_batch: int | None) -> dict:
     flat = flatten(config)
-    # a key added to the schema later, at its neutral value, is left out (adarem/run_identity.py):
+    # a key added to the schema later, at its neutral value, is left out (adarem/run/identity.py):
     # a record written before the key existed pools with one written after it; so is an optimizer key
     # the run's optimizer never reads (momentum for Adam): it changes nothing in training
     ignored = ignored + _unread_keys(flat)

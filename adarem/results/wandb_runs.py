@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from adarem.results.comparisons import runs_folder
-from adarem.run_record import METRICS, RUN_JSON
+from adarem.run.record import METRICS, RUN_JSON
 
 RECORD_FILES = (RUN_JSON, METRICS)
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from adarem import checkpoint as ckpt_io
+from adarem.run import checkpoint as ckpt_io
 from adarem.config import ConfigError
-from adarem.run_identity import config_differences
-from adarem.run_record import FINAL_STATUSES, read_run_json
+from adarem.run.identity import config_differences
+from adarem.run.record import FINAL_STATUSES, read_run_json
 
 LOCK = ".lock"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from adarem.fsync import replace_durably
-from adarem.run_identity import NOT_IDENTITY, config_differences, flatten  # noqa: F401 (re-exported)
+from adarem.run.identity import NOT_IDENTITY, config_differences, flatten  # noqa: F401 (re-exported)
 
 RUN_JSON, METRICS = "run.json", "metrics.jsonl"
 FINAL_STATUSES = ("finished", "diverged")
@@ -33,7 +33,7 @@ def now() -> str:
 
 
 def git_info() -> dict:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: adarem/run/record.py
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
