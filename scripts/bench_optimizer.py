@@ -27,7 +27,7 @@ import timm
 import torch
 
 from adarem import AdaRem
-from adarem.run_record import git_info
+from adarem.run.record import git_info
 
 SGD_WD, ADAMW_WD, ADAREM_WD = 1e-4, 0.05, 1e-4  # as in configs/optimizer/{sgd,adamw,adarem}.yaml
 

@@ -51,9 +51,9 @@ from adarem.data.photo_tree import cached_photo_tree
 from adarem.engine import TrainState, make_precision, train_epoch
 from adarem.models import build_model
 from adarem.optim.factory import build_optimizer, optimizer_impl
-from adarem.run_record import git_info
+from adarem.run.record import git_info
 from adarem.schedule import build_scheduler
-from adarem.signals import StopFlag
+from adarem.run.signals import StopFlag
 
 OPTIMIZERS = {
     "sgd": OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),

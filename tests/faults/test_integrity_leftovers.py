@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adarem import config as schema
-from adarem.run_identity import ADDED_KEYS, run_id
+from adarem.run.identity import ADDED_KEYS, run_id
 from tests.conftest import FAST, REPO, read_run, run_train
 
 GROUPS = {"model": schema.ModelConfig, "optimizer": schema.OptimizerConfig, "data": schema.DataConfig,
@@ -24,7 +24,7 @@ GROUPS = {"model": schema.ModelConfig, "optimizer": schema.OptimizerConfig, "dat
 # in the schema yet: train.py runs with trainer.eval_every registered (neutral value 1, its default).
 STAND_IN = "trainer.eval_every"
 WITH_STAND_IN = [sys.executable, "-c",
-                 "import runpy, sys; from adarem import run_identity as r; "
+                 "import runpy, sys; from adarem.run import identity as r; "
                  f"r.ADDED_KEYS[{STAND_IN!r}] = 1; sys.argv = sys.argv[1:]; "
                  "runpy.run_path(sys.argv[0], run_name='__main__')"]
 
@@ -251,7 +251,7 @@ def test_run_lock_refusal_is_run_locked(tmp_path):
     import os
 
     from adarem.config import ConfigError
-    from adarem.run_dir import RunLock, RunLocked
+    from adarem.run.plan import RunLock, RunLocked
 
     tmp_path.mkdir(exist_ok=True)
     fd = _hold_lock(tmp_path)

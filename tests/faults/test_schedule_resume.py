@@ -1,5 +1,5 @@
 """A run stopped under another version of adarem/schedule.py is never continued on that version's
-schedule while its record claims this one's (adarem.checkpoint.check_same_schedule): the old-style
+schedule while its record claims this one's (adarem.run.checkpoint.check_same_schedule): the old-style
 state dicts here are what the previous schedule code built (timm's create_scheduler_v2 with
 warmup_prefix=True, its multistep decaying one step early), constructed from timm directly."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from timm.scheduler import create_scheduler_v2
 
-from adarem.checkpoint import CheckpointError, check_same_schedule
+from adarem.run.checkpoint import CheckpointError, check_same_schedule
 from adarem.config import ScheduleConfig
 from adarem.schedule import build_scheduler
 from tests.conftest import read_run, run_train

@@ -25,7 +25,7 @@ from adarem.engine import Precision, TrainState, train_epoch
 from adarem.optim.factory import build_optimizer
 from adarem.schedule import build_scheduler
 from adarem.config import ScheduleConfig
-from adarem.signals import StopFlag
+from adarem.run.signals import StopFlag
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 

@@ -83,7 +83,7 @@ RANK_DRAWS = """
 import sys, torch, torch.distributed as dist
 from adarem.protocol.dispatch import compose
 from adarem.run_setup import create
-from adarem.signals import StopFlag
+from adarem.run.signals import StopFlag
 run = create(compose(["model.drop_rate=0.5", "logging.wandb=disabled", "seed=7", "run_dir=" + sys.argv[1]]), StopFlag())
 mask = torch.nn.Dropout(0.5)(torch.ones(64)) > 0  # what a dropout layer does to this rank's images
 masks = [torch.zeros_like(mask) for _ in range(dist.get_world_size())] if dist.is_initialized() else [mask]
