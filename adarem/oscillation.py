@@ -17,7 +17,12 @@ Cost: during a window the tracker holds three copies of the weights (start, prev
 and does a few multi-tensor (``torch._foreach_*``) operations per step, all on the weights' device
 and without reading anything back; the one host sync is at the record step, where every number of
 the record is stacked into one tensor and copied to the host at once. Outside windows (k < every)
-it does nothing. A run resumed in the middle of a window skips that window's record.
+it does nothing. A window that a checkpoint falls into is saved with it (``state_dict``: the
+start and path-length copies, and the last update before a record step; not the previous weights,
+which are the checkpoint's weights), so a run resumed in the middle of a window still writes that
+window's record, equal to an uninterrupted run's. That costs a checkpoint up to three copies of the
+weights, only when ``trainer.oscillation_every`` is on; a checkpoint written outside a window holds
+none. A checkpoint of an older version, without the tracker's state, skips that window's record.
 """
 
 from __future__ import annotations
@@ -38,6 +43,38 @@ class OscillationTracker:
         self._prev: list[torch.Tensor] | None = None
         self._path: list[torch.Tensor] | None = None
         self._last_delta: list[torch.Tensor] | None = None  # the update of the step before a record step
+
+    def state_dict(self) -> dict | None:
+        """The window in progress (None outside one), for the checkpoint: the previous weights are
+        the checkpoint's own, so they are not stored (``load_state_dict`` takes them from the model)."""
+        if self.every <= 0 or (self._start is None and self._last_delta is None):
+            return None
+        cpu = lambda ts: None if ts is None else [t.detach().cpu().clone() for t in ts]  # noqa: E731
+        return {"every": self.every, "window": self.window, "names": [n for n, _ in self.params],
+                "start": cpu(self._start), "path": cpu(self._path), "last_delta": cpu(self._last_delta)}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Continue the window saved by ``state_dict`` (after the model's weights were restored).
+        None (a checkpoint outside a window, or of a version that did not save it) leaves none."""
+        self._start = self._prev = self._path = self._last_delta = None
+        if not state:
+            return
+        names = [n for n, _ in self.params]
+        if state.get("every") != self.every or state.get("window") != self.window or state.get("names") != names:
+            raise ValueError(f"the checkpoint's oscillation window (every {state.get('every')}, window "
+                             f"{state.get('window')}) was saved for other settings or parameters than this run's")
+
+        def on_device(ts):
+            if ts is None:
+                return None
+            if len(ts) != len(self._tensors) or any(t.shape != p.shape for t, p in zip(ts, self._tensors)):
+                raise ValueError("the checkpoint's oscillation window does not fit this model's parameters")
+            return [t.to(device=p.device, dtype=p.dtype).clone(memory_format=torch.preserve_format)
+                    for t, p in zip(ts, self._tensors)]
+
+        self._start, self._path, self._last_delta = (on_device(state.get(k)) for k in ("start", "path", "last_delta"))
+        if self._start is not None:
+            self._prev = self._snapshot()  # the weights after the checkpoint's step
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self._tensors]

@@ -27,6 +27,7 @@ from adarem.config import Config, ConfigError, to_container, validate
 from adarem.data import DataBundle, build_data, data_identity
 from adarem.distributed import DistInfo
 from adarem.engine import Precision, TrainState, make_precision
+from adarem.oscillation import OscillationTracker
 from adarem.models import build_model, count_parameters, to_sync_batchnorm
 from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, optimizer_impl
 from adarem.reproducibility import seed_everything
@@ -58,6 +59,7 @@ class Run:
     record: Optional[RunRecord] = None
     metrics: Optional[MetricsLog] = None
     tracker: Optional[Tracker] = None
+    oscillation: Optional[OscillationTracker] = None  # trainer.oscillation_every > 0
     bn_batch: Optional[int] = None  # images per BatchNorm batch in training (None: no BatchNorm)
     started: float = field(default_factory=time.time)  # this process's start (a rank's error file is newer)
 
@@ -186,6 +188,13 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     if run.plan.checkpoint is not None:
         ckpt_io.restore(run.plan.checkpoint, run.model, run.optimizer, run.scheduler, run.precision.scaler,
                         run.state, dist.rank, dist.world_size)
+    if tc.oscillation_every:
+        # a window the checkpoint fell into continues (its record equals an uninterrupted run's)
+        run.oscillation = OscillationTracker(run.model, tc.oscillation_every)
+        try:
+            run.oscillation.load_state_dict((run.plan.checkpoint or {}).get("oscillation"))
+        except ValueError as exc:
+            raise ckpt_io.CheckpointError(f"{run.plan.checkpoint_path}: {exc}") from None
     check_same_optimizer_path(dist_utils.all_gather_object(
         (optimizer_impl(run.optimizer), fused_cpu_kernel_missing(run.optimizer))))
     if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet

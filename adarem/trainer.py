@@ -22,7 +22,6 @@ from adarem.config import ConfigError
 from adarem.data import DataError
 from adarem.engine import Divergence, EpochProgress, evaluate, progress_bar, recalibrated_bn, train_epoch
 from adarem.faults import maybe_crash
-from adarem.oscillation import OscillationTracker
 from adarem.run.record import now
 from adarem.run_setup import Run
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
@@ -38,7 +37,7 @@ class Trainer:
         self.state = run.state
         self.last_checkpoint = time.monotonic()
         self.bar = None  # the tqdm bar of the current epoch, if any
-        self.oscillation = OscillationTracker(run.model, self.tc.oscillation_every) if self.tc.oscillation_every else None
+        self.oscillation = run.oscillation  # built (and restored from the checkpoint) by run_setup
         # mid-epoch evaluation points (batch numbers); the epoch's end is evaluated by eval_phase
         n, k = len(run.data.train), self.tc.evals_per_epoch
         if k > n:  # evaluation points would coincide: fewer evaluations than the record claims
@@ -156,7 +155,8 @@ class Trainer:
             r.metrics.flush()
             ckpt_io.save_atomic(ckpt_io.training_checkpoint(r.model, r.optimizer, r.scheduler, r.precision.scaler,
                                                             self.state, r.metrics.lines, per_rank, r.config_dict,
-                                                            r.record.data.get("data_identity")),
+                                                            r.record.data.get("data_identity"),
+                                                            self.oscillation.state_dict() if self.oscillation else None),
                                 r.run_dir)
         dist_utils.barrier()
         self.last_checkpoint = time.monotonic()

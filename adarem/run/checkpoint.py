@@ -107,11 +107,13 @@ def rank_state(state) -> dict:
 
 
 def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, per_rank: list,
-                        config: dict, data_identity: dict | None = None) -> dict:
+                        config: dict, data_identity: dict | None = None, oscillation: dict | None = None) -> dict:
     """Everything needed to continue a run exactly where it stopped; ``per_rank`` holds every
     rank's ``rank_state``; ``config`` is the resolved configuration and ``data_identity`` the
-    data it was trained on (resume=<path> checks both)."""
-    return {
+    data it was trained on (resume=<path> checks both); ``oscillation`` the oscillation tracker's
+    window in progress (``OscillationTracker.state_dict``; absent outside a window)."""
+    extra = {"oscillation": oscillation} if oscillation is not None else {}
+    return {**extra,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
