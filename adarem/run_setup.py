@@ -33,7 +33,7 @@ from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, opti
 from adarem.reproducibility import seed_everything
 from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
-from adarem.run.record import MetricsLog, RunRecord, now, trained_at_other_bn_batch
+from adarem.run.record import MetricsLog, RunRecord, describe_differences, now, trained_at_other_bn_batch
 from adarem.schedule import build_scheduler, truncation
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
@@ -304,7 +304,13 @@ def open_record(run: Run, data_id: dict) -> None:
     """run.json (rank 0 writes), metrics.jsonl cut back to the checkpoint, and the wandb mirror."""
     config, dist, data = run.config, run.dist, run.data
     run.record = RunRecord(run.run_dir, dist.is_main)
-    run.record.start(run.config_dict, dist.world_size, dist.device, run.plan.previous)
+    changed = run.record.start(run.config_dict, dist.world_size, dist.device, run.plan.previous,
+                               start_step=run.state.global_step)
+    if changed and dist.is_main:
+        before, now_ = run.record.data["segments"][-2:]
+        print(f"note: {run.run_dir} continues at step {run.state.global_step} with other code, versions or threads than "
+              f"its previous segment ({describe_differences(before, now_, changed)}); its numbers may differ from an "
+              f"uninterrupted run's; run.json lists every segment (segments, mixed_provenance)", file=sys.stderr)
     run.record.update(run_id=run_id(run.config_dict), data_identity=data_id, n_params=count_parameters(run.model),
                       optimizer_impl=optimizer_impl(run.optimizer), tf32=dist.device.type == "cuda",
                       per_rank_batch=config.trainer.batch_size // dist.world_size, bn_batch=run.bn_batch,

@@ -9,6 +9,7 @@ so that a resumed run's file equals an uninterrupted run's.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -33,15 +34,33 @@ def now() -> str:
 
 
 def git_info() -> dict:
-    root = Path(__file__).resolve().parents[2]  # the checkout: adarem/run/record.py
+    """The commit of the code that runs: only when this package is the checkout's own ``adarem/``
+    (an editable install or a run from the repository). A copy installed elsewhere inside some
+    checkout (pip install --target <checkout>/.venv/site) records no commit, not the checkout's.
+    ``diff_sha1`` (when dirty): a hash of the uncommitted changes to tracked files, so that two
+    segments of a run on differently changed code are told apart."""
+    package = Path(__file__).resolve().parents[1]  # adarem/ (this file: adarem/run/record.py)
+    none = {"commit": None, "dirty": None}
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or not top.stdout.strip():
+            return none
+        root = Path(top.stdout.strip()).resolve()
+        if root / package.name != package:  # another checkout's tree around an installed copy
+            return none
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                     capture_output=True, text=True, check=True, timeout=10).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
+        out = {"commit": commit, "dirty": dirty}
+        if dirty:
+            diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True, check=True,
+                                  timeout=30).stdout
+            out["diff_sha1"] = hashlib.sha1(diff).hexdigest()
+        return out
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return none
 
 
 def versions() -> dict:
@@ -93,22 +112,82 @@ def read_run_json(run_dir: Path) -> dict | None:
     return data
 
 
+# the fields of one stop (or failure): kept in its segment, cleared from the top level when the run restarts
+PER_STOP = ("status", "end_time", "error", "signal", "stopped_at_step", "stop_reason")
+# what can change a run's numbers between segments (hostname, platform and cpu_count do not)
+_HARDWARE_KEYS = ("device", "gpu", "torch_threads", "omp_num_threads")
+
+
+def _provenance_items(segment: dict) -> dict:
+    git, versions_, hw = (segment.get(k) if isinstance(segment.get(k), dict) else {}
+                          for k in ("git", "versions", "hardware"))
+    items = {f"git.{k}": git.get(k) for k in ("commit", "dirty", "diff_sha1")}
+    items.update({f"versions.{k}": v for k, v in versions_.items()})
+    items.update({f"hardware.{k}": hw.get(k) for k in _HARDWARE_KEYS})
+    items["world_size"] = segment.get("world_size")
+    return items
+
+
+def _provenance_differences(a: dict, b: dict) -> list[str]:
+    """The provenance keys (dotted) that differ between two segments."""
+    x, y = _provenance_items(a), _provenance_items(b)
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+
+
+def describe_differences(a: dict, b: dict, keys: list[str]) -> str:
+    """``key old -> new; ...`` for a note."""
+    x, y = _provenance_items(a), _provenance_items(b)
+    short = lambda v: v[:10] if isinstance(v, str) and len(v) == 40 else v  # noqa: E731 (a commit)
+    return "; ".join(f"{k} {short(x.get(k))} -> {short(y.get(k))}" for k in keys)
+
+
 class RunRecord:
     def __init__(self, run_dir: Path, enabled: bool):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.data: dict = {}
 
-    def start(self, config: dict, world_size: int, device: torch.device, previous: dict | None) -> None:
+    def start(self, config: dict, world_size: int, device: torch.device, previous: dict | None,
+              start_step: int = 0) -> list[str]:
+        """Open this segment of the run (a first start, or a restart after a stop or a kill).
+
+        Every segment's provenance is kept in ``segments`` (``start_time``, ``start_step``, ``git``,
+        ``versions``, ``hardware``, ``world_size``; a segment that ended before this one also
+        ``end_status`` and whatever its stop recorded: ``end_time``, ``stopped_at_step``, ``signal``,
+        ``error``; ``end_status`` "running" means it died without a record: kill -9, a node lost).
+        The top level describes the whole run: ``git`` is this segment's with ``dirty`` true if any
+        segment ran on uncommitted code, ``mixed_provenance`` lists what differed between segments
+        (e.g. ``git.commit``, ``versions.torch``, ``hardware.torch_threads``; empty when nothing
+        did), and the fields of an earlier stop are cleared. Returns what differs from the previous
+        segment, for a note at the resume."""
         self.data = dict(previous or {})
+        segments = [dict(s) for s in self.data.get("segments") or [] if isinstance(s, dict)]
+        if previous and not segments:  # a record of a version that kept only the last segment
+            segments = [{"start_time": previous.get("start_time"), "start_step": None,
+                         **{k: previous[k] for k in ("git", "versions", "hardware", "world_size") if k in previous}}]
+        if previous and segments:
+            ended = {"end_status": previous.get("status")}
+            ended.update({k: previous[k] for k in PER_STOP if k in previous and k != "status"})
+            segments[-1].update(ended)
+        for key in PER_STOP:
+            self.data.pop(key, None)
+        segment = {"start_time": now(), "start_step": start_step, "git": git_info(), "versions": versions(),
+                   "hardware": hardware(device), "world_size": world_size}
+        changed = _provenance_differences(segments[-1], segment) if segments else []
+        segments.append(segment)
+        mixed = sorted({k for s in segments[:-1] for k in _provenance_differences(s, segment)})
+        git = dict(segment["git"])
+        if any((s.get("git") or {}).get("dirty") for s in segments):
+            git["dirty"] = True  # some of the training ran on uncommitted code
         self.data.update({
-            "status": "running", "config": config, "git": git_info(), "versions": versions(),
-            "hardware": hardware(device), "world_size": world_size,
+            "status": "running", "config": config, "git": git, "versions": segment["versions"],
+            "hardware": segment["hardware"], "world_size": world_size, "segments": segments,
+            "mixed_provenance": mixed,
         })
-        self.data.setdefault("start_time", now())
+        self.data.setdefault("start_time", segment["start_time"])
         self.data["restarts"] = self.data.get("restarts", -1) + 1
-        self.data.pop("end_time", None)
         self.write()
+        return changed
 
     def update(self, **fields) -> None:
         self.data.update(fields)

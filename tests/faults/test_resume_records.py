@@ -3,6 +3,7 @@ included), the provenance of every segment, and no field of an earlier stop once
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -44,3 +45,57 @@ def test_resume_mid_window_keeps_every_oscillation_record(tmp_path, env, osc_ref
     a = torch.load(osc_reference / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+ONE = ["trainer.epochs=1"]
+
+
+def test_every_segment_keeps_its_provenance_and_the_top_level_says_they_differ(tmp_path, env):
+    """A run stopped after step 3 on one thread count and code, resumed on another: run.json keeps
+    both segments, says the run is mixed, counts it dirty when any segment was, and the resume
+    prints a note."""
+    run_dir = tmp_path / "run"
+    first = run_train(ONE, dict(env, ADAREM_FAULT="step@3:TERM"), run_dir)
+    assert first.returncode == 75, first.stderr[-3000:]
+    record = read_run(run_dir)
+    assert [s["start_step"] for s in record["segments"]] == [0] and record["mixed_provenance"] == []
+    # the first segment ran on other, uncommitted code (what a checkout between two requeues does)
+    record["segments"][0]["git"] = {"commit": "0" * 40, "dirty": True, "diff_sha1": "1" * 40}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    resumed = run_train(ONE, dict(env, OMP_NUM_THREADS="2"), run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "note:" in resumed.stderr and "hardware.torch_threads 1 -> 2" in resumed.stderr
+    assert "git.commit 0000000000 -> " in resumed.stderr
+    record = read_run(run_dir)
+    first_seg, second = record["segments"]
+    assert first_seg["start_step"] == 0 and second["start_step"] == 3
+    assert first_seg["hardware"]["torch_threads"] == 1 and second["hardware"]["torch_threads"] == 2
+    assert first_seg["end_status"] == "preempted" and first_seg["stopped_at_step"] == 3
+    assert {"git.commit", "hardware.torch_threads", "hardware.omp_num_threads"} <= set(
+        record["mixed_provenance"])
+    assert record["git"]["dirty"] is True  # part of the run was trained on uncommitted code
+    assert record["status"] == "finished" and record["restarts"] == 1
+
+
+def test_a_finished_record_keeps_no_field_of_an_earlier_stop(tmp_path, env):
+    """Stopped by SIGTERM, then failed (a full disk, as mark_failed records it), then resumed to the
+    end: the top level says finished and nothing else; the stops are in their segments."""
+    run_dir = tmp_path / "run"
+    assert run_train(ONE, dict(env, ADAREM_FAULT="step@2:TERM"), run_dir).returncode == 75
+    assert run_train(ONE, dict(env, ADAREM_FAULT="step@4:TERM"), run_dir).returncode == 75
+    record = read_run(run_dir)
+    assert record["status"] == "preempted" and record["signal"] == "SIGTERM" and record["stopped_at_step"] == 4
+    record.update(status="failed", error="OSError: [Errno 28] No space left on device", end_time="2024-01-01")
+    (run_dir / "run.json").write_text(json.dumps(record))
+    res = run_train(ONE, env, run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = read_run(run_dir)
+    assert record["status"] == "finished"
+    for key in ("error", "signal", "stopped_at_step"):
+        assert key not in record, key
+    assert record["end_time"] != "2024-01-01"
+    segs = record["segments"]
+    assert [s.get("end_status") for s in segs] == ["preempted", "failed", None]
+    assert segs[0]["signal"] == "SIGTERM" and segs[0]["stopped_at_step"] == 2
+    assert segs[1]["error"].startswith("OSError") and segs[1]["stopped_at_step"] == 4
+    assert [s["start_step"] for s in segs] == [0, 2, 4]
