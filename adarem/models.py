@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 
 import timm
+import torch
 from torch import nn
 from timm.layers import convert_sync_batchnorm
 from timm.models import register_model
@@ -113,10 +115,46 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
         raise ConfigError(f"unknown model {name!r}; close matches: {close or 'none'} "
                           f"(any timm model name, or torchvision.<name>)")
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                 in_chans=in_chans, drop_rate=drop_rate, **(kwargs or {}))
+        with warnings.catch_warnings():  # a zero width: refused by check_input_fits in one line, no warning
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors", category=UserWarning)
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                     in_chans=in_chans, drop_rate=drop_rate, **(kwargs or {}))
     except TypeError as exc:
         raise ConfigError(f"model {name!r} rejects model.kwargs={kwargs}: {exc}") from None
+    except (ValueError, RuntimeError, AssertionError, ZeroDivisionError, IndexError) as exc:  # width=-5, ...
+        raise ConfigError(f"model {name!r} cannot be built with model.kwargs={kwargs or {}} "
+                          f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def check_input_fits(model: nn.Module, name: str, in_chans: int, image_size: int, num_classes: int,
+                     kwargs: dict | None = None) -> None:
+    """One forward pass of a single blank image of the data's size, in eval mode and without
+    gradients (no state changes, no random draws kept), so that a model that does not fit the
+    input (a fixed-size ViT on 16x16 images, two_conv_net's dense layer sized for 28x28, a zero
+    width) is refused in one line at set-up, before anything is recorded, instead of failing at
+    its first training step."""
+    was_training = model.training
+    shape = f"{in_chans}x{image_size}x{image_size}"
+    extra = f" with model.kwargs={kwargs}" if kwargs else ""
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(torch.zeros(1, in_chans, image_size, image_size))
+    except (RuntimeError, ValueError, AssertionError, TypeError, IndexError, ZeroDivisionError) as exc:
+        raise ConfigError(f"model {name!r}{extra} does not fit the input images ({shape}: data.in_chans, "
+                          f"data.image_size={image_size}): {type(exc).__name__}: {_first_line(exc)}; choose a model or "
+                          f"model.kwargs that fit this input") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {name!r}{extra} gives output {got} for one {shape} image, not (1, {num_classes}) "
+                          f"logits for the data's {num_classes} classes")
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> None:
@@ -140,4 +178,4 @@ def to_sync_batchnorm(model: nn.Module) -> nn.Module:
     return convert_sync_batchnorm(model)
 
 
-__all__ = ["build_model", "count_parameters", "to_sync_batchnorm", "SmallCNN"]
+__all__ = ["build_model", "check_input_fits", "count_parameters", "to_sync_batchnorm", "SmallCNN"]

@@ -28,7 +28,7 @@ from adarem.data import DataBundle, build_data, data_identity
 from adarem.distributed import DistInfo
 from adarem.engine import Precision, TrainState, make_precision
 from adarem.oscillation import OscillationTracker
-from adarem.models import build_model, count_parameters, to_sync_batchnorm
+from adarem.models import build_model, check_input_fits, count_parameters, to_sync_batchnorm
 from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, optimizer_impl
 from adarem.reproducibility import seed_everything
 from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
@@ -176,7 +176,10 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         # and fp16 autocast are unaffected), as NVIDIA's recipes do; recorded in run.json
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run.model = build_model(config.model.name, run.data.num_classes, run.data.in_chans, config.model.pretrained,
-                            config.model.drop_rate, config.model.kwargs).to(dist.device)
+                            config.model.drop_rate, config.model.kwargs)
+    check_input_fits(run.model, config.model.name, run.data.in_chans, config.data.image_size, run.data.num_classes,
+                     config.model.kwargs)  # before anything is recorded
+    run.model = run.model.to(dist.device)
     run.bn_batch = bn_batch(run.model, tc.batch_size, dist.world_size, tc.sync_bn)
     check_bn_batch(run, dist.device.type)
     if tc.sync_bn and dist.enabled and run.bn_batch is not None:

@@ -302,3 +302,22 @@ def test_sync_batchnorm_on_cpu_ranks_is_refused(tmp_path, env, stopped_run):
     assert res.returncode != 0 and ours and all("trainer.sync_bn=true needs CUDA" in line for line in ours), \
         res.stderr[-2000:]
     assert not (tmp_path / "sync" / "run.json").exists()
+
+
+MODEL_CASES = {
+    "dense layer sized for 28x28": (["model=two_conv_net"], "model 'two_conv_net' does not fit the input images (1x16x16"),
+    "fixed-size ViT": (["model.name=vit_tiny_patch16_224"], "model 'vit_tiny_patch16_224' does not fit the input images"),
+    "negative width": (["+model.kwargs.width=-5"], "model 'small_cnn' cannot be built with model.kwargs={'width': -5}"),
+    "zero width": (["+model.kwargs.width=0"], "model 'small_cnn' with model.kwargs={'width': 0} does not fit"),
+}
+
+
+@pytest.mark.parametrize("name", list(MODEL_CASES))
+def test_model_that_does_not_fit_the_input(tmp_path, env, name):
+    """Refused at set-up in one line, exit 2, before a run record exists (was: a traceback at the
+    first training step, exit 1, and a run directory recorded failed)."""
+    args, expected = MODEL_CASES[name]
+    res = run_train(args, env, tmp_path / "run")
+    _check(res, expected, tmp_path / "run")
+    assert res.returncode == 2
+    assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
