@@ -4,8 +4,10 @@ A directory holding a run of another configuration is always refused, naming the
 differ (the default directory name ends in the configuration's hash, so this only happens with
 an explicit hydra.run.dir / run_dir). Then ``resume=auto``: continue from the directory's latest
 checkpoint (or start fresh if it has none); a finished run is reported and left untouched.
-``resume=never``: start fresh, refusing a directory that already holds a run.
-``resume=<path>``: start from that checkpoint file, which must come from the same configuration.
+``resume=never``: start fresh, refusing a directory that already holds a run (a run.json, or
+checkpoints or metrics whose run.json was moved away). ``resume=<path>``: start from that
+checkpoint file, which must come from the same configuration, in a directory that holds no other
+run (its metrics would be cut to the other checkpoint's line count and mixed).
 
 ``RunLock`` keeps a second process (a double submit, a requeue racing a job that is still
 alive) out of a directory that a live process is using; its refusal is a ``RunLocked``.
@@ -24,7 +26,7 @@ from typing import Optional
 from adarem.run import checkpoint as ckpt_io
 from adarem.config import ConfigError
 from adarem.run.identity import config_differences
-from adarem.run.record import FINAL_STATUSES, read_run_json
+from adarem.run.record import FINAL_STATUSES, METRICS, read_run_json
 
 LOCK = ".lock"
 
@@ -66,6 +68,16 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _run_files(run_dir: Path) -> list[str]:
+    """What of a run the directory holds besides run.json: checkpoints, a non-empty metrics.jsonl."""
+    run_dir = Path(run_dir)
+    found = [name for name in (ckpt_io.LATEST, ckpt_io.PREVIOUS) if (run_dir / name).exists()]
+    metrics = run_dir / METRICS
+    if metrics.exists() and metrics.stat().st_size > 0:
+        found.append(METRICS)
+    return found
+
+
 def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
     try:
         previous = read_run_json(run_dir)
@@ -88,7 +100,12 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         if resume == "never":
             raise ConfigError(f"{run_dir} holds an unfinished run (status {previous.get('status')}); "
                               f"use resume=auto to continue it or choose another hydra.run.dir")
+    left = _run_files(run_dir) if previous is None else []
     if resume == "never":
+        if left:  # run.json moved away or lost: its checkpoints and metrics are still a run's
+            raise ConfigError(f"{run_dir} holds {' and '.join(left)} but no run.json (a run whose record was moved "
+                              f"away or lost); resume=never would overwrite them: use resume=auto to continue it, or "
+                              f"choose another hydra.run.dir")
         return RunPlan(previous, None, None)
     if resume == "auto":
         found = ckpt_io.load_latest(run_dir)
@@ -101,6 +118,13 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
     path = Path(resume)
     if not path.is_file():
         raise ConfigError(f"resume={resume!r}: no such checkpoint file; use auto, never or a checkpoint path")
+    own = {(Path(run_dir) / name).resolve() for name in (ckpt_io.LATEST, ckpt_io.PREVIOUS)}
+    held = left if previous is None else ["run.json"] + _run_files(run_dir)
+    if path.resolve() not in own and held:
+        # its metrics.jsonl would be cut to the other checkpoint's line count and continued: two runs mixed
+        raise ConfigError(f"resume={resume}: {run_dir} already holds {' and '.join(held)} of a run, which a checkpoint "
+                          f"of another directory would overwrite and mix with; resume into an empty hydra.run.dir "
+                          f"(or resume=auto to continue the run there)")
     ckpt = _checkpoint_of(config, ckpt_io.load(path), f"resume={resume}: the checkpoint's run",
                           "resume with the checkpoint's values, or start a new run (resume=never)",
                           unrecorded=f"resume={resume}: the checkpoint records no configuration (written by an "

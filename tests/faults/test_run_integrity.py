@@ -207,3 +207,24 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path, env):
     res = run_train([], env, run_dir)
     assert res.returncode == 2
     assert "written by 2 process(es), this launch has 1" in _one_error_line(res)
+
+
+@pytest.mark.parametrize("resume", ["never", "other checkpoint"])
+def test_checkpoints_without_run_json_are_never_overwritten(tmp_path, env, stopped_run, resume):
+    """run.json moved away (or lost): the directory's checkpoints and metrics are still a run's.
+    resume=never, and resume=<a checkpoint of another directory>, refuse it in one line and leave
+    every file as it was (was: checkpoints overwritten, metrics.jsonl cut to a foreign count)."""
+    run_dir = copy_run(stopped_run, tmp_path / "run")
+    (run_dir / "run.json").unlink()
+    other = copy_run(stopped_run, tmp_path / "other") / "checkpoint.pt"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+    arg = "resume=never" if resume == "never" else f"resume={other}"
+    res = run_train(["trainer.max_steps=5", arg], env, run_dir)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "checkpoint.pt" in lines[0], res.stderr
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before
+    # resume=<its own checkpoint> is a continuation, as resume=auto is
+    own = run_train(["trainer.max_steps=5", f"resume={run_dir / 'checkpoint.pt'}"], env, run_dir)
+    assert own.returncode == 75, own.stderr[-3000:]
