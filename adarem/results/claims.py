@@ -22,8 +22,19 @@ Verdicts (alpha = 0.05 unless told):
   MDD = (t_{1 - alpha/m, nu} + t_{0.80, nu}) * s_pooled * sqrt(1/n_subject + 1/n_baseline), the
   usual normal-shift approximation with Student t quantiles, at 80 % power and at level alpha/m
   (m = the family's size: the level the smallest Holm-adjusted p must clear), nu as above.
+  Steps to target is rank-tested: the t-based MDD does not describe that test, so none is given
+  (NaN), except ``inf`` where no ranking of these seeds could clear alpha/m (``rank_test_min_p``:
+  with 4 seeds or fewer a side and 9 claims, no outcome can be Supported): no difference, however
+  large, is detectable.
 - Insufficient data: a side has fewer than 2 values (Welch's variance needs >= 2 per side); such
   a row has no p and is not part of the Holm family.
+- Not comparable: the two sides' curves were evaluated differently (curve metrics), or their path
+  efficiencies were measured over different windows.
+
+Values per run: the oscillation metrics come from finished runs only (a diverged run's lines cover
+part of a training and its blow-up); steps to target and the AUC leave out a finished run whose
+val-error curve has holes (metrics lines lost after a crash, an evaluation without a finite error).
+The report flags each such run.
 
 Zero variance on both sides: the t statistic is infinite, so p = 0 in the direction of a non-zero
 difference (1 in the other; 0.5 each if the means are equal), the CI collapses onto the
@@ -41,8 +52,8 @@ import yaml
 from scipy import special, stats
 
 from adarem.results.records import RunSet
-from adarem.results.tables import (DIVERGED_ERROR, SETTING, area_under_val_error, same_protocol, selected_groups,
-                                   sgd_targets, steps_to_target)
+from adarem.results.tables import (DIVERGED_ERROR, SETTING, area_under_val_error, eval_curve_complete,
+                                   oscillation_runs, same_protocol, selected_groups, sgd_targets, steps_to_target)
 
 METRICS = {
     "final_top1": "final top-1 error (%)",
@@ -71,8 +82,13 @@ STATISTICS_TEXT = (
     "never reached the target (or diverged) counts as one step past the larger step budget of the two sides, the "
     "difference and CI are computed on those values, and p comes from an exact one-sided permutation test on ranks "
     "(Gehan's test for data censored at one time) instead of Welch's t; `reached_*` count the seeds that got "
-    "there. Not comparable: the two sides' curves were evaluated differently (evaluations per epoch or BN "
-    "recalibration), so no verdict on a curve metric.")
+    "there; its `mdd` is not the t-based one (which does not describe a rank test): none is given, or `none "
+    "detectable` where no ranking of these seeds (every seed of one side before every seed of the other) could "
+    "clear α/m. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
+    "without a finite error; flagged) is left out of steps to target and the AUC; diverged runs are left out of "
+    "the oscillation metrics (their lines cover part of a training). Not comparable: the two sides' curves were "
+    "evaluated differently (evaluations per epoch or BN recalibration), so no verdict on a curve metric, or their "
+    "path efficiencies were measured over different windows.")
 
 
 def load_claims(path: Path) -> dict:
@@ -96,11 +112,13 @@ def metric_values(rs: RunSet, runs: pd.DataFrame, metric: str, target: float = m
         return [s for s, _ in steps_to_target(rs, runs, target)]  # inf: never got there
     if metric == "final_top1":
         return [DIVERGED_ERROR if s == "diverged" else v for s, v in zip(runs.status, runs.final_top1)]
-    if metric == "val_error_auc":
+    if metric == "val_error_auc":  # NaN (left out) for a finished run whose curve has holes
         aucs = area_under_val_error(rs, runs.run_dir)
-        return [DIVERGED_ERROR if s == "diverged" else v for s, v in zip(runs.status, aucs)]
+        return [DIVERGED_ERROR if s == "diverged" else v if whole else math.nan
+                for s, v, whole in zip(runs.status, aucs, eval_curve_complete(runs))]
     if metric in ("flip_fraction", "path_efficiency"):
-        osc = rs.oscillation[rs.oscillation.run_dir.isin(runs.run_dir)]
+        # finished runs only: a diverged run's lines cover part of a training (and its blow-up)
+        osc = rs.oscillation[rs.oscillation.run_dir.isin(oscillation_runs(runs).run_dir)]
         return osc.groupby("run_dir")[metric].mean().tolist()  # NaN for runs logged before the field
     raise ValueError(metric)
 
@@ -188,6 +206,14 @@ def rank_test_p(a, b, alternative: str) -> float:
     return float(res.pvalue)
 
 
+def rank_test_min_p(n_a: int, n_b: int) -> float:
+    """The smallest one-sided p ``rank_test_p`` can give with these seeds: every run of one side
+    ranked before every run of the other, 1 / C(n_a + n_b, n_a) relabellings (ties only raise it;
+    past 20,000 relabellings it is estimated from 20,000 random ones, at least 1 / 20,001)."""
+    total = math.comb(n_a + n_b, n_a)
+    return 1 / total if total <= 20_000 else 1 / 20_001
+
+
 def min_detectable_difference(a, b, alpha: float, power: float = POWER) -> float:
     """(t_{1-alpha,nu} + t_{power,nu}) * s_pooled * sqrt(1/n_a + 1/n_b), nu = n_a + n_b - 2."""
     nu = len(a) + len(b) - 2
@@ -228,8 +254,13 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
             paper_vals = paper.get(f"{setting[0]}/{setting[1]}", {}).get(claim["metric"], {})
             row["paper_subject"] = paper_vals.get(claim["subject"], "")
             row["paper_baseline"] = paper_vals.get(claim["baseline"], "")
+            windows = set()
+            if claim["metric"] == "path_efficiency" and "osc_window" in here:
+                windows = set(oscillation_runs(pd.concat([runs_a, runs_b])).osc_window) - {""}
             if claim["metric"] in CURVE_METRICS and len(runs_a) and len(runs_b) and not same_protocol(runs_a, runs_b):
                 row["verdict"] = "Not comparable (evaluated differently)"
+            elif len(windows) > 1:  # path efficiency depends on its window by definition
+                row["verdict"] = "Not comparable (oscillation windows differ)"
             elif len(a) >= MIN_SEEDS and len(b) >= MIN_SEEDS:
                 claimed, opposite = ("less", "greater") if claim["better"] == "lower" else ("greater", "less")
                 row["diff"], row["ci_low"], row["ci_high"] = welch_ci(a, b)
@@ -249,5 +280,11 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                 row["verdict"] = "Contradicted"
             else:
                 row["verdict"] = "Inconclusive"
-                row["mdd"] = min_detectable_difference(a, b, alpha / m)
+                if row["metric"] == "steps_to_target":
+                    # rank-tested: the t-based MDD does not describe the rank test's power, so none is
+                    # given, unless no ranking of these seeds could clear alpha / m at all: then no
+                    # difference, however large, is detectable (inf, "none detectable")
+                    row["mdd"] = math.inf if rank_test_min_p(len(a), len(b)) >= alpha / m else math.nan
+                else:
+                    row["mdd"] = min_detectable_difference(a, b, alpha / m)
     return pd.DataFrame(rows)

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from adarem.results.records import RunSet  # noqa: E402
-from adarem.results.tables import SETTING, selected_groups  # noqa: E402
+from adarem.results.tables import SETTING, selected_groups, timing_mixed  # noqa: E402
 
 
 def file_stem(dataset, model) -> str:
@@ -69,8 +69,8 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
                 y = "train_loss_window" if it.train_loss_window.notna().all() else "loss"
                 _band(axes[1], mean_ci(it, "step", y), "step", label)
             # wall-clock differs per seed: the band is over seeds at each evaluation index; none
-            # for runs timed on different platforms (tables.timing_notes flags them)
-            if "platform" not in g or g.platform.nunique() == 1:
+            # for runs timed on different platforms or with compile on and off (tables.timing_notes flags them)
+            if not timing_mixed(g):
                 ev = ev.assign(k=ev.groupby("run_dir").cumcount())
                 wall = ev.groupby("k").wall_time_s.mean().rename("wall")
                 _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label)

@@ -276,8 +276,9 @@ def data_id(data_identity: dict | None) -> str:
     return _digest(_base(data_identity), 6)
 
 
-def read_metrics_lines(path: Path) -> tuple[list[dict], list[str]]:
-    """Parsed lines, and a description of each line that is not valid JSON (e.g. truncated)."""
+def read_metrics_lines(path: Path, numbered: bool = False) -> tuple[list, list[str]]:
+    """Parsed lines, and a description of each line that is not valid JSON (e.g. truncated).
+    ``numbered``: each parsed line as (its line number in the file, the line)."""
     records, bad = [], []
     if not path.exists():
         return records, ["no metrics.jsonl"]
@@ -289,10 +290,67 @@ def read_metrics_lines(path: Path) -> tuple[list[dict], list[str]]:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("not an object")
-                records.append(rec)
+                records.append((n, rec) if numbered else rec)
             except ValueError:
                 bad.append(f"metrics.jsonl line {n} is not valid JSON (truncated write?)")
     return records, bad
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shown(v) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# run.json config keys the tables compute with or print as numbers: a value of another type (a
+# hand-edited "8") is a malformed record, excluded with its reason, never a traceback
+CONFIG_TYPES = {"optimizer.lr": (_is_number, "a number"), "optimizer.weight_decay": (_is_number, "a number"),
+                "trainer.epochs": (_is_int, "an integer"), "trainer.batch_size": (_is_int, "an integer"),
+                "trainer.evals_per_epoch": (_is_int, "an integer"), "trainer.bn_recalibrate": (_is_int, "an integer"),
+                "trainer.oscillation_every": (_is_int, "an integer"), "seed": (_is_int, "an integer")}
+# per metrics.jsonl line type: the keys it must hold (step) and the keys that, where present and not
+# null, must be numbers; the tables read them all
+LINE_KEYS = {
+    "epoch": (("step",), ("train_loss", "val_top1_err", "val_top5_err", "val_loss", "wall_time_s", "images_per_s",
+                          "epoch")),
+    "eval": (("step",), ("val_top1_err", "val_top5_err", "val_loss", "wall_time_s", "epoch_frac")),
+    "iter": (("step", "loss"), ("train_loss_window", "train_loss_window_steps")),
+    "oscillation": (("step", "flip_fraction"), ("path_efficiency", "path_window")),
+}
+
+
+def malformed_config(cfg: dict) -> str | None:
+    """Why run.json's config cannot be tabulated (a key of CONFIG_TYPES of another type), or None."""
+    flat = flatten(cfg)
+    for key, (ok, what) in CONFIG_TYPES.items():
+        if flat.get(key) is not None and not ok(flat[key]):
+            return f"run.json: config {key} is {_shown(flat[key])}, not {what}: excluded"
+    for section in ("trainer", "data", "optimizer", "model"):
+        if section in cfg and not isinstance(cfg[section], dict):
+            return f"run.json: config {section} is not an object: excluded"
+    return None
+
+
+def malformed_line(numbered: list[tuple[int, dict]]) -> str | None:
+    """The first metrics.jsonl line of a type the tables read that lacks a key they need (an iter
+    line without step) or holds a non-number where they compute with one, or None."""
+    for n, r in numbered:
+        required, numeric = LINE_KEYS.get(r.get("type"), ((), ()))
+        for key in required:
+            if not (_is_int(r.get(key)) if key == "step" else _is_number(r.get(key))):
+                found = "missing" if key not in r else f"{_shown(r[key])}, not a number"
+                return f"metrics.jsonl line {n} ({r['type']}): {key} {found}: excluded"
+        for key in numeric:
+            if r.get(key) is not None and not _is_number(r[key]):
+                return f"metrics.jsonl line {n} ({r['type']}): {key} is {_shown(r[key])}, not a number: excluded"
+    return None
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -345,6 +403,140 @@ def _split_by_content(runs: pd.DataFrame, listed: pd.DataFrame, settings: dict, 
     return problems
 
 
+def _oscillation_window(osc_lines: list[dict], every) -> str:
+    """The window (in steps) a run's path efficiency was measured over: its oscillation lines'
+    path_window, or, in records written before it was logged, what the tracker derives from
+    trainer.oscillation_every (adarem/oscillation.py); several (a run resumed with another
+    oscillation_every) are joined by "/"; "" without oscillation lines."""
+    if not osc_lines:
+        return ""
+    default = (1 if every == 1 else max(2, every)) if _is_int(every) and every > 0 else None
+    windows = {r.get("path_window") if r.get("path_window") is not None else default for r in osc_lines}
+    return "/".join(sorted((str(w) if w is not None else "unrecorded" for w in windows),
+                           key=lambda w: (not w.isdigit(), int(w) if w.isdigit() else 0, w)))
+
+
+def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
+    """One run record: {"listed": ...} and either {"problem": why it is excluded} or its row, the
+    rows of its lines, and its setting (see load_runs)."""
+    lines = [r for _, r in numbered]
+    status = run.get("status", "unknown")
+    cfg = run["config"]
+    bn = split_bn_batch(run)
+    setting = setting_items(cfg, run.get("data_identity"), bn)
+    opt = cfg.get("optimizer") or {}
+    listed = {"run_dir": rel, "dataset": (cfg.get("data") or {}).get("name"),
+              "model": (cfg.get("model") or {}).get("name"), "setting_id": _digest(setting, 10),
+              "optimizer": optimizer_label(opt), "data_id": data_id(run.get("data_identity")),
+              "content": _content(run.get("data_identity"))}
+    if status not in FINAL_STATUSES:
+        return {"listed": listed, "problem": f"incomplete (status {status}): excluded"}
+    bad_line = malformed_line(numbered)
+    if bad_line:
+        return {"listed": listed, "problem": bad_line}
+    epochs = [r for r in lines if r.get("type") == "epoch"]
+    evals = [r for r in epochs if "val_top1_err" in r and r["val_top1_err"] is not None]
+    # a non-finite val error (NaN: nothing was counted) is no evaluation: never a best error (min()
+    # with NaN first returns NaN), never a point of the curve
+    every_eval = [r for r in lines if r.get("type") in ("eval", "epoch") and _is_number(r.get("val_top1_err"))]
+    nonfinite = [n for n, r in numbered if r.get("type") in ("eval", "epoch") and _is_number(r.get("val_top1_err"))
+                 and not math.isfinite(r["val_top1_err"])]
+    every_eval = [r for r in every_eval if math.isfinite(r["val_top1_err"])]
+    if status == "finished" and not evals:
+        return {"listed": listed, "problem": "finished but no evaluated epoch in metrics.jsonl: excluded"}
+    trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}
+    final = evals[-1] if evals and status == "finished" else {}
+    recorded = run.get("final") if isinstance(run.get("final"), dict) else {}
+    if status == "finished":
+        # run.json's final is what train.py reported; metrics.jsonl must agree with it and hold
+        # every epoch, or the curves and "final" of the tables would describe another run
+        n_epochs = trainer.get("epochs")
+        if not isinstance(recorded.get("val_top1_err"), (int, float)) or \
+                not math.isfinite(recorded["val_top1_err"]):
+            return {"listed": listed, "problem": "finished without a finite final error in run.json: excluded"}
+        if recorded["val_top1_err"] != final.get("val_top1_err") or \
+                (n_epochs is not None and len(epochs) != n_epochs):
+            return {"listed": listed, "problem": f"metrics.jsonl disagrees with run.json ({len(epochs)} epoch "
+                    f"lines for {n_epochs} epochs, last evaluated error {final.get('val_top1_err')} vs final "
+                    f"{recorded['val_top1_err']}): excluded"}
+    # a curve with holes: lines lost for good after a crash (run.json's metrics_lines_lost), or
+    # evaluations without a finite error. Its final error stands (run.json's); the metrics read off
+    # the curve (best error, steps and seconds to a target, AUC, train loss at x %) do not
+    gaps = []
+    lost = run.get("metrics_lines_lost")
+    if _is_number(lost) and lost > 0:
+        gaps.append(f"{lost:g} metrics.jsonl line(s) lost after a crash (run.json metrics_lines_lost)")
+    if nonfinite:
+        gaps.append(f"{len(nonfinite)} evaluation(s) with a non-finite val error (metrics.jsonl line"
+                    f"{'s' if len(nonfinite) > 1 else ''} {', '.join(map(str, nonfinite[:5]))}"
+                    f"{', ...' if len(nonfinite) > 5 else ''})")
+    curve_ok = not gaps and status == "finished"
+    lines_lost = int(lost) if _is_number(lost) and lost > 0 else 0
+    git = run.get("git") if isinstance(run.get("git"), dict) else {}
+    versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
+    osc_lines = [r for r in lines if r.get("type") == "oscillation"]
+    row = {
+        "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
+        "dataset": data.get("name"), "data_id": listed["data_id"], "content": listed["content"],
+        "eval_on": data.get("eval_on", "val"),
+        "model": (cfg.get("model") or {}).get("name"),
+        "optimizer": listed["optimizer"], "lr": opt.get("lr"),
+        "weight_decay": opt.get("weight_decay"), "epochs": trainer.get("epochs"),
+        "batch_size": trainer.get("batch_size"), "seed": cfg.get("seed"),
+        "experiment": cfg.get("experiment_name", ""), "start_time": run.get("start_time", ""),
+        "final_top1": final.get("val_top1_err", math.nan), "final_top5": final.get("val_top5_err", math.nan),
+        # over every evaluation, the mid-epoch ones (trainer.evals_per_epoch) included
+        "best_top1": min((r["val_top1_err"] for r in every_eval), default=math.nan) if curve_ok else math.nan,
+        "best_top5": min((r["val_top5_err"] for r in every_eval if _is_number(r.get("val_top5_err"))
+                          and math.isfinite(r["val_top5_err"])), default=math.nan) if curve_ok else math.nan,
+        "final_train_loss": (epochs[-1].get("train_loss", math.nan) if epochs and status == "finished" else math.nan),
+        "wall_time_s": epochs[-1].get("wall_time_s", math.nan) if epochs else math.nan,
+        "images_per_s": sum(r.get("images_per_s") or 0 for r in epochs) / len(epochs) if epochs else math.nan,
+        "diverged_at_step": run.get("diverged_at_step"),
+        # the step budget: what a run that never reaches a target is censored at
+        "budget_steps": (trainer["epochs"] * run["steps_per_epoch"]
+                         if _is_int(run.get("steps_per_epoch")) and trainer.get("epochs") else
+                         (epochs[-1]["step"] if epochs else math.nan)),
+        "bn_recalibrate": trainer.get("bn_recalibrate", 0),
+        "evals_per_epoch": trainer.get("evals_per_epoch", 1),
+        "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
+        # the code that trained it: a reused finished run keeps the commit it was trained at
+        "commit": str(git.get("commit") or "unrecorded")[:10],
+        "dirty": git.get("dirty") is True,
+        "torch": str(versions.get("torch") or "unrecorded"),
+        "compile": trainer.get("compile") is True,
+        "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
+        "platform": timing_platform(run),
+        "curve_gap": "; ".join(gaps), "lines_lost": lines_lost, "nonfinite_evals": len(nonfinite),
+        "osc_window": _oscillation_window(osc_lines, trainer.get("oscillation_every")),
+        **replaced_images(run, epochs),
+        "setting_id": listed["setting_id"],
+    }
+    out = {"listed": listed, "row": row, "setting": setting,
+           "setting_config": {**flatten(cfg), "bn_batch": bn or "global batch"},
+           "evals": [], "iters": [], "epochs": [], "osc": []}
+    for r in lines:
+        kind = r.get("type")
+        if kind in ("eval", "epoch") and _is_number(r.get("val_top1_err")) and math.isfinite(r["val_top1_err"]):
+            out["evals"].append({"run_dir": rel, "step": r.get("step"),
+                                 "epoch_frac": r.get("epoch_frac", r.get("epoch", 0) + 1.0 if kind == "epoch" else None),
+                                 "wall_time_s": r.get("wall_time_s", math.nan),
+                                 "val_top1_err": r["val_top1_err"], "val_loss": r.get("val_loss", math.nan)})
+        elif kind == "iter":
+            window = r.get("train_loss_window")  # absent in records written before it existed
+            k = r.get("train_loss_window_steps")
+            out["iters"].append({"run_dir": rel, "step": r["step"], "loss": r["loss"],
+                                 "train_loss_window": float(window) if _is_number(window) else math.nan,
+                                 "window_steps": float(k) if _is_number(k) else math.nan})
+    for r in epochs:
+        out["epochs"].append({"run_dir": rel, **{k: v for k, v in r.items() if k != "type"}})
+    for r in osc_lines:
+        eff = r.get("path_efficiency")  # absent in records written before it existed
+        out["osc"].append({"run_dir": rel, "step": r["step"], "flip_fraction": r["flip_fraction"],
+                           "path_efficiency": float(eff) if _is_number(eff) else math.nan})
+    return out
+
+
 def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
     """Every run record under ``root``. ``newest_comparison``: where compare.py's manifests say
     which finals are which comparison's, each optimizer's runs are its newest comparison's
@@ -355,7 +547,7 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
     setting_configs: dict[str, dict] = {}  # setting id -> a flattened config of one of its runs
     for run_dir in find_run_dirs(root):
         rel = str(run_dir)
-        lines, bad = read_metrics_lines(run_dir / METRICS)
+        numbered, bad = read_metrics_lines(run_dir / METRICS, numbered=True)
         problems += [{"run_dir": rel, "problem": b} for b in bad]
         try:
             with open(run_dir / RUN_JSON) as f:
@@ -369,98 +561,27 @@ def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
         if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
             problems.append({"run_dir": rel, "problem": "run.json is not a run record (no config object): excluded"})
             continue
-        status = run.get("status", "unknown")
-        cfg = run["config"]
-        bn = split_bn_batch(run)
-        setting = setting_items(cfg, run.get("data_identity"), bn)
-        opt = cfg.get("optimizer") or {}
-        listed.append({"run_dir": rel, "dataset": (cfg.get("data") or {}).get("name"),
-                       "model": (cfg.get("model") or {}).get("name"), "setting_id": _digest(setting, 10),
-                       "optimizer": optimizer_label(opt), "data_id": data_id(run.get("data_identity")),
-                       "content": _content(run.get("data_identity"))})
-        if status not in FINAL_STATUSES:
-            problems.append({"run_dir": rel, "problem": f"incomplete (status {status}): excluded"})
+        bad_config = malformed_config(run["config"])
+        if bad_config:
+            problems.append({"run_dir": rel, "problem": bad_config})
             continue
-        epochs = [r for r in lines if r.get("type") == "epoch"]
-        evals = [r for r in epochs if "val_top1_err" in r and r["val_top1_err"] is not None]
-        every_eval = [r for r in lines if r.get("type") in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float))]
-        if status == "finished" and not evals:
-            problems.append({"run_dir": rel, "problem": "finished but no evaluated epoch in metrics.jsonl: excluded"})
+        try:
+            read = _read_run(rel, run, numbered)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a malformed record no
+            # check above names: one line in the report, not a traceback that loses every other run
+            read = {"problem": f"run.json or metrics.jsonl malformed ({type(exc).__name__}: {exc}): excluded"}
+        if "listed" in read:
+            listed.append(read["listed"])
+        if "problem" in read:
+            problems.append({"run_dir": rel, "problem": read["problem"]})
             continue
-        trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}
-        final = evals[-1] if evals and status == "finished" else {}
-        recorded = run.get("final") or {}
-        if status == "finished":
-            # run.json's final is what train.py reported; metrics.jsonl must agree with it and hold
-            # every epoch, or the curves and "final" of the tables would describe another run
-            n_epochs = trainer.get("epochs")
-            if not isinstance(recorded.get("val_top1_err"), (int, float)) or \
-                    not math.isfinite(recorded["val_top1_err"]):
-                problems.append({"run_dir": rel, "problem": "finished without a finite final error in run.json: excluded"})
-                continue
-            if recorded["val_top1_err"] != final.get("val_top1_err") or \
-                    (n_epochs is not None and len(epochs) != n_epochs):
-                problems.append({"run_dir": rel, "problem": f"metrics.jsonl disagrees with run.json ({len(epochs)} epoch "
-                                 f"lines for {n_epochs} epochs, last evaluated error {final.get('val_top1_err')} vs final "
-                                 f"{recorded['val_top1_err']}): excluded"})
-                continue
-        git = run.get("git") if isinstance(run.get("git"), dict) else {}
-        entry = listed[-1]
-        rows.append({
-            "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
-            "dataset": data.get("name"), "data_id": entry["data_id"], "content": entry["content"],
-            "eval_on": data.get("eval_on", "val"),
-            "model": cfg.get("model", {}).get("name"),
-            "optimizer": entry["optimizer"], "lr": opt.get("lr"),
-            "weight_decay": opt.get("weight_decay"), "epochs": trainer.get("epochs"),
-            "batch_size": trainer.get("batch_size"), "seed": cfg.get("seed"),
-            "experiment": cfg.get("experiment_name", ""), "start_time": run.get("start_time", ""),
-            "final_top1": final.get("val_top1_err", math.nan), "final_top5": final.get("val_top5_err", math.nan),
-            # over every evaluation, the mid-epoch ones (trainer.evals_per_epoch) included
-            "best_top1": min((r["val_top1_err"] for r in every_eval), default=math.nan) if status == "finished" else math.nan,
-            "best_top5": min((r["val_top5_err"] for r in every_eval if isinstance(r.get("val_top5_err"), (int, float))),
-                             default=math.nan) if status == "finished" else math.nan,
-            "final_train_loss": epochs[-1]["train_loss"] if epochs and status == "finished" else math.nan,
-            "wall_time_s": epochs[-1].get("wall_time_s", math.nan) if epochs else math.nan,
-            "images_per_s": sum(r.get("images_per_s", 0) for r in epochs) / len(epochs) if epochs else math.nan,
-            "diverged_at_step": run.get("diverged_at_step"),
-            # the step budget: what a run that never reaches a target is censored at
-            "budget_steps": (trainer["epochs"] * run["steps_per_epoch"]
-                             if isinstance(run.get("steps_per_epoch"), int) and trainer.get("epochs") else
-                             (epochs[-1]["step"] if epochs else math.nan)),
-            "bn_recalibrate": trainer.get("bn_recalibrate", 0),
-            "evals_per_epoch": trainer.get("evals_per_epoch", 1),
-            "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
-            # the code that trained it: a reused finished run keeps the commit it was trained at
-            "commit": str(git.get("commit") or "unrecorded")[:10],
-            "dirty": git.get("dirty") is True,
-            "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
-            "platform": timing_platform(run),
-            **replaced_images(run, epochs),
-            "setting_id": entry["setting_id"],
-        })
-        settings[rows[-1]["setting_id"]] = setting
-        setting_configs[rows[-1]["setting_id"]] = {**flatten(cfg), "bn_batch": bn or "global batch"}
-        for r in lines:
-            kind = r.get("type")
-            if kind in ("eval", "epoch") and isinstance(r.get("val_top1_err"), (int, float)):
-                eval_rows.append({"run_dir": rel, "step": r.get("step"),
-                                  "epoch_frac": r.get("epoch_frac", r.get("epoch", 0) + 1.0 if kind == "epoch" else None),
-                                  "wall_time_s": r.get("wall_time_s", math.nan),
-                                  "val_top1_err": r["val_top1_err"], "val_loss": r.get("val_loss", math.nan)})
-            elif kind == "iter":
-                window = r.get("train_loss_window")  # absent in records written before it existed
-                k = r.get("train_loss_window_steps")
-                iter_rows.append({"run_dir": rel, "step": r["step"], "loss": r["loss"],
-                                  "train_loss_window": float(window) if isinstance(window, (int, float)) else math.nan,
-                                  "window_steps": float(k) if isinstance(k, (int, float)) else math.nan})
-        for r in epochs:
-            epoch_rows.append({"run_dir": rel, **{k: v for k, v in r.items() if k != "type"}})
-        for r in lines:
-            if r.get("type") == "oscillation":
-                eff = r.get("path_efficiency")  # absent in records written before it existed
-                osc_rows.append({"run_dir": rel, "step": r["step"], "flip_fraction": r["flip_fraction"],
-                                 "path_efficiency": float(eff) if isinstance(eff, (int, float)) else math.nan})
+        rows.append(read["row"])
+        settings[read["row"]["setting_id"]] = read["setting"]
+        setting_configs[read["row"]["setting_id"]] = read["setting_config"]
+        eval_rows += read["evals"]
+        iter_rows += read["iters"]
+        epoch_rows += read["epochs"]
+        osc_rows += read["osc"]
 
     runs = pd.DataFrame(rows)
     listed = pd.DataFrame(listed, columns=["run_dir", "dataset", "model", "setting_id", "optimizer", "data_id",

@@ -9,7 +9,15 @@ import pandas as pd
 from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
-from adarem.results.tables import error_table, oscillation_table, selection_notes, speed_table, timing_notes
+from adarem.results.tables import (error_table, oscillation_notes, oscillation_table, selection_notes, speed_table,
+                                   timing_notes)
+
+# What write_report writes into its output directory, and so owns there: a file of these names
+# that a run did not regenerate is another run set's, and is removed (tables.md is always written;
+# selection.csv, plots/selection_lr.png (compare.py's), README.md and anything else are never touched)
+TABLE_NAMES = ("test_error", "speed", "oscillation")
+OWNED_FILES = tuple(f"{n}.{ext}" for n in TABLE_NAMES for ext in ("csv", "tex")) + ("claims.csv",)
+OWNED_PLOTS = ("curves_*.png", "oscillation_*.png")  # in plots/, as plots.plot_curves names them
 
 
 def _fmt_p(p) -> str:
@@ -34,7 +42,8 @@ def claims_markdown(verdicts: pd.DataFrame, alpha: float = 0.05) -> str:
         "Hedges' g": verdicts.hedges_g.map(lambda g: "—" if pd.isna(g) else f"{g:.2f}"),
         "p": verdicts.p.map(_fmt_p), "p (Holm)": verdicts.p_holm.map(_fmt_p),
         "p opposite (Holm)": verdicts.p_opposite_holm.map(_fmt_p),
-        "verdict": verdicts.verdict, "mdd": verdicts.mdd.map(_fmt),
+        "verdict": verdicts.verdict,
+        "mdd": verdicts.mdd.map(lambda x: "none detectable" if x == float("inf") else _fmt(x)),
     })
     if (verdicts.paper_subject.astype(str) != "").any():
         show["paper subject"], show["paper baseline"] = verdicts.paper_subject, verdicts.paper_baseline
@@ -58,9 +67,11 @@ def speed_note(rs: RunSet, offsets) -> str:
             f"with how many seeds reached it. Speed-up over a baseline = median baseline steps / median steps "
             f"(> 1: faster), at the first target, with a percentile bootstrap 95 % CI over seeds (10,000 "
             f"resamples, seeded; none below 3 seeds a side); a seed that never reaches the target, or "
-            f"diverged, counts as infinitely slow; rows evaluated differently are not compared. Evaluations: "
+            f"diverged, counts as infinitely slow, and a run whose curve has holes (see flags) is left out; rows "
+            f"evaluated differently are not compared. Evaluations: "
             f"{'/'.join(map(str, per_epoch))} per epoch, with {bn}. Train loss @x % is the mean loss of the "
-            f"logging window at x % of the step budget. The val-err AUC (mean val error over the evaluations) "
+            f"logging window at x % of the step budget, over finished runs (a diverged run stopped early). The "
+            f"val-err AUC (mean val error over the evaluations) "
             f"is secondary: it also rewards the first epochs."
             + (f" Optimizer paths (run.json's optimizer_impl): {paths}." if paths else "") + "\n\n")
 
@@ -132,11 +143,71 @@ def corrupt_notes(runs: pd.DataFrame) -> list[dict]:
             for opt, g in hit.groupby("optimizer")]
 
 
+def torch_notes(runs: pd.DataFrame) -> list[dict]:
+    """A flag when the runs were trained with more than one torch version (run.json's versions):
+    kernels and their rounding change between versions, so a difference between optimizers may
+    be one between versions."""
+    if runs.empty or "torch" not in runs:
+        return []
+    recorded = runs[runs.torch != "unrecorded"]
+    if recorded.torch.nunique() < 2:
+        return []
+    per = recorded.groupby("torch").optimizer.agg(lambda o: f"{_n_runs(len(o))}: {', '.join(sorted(set(o)))}")
+    return [{"run_dir": "(versions)", "problem": f"runs trained with {len(per)} torch versions ("
+             + "; ".join(f"torch {v}, {what}" for v, what in per.items()) + "): a difference between optimizers may "
+             "be a difference between versions"}]
+
+
+def divergence_notes(runs: pd.DataFrame) -> list[dict]:
+    """A flag per optimizer with diverged runs: where its numbers count them and where not."""
+    if runs.empty:
+        return []
+    div = runs[runs.status == "diverged"]
+    notes = []
+    for opt, g in div.groupby("optimizer"):
+        at = ", ".join(f"seed {s} at step {int(x)}" if pd.notna(x) else f"seed {s}"
+                       for s, x in sorted(zip(g.seed, g.diverged_at_step), key=lambda t: str(t[0])))
+        notes.append({"run_dir": f"(diverged) {_n_runs(len(g))} of {opt}",
+                      "problem": f"diverged ({at}): counted as diverged in the test-error and speed tables (never "
+                                 f"reaching a target; 100 % error in the claims); left out of train loss @x %, the "
+                                 f"val-err AUC of the speed table, the oscillation table and the oscillation claims, "
+                                 f"which its partial history would distort"})
+    return notes
+
+
+def curve_gap_notes(runs: pd.DataFrame) -> list[dict]:
+    """A flag per run whose curves have holes (records.load_runs' curve_gap): what is left out."""
+    if runs.empty or "curve_gap" not in runs:
+        return []
+    notes = []
+    for r in runs[runs.curve_gap.fillna("") != ""].itertuples():
+        lost = getattr(r, "lines_lost", 0) > 0
+        notes.append({"run_dir": r.run_dir, "problem": f"{r.curve_gap}: its final error is kept; its curve has "
+                      f"holes, so it is left out of best error, steps and seconds to target, speed-ups, val-err AUC "
+                      f"and the claims on them" + (", and of train loss @x % and the oscillation table and claims"
+                                                   if lost else "")})
+    return notes
+
+
+def remove_stale(out_dir: Path, written: set[Path]) -> list[Path]:
+    """Remove the files of OWNED_FILES / OWNED_PLOTS in out_dir that this report did not write (a
+    previous report's, on other runs); returns them."""
+    owned = [out_dir / n for n in OWNED_FILES]
+    owned += [p for pattern in OWNED_PLOTS for p in sorted((out_dir / "plots").glob(pattern))]
+    stale = [p for p in owned if p.is_file() and p.resolve() not in {w.resolve() for w in written}]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),
                  preamble: str = "") -> str:
     """tables.md (+ CSV, LaTeX, plots) in out_dir; ``preamble`` (Markdown) goes right after the
-    title line, before the tables."""
+    title line, before the tables. Every file of OWNED_FILES / OWNED_PLOTS there that this report
+    does not write (a table without rows, claims without a claims file, a setting no longer in the
+    runs) is removed: what lies beside tables.md is always this report's."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
     tables = {
         "test_error": error_table(rs),
         "speed": speed_table(rs, offsets),
@@ -154,6 +225,7 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
         if df.empty:
             continue
         df.to_csv(out_dir / f"{name}.csv", index=False)
+        written |= {out_dir / f"{name}.csv", out_dir / f"{name}.tex"}
         (out_dir / f"{name}.tex").write_text(df.to_latex(index=False, escape=True, column_format="l" * len(df.columns))
                                              .replace("\\toprule", "\\toprule").replace("\\midrule", "\\midrule"))
         parts.append(f"## {titles[name]}\n\n{notes.get(name, '')}{df.to_markdown(index=False)}\n")
@@ -161,12 +233,15 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
         verdicts = evaluate_claims(rs, load_claims(claims_path), target_offset=offsets[0])
         if not verdicts.empty:
             verdicts[CSV_COLUMNS].to_csv(out_dir / "claims.csv", index=False)
+            written.add(out_dir / "claims.csv")
             parts.append(claims_markdown(verdicts))
-    notes = (selection_notes(rs.runs) + code_notes(rs.runs) + truncation_notes(rs.runs) + corrupt_notes(rs.runs)
-             + timing_notes(rs.runs))
+    notes = (selection_notes(rs.runs) + code_notes(rs.runs) + torch_notes(rs.runs) + truncation_notes(rs.runs)
+             + corrupt_notes(rs.runs) + divergence_notes(rs.runs) + curve_gap_notes(rs.runs) + timing_notes(rs.runs)
+             + oscillation_notes(rs.runs))
     problems = pd.concat([rs.problems_frame, pd.DataFrame(notes, columns=["run_dir", "problem"])], ignore_index=True)
     parts.append("## Excluded or flagged runs\n\n" + (problems.to_markdown(index=False) if not problems.empty else "None.") + "\n")
     pngs = plot_curves(rs, out_dir / "plots")
+    remove_stale(out_dir, written | set(pngs))
     if pngs:
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pngs) + "\n")
     text = "\n".join(parts)

@@ -16,16 +16,37 @@ GROUP = ["dataset", "model", "optimizer", "eval_on", "lr", "weight_decay", "epoc
          "config_id"]
 SETTING = ["dataset", "model"]
 MIXED = "mixed hardware (see flags)"  # a time cell whose runs were timed on different platforms
+MIXED_SETUP = "mixed compile/optimizer path (see flags)"  # ... with compile on and off, or other optimizer paths
+MIXED_WINDOW = "mixed windows (see flags)"  # a path efficiency over runs measured over different windows
 DIVERGED_ERROR = 100.0  # a diverged run's error where a number is needed (claims): the worst possible
 
 
-def mean_std(values) -> str:
+def mean_std(values, n: int | None = None) -> str:
+    """Mean ± std of the values that are numbers; with ``n`` (the runs the cell stands for), a
+    cell over fewer of them says how many: "7.40 ± 0.10 (4 of 5)", never the mean of 4 under n=5."""
     v = pd.Series(values, dtype=float).dropna()
     if v.empty:
         return "—"
+    of = f" ({len(v)} of {n})" if n is not None and len(v) < n else ""
     if len(v) == 1:
-        return f"{v.iloc[0]:.2f}"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+        return f"{v.iloc[0]:.2f}{of}"
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}{of}"
+
+
+def eval_curve_complete(runs: pd.DataFrame) -> pd.Series:
+    """Per run: whether its val-error curve has every evaluation (no metrics line lost after a
+    crash, no evaluation without a finite error), so that the best error, steps and seconds to a
+    target and the AUC can be read off it (records.load_runs' curve_gap says what is missing)."""
+    if "curve_gap" not in runs:
+        return pd.Series(True, index=runs.index)
+    return runs.curve_gap.fillna("") == ""
+
+
+def lines_complete(runs: pd.DataFrame) -> pd.Series:
+    """Per run: whether no metrics.jsonl line was lost (train loss and oscillation lines too)."""
+    if "lines_lost" not in runs:
+        return pd.Series(True, index=runs.index)
+    return runs.lines_lost.fillna(0) == 0
 
 
 def _candidates(runs: pd.DataFrame) -> pd.DataFrame:
@@ -75,9 +96,10 @@ def error_table(rs: RunSet) -> pd.DataFrame:
     rows = []
     for key, g in rs.runs.groupby(GROUP, dropna=False, sort=True):
         ok = g[g.status == "finished"]
+        # best: NaN for a run whose curve has holes (flagged), counted in the cell: "(4 of 5)"
         rows.append({**dict(zip(GROUP, key)), "n": len(g), "diverged": int((g.status == "diverged").sum()),
-                     "final top-1 err": mean_std(ok.final_top1), "best top-1 err": mean_std(ok.best_top1),
-                     "final top-5 err": mean_std(ok.final_top5), "best top-5 err": mean_std(ok.best_top5),
+                     "final top-1 err": mean_std(ok.final_top1, len(ok)), "best top-1 err": mean_std(ok.best_top1, len(ok)),
+                     "final top-5 err": mean_std(ok.final_top5, len(ok)), "best top-5 err": mean_std(ok.best_top5, len(ok)),
                      "_mean": ok.final_top1.mean() if len(ok) else math.nan})
     df = pd.DataFrame(rows).sort_values(["dataset", "model", "eval_on", "_mean"])
     return df.drop(columns=["_mean", "config_id"]).reset_index(drop=True)
@@ -103,9 +125,15 @@ def sgd_targets(rs: RunSet, offsets=(1.0, 5.0)) -> dict:
 def steps_to_target(rs: RunSet, runs: pd.DataFrame, target: float) -> list[tuple[float, float]]:
     """Per run (rows of ``rs.runs``): (step, training seconds) of its first evaluation at or below
     ``target``, or (inf, inf) when it never got there. A diverged run never counts as having got
-    there, even if it passed the target before diverging: its training did not deliver a model."""
+    there, even if it passed the target before diverging: its training did not deliver a model.
+    (nan, nan) for a finished run whose curve has holes (``eval_curve_complete``): a lost or
+    unreadable evaluation may have been its first at the target, so it has no value."""
     out = []
-    for d, status in zip(runs.run_dir, runs.status):
+    complete = eval_curve_complete(runs)
+    for d, status, whole in zip(runs.run_dir, runs.status, complete):
+        if status != "diverged" and not whole:
+            out.append((math.nan, math.nan))
+            continue
         ev = rs.evals[rs.evals.run_dir == d]
         hit = ev[ev.val_top1_err <= target]
         ok = len(hit) and status != "diverged"
@@ -154,12 +182,17 @@ def _fmt_ratio(x: float) -> str:
     return "∞" if math.isinf(x) else ("—" if math.isnan(x) else f"{x:.2f}")
 
 
-def _median_reached(values, n: int) -> str:
-    reached = [v for v in values if math.isfinite(v)]
+def _median_reached(values) -> str:
+    """Median over the runs that have a value (NaN: a curve with holes, left out and flagged), with
+    how many reached the target; "…; k left out" where some runs have no value."""
+    known = [v for v in values if not math.isnan(v)]
+    n, out = len(known), len(values) - len(known)
+    left = f"; {out} left out, see flags" if out else ""
+    reached = [v for v in known if math.isfinite(v)]
     if not reached:
-        return f"not reached (0/{n})"
-    med = float(np.median(values))
-    return f"{_fmt_ratio(med) if math.isinf(med) else f'{med:.4g}'} ({len(reached)}/{n} reached)"
+        return f"not reached (0/{n}{left})"
+    med = float(np.median(known))
+    return f"{_fmt_ratio(med) if math.isinf(med) else f'{med:.4g}'} ({len(reached)}/{n} reached{left})"
 
 
 TRAIN_LOSS_SPAN = 0.1  # of the step budget: the span "train loss at x %" averages over
@@ -200,7 +233,7 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
     for key, g in rs.runs.groupby(GROUP, dropna=False, sort=True):
         info = dict(zip(GROUP, key))
         row = {**info, "n": len(g), "diverged": int((g.status == "diverged").sum())}
-        mixed = "platform" in g and g.platform.nunique() > 1  # seconds of different machines: no median
+        mixed = timing_mixed(g)  # seconds of different machines (or compile on/off): no median
         tgt = targets.get((info["dataset"], info["model"])) if info["eval_on"] == "val" else None
         for i, (off, t) in enumerate(zip(offsets, tgt or [None] * len(offsets))):
             col = f"SGD+{off:g}"
@@ -208,8 +241,8 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
                 row[f"steps to {col}"] = row[f"s to {col}"] = "no SGD baseline" if info["eval_on"] == "val" else "—"
                 continue
             hits = steps_to_target(rs, g, t)
-            row[f"steps to {col}"] = _median_reached([h[0] for h in hits], len(hits))
-            row[f"s to {col}"] = _median_reached([h[1] for h in hits], len(hits)) if not mixed else MIXED
+            row[f"steps to {col}"] = _median_reached([h[0] for h in hits])
+            row[f"s to {col}"] = _median_reached([h[1] for h in hits]) if not mixed else mixed
             if i:
                 continue
             here = sel[(sel.dataset == info["dataset"]) & (sel.model == info["model"]) & (sel.eval_on == "val")]
@@ -221,20 +254,27 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
                 elif not same_protocol(base, g):
                     row[col] = "— (evaluated differently)"
                 else:
-                    base_hits = [h[0] for h in steps_to_target(rs, base, t)]
-                    r, lo, hi = speedup_ci(base_hits, [h[0] for h in hits])
+                    # runs whose curves have holes have no steps (NaN): left out, flagged
+                    base_hits = [h[0] for h in steps_to_target(rs, base, t) if not math.isnan(h[0])]
+                    subj_hits = [h[0] for h in hits if not math.isnan(h[0])]
+                    r, lo, hi = speedup_ci(base_hits, subj_hits)
                     if not math.isnan(lo):
                         ci = f"[{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]"
-                    elif min(len(base_hits), len(hits)) < MIN_BOOT_SEEDS:
+                    elif min(len(base_hits), len(subj_hits)) < MIN_BOOT_SEEDS:
                         ci = f"[< {MIN_BOOT_SEEDS} seeds]"
                     else:  # enough seeds, but no resample has a finite ratio: neither side reached it
                         ci = "[neither reached]"
                     row[col] = f"{_fmt_ratio(r)} {ci}"
+        # finished runs only: a diverged run's history stops early (it is counted as diverged);
+        # a run with lost lines has a train-loss curve with holes (NaN, counted in the cell)
+        ok = g[g.status == "finished"]
         for frac in fractions:
             row[f"train loss @{int(frac * 100)}%"] = mean_std(
-                [train_loss_at(rs, d, b, frac) for d, b in zip(g.run_dir, g.budget_steps)])
-        row["val-err AUC"] = mean_std(area_under_val_error(rs, g[g.status == "finished"].run_dir))
-        row["images/s"] = mean_std(g.images_per_s) if not mixed else MIXED
+                [train_loss_at(rs, d, b, frac) if whole else math.nan
+                 for d, b, whole in zip(ok.run_dir, ok.budget_steps, lines_complete(ok))], len(ok))
+        row["val-err AUC"] = mean_std([a if whole else math.nan for a, whole in
+                                       zip(area_under_val_error(rs, ok.run_dir), eval_curve_complete(ok))], len(ok))
+        row["images/s"] = mean_std(g.images_per_s) if not mixed else mixed
         rows.append(row)
     df = pd.DataFrame(rows).drop(columns=["config_id"])
     speedups = [c for c in df.columns if c.startswith("speed-up vs")]
@@ -246,40 +286,126 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
     return df[rest[:at] + speedups + rest[at:]].fillna("—")
 
 
+def timing_mixed(g: pd.DataFrame) -> str:
+    """What a row's seconds and images/s cells say instead of a median when its runs were timed
+    differently: on different platforms (records.timing_platform), or with trainer.compile on and
+    off, or on different optimizer paths (run.json's optimizer_impl; a compiled path's seconds
+    include its compilation); "" when they were timed alike."""
+    if "platform" in g and g.platform.nunique() > 1:
+        return MIXED
+    if any(c in g and g[c].nunique() > 1 for c in ("compile", "optimizer_impl")):
+        return MIXED_SETUP
+    return ""
+
+
 def timing_notes(runs: pd.DataFrame) -> list[dict]:
-    """Flags for seconds and images/s measured on different platforms (records.timing_platform):
-    within a row (its time cells are left out), and between the optimizers of a setting (their
-    seconds compare machines as much as optimizers)."""
+    """Flags for seconds and images/s measured on different platforms (records.timing_platform),
+    with trainer.compile on and off, or on different optimizer paths: within a row (its time cells
+    are left out), and between the optimizers of a setting (their seconds compare machines, or
+    compilation, as much as optimizers)."""
     if runs.empty or "platform" not in runs:
         return []
     notes = []
     for key, g in runs.groupby(GROUP, dropna=False, sort=True):
+        info = dict(zip(GROUP, key))
+        where = f"(timing) {len(g)} runs of {info['optimizer']} on {info['dataset']}/{info['model']}"
         if g.platform.nunique() > 1:
-            info = dict(zip(GROUP, key))
-            notes.append({"run_dir": f"(timing) {len(g)} runs of {info['optimizer']} on {info['dataset']}/{info['model']}",
+            notes.append({"run_dir": where,
                           "problem": f"timed on {g.platform.nunique()} platforms ({'; '.join(sorted(set(g.platform)))}): "
                                      f"their seconds and images/s are not pooled (steps are)"})
+        if "compile" in g and g.compile.nunique() > 1:
+            notes.append({"run_dir": where, "problem": f"{int(g.compile.sum())} trained with trainer.compile=true, "
+                          f"{int((~g.compile.astype(bool)).sum())} without: their seconds and images/s (which include "
+                          f"compilation) are not pooled (steps and errors are)"})
+        if "optimizer_impl" in g and g.optimizer_impl.nunique() > 1:
+            counts = g.optimizer_impl.value_counts()
+            notes.append({"run_dir": where, "problem": "pooled across optimizer paths (run.json's optimizer_impl: "
+                          + ", ".join(f"{i} {n}" for i, n in sorted(counts.items())) + "): they differ in float "
+                          "rounding and in time, so their seconds and images/s are not pooled; errors and steps "
+                          "are, and may differ by path"})
     for (dataset, model), g in selected_groups(runs).groupby(SETTING):
         per_opt = g.groupby("optimizer").platform.agg(lambda p: "; ".join(sorted(set(p))))
         if per_opt.nunique() > 1:
             notes.append({"run_dir": f"(timing) {dataset}/{model}",
                           "problem": "optimizers timed on different platforms (" + ", ".join(
                               f"{opt}: {p}" for opt, p in per_opt.items()) + "): compare steps, not seconds"})
+        if "compile" in g:
+            per_opt = g.groupby("optimizer").compile.agg(lambda c: (int(c.astype(bool).sum()), len(c)))
+            if len({"none" if k == 0 else "all" if k == n else "some" for k, n in per_opt}) > 1:
+                notes.append({"run_dir": f"(timing) {dataset}/{model}",
+                              "problem": "optimizers trained with and without trainer.compile (compiled: " + ", ".join(
+                                  f"{opt} {k} of {n}" for opt, (k, n) in per_opt.items() if k) + "; the others "
+                                  "none): their seconds include compilation for some only; compare steps, not "
+                                  "seconds"})
     return notes
 
 
+def oscillation_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose oscillation lines describe a whole training: finished (a diverged run's lines
+    stop early, and its last steps are the blow-up), with no metrics line lost."""
+    if runs.empty:
+        return runs
+    return runs[(runs.status == "finished") & lines_complete(runs)]
+
+
 def oscillation_table(rs: RunSet) -> pd.DataFrame:
+    """Per configuration, over its finished runs with oscillation lines (``oscillation_runs``;
+    diverged ones are counted in the error and speed tables, and flagged): the mean sign-flip
+    fraction and path efficiency. Path efficiency depends on the window it is measured over
+    (records' osc_window): runs measured over different windows are never averaged."""
     if rs.oscillation.empty:
         return pd.DataFrame()
     per_run = rs.oscillation.groupby("run_dir").agg(flip=("flip_fraction", "mean"),
                                                     eff=("path_efficiency", "mean")).reset_index()
-    merged = rs.runs.merge(per_run, on="run_dir")
+    merged = oscillation_runs(rs.runs).merge(per_run, on="run_dir")
+    if "osc_window" not in merged:
+        merged["osc_window"] = ""
+    # a setting whose rows were measured over different windows: each cell names its window
+    windows = merged.groupby(SETTING).osc_window.nunique()
     rows = []
     for key, g in merged.groupby(GROUP, dropna=False, sort=True):
-        eff = mean_std(100 * g.eff)
-        rows.append({**dict(zip(GROUP, key)), "n": len(g), "update sign-flip fraction": mean_std(100 * g.flip) + " %",
-                     "path efficiency": eff + " %" if eff != "—" else eff})
+        info = dict(zip(GROUP, key))
+        eff = mean_std(100 * g.eff, len(g))
+        if g.osc_window.nunique() > 1:
+            eff = MIXED_WINDOW
+        elif eff != "—":
+            eff += " %" + (f" (window {g.osc_window.iloc[0]})"
+                           if windows.get((info["dataset"], info["model"]), 1) > 1 else "")
+        rows.append({**info, "n": len(g), "update sign-flip fraction": mean_std(100 * g.flip, len(g)) + " %",
+                     "path efficiency": eff})
+    if not rows:
+        return pd.DataFrame()
     return pd.DataFrame(rows).drop(columns=["config_id"])
+
+
+def oscillation_notes(runs: pd.DataFrame) -> list[dict]:
+    """Flags for path efficiencies measured over different windows (trainer.oscillation_every /
+    the lines' path_window): within a row (its cell is left out), and between the optimizers of a
+    setting (the claims give no verdict on them)."""
+    if runs.empty or "osc_window" not in runs:
+        return []
+    osc = oscillation_runs(runs)
+    osc = osc[osc.osc_window != ""]
+    selected = selected_groups(runs)  # the claims' configurations, chosen over every run
+    selected = osc[osc.run_dir.isin(selected.run_dir)]
+    notes = []
+    for key, g in osc.groupby(GROUP, dropna=False, sort=True):
+        if g.osc_window.nunique() > 1:
+            info = dict(zip(GROUP, key))
+            counts = g.osc_window.value_counts()
+            notes.append({"run_dir": f"(oscillation) {len(g)} runs of {info['optimizer']} on "
+                                     f"{info['dataset']}/{info['model']}",
+                          "problem": "path efficiency measured over different windows (" + ", ".join(
+                              f"{w} steps: {n} run(s)" for w, n in sorted(counts.items())) + "): not averaged; "
+                              "it depends on the window by definition"})
+    for (dataset, model), g in selected.groupby(SETTING):
+        per_opt = g.groupby("optimizer").osc_window.agg(lambda w: "; ".join(sorted(set(w))))
+        if per_opt.nunique() > 1:
+            notes.append({"run_dir": f"(oscillation) {dataset}/{model}",
+                          "problem": "optimizers' path efficiency measured over different windows (" + ", ".join(
+                              f"{opt}: {w} steps" for opt, w in per_opt.items()) + "): not comparable; the "
+                              "claims on it give no verdict"})
+    return notes
 
 
 def area_under_val_error(rs: RunSet, run_dirs) -> list[float]:

@@ -1,0 +1,318 @@
+"""Hostile review of the results pipeline: runs that must not enter a number (diverged, curves
+with holes), numbers that must not be pooled (oscillation windows, compile on/off, torch
+versions), malformed records, stale output files, and the claims' mdd of the rank test."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from adarem.results import CLAIMS_FILE, load_runs, write_report
+from adarem.results.claims import evaluate_claims, load_claims
+from adarem.results.tables import error_table, oscillation_table, speed_table
+from tests.conftest import REPO
+from tests.results.test_tables import make_run
+
+
+def _edit_record(d, **top):
+    record = json.loads((d / "run.json").read_text())
+    record.update(top)
+    (d / "run.json").write_text(json.dumps(record))
+
+
+def _edit_config(d, dotted, value):
+    record = json.loads((d / "run.json").read_text())
+    node = record["config"]
+    *path, key = dotted.split(".")
+    for k in path:
+        node = node.setdefault(k, {})
+    node[key] = value
+    (d / "run.json").write_text(json.dumps(record))
+
+
+def _lines(d):
+    return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+def _write_lines(d, lines):
+    (d / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _osc(d, flips, effs, window=10):
+    """Replace a run's oscillation lines by these (every 10 steps), with their path window."""
+    lines = [r for r in _lines(d) if r["type"] != "oscillation"]
+    lines += [{"type": "oscillation", "step": 10 * (i + 1), "flip_fraction": f, "path_efficiency": e,
+               "path_window": window} for i, (f, e) in enumerate(zip(flips, effs))]
+    _write_lines(d, lines)
+
+
+def _by_claim(rs):
+    return evaluate_claims(rs, load_claims(CLAIMS_FILE)).set_index("claim")
+
+
+# ---- 1. a diverged run's partial history -----------------------------------------------------
+
+def test_a_diverged_run_enters_no_oscillation_number_nor_train_loss(tmp_path):
+    """sgd_plain seed 2 diverged at step 11: its oscillation lines (the blow-up) and its one
+    window of train loss were averaged with the finished runs' and flipped the oscillation claims;
+    train loss @100 % was read off its last window, at step 11 of a 30-step budget."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        _osc(make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + 0.1 * s]),
+             [0.20 + 0.01 * s] * 2, [0.60 + 0.01 * s] * 2)
+    for s in range(2):
+        _osc(make_run(root, f"plain{s}", "sgd_plain", s, [30.0, 15.0, 9.0 + 0.1 * s]),
+             [0.30 + 0.01 * s] * 2, [0.40 + 0.01 * s] * 2)
+    div = make_run(root, "plain_div", "sgd_plain", 2, [30.0], status="diverged")
+    lines = [r for r in _lines(div) if r["type"] != "iter" or r["step"] <= 11]
+    for r in lines:
+        if r["type"] == "iter":
+            r["train_loss_window"] = 1e4  # the blow-up
+    _write_lines(div, lines)
+    _osc(div, [0.95], [0.01])
+    _edit_record(div, diverged_at_step=11)
+    rs = load_runs(root)
+
+    osc = oscillation_table(rs).set_index("optimizer")
+    assert osc.loc["sgd_plain", "n"] == 2
+    assert osc.loc["sgd_plain", "update sign-flip fraction"] == "30.50 ± 0.71 %"
+    assert osc.loc["sgd_plain", "path efficiency"] == "40.50 ± 0.71 %"
+    verdicts = _by_claim(rs)
+    for claim in ("oscillates_less_than_sgd_plain", "straighter_path_than_sgd_plain"):
+        v = verdicts.loc[claim]
+        assert v.n_baseline == 2 and v.verdict == "Supported", v
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["sgd_plain", "diverged"] == 1
+    for frac in (10, 25, 50, 100):  # the finished runs' windows only, never the diverged run's
+        assert "e+" not in speed.loc["sgd_plain", f"train loss @{frac}%"]
+        assert not speed.loc["sgd_plain", f"train loss @{frac}%"].startswith("100")
+    assert speed.loc["sgd_plain", "train loss @100%"] == "0.29 ± 0.00"
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert "(diverged) 1 run of sgd_plain" in text and "seed 2 at step 11" in text
+    assert "left out of train loss @x %" in text and "the oscillation claims" in text
+
+
+# ---- 2. oscillation windows ------------------------------------------------------------------
+
+def test_path_efficiency_over_different_windows_is_never_pooled_nor_compared(tmp_path):
+    """Path efficiency over a 200-step window is lower than over 10 steps by definition: sgd_plain
+    measured over 200 steps looked far less straight than AdaRem over 10 (Supported), and runs of
+    one configuration over two windows were averaged into one cell."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        _osc(make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + 0.1 * s]),
+             [0.20 + 0.01 * s] * 2, [0.60 + 0.01 * s] * 2)
+        _osc(make_run(root, f"plain{s}", "sgd_plain", s, [30.0, 15.0, 9.0 + 0.1 * s]),
+             [0.30 + 0.01 * s] * 2, [0.10 + 0.01 * s] * 2, window=200)
+        mixed = make_run(root, f"adarem_m{s}", "adarem_m", s, [30.0, 15.0, 8.0 + 0.1 * s])
+        _osc(mixed, [0.10] * 2, [0.70] * 2, window=10 if s else 50)
+    # a record written before path_window was logged: the window is trainer.oscillation_every's
+    old = make_run(root, "sgd0", "sgd", 0, [30.0, 15.0, 9.0], trainer={"oscillation_every": 50})
+    _osc(old, [0.1] * 2, [0.7] * 2)
+    _write_lines(old, [{k: v for k, v in r.items() if k != "path_window"} for r in _lines(old)])
+    rs = load_runs(root)
+    osc = oscillation_table(rs).set_index("optimizer")
+    assert osc.loc["adarem_m", "path efficiency"] == "mixed windows (see flags)"
+    assert osc.loc["adarem", "path efficiency"] == "61.00 ± 1.00 % (window 10)"
+    assert osc.loc["sgd_plain", "path efficiency"] == "11.00 ± 1.00 % (window 200)"
+    verdicts = _by_claim(rs)
+    assert verdicts.loc["straighter_path_than_sgd_plain", "verdict"] == "Not comparable (oscillation windows differ)"
+    assert verdicts.loc["momentum_variant_straighter_path_than_sgd", "verdict"] == \
+        "Not comparable (oscillation windows differ)"
+    # the sign flips compare two consecutive updates, whatever the window: still tested
+    assert verdicts.loc["oscillates_less_than_sgd_plain", "verdict"] == "Supported"
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert "path efficiency measured over different windows (10 steps: 2 run(s), 50 steps: 1 run(s))" in text
+    assert "optimizers' path efficiency measured over different windows" in text and "sgd_plain: 200 steps" in text
+    assert dict(zip(rs.runs.run_dir.str.split("/").str[-1], rs.runs.osc_window))["sgd0"] == "50"
+
+
+# ---- 3. and 5. curves with holes -------------------------------------------------------------
+
+def _speed_runs(root, n_sgd=3, n_adarem=3):
+    for s in range(n_sgd):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+    return [make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + 0.1 * s]) for s in range(n_adarem)]
+
+
+def test_a_run_with_lost_metrics_lines_is_flagged_and_out_of_the_curve_metrics(tmp_path):
+    """metrics_lines_lost > 0: the lost lines were evaluations, so the run reached the target
+    "later" (step 30 instead of 10): steps to target, its claim and the AUC used a curve with holes."""
+    root = tmp_path / "runs"
+    adarem = _speed_runs(root)
+    for d in adarem[:1]:  # seed 0 lost its first evaluation (11 <= target 11.1 at step 10)
+        lines = [r for r in _lines(d) if not (r["type"] == "epoch" and r["epoch"] == 0)]
+        lines.insert(0, {"type": "epoch", "epoch": 0, "step": 10, "train_loss": 1.0, "val_top1_err": 11.0,
+                         "val_top5_err": 1.0, "wall_time_s": 2.0, "images_per_s": 100.0})
+        _write_lines(d, lines)
+    for d in adarem[1:]:  # seeds 1 and 2: that evaluation lost after a crash
+        _write_lines(d, [r for r in _lines(d) if not (r["type"] == "epoch" and r["epoch"] == 0)]
+                     + [{"type": "epoch", "epoch": 0, "step": 10, "train_loss": 1.0, "val_top1_err": None,
+                         "wall_time_s": 2.0, "images_per_s": 100.0}])
+        _edit_record(d, metrics_lines_lost=1)
+    rs = load_runs(root)
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["adarem", "steps to SGD+1"] == "10 (1/1 reached; 2 left out, see flags)"
+    assert speed.loc["adarem", "train loss @100%"] == "0.29 (1 of 3)"
+    assert speed.loc["adarem", "val-err AUC"].endswith("(1 of 3)")
+    err = error_table(rs).set_index("optimizer")
+    assert err.loc["adarem", "final top-1 err"] == "8.10 ± 0.10"  # run.json's final errors stand
+    assert err.loc["adarem", "best top-1 err"] == "8.00 (1 of 3)"
+    v = _by_claim(rs).loc["lower_error_than_sgd"]
+    assert v.n_subject == 3  # final error: every run
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert text.count("1 metrics.jsonl line(s) lost after a crash (run.json metrics_lines_lost)") == 2
+    assert "left out of best error, steps and seconds to target" in text
+
+
+def test_a_nan_val_error_is_no_evaluation_and_flags_the_run(tmp_path):
+    """NaN first in a run's evaluations made min() return NaN (the run's best dropped from the
+    mean under n=3), NaN later was skipped; the AUC averaged fewer evaluations, silently."""
+    root = tmp_path / "runs"
+    adarem = _speed_runs(root)
+    lines = _lines(adarem[0])
+    lines.insert(0, {"type": "eval", "epoch": 0, "step": 5, "epoch_frac": 0.5, "val_top1_err": math.nan})
+    _write_lines(adarem[0], lines)
+    lines = _lines(adarem[1])
+    lines.append({"type": "eval", "epoch": 0, "step": 5, "epoch_frac": 0.5, "val_top1_err": math.nan})
+    _write_lines(adarem[1], lines)
+    rs = load_runs(root)
+    err = error_table(rs).set_index("optimizer")
+    assert err.loc["adarem", "best top-1 err"] == "8.20 (1 of 3)"  # one run, whatever NaN's position
+    assert rs.evals.val_top1_err.notna().all()
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["adarem", "val-err AUC"] == "17.73 (1 of 3)"
+    assert speed.loc["adarem", "steps to SGD+1"] == "30 (1/1 reached; 2 left out, see flags)"
+    v = _by_claim(rs).loc["lower_error_than_sgd"]
+    assert v.n_subject == 3
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert text.count("1 evaluation(s) with a non-finite val error (metrics.jsonl line") == 2
+
+
+# ---- 4. stale outputs ------------------------------------------------------------------------
+
+def test_a_rerun_into_the_same_out_leaves_no_file_of_the_previous_runs(tmp_path):
+    """make_tables A --out X, then make_tables B --out X: X/claims.csv kept A's verdicts, and A's
+    oscillation tables and plots stayed beside a tables.md without them. Files the tool does not
+    write (README.md, selection.csv and plots/selection_lr.png of compare.py, a user's notes) stay."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for s in range(2):
+        make_run(a, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + s], osc=[0.4, 0.5])
+        make_run(a, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + s], osc=[0.2, 0.3])
+        _edit_config(make_run(b, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + s]), "data.name", "other")
+    out = tmp_path / "X"
+    (out / "plots").mkdir(parents=True)
+    keep = {"README.md": "mine", "selection.csv": "compare's", "notes.txt": "mine", "plots/selection_lr.png": "png"}
+    for name, text in keep.items():
+        (out / name).write_text(text)
+
+    def tables(runs, *extra):
+        res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(runs), "--out", str(out),
+                              *extra], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+
+    tables(a)
+    assert (out / "oscillation.csv").is_file() and (out / "claims.csv").is_file()
+    assert (out / "plots" / "curves_toy_net.png").is_file() and (out / "plots" / "oscillation_toy_net.png").is_file()
+    tables(b)
+    for gone in ("oscillation.csv", "oscillation.tex", "plots/curves_toy_net.png", "plots/oscillation_toy_net.png"):
+        assert not (out / gone).exists(), gone
+    assert (out / "plots" / "curves_other_net.png").is_file()
+    claims = (out / "claims.csv").read_text()
+    assert "toy" not in claims and "other" in claims  # B's verdicts only
+    tables(b, "--claims", "")
+    assert not (out / "claims.csv").exists()  # no claims evaluated: no claims file
+    for name, text in keep.items():
+        assert (out / name).read_text() == text, name
+
+
+# ---- 6. the mdd of the rank test -------------------------------------------------------------
+
+def test_no_mdd_is_claimed_for_a_rank_test_that_cannot_reject(tmp_path):
+    """4 seeds a side: the exact rank test's smallest p is 1/70 = 0.014, above alpha/m = 0.05/5, so
+    no outcome is Supported; the t-based mdd named a finite difference "these seeds could detect"."""
+    root = tmp_path / "runs"
+    for s in range(4):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+        make_run(root, f"adam{s}", "adam", s, [40.0, 12.0 if s % 2 else 20.0, 10.5 + 0.1 * s])
+        make_run(root, f"adarem{s}", "adarem", s, [40.0, 11.0 if s % 2 else 20.0, 10.5 + 0.1 * s])
+        make_run(root, f"adamw{s}", "adamw", s, [40.0, 20.0, 10.5 + 0.1 * s])
+    rs = load_runs(root)  # 5 claims tested: alpha / m = 0.01
+    v = _by_claim(rs).loc["faster_than_adam"]
+    assert v.verdict == "Inconclusive" and v.mdd == math.inf
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("| faster_than_adam ")]
+    assert "none detectable" in line
+    from adarem.results.claims import rank_test_min_p
+
+    assert rank_test_min_p(4, 4) == pytest.approx(1 / 70) and rank_test_min_p(5, 5) == pytest.approx(1 / 252)
+    # a Welch-tested claim keeps its t-based mdd
+    assert math.isfinite(_by_claim(rs).loc["lower_error_than_adam", "mdd"]) or \
+        _by_claim(rs).loc["lower_error_than_adam", "verdict"] != "Inconclusive"
+
+
+# ---- 7. versions, compile, optimizer paths ---------------------------------------------------
+
+def test_torch_versions_compile_and_optimizer_paths_are_flagged_and_seconds_not_pooled(tmp_path):
+    """Two AdaRem seeds trained compiled (their seconds include compilation), on another optimizer
+    path and another torch: pooled with the others without a word, seconds averaged."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        _edit_record(make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0]),
+                     versions={"torch": "2.14.1"}, optimizer_impl="fused")
+        d = make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"compile": s == 2})
+        _edit_record(d, versions={"torch": "2.15.0" if s == 2 else "2.14.1"},
+                     optimizer_impl="foreach" if s == 2 else "fused")
+    rs = load_runs(root)
+    assert rs.runs.config_id.nunique() == 2  # one row each: errors and steps pool
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["adarem", "s to SGD+1"] == speed.loc["adarem", "images/s"] == \
+        "mixed compile/optimizer path (see flags)"
+    assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
+    assert speed.loc["sgd", "s to SGD+1"].startswith("6 (3/3")
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert "runs trained with 2 torch versions (torch 2.14.1, 5 runs: adarem, sgd; torch 2.15.0, 1 run: adarem)" in text
+    assert "1 trained with trainer.compile=true, 2 without" in text
+    assert "pooled across optimizer paths (run.json's optimizer_impl: foreach 1, fused 2)" in text
+    assert "optimizers trained with and without trainer.compile (compiled: adarem 1 of 3" in text
+
+
+# ---- 8. malformed records --------------------------------------------------------------------
+
+@pytest.mark.parametrize("case, reason", [
+    ("iter_without_step", "metrics.jsonl line 4 (iter): step missing: excluded"),
+    ("osc_without_flip", "(oscillation): flip_fraction missing: excluded"),
+    ("lr_string", 'run.json: config optimizer.lr is "0.1", not a number: excluded'),
+    ("epochs_string", 'run.json: config trainer.epochs is "3", not an integer: excluded'),
+    ("val_err_string", "(epoch): val_top1_err is \"9\", not a number: excluded"),
+])
+def test_a_malformed_record_is_excluded_with_its_reason_not_a_traceback(tmp_path, case, reason):
+    root = tmp_path / "runs"
+    for s in range(2):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + s], osc=[0.4, 0.5])
+        make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + s], osc=[0.2, 0.3])
+    bad = make_run(root, "bad", "adarem", 7, [30.0, 15.0, 8.0], osc=[0.2, 0.3])
+    lines = _lines(bad)
+    if case == "iter_without_step":
+        del lines[3]["step"]
+    elif case == "osc_without_flip":
+        del next(r for r in lines if r["type"] == "oscillation")["flip_fraction"]
+    elif case == "val_err_string":
+        lines[0]["val_top1_err"] = "9"
+    elif case == "lr_string":
+        _edit_config(bad, "optimizer.lr", "0.1")
+    elif case == "epochs_string":
+        _edit_config(bad, "trainer.epochs", "3")
+    _write_lines(bad, lines)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(root), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (out / "tables.md").read_text()
+    (row,) = [line for line in md.splitlines() if "/bad " in line or "/bad|" in line.replace(" ", "")]
+    assert reason in row, row
+    assert error_table(load_runs(root)).set_index("optimizer").loc["adarem", "n"] == 2
