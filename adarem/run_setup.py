@@ -158,6 +158,8 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         raise ConfigError(f"{run.run_dir} holds a run on {before.split(':')[0]}, this process is on "
                           f"{dist.device.type}; use a separate hydra.run.dir per device type")
     run.precision = make_precision(tc.amp, dist.device)
+    if run.plan.checkpoint is not None:  # also without a run.json (resume=<path>, a record moved away)
+        ckpt_io.check_same_device(run.plan.checkpoint, run.plan.checkpoint_path, dist.device, run.precision)
     run.data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
                           channels_last=tc.channels_last, half=run.precision.autocast_dtype == torch.float16)
     data_id = data_identity(config.data, run.data)

@@ -156,7 +156,8 @@ class Trainer:
             ckpt_io.save_atomic(ckpt_io.training_checkpoint(r.model, r.optimizer, r.scheduler, r.precision.scaler,
                                                             self.state, r.metrics.lines, per_rank, r.config_dict,
                                                             r.record.data.get("data_identity"),
-                                                            self.oscillation.state_dict() if self.oscillation else None),
+                                                            self.oscillation.state_dict() if self.oscillation else None,
+                                                            ckpt_io.device_info(r.dist.device, r.precision)),
                                 r.run_dir)
         dist_utils.barrier()
         self.last_checkpoint = time.monotonic()

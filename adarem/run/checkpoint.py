@@ -101,18 +101,43 @@ def load(path: Path) -> dict:
     return obj
 
 
+def device_info(device, precision) -> dict:
+    """The device type and precision a run trains with (checkpoint key ``device``)."""
+    dtype = precision.autocast_dtype
+    return {"type": torch.device(device).type, "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "none")}
+
+
+def check_same_device(ckpt: dict, path, device, precision) -> None:
+    """Refuse to continue a checkpoint on another device type or precision (a GPU bf16 run
+    continued on CPU in fp32 is another run: other kernels, other rounding). A checkpoint of a
+    version that did not record it passes (run.json's hardware is checked too)."""
+    before = ckpt.get("device") if isinstance(ckpt, dict) else None
+    if not isinstance(before, dict):
+        return
+    here = device_info(device, precision)
+    if before.get("type") != here["type"] or before.get("amp") != here["amp"]:
+        raise CheckpointError(f"the checkpoint {path} was trained on {before.get('type')} with trainer.amp "
+                              f"{before.get('amp')}; this process would continue it on {here['type']} with "
+                              f"{here['amp']}: resume it on a {before.get('type')} device with the same trainer.amp, "
+                              f"or start a new run in another hydra.run.dir")
+
+
 def rank_state(state) -> dict:
     """What differs between ranks: RNG streams and the running sums of the current epoch."""
     return {"rng": rng_state(), "progress": state.progress.state_dict()}
 
 
 def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, per_rank: list,
-                        config: dict, data_identity: dict | None = None, oscillation: dict | None = None) -> dict:
+                        config: dict, data_identity: dict | None = None, oscillation: dict | None = None,
+                        device: dict | None = None) -> dict:
     """Everything needed to continue a run exactly where it stopped; ``per_rank`` holds every
     rank's ``rank_state``; ``config`` is the resolved configuration and ``data_identity`` the
     data it was trained on (resume=<path> checks both); ``oscillation`` the oscillation tracker's
-    window in progress (``OscillationTracker.state_dict``; absent outside a window)."""
+    window in progress (``OscillationTracker.state_dict``; absent outside a window); ``device`` what
+    it trained on (``device_info``: a resume on another device type or precision is refused)."""
     extra = {"oscillation": oscillation} if oscillation is not None else {}
+    if device is not None:
+        extra["device"] = device
     return {**extra,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

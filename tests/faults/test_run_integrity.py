@@ -228,3 +228,24 @@ def test_checkpoints_without_run_json_are_never_overwritten(tmp_path, env, stopp
     # resume=<its own checkpoint> is a continuation, as resume=auto is
     own = run_train(["trainer.max_steps=5", f"resume={run_dir / 'checkpoint.pt'}"], env, run_dir)
     assert own.returncode == 75, own.stderr[-3000:]
+
+
+@pytest.mark.parametrize("how", ["path", "auto without run.json"])
+def test_checkpoint_of_another_device_type_is_not_continued(tmp_path, env, stopped_run, how):
+    """The checkpoint records its device type and precision: a GPU bf16 checkpoint is not continued
+    on CPU in fp32, also where no run.json says where it ran (resume=<path>, a record moved away)."""
+    src = copy_run(stopped_run, tmp_path / "src")
+    ckpt = torch.load(src / "checkpoint.pt", weights_only=False)
+    assert ckpt["device"] == {"type": "cpu", "amp": "none"}
+    ckpt["device"] = {"type": "cuda", "amp": "bf16"}
+    torch.save(ckpt, src / "checkpoint.pt")
+    if how == "path":
+        run_dir, args = tmp_path / "new", [f"resume={src / 'checkpoint.pt'}"]
+    else:
+        (src / "run.json").unlink()
+        run_dir, args = src, []
+    res = run_train(args, env, run_dir)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "was trained on cuda with trainer.amp bf16" in lines[0], res.stderr
+    assert not (run_dir / "run.json").exists()
