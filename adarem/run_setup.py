@@ -202,6 +202,12 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
             raise ckpt_io.CheckpointError(f"{run.plan.checkpoint_path}: {exc}") from None
     check_same_optimizer_path(dist_utils.all_gather_object(
         (optimizer_impl(run.optimizer), fused_cpu_kernel_missing(run.optimizer))))
+    if tc.max_steps and run.state.global_step >= tc.max_steps:
+        # stopped there before: a relaunch (a requeue of a trainer.max_steps job) trains nothing more
+        if dist.is_main:
+            print(f"{run.run_dir}: stopped at step {run.state.global_step}, at trainer.max_steps={tc.max_steps}; "
+                  f"nothing to train (raise or drop trainer.max_steps to continue it)", file=sys.stderr)
+        return 0
     if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
         if dist.is_main:
             print(f"stopped during start-up (signal {stop.signal_name}) before any training step; exit "

@@ -56,7 +56,8 @@ class Trainer:
                     self.save_checkpoint()
                     if outcome.reason == "timed_checkpoint":
                         continue
-                    return self.stop_for_requeue("preempted" if outcome.reason == "preempt" else "stopped")
+                    return self.stop_for_requeue("preempted" if outcome.reason == "preempt" else "stopped",
+                                                 outcome.reason)
                 state.elapsed_train_s += state.progress.train_time_s
                 state.phase = "eval"
                 self.save_checkpoint()  # a kill during evaluation does not lose the epoch
@@ -163,11 +164,13 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------------ how a run ends
-    def stop_for_requeue(self, status: str) -> int:
-        """After the checkpoint: record why the run stopped and ask the scheduler for a requeue."""
+    def stop_for_requeue(self, status: str, reason: str = "preempt") -> int:
+        """After the checkpoint: record why the run stopped and ask the scheduler for a requeue
+        (for ``max_steps`` too; a relaunch that finds the run at trainer.max_steps trains nothing
+        and exits 0, so a requeued job ends there: run_setup.prepare)."""
         r, step = self.run_, self.state.global_step
         r.metrics.close()
-        r.record.update(status=status, stopped_at_step=step, signal=self.stop.signal_name)
+        r.record.update(status=status, stopped_at_step=step, signal=self.stop.signal_name, stop_reason=reason)
         if r.dist.is_main:
             print(f"{status} at step {step} (signal {self.stop.signal_name}); checkpoint written, exit "
                   f"{REQUEUE_EXIT_CODE} asks for a requeue; rerun with resume=auto to continue", file=sys.stderr)

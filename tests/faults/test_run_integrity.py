@@ -249,3 +249,18 @@ def test_checkpoint_of_another_device_type_is_not_continued(tmp_path, env, stopp
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "was trained on cuda with trainer.amp bf16" in lines[0], res.stderr
     assert not (run_dir / "run.json").exists()
+
+
+def test_relaunch_at_max_steps_trains_nothing(tmp_path, env, stopped_run):
+    """slurm/train.sbatch requeues on exit 75, which trainer.max_steps also gives: the requeued
+    relaunch finds the run at max_steps and exits 0 without a step (was: one more step and 75 again
+    per requeue, forever)."""
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75)
+    assert read_run(run_dir)["stop_reason"] == "max_steps"
+    before = {name: (run_dir / name).read_bytes() for name in ("checkpoint.pt", "metrics.jsonl", "run.json")}
+    res = run_train(["trainer.max_steps=3"], env, run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "nothing to train" in res.stderr
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert run_train(["trainer.max_steps=4"], env, run_dir).returncode == 75  # a larger limit continues
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["position"]["global_step"] == 4
