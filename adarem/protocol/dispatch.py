@@ -7,7 +7,10 @@ dispatcher's business:
 - ``SlurmDispatcher`` (launcher=slurm): one submitit job array per stage on a SLURM cluster; each
   array task runs ``Trial``, i.e. train.py's ``train()`` as any run (SIGUSR2/SIGTERM checkpoint the
   run, submitit requeues it and it resumes from its directory). Trials whose run directory already
-  holds a finished (or diverged) run are not submitted again; failed or unfinished ones are.
+  holds a finished (or diverged) run are not submitted again; failed or unfinished ones are. Such
+  a run is reused only after train.py's data check (``data_refusal``: the data identity, computed
+  on the submitting host, must match its run.json's), or it is submitted for train.py to check
+  where the data cannot be read on that host.
 
 Either way a finished trial is reused only at the world size it was trained at, where its model
 has BatchNorm (``reuse_refusal``: train.py's own check, made before launching): otherwise it is a
@@ -15,7 +18,7 @@ failed trial whose error says so, never a result of another BatchNorm batch in t
 
 Both yield ``(key, outcome)`` pairs in the order the trials were given; an outcome is a dict with
 ``run_dir``, ``status``, ``err``/``loss`` (the run's final holdout or test top-1 error and loss),
-``data_identity``, ``seconds``, and ``error`` / ``locked`` when the trial did not run to an end.
+``data_identity``, ``commit``/``dirty`` (the code it was trained at), ``seconds``, and ``error`` / ``locked`` when the trial did not run to an end.
 """
 
 from __future__ import annotations
@@ -87,10 +90,15 @@ def read_outcome(run_dir: Path, seconds: float = 0.0) -> dict:
         return {"run_dir": str(run_dir), "status": "failed", "error": str(exc), "seconds": seconds}
     if record is None:
         return {"run_dir": str(run_dir), "status": "failed", "error": "no run.json", "seconds": seconds}
-    final = record.get("final") or {}
-    return {"run_dir": str(run_dir), "status": record.get("status", "unknown"),
-            "err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
-            "data_identity": record.get("data_identity"), "seconds": seconds}
+    return {"run_dir": str(run_dir), "status": record.get("status", "unknown"), **recorded(record), "seconds": seconds}
+
+
+def recorded(record: dict) -> dict:
+    """What the protocol reads from a run record: the final (holdout or test) top-1 error and loss,
+    the data identity, and the commit the run was trained at (a reused trial may be older code's)."""
+    final, git = record.get("final") or {}, record.get("git") or {}
+    return {"err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
+            "data_identity": record.get("data_identity"), "commit": git.get("commit"), "dirty": git.get("dirty")}
 
 
 def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
@@ -121,6 +129,58 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
             f"folder for a new comparison")
 
 
+# the data identity keys that do not depend on the loader or the world size (train_samples and
+# val_samples do: DALI and the torch loader round an epoch differently)
+_HOST_IDENTITY_SKIP = ("train_samples", "val_samples")
+
+
+def host_data_identity(data_cfg, batch_size: int, seed: int, cache: dict) -> dict | None:
+    """The data identity of ``data_cfg`` as train.py computes it (adarem.data.data_identity), built
+    on this host with the torch loader (no GPU, nothing cached) less the keys that depend on the
+    loader; None when the data cannot be built here (the trial is then launched and train.py checks).
+    Cached per data configuration: the holdout split does not depend on the seed."""
+    from omegaconf import OmegaConf
+
+    key = OmegaConf.to_yaml(data_cfg)
+    if key not in cache:
+        import torch
+
+        from adarem.data import build_data, data_identity
+
+        cfg = OmegaConf.merge(data_cfg, {"loader": "torch", "cache_samples": False, "num_workers": 0})
+        try:
+            ident = data_identity(cfg, build_data(cfg, batch_size, 0, 1, seed, torch.device("cpu")))
+            cache[key] = {k: v for k, v in ident.items() if k not in _HOST_IDENTITY_SKIP}
+        except Exception:  # noqa: BLE001 - no data on this host, or another refusal: train.py's to make
+            cache[key] = None
+    return cache[key]
+
+
+def data_refusal(run_dir: Path, cfg, record: dict, cache: dict) -> str | None:
+    """train.py's check_data_identity for a finished (or diverged) run that the SLURM dispatcher
+    would reuse without launching train.py: why its result is not this data's, in train.py's words;
+    None when the identities agree (on the keys both have), when the record has none, or when the
+    data cannot be built on this host ("unchecked": the caller launches the trial instead)."""
+    from types import SimpleNamespace
+
+    from adarem.config import ConfigError
+    from adarem.run_setup import check_data_identity
+
+    if not isinstance(record.get("data_identity"), dict):
+        return None
+    now = host_data_identity(cfg.data, int(cfg.trainer.batch_size), int(cfg.seed), cache)
+    if now is None:
+        return "unchecked"
+    before = {k: v for k, v in record["data_identity"].items() if k not in _HOST_IDENTITY_SKIP}
+    run = SimpleNamespace(run_dir=run_dir, plan=SimpleNamespace(previous=dict(record, data_identity=before),
+                                                                 checkpoint=None, checkpoint_path=None))
+    try:
+        check_data_identity(run, now)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def refused(run_dir: Path, error: str, seconds: float = 0.0) -> dict:
     """The outcome of a trial refused before training (as run_one returns train.py's refusals):
     compare.py stops on it, as on a locked trial (scored as the worst, it would silently drop an lr
@@ -146,6 +206,8 @@ LOCAL_WORLD = 1  # run_one trains each trial as one process: no process group, o
 
 def run_one(overrides: list[str], threads: int) -> dict:
     """Train one configuration in this (worker) process; returns its outcome."""
+    if _ORPHANED.is_set():  # the compare that queued it is gone: never start a trial without it
+        os._exit(1)
     cfg = compose(overrides)
     run_dir = Path(cfg.run_dir)
     why = reuse_refusal(run_dir, cfg, LOCAL_WORLD, "launcher=local: one process per trial")
@@ -170,13 +232,12 @@ def run_one(overrides: list[str], threads: int) -> dict:
         record = read_run_json(run_dir) or {}
     except ValueError as exc:
         return {"run_dir": str(run_dir), "status": "failed", "error": str(exc), "seconds": time.time() - t0}
-    final = record.get("final") or {}
-    return {"run_dir": str(run_dir), "status": record.get("status", f"exit {code}"),
-            "err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
-            "data_identity": record.get("data_identity"), "seconds": time.time() - t0}
+    return {"run_dir": str(run_dir), "status": record.get("status", f"exit {code}"), **recorded(record),
+            "seconds": time.time() - t0}
 
 
 _ORPHAN_GRACE_S = 60.0  # time an orphaned worker's stopped trial gets to write its checkpoint
+_ORPHANED = threading.Event()  # set in a worker whose compare process died: it starts no further trial
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -187,6 +248,7 @@ def _exit_with_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
+        _ORPHANED.set()  # the trial stopped below returns, and the next one queued is not started
         os.kill(os.getpid(), signal.SIGTERM)  # outside a trial this ends the worker at once
         time.sleep(_ORPHAN_GRACE_S)
         os._exit(1)
@@ -274,6 +336,7 @@ class SlurmDispatcher:
         nodes, tasks = int(params.get("nodes", 1)), int(params.get("tasks_per_node", 1))
         self.world = nodes * tasks
         self.launch = f"launcher=slurm: {nodes} node(s) x {tasks} task(s)"
+        self._data_ids: dict = {}  # data configuration -> its identity on this host (data_refusal)
 
     def __enter__(self):
         return self
@@ -300,6 +363,13 @@ class SlurmDispatcher:
             run_dir = Path(cfg.run_dir)
             why = reuse_refusal(run_dir, cfg, self.world, self.launch)
             res = refused(run_dir, why) if why else read_outcome(run_dir)
+            if res["status"] in DONE and not why:  # train.py's data check, which a reuse skips
+                why = data_refusal(run_dir, cfg, {"status": res["status"], "data_identity": res.get("data_identity")},
+                                   self._data_ids)
+                if why == "unchecked":  # no data here: the trial is launched, and train.py checks it
+                    todo.append((i, overrides, cfg, run_dir))
+                    continue
+                res = refused(run_dir, why) if why else res
             if res["status"] in DONE or why:  # launched again it would only report its result (or refuse)
                 outcomes[i] = res
             else:
