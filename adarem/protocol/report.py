@@ -52,8 +52,63 @@ def selection_table(searches: dict, chosen: dict, select_seeds: list[int], facto
         flag = f"**yes ({edge})**" if edge in ("low", "high") else f"**{edge}**" if edge else "no"
         if edge == "low" and srch.blocked:  # the next lr down would be below schedule.min_lr or warmup_lr
             flag = f"**yes (low; {srch.blocked})**"
+        wd_side = srch.wd_edge(wd)
+        if wd_side:  # the weight decay grid is never extended: only flagged
+            flag = f"{flag}; **wd: yes ({wd_side}, not extended)**"
         lines.append(f"| {opt} | {srch.lr0:g} | {', '.join(f'{x:.3g}' for x in srch.lrs)} | "
                      f"{', '.join(f'{w:g}' for w in srch.wds)} | {len(srch.trials())} (x{len(select_seeds)})"
                      f"{f', +{srch.extensions} extension(s)' if srch.extensions else ''} | {lr:.3g} | {wd:g} | "
                      f"{err:.2f} | {loss:.4f} | {flag} |")
     return "\n".join(lines) + "\n"
+
+
+def edge_summary(searches: dict, chosen: dict) -> list[str]:
+    """One line per chosen configuration on the edge of its grid (lr after extension, or weight
+    decay, which is never extended), for the console summary."""
+    out = []
+    for opt, srch in searches.items():
+        lr, wd = chosen[opt][:2]
+        side = srch.edge(lr)
+        if side in ("low", "high"):
+            out.append(f"{opt}: the chosen lr {lr:.3g} is the {'lowest' if side == 'low' else 'highest'} tried"
+                       + (f" ({srch.blocked})" if side == "low" and srch.blocked else ""))
+        wd_side = srch.wd_edge(wd)
+        if wd_side:
+            out.append(f"{opt}: the chosen weight decay {wd:g} is the {'lowest' if wd_side == 'low' else 'highest'} "
+                       f"of its grid ({', '.join(f'{w:g}' for w in srch.wds)}), which is not extended")
+    return out
+
+
+def _commit_text(commit, dirty) -> str:
+    return f"`{(commit or 'unknown')[:10]}`" + (" (with uncommitted changes)" if dirty else "")
+
+
+def code_section(rows: list[dict]) -> tuple[str, str | None]:
+    """The commits the selection trials and the final runs were trained at (their run.json's git
+    record: a relaunch reuses finished trials trained by older code), and a warning line when the
+    selection's differ from the finals'; (Markdown, warning or None)."""
+    def commits(stage):
+        seen: dict[tuple, int] = {}
+        for r in rows:
+            if r["stage"] == stage:
+                key = (r.get("commit"), bool(r.get("dirty")))
+                seen[key] = seen.get(key, 0) + 1
+        return seen
+
+    sel, fin = commits("select"), commits("final")
+
+    def say(seen):
+        return "; ".join(f"{_commit_text(c, d)} ({n} run(s))" for (c, d), n in sorted(seen.items(), key=str)) or "none"
+
+    lines = ["## Code the runs were trained at\n",
+             f"- selection trials: {say(sel)}", f"- final runs: {say(fin)}"]
+    warning = None
+    if set(sel) != set(fin) or len(sel) > 1 or len(fin) > 1:
+        warning = (f"the selection trials and the final runs were not all trained at one commit (selection: "
+                   f"{say(sel)}; finals: {say(fin)}): a relaunch reuses finished trials of older code; give runs= a "
+                   f"fresh folder to run the whole protocol at one commit")
+    elif any(d for _, d in [*sel, *fin]):
+        warning = "the runs were trained with uncommitted changes: the commit does not pin their code"
+    if warning:
+        lines.append(f"\n**Warning:** {warning}.")
+    return "\n".join(lines) + "\n", warning

@@ -8,6 +8,11 @@ import math
 
 SELECT_SEED0 = 1000  # selection seeds are 1000, 1001, ...: disjoint from the final seeds 0, 1, ...
 WD_FACTORS = (0.1, 1.0, 10.0)  # search=lr_wd: weight decays tried, relative to the optimizer's default
+# Two mean holdout errors this close are the same number of mistakes: an error is 100 * k / n, so two
+# different counts differ by at least 100 / (n * seeds) (> 1e-6 for any holdout below 10^7 images x
+# 10 seeds), while the same counts summed in another order differ by float rounding (~1e-14): 57+59
+# and 56+60 wrong of 360 give 16.111111111111107 and 16.11111111111111.
+ERR_TIE = 1e-9
 
 
 def num(v) -> float:
@@ -80,13 +85,23 @@ class Search:
     def best(self, seeds: list[int]) -> tuple[float, float, float, float]:
         """(lr, wd, mean holdout error, mean holdout loss) of the best point tried."""
         scored = [(*self.point_score(lr, wd, seeds), lr, wd) for lr, wd in self.trials()]
-        err, loss, lr, wd = min(scored, key=lambda t: (t[0], t[1]))
+        least = min(t[0] for t in scored)
+        # the same error (number of mistakes) up to float rounding is a tie, broken by the loss
+        tied = [t for t in scored if t[0] == least or abs(t[0] - least) <= ERR_TIE * max(1.0, abs(least))]
+        err, loss, lr, wd = min(tied, key=lambda t: t[1])
         return lr, wd, err, loss
 
     def edge(self, lr: float) -> str:
         if len(self.lrs) < 3:
             return "not searched (fewer than 3 lrs)"
         return "low" if lr == min(self.lrs) else "high" if lr == max(self.lrs) else ""
+
+    def wd_edge(self, wd: float) -> str:
+        """search=lr_wd: "low"/"high" when the chosen weight decay is the lowest/highest of its grid
+        (never extended: the report flags it), else ""."""
+        if len(self.wds) < 3:
+            return ""
+        return "low" if wd == min(self.wds) else "high" if wd == max(self.wds) else ""
 
     def extend(self, side: str) -> float | None:
         """Add the next lr beyond the ``side`` edge and return it; None, and ``blocked`` says why, when
