@@ -12,10 +12,12 @@ Protocol, identical for every optimizer (AlgoPerf's and DeepOBS's tuning rules a
      two decades in half-decade steps: 5 points); with search=lr_wd, jointly with weight decay
      (the optimizer's own kind, coupled or decoupled) at 0.1x, 1x, 10x its default (1e-4 where the
      default is 0). Every trial is trained with each of ``select_seeds`` selection seeds
-     (1000, 1001, ...), disjoint from the final seeds; its score is the mean holdout error, ties
-     broken by the mean holdout loss. A failed, diverged or non-finite trial scores worst.
+     (1000, 1001, ...), disjoint from the final seeds (seeds <= 1000; seed= is refused); its score
+     is the mean holdout error, ties (the same mistakes, up to float rounding) broken by the mean
+     holdout loss. A failed, diverged or non-finite trial scores worst.
   2. when the best lr sits on the edge of what was tried, the grid is extended by one step beyond
-     that edge, up to ``max_extend`` times; a result still on the edge is flagged in the report.
+     that edge, up to ``max_extend`` times; a result still on the edge is flagged in the report, as
+     is a weight decay on the edge of its grid (never extended).
      Every optimizer gets the same trials before extension; the report states the counts.
   3. the chosen configuration is trained with ``seeds`` final seeds (0, 1, ...) on the full
      training split and scored on the test/val split, evaluated ``evals_per_epoch`` times per epoch
@@ -48,8 +50,10 @@ adarem_m); the lambda ablations adarem_horizon and adarem_nodecay are added with
 
 Outputs: <out>/tables.md (+ CSV/LaTeX/plots, see make_tables.py), <out>/selection.csv (one row per
 trial and seed: optimizer, lr, weight_decay, seed, stage, status, score, chosen, holdout_loss,
-run_dir); <runs>/comparisons/<time>.json (the command, options, chosen configurations and final runs:
-make_tables on the runs folder tabulates each optimizer from the newest comparison that ran it).
+run_dir, commit, dirty); <runs>/comparisons/<time>.json (the command, options, chosen configurations
+and final runs: make_tables on the runs folder tabulates each optimizer from the newest comparison
+that ran it), written only once the report is. The report reads exactly this invocation's finals
+and states the commits the selection trials and the finals were trained at.
 Run directories end in the configuration's hash (adarem/run/identity.py): launched again
 with the same arguments, a comparison skips its finished trials and resumes the others, and any
 other setting never reuses them. A stage in which nothing finished stops with exit code 2.
@@ -65,7 +69,7 @@ from pathlib import Path
 
 from adarem.config import ConfigError
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
-from adarem.protocol.report import provenance, selection_table
+from adarem.protocol.report import code_section, edge_summary, provenance, selection_table
 from adarem.protocol.search import SELECT_SEED0, Search, lowest_lr, lr_factors, lr_floor, score, weight_decays
 from adarem.schedule import truncation
 
@@ -162,6 +166,16 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
              f"({','.join(f'{m:g}' for m in repeated)}); give each factor once")
     if not own["lr_grid"] and not (own["lr_step"] > 0 and own["lr_span"] >= 0):
         fail(f"lr_span={own['lr_span']} must be >= 0 and lr_step={own['lr_step']} > 0")
+    if not own["lr_grid"] and own["lr_span"] > 0 and int(round(own["lr_span"] / own["lr_step"])) == 0:
+        fail(f"lr_span={own['lr_span']:g} with lr_step={own['lr_step']:g} is no step either side: the grid would be "
+             f"the default lr alone; give lr_span >= lr_step/2, or lr_span=0 to train the default lr only")
+    if own["seeds"] > SELECT_SEED0:  # the final seeds 0.. and the selection seeds 1000.. are disjoint
+        fail(f"seeds={own['seeds']}: the final seeds 0..{own['seeds'] - 1} would overlap the selection seeds "
+             f"{SELECT_SEED0}..; at most {SELECT_SEED0} final seeds")
+    given = [a for a in passthrough if a.split("=", 1)[0].lstrip("+~") == "seed"]
+    if given:  # every trial sets its own seed: a seed= would be overridden silently
+        fail(f"{given[0]} is set by the protocol for every trial (selection seeds {SELECT_SEED0}.., final seeds "
+             f"0..); choose how many with select_seeds= and seeds=")
     if own["lr_span"] > 6 or (own["lr_step"] > 0 and own["lr_span"] / own["lr_step"] > 100):
         fail(f"lr_span={own['lr_span']} (decades each side) must be <= 6, with at most 100 steps of lr_step="
              f"{own['lr_step']} each side")
@@ -230,6 +244,23 @@ def trial_base(passthrough: list[str]) -> list[str]:
     return base
 
 
+def argument_notes(passthrough: list[str]) -> list[str]:
+    """What a train.py override changes about the protocol, beyond its own value: data= replaces the
+    main job's digits defaults (DIGITS_DEFAULTS), optimizer.lr= / optimizer.weight_decay= the default
+    of every optimizer, which its grid is centred on."""
+    notes = []
+    if any(a.startswith("data=") for a in passthrough) and not any(a.startswith("experiment=") for a in passthrough):
+        notes.append(f"{next(a for a in passthrough if a.startswith('data='))} replaces the main job's defaults "
+                     f"({' '.join(DIGITS_DEFAULTS)}): its runs are another configuration, though runs= and out= "
+                     f"default to the same folders named after the data and model (give out= to keep that report)")
+    for key in ("optimizer.lr", "optimizer.weight_decay"):
+        given = [a for a in passthrough if a.startswith(key + "=")]
+        if given:
+            notes.append(f"{given[0]} replaces every optimizer's default {key.split('.')[1]} "
+                         f"(configs/optimizer/), so each grid is centred on it")
+    return notes
+
+
 def trial_overrides(base: list[str], evals: list[str], runs_root: Path, opt: str, lr: float, wd: float, seed: int,
                     stage: str) -> list[str]:
     """train.py's overrides for one trial. Their order and text, and so the run directory, must not
@@ -241,10 +272,46 @@ def trial_overrides(base: list[str], evals: list[str], runs_root: Path, opt: str
             f"run_dir={runs_root / stage / opt / f'lr{lr:.6g}_wd{wd:.6g}_s{seed}'}_${{run_id:}}"]
 
 
+def load_own_runs(run_dirs: list[str]):
+    """adarem.results.load_runs on exactly these run directories and nothing else of their folder:
+    load_runs reads a whole tree and keeps the first started of two runs it cannot tell apart (its
+    config_id ignores keys the run-directory hash includes, trainer.oscillation_every say), which
+    could be another comparison's. The directories are read through a folder of links to them, and
+    the RunSet names them as given."""
+    import tempfile
+
+    from adarem.results import load_runs
+    from adarem.results.records import RunSet
+
+    with tempfile.TemporaryDirectory(prefix="adarem-finals-") as farm:
+        names = {}
+        for i, d in enumerate(dict.fromkeys(run_dirs)):
+            link = Path(farm) / f"{i:05d}"
+            if Path(d).is_dir():
+                link.symlink_to(Path(d).resolve(), target_is_directory=True)
+            names[str(link)] = str(d)
+        rs = load_runs(Path(farm), newest_comparison=False)
+
+    def rename(df):
+        if df.empty or "run_dir" not in df:
+            return df
+        df = df.copy()
+        df["run_dir"] = df.run_dir.map(lambda d: names.get(str(d), d))
+        return df
+
+    problems = [dict(p, run_dir=names.get(str(p["run_dir"]), p["run_dir"])) for p in rs.problems]
+    missing = [{"run_dir": d, "problem": "no run directory: excluded"} for d in dict.fromkeys(run_dirs)
+               if not Path(d).is_dir()]
+    return RunSet(rename(rs.runs), rename(rs.epochs), rename(rs.oscillation), problems + missing, rename(rs.evals),
+                  rename(rs.iters))
+
+
 def compare(argv: list[str]) -> int:
     """The whole comparison: search (with extension), finals, selection.csv and the report."""
     own, passthrough = parse(argv)
     base = trial_base(passthrough)
+    for note in argument_notes(passthrough):
+        print(f"note: {note}", file=sys.stderr, flush=True)
     try:
         probe = compose(base)  # fails here, with one line, on a bad override
     except Exception as exc:  # noqa: BLE001 - Hydra's errors carry several lines; keep the first
@@ -267,6 +334,14 @@ def compare(argv: list[str]) -> int:
         ocfg = composed.optimizer
         searches[opt] = Search(opt, float(ocfg.lr), weight_decays(float(ocfg.weight_decay), own["search"]), factors,
                                own["lr_step"], lr_floor(composed.schedule))
+    for opt, srch in searches.items():  # a trial's run directory and override write the lr as %.6g
+        texts = [f"{lr:.6g}" for lr in srch.lrs]
+        same = sorted({t for t in texts if texts.count(t) > 1}, key=float)
+        if same:
+            factors_of = [f"{f:.10g}" for f, t in zip(factors, texts) if t in same]
+            factors_of = factors_of[:6] + ([f"... ({len(factors_of)} in all)"] if len(factors_of) > 6 else [])
+            fail(f"the grid's factors {','.join(factors_of)} give {opt} lrs that are written the same ({', '.join(same)}: "
+                 f"one run directory, one trial); use factors that differ in the first 6 significant digits of the lr")
     select_seeds = [SELECT_SEED0 + i for i in range(own["select_seeds"])]
     final_seeds = list(range(own["seeds"]))
 
@@ -339,7 +414,8 @@ def compare(argv: list[str]) -> int:
                 data_identity = data_identity or res.get("data_identity")
             lr, wd = chosen[opt][:2]
             rows.append(dict(optimizer=opt, lr=lr, weight_decay=wd, seed=s, stage="final", status=res["status"],
-                             score=score(res), chosen=True, holdout_loss=math.nan, run_dir=res["run_dir"]))
+                             score=score(res), chosen=True, holdout_loss=math.nan, run_dir=res["run_dir"],
+                             commit=res.get("commit"), dirty=res.get("dirty")))
             print(f"  final  {opt:15s} lr {lr:<9.4g} wd {wd:<8.3g} seed {s} {res['status']:9s} "
                   f"test top-1 err {res.get('err', math.nan):6.2f}%  ({res['seconds']:.0f} s)"
                   + (f"  {res['error']}" if "error" in res else ""), flush=True)
@@ -348,7 +424,7 @@ def compare(argv: list[str]) -> int:
 
     import pandas as pd
 
-    from adarem.results import CLAIMS_FILE, load_runs, write_report
+    from adarem.results import CLAIMS_FILE, write_report
     from adarem.results.comparisons import write_manifest
     from adarem.results.plots import plot_selection
 
@@ -356,30 +432,39 @@ def compare(argv: list[str]) -> int:
         for (lr, wd, seed), res in sorted(srch.results.items()):
             rows.append(dict(optimizer=opt, lr=lr, weight_decay=wd, seed=seed, stage="select", status=res["status"],
                              score=score(res), chosen=(lr, wd) == chosen[opt][:2], holdout_loss=res.get("loss", math.nan),
-                             run_dir=res["run_dir"]))
+                             run_dir=res["run_dir"], commit=res.get("commit"), dirty=res.get("dirty")))
+    # only this invocation's finals, read on their own: runs left in the tree by another invocation
+    # (other epochs, an lr chosen before, a setting the run-directory hash tells apart but the
+    # tables' de-duplication does not) must neither enter its verdicts nor displace its own runs.
+    # Read before anything is written: a report that cannot be made leaves out/ and the manifests as
+    # they were
+    rs = load_own_runs([r["run_dir"] for r in rows if r["stage"] == "final"])
+    if rs.runs.empty:
+        why = "; ".join(f"{p['run_dir']}: {p['problem']}" for p in rs.problems[:2])
+        fail(f"none of this comparison's final runs could be read back from {runs_root / 'final'}; see the run "
+             f"directories there{f' ({why})' if why else ''}")
+    for line in edge_summary(searches, chosen):
+        print(f"note: {line}", flush=True)
+    code, code_warning = code_section(rows)
+    if code_warning:
+        print(f"warning: {code_warning}", file=sys.stderr, flush=True)
+    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+    preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + code + \
+        "\n" + selection_table(searches, chosen, select_seeds, factors) + \
+        "\n![holdout error against lr](plots/selection_lr.png)\n"
     out.mkdir(parents=True, exist_ok=True)
     selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"],
                                                ascending=[False, True, True, True, True])
-    selection.to_csv(out / "selection.csv", index=False, float_format="%.6g")
     plot_selection(selection, out / "plots" / "selection_lr.png")
-
-    # which finals are this comparison's, for make_tables on the runs folder later: of the runs
-    # another invocation left there (an lr chosen over another grid), none enters the tables
-    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+    text = write_report(rs, out, CLAIMS_FILE, command, preamble=preamble)
+    # selection.csv last, atomically: it and tables.md are both this comparison's, or neither is
+    tmp = out / ".selection.csv.tmp"
+    selection.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, out / "selection.csv")
+    # which finals are this comparison's, for make_tables on the runs folder later: written once the
+    # report is, so that a comparison that failed never becomes the newest
     finals_chosen = {opt: {"lr": lr, "weight_decay": wd} for opt, (lr, wd, *_) in chosen.items()}
     write_manifest(runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"])
-    # only this invocation's finals: runs left in the tree by another invocation (other epochs, an
-    # lr chosen before) must never enter its verdicts
-    # (the runs it names: another comparison's newer manifest, from a host with a skewed clock, must
-    # not take them out of this report)
-    rs = load_runs(runs_root / "final", newest_comparison=False).subset(r["run_dir"] for r in rows
-                                                                        if r["stage"] == "final")
-    if rs.runs.empty:
-        fail(f"none of this comparison's final runs could be read back from {runs_root / 'final'}; see the run "
-             f"directories there")
-    preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + \
-        selection_table(searches, chosen, select_seeds, factors) + "\n![holdout error against lr](plots/selection_lr.png)\n"
-    text = write_report(rs, out, CLAIMS_FILE, command, preamble=preamble)
     verdicts = [line for line in text.splitlines() if line.startswith("| ") and any(
         v in line for v in ("Supported", "Contradicted", "Inconclusive", "Not supported", "Insufficient data"))]
     print("\n".join(verdicts))
