@@ -11,22 +11,44 @@ AdamW (fused and foreach), and the optimizer-state bytes per parameter byte.
 
     python scripts/bench_optimizer.py                    # CPU, writes results/bench/optimizer_step.csv
     python scripts/bench_optimizer.py --device cuda      # writes results/bench/optimizer_step_cuda.csv
+    python scripts/bench_optimizer.py --repeats 8        # 8 runs, each in a fresh process
+
+Absolute times move between processes (new memory, other work on the machine), more than the
+ratios of one interleaved run do; ``--repeats N`` runs the whole measurement N times, each in a
+fresh process, one after the other, and writes every run's rows (column ``run``) to --out and the
+median and range over the runs to ``<out>_summary.csv``. ``--append`` adds the new runs to an
+existing file instead (refused unless that file was made by the same command at the same commit
+and tree state), and rewrites the summary over all of its runs. Every row records its provenance:
+commit and dirty flag (with a hash of the uncommitted diff), the exact command, the CPU model,
+threads, torch version and the 1-min load average before and after the run.
+
+A candidate that fails to build or step (a fused path this build lacks, a compiler that is
+missing) is skipped with a line ``skip <name>: <reason>``; ``--require NAMES`` turns a skip of
+one of NAMES, or a ratio of one of them to AdamW that cannot be computed, into a failure (exit 1,
+the reason named), for checks such as scripts/gpu_check.py that must not report a figure that
+was not measured.
+
+This file also holds the provenance and repeat helpers that the other bench_*.py scripts import.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
+import os
 import platform
+import shlex
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import timm
 import torch
 
-from adarem import AdaRem
 from adarem.run.record import git_info
 
 SGD_WD, ADAMW_WD, ADAREM_WD = 1e-4, 0.05, 1e-4  # as in configs/optimizer/{sgd,adamw,adarem}.yaml
@@ -40,6 +62,8 @@ def groups(params: list, weight_decay: float) -> list[dict]:
 
 def candidates(device: str) -> dict:
     """name -> (configuration in words, constructor)."""
+    from adarem import AdaRem
+
     c = {
         "sgd_momentum (fused)": (f"momentum 0.9, wd {SGD_WD} coupled",
                                  lambda p: torch.optim.SGD(groups(p, SGD_WD), lr=0.1, momentum=0.9, fused=True)),
@@ -75,6 +99,123 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
                for v in st.values() if torch.is_tensor(v))
 
 
+# ---------------------------------------------------------------- shared by the bench_*.py scripts
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_command(script: str, argv: list[str] | None = None) -> str:
+    """The command line that produced a file, as it can be typed again."""
+    return f"python scripts/{script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def provenance(load_before: tuple[float, float, float], command: str, gpu: str | None = None) -> dict:
+    """Columns every bench CSV carries: what ran (commit, dirty flag and the uncommitted diff's
+    hash, command), where (CPU model, CPUs, torch threads, GPU), with what (python, torch), when,
+    and how busy the machine was (1-min load average before the measurement and now)."""
+    git = git_info()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu_model": cpu_model(), "host_cpus": os.cpu_count(), "usable_cpus": cpus,
+            "torch_threads": torch.get_num_threads(), "gpu": gpu or "",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "load_avg_1min_before": round(load_before[0], 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "commit": git.get("commit"), "dirty": git.get("dirty"), "diff_sha1": git.get("diff_sha1", ""),
+            "command": command}
+
+
+def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
+    """argv less the options in ``flags`` (name -> takes a value)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in flags:
+            skip = flags[name] and "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def _values(col: pd.Series) -> set[str]:
+    return {"" if pd.isna(v) else str(v) for v in col}
+
+
+REPEAT_FLAGS = {"--repeats": True, "--append": False, "--out": True}
+
+
+def run_repeats(script: Path, argv: list[str], repeats: int) -> pd.DataFrame:
+    """Run ``script argv`` ``repeats`` times, each in a fresh process, one after the other; return
+    every run's rows with a column ``run`` (1..repeats). A failed run fails the whole command."""
+    base = _without(argv, REPEAT_FLAGS)
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="bench_repeats_") as tmp:
+        for i in range(1, repeats + 1):
+            part = Path(tmp) / f"run{i}.csv"
+            cmd = [sys.executable, str(script), *base, "--repeats", "1", "--out", str(part)]
+            print(f"=== run {i}/{repeats}: {shlex.join(cmd[1:])}", flush=True)
+            res = subprocess.run(cmd)
+            if res.returncode != 0:
+                raise SystemExit(f"{script.name}: run {i} of {repeats} failed (exit {res.returncode}); nothing written")
+            frames.append(pd.read_csv(part).drop(columns=["run"], errors="ignore").assign(run=i))
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_runs(df: pd.DataFrame, out: Path, append: bool, key: str, metrics: list[str], command: str) -> pd.DataFrame:
+    """Write the runs in ``df`` (column ``run``) to ``out`` and their summary to
+    ``<out stem>_summary.csv``: per ``key`` (a candidate), the median, min and max over runs of each
+    of ``metrics``. ``append``: add them to ``out``'s runs (numbered after them), only if ``out``
+    was made by the same command (less --repeats/--append) at the same commit and tree state."""
+    df = df.copy()
+    df["command"] = command
+    cols = ["run"] + [c for c in df.columns if c != "run"]
+    df = df[cols]
+    if append and out.exists():
+        old = pd.read_csv(out)
+        same = lambda c: _values(old[c]) == _values(df[c])  # noqa: E731
+        base = lambda cmd: shlex.join(_without(shlex.split(cmd), REPEAT_FLAGS))  # noqa: E731
+        problems = [c for c in ("commit", "dirty", "diff_sha1") if c not in old.columns or not same(c)]
+        if "command" not in old.columns or {base(c) for c in old["command"]} != {base(command)}:
+            problems.append("command")
+        if list(old.columns) != list(df.columns):
+            problems.append("columns")
+        if problems:
+            raise SystemExit(f"--append: {out} was not made by this command at this commit and tree state "
+                             f"(differs in: {', '.join(problems)}); write another file")
+        df["run"] += int(old["run"].max())
+        df = pd.concat([old, df], ignore_index=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, float_format="%.4g")
+    rows = []
+    for name, g in df.groupby(key, sort=False):
+        row = {key: name, "runs": g["run"].nunique()}
+        for m in metrics:
+            v = pd.to_numeric(g[m], errors="coerce").dropna()
+            row[f"{m}_median"] = v.median() if len(v) else math.nan
+            row[f"{m}_min"] = v.min() if len(v) else math.nan
+            row[f"{m}_max"] = v.max() if len(v) else math.nan
+        for c in ("commit", "dirty", "cpu_model", "gpu", "torch"):
+            row[c] = ";".join(sorted(_values(g[c])))
+        row["load_avg_1min_max"] = pd.concat([g["load_avg_1min_before"], g["load_avg_1min_after"]]).max()
+        row["command"] = command
+        rows.append(row)
+    summary = out.with_name(out.stem + "_summary.csv")
+    pd.DataFrame(rows).to_csv(summary, index=False, float_format="%.4g")
+    print(f"wrote {out} ({df['run'].nunique()} runs) and {summary}")
+    return df
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -84,10 +225,52 @@ def main() -> None:
     ap.add_argument("--steps-per-sample", type=int, default=None,
                     help="consecutive steps per timed sample (default 10 on cuda, 1 on cpu)")
     ap.add_argument("--only", default="", help="comma-separated substrings: keep matching candidates")
+    ap.add_argument("--require", default="",
+                    help="comma-separated candidate names (exact, e.g. 'adarem (fused)') that must run: a skip, "
+                         "or a missing ratio to adamw (fused) (or adamw (foreach) for a foreach candidate), "
+                         "fails the command (exit 1)")
+    ap.add_argument("--repeats", type=int, default=1, help="whole measurements, each in a fresh process")
+    ap.add_argument("--append", action="store_true", help="add the runs to --out's runs (same command and commit)")
     ap.add_argument("--out", default=None, help="CSV path (default results/bench/optimizer_step[_cuda].csv)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_optimizer: --device cuda asked for but torch.cuda.is_available() is False")
+    if args.repeats < 1 or args.rounds < 1:
+        raise SystemExit("bench_optimizer: --repeats and --rounds must be >= 1")
+    out = Path(args.out or f"results/bench/optimizer_step{'_cuda' if args.device == 'cuda' else ''}.csv")
+    command = bench_command("bench_optimizer.py")
+    metrics = ["median_step_ms", "ratio_to_adamw_fused", "ratio_to_adamw_foreach"]
+    if args.repeats > 1:
+        df = run_repeats(Path(__file__).resolve(), sys.argv[1:], args.repeats)
+        df = write_runs(df, out, args.append, "optimizer", metrics, command)
+        _print_summary(df)
+        return
+    df = measure(args, command)
+    df = write_runs(df.assign(run=1), out, args.append, "optimizer", metrics, command)
+    if df["run"].nunique() > 1:
+        _print_summary(df)
+
+
+def required(names: str, available: list[str]) -> set[str]:
+    """--require's candidates and the AdamW baselines their ratios need."""
+    req = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = req - set(available)
+    if unknown:
+        raise SystemExit(f"bench_optimizer: --require names unknown candidate(s) {sorted(unknown)}; "
+                         f"candidates: {available}")
+    if req:
+        req.add("adamw (fused)")
+    if any("(foreach)" in n for n in req):
+        req.add("adamw (foreach)")
+    return req
+
+
+def measure(args, command: str) -> pd.DataFrame:
+    import timm
+
+    load_before = os.getloadavg()
+    cands = candidates(args.device)
+    need = required(args.require, list(cands))
     k = args.steps_per_sample or (10 if args.device == "cuda" else 1)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).to(args.device)
@@ -97,9 +280,12 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     keep = [x for x in args.only.split(",") if x]
 
-    setups = {}
-    for name, (setting, make) in candidates(args.device).items():
+    setups, skipped = {}, {}
+    for name, (setting, make) in cands.items():
         if keep and not any(x in name for x in keep + ["adamw"]):
+            if name in need:
+                raise SystemExit(f"bench_optimizer: FAILED: {name!r} is required (--require) but --only "
+                                 f"{args.only!r} leaves it out")
             continue
         params = [torch.nn.Parameter(p.clone()) for p in base]
         for p in params:
@@ -108,10 +294,15 @@ def main() -> None:
             opt = make(params)
             for _ in range(args.warmup):
                 opt.step()
-        except (RuntimeError, ValueError) as exc:  # e.g. a fused path this build lacks
-            print(f"skip {name}: {str(exc).splitlines()[0]}")
+        except Exception as exc:  # noqa: BLE001 - e.g. a fused path this build lacks, a compiler missing
+            skipped[name] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            print(f"skip {name}: {skipped[name]}", flush=True)
             continue
         setups[name] = (setting, opt, [])
+    missing = sorted(need & set(skipped))
+    if missing:
+        raise SystemExit("bench_optimizer: FAILED: required candidate(s) did not run: "
+                         + "; ".join(f"{n} ({skipped[n]})" for n in missing))
     sync()
     for _ in range(args.rounds):
         for name, (_, opt, times) in setups.items():
@@ -123,8 +314,8 @@ def main() -> None:
             times.append((time.perf_counter() - t0) / k)
 
     med = {name: statistics.median(t) for name, (_, _, t) in setups.items()}
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else \
-        f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+    prov = provenance(load_before, command, gpu)
     rows = [{
         "optimizer": name, "setting": setting,
         "median_step_ms": 1e3 * med[name],
@@ -132,21 +323,33 @@ def main() -> None:
         "ratio_to_adamw_fused": med[name] / med["adamw (fused)"] if "adamw (fused)" in med else None,
         "ratio_to_adamw_foreach": med[name] / med["adamw (foreach)"] if "adamw (foreach)" in med else None,
         "state_bytes_per_param_byte": state_bytes(opt) / param_bytes,
-        "model": args.model, "n_params": n_params, "device": args.device, "machine": machine,
-        "torch": torch.__version__, "rounds": args.rounds, "steps_per_sample": k,
-        "date": dt.date.today().isoformat(), **git_info(),
+        "model": args.model, "n_params": n_params, "device": args.device,
+        "rounds": args.rounds, "warmup": args.warmup, "steps_per_sample": k, **prov,
     } for name, (setting, opt, times) in setups.items()]
     df = pd.DataFrame(rows)
-    out = Path(args.out or f"results/bench/optimizer_step{'_cuda' if args.device == 'cuda' else ''}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.4g")
     print(df[["optimizer", "setting", "median_step_ms", "ratio_to_adamw_fused", "ratio_to_adamw_foreach"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    for name in ("adarem (fused)", "adarem (foreach)"):
-        if name in med and "adamw (fused)" in med:
+    for name, baseline in (("adarem (fused)", "adamw (fused)"), ("adarem (foreach)", "adamw (foreach)")):
+        if name in med and baseline in med:  # each path against AdamW's same path
             print(f"FIGURE optimizer_step {name} recipe: {1e3 * med[name]:.3f} ms = "
-                  f"{med[name] / med['adamw (fused)']:.3f}x adamw (fused) on {args.model} ({args.device})")
-    print(f"wrote {out}")
+                  f"{med[name] / med[baseline]:.3f}x {baseline} on {args.model} ({args.device}), "
+                  f"median of {args.rounds} rounds")
+    ratio = lambda n: df.loc[df.optimizer == n, "ratio_to_adamw_" + ("foreach" if "(foreach)" in n else "fused")]  # noqa: E731
+    no_ratio = sorted(n for n in need if not pd.to_numeric(ratio(n), errors="coerce").between(0, math.inf).all()
+                      or ratio(n).empty)
+    if no_ratio:
+        raise SystemExit(f"bench_optimizer: FAILED: no ratio to AdamW for required candidate(s) {no_ratio}")
+    return df
+
+
+def _print_summary(df: pd.DataFrame) -> None:
+    runs = df["run"].nunique()
+    for name in ("adarem (fused)", "adarem (foreach)"):
+        col = "ratio_to_adamw_" + ("fused" if "(fused)" in name else "foreach")
+        v = df.loc[df.optimizer == name, col].dropna()
+        if len(v):
+            print(f"FIGURE optimizer_step {name} over {runs} runs: {v.median():.3f}x adamw "
+                  f"{col.rsplit('_', 1)[1]} (range {v.min():.3f}-{v.max():.3f})")
 
 
 if __name__ == "__main__":

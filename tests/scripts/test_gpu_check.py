@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -53,3 +54,24 @@ def test_gpu_check_rejects_unknown_check(tmp_path, env):
     res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--only", "nope"], cwd=REPO,
                          env=dict(env, OUT=str(tmp_path)), capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "unknown check" in res.stderr and "nope" in res.stderr
+
+
+def test_gpu_check_optimizer_fails_when_the_fused_path_does_not_run(tmp_path, env):
+    """A check that did not measure its headline must not report success: with no C++ compiler
+    AdaRem's fused CPU kernel cannot build, bench_optimizer skips the candidate, and --require
+    (which gpu_check passes) turns that skip into a failure naming it (was: [ok], exit 0)."""
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--only", "optimizer"],
+                         cwd=REPO, env=dict(env, OUT=str(out), CXX="/nonexistent/c++",
+                                            TORCH_EXTENSIONS_DIR=str(tmp_path / "ext")),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "[FAILED] optimizer" in res.stdout and "0/1 checks ok" in res.stdout
+    check = json.loads((out / "gpu_check.json").read_text())["checks"][0]
+    assert check["ok"] is False and "adarem (fused)" in check["figure"] and "did not run" in check["figure"]
+
+
+def test_bench_optimizer_require_refuses_an_unknown_candidate(env):
+    res = subprocess.run([sys.executable, "scripts/bench_optimizer.py", "--require", "adarem (fusedd)",
+                          "--out", os.devnull], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "unknown candidate" in res.stderr and "adarem (fusedd)" in res.stderr
