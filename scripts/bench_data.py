@@ -31,15 +31,18 @@ at ImageNet-like sizes (about 500x375). Every candidate reads the same files wit
 size and the train transform (RandomResizedCrop 224 + flip + normalise) or the validation
 transform (Resize 256 + CenterCrop 224). Writes results/bench/data.csv. To measure your own
 data: --root /path/to/imagenet (train/ and val/).
+
+``ratio_to_torch`` compares loaders that are not given the same helpers: at ``--workers N`` the
+torch loader runs N worker processes, DALI N decoding threads plus N Python reader processes
+(the CSV's ``helper_processes`` and ``helper_threads``). Every row records the commit, dirty
+flag, exact command, CPU model, threads, torch and DALI versions and the load average before and
+after (bench_optimizer.provenance).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -58,6 +61,11 @@ from adarem.data import build_data, list_image_folder, sampling
 from adarem.data.datasets import ImageFolderDataset
 from adarem.data.digits import default_cache_dir
 from adarem.data.photo_tree import cached_photo_tree
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_optimizer import bench_command, provenance  # noqa: E402  (the bench scripts' shared helpers)
+
+TREE = dict(size_range=(400, 600), seed=0, quality=90)  # the generated tree's JPEGs
 
 PREVIOUS = "7d5217c73641bcc65b7c550ac7538a73c60226d1"  # the loaders before issue 15's items 5 and 6
 
@@ -187,8 +195,11 @@ def main() -> None:
         root = Path(args.root)
     else:
         per_class = max(1, args.images // 8)
-        root = cached_photo_tree(default_cache_dir() / f"bench_photos_{per_class}", classes=8,
-                                 train_per_class=per_class, val_per_class=per_class, size_range=(400, 600))
+        lo, hi = TREE["size_range"]
+        # named by every parameter of its files (cached_photo_tree also refuses a tree made with others)
+        root = cached_photo_tree(default_cache_dir() / f"bench_data_photos_8x{per_class}_{lo}-{hi}px_s{TREE['seed']}"
+                                                       f"_q{TREE['quality']}", classes=8, train_per_class=per_class,
+                                 val_per_class=per_class, **TREE)
     device = torch.device("cuda", 0) if args.dali_device == "mixed" else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_data: --dali-device mixed needs a CUDA device")
@@ -212,15 +223,15 @@ def main() -> None:
         if name.startswith("dali"):
             runs[("read", name, split)] = partial(read_rate, loader, args.batches, "@" in name)
     results = {k: [] for k in runs}
-    load_before = os.getloadavg()[0]
+    load_before = os.getloadavg()
     for k, run in runs.items():  # warm-up (page cache, allocator, kept workers and pipelines)
         run()
     for _ in range(args.rounds):
         for k, run in runs.items():
             results[k].append(run())
-    load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"  # 1-min load average: other work on the machine
-    machine = f"{platform.machine()} {os.cpu_count()} cores" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
-    command = "python scripts/bench_data.py " + shlex.join(sys.argv[1:])
+    prov = provenance(load_before, bench_command("bench_data.py"),
+                      torch.cuda.get_device_name() if device.type == "cuda" else None)
+    load = f"{prov['load_avg_1min_before']:.2f} -> {prov['load_avg_1min_after']:.2f}"  # other work on the machine
     rows = []
     median_rate = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
     for (stage, name, split), v in results.items():
@@ -235,9 +246,10 @@ def main() -> None:
                      "ratio_to_torch": (rate / median_rate[("load", "torch", split)] if stage == "load"
                                         else float("nan")),
                      "main_thread_cpu_ms_per_file": 1000 * statistics.median(r[1] for r in v),
-                     "rounds": args.rounds, "workers_or_threads": args.workers, "batch_size": args.batch_size,
-                     "root": str(root), "machine": machine, "load_avg_1min": load, "torch": torch.__version__,
-                     "dali": _dali_version(), "date": dt.date.today().isoformat(), "command": command})
+                     "rounds": args.rounds, "batches": args.batches, "workers": args.workers,
+                     **_helpers(stage, name, args.workers),
+                     "batch_size": args.batch_size, "previous": args.previous, "dali_device": args.dali_device,
+                     "root": str(root), "dali": _dali_version(), **prov})
     df = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False, float_format="%.4g")
@@ -245,6 +257,17 @@ def main() -> None:
             "ratio_to_previous_max", "ratio_to_torch", "main_thread_cpu_ms_per_file"]
     print(df[cols].to_markdown(index=False, floatfmt=".3g"))
     print(f"wrote {args.out} (1-min load average {load})")
+
+
+def _helpers(stage: str, name: str, workers: int) -> dict:
+    """The CPU helpers a candidate runs besides the training thread (what ratio_to_torch compares):
+    torch: ``workers`` worker processes (decoding in them); current DALI: ``workers`` decoding
+    threads and max(1, ``workers``) Python reader processes; DALI of the previous commit: the
+    decoding threads, its reader in the training thread; the read stage decodes nothing."""
+    previous, dali = "@" in name, name.startswith("dali")
+    processes = 0 if dali and previous else (max(1, workers) if dali else workers)
+    threads = workers if dali and stage == "load" else 0
+    return {"helper_processes": processes, "helper_threads": threads}
 
 
 def _paired(new: list, old: list | None) -> dict:

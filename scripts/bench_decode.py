@@ -7,14 +7,21 @@ crops of scikit-learn's two sample photos at ImageNet-like sizes).
 
     python scripts/bench_decode.py --device cuda        # writes results/bench/jpeg_decode_cuda.csv
     python scripts/bench_decode.py --images 32          # CPU only (dry run)
+
+With --device cuda it is also a check: every image the GPU decodes (the batched call that is
+timed) must have the CPU decoder's shape and a mean absolute difference from the CPU's pixels
+below --max-mean-abs-diff (default 2.0 of 255, torchvision's own tolerance between its CPU and
+nvJPEG decoders, test_decode_jpeg_cuda); the worst image's mean, the mean over all pixels and the
+largest single-pixel difference are written. Beyond the tolerance the command writes its CSV,
+prints FAILED with the figures and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +33,43 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from adarem.data.photo_tree import make_photo_tree
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_optimizer import bench_command, provenance  # noqa: E402  (the bench scripts' shared helpers)
+
+SIZE_RANGE, SEED, QUALITY = (400, 600), 0, 90  # the tree's JPEGs: widths in pixels, generator seed, quality
+
+
+def decode_difference(cpu: list, gpu: list) -> dict:
+    """How far the GPU's decoded images are from the CPU's (uint8 CxHxW tensors, in the same
+    order): per image the mean |difference| in levels of 255; the worst image's, the mean over
+    every pixel, the largest single difference, and the images whose shapes differ."""
+    shapes = [i for i, (a, b) in enumerate(zip(cpu, gpu)) if a.shape != b.shape]
+    if len(cpu) != len(gpu):
+        shapes.append(f"{len(cpu)} CPU images vs {len(gpu)} GPU images")
+    per_image, total, pixels, largest = [], 0.0, 0, 0.0
+    for i, (a, b) in enumerate(zip(cpu, gpu)):
+        if i in shapes:
+            continue
+        d = (a.float() - b.float().cpu()).abs()
+        per_image.append(float(d.mean()))
+        total += float(d.sum())
+        pixels += d.numel()
+        largest = max(largest, float(d.max()))
+    return {"worst_image_mean_abs_diff": max(per_image, default=float("nan")),
+            "mean_abs_diff": total / pixels if pixels else float("nan"), "max_abs_diff": largest,
+            "shape_mismatches": shapes}
+
+
+def decode_problems(diff: dict, tolerance: float) -> list[str]:
+    """The check: no shape mismatch, every image's mean |difference| below ``tolerance``."""
+    problems = []
+    if diff["shape_mismatches"]:
+        problems.append(f"decoded shapes differ from the CPU's: {diff['shape_mismatches'][:5]}")
+    worst = diff["worst_image_mean_abs_diff"]
+    if not worst < tolerance:  # NaN (nothing compared) fails too
+        problems.append(f"worst image's mean |GPU - CPU| {worst:.3f}/255 is not below the tolerance {tolerance}/255")
+    return problems
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,14 +77,17 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512, help="JPEGs in the tree (400-600 px wide)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-mean-abs-diff", type=float, default=2.0,
+                    help="tolerance (levels of 255) for each GPU-decoded image's mean |difference| from the CPU's")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    load_before = os.getloadavg()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_decode: --device cuda asked for but no CUDA device is visible")
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(1, args.images // 4)
         root = make_photo_tree(Path(tmp), classes=4, train_per_class=per_class, val_per_class=1,
-                               size_range=(400, 600))
+                               size_range=SIZE_RANGE, seed=SEED, quality=QUALITY)
         files = sorted((root / "train").rglob("*.JPEG"))
         data = [read_file(str(f)) for f in files]
     mb = sum(d.numel() for d in data) / 2**20
@@ -63,12 +110,14 @@ def main() -> None:
     cands = {"cpu 1 thread": cpu_one_thread, f"cpu {threads} threads": cpu_pool}
     if args.device == "cuda":
         cands[f"cuda batched ({args.batch})"] = gpu_batched
-        # the decoder's output must match the CPU's up to the IDCT's rounding
-        ref = decode_jpeg(data[0], mode=ImageReadMode.RGB).float()
-        got = decode_jpeg([data[0]], mode=ImageReadMode.RGB, device="cuda")[0].float().cpu()
-        max_diff = float((ref - got).abs().mean())
+        # the check: the timed (batched) GPU decode of every image against the CPU's
+        ref = [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+        got = [img.cpu() for b in batches for img in decode_jpeg(b, mode=ImageReadMode.RGB, device="cuda")]
+        diff = decode_difference(ref, got)
+        problems = decode_problems(diff, args.max_mean_abs_diff)
+        del ref, got
     else:
-        max_diff = None
+        diff, problems = None, []
     for fn in cands.values():
         fn()  # warm-up: decoder handles, thread start
     times = {name: [] for name in cands}
@@ -79,11 +128,18 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     ips = {name: len(data) / statistics.median(t) for name, t in times.items()}
     base = ips["cpu 1 thread"]
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+    prov = provenance(load_before, bench_command("bench_decode.py"), gpu)
+    checked = lambda name, key: diff[key] if diff is not None and "cuda" in name else None  # noqa: E731
     rows = [{"decoder": name, "images_per_s": v, "relative_to_cpu_1_thread": v / base,
-             "images": len(data), "megabytes": mb, "mean_abs_diff_vs_cpu": max_diff if "cuda" in name else None,
-             "cpu_threads": threads, "machine": machine, "torch": torch.__version__,
-             "date": dt.date.today().isoformat()} for name, v in ips.items()]
+             "images": len(data), "megabytes": mb, "batch": args.batch, "rounds": args.rounds,
+             "size_range": f"{SIZE_RANGE[0]}-{SIZE_RANGE[1]}", "tree_seed": SEED, "jpeg_quality": QUALITY,
+             "worst_image_mean_abs_diff_vs_cpu": checked(name, "worst_image_mean_abs_diff"),
+             "mean_abs_diff_vs_cpu": checked(name, "mean_abs_diff"),
+             "max_abs_diff_vs_cpu": checked(name, "max_abs_diff"),
+             "diff_tolerance": args.max_mean_abs_diff if "cuda" in name else None,
+             "decode_check": ("FAILED" if problems else "passed") if "cuda" in name else None,
+             "pool_threads": threads, **prov} for name, v in ips.items()]
     df = pd.DataFrame(rows)
     out = Path(args.out or f"results/bench/jpeg_decode{'_cuda' if args.device == 'cuda' else ''}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +148,12 @@ def main() -> None:
     best = max(ips, key=ips.get)
     print(f"FIGURE jpeg_decode {len(data)} photos ({mb:.1f} MB): " +
           ", ".join(f"{n} {v:.0f} img/s" for n, v in ips.items()) + f"; fastest: {best}"
-          + (f"; cuda vs cpu mean |diff| {max_diff:.2f}/255" if max_diff is not None else ""))
+          + (f"; cuda vs cpu: worst image mean |diff| {diff['worst_image_mean_abs_diff']:.2f}/255 (tolerance "
+             f"{args.max_mean_abs_diff}), all pixels {diff['mean_abs_diff']:.2f}, largest {diff['max_abs_diff']:.0f}"
+             if diff is not None else ""))
     print(f"wrote {out}")
+    if problems:
+        raise SystemExit("bench_decode: FAILED: " + "; ".join(problems))
 
 
 if __name__ == "__main__":

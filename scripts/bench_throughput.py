@@ -23,7 +23,21 @@ distinct files and hard links to them), decoding, RandomResizedCrop and flip inc
 the same step fed from memory: 1.0 means the loader keeps the model busy. Each timed round is one
 pass, which starts with empty worker queues (as every epoch of training does): give enough
 ``--steps`` that this start (about one batch per worker) is small against the pass. Every
-candidate but these reads synthetic data.
+candidate but these reads synthetic data. The helpers of each loader are recorded next to its
+figures: the torch loader runs ``--workers`` worker processes; DALI runs ``--workers`` decoding
+threads and max(1, ``--workers``) Python reader processes (data.num_workers), so the two are not
+given equal CPU helpers at equal --workers.
+
+The harness candidates run as users run them through scripts/compare.py: with the oscillation
+tracker (``--oscillation-every``, default 10, compare.py's trainer.oscillation_every for every
+trial; 0 = off, train.py's default), and on CUDA with TF32 for fp32 matmuls and convolutions
+(as adarem/run_setup.py sets it; the bf16 autocast step is unaffected).
+
+Absolute images/s move between processes; ``--repeats N`` runs the whole measurement N times,
+each in a fresh process (not under torchrun: there, run the command N times with ``--append``),
+writes every run (column ``run``) to --out and the median and range over runs to
+``<out>_summary.csv``. Every row records the commit, dirty flag, exact command, CPU model,
+threads, torch version and load average before and after (see bench_optimizer.provenance).
 Writes results/bench/throughput.csv (or throughput_cuda.csv).
 """
 
@@ -34,8 +48,8 @@ import dataclasses
 import datetime as dt
 import math
 import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -51,9 +65,12 @@ from adarem.data.photo_tree import cached_photo_tree
 from adarem.engine import TrainState, make_precision, train_epoch
 from adarem.models import build_model
 from adarem.optim.factory import build_optimizer, optimizer_impl
-from adarem.run.record import git_info
+from adarem.oscillation import OscillationTracker
 from adarem.schedule import build_scheduler
 from adarem.run.signals import StopFlag
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_optimizer import bench_command, provenance, run_repeats, write_runs  # noqa: E402  (shared helpers)
 
 OPTIMIZERS = {
     "sgd": OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),
@@ -82,6 +99,7 @@ def bare_epoch(model, loader, optimizer, precision, device, channels_last):
 
 
 UNIQUE_PHOTOS = 2048  # real JPEG files of a generated tree; its other entries are hard links to them
+TREE = dict(size_range=(300, 500), seed=0, quality=90)  # the generated tree's JPEGs
 
 
 def photo_tree(train_images: int, dist) -> Path:
@@ -92,10 +110,14 @@ def photo_tree(train_images: int, dist) -> Path:
     of each node, in a private folder renamed into place when complete."""
     classes = 8
     per_class = -(-train_images // classes)
-    root = default_cache_dir() / f"bench_photos_{classes}x{per_class}"
+    unique = UNIQUE_PHOTOS // classes
+    lo, hi = TREE["size_range"]
+    # named by every parameter of its files (cached_photo_tree also refuses a tree made with others)
+    root = default_cache_dir() / (f"bench_photos_{classes}x{per_class}_u{min(unique, per_class)}_{lo}-{hi}px"
+                                  f"_s{TREE['seed']}_q{TREE['quality']}")
     if dist.local_rank == 0:
-        cached_photo_tree(root, unique_per_class=UNIQUE_PHOTOS // classes, classes=classes, train_per_class=per_class,
-                          val_per_class=1)
+        cached_photo_tree(root, unique_per_class=unique, classes=classes, train_per_class=per_class,
+                          val_per_class=1, **TREE)
     dist_utils.barrier()
     return root
 
@@ -128,11 +150,34 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None,
                     help="loader worker processes (torch) or threads (dali) per rank (default: this rank's share "
                          "of the CPUs it may use, minus one)")
+    ap.add_argument("--oscillation-every", type=int, default=10,
+                    help="the oscillation tracker of the harness candidates, as trainer.oscillation_every (default "
+                         "10: compare.py's setting for every trial; 0: off, train.py's default)")
+    ap.add_argument("--repeats", type=int, default=1, help="whole measurements, each in a fresh process")
+    ap.add_argument("--append", action="store_true", help="add the runs to --out's runs (same command and commit)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
         raise SystemExit("bench_throughput: --device cuda asked for but no CUDA device is visible")
+    if args.repeats < 1 or args.oscillation_every < 0:
+        raise SystemExit("bench_throughput: --repeats must be >= 1 and --oscillation-every >= 0")
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ddp = f"_ddp{os.environ['WORLD_SIZE']}" if under_torchrun else ""
+    out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}{ddp}.csv")
+    command = bench_command("bench_throughput.py")
+    if under_torchrun:
+        command = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')} " + command.removeprefix("python ")
+    metrics = ["images_per_s", "relative_to_bare_adarem", "relative_to_sgd", "relative_to_synthetic"]
+    if args.repeats > 1:
+        if under_torchrun:
+            raise SystemExit("bench_throughput: --repeats > 1 under torchrun: run the torchrun command once per "
+                             "repeat with --append")
+        df = run_repeats(Path(__file__).resolve(), sys.argv[1:], args.repeats)
+        df = write_runs(df, out, args.append, "candidate", metrics, command)
+        _print_summary(df)
+        return
+    load_before = os.getloadavg()
     dist = dist_utils.init_distributed("cuda" if gpu else "cpu")
     device = dist.device
     model_name = args.model or ("resnet50" if gpu else "resnet18")
@@ -143,6 +188,7 @@ def main() -> None:
     channels_last = gpu
     if gpu:
         torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as run_setup.py
 
     args.workers = args.workers or default_workers()
     loaders = [n for n in args.loaders.split(",") if n]
@@ -173,13 +219,15 @@ def main() -> None:
         raise SystemExit(f"bench_throughput: --optimizers={args.optimizers!r} must include adarem and "
                          f"name only {list(OPTIMIZERS)}")
     flags = {"impl": args.impl}
-    setups = {}
+    setups, trackers = {}, {}
     for name in names:
         torch.manual_seed(0)
         model = build_model(model_name, 1000, 3).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer(dataclasses.replace(OPTIMIZERS[name], **flags), model)
+        # as run_setup builds it: on the model before DDP and compile
+        trackers[name] = OscillationTracker(model, args.oscillation_every) if args.oscillation_every else None
         sched = build_scheduler(ScheduleConfig(name="cosine"), opt, tcfg.epochs, steps)
         if dist.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
@@ -200,7 +248,7 @@ def main() -> None:
         else:
             state = TrainState()
             outcome = train_epoch(model, data[loader], opt, sched, precision, device, tcfg, state, stop,
-                                  lambda rec: None, None, lambda: False)
+                                  lambda rec: None, trackers[name], lambda: False)
             if state.batch != steps:
                 raise SystemExit(f"bench_throughput: {kind}:{name} on {loader} ended after {state.batch} of "
                                  f"{steps} steps ({outcome.status})")
@@ -208,7 +256,7 @@ def main() -> None:
         dist_utils.barrier()  # the slowest rank sets the pace, as in training
         return time.perf_counter() - t0
 
-    for c in candidates:  # warm-up (allocator, cudnn autotune)
+    for c in candidates:  # warm-up, one untimed pass each (allocator, cudnn autotune, compilation)
         run(*c)
     for _ in range(args.rounds):
         for c in candidates:
@@ -219,33 +267,38 @@ def main() -> None:
         return
     images = steps * batch  # over all ranks: each rank trains `steps` batches of batch / world
     ips = {c: images / statistics.median(t) for c, t in times.items()}
-    machine = torch.cuda.get_device_name(device) if gpu else f"{platform.machine()} x{torch.get_num_threads()} threads"
-    if dist.enabled:
-        machine = f"{dist.world_size} ranks x {machine}"
+    prov = provenance(load_before, command, torch.cuda.get_device_name(device) if gpu else None)
+
+    def helpers(loader: str) -> tuple:
+        """(processes, threads) of the loader's helpers, per rank."""
+        if loader == "torch":
+            return args.workers, 0  # worker processes, each decoding one sample at a time
+        if loader == "dali":
+            return max(1, args.workers), args.workers  # Python reader processes, DALI decoding threads
+        return 0, 0
+
     rows = []
     synth = "synthetic"
     for (kind, name, loader), v in ips.items():
         on_synth = loader == synth
+        procs, threads = helpers(loader)
         rows.append({"candidate": f"{kind}:{name}" + ("" if on_synth else f":{loader}"), "images_per_s": v,
-                     "loader": loader, "loader_workers": None if on_synth else args.workers,
+                     "loader": loader, "loader_processes": procs, "loader_threads": threads,
                      "relative_to_bare_adarem": v / ips[("bare", "adarem", synth)]
                      if kind == "harness" and name == "adarem" and on_synth and ("bare", "adarem", synth) in ips
                      else math.nan,
                      "relative_to_sgd": v / ips[("harness", "sgd", synth)]
                      if kind == "harness" and on_synth and ("harness", "sgd", synth) in ips else math.nan,
                      "relative_to_synthetic": v / ips[("harness", name, synth)] if not on_synth else math.nan,
-                     "model": model_name, "image_size": size, "batch_size": batch, "amp": amp,
+                     "model": model_name, "image_size": size, "batch_size": batch, "steps": steps,
+                     "rounds": args.rounds, "warmup_passes": 1, "amp": amp, "tf32": gpu,
                      "channels_last": channels_last, "impl": args.impl,
                      "optimizer_path": optimizer_impl(setups[name][1]), "compile": args.compile,
-                     "world_size": dist.world_size,
-                     "device": args.device, "machine": machine,
-                     "torch": torch.__version__, "rounds": args.rounds, "date": dt.date.today().isoformat(),
-                     **git_info()})
+                     "oscillation_every": args.oscillation_every if kind == "harness" else 0,
+                     "photo_tree": "" if on_synth else str(root), "world_size": dist.world_size,
+                     "device": args.device, **prov})
     df = pd.DataFrame(rows)
-    ddp = f"_ddp{dist.world_size}" if dist.enabled else ""
-    out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}{ddp}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.4g")
+    write_runs(df.assign(run=1), out, args.append, "candidate", metrics, command)
     print(df[["candidate", "images_per_s", "relative_to_sgd", "relative_to_synthetic"]].to_string(
         index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
     if ("bare", "adarem", synth) in ips:
@@ -253,12 +306,21 @@ def main() -> None:
         print(f"harness overhead vs bare loop (adarem): {100 * overhead:.1f} %")
     ours, sgd = ips[("harness", "adarem", synth)], ips.get(("harness", "sgd", synth))
     vs_sgd = f", sgd {sgd:.0f} img/s, adarem/sgd = {ours / sgd:.3f}" if sgd else ""
-    fed = "".join(f", fed by the {n} loader ({args.workers} workers) {ips[('harness', 'adarem', n)]:.0f} img/s "
-                  f"({ips[('harness', 'adarem', n)] / ours:.2f} of synthetic)" for n in real)
-    print(f"FIGURE throughput {model_name} {size}px batch {batch} {amp} impl={args.impl} compile={args.compile}: "
-          f"adarem {ours:.0f} img/s{vs_sgd}{fed}")
-    print(f"wrote {out}")
+    fed = "".join(f", fed by the {n} loader ({helpers(n)[0]} processes, {helpers(n)[1]} threads) "
+                  f"{ips[('harness', 'adarem', n)]:.0f} img/s ({ips[('harness', 'adarem', n)] / ours:.2f} of synthetic)"
+                  for n in real)
+    print(f"FIGURE throughput {model_name} {size}px batch {batch} {amp} impl={args.impl} compile={args.compile} "
+          f"oscillation_every={args.oscillation_every}: adarem {ours:.0f} img/s{vs_sgd}{fed}")
     dist_utils.cleanup()
+
+
+def _print_summary(df: pd.DataFrame) -> None:
+    runs = df["run"].nunique()
+    for cand, col in (("harness:adarem", "relative_to_sgd"), ("harness:adarem", "relative_to_bare_adarem"),
+                      ("harness:adarem:torch", "relative_to_synthetic"), ("harness:adarem:dali", "relative_to_synthetic")):
+        v = df.loc[df.candidate == cand, col].dropna()
+        if len(v):
+            print(f"FIGURE throughput {cand} {col} over {runs} runs: {v.median():.3f} (range {v.min():.3f}-{v.max():.3f})")
 
 
 if __name__ == "__main__":

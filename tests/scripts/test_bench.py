@@ -1,0 +1,125 @@
+"""The bench scripts' honesty: a check that compares, compares; every file a command writes can be
+written again by that command (runs, appends, summaries) and says what produced it; a cached photo
+tree is never reused for other parameters."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+SCRIPTS = REPO / "scripts"
+PROVENANCE = {"cpu_model", "host_cpus", "usable_cpus", "torch_threads", "torch", "load_avg_1min_before",
+              "load_avg_1min_after", "date", "commit", "dirty", "diff_sha1", "command"}
+
+
+def _script(name: str):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def test_decode_check_compares_every_image_against_a_tolerance():
+    bench_decode = _script("bench_decode")
+    g = torch.Generator().manual_seed(0)
+    cpu = [torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=g) for _ in range(3)]
+    near = [(c.int() + torch.randint(-1, 2, c.shape, generator=g)).clamp(0, 255).to(torch.uint8) for c in cpu]
+    diff = bench_decode.decode_difference(cpu, near)
+    assert diff["worst_image_mean_abs_diff"] < 1 and diff["max_abs_diff"] <= 1
+    assert bench_decode.decode_problems(diff, 2.0) == []
+    # one image off by 3 levels everywhere: its mean (3) is over the tolerance, the others' are not
+    far = near[:2] + [(cpu[2].int() + 3).clamp(max=255).to(torch.uint8)]
+    problems = bench_decode.decode_problems(bench_decode.decode_difference(cpu, far), 2.0)
+    assert len(problems) == 1 and "not below the tolerance 2.0" in problems[0]
+    # a shape that differs, or nothing compared, fails too
+    assert any("shapes differ" in p for p in bench_decode.decode_problems(
+        bench_decode.decode_difference(cpu, near[:2] + [near[2][:, :-1]]), 2.0))
+    assert bench_decode.decode_problems(bench_decode.decode_difference([], []), 2.0)
+
+
+def test_cached_photo_tree_refuses_a_tree_made_with_other_parameters(tmp_path):
+    from adarem.data.photo_tree import cached_photo_tree
+
+    kw = dict(classes=2, train_per_class=3, val_per_class=1, size_range=(60, 90))
+    root = cached_photo_tree(tmp_path / "tree", unique_per_class=2, **kw)
+    assert cached_photo_tree(tmp_path / "tree", unique_per_class=2, **kw) == root  # same parameters: reused
+    for other in (dict(size_range=(100, 140)), dict(seed=1), dict(quality=70), dict(train_per_class=4)):
+        with pytest.raises(ValueError, match="other parameters"):
+            cached_photo_tree(tmp_path / "tree", unique_per_class=2, **{**kw, **other})
+    with pytest.raises(ValueError, match="other parameters"):
+        cached_photo_tree(tmp_path / "tree", unique_per_class=3, **kw)
+    (root / "photo_tree.json").unlink()  # a tree of unknown making
+    with pytest.raises(ValueError, match="no readable photo_tree.json"):
+        cached_photo_tree(tmp_path / "tree", unique_per_class=2, **kw)
+
+
+def _runs(commit="a" * 40, command="python scripts/x.py --rounds 3", value=1.0):
+    return pd.DataFrame([{"run": 1, "optimizer": n, "ratio": value * k, "cpu_model": "cpu", "gpu": "",
+                          "torch": "2", "load_avg_1min_before": 0.1, "load_avg_1min_after": 0.2,
+                          "commit": commit, "dirty": False, "diff_sha1": "", "command": command}
+                         for k, n in ((1, "a"), (2, "b"))])
+
+
+def test_write_runs_numbers_appended_runs_and_refuses_another_commit_or_command(tmp_path):
+    bench_optimizer = _script("bench_optimizer")
+    out = tmp_path / "o.csv"
+    cmd = "python scripts/x.py --rounds 3"
+    bench_optimizer.write_runs(_runs(), out, False, "optimizer", ["ratio"], cmd)
+    bench_optimizer.write_runs(_runs(value=3.0), out, True, "optimizer", ["ratio"], cmd + " --append")
+    df = pd.read_csv(out)
+    assert sorted(df["run"].unique()) == [1, 2]
+    summary = pd.read_csv(tmp_path / "o_summary.csv").set_index("optimizer")
+    assert summary.loc["a", "runs"] == 2 and summary.loc["a", "ratio_min"] == 1 and summary.loc["a", "ratio_max"] == 3
+    assert summary.loc["b", "ratio_median"] == 4
+    with pytest.raises(SystemExit, match="differs in: commit"):
+        bench_optimizer.write_runs(_runs(commit="b" * 40), out, True, "optimizer", ["ratio"], cmd)
+    with pytest.raises(SystemExit, match="differs in: command"):
+        bench_optimizer.write_runs(_runs(command="python scripts/x.py --rounds 4"), out, True, "optimizer",
+                                   ["ratio"], "python scripts/x.py --rounds 4")
+    assert len(pd.read_csv(out)) == 4  # refused appends wrote nothing
+    # without --append the file is written anew
+    bench_optimizer.write_runs(_runs(), out, False, "optimizer", ["ratio"], cmd)
+    assert list(pd.read_csv(out)["run"].unique()) == [1]
+
+
+def test_bench_optimizer_repeats_in_fresh_processes_and_records_provenance(tmp_path, env):
+    out = tmp_path / "step.csv"
+    base = [sys.executable, "scripts/bench_optimizer.py", "--model", "test_resnet", "--rounds", "3", "--warmup", "1",
+            "--only", "adarem (fused)", "--require", "adarem (fused)", "--out", str(out)]
+    res = subprocess.run(base + ["--repeats", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stdout.count("=== run ") == 2 and "over 2 runs" in res.stdout
+    df = pd.read_csv(out)
+    assert sorted(df["run"].unique()) == [1, 2] and PROVENANCE <= set(df.columns)
+    assert {"rounds", "warmup", "steps_per_sample", "model"} <= set(df.columns)
+    assert (df["command"] == "python scripts/bench_optimizer.py " + " ".join(
+        f"'{a}'" if " " in a else a for a in base[2:] + ["--repeats", "2"])).all()
+    assert df["cpu_model"].str.len().min() > 0 and df["commit"].str.len().eq(40).all()
+    res = subprocess.run(base + ["--append"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(pd.read_csv(out)["run"].unique()) == [1, 2, 3]
+    summary = pd.read_csv(tmp_path / "step_summary.csv").set_index("optimizer")
+    assert summary.loc["adarem (fused)", "runs"] == 3
+    lo, mid, hi = (summary.loc["adarem (fused)", f"ratio_to_adamw_fused_{k}"] for k in ("min", "median", "max"))
+    assert 0 < lo <= mid <= hi
+
+
+def test_bench_throughput_records_steps_tracker_and_provenance(tmp_path, env):
+    out = tmp_path / "tp.csv"
+    res = subprocess.run([sys.executable, "scripts/bench_throughput.py", "--model", "small_cnn", "--image-size", "32",
+                          "--batch-size", "8", "--steps", "2", "--rounds", "1", "--optimizers", "adarem",
+                          "--no-bare", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    row = pd.read_csv(out).iloc[0]
+    assert PROVENANCE <= set(row.index)
+    assert row["run"] == 1 and row["steps"] == 2 and row["rounds"] == 1 and row["oscillation_every"] == 10
+    assert "oscillation_every=10" in res.stdout
