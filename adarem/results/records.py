@@ -300,6 +300,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -491,7 +495,9 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
                           and math.isfinite(r["val_top5_err"])), default=math.nan) if curve_ok else math.nan,
         "final_train_loss": (epochs[-1].get("train_loss", math.nan) if epochs and status == "finished" else math.nan),
         "wall_time_s": epochs[-1].get("wall_time_s", math.nan) if epochs else math.nan,
-        "images_per_s": sum(r.get("images_per_s") or 0 for r in epochs) / len(epochs) if epochs else math.nan,
+        # over the epochs that logged a rate: an epoch line without one is no epoch at 0 images/s
+        "images_per_s": _mean([r["images_per_s"] for r in epochs if _is_number(r.get("images_per_s"))
+                               and math.isfinite(r["images_per_s"])]),
         "diverged_at_step": run.get("diverged_at_step"),
         # the step budget: what a run that never reaches a target is censored at
         "budget_steps": (trainer["epochs"] * run["steps_per_epoch"]
@@ -503,6 +509,10 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
         # the code that trained it: a reused finished run keeps the commit it was trained at
         "commit": str(git.get("commit") or "unrecorded")[:10],
         "dirty": git.get("dirty") is True,
+        # what differed between the segments of a resumed run (run.json's mixed_provenance: commit,
+        # versions, threads, device...); None for a record written before segments were kept
+        "mixed_provenance": (", ".join(map(str, run["mixed_provenance"]))
+                             if isinstance(run.get("mixed_provenance"), list) else None),
         "torch": str(versions.get("torch") or "unrecorded"),
         "compile": trainer.get("compile") is True,
         "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",

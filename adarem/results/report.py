@@ -120,6 +120,18 @@ def code_notes(runs: pd.DataFrame) -> list[dict]:
     return notes
 
 
+def segment_notes(runs: pd.DataFrame) -> list[dict]:
+    """A flag per run that was resumed on other code, versions, threads or devices than it started
+    on (run.json's mixed_provenance): one run's numbers then come from more than one setup, and
+    its row of 'Trained at' names only its last. Records from before segments were kept cannot say."""
+    if runs.empty or "mixed_provenance" not in runs:
+        return []
+    mixed = runs[runs.mixed_provenance.notna() & (runs.mixed_provenance.astype(str) != "")]
+    return [{"run_dir": r.run_dir, "problem": f"resumed with other {r.mixed_provenance} than it started with "
+             f"(run.json segments): its numbers come from more than one setup; rerun it in one piece for a "
+             f"clean comparison"} for r in mixed.itertuples()]
+
+
 def truncation_notes(runs: pd.DataFrame) -> list[dict]:
     """A flag per kind of truncated schedule (run.json's schedule_truncated: a smoke run of a longer
     recipe): its numbers are the recipe's first epochs, not the recipe's."""
@@ -235,7 +247,8 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
             verdicts[CSV_COLUMNS].to_csv(out_dir / "claims.csv", index=False)
             written.add(out_dir / "claims.csv")
             parts.append(claims_markdown(verdicts))
-    notes = (selection_notes(rs.runs) + code_notes(rs.runs) + torch_notes(rs.runs) + truncation_notes(rs.runs)
+    notes = (selection_notes(rs.runs) + code_notes(rs.runs) + segment_notes(rs.runs) + torch_notes(rs.runs)
+             + truncation_notes(rs.runs)
              + corrupt_notes(rs.runs) + divergence_notes(rs.runs) + curve_gap_notes(rs.runs) + timing_notes(rs.runs)
              + oscillation_notes(rs.runs))
     problems = pd.concat([rs.problems_frame, pd.DataFrame(notes, columns=["run_dir", "problem"])], ignore_index=True)

@@ -316,3 +316,33 @@ def test_a_malformed_record_is_excluded_with_its_reason_not_a_traceback(tmp_path
     (row,) = [line for line in md.splitlines() if "/bad " in line or "/bad|" in line.replace(" ", "")]
     assert reason in row, row
     assert error_table(load_runs(root)).set_index("optimizer").loc["adarem", "n"] == 2
+
+
+# ---- a run resumed on another setup; epochs without a logged rate ----------------------------
+
+def test_a_run_resumed_on_other_code_or_threads_is_flagged(tmp_path):
+    """run.json's mixed_provenance (written by train.py when a resume's commit, versions,
+    threads or device differ from the run's start) reaches the report as a flag naming the run
+    and what differed; a record without the key, or with an empty list, is not flagged."""
+    root = tmp_path / "runs"
+    for s in range(2):
+        make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, 9.0])
+    mixed = make_run(root, "adarem0", "adarem", 0, [30.0, 15.0, 8.0])
+    _edit_record(mixed, mixed_provenance=["git.commit", "hardware.torch_threads"])
+    _edit_record(make_run(root, "adarem1", "adarem", 1, [30.0, 15.0, 8.5]), mixed_provenance=[])
+    out = tmp_path / "out"
+    write_report(load_runs(root), out, claims_path=None, command="make_tables")
+    flagged = [line for line in (out / "tables.md").read_text().splitlines() if "run.json segments" in line]
+    assert len(flagged) == 1, flagged
+    assert "adarem0" in flagged[0] and "git.commit, hardware.torch_threads" in flagged[0]
+
+
+def test_an_epoch_line_without_a_rate_is_not_an_epoch_at_zero_images_per_s(tmp_path):
+    """images/s is the mean over the epochs that logged one: an epoch line without
+    images_per_s used to count as 0 and pulled the mean down by a third here."""
+    root = tmp_path / "runs"
+    d = make_run(root, "sgd0", "sgd", 0, [30.0, 15.0, 9.0])
+    lines = _lines(d)
+    del next(r for r in lines if r["type"] == "epoch")["images_per_s"]
+    _write_lines(d, lines)
+    assert load_runs(root).runs.set_index("run_dir").images_per_s.iloc[0] == pytest.approx(100.0)
