@@ -2,7 +2,8 @@
 
 Each check runs as a subprocess with its own time limit, prints one ``FIGURE`` line, and leaves
 its figures under --out; a failing check is recorded and the next one still runs. The summary,
-with the machine, the versions and each check's status, figure and time, is --out/gpu_check.json;
+with the machine, the versions and each check's status, figure and time, is --out/gpu_check.json
+(gpu_check_<check>-<check>....json for a subset chosen by --only);
 every subprocess's output goes to --out/gpu_check.log.
 
 Checks (``--dry-run``: the same steps on the CPU at tiny sizes, run by the tests):
@@ -98,7 +99,7 @@ def _pytest(c: Check, name: str, label: str, args: list[str], timeout: float, en
 def check_oracle(c: Check, device: str, dry: bool) -> None:
     args = ["tests/optim/test_adarem_oracle.py"] + (["-k", "defaults or float64 or many_groups"] if dry else [])
     _pytest(c, "oracle", f"oracle tests on {device} (loop, foreach, fused; fp32/bf16/fp16/fp64)", args,
-            120 if dry else 170, dict(os.environ, ADAREM_TEST_DEVICE=device))
+            120 if dry else LIMITS_S["oracle"], dict(os.environ, ADAREM_TEST_DEVICE=device))
 
 
 CUDA_TESTS = ["tests/harness/test_engine.py::test_side_stream_batches_are_the_inline_batches_under_load",
@@ -106,7 +107,7 @@ CUDA_TESTS = ["tests/harness/test_engine.py::test_side_stream_batches_are_the_in
 
 
 def check_cuda_tests(c: Check, device: str, dry: bool) -> None:
-    _pytest(c, "cuda_tests", f"CUDA-only tests on {device}", CUDA_TESTS, 60 if dry else 120)
+    _pytest(c, "cuda_tests", f"CUDA-only tests on {device}", CUDA_TESTS, 60 if dry else LIMITS_S["cuda_tests"])
 
 
 # the candidates the optimizer check exists for: their skip (a fused path that did not build, a
@@ -137,7 +138,7 @@ def check_optimizer(c: Check, device: str, dry: bool) -> None:
         return problems
 
     c.run("optimizer", [sys.executable, "scripts/bench_optimizer.py", "--device", device, *args,
-                        "--require", ",".join(OPTIMIZER_REQUIRED), "--out", str(csv_path)], 120 if dry else 170,
+                        "--require", ",".join(OPTIMIZER_REQUIRED), "--out", str(csv_path)], 120 if dry else LIMITS_S["optimizer"],
           verify=verify)
 
 
@@ -150,12 +151,12 @@ def _throughput_cmd(device: str, dry: bool) -> list[str]:
 
 def check_throughput(c: Check, device: str, dry: bool) -> None:
     c.run("throughput eager", _throughput_cmd(device, dry) + ["--out", str(c.out / f"throughput_{device}_eager.csv")],
-          120 if dry else 120)
+          120 if dry else LIMITS_S["throughput"])
 
 
 def check_throughput_compiled(c: Check, device: str, dry: bool) -> None:
     c.run("throughput compiled", _throughput_cmd(device, dry) + [
-        "--compile", "--out", str(c.out / f"throughput_{device}_compile.csv")], 180 if dry else 220)
+        "--compile", "--out", str(c.out / f"throughput_{device}_compile.csv")], 180 if dry else LIMITS_S["throughput_compiled"])
 
 
 def _has_dali() -> bool:
@@ -177,7 +178,7 @@ def check_loaders(c: Check, device: str, dry: bool) -> None:
             "--workers", "2"] if dry else ["--steps", "120", "--rounds", "2"]
     c.run("loaders", [sys.executable, "scripts/bench_throughput.py", "--device", device, *size,
                       "--optimizers", "adarem", "--no-bare", "--impl", "fused", "--loaders", loaders,
-                      "--out", str(c.out / f"throughput_{device}_loaders.csv")], 120 if dry else 240)
+                      "--out", str(c.out / f"throughput_{device}_loaders.csv")], 120 if dry else LIMITS_S["loaders"])
 
 
 def _descendants(pid: int) -> list[int]:
@@ -289,9 +290,14 @@ def _read_jsonl(path: Path) -> list[dict]:
 def check_decode(c: Check, device: str, dry: bool) -> None:
     args = ["--images", "16", "--rounds", "1", "--batch", "8"] if dry else ["--images", "512", "--rounds", "3"]
     c.run("decode", [sys.executable, "scripts/bench_decode.py", "--device", device, *args,
-                     "--out", str(c.out / f"jpeg_decode_{device}.csv")], 90 if dry else 90)
+                     "--out", str(c.out / f"jpeg_decode_{device}.csv")], 90 if dry else LIMITS_S["decode"])
 
 
+# Each check's time limit at full size (s); e2e is three runs of up to 120 s each. A call of this
+# script takes at most the sum of its checks' limits plus start-up: under the device tool's 600 s
+# per command, split the checks into calls whose limits add up to at most 480 s (README, GPU section).
+LIMITS_S = {"oracle": 170, "cuda_tests": 120, "optimizer": 170, "throughput": 120, "loaders": 240, "e2e": 360,
+            "decode": 90, "throughput_compiled": 220}
 # in order of value per second: the compiled-model throughput (slowest to compile) goes last
 CHECKS = {"oracle": check_oracle, "cuda_tests": check_cuda_tests, "optimizer": check_optimizer, "throughput": check_throughput,
           "loaders": check_loaders, "e2e": check_e2e, "decode": check_decode, "throughput_compiled": check_throughput_compiled}
@@ -339,6 +345,11 @@ def main() -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # a call for a subset writes its own summary, so that the calls of a split run do not overwrite each other
+    summary_name = "gpu_check.json" if names == list(CHECKS) else f"gpu_check_{'-'.join(names)}.json"
+    if not args.dry_run:
+        print(f"gpu_check: the time limits of {', '.join(names)} add up to {sum(LIMITS_S[n] for n in names)} s",
+              flush=True)
     t0 = time.monotonic()
     with open(out / "gpu_check.log", "a") as log:
         c = Check(out, log)
@@ -352,7 +363,7 @@ def main() -> int:
             # written after every check, so that a run cut short still leaves what it measured
             summary = {"machine": info, "dry_run": args.dry_run, "total_seconds": round(time.monotonic() - t0, 1),
                        "checks_asked": names, "checks": c.results}
-            (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (out / summary_name).write_text(json.dumps(summary, indent=2) + "\n")
     failed = [r["check"] for r in c.results if not r["ok"]]
     print(f"gpu_check: {len(c.results) - len(failed)}/{len(c.results)} checks ok in {summary['total_seconds']:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; figures in {out}")

@@ -67,7 +67,7 @@ def test_gpu_check_optimizer_fails_when_the_fused_path_does_not_run(tmp_path, en
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "[FAILED] optimizer" in res.stdout and "0/1 checks ok" in res.stdout
-    check = json.loads((out / "gpu_check.json").read_text())["checks"][0]
+    check = json.loads((out / "gpu_check_optimizer.json").read_text())["checks"][0]
     assert check["ok"] is False and "adarem (fused)" in check["figure"] and "did not run" in check["figure"]
 
 
