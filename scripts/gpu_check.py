@@ -144,7 +144,7 @@ def check_optimizer(c: Check, device: str, dry: bool) -> None:
 
 def _throughput_cmd(device: str, dry: bool) -> list[str]:
     size = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "16", "--steps", "2", "--rounds", "1"] \
-        if dry else ["--steps", "15", "--rounds", "2"]
+        if dry else ["--steps", "15", "--rounds", "3"]
     return [sys.executable, "scripts/bench_throughput.py", "--device", device, *size,
             "--optimizers", "sgd,adamw,adarem", "--no-bare", "--impl", "fused"]
 
@@ -175,7 +175,7 @@ def check_loaders(c: Check, device: str, dry: bool) -> None:
     minus one)."""
     loaders = "synthetic,torch" + (",dali" if _has_dali() else "")
     size = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "16", "--steps", "2", "--rounds", "1",
-            "--workers", "2"] if dry else ["--steps", "120", "--rounds", "2"]
+            "--workers", "2"] if dry else ["--steps", "120", "--rounds", "3"]
     c.run("loaders", [sys.executable, "scripts/bench_throughput.py", "--device", device, *size,
                       "--optimizers", "adarem", "--no-bare", "--impl", "fused", "--loaders", loaders,
                       "--out", str(c.out / f"throughput_{device}_loaders.csv")], 120 if dry else LIMITS_S["loaders"])
@@ -296,7 +296,7 @@ def check_decode(c: Check, device: str, dry: bool) -> None:
 # Each check's time limit at full size (s); e2e is three runs of up to 120 s each. A call of this
 # script takes at most the sum of its checks' limits plus start-up: under the device tool's 600 s
 # per command, split the checks into calls whose limits add up to at most 480 s (README, GPU section).
-LIMITS_S = {"oracle": 170, "cuda_tests": 120, "optimizer": 170, "throughput": 120, "loaders": 240, "e2e": 360,
+LIMITS_S = {"oracle": 170, "cuda_tests": 120, "optimizer": 170, "throughput": 120, "loaders": 270, "e2e": 360,
             "decode": 90, "throughput_compiled": 220}
 # in order of value per second: the compiled-model throughput (slowest to compile) goes last
 CHECKS = {"oracle": check_oracle, "cuda_tests": check_cuda_tests, "optimizer": check_optimizer, "throughput": check_throughput,
