@@ -225,7 +225,8 @@ def test_photo_tree_without_scikit_learn_reads_the_photos_from_a_folder(tmp_path
 
 def test_cached_photo_tree_links_repeats_and_is_made_once(tmp_path):
     """The benchmarks' cached tree: 5 training entries per class from 2 distinct files (hard links
-    to them), made in a private folder renamed into place, and reused as it is by a second call."""
+    to them), made in a private folder renamed into place, and reused as it is by a second call
+    with the same parameters; a call with other parameters is refused, never handed this tree."""
     from adarem.data.photo_tree import cached_photo_tree
 
     root = cached_photo_tree(tmp_path / "tree", unique_per_class=2, classes=2, train_per_class=5, val_per_class=1)
@@ -234,7 +235,10 @@ def test_cached_photo_tree_links_repeats_and_is_made_once(tmp_path):
     assert (cls / "img_0004.JPEG").samefile(cls / "img_0000.JPEG") and not (cls / "img_0001.JPEG").samefile(cls / "img_0000.JPEG")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]  # no private folder left
     mtime = (cls / "img_0001.JPEG").stat().st_mtime_ns
-    assert cached_photo_tree(tmp_path / "tree", classes=3, train_per_class=9) == root
+    assert cached_photo_tree(tmp_path / "tree", unique_per_class=2, classes=2, train_per_class=5,
+                             val_per_class=1) == root
+    with pytest.raises(ValueError, match="other parameters"):
+        cached_photo_tree(tmp_path / "tree", classes=3, train_per_class=9)
     assert (cls / "img_0001.JPEG").stat().st_mtime_ns == mtime and not (root / "train" / "class_002").exists()
 
 
