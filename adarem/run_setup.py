@@ -33,7 +33,8 @@ from adarem.optim.factory import build_optimizer, fused_cpu_kernel_missing, opti
 from adarem.reproducibility import seed_everything
 from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
-from adarem.run.record import MetricsLog, RunRecord, describe_differences, now, trained_at_other_bn_batch
+from adarem.run.record import (MetricsLog, RunRecord, checkpoint_start, describe_differences, now,
+                               trained_at_other_bn_batch)
 from adarem.schedule import build_scheduler, truncation
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
@@ -152,6 +153,8 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     config, dist, tc = run.config, run.dist, run.config.trainer
     lock_run_dir(run)
     run.plan = plan_run(run.run_dir, config.resume, run.config_dict)
+    if run.plan.note and dist.is_main:
+        print(run.plan.note, file=sys.stderr, flush=True)
     before = ((run.plan.previous or {}).get("hardware") or {}).get("device", "")
     if before and before.split(":")[0] != dist.device.type:
         # trainer.amp=auto (bf16 on GPU, fp32 on CPU) and the kernels differ: another run
@@ -315,9 +318,16 @@ def open_record(run: Run, data_id: dict) -> None:
     """run.json (rank 0 writes), metrics.jsonl cut back to the checkpoint, and the wandb mirror."""
     config, dist, data = run.config, run.dist, run.data
     run.record = RunRecord(run.run_dir, dist.is_main)
-    changed = run.record.start(run.config_dict, dist.world_size, dist.device, run.plan.previous,
-                               start_step=run.state.global_step)
-    if changed and dist.is_main:
+    plan = run.plan
+    changed = run.record.start(run.config_dict, dist.world_size, dist.device, plan.previous,
+                               start_step=run.state.global_step,
+                               checkpoint=None if plan.checkpoint is None else checkpoint_start(
+                                   plan.checkpoint, plan.checkpoint_path, plan.foreign(run.run_dir)))
+    if changed == ["unrecorded"] and dist.is_main:
+        print(f"note: {run.run_dir} continues at step {run.state.global_step} from the checkpoint {plan.checkpoint_path}, "
+              f"which records no provenance (an older version's): the code, versions and hardware it was trained on are "
+              f"unknown; run.json says so (mixed_provenance: unrecorded)", file=sys.stderr)
+    elif changed and dist.is_main:
         before, now_ = run.record.data["segments"][-2:]
         print(f"note: {run.run_dir} continues at step {run.state.global_step} with other code, versions or threads than "
               f"its previous segment ({describe_differences(before, now_, changed)}); its numbers may differ from an "

@@ -22,7 +22,7 @@ from adarem.config import ConfigError
 from adarem.data import DataError
 from adarem.engine import Divergence, EpochProgress, evaluate, progress_bar, recalibrated_bn, train_epoch
 from adarem.faults import maybe_crash
-from adarem.run.record import now
+from adarem.run.record import now, segment_provenance
 from adarem.run_setup import Run
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 
@@ -157,8 +157,12 @@ class Trainer:
             ckpt_io.save_atomic(ckpt_io.training_checkpoint(r.model, r.optimizer, r.scheduler, r.precision.scaler,
                                                             self.state, r.metrics.lines, per_rank, r.config_dict,
                                                             r.record.data.get("data_identity"),
-                                                            self.oscillation.state_dict() if self.oscillation else None,
-                                                            ckpt_io.device_info(r.dist.device, r.precision)),
+                                                            # the last epoch done, no step follows: no window to keep
+                                                            self.oscillation.state_dict()
+                                                            if self.oscillation and self.state.epoch < self.tc.epochs
+                                                            else None,
+                                                            ckpt_io.device_info(r.dist.device, r.precision),
+                                                            segment_provenance(r.record.data)),
                                 r.run_dir)
         dist_utils.barrier()
         self.last_checkpoint = time.monotonic()

@@ -7,7 +7,9 @@ checkpoint (or start fresh if it has none); a finished run is reported and left 
 ``resume=never``: start fresh, refusing a directory that already holds a run (a run.json, or
 checkpoints or metrics whose run.json was moved away). ``resume=<path>``: start from that
 checkpoint file, which must come from the same configuration, in a directory that holds no other
-run (its metrics would be cut to the other checkpoint's line count and mixed).
+run (its metrics would be cut to the other checkpoint's line count and mixed), except the run that
+was started from that very checkpoint (run.json's ``resumed_from``): a relaunch of the same command
+(a requeue) continues that run as resume=auto would.
 
 ``RunLock`` keeps a second process (a double submit, a requeue racing a job that is still
 alive) out of a directory that a live process is using; its refusal is a ``RunLocked``.
@@ -37,6 +39,12 @@ class RunPlan:
     checkpoint: Optional[dict]  # what to resume from, if anything
     checkpoint_path: Optional[Path]
     already_done: bool = False  # a finished run: report and exit
+    note: Optional[str] = None  # one line for stderr (a relaunch of resume=<path> continuing its own run)
+
+    def foreign(self, run_dir: Path) -> bool:
+        """Whether the checkpoint is another directory's (resume=<path>): run.json's resumed_from."""
+        own = {(Path(run_dir) / name).resolve() for name in (ckpt_io.LATEST, ckpt_io.PREVIOUS)}
+        return self.checkpoint_path is not None and Path(self.checkpoint_path).resolve() not in own
 
 
 class RunLocked(ConfigError):
@@ -120,6 +128,19 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         raise ConfigError(f"resume={resume!r}: no such checkpoint file; use auto, never or a checkpoint path")
     own = {(Path(run_dir) / name).resolve() for name in (ckpt_io.LATEST, ckpt_io.PREVIOUS)}
     held = left if previous is None else ["run.json"] + _run_files(run_dir)
+    started_from = (previous or {}).get("resumed_from") or {}
+    if path.resolve() not in own and previous is not None and started_from.get("path") == str(path.resolve()):
+        # the relaunch (a requeue) of the command that started this directory's run from that checkpoint
+        found = ckpt_io.load_latest(run_dir)
+        if found is not None:
+            ckpt = _checkpoint_of(config, found[0], f"{run_dir} holds a checkpoint whose run",
+                                  "choose another hydra.run.dir or restore those values")
+            return RunPlan(previous, ckpt, found[1],
+                           note=f"note: {run_dir} holds the run started from {path} (at step "
+                                f"{started_from.get('global_step')}); continuing it from its own checkpoint at step "
+                                f"{(ckpt.get('position') or {}).get('global_step')}, as resume=auto would")
+        # it stopped before its first checkpoint: start from that checkpoint again, unless it logged lines
+        held = _run_files(run_dir)
     if path.resolve() not in own and held:
         # its metrics.jsonl would be cut to the other checkpoint's line count and continued: two runs mixed
         raise ConfigError(f"resume={resume}: {run_dir} already holds {' and '.join(held)} of a run, which a checkpoint "

@@ -34,38 +34,37 @@ def now() -> str:
 
 
 def git_info() -> dict:
-    """The commit of the code that runs: only when this package is the checkout's own ``adarem/``
-    (an editable install or a run from the repository). A copy installed elsewhere inside some
-    checkout (pip install --target <checkout>/.venv/site) records no commit, not the checkout's.
+    """The commit of the code that runs: only when this package's own files are tracked by the
+    repository around them (an editable install, a run from the repository, or the suite inside a
+    larger monorepo checkout). A copy installed elsewhere inside some checkout (pip install --target
+    <checkout>/.venv/site, untracked there) records no commit, not the checkout's.
     ``diff_sha1`` (when dirty): a hash of the uncommitted changes to tracked files, so that two
-    segments of a run on differently changed code are told apart."""
+    segments of a run on differently changed code are told apart; null when that diff could not be
+    taken (a timeout, an error): the commit and ``dirty`` true are still recorded."""
     package = Path(__file__).resolve().parents[1]  # adarem/ (this file: adarem/run/record.py)
     none = {"commit": None, "dirty": None}
+    git = lambda *args, timeout=10, text=True: subprocess.run(  # noqa: E731
+        ["git", *args], cwd=package, capture_output=True, text=text, check=True, timeout=timeout)
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
-                             timeout=10)
-        if top.returncode != 0 or not top.stdout.strip():
-            return none
-        root = Path(top.stdout.strip()).resolve()
-        if root / package.name != package:  # another checkout's tree around an installed copy
-            return none
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, check=True, timeout=10).stdout.strip())
-        out = {"commit": commit, "dirty": dirty}
-        if dirty:
-            diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True, check=True,
-                                  timeout=30).stdout
-            out["diff_sha1"] = hashlib.sha1(diff).hexdigest()
-        return out
+        git("ls-files", "--error-unmatch", "__init__.py")  # fails for an untracked (installed) copy
+        commit = git("rev-parse", "HEAD").stdout.strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", ":/").stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return none
+    out = {"commit": commit or None, "dirty": dirty}
+    if dirty:
+        try:
+            out["diff_sha1"] = hashlib.sha1(git("diff", "HEAD", "--binary", ":/", timeout=30, text=False).stdout
+                                            ).hexdigest()
+        except (OSError, subprocess.SubprocessError):
+            out["diff_sha1"] = None  # dirty for sure; which changes, unknown
+    return out
 
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("adarem", "torch", "torchvision", "timm", "hydra-core", "wandb", "nvidia-dali-cuda130"):
+    for pkg in ("adarem", "torch", "torchvision", "timm", "numpy", "pillow", "hydra-core", "omegaconf", "wandb",
+                "submitit", "nvidia-dali-cuda130"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -118,6 +117,17 @@ PER_STOP = ("status", "end_time", "error", "signal", "stopped_at_step", "stop_re
 _HARDWARE_KEYS = ("device", "gpu", "torch_threads", "omp_num_threads")
 
 
+# the versions that can change a run's numbers (every version is recorded; only these are compared):
+# not wandb, hydra-core, omegaconf or submitit, which log, configure and launch
+NUMERIC_VERSIONS = ("python", "adarem", "torch", "torchvision", "timm", "numpy", "pillow")
+# recorded from a later version on: compared only when both segments record them
+_LATER_RECORDED = ("numpy", "pillow")
+
+
+def _numeric_version(key: str) -> bool:
+    return key in NUMERIC_VERSIONS or key.startswith("nvidia-dali")
+
+
 def _provenance_items(segment: dict) -> dict:
     git, versions_, hw = (segment.get(k) if isinstance(segment.get(k), dict) else {}
                           for k in ("git", "versions", "hardware"))
@@ -128,10 +138,18 @@ def _provenance_items(segment: dict) -> dict:
     return items
 
 
+def _compared(key: str, x: dict, y: dict) -> bool:
+    if not key.startswith("versions."):
+        return True
+    name = key.split(".", 1)[1]
+    return _numeric_version(name) and (name not in _LATER_RECORDED or (key in x and key in y))
+
+
 def _provenance_differences(a: dict, b: dict) -> list[str]:
-    """The provenance keys (dotted) that differ between two segments."""
+    """The provenance keys (dotted) that differ between two segments and can change its numbers
+    (``_compared``: a version of a logging or launch package does not)."""
     x, y = _provenance_items(a), _provenance_items(b)
-    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k) and _compared(k, x, y))
 
 
 def describe_differences(a: dict, b: dict, keys: list[str]) -> str:
@@ -141,6 +159,36 @@ def describe_differences(a: dict, b: dict, keys: list[str]) -> str:
     return "; ".join(f"{k} {short(x.get(k))} -> {short(y.get(k))}" for k in keys)
 
 
+PROVENANCE = ("git", "versions", "hardware", "world_size")
+
+
+def segment_provenance(record: dict) -> dict:
+    """What a checkpoint stores as its ``provenance``: the current segment's git, versions, hardware
+    and world_size, and the run's ``mixed_provenance`` so far."""
+    segment = (record.get("segments") or [{}])[-1]
+    return {**{k: segment.get(k) for k in PROVENANCE}, "mixed_provenance": list(record.get("mixed_provenance") or [])}
+
+
+def checkpoint_start(ckpt: dict, path: Path, foreign: bool) -> dict:
+    """What ``RunRecord.start`` needs of the checkpoint a start continues."""
+    pos = ckpt.get("position") or {}
+    return {"path": str(Path(path).resolve()), "foreign": foreign, "provenance": ckpt.get("provenance"),
+            "position": {k: pos.get(k) for k in ("global_step", "epoch", "batch", "phase")}}
+
+
+def checkpoint_segment(checkpoint: dict) -> dict:
+    """The first segment of a run continued from a checkpoint with no earlier segment recorded."""
+    seg = {"from_checkpoint": True, "checkpoint": checkpoint["path"], "start_step": None,
+           "end_status": "checkpoint", "stopped_at_step": checkpoint["position"].get("global_step")}
+    prov = checkpoint.get("provenance")
+    if not isinstance(prov, dict):
+        return {**seg, "provenance": "unrecorded", "git": {"commit": None, "dirty": None}}
+    seg.update({k: prov.get(k) for k in PROVENANCE})
+    if prov.get("mixed_provenance"):
+        seg["mixed_provenance"] = list(prov["mixed_provenance"])
+    return seg
+
+
 class RunRecord:
     def __init__(self, run_dir: Path, enabled: bool):
         self.run_dir = Path(run_dir)
@@ -148,7 +196,7 @@ class RunRecord:
         self.data: dict = {}
 
     def start(self, config: dict, world_size: int, device: torch.device, previous: dict | None,
-              start_step: int = 0) -> list[str]:
+              start_step: int = 0, checkpoint: dict | None = None) -> list[str]:
         """Open this segment of the run (a first start, or a restart after a stop or a kill).
 
         Every segment's provenance is kept in ``segments`` (``start_time``, ``start_step``, ``git``,
@@ -159,7 +207,16 @@ class RunRecord:
         segment ran on uncommitted code, ``mixed_provenance`` lists what differed between segments
         (e.g. ``git.commit``, ``versions.torch``, ``hardware.torch_threads``; empty when nothing
         did), and the fields of an earlier stop are cleared. Returns what differs from the previous
-        segment, for a note at the resume."""
+        segment, for a note at the resume.
+
+        ``checkpoint`` (``checkpoint_start``), when this start continues a checkpoint: one of
+        another directory (resume=<path>) is recorded as ``resumed_from``; and where no earlier
+        segment is recorded here (resume=<path>, a run.json moved away), the provenance of the
+        segment that wrote the checkpoint becomes the first segment (``from_checkpoint: true``), so
+        that training on other code before it counts as mixed. A checkpoint of a version that did
+        not store its provenance gives a first segment with ``provenance: "unrecorded"`` and
+        ``mixed_provenance`` ["unrecorded"]: what trained before it is unknown, so it is not called
+        clean."""
         self.data = dict(previous or {})
         segments = [dict(s) for s in self.data.get("segments") or [] if isinstance(s, dict)]
         if previous and not segments:  # a record of a version that kept only the last segment
@@ -169,13 +226,24 @@ class RunRecord:
             ended = {"end_status": previous.get("status")}
             ended.update({k: previous[k] for k in PER_STOP if k in previous and k != "status"})
             segments[-1].update(ended)
+        if checkpoint is not None and checkpoint.get("foreign"):
+            self.data["resumed_from"] = {"path": checkpoint["path"], **checkpoint["position"]}
+        if checkpoint is not None and not segments:
+            segments = [checkpoint_segment(checkpoint)]
         for key in PER_STOP:
             self.data.pop(key, None)
         segment = {"start_time": now(), "start_step": start_step, "git": git_info(), "versions": versions(),
                    "hardware": hardware(device), "world_size": world_size}
-        changed = _provenance_differences(segments[-1], segment) if segments else []
+        changed = (["unrecorded"] if segments[-1].get("provenance") == "unrecorded"
+                   else _provenance_differences(segments[-1], segment)) if segments else []
         segments.append(segment)
-        mixed = sorted({k for s in segments[:-1] for k in _provenance_differences(s, segment)})
+        mixed = {k for s in segments[:-1] if s.get("provenance") != "unrecorded"
+                 for k in _provenance_differences(s, segment)}
+        for s in segments[:-1]:  # what the run a checkpoint came from had already mixed, or that it is unknown
+            if s.get("provenance") == "unrecorded":
+                mixed.add("unrecorded")
+            mixed.update(k for k in s.get("mixed_provenance") or [] if isinstance(k, str))
+        mixed = sorted(mixed)
         git = dict(segment["git"])
         if any((s.get("git") or {}).get("dirty") for s in segments):
             git["dirty"] = True  # some of the training ran on uncommitted code

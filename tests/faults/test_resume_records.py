@@ -4,6 +4,7 @@ included), the provenance of every segment, and no field of an earlier stop once
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 
 import pytest
@@ -99,3 +100,57 @@ def test_a_finished_record_keeps_no_field_of_an_earlier_stop(tmp_path, env):
     assert segs[0]["signal"] == "SIGTERM" and segs[0]["stopped_at_step"] == 2
     assert segs[1]["error"].startswith("OSError") and segs[1]["stopped_at_step"] == 4
     assert [s["start_step"] for s in segs] == [0, 2, 4]
+
+
+@pytest.fixture(scope="module")
+def stopped_at_5(tmp_path_factory, env):
+    """A run stopped at trainer.max_steps=5, whose checkpoint others start from (resume=<path>)."""
+    run_dir = tmp_path_factory.mktemp("source") / "rA"
+    res = run_train(ONE + ["trainer.max_steps=5"], env, run_dir)
+    assert res.returncode == 75, res.stderr[-3000:]
+    return run_dir
+
+
+def test_a_requeue_of_resume_path_continues_the_run_it_started(tmp_path, env, stopped_at_5):
+    """resume=<path> into an empty directory, stopped; the identical command again (a requeue:
+    slurm/train.sbatch keeps the user's resume=<path>) continues that directory's own run, with a
+    note, instead of refusing it; another directory's checkpoint is still refused there."""
+    ckpt, run_dir = stopped_at_5 / "checkpoint.pt", tmp_path / "rB"
+    first = run_train(ONE + ["trainer.max_steps=8", f"resume={ckpt}"], env, run_dir)
+    assert first.returncode == 75, first.stderr[-3000:]
+    record = read_run(run_dir)
+    assert record["resumed_from"] == {"path": str(ckpt.resolve()), "global_step": 5, "epoch": 0, "batch": 5,
+                                      "phase": "train"}
+    again = run_train(ONE + ["trainer.max_steps=10", f"resume={ckpt}"], env, run_dir)
+    assert again.returncode == 75, again.stderr[-3000:]
+    assert "note:" in again.stderr and "continuing it from its own checkpoint at step 8" in again.stderr
+    record = read_run(run_dir)
+    assert [s["start_step"] for s in record["segments"]] == [None, 5, 8]
+    assert record["stopped_at_step"] == 10 and record["resumed_from"]["global_step"] == 5
+    shutil.copy(ckpt, tmp_path / "copy.pt")  # the same checkpoint under another path: not what started it
+    other = run_train(ONE + ["trainer.max_steps=10", f"resume={tmp_path / 'copy.pt'}"], env, run_dir)
+    assert other.returncode == 2 and "already holds" in other.stderr, other.stderr[-3000:]
+
+
+def test_a_run_continued_from_a_checkpoint_records_the_checkpoints_provenance(tmp_path, env, stopped_at_5):
+    """A checkpoint written on other code (its stored provenance) starts a run in a new directory:
+    its segment comes first (from_checkpoint) and the run is mixed in git.commit, with a note; a
+    checkpoint of an older version without provenance: mixed_provenance says "unrecorded"."""
+    ckpt = torch.load(stopped_at_5 / "checkpoint.pt", weights_only=False)
+    assert set(ckpt["provenance"]) == {"git", "versions", "hardware", "world_size", "mixed_provenance"}
+    ckpt["provenance"]["git"] = {"commit": "0" * 40, "dirty": False}
+    torch.save(ckpt, tmp_path / "other_code.pt")
+    res = run_train(ONE + ["trainer.max_steps=7", f"resume={tmp_path / 'other_code.pt'}"], env, tmp_path / "a")
+    assert res.returncode == 75, res.stderr[-3000:]
+    assert "git.commit 0000000000 -> " in res.stderr
+    record = read_run(tmp_path / "a")
+    first = record["segments"][0]
+    assert first["from_checkpoint"] is True and first["git"]["commit"] == "0" * 40 and first["stopped_at_step"] == 5
+    assert "git.commit" in record["mixed_provenance"] and len(record["segments"]) == 2
+    del ckpt["provenance"]
+    torch.save(ckpt, tmp_path / "older.pt")
+    res = run_train(ONE + ["trainer.max_steps=7", f"resume={tmp_path / 'older.pt'}"], env, tmp_path / "b")
+    assert res.returncode == 75, res.stderr[-3000:]
+    assert "records no provenance" in res.stderr
+    record = read_run(tmp_path / "b")
+    assert record["mixed_provenance"] == ["unrecorded"] and record["segments"][0]["provenance"] == "unrecorded"
