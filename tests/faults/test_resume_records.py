@@ -46,6 +46,8 @@ def test_resume_mid_window_keeps_every_oscillation_record(tmp_path, env, osc_ref
     a = torch.load(osc_reference / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the final checkpoint of a finished run is never resumed into a window: it holds none
+    assert "oscillation" not in torch.load(osc_reference / "checkpoint.pt", weights_only=False)
 
 
 ONE = ["trainer.epochs=1"]
