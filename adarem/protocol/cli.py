@@ -166,9 +166,11 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
              f"({','.join(f'{m:g}' for m in repeated)}); give each factor once")
     if not own["lr_grid"] and not (own["lr_step"] > 0 and own["lr_span"] >= 0):
         fail(f"lr_span={own['lr_span']} must be >= 0 and lr_step={own['lr_step']} > 0")
-    if not own["lr_grid"] and own["lr_span"] > 0 and int(round(own["lr_span"] / own["lr_step"])) == 0:
-        fail(f"lr_span={own['lr_span']:g} with lr_step={own['lr_step']:g} is no step either side: the grid would be "
-             f"the default lr alone; give lr_span >= lr_step/2, or lr_span=0 to train the default lr only")
+    steps = own["lr_span"] / own["lr_step"] if not own["lr_grid"] and own["lr_step"] > 0 else 0
+    if not own["lr_grid"] and (abs(steps - round(steps)) > 1e-6 or (own["lr_span"] > 0 and round(steps) == 0)):
+        # the grid is whole steps of lr_step: any other span would be rounded to one silently
+        fail(f"lr_span={own['lr_span']:g} is not a whole number of lr_step={own['lr_step']:g} steps "
+             f"({steps:.3g}); give a multiple of lr_step, or lr_span=0 to train the default lr only")
     if own["seeds"] > SELECT_SEED0:  # the final seeds 0.. and the selection seeds 1000.. are disjoint
         fail(f"seeds={own['seeds']}: the final seeds 0..{own['seeds'] - 1} would overlap the selection seeds "
              f"{SELECT_SEED0}..; at most {SELECT_SEED0} final seeds")
@@ -425,6 +427,7 @@ def compare(argv: list[str]) -> int:
     import pandas as pd
 
     from adarem.results import CLAIMS_FILE, write_report
+    from adarem.results.report import staged_output
     from adarem.results.comparisons import write_manifest
     from adarem.results.plots import plot_selection
 
@@ -452,15 +455,14 @@ def compare(argv: list[str]) -> int:
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + code + \
         "\n" + selection_table(searches, chosen, select_seeds, factors) + \
         "\n![holdout error against lr](plots/selection_lr.png)\n"
-    out.mkdir(parents=True, exist_ok=True)
     selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"],
                                                ascending=[False, True, True, True, True])
-    plot_selection(selection, out / "plots" / "selection_lr.png")
-    text = write_report(rs, out, CLAIMS_FILE, command, preamble=preamble)
-    # selection.csv last, atomically: it and tables.md are both this comparison's, or neither is
-    tmp = out / ".selection.csv.tmp"
-    selection.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, out / "selection.csv")
+    # the whole report is written aside and moved into out only once complete: a report that fails
+    # midway (a full disk, a plot that raises) leaves out as it was, never half this comparison's
+    with staged_output(out) as staging:
+        plot_selection(selection, staging / "plots" / "selection_lr.png")
+        text = write_report(rs, staging, CLAIMS_FILE, command, preamble=preamble)
+        selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
     # which finals are this comparison's, for make_tables on the runs folder later: written once the
     # report is, so that a comparison that failed never becomes the newest
     finals_chosen = {opt: {"lr": lr, "weight_decay": wd} for opt, (lr, wd, *_) in chosen.items()}

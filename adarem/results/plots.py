@@ -61,10 +61,15 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
         osc_groups = []
         for opt, g in runs.groupby("optimizer"):
-            ev = rs.evals[rs.evals.run_dir.isin(g.run_dir)]
+            # the runs the tables read curves from: none with holes in its curve (lines lost, NaN
+            # evaluations); train loss and oscillation from finished runs only, not a diverged
+            # run's partial history (its val error is drawn up to where it stopped)
+            whole = g[g.curve_gap.fillna("").astype(str) == ""] if "curve_gap" in g else g
+            finished = whole[whole.status == "finished"]
+            ev = rs.evals[rs.evals.run_dir.isin(whole.run_dir)]
             label = _label(opt, g)
             _band(axes[0], mean_ci(ev, "step", "val_top1_err"), "step", label)
-            it = rs.iters[rs.iters.run_dir.isin(g.run_dir)]
+            it = rs.iters[rs.iters.run_dir.isin(finished.run_dir)]
             if not it.empty:
                 y = "train_loss_window" if it.train_loss_window.notna().all() else "loss"
                 _band(axes[1], mean_ci(it, "step", y), "step", label)
@@ -74,9 +79,10 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
                 ev = ev.assign(k=ev.groupby("run_dir").cumcount())
                 wall = ev.groupby("k").wall_time_s.mean().rename("wall")
                 _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label)
-            osc = rs.oscillation[rs.oscillation.run_dir.isin(g.run_dir)]
+            osc = rs.oscillation[rs.oscillation.run_dir.isin(finished.run_dir)]
             if not osc.empty:
-                osc_groups.append((label, osc))
+                # path efficiency depends on its window: runs of other windows are never averaged
+                osc_groups.append((label, osc, set(finished.osc_window) if "osc_window" in finished else set()))
         for ax, (xlabel, ylabel) in zip(axes, [("optimizer step", "val top-1 error (%)"),
                                                ("optimizer step", "train loss (window mean)"),
                                                ("training wall-clock (s)", "val top-1 error (%)")]):
@@ -98,9 +104,21 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
 
 
 def _plot_oscillation(groups, path: Path, title: str) -> Path:
+    """``groups``: (label, oscillation lines, the runs' path windows) per optimizer. Path efficiency
+    depends on its window: a group whose runs used several is not drawn, and where the groups'
+    windows differ each label names its own."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, osc in groups:
-        _band(axes[0], mean_ci(osc, "step", "path_efficiency"), "step", label)
+    differ = len({frozenset(w) for _, _, w in groups}) > 1
+    for label, osc, windows in groups:
+        one_window = len(windows) <= 1 and not any("/" in str(w) for w in windows)  # "10/200": a run of two
+        if not one_window:
+            label = f"{label}, mixed windows: path efficiency not drawn"
+        elif differ:
+            label = f"{label}, window {next(iter(windows), '?')}"
+        if one_window:
+            _band(axes[0], mean_ci(osc, "step", "path_efficiency"), "step", label)
+        else:
+            axes[0].plot([], [], label=label)  # keeps the colours of both panels in step
         _band(axes[1], mean_ci(osc, "step", "flip_fraction"), "step", label)
     for ax, ylabel in zip(axes, ["path efficiency (1 = straight)", "update sign-flip fraction"]):
         ax.set_xlabel("optimizer step")

@@ -469,7 +469,8 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
     gaps = []
     lost = run.get("metrics_lines_lost")
     if _is_number(lost) and lost > 0:
-        gaps.append(f"{lost:g} metrics.jsonl line(s) lost after a crash (run.json metrics_lines_lost)")
+        gaps.append(f"{lost:g} metrics.jsonl line(s) missing (run.json metrics_lines_lost: lost after a crash, "
+                    f"or written before a resume=<path> from another directory)")
     if nonfinite:
         gaps.append(f"{len(nonfinite)} evaluation(s) with a non-finite val error (metrics.jsonl line"
                     f"{'s' if len(nonfinite) > 1 else ''} {', '.join(map(str, nonfinite[:5]))}"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -127,9 +131,15 @@ def segment_notes(runs: pd.DataFrame) -> list[dict]:
     if runs.empty or "mixed_provenance" not in runs:
         return []
     mixed = runs[runs.mixed_provenance.notna() & (runs.mixed_provenance.astype(str) != "")]
-    return [{"run_dir": r.run_dir, "problem": f"resumed with other {r.mixed_provenance} than it started with "
-             f"(run.json segments): its numbers come from more than one setup; rerun it in one piece for a "
-             f"clean comparison"} for r in mixed.itertuples()]
+    notes = []
+    for r in mixed.itertuples():
+        keys = [k.strip() for k in str(r.mixed_provenance).split(",") if k.strip() != "unrecorded"]
+        what = ([f"resumed with other {', '.join(keys)} than it started with"] if keys else []) + \
+            (["continued from a checkpoint that records no code, versions or hardware"]
+             if "unrecorded" in str(r.mixed_provenance) else [])
+        notes.append({"run_dir": r.run_dir, "problem": f"{'; '.join(what)} (run.json segments): its numbers may "
+                      f"come from more than one setup; rerun it in one piece for a clean comparison"})
+    return notes
 
 
 def truncation_notes(runs: pd.DataFrame) -> list[dict]:
@@ -212,14 +222,47 @@ def remove_stale(out_dir: Path, written: set[Path]) -> list[Path]:
     return stale
 
 
+# moved into place last: their presence says the rest of the report is there
+_LAST = ("selection.csv", "tables.md")
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path):
+    """Yield a fresh hidden sibling of ``out_dir`` to write a report into; once the block ends
+    without an error, move every file of it into ``out_dir`` (tables.md and selection.csv last) and
+    remove the OWNED files there that it did not hold. A report that fails midway (a full disk, a
+    plot that raises) leaves ``out_dir`` as it was: never new tables beside an old tables.md."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        yield staging
+        files = sorted((p for p in staging.rglob("*") if p.is_file()),
+                       key=lambda p: (p.relative_to(staging).as_posix() in _LAST, p.as_posix()))
+        moved = set()
+        for src in files:
+            dst = out_dir / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            moved.add(dst)
+        remove_stale(out_dir, moved)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),
                  preamble: str = "") -> str:
     """tables.md (+ CSV, LaTeX, plots) in out_dir; ``preamble`` (Markdown) goes right after the
-    title line, before the tables. Every file of OWNED_FILES / OWNED_PLOTS there that this report
-    does not write (a table without rows, claims without a claims file, a setting no longer in the
-    runs) is removed: what lies beside tables.md is always this report's."""
+    title line, before the tables. All of it is written aside and moved in once complete
+    (``staged_output``); every file of OWNED_FILES / OWNED_PLOTS there that this report does not
+    write (a table without rows, claims without a claims file, a setting no longer in the runs) is
+    removed: what lies beside tables.md is always this report's."""
+    with staged_output(out_dir) as staging:
+        return _write_report(rs, staging, claims_path, command, offsets, preamble)
+
+
+def _write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets, preamble: str) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: set[Path] = set()
     tables = {
         "test_error": error_table(rs),
         "speed": speed_table(rs, offsets),
@@ -237,7 +280,6 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
         if df.empty:
             continue
         df.to_csv(out_dir / f"{name}.csv", index=False)
-        written |= {out_dir / f"{name}.csv", out_dir / f"{name}.tex"}
         (out_dir / f"{name}.tex").write_text(df.to_latex(index=False, escape=True, column_format="l" * len(df.columns))
                                              .replace("\\toprule", "\\toprule").replace("\\midrule", "\\midrule"))
         parts.append(f"## {titles[name]}\n\n{notes.get(name, '')}{df.to_markdown(index=False)}\n")
@@ -245,7 +287,6 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
         verdicts = evaluate_claims(rs, load_claims(claims_path), target_offset=offsets[0])
         if not verdicts.empty:
             verdicts[CSV_COLUMNS].to_csv(out_dir / "claims.csv", index=False)
-            written.add(out_dir / "claims.csv")
             parts.append(claims_markdown(verdicts))
     notes = (selection_notes(rs.runs) + code_notes(rs.runs) + segment_notes(rs.runs) + torch_notes(rs.runs)
              + truncation_notes(rs.runs)
@@ -254,7 +295,6 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
     problems = pd.concat([rs.problems_frame, pd.DataFrame(notes, columns=["run_dir", "problem"])], ignore_index=True)
     parts.append("## Excluded or flagged runs\n\n" + (problems.to_markdown(index=False) if not problems.empty else "None.") + "\n")
     pngs = plot_curves(rs, out_dir / "plots")
-    remove_stale(out_dir, written | set(pngs))
     if pngs:
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pngs) + "\n")
     text = "\n".join(parts)

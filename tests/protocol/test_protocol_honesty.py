@@ -196,7 +196,9 @@ def test_the_slurm_launcher_launches_a_finished_trial_whose_data_it_cannot_check
 @pytest.mark.parametrize("argv, says", [
     (["seed=3"], "seed=3 is set by the protocol for every trial"),
     (["seeds=1001"], "would overlap the selection seeds"),
-    (["lr_span=0.2"], "is no step either side"),
+    (["lr_span=0.2"], "lr_span=0.2 is not a whole number of lr_step=0.5 steps (0.4)"),
+    (["lr_span=0.25"], "is not a whole number of lr_step=0.5 steps (0.5)"),  # rounds to 0 steps
+    (["lr_span=1", "lr_step=0.3"], "is not a whole number of lr_step=0.3 steps (3.33)"),  # was ±0.9
     (["lr_grid=0.1,1,1.0000001,10"], "factors 1,1.0000001 give sgd lrs that are written the same (0.1"),
     (["lr_span=1e-6", "lr_step=1e-7"], "are written the same"),
 ])

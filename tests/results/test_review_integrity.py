@@ -165,7 +165,7 @@ def test_a_run_with_lost_metrics_lines_is_flagged_and_out_of_the_curve_metrics(t
     v = _by_claim(rs).loc["lower_error_than_sgd"]
     assert v.n_subject == 3  # final error: every run
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
-    assert text.count("1 metrics.jsonl line(s) lost after a crash (run.json metrics_lines_lost)") == 2
+    assert text.count("1 metrics.jsonl line(s) missing (run.json metrics_lines_lost") == 2
     assert "left out of best error, steps and seconds to target" in text
 
 
@@ -334,7 +334,10 @@ def test_a_run_resumed_on_other_code_or_threads_is_flagged(tmp_path):
     write_report(load_runs(root), out, claims_path=None, command="make_tables")
     flagged = [line for line in (out / "tables.md").read_text().splitlines() if "run.json segments" in line]
     assert len(flagged) == 1, flagged
-    assert "adarem0" in flagged[0] and "git.commit, hardware.torch_threads" in flagged[0]
+    assert "adarem0" in flagged[0] and "other git.commit, hardware.torch_threads than" in flagged[0]
+    _edit_record(mixed, mixed_provenance=["unrecorded"])  # continued from a checkpoint of an older version
+    write_report(load_runs(root), out, claims_path=None, command="make_tables")
+    assert "continued from a checkpoint that records no code, versions or hardware" in (out / "tables.md").read_text()
 
 
 def test_an_epoch_line_without_a_rate_is_not_an_epoch_at_zero_images_per_s(tmp_path):
@@ -346,3 +349,68 @@ def test_an_epoch_line_without_a_rate_is_not_an_epoch_at_zero_images_per_s(tmp_p
     del next(r for r in lines if r["type"] == "epoch")["images_per_s"]
     _write_lines(d, lines)
     assert load_runs(root).runs.set_index("run_dir").images_per_s.iloc[0] == pytest.approx(100.0)
+
+
+def test_a_report_that_fails_midway_leaves_its_output_folder_as_it_was(tmp_path, monkeypatch):
+    """A report is written aside and moved in once complete: a plot that raises (here a full
+    disk) used to leave new CSVs and claims beside the previous tables.md and selection.csv."""
+    import adarem.results.report as report
+
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, 9.0 + 0.1 * s])
+        make_run(root, f"adarem{s}", "adarem", s, [30.0, 14.0, 8.0 + 0.1 * s])
+    out = tmp_path / "out"
+    out.mkdir()
+    before = {"tables.md": "old tables", "selection.csv": "old selection", "claims.csv": "old claims",
+              "notes.txt": "the user's"}
+    for name, text in before.items():
+        (out / name).write_text(text)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "plot_curves", full_disk)
+    with pytest.raises(OSError):
+        write_report(load_runs(root), out, CLAIMS_FILE, "make_tables")
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]  # no staging folder left
+
+    monkeypatch.undo()
+    write_report(load_runs(root), out, CLAIMS_FILE, "make_tables")
+    assert (out / "test_error.csv").is_file() and (out / "tables.md").read_text() != "old tables"
+    assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_the_plots_leave_out_what_the_tables_leave_out(tmp_path, monkeypatch):
+    """The curve and oscillation plots drew a diverged run's train loss and oscillation, runs with
+    holes in their curves, and path efficiency averaged over runs of different windows, all of
+    which the tables leave out or keep apart."""
+    import adarem.results.plots as plots
+
+    root = tmp_path / "runs"
+    for s in range(3):
+        _osc(make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + 0.1 * s]), [0.2] * 2, [0.6] * 2)
+    div = make_run(root, "adarem_div", "adarem", 3, [30.0], status="diverged")
+    _osc(div, [0.95], [0.01])
+    gap = make_run(root, "adarem_gap", "adarem", 4, [30.0, 15.0, 8.0])
+    _osc(gap, [0.2] * 2, [0.6] * 2)
+    _edit_record(gap, metrics_lines_lost=2)
+    for s in range(2):  # sgd: its two runs measured path efficiency over different windows
+        _osc(make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, 9.0]), [0.3] * 2, [0.4] * 2, window=10 * (s + 1))
+    drawn = []
+    real = plots.mean_ci
+
+    def spy(frame, x, y, level=0.95):
+        drawn.append((y, set(frame.run_dir)))
+        return real(frame, x, y, level)
+
+    monkeypatch.setattr(plots, "mean_ci", spy)
+    plots.plot_curves(load_runs(root), tmp_path / "plots")
+    runs_of = lambda y: set().union(*(dirs for what, dirs in drawn if what == y))  # noqa: E731
+    assert not any("adarem_gap" in d for y, dirs in drawn for d in dirs)
+    assert not any("adarem_div" in d for y in ("train_loss_window", "path_efficiency", "flip_fraction")
+                   for d in runs_of(y))
+    assert any("adarem_div" in d for d in runs_of("val_top1_err"))  # drawn up to where it stopped
+    assert not any("sgd" in d for d in runs_of("path_efficiency"))  # two windows: not averaged
+    assert any("sgd" in d for d in runs_of("flip_fraction"))
