@@ -36,12 +36,19 @@ import torch
 from torch import nn
 
 
+def path_window(every: int, window: int | None = None) -> int:
+    """The window k (in steps) path efficiency is measured over, for a record every ``every``
+    steps (0: off): ``window`` or ``every``, at most ``every`` (windows never overlap) and at least 2
+    (the flips need two consecutive updates inside it) unless every step is recorded. The tables
+    derive it for records written before ``path_window`` was logged."""
+    k = window or every
+    return max(1, min(k, every)) if every == 1 else max(2, min(k, every)) if every > 0 else 0
+
+
 class OscillationTracker:
     def __init__(self, model: nn.Module, every: int, window: int | None = None):
         self.every = every
-        k = window or every
-        # the flips need two consecutive updates inside the window; windows never overlap
-        self.window = max(1, min(k, every)) if every == 1 else max(2, min(k, every)) if every > 0 else 0
+        self.window = path_window(every, window)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._tensors = [p for _, p in self.params]
         self._start: list[torch.Tensor] | None = None

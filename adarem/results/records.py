@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adarem.oscillation import path_window
 from adarem.results.comparisons import newest_comparison_only
 from adarem.run.identity import is_neutral
 from adarem.run.record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, flatten
@@ -414,7 +415,7 @@ def _oscillation_window(osc_lines: list[dict], every) -> str:
     oscillation_every) are joined by "/"; "" without oscillation lines."""
     if not osc_lines:
         return ""
-    default = (1 if every == 1 else max(2, every)) if _is_int(every) and every > 0 else None
+    default = path_window(every) if _is_int(every) and every > 0 else None
     windows = {r.get("path_window") if r.get("path_window") is not None else default for r in osc_lines}
     return "/".join(sorted((str(w) if w is not None else "unrecorded" for w in windows),
                            key=lambda w: (not w.isdigit(), int(w) if w.isdigit() else 0, w)))
@@ -442,10 +443,9 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
     evals = [r for r in epochs if "val_top1_err" in r and r["val_top1_err"] is not None]
     # a non-finite val error (NaN: nothing was counted) is no evaluation: never a best error (min()
     # with NaN first returns NaN), never a point of the curve
-    every_eval = [r for r in lines if r.get("type") in ("eval", "epoch") and _is_number(r.get("val_top1_err"))]
-    nonfinite = [n for n, r in numbered if r.get("type") in ("eval", "epoch") and _is_number(r.get("val_top1_err"))
-                 and not math.isfinite(r["val_top1_err"])]
-    every_eval = [r for r in every_eval if math.isfinite(r["val_top1_err"])]
+    scored = [(n, r) for n, r in numbered if r.get("type") in ("eval", "epoch") and _is_number(r.get("val_top1_err"))]
+    nonfinite = [n for n, r in scored if not math.isfinite(r["val_top1_err"])]
+    every_eval = [r for _, r in scored if math.isfinite(r["val_top1_err"])]
     if status == "finished" and not evals:
         return {"listed": listed, "problem": "finished but no evaluated epoch in metrics.jsonl: excluded"}
     trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}

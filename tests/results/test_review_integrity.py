@@ -15,22 +15,12 @@ from adarem.results import CLAIMS_FILE, load_runs, write_report
 from adarem.results.claims import evaluate_claims, load_claims
 from adarem.results.tables import error_table, oscillation_table, speed_table
 from tests.conftest import REPO
-from tests.results.test_tables import make_run
+from tests.results.test_tables import _retag, make_run
 
 
 def _edit_record(d, **top):
     record = json.loads((d / "run.json").read_text())
     record.update(top)
-    (d / "run.json").write_text(json.dumps(record))
-
-
-def _edit_config(d, dotted, value):
-    record = json.loads((d / "run.json").read_text())
-    node = record["config"]
-    *path, key = dotted.split(".")
-    for k in path:
-        node = node.setdefault(k, {})
-    node[key] = value
     (d / "run.json").write_text(json.dumps(record))
 
 
@@ -203,7 +193,7 @@ def test_a_rerun_into_the_same_out_leaves_no_file_of_the_previous_runs(tmp_path)
     for s in range(2):
         make_run(a, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + s], osc=[0.4, 0.5])
         make_run(a, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + s], osc=[0.2, 0.3])
-        _edit_config(make_run(b, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + s]), "data.name", "other")
+        _retag(make_run(b, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + s]), **{"data.name": "other"})
     out = tmp_path / "X"
     (out / "plots").mkdir(parents=True)
     keep = {"README.md": "mine", "selection.csv": "compare's", "notes.txt": "mine", "plots/selection_lr.png": "png"}
@@ -304,9 +294,9 @@ def test_a_malformed_record_is_excluded_with_its_reason_not_a_traceback(tmp_path
     elif case == "val_err_string":
         lines[0]["val_top1_err"] = "9"
     elif case == "lr_string":
-        _edit_config(bad, "optimizer.lr", "0.1")
+        _retag(bad, **{"optimizer.lr": "0.1"})
     elif case == "epochs_string":
-        _edit_config(bad, "trainer.epochs", "3")
+        _retag(bad, **{"trainer.epochs": "3"})
     _write_lines(bad, lines)
     out = tmp_path / "out"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(root), "--out", str(out)],
