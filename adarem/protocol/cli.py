@@ -276,36 +276,13 @@ def trial_overrides(base: list[str], evals: list[str], runs_root: Path, opt: str
 
 def load_own_runs(run_dirs: list[str]):
     """adarem.results.load_runs on exactly these run directories and nothing else of their folder:
-    load_runs reads a whole tree and keeps the first started of two runs it cannot tell apart (its
+    on the whole tree, load_runs keeps the first started of two runs it cannot tell apart (its
     config_id ignores keys the run-directory hash includes, trainer.oscillation_every say), which
-    could be another comparison's. The directories are read through a folder of links to them, and
-    the RunSet names them as given."""
-    import tempfile
-
+    could be another comparison's. The RunSet names them as given; one that does not exist is a
+    problem ("no run directory: excluded")."""
     from adarem.results import load_runs
-    from adarem.results.records import RunSet
 
-    with tempfile.TemporaryDirectory(prefix="adarem-finals-") as farm:
-        names = {}
-        for i, d in enumerate(dict.fromkeys(run_dirs)):
-            link = Path(farm) / f"{i:05d}"
-            if Path(d).is_dir():
-                link.symlink_to(Path(d).resolve(), target_is_directory=True)
-            names[str(link)] = str(d)
-        rs = load_runs(Path(farm), newest_comparison=False)
-
-    def rename(df):
-        if df.empty or "run_dir" not in df:
-            return df
-        df = df.copy()
-        df["run_dir"] = df.run_dir.map(lambda d: names.get(str(d), d))
-        return df
-
-    problems = [dict(p, run_dir=names.get(str(p["run_dir"]), p["run_dir"])) for p in rs.problems]
-    missing = [{"run_dir": d, "problem": "no run directory: excluded"} for d in dict.fromkeys(run_dirs)
-               if not Path(d).is_dir()]
-    return RunSet(rename(rs.runs), rename(rs.epochs), rename(rs.oscillation), problems + missing, rename(rs.evals),
-                  rename(rs.iters))
+    return load_runs(run_dirs=list(run_dirs), newest_comparison=False)
 
 
 def compare(argv: list[str]) -> int:

@@ -548,16 +548,44 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
     return out
 
 
-def load_runs(root: Path, newest_comparison: bool = True) -> RunSet:
-    """Every run record under ``root``. ``newest_comparison``: where compare.py's manifests say
-    which finals are which comparison's, each optimizer's runs are its newest comparison's
-    (adarem/results/comparisons.py); compare.py's own report, which names its runs, turns it off."""
+def _given_run_dirs(run_dirs) -> tuple[list[tuple[str, Path]], list[dict]]:
+    """(name as given, path) of each directory of ``run_dirs`` that exists, each real folder once
+    (the first spelling of it); a problem for each that does not."""
+    entries, problems, seen = [], [], set()
+    for d in run_dirs:
+        real = os.path.realpath(d)
+        if real in seen:
+            continue
+        seen.add(real)
+        if Path(d).is_dir():
+            entries.append((str(d), Path(d)))
+        else:
+            problems.append({"run_dir": str(d), "problem": "no run directory: excluded"})
+    return entries, problems
+
+
+def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_dirs=None) -> RunSet:
+    """Every run record under ``root``, or exactly the directories ``run_dirs`` (not what lies
+    beside them; each named as given, read once; one that does not exist, or holds no record, is a
+    problem), never both. ``newest_comparison``: where compare.py's manifests say which finals are
+    which comparison's, each optimizer's runs are its newest comparison's
+    (adarem/results/comparisons.py); compare.py's own report, which names its runs, turns it off.
+    Of two runs of one configuration and seed, the first started is kept (``run_dirs``: only
+    among those given)."""
+    if (root is None) == (run_dirs is None):
+        raise TypeError("load_runs reads a root folder or a list of run_dirs: give one of them")
     rows, epoch_rows, osc_rows, eval_rows, iter_rows, problems = [], [], [], [], [], []
     listed = []  # every record read, complete or not: which comparison covers which optimizer
     settings: dict[str, dict] = {}  # setting id -> its items, for labels
     setting_configs: dict[str, dict] = {}  # setting id -> a flattened config of one of its runs
-    for run_dir in find_run_dirs(root):
-        rel = str(run_dir)
+    if run_dirs is None:
+        entries = [(str(d), d) for d in find_run_dirs(Path(root))]
+    else:
+        entries, problems = _given_run_dirs([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else run_dirs)
+    for rel, run_dir in entries:
+        if not (run_dir / RUN_JSON).exists() and not (run_dir / METRICS).exists():  # a given folder, not a run
+            problems.append({"run_dir": rel, "problem": "no run record (run.json, metrics.jsonl): excluded"})
+            continue
         numbered, bad = read_metrics_lines(run_dir / METRICS, numbered=True)
         problems += [{"run_dir": rel, "problem": b} for b in bad]
         try:
