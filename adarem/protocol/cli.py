@@ -285,6 +285,22 @@ def load_own_runs(run_dirs: list[str]):
     return load_runs(run_dirs=list(run_dirs), newest_comparison=False)
 
 
+def write_comparison_report(out: Path, rs, selection, command: str, preamble: str) -> str:
+    """The comparison's report (the selection plot, the tables, claims and plots of its finals, and
+    selection.csv) written aside in one staging folder and moved into ``out`` only once complete: a
+    report that fails midway (a full disk, a plot that raises) leaves out as it was, never half this
+    comparison's (adarem.results.report.staged_output). Returns tables.md's text."""
+    from adarem.results import CLAIMS_FILE
+    from adarem.results.plots import plot_selection
+    from adarem.results.report import staged_output, write_report_into
+
+    with staged_output(out) as staging:
+        plot_selection(selection, staging / "plots" / "selection_lr.png")
+        text = write_report_into(rs, staging, CLAIMS_FILE, command, preamble=preamble)
+        selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
+    return text
+
+
 def compare(argv: list[str]) -> int:
     """The whole comparison: search (with extension), finals, selection.csv and the report."""
     own, passthrough = parse(argv)
@@ -403,10 +419,7 @@ def compare(argv: list[str]) -> int:
 
     import pandas as pd
 
-    from adarem.results import CLAIMS_FILE, write_report
-    from adarem.results.report import staged_output
     from adarem.results.comparisons import write_manifest
-    from adarem.results.plots import plot_selection
 
     for opt, srch in searches.items():
         for (lr, wd, seed), res in sorted(srch.results.items()):
@@ -434,12 +447,7 @@ def compare(argv: list[str]) -> int:
         "\n![holdout error against lr](plots/selection_lr.png)\n"
     selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"],
                                                ascending=[False, True, True, True, True])
-    # the whole report is written aside and moved into out only once complete: a report that fails
-    # midway (a full disk, a plot that raises) leaves out as it was, never half this comparison's
-    with staged_output(out) as staging:
-        plot_selection(selection, staging / "plots" / "selection_lr.png")
-        text = write_report(rs, staging, CLAIMS_FILE, command, preamble=preamble)
-        selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
+    text = write_comparison_report(out, rs, selection, command, preamble)
     # which finals are this comparison's, for make_tables on the runs folder later: written once the
     # report is, so that a comparison that failed never becomes the newest
     finals_chosen = {opt: {"lr": lr, "weight_decay": wd} for opt, (lr, wd, *_) in chosen.items()}

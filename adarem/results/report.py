@@ -256,12 +256,16 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
     title line, before the tables. All of it is written aside and moved in once complete
     (``staged_output``); every file of OWNED_FILES / OWNED_PLOTS there that this report does not
     write (a table without rows, claims without a claims file, a setting no longer in the runs) is
-    removed: what lies beside tables.md is always this report's."""
+    removed: what lies beside tables.md is always this report's. A caller that stages more files
+    with the report (compare.py) calls ``write_report_into`` inside its own ``staged_output``."""
     with staged_output(out_dir) as staging:
-        return _write_report(rs, staging, claims_path, command, offsets, preamble)
+        return write_report_into(rs, staging, claims_path, command, offsets, preamble)
 
 
-def _write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets, preamble: str) -> str:
+def write_report_into(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),
+                      preamble: str = "") -> str:
+    """What ``write_report`` writes, written straight into ``out_dir``: a staging folder of
+    ``staged_output``, which moves it into place and removes the stale OWNED files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {
         "test_error": error_table(rs),

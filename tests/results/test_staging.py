@@ -3,9 +3,12 @@ folder that a killed writer does not leave behind for good."""
 
 from __future__ import annotations
 
+import os
 
+import pandas as pd
 import pytest
 
+import adarem.results.report as report
 from adarem.protocol import cli
 from adarem.results import load_runs
 from tests.results.test_tables import make_run
@@ -41,3 +44,83 @@ def test_load_runs_reads_exactly_the_given_run_dirs_named_as_given(tmp_path):
         load_runs(root, run_dirs=[str(newer)])
     with pytest.raises(TypeError):
         load_runs()
+
+
+# --- compare's report: one staging folder --------------------------------------------------------------
+
+
+def _finals(root):
+    dirs = []
+    for s in range(3):
+        dirs.append(str(make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, 9.0 + 0.1 * s])))
+        dirs.append(str(make_run(root, f"adarem{s}", "adarem", s, [30.0, 14.0, 8.0 + 0.1 * s])))
+    return dirs
+
+
+def _selection(dirs):
+    rows = [dict(optimizer=opt, lr=lr, weight_decay=0.0, seed=1000, stage="select", status="finished",
+                 score=20.0 - lr, chosen=lr == 0.1, holdout_loss=0.5, run_dir="x", commit="c", dirty=False)
+            for opt in ("sgd", "adarem") for lr in (0.01, 0.1)]
+    rows += [dict(optimizer=d.rsplit("/", 1)[1][:-1], lr=0.1, weight_decay=0.0, seed=int(d[-1]), stage="final",
+                  status="finished", score=9.0, chosen=True, holdout_loss=float("nan"), run_dir=d, commit="c",
+                  dirty=False) for d in dirs]
+    return pd.DataFrame(rows)
+
+
+def _user_out(tmp_path):
+    out = tmp_path / "results"
+    (out / "runs" / "r").mkdir(parents=True)
+    (out / "plots").mkdir()
+    before = {"README.md": "the user's readme", "notes.txt": "the user's", "runs/r/run.json": "{}",
+              "tables.md": "old tables", "selection.csv": "old selection",
+              "oscillation.csv": "an older report's", "plots/curves_gone.png": "an older report's"}
+    for name, text in before.items():
+        (out / name).write_text(text)
+    return out, before
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_compares_report_is_staged_once_and_keeps_every_guarantee(tmp_path, monkeypatch):
+    """compare staged its report and write_report staged it again inside: every file moved twice,
+    through two hidden staging folders."""
+    dirs = _finals(tmp_path / "runs" / "final")
+    rs, selection = cli.load_own_runs(dirs), _selection(dirs)
+    out, before = _user_out(tmp_path)
+    snapshot = _tree(out)
+
+    # midway failure: out/ is left exactly as it was, and no staging folder is left
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "plot_curves", full_disk)
+    with pytest.raises(OSError):
+        cli.write_comparison_report(out, rs, selection, "compare", "## Provenance\n")
+    assert _tree(out) == snapshot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "runs"]
+    monkeypatch.undo()
+
+    real_replace, moves, stagings = os.replace, [], []
+
+    def replace(src, dst):  # the real move, recorded, with the staging folders present at that moment
+        moves.append(os.path.relpath(dst, out) if str(dst).startswith(str(out) + os.sep) else "elsewhere")
+        stagings.append(sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    text = cli.write_comparison_report(out, rs, selection, "compare", "## Provenance\n")
+    monkeypatch.undo()
+    assert "## Provenance" in text and (out / "tables.md").read_text() == text
+    assert "elsewhere" not in moves and len(moves) == len(set(moves)), moves  # every file moved once, into out
+    assert {"tables.md", "selection.csv", "test_error.csv", "claims.csv", "plots/selection_lr.png"} <= set(moves)
+    assert moves[-2:] == ["selection.csv", "tables.md"]
+    assert all(len(s) == 1 for s in stagings), stagings  # one staging folder
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # OWNED files it did not write are removed; the README, runs/ and the user's files are not
+    after = _tree(out)
+    assert "oscillation.csv" not in after and "plots/curves_gone.png" not in after
+    for name in ("README.md", "notes.txt", "runs/r/run.json"):
+        assert after[name] == before[name].encode()
+    assert ".writer.json" not in after
