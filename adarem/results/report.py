@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -224,6 +228,103 @@ def remove_stale(out_dir: Path, written: set[Path]) -> list[Path]:
 
 # moved into place last: their presence says the rest of the report is there
 _LAST = ("selection.csv", "tables.md")
+# in a staging folder: who writes it (host, pid, the pid's start time and namespace), never moved
+WRITER_MARKER = ".writer.json"
+# a staging folder whose writer cannot be asked (no marker yet or unreadable, another host or pid
+# namespace) is a dead writer's only once nothing in it changed for this long: reports take minutes
+UNASKABLE_STALE_S = 24 * 3600
+
+
+def _staging_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}.staging-"
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc; None where /proc
+    cannot say (not Linux, gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _writer() -> dict:
+    stat = _proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": stat[1] if stat else None,
+            "pid_ns": _pid_namespace(), "time": time.time()}
+
+
+def _writer_alive(marker: dict) -> bool | None:
+    """Whether the process a staging folder's marker names still runs; None where this process
+    cannot tell (another host or pid namespace, a marker it cannot read)."""
+    try:
+        pid = int(marker["pid"])
+        if marker["host"] != socket.gethostname() or marker.get("pid_ns") != _pid_namespace() or pid <= 0:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process, alive
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    state, start = stat
+    # a zombie (killed, not yet reaped) writes nothing more; a pid reused by another process since
+    # has another start time
+    return state != "Z" and (marker.get("start_ticks") is None or start == marker["start_ticks"])
+
+
+def _last_change(folder: Path) -> float:
+    times = [folder.lstat().st_mtime]
+    for here, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                times.append(os.lstat(os.path.join(here, name)).st_mtime)
+    return max(times)
+
+
+def remove_dead_stagings(out_dir: Path) -> list[Path]:
+    """Remove the staging folders of ``out_dir`` (hidden siblings ``.<out>.staging-*``) left by
+    reports that died before cleaning up (``kill -9``, a node lost): those whose marker names a
+    process of this host that is gone, and those whose writer cannot be asked (no readable marker,
+    another host) once nothing in them changed for UNASKABLE_STALE_S. A folder of a report running
+    now is never removed. Returns the folders removed."""
+    out_dir = Path(out_dir)
+    pattern = re.compile(re.escape(_staging_prefix(out_dir)) + r"[a-z0-9_]{8}")
+    try:
+        candidates = sorted(p for p in out_dir.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return []
+    removed = []
+    for folder in candidates:
+        try:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            try:
+                alive = _writer_alive(json.loads((folder / WRITER_MARKER).read_text()))
+            except (OSError, ValueError, AttributeError):
+                alive = None
+            if alive is None:
+                alive = time.time() - _last_change(folder) < UNASKABLE_STALE_S
+        except OSError:  # removed meanwhile by another report
+            continue
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @contextlib.contextmanager
@@ -231,13 +332,17 @@ def staged_output(out_dir: Path):
     """Yield a fresh hidden sibling of ``out_dir`` to write a report into; once the block ends
     without an error, move every file of it into ``out_dir`` (tables.md and selection.csv last) and
     remove the OWNED files there that it did not hold. A report that fails midway (a full disk, a
-    plot that raises) leaves ``out_dir`` as it was: never new tables beside an old tables.md."""
+    plot that raises) leaves ``out_dir`` as it was: never new tables beside an old tables.md. The
+    folder holds a marker naming this process, so that the next report into ``out_dir`` removes
+    it if this one is killed (``remove_dead_stagings``, run first)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    remove_dead_stagings(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out_dir), dir=out_dir.parent))
     try:
+        (staging / WRITER_MARKER).write_text(json.dumps(_writer()))
         yield staging
-        files = sorted((p for p in staging.rglob("*") if p.is_file()),
+        files = sorted((p for p in staging.rglob("*") if p.is_file() and p != staging / WRITER_MARKER),
                        key=lambda p: (p.relative_to(staging).as_posix() in _LAST, p.as_posix()))
         moved = set()
         for src in files:

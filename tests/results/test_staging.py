@@ -3,14 +3,21 @@ folder that a killed writer does not leave behind for good."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
 
 import adarem.results.report as report
 from adarem.protocol import cli
-from adarem.results import load_runs
+from adarem.results import CLAIMS_FILE, load_runs, write_report
+from tests.conftest import REPO
 from tests.results.test_tables import make_run
 
 # --- load_runs(run_dirs=...): exactly the given directories ------------------------------------------
@@ -124,3 +131,71 @@ def test_compares_report_is_staged_once_and_keeps_every_guarantee(tmp_path, monk
     for name in ("README.md", "notes.txt", "runs/r/run.json"):
         assert after[name] == before[name].encode()
     assert ".writer.json" not in after
+
+
+# --- a killed report's staging folder is removed by the next report, a live one's never ------------------
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from adarem.results.report import staged_output
+with staged_output(Path(sys.argv[1])) as staging:
+    (staging / "tables.md").write_text("half a report")
+    print(staging, flush=True)
+    time.sleep(600)
+"""
+
+
+def _writer_inside_staging(out):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    staging = proc.stdout.readline().strip()
+    assert staging, "the writer did not start"
+    return proc, staging
+
+
+def test_a_killed_reports_staging_folder_is_removed_by_the_next_report_and_a_live_ones_is_not(tmp_path):
+    root = tmp_path / "runs"
+    for s in range(2):
+        make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, 9.0 + 0.1 * s])
+    out = tmp_path / "out"
+    killed, killed_dir = _writer_inside_staging(out)
+    live, live_dir = _writer_inside_staging(out)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert os.path.isdir(killed_dir) and os.path.isfile(os.path.join(killed_dir, "tables.md"))
+        old = time.time() - 2 * 24 * 3600
+
+        def hand_made(name, marker=None, age=None):
+            d = tmp_path / f".out.staging-{name}"
+            d.mkdir()
+            if marker is not None:
+                (d / ".writer.json").write_text(json.dumps(marker))
+            if age is not None:
+                for p in (*d.iterdir(), d):
+                    os.utime(p, (age, age))
+            return d
+
+        unmarked_new = hand_made("unmark01")  # a writer between making its folder and its marker
+        unmarked_old = hand_made("unmark02", age=old)
+        elsewhere = {"host": socket.gethostname() + "-other", "pid": 1}
+        other_host_new = hand_made("otherh01", elsewhere)
+        other_host_old = hand_made("otherh02", elsewhere, age=old)
+        not_ours = tmp_path / ".out.staging-old-copy"  # not a name staged_output makes: left alone
+        not_ours.mkdir()
+
+        write_report(load_runs(root), out, CLAIMS_FILE, "make_tables")
+        assert (out / "tables.md").read_text().startswith("# Results")
+        assert not os.path.exists(killed_dir)
+        assert not unmarked_old.exists() and not other_host_old.exists()
+        assert os.path.isdir(live_dir) and os.path.isfile(os.path.join(live_dir, "tables.md"))
+        assert unmarked_new.is_dir() and other_host_new.is_dir() and not_ours.is_dir()
+        assert live.poll() is None
+    finally:
+        for proc in (killed, live):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+    # the live writer, killed in its turn, is a dead one for the next report
+    write_report(load_runs(root), out, CLAIMS_FILE, "make_tables")
+    assert not os.path.exists(live_dir)
