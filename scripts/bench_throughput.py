@@ -12,7 +12,9 @@ every rank's images; rank 0 writes the figures.
 
 "harness" is adarem.engine.train_epoch, exactly as train.py calls it (loss watch, scheduler step,
 logging, stop checks); "bare" is the minimal loop (forward, loss, zero_grad, backward, step) on
-the same model, optimizer and batches. Rounds alternate between the candidates; the table gives
+the same model, optimizer and batches; "harness_no_tracker" is the harness without the oscillation
+tracker (measured with the bare loop, when the tracker is on), which splits the harness's overhead
+into the tracker's share and the rest. Rounds alternate between the candidates; the table gives
 medians, the harness overhead and each optimizer's images/s relative to SGD.
 
 Real loaders: ``--loaders synthetic,torch,dali`` adds AdaRem's training step fed by each loader
@@ -233,8 +235,11 @@ def main() -> None:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dist.local_rank] if gpu else None, gradient_as_bucket_view=True)
         setups[name] = (torch.compile(model) if args.compile else model, opt, sched)
+    # harness_no_tracker: the harness step without the oscillation tracker, so that the overhead
+    # over the bare loop splits into the tracker's share and the rest
+    untracked = [] if args.no_bare or not args.oscillation_every else [("harness_no_tracker", "adarem", "synthetic")]
     candidates = [("harness", "adarem", "synthetic")] + ([] if args.no_bare else [("bare", "adarem", "synthetic")]) + \
-        [("harness", n, "synthetic") for n in names if n != "adarem"] + [("harness", "adarem", n) for n in real]
+        untracked + [("harness", n, "synthetic") for n in names if n != "adarem"] + [("harness", "adarem", n) for n in real]
     times = {c: [] for c in candidates}
     stop = StopFlag(dist.enabled, device)
 
@@ -248,7 +253,8 @@ def main() -> None:
         else:
             state = TrainState()
             outcome = train_epoch(model, data[loader], opt, sched, precision, device, tcfg, state, stop,
-                                  lambda rec: None, trackers[name], lambda: False)
+                                  lambda rec: None, None if kind == "harness_no_tracker" else trackers[name],
+                                  lambda: False)
             if state.batch != steps:
                 raise SystemExit(f"bench_throughput: {kind}:{name} on {loader} ended after {state.batch} of "
                                  f"{steps} steps ({outcome.status})")
@@ -285,7 +291,7 @@ def main() -> None:
         rows.append({"candidate": f"{kind}:{name}" + ("" if on_synth else f":{loader}"), "images_per_s": v,
                      "loader": loader, "loader_processes": procs, "loader_threads": threads,
                      "relative_to_bare_adarem": v / ips[("bare", "adarem", synth)]
-                     if kind == "harness" and name == "adarem" and on_synth and ("bare", "adarem", synth) in ips
+                     if kind.startswith("harness") and name == "adarem" and on_synth and ("bare", "adarem", synth) in ips
                      else math.nan,
                      "relative_to_sgd": v / ips[("harness", "sgd", synth)]
                      if kind == "harness" and on_synth and ("harness", "sgd", synth) in ips else math.nan,
@@ -294,7 +300,7 @@ def main() -> None:
                      "rounds": args.rounds, "warmup_passes": 1, "amp": amp, "tf32": gpu,
                      "channels_last": channels_last, "impl": args.impl,
                      "optimizer_path": optimizer_impl(setups[name][1]), "compile": args.compile,
-                     "oscillation_every": args.oscillation_every if kind == "harness" else 0,
+                     "oscillation_every": args.oscillation_every if kind == "harness" else 0,  # bare, no_tracker: off
                      "photo_tree": "" if on_synth else str(root), "world_size": dist.world_size,
                      "device": args.device, **prov})
     df = pd.DataFrame(rows)
@@ -304,6 +310,9 @@ def main() -> None:
     if ("bare", "adarem", synth) in ips:
         overhead = 1 - ips[("harness", "adarem", synth)] / ips[("bare", "adarem", synth)]
         print(f"harness overhead vs bare loop (adarem): {100 * overhead:.1f} %")
+        if ("harness_no_tracker", "adarem", synth) in ips:
+            rest = 1 - ips[("harness_no_tracker", "adarem", synth)] / ips[("bare", "adarem", synth)]
+            print(f"  of which without the oscillation tracker: {100 * rest:.1f} % (the tracker: the difference)")
     ours, sgd = ips[("harness", "adarem", synth)], ips.get(("harness", "sgd", synth))
     vs_sgd = f", sgd {sgd:.0f} img/s, adarem/sgd = {ours / sgd:.3f}" if sgd else ""
     fed = "".join(f", fed by the {n} loader ({helpers(n)[0]} processes, {helpers(n)[1]} threads) "
@@ -317,6 +326,7 @@ def main() -> None:
 def _print_summary(df: pd.DataFrame) -> None:
     runs = df["run"].nunique()
     for cand, col in (("harness:adarem", "relative_to_sgd"), ("harness:adarem", "relative_to_bare_adarem"),
+                      ("harness_no_tracker:adarem", "relative_to_bare_adarem"),
                       ("harness:adarem:torch", "relative_to_synthetic"), ("harness:adarem:dali", "relative_to_synthetic")):
         v = df.loc[df.candidate == cand, col].dropna()
         if len(v):

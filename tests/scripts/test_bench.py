@@ -116,10 +116,15 @@ def test_bench_throughput_records_steps_tracker_and_provenance(tmp_path, env):
     out = tmp_path / "tp.csv"
     res = subprocess.run([sys.executable, "scripts/bench_throughput.py", "--model", "small_cnn", "--image-size", "32",
                           "--batch-size", "8", "--steps", "2", "--rounds", "1", "--optimizers", "adarem",
-                          "--no-bare", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
+                          "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    row = pd.read_csv(out).iloc[0]
+    df = pd.read_csv(out).set_index("candidate")
+    row = df.loc["harness:adarem"]
     assert PROVENANCE <= set(row.index)
     assert row["run"] == 1 and row["steps"] == 2 and row["rounds"] == 1 and row["oscillation_every"] == 10
     assert "oscillation_every=10" in res.stdout
+    # the overhead over the bare loop splits into the tracker's share and the rest
+    assert sorted(df.index) == ["bare:adarem", "harness:adarem", "harness_no_tracker:adarem"]
+    assert df.loc["harness_no_tracker:adarem", "oscillation_every"] == 0
+    assert df.loc[["harness:adarem", "harness_no_tracker:adarem"], "relative_to_bare_adarem"].notna().all()
+    assert "of which without the oscillation tracker" in res.stdout
