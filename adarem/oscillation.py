@@ -98,13 +98,31 @@ class OscillationTracker:
             torch._foreach_copy_(self._prev, [p.detach() for p in self._tensors])  # the checkpoint's weights
             self._in_window = True
         if saved["last_delta"] is not None:
-            torch._foreach_copy_(self._delta, saved["last_delta"])
+            torch._foreach_copy_(self._delta_buffers(), saved["last_delta"])
             self._has_delta = True
 
     def _allocate(self) -> None:
-        if self._start is None:
-            self._start, self._prev, self._path, self._delta = (
-                [torch.empty_like(p, memory_format=torch.preserve_format) for p in self._tensors] for _ in range(4))
+        """The window's buffers, (re)made where a parameter's dtype, device or shape no longer matches
+        (a model moved or cast after the tracker was built): a float32 buffer would round float64
+        weights and count unmoved weights as moved. The last update is kept as it was taken
+        (``_delta_buffers`` remakes its buffers when it next writes one)."""
+        if self._start is None or not all(map(self._fits, self._start, self._tensors)):
+            self._start, self._prev, self._path = (self._like_params() for _ in range(3))
+        if self._delta is None:
+            self._delta = self._like_params()
+
+    @staticmethod
+    def _fits(buffer: torch.Tensor, p: torch.Tensor) -> bool:
+        return (buffer.dtype, buffer.device, buffer.shape) == (p.dtype, p.device, p.shape)
+
+    def _like_params(self) -> list[torch.Tensor]:
+        return [torch.empty_like(p, memory_format=torch.preserve_format) for p in self._tensors]
+
+    def _delta_buffers(self) -> list[torch.Tensor]:
+        """The buffers the next last update is written into (remade if the parameters changed)."""
+        if not all(map(self._fits, self._delta, self._tensors)):
+            self._delta = self._like_params()
+        return self._delta
 
     def _steps_to_record(self, step: int) -> int:
         return (-step) % self.every  # 0 on a record step
@@ -135,7 +153,7 @@ class OscillationTracker:
         keep = (step + 1) % self.every == 0  # this update is the next record's first of two
         if self._steps_to_record(step):
             if keep:
-                for d, c, p in zip(self._delta, cur, self._prev):
+                for d, c, p in zip(self._delta_buffers(), cur, self._prev):
                     torch.sub(c, p, out=d)
                 self._has_delta = True
             torch._foreach_sub_(self._prev, cur)  # minus the update
@@ -149,8 +167,8 @@ class OscillationTracker:
         # last_delta is missing when resumed just before a record step (or at every=1's first step)
         rows = self._flip_counts(self._delta, minus) if has_last else None
         if keep:  # every == 1: the next record compares this update
-            for d, m in zip(self._delta, minus):
-                torch.neg(m, out=d)
+            for d, m in zip(self._delta_buffers(), minus):
+                torch.neg(m, out=d).add_(0.0)  # + 0.0: a zero update is +0.0, as cur - prev gives it
             self._has_delta = True
         if rows is None:
             return None

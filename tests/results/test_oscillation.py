@@ -194,3 +194,33 @@ def test_records_equal_the_definition_exactly_and_survive_a_resume_at_any_step(e
 def same(a, b) -> bool:
     """Equal, NaN equal to NaN (an infinite move over an infinite path: inf / inf)."""
     return a == b or (a != a and b != b)
+
+
+def test_a_model_cast_after_the_first_window_is_measured_in_its_new_precision():
+    """The tracker keeps its buffers between windows; a model cast to float64 between windows gets
+    float64 buffers (float32 ones rounded the weights: unmoved weights counted as moved)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Conv2d(3, 4, 3))
+    names = [n for n, _ in model.named_parameters()]
+    tracker = OscillationTracker(model, 5)
+    history, records = [[p.detach().clone() for p in model.parameters()]], {}
+    gen = torch.Generator().manual_seed(2)
+    for s in range(1, 16):
+        if s == 6:  # a window's first step
+            model.to(torch.float64)
+        tracker.before_step(s)
+        with torch.no_grad():
+            for p in model.parameters():
+                u = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 1e-9  # below float32's resolution
+                u[torch.rand(p.shape, generator=gen) < 0.5] = 0.0
+                p.add_(u.to(p.dtype))
+        history.append([p.detach().clone() for p in model.parameters()])
+        rec = tracker.after_step(s)
+        if rec is not None:
+            records[s] = rec
+    expected = definition_records(history, 5, tracker.window, names)
+    for t in (10, 15):
+        flips, moved = sum(r[0] for r in expected[t]), sum(r[1] for r in expected[t])
+        assert records[t]["flip_fraction"] == flips / moved
+        n_path = sum(r[3] for r in expected[t])
+        assert records[t]["path_efficiency"] == sum(r[2] for r in expected[t]) / n_path
