@@ -257,18 +257,29 @@ def _pid_namespace() -> str | None:
         return None
 
 
+def _boot_id() -> str | None:
+    """This kernel's boot id: random per boot, so two machines (or containers of two machines) that
+    share a hostname and the default pid namespace's inode are still told apart."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _writer() -> dict:
     stat = _proc_stat(os.getpid())
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": stat[1] if stat else None,
-            "pid_ns": _pid_namespace(), "time": time.time()}
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+            "start_ticks": stat[1] if stat else None, "pid_ns": _pid_namespace(), "time": time.time()}
 
 
 def _writer_alive(marker: dict) -> bool | None:
     """Whether the process a staging folder's marker names still runs; None where this process
-    cannot tell (another host or pid namespace, a marker it cannot read)."""
+    cannot tell (another host, kernel boot or pid namespace, a marker it cannot read)."""
     try:
         pid = int(marker["pid"])
-        if marker["host"] != socket.gethostname() or marker.get("pid_ns") != _pid_namespace() or pid <= 0:
+        boot = _boot_id()
+        if (marker["host"] != socket.gethostname() or boot is None or marker.get("boot_id") != boot
+                or marker.get("pid_ns") != _pid_namespace() or pid <= 0):
             return None
     except (KeyError, TypeError, ValueError):
         return None
@@ -340,8 +351,16 @@ def staged_output(out_dir: Path):
     remove_dead_stagings(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out_dir), dir=out_dir.parent))
     try:
-        (staging / WRITER_MARKER).write_text(json.dumps(_writer()))
+        writer = json.dumps(_writer())
+        (staging / WRITER_MARKER).write_text(writer)
         yield staging
+        try:  # still ours: another report may have judged this one dead (a writer it could not ask)
+            ours = (staging / WRITER_MARKER).read_text() == writer
+        except OSError:
+            ours = False
+        if not ours:
+            raise OSError(f"{staging}: this report's staging folder was removed or replaced by another "
+                          f"process while it was written; {out_dir} is left as it was: run the report again")
         files = sorted((p for p in staging.rglob("*") if p.is_file() and p != staging / WRITER_MARKER),
                        key=lambda p: (p.relative_to(staging).as_posix() in _LAST, p.as_posix()))
         moved = set()

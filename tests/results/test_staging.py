@@ -199,3 +199,31 @@ def test_a_killed_reports_staging_folder_is_removed_by_the_next_report_and_a_liv
     # the live writer, killed in its turn, is a dead one for the next report
     write_report(load_runs(root), out, CLAIMS_FILE, "make_tables")
     assert not os.path.exists(live_dir)
+
+
+def test_a_writer_on_another_machine_of_the_same_name_is_not_judged_dead_and_a_removed_staging_moves_nothing(
+        tmp_path):
+    """helper-47: two machines named alike share the default pid namespace's inode, so a report
+    running on the other one looked like a dead process here and its staging folder was removed;
+    that report then moved nothing and removed out/'s tables but tables.md. The kernel's boot id
+    tells the machines apart (unaskable: the 24 h rule), and a report whose staging folder went
+    away fails without touching out/."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tables.md").write_text("old tables")
+    (out / "test_error.csv").write_text("old csv")
+    stage = report.staged_output(out)
+    folder = stage.__enter__()
+    (folder / "tables.md").write_text("new tables")
+    (folder / "test_error.csv").write_text("new csv")
+    marker = json.loads((folder / ".writer.json").read_text())
+    assert marker["boot_id"]
+    other_machine = dict(marker, pid=4_000_000 - 7, boot_id="another-boot")  # no such pid here
+    (folder / ".writer.json").write_text(json.dumps(other_machine))
+    assert report.remove_dead_stagings(out) == [] and folder.is_dir()  # cannot tell: kept (24 h rule)
+    (folder / ".writer.json").write_text(json.dumps(dict(other_machine, boot_id=marker["boot_id"])))
+    assert report.remove_dead_stagings(out) == [folder]  # this machine, a pid that is gone: dead
+    with pytest.raises(OSError, match="removed or replaced by another process"):
+        stage.__exit__(None, None, None)
+    assert sorted(p.name for p in out.iterdir()) == ["tables.md", "test_error.csv"]
+    assert (out / "tables.md").read_text() == "old tables" and (out / "test_error.csv").read_text() == "old csv"
