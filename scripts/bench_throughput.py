@@ -14,8 +14,10 @@ every rank's images; rank 0 writes the figures.
 logging, stop checks); "bare" is the minimal loop (forward, loss, zero_grad, backward, step) on
 the same model, optimizer and batches; "harness_no_tracker" is the harness without the oscillation
 tracker (measured with the bare loop, when the tracker is on), which splits the harness's overhead
-into the tracker's share and the rest. Rounds alternate between the candidates; the table gives
-medians, the harness overhead and each optimizer's images/s relative to SGD.
+into the tracker's share and the rest. Each round runs every candidate once, in an order rotated
+from round to round; each harness candidate's step count goes on across its passes (as in a run,
+so the tracker's record steps fall where they would). The table gives medians, the harness
+overhead and each optimizer's images/s relative to SGD.
 
 Real loaders: ``--loaders synthetic,torch,dali`` adds AdaRem's training step fed by each loader
 from JPEG files (``--root``, an ImageFolder tree with train/ and val/; default: a generated tree
@@ -242,6 +244,10 @@ def main() -> None:
         untracked + [("harness", n, "synthetic") for n in names if n != "adarem"] + [("harness", "adarem", n) for n in real]
     times = {c: [] for c in candidates}
     stop = StopFlag(dist.enabled, device)
+    # each candidate's step count goes on across its passes, as a run's does, so that the tracker's
+    # windows and record steps fall where they fall in training (a count restarted at 1 every pass
+    # of 8 or 12 steps would never, or always at the same place, reach a record step)
+    steps_done = {c: 0 for c in candidates}
 
     def run(kind, name, loader):
         model, opt, sched = setups[name]
@@ -251,10 +257,13 @@ def main() -> None:
         if kind == "bare":
             bare_epoch(model, data[loader], opt, precision, device, channels_last)
         else:
-            state = TrainState()
-            outcome = train_epoch(model, data[loader], opt, sched, precision, device, tcfg, state, stop,
+            done = steps_done[(kind, name, loader)]
+            state = TrainState(global_step=done)
+            outcome = train_epoch(model, data[loader], opt, sched, precision, device,
+                                  dataclasses.replace(tcfg, max_steps=done + steps), state, stop,
                                   lambda rec: None, None if kind == "harness_no_tracker" else trackers[name],
                                   lambda: False)
+            steps_done[(kind, name, loader)] += state.batch
             if state.batch != steps:
                 raise SystemExit(f"bench_throughput: {kind}:{name} on {loader} ended after {state.batch} of "
                                  f"{steps} steps ({outcome.status})")
@@ -264,8 +273,9 @@ def main() -> None:
 
     for c in candidates:  # warm-up, one untimed pass each (allocator, cudnn autotune, compilation)
         run(*c)
-    for _ in range(args.rounds):
-        for c in candidates:
+    for r in range(args.rounds):
+        # the order rotates every round: no candidate always runs right after the same other one
+        for c in candidates[r % len(candidates):] + candidates[:r % len(candidates)]:
             times[c].append(run(*c))
 
     if not dist.is_main:
