@@ -3,7 +3,8 @@
 # pip would replace anyway (several GB twice). PyPI's torch wheels bundle the CUDA runtime, and
 # nvidia-dali-cuda130 bundles DALI, so the host only needs an NVIDIA driver and the container
 # toolkit (docker run --gpus all / enroot / apptainer --nv).
-FROM python:3.11-slim
+# Build from the repository's root (slurm/README.md "Inside a container"): docker build -t adarem .
+FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     WANDB_MODE=offline ADAREM_CACHE=/work/.cache/adarem
@@ -14,6 +15,17 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends git libgomp1 g++ \
  && rm -rf /var/lib/apt/lists/*
 
+# The commit this image is built from, computed by git on the build context: the only stage that
+# sees .git (.dockerignore lets it in for this; no later stage copies it, so the image has no .git).
+# Whether the files copied below (the same paths) are exactly that commit's is decided here too
+# (adarem/run/build_info.py). A context without .git still builds: it records commit null.
+FROM base AS build-info
+WORKDIR /src
+COPY . .
+RUN python -P adarem/run/build_info.py describe . pyproject.toml README.md adarem configs train.py scripts slurm \
+    > /build-info.json
+
+FROM base
 RUN useradd --create-home --uid 1000 adarem
 WORKDIR /opt/adarem
 
@@ -26,6 +38,15 @@ RUN pip install torch==2.14.1 torchvision==0.29.1 ".[all,dali]"
 COPY train.py ./
 COPY scripts ./scripts
 COPY slurm ./slurm
+
+# One copy of the code in the image, the installed one: the sources it was installed from go (so
+# `python train.py` here imports the installed package), and the installed package gets the
+# build-info stage's description with a hash of its files (adarem/_build.json), which run.json's
+# git reads back: {"commit": ..., "dirty": ..., "source": "image build"}
+COPY --from=build-info /build-info.json /tmp/build-info.json
+RUN rm -rf adarem configs build adarem.egg-info \
+ && python -P -m adarem.run.build_info seal /tmp/build-info.json \
+ && rm /tmp/build-info.json
 
 RUN mkdir -p /work && chown adarem:adarem /work
 USER adarem

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from adarem.fsync import replace_durably
+from adarem.run import build_info
 from adarem.run.identity import NOT_IDENTITY, config_differences, flatten  # noqa: F401 (re-exported)
 
 RUN_JSON, METRICS = "run.json", "metrics.jsonl"
@@ -40,13 +41,22 @@ def git_info() -> dict:
     <checkout>/.venv/site, untracked there) records no commit, not the checkout's.
     ``diff_sha1`` (when dirty): a hash of the uncommitted changes to tracked files, so that two
     segments of a run on differently changed code are told apart; null when that diff could not be
-    taken (a timeout, an error): the commit and ``dirty`` true are still recorded."""
+    taken (a timeout, an error): the commit and ``dirty`` true are still recorded.
+
+    An installed copy that no repository tracks (the cluster image's) records the commit it was
+    built from when it carries the ``_build.json`` its image build wrote, checked against its
+    files, with ``"source": "image build"`` (adarem/run/build_info.py: files changed since the
+    build give that commit with dirty true and ``changed_since_build``); without one, null as
+    before. A checkout never reads that file."""
     package = Path(__file__).resolve().parents[1]  # adarem/ (this file: adarem/run/record.py)
     none = {"commit": None, "dirty": None}
     git = lambda *args, timeout=10, text=True: subprocess.run(  # noqa: E731
         ["git", *args], cwd=package, capture_output=True, text=text, check=True, timeout=timeout)
     try:
         git("ls-files", "--error-unmatch", "__init__.py")  # fails for an untracked (installed) copy
+    except (OSError, subprocess.SubprocessError):
+        return build_info.read(package) or none
+    try:
         commit = git("rev-parse", "HEAD").stdout.strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no", ":/").stdout.strip())
     except (OSError, subprocess.SubprocessError):

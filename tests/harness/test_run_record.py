@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -101,3 +103,146 @@ def test_only_versions_that_can_change_numbers_make_a_run_mixed():
     assert _provenance_differences(base, numeric) == ["versions.nvidia-dali-cuda130", "versions.torch"]
     numpy = {**harmless, "versions": {**harmless["versions"], "numpy": "2.1"}}
     assert _provenance_differences(harmless, numpy) == ["versions.numpy"]
+
+
+# what the Dockerfile's build-info stage describes (the final stage copies these, installs the first four)
+BUILD_PATHS = ["pyproject.toml", "README.md", "adarem", "configs"]
+
+
+def _suite_repository(path):
+    """A fresh repository holding this working tree's package files, committed: its HEAD."""
+    path.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, path / name)
+    for name in ("adarem", "configs"):
+        shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "_build.json"))
+    _git(path, "init", "-q")
+    return _commit_all(path)
+
+
+def _build_info_cli(*args, pythonpath=None, cwd=None):
+    """adarem/run/build_info.py as the Dockerfile runs it: describe as a script of the build
+    context, seal as the installed module (python -P: the working directory is not on sys.path)."""
+    if args[0] == "describe":
+        cmd = [sys.executable, "-P", str(REPO / "adarem" / "run" / "build_info.py"), *map(str, args)]
+    else:
+        cmd = [sys.executable, "-P", "-m", "adarem.run.build_info", *map(str, args)]
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", **({"PYTHONPATH": str(pythonpath)} if pythonpath else {})})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_an_installed_copy_records_the_commit_its_image_was_built_from(tmp_path):
+    """A non-editable install (pip install --target) sealed with its build's description records
+    that commit with "source": "image build" while its files are the ones built; edited afterwards
+    (the installed configs included), the commit with dirty true; without the file, null as before."""
+    src = tmp_path / "src"
+    head = _suite_repository(src)
+    description = json.loads(_build_info_cli("describe", src, *BUILD_PATHS))
+    assert (description["commit"], description["dirty"]) == (head, False) and "error" not in description
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    (tmp_path / "build-info.json").write_text(json.dumps(description))
+    _build_info_cli("seal", tmp_path / "build-info.json", pythonpath=site, cwd=tmp_path)
+    sealed = json.loads((site / "adarem" / "_build.json").read_text())
+    assert sealed["commit"] == head and len(sealed["files_sha256"]) == 64
+    image = {"commit": head, "dirty": False, "source": "image build", "built_at": description["built_at"]}
+    assert _git_info_of(site, tmp_path) == image
+    # a config edited inside the container: the commit it was built from, dirty, flagged
+    config = site / "adarem" / "configs" / "config.yaml"
+    original = config.read_text()
+    config.write_text(original + "# edited\n")
+    edited = _git_info_of(site, tmp_path)
+    assert edited.pop("diff_sha1") and edited == {**image, "dirty": True, "changed_since_build": True}
+    config.write_text(original)  # the built files again (and the bytecode the runs left is not code)
+    assert _git_info_of(site, tmp_path) == image
+    (site / "adarem" / "optim" / "extra.py").write_text("x = 1\n")  # a file added
+    assert _git_info_of(site, tmp_path)["dirty"] is True
+    # a checkout never reads the file: its own git, as before
+    shutil.copy(site / "adarem" / "_build.json", src / "adarem" / "_build.json")
+    assert _git_info_of(src, tmp_path) == {"commit": head, "dirty": False}
+    (site / "adarem" / "_build.json").unlink()
+    assert _git_info_of(site, tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_a_build_is_dirty_when_the_copied_files_are_not_the_commits(tmp_path):
+    """describe compares the files the image copies with the commit's, byte for byte: a change, a
+    staged change, an untracked or git-ignored file, a missing file make it dirty; files outside
+    the copied paths and bytecode do not. No repository at the context's root: commit null."""
+    from adarem.run.build_info import describe, read, seal
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / ".gitignore").write_text("*.log\n")
+    (src / "notes.txt").write_text("x\n")
+    (src / "pkg").mkdir()
+    (src / "pkg" / "a.py").write_text("a = 1\n")
+    (src / "pkg" / "b.yaml").write_text("b: 1\n")
+    _git(src, "init", "-q")
+    head = _commit_all(src)
+    paths = ["pkg"]
+    assert describe(src, paths) | {"built_at": None} == {"format": 1, "commit": head, "dirty": False,
+                                                         "paths": paths, "built_at": None}
+    (src / "notes.txt").write_text("changed\n")  # not copied into the image
+    (src / "pkg" / "__pycache__").mkdir()
+    (src / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert describe(src, paths)["dirty"] is False
+    seen = set()
+    for change, undo in [
+            (lambda: (src / "pkg" / "a.py").write_text("a = 2\n"), lambda: _git(src, "checkout", "--", "pkg/a.py")),
+            (lambda: ((src / "pkg" / "a.py").write_text("a = 3\n"), _git(src, "add", "pkg/a.py")),
+             lambda: _git(src, "checkout", "HEAD", "--", "pkg/a.py")),
+            (lambda: (src / "pkg" / "new.py").write_text(""), lambda: (src / "pkg" / "new.py").unlink()),
+            (lambda: (src / "pkg" / "x.log").write_text("log\n"), lambda: (src / "pkg" / "x.log").unlink()),
+            (lambda: (src / "pkg" / "b.yaml").unlink(), lambda: _git(src, "checkout", "--", "pkg/b.yaml"))]:
+        change()
+        info = describe(src, paths)
+        assert info["commit"] == head and info["dirty"] is True and info["changed_files_count"] == 1, info
+        seen.add(info["diff_sha1"])
+        undo()
+        assert describe(src, paths)["dirty"] is False
+    assert len(seen) == 5  # each change hashes differently
+    # a dirty build, sealed: dirty with the build's diff_sha1 while its files are the built ones
+    (src / "pkg" / "a.py").write_text("a = 2\n")
+    dirty = describe(src, paths)
+    package = tmp_path / "installed" / "pkg"
+    shutil.copytree(src / "pkg", package)
+    seal(dirty, package)
+    assert read(package) == {"commit": head, "dirty": True, "diff_sha1": dirty["diff_sha1"],
+                             "source": "image build", "built_at": dirty["built_at"]}
+    # a context without .git, or inside another repository: null, and why
+    bare = tmp_path / "bare"
+    shutil.copytree(src / "pkg", bare / "pkg")
+    for context in (bare, src / "pkg"):
+        info = describe(context, ["."] if context.name == "pkg" else paths)
+        assert (info["commit"], info["dirty"]) == (None, None) and info["error"], info
+    seal(describe(bare, paths), package)
+    got = read(package)
+    assert (got["commit"], got["dirty"], got["source"]) == (None, None, "image build") and got["error"]
+
+
+def test_a_build_file_that_cannot_vouch_for_its_commit_records_none(tmp_path):
+    """A commit is never recorded with a dirty that is not true or false (the tables would count it
+    clean), nor from a file that is not a build description."""
+    from adarem.run.build_info import files_sha256, read, seal
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    commit = "a" * 40
+    with pytest.raises(ValueError):
+        seal({"commit": commit, "dirty": None}, package)
+    files = files_sha256(package)
+    for bad in ({"commit": commit, "dirty": None, "files_sha256": files}, {"commit": commit, "files_sha256": files},
+                {"commit": commit, "dirty": "no", "files_sha256": files},
+                {"commit": "HEAD", "dirty": False, "files_sha256": files},
+                {"commit": None, "dirty": False, "files_sha256": files},
+                {"commit": commit, "dirty": False}, ["not", "an", "object"]):
+        (package / "_build.json").write_text(json.dumps(bad))
+        got = read(package)
+        assert (got["commit"], got["dirty"], got["source"]) == (None, None, "image build") and got["error"], (bad, got)
+    (package / "_build.json").write_text("{truncated")
+    assert read(package)["commit"] is None and "unreadable" in read(package)["error"]
