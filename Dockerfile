@@ -4,6 +4,8 @@
 # nvidia-dali-cuda130 bundles DALI, so the host only needs an NVIDIA driver and the container
 # toolkit (docker run --gpus all / enroot / apptainer --nv).
 # Build from the repository's root (slurm/README.md "Inside a container"): docker build -t adarem .
+# BuildKit is needed (RUN --mount, below): Docker's default builder since 23.0; the legacy builder
+# (DOCKER_BUILDKIT=0) refuses this file.
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -16,14 +18,17 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 # The commit this image is built from, computed by git on the build context: the only stage that
-# sees .git (.dockerignore lets it in for this; no later stage copies it, so the image has no .git).
-# Whether the files copied below (the same paths) are exactly that commit's is decided here too
+# sees .git (.dockerignore lets it in for this), and only through a read-only bind mount of the
+# context for this one RUN, so that no layer (none cached, none a --cache-to mode=max exports)
+# holds the context, its .git (whose config may hold remote URLs with tokens) or its untracked
+# files: the stage's one layer is /build-info.json. Whether the files copied below (the same
+# paths), this Dockerfile and .dockerignore are exactly that commit's is decided here too
 # (adarem/run/build_info.py). A context without .git still builds: it records commit null.
 FROM base AS build-info
 WORKDIR /src
-COPY . .
-RUN python -P adarem/run/build_info.py describe . pyproject.toml README.md adarem configs train.py scripts slurm \
-    > /build-info.json
+RUN --mount=type=bind,target=/src \
+    python -P adarem/run/build_info.py describe . pyproject.toml README.md adarem configs train.py scripts slurm \
+    Dockerfile .dockerignore > /build-info.json
 
 FROM base
 RUN useradd --create-home --uid 1000 adarem

@@ -4,6 +4,7 @@ build-info and seal steps, run as written, make an installed copy record its com
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -82,11 +83,17 @@ def test_only_the_build_info_stage_sees_git_and_it_describes_what_the_image_copi
     assert not any(p in (".git", "*") or p.rstrip("/") == "." or p.startswith(".git")
                    for p in _copied(stages["final"])), _copied(stages["final"])
     assert not any(".git" in p for p in _dockerignore())  # the build-info stage needs it
-    assert "COPY . ." in stages["build-info"]
+    # ...through a read-only bind mount of the context for its one RUN (BuildKit), never a COPY: no
+    # layer, cached or exported (--cache-to mode=max), holds the context, its .git or untracked files
+    assert not any(l.startswith(("COPY", "ADD")) for l in stages["build-info"]), stages["build-info"]
+    assert "WORKDIR /src" in stages["build-info"]
     describe = [l for l in stages["build-info"] if l.startswith("RUN")]
-    assert len(describe) == 1 and " describe . " in describe[0]
-    described = shlex.split(describe[0].split(" describe . ", 1)[1].split(">")[0])
-    assert sorted(described) == sorted(_copied(stages["final"]))
+    assert len(describe) == 1 and describe[0].startswith("RUN --mount=type=bind,target=/src python ")
+    assert " describe . " in describe[0]
+    assert "BuildKit" in (REPO / "Dockerfile").read_text() and "BuildKit" in (REPO / "slurm" / "README.md").read_text()
+    # what the image copies, and the Dockerfile and .dockerignore (an uncommitted edit of either can
+    # change what is sealed)
+    assert sorted(_described(stages)) == sorted(_copied(stages["final"]) + ["Dockerfile", ".dockerignore"])
     final = stages["final"]
     fetch = "COPY --from=build-info /build-info.json /tmp/build-info.json"
     seal = [l for l in final if l.startswith("RUN") and " seal " in l]
@@ -95,9 +102,37 @@ def test_only_the_build_info_stage_sees_git_and_it_describes_what_the_image_copi
     assert seal[0].startswith("RUN rm -rf adarem configs ")
 
 
+def _described(stages):
+    """The paths the build-info stage's describe RUN names."""
+    describe = next(l for l in stages["build-info"] if l.startswith("RUN"))
+    return shlex.split(describe.split(" describe . ", 1)[1].split(">")[0])
+
+
+def test_dockerignore_keeps_out_what_the_image_does_not_copy():
+    """Local caches, build output and results stay out of the context; nothing the image copies
+    (or the build-info stage describes) is excluded. Patterns are anchored at the context root."""
+    ignored = _dockerignore()
+    assert {".cache", ".gpu_deps", "build", "results"} <= set(ignored), ignored
+    for path in _described(_stages()):
+        assert not any(fnmatch.fnmatch(path, pattern) for pattern in ignored), path
+
+
+def test_the_readmes_check_before_a_build_lists_ignored_files_of_the_described_paths():
+    """describe counts git-ignored files under the copied paths as dirty: `git status --short`
+    alone does not show them."""
+    readme = (REPO / "slurm" / "README.md").read_text()
+    checks = [l.strip() for l in readme.splitlines() if l.strip().startswith("git status")]
+    assert checks, "slurm/README.md: no git status before the build"
+    for check in checks:
+        words = shlex.split(check)
+        assert "--ignored" in words and "--" in words, check
+        assert sorted(words[words.index("--") + 1:]) == sorted(_described(_stages())), check
+
+
 def _run_as_the_dockerfile(line, cwd, env, tmp_path):
-    """A RUN instruction of the Dockerfile with python this interpreter and / paths under tmp_path."""
-    cmd = line[len("RUN "):].replace("/tmp/build-info.json", f"{tmp_path}/tmp/build-info.json")
+    """A RUN instruction of the Dockerfile with python this interpreter and / paths under tmp_path
+    (cwd: the WORKDIR, where a --mount=type=bind puts the build context)."""
+    cmd = re.sub(r"^RUN (--\S+ )*", "", line).replace("/tmp/build-info.json", f"{tmp_path}/tmp/build-info.json")
     cmd = re.sub(r"(?<![\w/])/build-info\.json", f"{tmp_path}/build-info.json", cmd)
     cmd = re.sub(r"(^|&& )python ", lambda m: f"{m.group(1)}{shlex.quote(sys.executable)} ", cmd)
     out = subprocess.run(["sh", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -109,7 +144,7 @@ def test_the_dockerfiles_build_info_and_seal_steps_record_the_commit(tmp_path):
     this working tree's copied files (committed) and an install like the image's (pip, non-editable):
     the installed copy records that commit from the image build; /opt/adarem keeps no sources."""
     stages = _stages()
-    paths = _copied(stages["final"])
+    paths = sorted(set(_copied(stages["final"])) | {"Dockerfile", ".dockerignore"})
     context = tmp_path / "context"
     context.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "_build.json")
@@ -127,9 +162,19 @@ def test_the_dockerfiles_build_info_and_seal_steps_record_the_commit(tmp_path):
     _run_as_the_dockerfile(next(l for l in stages["build-info"] if l.startswith("RUN")), context, env, tmp_path)
     described = json.loads((tmp_path / "build-info.json").read_text())
     assert (described["commit"], described["dirty"]) == (head, False), described
+    # an uncommitted Dockerfile edit (one that could patch the code before seal): dirty
+    dockerfile = (context / "Dockerfile").read_text()
+    (context / "Dockerfile").write_text(dockerfile + "RUN sed -i 's/0.1/0.2/' adarem/__init__.py\n")
+    _run_as_the_dockerfile(next(l for l in stages["build-info"] if l.startswith("RUN")), context, env, tmp_path)
+    edited = json.loads((tmp_path / "build-info.json").read_text())
+    assert (edited["dirty"], edited.get("changed_files")) == (True, ["Dockerfile"]), edited
+    (context / "Dockerfile").write_text(dockerfile)
+    _run_as_the_dockerfile(next(l for l in stages["build-info"] if l.startswith("RUN")), context, env, tmp_path)
+    assert json.loads((tmp_path / "build-info.json").read_text())["dirty"] is False
     # the final stage: /opt/adarem with the copied paths, installed (no dependencies here) to site
     opt, site = tmp_path / "opt", tmp_path / "site"
-    shutil.copytree(context, opt, ignore=shutil.ignore_patterns(".git"))
+    shutil.copytree(context, opt, ignore=lambda d, names: [n for n in names if d == str(context)
+                                                            and n not in _copied(stages["final"])])
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                           "--target", str(site), "."], cwd=opt, capture_output=True, text=True, timeout=300)
     assert pip.returncode == 0, pip.stderr[-2000:]

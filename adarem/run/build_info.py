@@ -6,18 +6,27 @@ steps the Dockerfile runs, and ``git_info`` reads it back at run time:
 
 1. ``describe`` (the Dockerfile's build-info stage, which alone sees the build context's ``.git``):
    the commit of the context's repository and whether the files the image copies (the paths
-   given) differ from that commit's files under those paths, compared with ``git ls-tree`` byte
-   for byte: a changed, added (untracked or git-ignored) or missing file, or a symlink in place of
-   a file, makes the build dirty (``__pycache__``/``*.pyc`` are left out: bytecode, and
-   .dockerignore keeps it out of the image). Dirty: ``diff_sha1``, a hash of which files differ and
-   their contents, and ``changed_files``. Without a usable repository whose root is the context
+   given, the Dockerfile and .dockerignore among them) differ from that commit's files under
+   those paths, compared with ``git ls-tree``: a changed, added (untracked or git-ignored) or
+   missing file, or a symlink in place of a file, makes the build dirty. A file whose bytes are
+   not the committed blob's is asked of git once more, through git's own filters (``git
+   hash-object --stdin-paths``: core.autocrlf, .gitattributes eol/text, filter drivers), so a
+   checkout that ``git status`` calls clean (Git for Windows' autocrlf=true, CRLF in the files)
+   is clean here too. ``__pycache__`` folders are left out (bytecode that .dockerignore keeps out
+   of the image); a ``*.pyc`` anywhere else is a file like any other: importable without its
+   source. Dirty: ``diff_sha1``, a hash of which files differ and their contents, and
+   ``changed_files``. Without a usable repository whose root is the context
    (no ``.git``, a worktree whose ``.git`` points outside the context, no git, no commit), commit
    and dirty are null and ``error`` says why; the build goes on. Run as a script, stdlib only:
    ``python -P adarem/run/build_info.py describe SRC PATH... > build-info.json``
 2. ``seal`` (after ``pip install``): writes that description into the installed package as
    ``_build.json``, with ``files_sha256``, a hash of every file of the installed package (its
-   configs, ``adarem/configs``, included; ``__pycache__``, ``*.pyc`` and ``_build.json`` itself
-   left out): ``python -P -m adarem.run.build_info seal build-info.json``.
+   configs, ``adarem/configs``, included; ``__pycache__`` folders and ``_build.json`` itself left
+   out), and adds ``_build.json`` to the RECORD of the distribution that installed the package
+   (with its sha256 and size, as pip writes rows), so that pip removes it with the package: a
+   later ``pip install --force-reinstall`` of other code or a ``pip uninstall`` does not leave
+   a description of code that is gone: ``python -P -m adarem.run.build_info seal build-info.json``
+   (the command line requires that RECORD).
 
 At run time ``read`` (for a copy no repository tracks) hashes the installed files again. The same
 hash: the build's commit and dirty, with ``"source": "image build"`` and ``built_at``. Another hash
@@ -30,6 +39,8 @@ image's build said, checked against the files that run, not a signature.
 
 from __future__ import annotations
 
+import base64
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -46,14 +57,10 @@ _SKIP_DIRS = {"__pycache__", ".git"}
 _HEX = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 
 
-def _skipped(name: str) -> bool:
-    return name.endswith(".pyc")
-
-
-def _git(src: Path, *args: str) -> bytes:
+def _git(src: Path, *args: str, input: bytes | None = None) -> bytes:
     # safe.directory: the context's files may belong to another uid than the build's (rootless builds)
     return subprocess.run(["git", "-c", "safe.directory=*", "--literal-pathspecs", *args], cwd=src,
-                          capture_output=True, check=True, timeout=60).stdout
+                          input=input, capture_output=True, check=True, timeout=60).stdout
 
 
 def _blob_id(data: bytes, algorithm: str) -> str:
@@ -86,9 +93,26 @@ def _present(src: Path, paths: list[str], algorithm: str) -> dict[str, tuple[str
                 elif d in _SKIP_DIRS:
                     dirs.remove(d)
             for f in files:
-                if not _skipped(f):
-                    add(Path(root, f))
+                add(Path(root, f))
     return found
+
+
+def _same_through_filters(src: Path, candidates: list[str], committed: dict) -> set[str]:
+    """Of ``candidates`` (regular files, committed as regular files, whose bytes are not the
+    committed blob), those that git's clean filters turn into the committed blob: what ``git
+    status`` calls unchanged. A file git cannot hash (a filter that fails) stays changed."""
+    # --stdin-paths reads one path a line and unquotes one that starts with '"': other names stay changed
+    names = [p for p in candidates if not ({"\n", "\r"} & set(p)) and not p.startswith('"')]
+    if not names:
+        return set()
+    try:
+        oids = _git(src, "hash-object", "--stdin-paths",
+                    input=b"".join(os.fsencode(p) + b"\n" for p in names)).decode().split()
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    if len(oids) != len(names):
+        return set()
+    return {p for p, oid in zip(names, oids) if oid == committed[p][1]}
 
 
 def describe(src: str | os.PathLike, paths: list[str]) -> dict:
@@ -121,6 +145,9 @@ def describe(src: str | os.PathLike, paths: list[str]) -> dict:
         committed[os.fsdecode(name)] = (kinds.get(mode.decode(), mode.decode()), oid.decode())
     present = _present(src, paths, algorithm)
     differ = sorted(p for p in committed.keys() | present.keys() if committed.get(p) != present.get(p))
+    same = _same_through_filters(src, [p for p in differ if committed.get(p, ("",))[0] == "file"
+                                       and present.get(p, ("",))[0] == "file"], committed)
+    differ = [p for p in differ if p not in same]
     out.update(commit=commit, dirty=bool(differ))
     if differ:
         text = "".join(f"{p}\0{':'.join(committed.get(p, ('-', '-')))}\0{':'.join(present.get(p, ('-', '-')))}\n"
@@ -133,7 +160,8 @@ def describe(src: str | os.PathLike, paths: list[str]) -> dict:
 
 def files_sha256(package: str | os.PathLike) -> str:
     """A hash of every file of an installed package: relative paths and contents (symlinks by
-    their target), without ``__pycache__``, ``*.pyc`` and the package's own ``_build.json``."""
+    their target), without ``__pycache__`` folders and the package's own ``_build.json`` (a
+    ``*.pyc`` elsewhere is importable without its source: it counts)."""
     package = Path(package)
     h = hashlib.sha256()
     entries = []
@@ -142,7 +170,7 @@ def files_sha256(package: str | os.PathLike) -> str:
         for name in files + [d for d in dirs if Path(root, d).is_symlink()]:
             path = Path(root, name)
             rel = path.relative_to(package).as_posix()
-            if _skipped(name) or rel == BUILD_FILE:
+            if rel == BUILD_FILE:
                 continue
             if path.is_symlink():
                 digest = "link:" + hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
@@ -170,19 +198,65 @@ def _problem(info: object) -> str | None:
     return None
 
 
-def seal(description: dict, package: str | os.PathLike) -> Path:
+def record_of(package: str | os.PathLike) -> Path | None:
+    """The RECORD of the distribution that installed ``package`` (a ``*.dist-info`` beside it
+    listing files under it); None when none does (a package pip did not install); ValueError when
+    several do (which one pip would remove the file with is not known)."""
+    package = Path(package)
+    prefix = package.name + "/"
+    owners = []
+    for info in sorted(package.parent.glob("*.dist-info")):
+        try:
+            with open(info / "RECORD", newline="", encoding="utf-8") as f:
+                if any(row and row[0].replace("\\", "/").startswith(prefix) for row in csv.reader(f)):
+                    owners.append(info / "RECORD")
+        except FileNotFoundError:
+            continue
+    if len(owners) > 1:
+        raise ValueError(f"several distributions install {package}: {', '.join(map(str, owners))}")
+    return owners[0] if owners else None
+
+
+def _add_to_record(record: Path, package: Path, path: Path) -> None:
+    """``path`` (a file of ``package``) as a row of ``record``, as pip writes them: the path
+    relative to the folder holding the package, sha256=<urlsafe base64, unpadded>, the size."""
+    data = path.read_bytes()
+    rel = f"{package.name}/{path.relative_to(package).as_posix()}"
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    raw = record.read_bytes()
+    terminator = "\r\n" if b"\r\n" in raw else "\n"
+    rows = [row for row in csv.reader(raw.decode("utf-8").splitlines()) if row and row[0] != rel]
+    rows.append([rel, f"sha256={digest}", str(len(data))])
+    tmp = record.with_name(record.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator=terminator).writerows(rows)
+    os.replace(tmp, record)
+
+
+def seal(description: dict, package: str | os.PathLike, require_record: bool = False) -> Path:
     """Write ``description`` (``describe``'s) into the installed ``package`` as ``_build.json``
-    with the hash of its files."""
+    with the hash of its files, and list it in the RECORD of the distribution that installed the
+    package (``record_of``; ``require_record``: ValueError, nothing written, without one)."""
     problem = _problem(description)
     if problem:
         raise ValueError(f"not a build description: {problem}")
     package = Path(package)
+    record = record_of(package)
+    if record is None and require_record:
+        raise ValueError(f"no *.dist-info beside {package} lists its files: seal an installed package "
+                         f"(pip would not remove its {BUILD_FILE})")
     data = {**description, "format": FORMAT, "files_sha256": files_sha256(package),
             "sealed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     path = package / BUILD_FILE
     tmp = path.with_name(BUILD_FILE + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
+    if record is not None:
+        try:
+            _add_to_record(record, package, path)
+        except BaseException:
+            path.unlink()  # a file pip would not remove is worse than none
+            raise
     return path
 
 
@@ -227,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) in (2, 3) and argv[0] == "seal":
         package = Path(argv[2]) if len(argv) == 3 else Path(__file__).resolve().parents[1]
         description = json.loads(Path(argv[1]).read_text())
-        path = seal(description, package)
-        print(f"{path}: commit {description.get('commit')}, dirty {description.get('dirty')}"
+        path = seal(description, package, require_record=True)
+        print(f"{path} (in {record_of(package)}): commit {description.get('commit')}, dirty {description.get('dirty')}"
               + (f" ({description['error']})" if description.get("error") else ""))
         return 0
     print(usage, file=sys.stderr)

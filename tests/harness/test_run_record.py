@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 
 import pytest
 
@@ -149,6 +152,7 @@ def test_an_installed_copy_records_the_commit_its_image_was_built_from(tmp_path)
     _build_info_cli("seal", tmp_path / "build-info.json", pythonpath=site, cwd=tmp_path)
     sealed = json.loads((site / "adarem" / "_build.json").read_text())
     assert sealed["commit"] == head and len(sealed["files_sha256"]) == 64
+    assert "adarem/_build.json," in next(site.glob("adarem-*.dist-info/RECORD")).read_text()  # pip removes it
     image = {"commit": head, "dirty": False, "source": "image build", "built_at": description["built_at"]}
     assert _git_info_of(site, tmp_path) == image
     # a config edited inside the container: the commit it was built from, dirty, flagged
@@ -197,6 +201,8 @@ def test_a_build_is_dirty_when_the_copied_files_are_not_the_commits(tmp_path):
              lambda: _git(src, "checkout", "HEAD", "--", "pkg/a.py")),
             (lambda: (src / "pkg" / "new.py").write_text(""), lambda: (src / "pkg" / "new.py").unlink()),
             (lambda: (src / "pkg" / "x.log").write_text("log\n"), lambda: (src / "pkg" / "x.log").unlink()),
+            # a compiled module with no source, outside __pycache__: importable, so code
+            (lambda: (src / "pkg" / "stray.pyc").write_bytes(b"\0"), lambda: (src / "pkg" / "stray.pyc").unlink()),
             (lambda: (src / "pkg" / "b.yaml").unlink(), lambda: _git(src, "checkout", "--", "pkg/b.yaml"))]:
         change()
         info = describe(src, paths)
@@ -204,7 +210,7 @@ def test_a_build_is_dirty_when_the_copied_files_are_not_the_commits(tmp_path):
         seen.add(info["diff_sha1"])
         undo()
         assert describe(src, paths)["dirty"] is False
-    assert len(seen) == 5  # each change hashes differently
+    assert len(seen) == 6  # each change hashes differently
     # a dirty build, sealed: dirty with the build's diff_sha1 while its files are the built ones
     (src / "pkg" / "a.py").write_text("a = 2\n")
     dirty = describe(src, paths)
@@ -213,6 +219,14 @@ def test_a_build_is_dirty_when_the_copied_files_are_not_the_commits(tmp_path):
     seal(dirty, package)
     assert read(package) == {"commit": head, "dirty": True, "diff_sha1": dirty["diff_sha1"],
                              "source": "image build", "built_at": dirty["built_at"]}
+    # a stray compiled module added to the installed package since: changed (bytecode in
+    # __pycache__ is not)
+    (package / "__pycache__").mkdir(exist_ok=True)
+    (package / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert read(package)["diff_sha1"] == dirty["diff_sha1"]
+    (package / "stray.pyc").write_bytes(b"\0")
+    assert read(package)["changed_since_build"] is True
+    (package / "stray.pyc").unlink()
     # a context without .git, or inside another repository: null, and why
     bare = tmp_path / "bare"
     shutil.copytree(src / "pkg", bare / "pkg")
@@ -235,6 +249,9 @@ def test_a_build_file_that_cannot_vouch_for_its_commit_records_none(tmp_path):
     commit = "a" * 40
     with pytest.raises(ValueError):
         seal({"commit": commit, "dirty": None}, package)
+    with pytest.raises(ValueError, match="dist-info"):  # the command line's seal: no RECORD, no file pip leaves
+        seal({"commit": commit, "dirty": False}, package, require_record=True)
+    assert not (package / "_build.json").exists()
     files = files_sha256(package)
     for bad in ({"commit": commit, "dirty": None, "files_sha256": files}, {"commit": commit, "files_sha256": files},
                 {"commit": commit, "dirty": "no", "files_sha256": files},
@@ -246,3 +263,82 @@ def test_a_build_file_that_cannot_vouch_for_its_commit_records_none(tmp_path):
         assert (got["commit"], got["dirty"], got["source"]) == (None, None, "image build") and got["error"], (bad, got)
     (package / "_build.json").write_text("{truncated")
     assert read(package)["commit"] is None and "unreadable" in read(package)["error"]
+
+
+def test_a_checkout_with_autocrlf_is_described_as_git_status_sees_it(tmp_path):
+    """A clone made with core.autocrlf=true (Git for Windows' default) has CRLF in its text files
+    and `git status` calls it clean: so does describe (git's own filters), a file committed with
+    CRLF and a binary file included; a real change is still dirty."""
+    from adarem.run.build_info import describe
+
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "a.py").write_text("a = 1\nb = 2\n")
+    (src / "pkg" / "crlf.txt").write_bytes(b"committed\r\nwith crlf\r\n")
+    (src / "pkg" / "blob.bin").write_bytes(b"\0\1\n\2")
+    _git(src, "init", "-q")
+    head = _commit_all(src)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "-c", "core.autocrlf=true", str(src), str(clone)], check=True,
+                   capture_output=True)
+    assert (clone / "pkg" / "a.py").read_bytes() == b"a = 1\r\nb = 2\r\n"  # what the image would copy
+    assert _git(clone, "status", "--porcelain") == ""
+    info = describe(clone, ["pkg"])
+    assert (info["commit"], info["dirty"]) == (head, False), info
+    (clone / "pkg" / "a.py").write_bytes(b"a = 1\r\nb = 3\r\n")
+    info = describe(clone, ["pkg"])
+    assert info["dirty"] is True and info["changed_files"] == ["pkg/a.py"], info
+    (clone / "pkg" / "a.py").write_bytes(b"a = 1\nb = 2\n")  # the committed bytes themselves: clean
+    assert describe(clone, ["pkg"])["dirty"] is False
+
+
+def test_pip_removes_the_build_file_with_the_package(tmp_path):
+    """seal lists _build.json in the installed distribution's RECORD: a wheel of commit B
+    force-reinstalled by pip over a sealed install of commit A leaves no description of A (which
+    would record A, dirty, for code that is exactly B), and pip uninstall leaves no adarem/."""
+    from adarem.run.build_info import read, seal
+
+    src = tmp_path / "src"
+    commit_a = _suite_repository(src)
+    description = json.loads(_build_info_cli("describe", src, *BUILD_PATHS))
+    assert (description["commit"], description["dirty"]) == (commit_a, False)
+
+    def wheel(name):
+        out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                              "-w", str(tmp_path / name), str(src)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        shutil.rmtree(src / "build", ignore_errors=True)
+        return next((tmp_path / name).glob("adarem-*.whl"))
+
+    def pip(*args):
+        out = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                              "--disable-pip-version-check", *args], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+
+    wheel_a = wheel("a")
+    config = src / "configs" / "config.yaml"  # installed as adarem/configs
+    config.write_text(config.read_text() + "# commit B\n")
+    commit_b = _commit_all(src, "B")
+    wheel_b = wheel("b")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = next(venv.glob("lib/python*/site-packages"))
+    pip("install", "-q", "--no-deps", "--no-index", str(wheel_a))
+    seal(description, site / "adarem")
+    assert read(site / "adarem")["commit"] == commit_a
+    # the row as pip writes them, read back as installers read RECORD
+    dist_info = next(site.glob("adarem-*.dist-info"))
+    rows = {str(f): f for f in metadata.Distribution.at(dist_info).files}
+    row, data = rows["adarem/_build.json"], (site / "adarem" / "_build.json").read_bytes()
+    assert (row.hash.mode, row.hash.value, row.size) == (
+        "sha256", base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode(), len(data))
+    assert "adarem/__init__.py" in rows
+    seal(description, site / "adarem")  # sealed again: one row still
+    assert [str(f) for f in metadata.Distribution.at(dist_info).files].count("adarem/_build.json") == 1
+    pip("install", "-q", "--no-deps", "--no-index", "--force-reinstall", str(wheel_b))
+    assert "# commit B" in (site / "adarem" / "configs" / "config.yaml").read_text()
+    assert not (site / "adarem" / "_build.json").exists() and read(site / "adarem") is None
+    seal({**description, "commit": commit_b}, site / "adarem")
+    assert read(site / "adarem")["commit"] == commit_b
+    pip("uninstall", "-q", "-y", "adarem")
+    assert not (site / "adarem").exists(), sorted(p.name for p in (site / "adarem").rglob("*"))
