@@ -38,3 +38,18 @@ def test_the_committed_study_meets_its_protocol():
     # the committed records are the ones the selection names: every run has its record
     for run_dir in sel.run_dir:
         assert (REPO / run_dir / "run.json").is_file(), run_dir
+
+
+def test_the_grid_check_chose_the_same_learning_rates_from_committed_records():
+    """README "Does the verdict depend on the width of the lr grid?": the relaunch at lr_span=1
+    tried every lr of the study and more, chose the same lr for every optimizer, and each of its
+    trials has its record in runs/ or grid_check/runs/."""
+    narrow, wide = pd.read_csv(STUDY / "selection.csv"), pd.read_csv(STUDY / "grid_check" / "selection.csv")
+    for opt in sorted(OPTIMIZERS):
+        a = narrow[(narrow.optimizer == opt) & (narrow.stage == "select")]
+        b = wide[(wide.optimizer == opt) & (wide.stage == "select")]
+        assert set(a.lr) < set(b.lr), opt
+        assert set(a[a.chosen].lr) == set(b[b.chosen].lr), opt
+    for run_dir in wide.run_dir:
+        rel = run_dir.split("/runs/", 1)[1]
+        assert (STUDY / "runs" / rel / "run.json").is_file() or (STUDY / "grid_check" / "runs" / rel / "run.json").is_file(), rel
