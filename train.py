@@ -6,7 +6,8 @@
 
 Configs live in configs/ (validated by adarem/config.py). The run directory gets run.json,
 metrics.jsonl and checkpoints (format: README.md). resume=auto (the default) continues an
-interrupted run; SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me").
+interrupted run; SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me"); trainer.max_steps=N
+checkpoints after step N and exits 0 (status stopped).
 
 The same as ``adarem-train`` / ``python -m adarem.cli.train`` (adarem/cli/train.py), kept here for
 ``python train.py`` and ``torchrun train.py`` from the repository root.

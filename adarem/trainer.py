@@ -3,8 +3,9 @@
 An epoch is two phases, each resumable: ``train`` (``engine.train_epoch``, which stops early on a
 signal, a timed checkpoint, divergence or ``trainer.max_steps``) and ``eval`` (evaluation and the
 epoch's metrics line). A checkpoint is written at the end of each phase, so a kill at any point
-loses at most the work since the last one. ``run`` returns the process's exit code: 0 (finished,
-or diverged: divergence is a result) or 75 (stopped; "requeue me").
+loses at most the work since the last one. ``run`` returns the process's exit code: 0 (finished;
+diverged: divergence is a result; stopped at ``trainer.max_steps``, as asked) or 75 (preempted by a
+signal; "requeue me").
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ class Trainer:
                     self.save_checkpoint()
                     if outcome.reason == "timed_checkpoint":
                         continue
-                    return self.stop_for_requeue("preempted" if outcome.reason == "preempt" else "stopped",
-                                                 outcome.reason)
+                    if outcome.reason == "max_steps":
+                        return self.stop_at_max_steps()
+                    return self.stop_for_requeue()
                 state.elapsed_train_s += state.progress.train_time_s
                 state.phase = "eval"
                 self.save_checkpoint()  # a kill during evaluation does not lose the epoch
@@ -67,7 +69,11 @@ class Trainer:
             state.progress = EpochProgress()
             self.save_checkpoint()
             if self.stop.requested_anywhere():
-                return self.stop_for_requeue("preempted")
+                return self.stop_for_requeue()
+            if self.tc.max_steps and state.global_step >= self.tc.max_steps and state.epoch < self.tc.epochs:
+                # the limit fell on an epoch's last step (train_epoch lets the epoch end and be
+                # evaluated): stop here rather than one step into the next epoch
+                return self.stop_at_max_steps()
         return self.finish()
 
     def train_phase(self):
@@ -168,18 +174,35 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------------ how a run ends
-    def stop_for_requeue(self, status: str, reason: str = "preempt") -> int:
-        """After the checkpoint: record why the run stopped and ask the scheduler for a requeue
-        (for ``max_steps`` too; a relaunch that finds the run at trainer.max_steps trains nothing
-        and exits 0, so a requeued job ends there: run_setup.prepare)."""
+    def stop_for_requeue(self) -> int:
+        """Preempted (SIGTERM/SIGUSR1, submitit's signal), after the checkpoint: record it and ask
+        the scheduler for a requeue (exit 75)."""
         r, step = self.run_, self.state.global_step
-        r.metrics.close()
-        r.record.update(status=status, stopped_at_step=step, signal=self.stop.signal_name, stop_reason=reason)
+        self.record_stop("preempted", "preempt")
         if r.dist.is_main:
-            print(f"{status} at step {step} (signal {self.stop.signal_name}); checkpoint written, exit "
+            print(f"preempted at step {step} (signal {self.stop.signal_name}); checkpoint written, exit "
                   f"{REQUEUE_EXIT_CODE} asks for a requeue; rerun with resume=auto to continue", file=sys.stderr)
         r.tracker.finish(exit_code=REQUEUE_EXIT_CODE)
         return REQUEUE_EXIT_CODE
+
+    def stop_at_max_steps(self) -> int:
+        """Stopped at trainer.max_steps, after the checkpoint: a stop that was asked for, so exit 0
+        (no requeue, and torchrun does not report a failure). The run stays ``stopped``
+        (stop_reason max_steps), not finished: a relaunch with a higher or no limit continues it,
+        one at the same limit trains nothing (run_setup.prepare)."""
+        r, step = self.run_, self.state.global_step
+        self.record_stop("stopped", "max_steps")
+        if r.dist.is_main:
+            print(f"stopped at step {step} (trainer.max_steps={self.tc.max_steps}); checkpoint written; rerun "
+                  f"with a higher or no trainer.max_steps to continue", file=sys.stderr)
+        r.tracker.finish()
+        return 0
+
+    def record_stop(self, status: str, reason: str) -> None:
+        r = self.run_
+        r.metrics.close()
+        r.record.update(status=status, stopped_at_step=self.state.global_step, signal=self.stop.signal_name,
+                        stop_reason=reason)
 
     def diverged(self, div: Divergence) -> int:
         r = self.run_

@@ -107,12 +107,27 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def stopped_run(tmp_path_factory, env) -> Path:
-    """The FAST defaults stopped by trainer.max_steps=3 (exit 75): status stopped, checkpoint.pt
+    """The FAST defaults stopped by trainer.max_steps=3 (exit 0): status stopped, checkpoint.pt
     after step 3 of epoch 0. Read only: copy_run() it to change it."""
     run_dir = tmp_path_factory.mktemp("shared") / "stopped"
     res = run_train(["trainer.max_steps=3"], env, run_dir)
-    assert res.returncode == 75, res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-3000:]
     assert read_run(run_dir)["status"] == "stopped"
+    return run_dir
+
+
+# deterministic and with dropout: a rerun, or a resumed run, is bit-identical to an uninterrupted one
+DETERMINISTIC = ["trainer.deterministic=true", "model.drop_rate=0.1"]
+
+
+@pytest.fixture(scope="session")
+def deterministic_run(tmp_path_factory, env) -> Path:
+    """The FAST defaults with DETERMINISTIC (2 epochs of 22 steps), finished: the uninterrupted
+    reference that stopped and resumed runs are compared with. Read only."""
+    run_dir = tmp_path_factory.mktemp("shared") / "deterministic"
+    res = run_train(DETERMINISTIC, env, run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_run(run_dir)["status"] == "finished"
     return run_dir
 
 

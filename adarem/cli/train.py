@@ -8,7 +8,8 @@
 Configs: adarem.cli.CONFIG_DIR (the repository's configs/, installed with the package), validated by
 adarem/config.py. The run directory (under the current directory) gets run.json, metrics.jsonl and
 checkpoints (format: README.md). resume=auto (the default) continues an interrupted run;
-SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me").
+SIGTERM/SIGUSR1 checkpoint and exit with code 75 ("requeue me"); trainer.max_steps=N checkpoints after
+step N and exits 0 (status stopped).
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ from omegaconf import DictConfig  # noqa: E402
 from adarem import distributed as dist_utils  # noqa: E402
 from adarem.run.checkpoint import CheckpointError  # noqa: E402
 from adarem.config import ConfigError  # noqa: E402
-from adarem.data import DataError  # noqa: E402
 from adarem.run_setup import create, prepare  # noqa: E402
 from adarem.run.signals import StopFlag  # noqa: E402
-from adarem.trainer import Trainer  # noqa: E402
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError)  # one line, exit 2
+# The data, model, optimizer and training-loop modules (torchvision, timm, torch._dynamo: ~4.5 s of
+# a launch's ~7 s of imports) are imported where a run is built (run_setup.prepare) and trained
+# (train below), so that a launch refused before then answers sooner.
+
+
+def user_errors() -> tuple:
+    """The errors reported in one line, exit 2: ConfigError, CheckpointError, OSError (an
+    unwritable run directory, a full disk, a vanished file), and DataError once adarem.data is
+    imported (no data error can be raised before)."""
+    data = sys.modules.get("adarem.data")
+    return (ConfigError, CheckpointError, OSError) + ((data.DataError,) if data is not None else ())
 
 
 def train(cfg: DictConfig) -> int:
@@ -49,6 +58,8 @@ def train(cfg: DictConfig) -> int:
         run = create(cfg, stop)
         code = prepare(run, stop)
         if code is None:
+            from adarem.trainer import Trainer
+
             code = Trainer(run, stop).run()
     except BaseException as exc:
         if run is not None:
@@ -67,8 +78,8 @@ def main(cfg: DictConfig) -> None:
     early.release_ctrl_c()  # from here on Ctrl-C marks the run interrupted
     try:
         code = train(cfg)
-    except USER_ERRORS as exc:  # OSError: an unwritable run directory, a full disk, a vanished file
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as exc:
+        if not isinstance(exc, user_errors()) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         hint = " (free space or choose a writable hydra.run.dir)" if isinstance(exc, OSError) else ""
         print(f"error: {one_line(exc)}{hint}", file=sys.stderr)

@@ -1,7 +1,14 @@
-"""scripts/prepare_imagenet.py on a miniature ImageNet: checks, and the val layout by symlinks."""
+"""scripts/prepare_imagenet.py on a miniature ImageNet: checks, and the val layout by symlinks.
+
+The script's main() runs in the test process (a launch costs ~8 s of imports, torch and
+torchvision, for a check of a few files); test_complete_and_incomplete_trees also runs it as the
+command, `python scripts/prepare_imagenet.py`, for its exit statuses and output."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import subprocess
 import sys
 
@@ -24,15 +31,36 @@ def _tree(root, flat_val=False):
     return root
 
 
-def run(*args):
+def command(*args):
+    """The script as a command: a process of its own."""
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+_SCRIPT_MODULE = None
+
+
+def run(*args):
+    """What the command returns, from the script's main() in this process: its exit status and
+    what it printed (an exception it raises fails the test, as a traceback would)."""
+    global _SCRIPT_MODULE
+    if _SCRIPT_MODULE is None:
+        spec = importlib.util.spec_from_file_location("prepare_imagenet_script", SCRIPT)
+        _SCRIPT_MODULE = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_SCRIPT_MODULE)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = _SCRIPT_MODULE.main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's refusals
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_complete_and_incomplete_trees(tmp_path):
     root = _tree(tmp_path / "inet")
     ok = run(root, "--expect-classes", 2, "--expect-train", 6, "--expect-val", 3)
     assert ok.returncode == 0 and "complete" in ok.stdout
-    bad = run(root)  # against the real ImageNet counts
+    bad = command(root)  # against the real ImageNet counts; as the command: its exit status is main()'s
     assert bad.returncode == 1
     assert "train: 2 class folders, expected 1000" in bad.stdout and "val: 3 images, expected 50000 (-49997)" in bad.stdout
     (root / "train" / "n01440764" / "notes.txt").write_text("x")

@@ -114,7 +114,7 @@ def test_class_folders_differ(tmp_path, env, trees):
 
 
 def test_unreadable_checkpoint_with_resume_auto(tmp_path, env, stopped_run):
-    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75), batch size 64
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 0), batch size 64
     (run_dir / "checkpoint.pt").write_bytes(b"garbage")
     (run_dir / "checkpoint_prev.pt").write_bytes(b"more garbage")
     _check(run_train(["trainer.batch_size=64"], env, run_dir), "is unreadable", run_dir)
@@ -152,7 +152,7 @@ def test_one_class_folder(tmp_path, env, trees):
 def test_resume_from_another_models_checkpoint(tmp_path, env, stopped_run):
     import torch
 
-    ckpt_path = stopped_run / "checkpoint.pt"  # trainer.max_steps=3 (exit 75); only read here
+    ckpt_path = stopped_run / "checkpoint.pt"  # trainer.max_steps=3 (exit 0); only read here
     ckpt = torch.load(ckpt_path, weights_only=False)
     ckpt["config"] = None  # even without the config check, loading must fail in one line
     ckpt["model"] = {"foo.weight": torch.zeros(3)}

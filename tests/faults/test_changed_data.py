@@ -65,6 +65,17 @@ def digits_run(tmp_path_factory, env):
     return tree, run_dir
 
 
+@pytest.fixture(scope="module")
+def stopped_on_tree(digits_run, env):
+    """A run of the same configuration on digits_run's tree, stopped by trainer.max_steps=3 (exit 0).
+    Read only: copy_run() it to change it."""
+    tree, finished = digits_run
+    run_dir = finished.parent / "stopped"
+    res = run_train(_args(tree) + ["trainer.max_steps=3"], env, run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run_dir
+
+
 def test_unchanged_tree_reports_the_finished_run_whatever_the_workers(digits_run, env):
     """data.num_workers is not part of the configuration, and not of the data identity either."""
     tree, run_dir = digits_run
@@ -108,29 +119,31 @@ def test_added_images_are_refused_though_the_samples_per_epoch_agree(digits_run,
     assert _snapshot(run_dir) == before
 
 
-def test_a_stopped_run_is_not_resumed_on_changed_data(tmp_path, env):
-    tree = ensure_digits_tree(tmp_path / "tree")
-    run_dir = tmp_path / "stopped"
-    res = run_train(_args(tree) + ["trainer.max_steps=3"], env, run_dir)
-    assert res.returncode == 75, res.stderr[-3000:]
+def test_a_stopped_run_is_not_resumed_on_changed_data(tmp_path, env, digits_run, stopped_on_tree):
+    tree, _ = digits_run
+    run_dir = copy_run(stopped_on_tree, tmp_path / "stopped")
     before = _snapshot(run_dir)
     assert {"checkpoint.pt", "run.json", "metrics.jsonl"} <= set(before)
 
     _swap(tree / "train", "3", "8")
-    res = run_train(_args(tree), env, run_dir)
+    try:
+        res = run_train(_args(tree), env, run_dir)
+    finally:
+        _swap(tree / "train", "3", "8")
     assert res.returncode == 2
     line = _one_error_line(res)
     assert "holds a stopped run whose dataset differs" in line and "train_sha1" in line
     assert _snapshot(run_dir) == before
-    _swap(tree / "train", "3", "8")
 
     added = _add_copies(tree / "train" / "5", 25)
-    res = run_train(_args(tree), env, run_dir)
+    try:
+        res = run_train(_args(tree), env, run_dir)
+    finally:
+        for p in added:
+            p.unlink()
     assert res.returncode == 2
     assert "train_images (training images) 1438 then, 1463 now" in _one_error_line(res)
     assert _snapshot(run_dir) == before
-    for p in added:
-        p.unlink()
 
 
 def test_a_record_from_before_the_contents_keys_is_still_reported(digits_run, env, tmp_path):
@@ -160,20 +173,21 @@ def test_a_record_from_before_the_contents_keys_is_still_reported(digits_run, en
     assert _snapshot(run_dir) == before
 
 
-def test_resume_from_a_checkpoint_path_checks_the_data_it_was_trained_on(tmp_path, env):
+def test_resume_from_a_checkpoint_path_checks_the_data_it_was_trained_on(tmp_path, env, digits_run,
+                                                                         stopped_on_tree):
     """resume=<path> may name a checkpoint of another directory: the new directory has no record to
     compare with, so the checkpoint carries its data identity."""
-    tree = ensure_digits_tree(tmp_path / "tree")
-    stopped = tmp_path / "stopped"
-    res = run_train(_args(tree) + ["trainer.max_steps=3"], env, stopped)
-    assert res.returncode == 75, res.stderr[-3000:]
+    tree, _ = digits_run
+    stopped = stopped_on_tree  # its checkpoint is only read
     _swap(tree / "train", "3", "8")
-    res = run_train(_args(tree) + [f"resume={stopped / 'checkpoint.pt'}"], env, tmp_path / "elsewhere")
+    try:
+        res = run_train(_args(tree) + [f"resume={stopped / 'checkpoint.pt'}"], env, tmp_path / "elsewhere")
+    finally:
+        _swap(tree / "train", "3", "8")  # the same data again: it continues there (below)
     assert res.returncode == 2
     line = _one_error_line(res)
     assert "the checkpoint" in line and "was trained on a dataset that differs" in line and "train_sha1" in line
     assert not (tmp_path / "elsewhere" / "run.json").exists() or read_run(tmp_path / "elsewhere")["status"] != "finished"
-    _swap(tree / "train", "3", "8")  # the same data again: it continues there
     res = run_train(_args(tree) + [f"resume={stopped / 'checkpoint.pt'}"], env, tmp_path / "again")
     assert res.returncode == 0, res.stderr[-3000:]
     assert read_run(tmp_path / "again")["status"] == "finished"

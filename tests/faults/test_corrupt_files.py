@@ -49,7 +49,7 @@ def test_replaced_images_are_counted_over_ranks_and_resumes(tmp_path, env, broke
     assert _counts(two) == ([4, 4], 8)  # was [2, 4]: rank 0's share, cumulative
 
     stopped = tmp_path / "stopped"
-    assert run_train(_args(broken_tree) + ["trainer.max_steps=3"], env, stopped).returncode == 75
+    assert run_train(_args(broken_tree) + ["trainer.max_steps=3"], env, stopped).returncode == 0
     res = run_train(_args(broken_tree), env, stopped)
     assert res.returncode == 0, res.stderr[-2000:]
     assert _counts(stopped) == ([4, 4], 8)  # was [3, 7]: the process's count restarted at 0
@@ -97,7 +97,7 @@ def test_a_resume_from_a_checkpoint_without_the_count_says_it_is_a_lower_bound(t
     import torch
 
     run_dir = tmp_path / "old"
-    assert run_train(_args(broken_tree) + ["trainer.max_steps=6"], env, run_dir).returncode == 75
+    assert run_train(_args(broken_tree) + ["trainer.max_steps=6"], env, run_dir).returncode == 0
     for path in run_dir.glob("checkpoint*.pt"):  # as written before the count was kept
         ckpt = torch.load(path, weights_only=False)
         for key in ("corrupt_skipped", "corrupt_exact"):

@@ -15,7 +15,7 @@ import torch
 
 from adarem import config as schema
 from adarem.run.identity import ADDED_KEYS, run_id
-from tests.conftest import FAST, REPO, read_run, run_train
+from tests.conftest import FAST, REPO, copy_run, read_run, run_train
 
 GROUPS = {"model": schema.ModelConfig, "optimizer": schema.OptimizerConfig, "data": schema.DataConfig,
           "schedule": schema.ScheduleConfig, "trainer": schema.TrainerConfig, "logging": schema.LoggingConfig}
@@ -69,10 +69,8 @@ ADDED = [pytest.param(IN_SCHEMA, None, id="registered-keys"), pytest.param([STAN
 
 # --- 1. schema growth does not change a run's identity ---------------------------------------
 
-def test_registered_keys_at_their_neutral_value_leave_the_hash_alone(tmp_path, env):
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.epochs=1"], env, run_dir).returncode == 0
-    record = read_run(run_dir)
+def test_registered_keys_at_their_neutral_value_leave_the_hash_alone(finished_run):
+    record = read_run(finished_run)  # trainer.epochs=1, finished; only read
     config = record["config"]
     for key, neutral in ADDED_KEYS.items():
         group, name = key.split(".", 1)
@@ -89,33 +87,38 @@ def test_registered_keys_at_their_neutral_value_leave_the_hash_alone(tmp_path, e
 def test_a_run_recorded_before_a_key_existed_resumes_in_the_same_directory(tmp_path, env, keys, launcher):
     """The directory name (${run_id:}) is the old one, resume=auto continues the run, and
     resume=<path> accepts its checkpoint; a non-neutral value of any of the keys is another
-    configuration."""
+    configuration (all of them in one launch: the refusal names every key that differs)."""
     assert keys
     pattern = f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"
     first = run_train(["trainer.max_steps=3", pattern], env, launcher=launcher)
-    assert first.returncode == 75, first.stderr[-2000:]
+    assert first.returncode == 0, first.stderr[-2000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     _strip_recorded(run_dir, keys)
     assert run_dir.name == run_id(read_run(run_dir)["config"])  # the old release's hash is the same
-    resumed = run_train([pattern], env, launcher=launcher)
+    resumed = run_train(["trainer.max_steps=4", pattern], env, launcher=launcher)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "different configuration" not in resumed.stderr
     assert [d.name for d in (tmp_path / "runs").iterdir()] == [run_dir.name]
-    assert read_run(run_dir)["status"] == "finished"
-    ok = run_train([f"resume={run_dir / 'checkpoint.pt'}"], env, tmp_path / "from_path", launcher=launcher)
+    record = read_run(run_dir)
+    assert (record["status"], record["stopped_at_step"], record["restarts"]) == ("stopped", 4, 1)  # continued
+    ok = run_train([f"resume={run_dir / 'checkpoint.pt'}", "trainer.max_steps=5"], env, tmp_path / "from_path",
+                   launcher=launcher)
     assert ok.returncode == 0, ok.stderr[-2000:]
+    assert read_run(tmp_path / "from_path")["stopped_at_step"] == 5
+    others = []
     for key in keys:
         neutral = 1 if key == STAND_IN else ADDED_KEYS[key]
-        other = f"{key}={2 if neutral in (0, 1) else neutral + 1}"
-        refused = run_train([other], env, run_dir, launcher=launcher)
-        assert refused.returncode == 2
-        assert key in _one_error_line(refused)
+        # a bool's other value is true (2 would be refused as a wrong type, not as another configuration)
+        others.append(f"{key}={'true' if isinstance(neutral, bool) else 2 if neutral in (0, 1) else neutral + 1}")
+    refused = run_train(others, env, run_dir, launcher=launcher)
+    assert refused.returncode == 2
+    line = _one_error_line(refused)
+    assert "different configuration" in line and all(key in line for key in keys), line
 
 
-def test_without_the_registration_a_missing_key_is_a_difference(tmp_path, env):
+def test_without_the_registration_a_missing_key_is_a_difference(tmp_path, env, stopped_run):
     """What the table prevents: the same stripped run, resumed by code that does not know the key."""
-    run_dir = tmp_path / "run"
-    assert run_train(["trainer.max_steps=3"], env, run_dir).returncode == 75
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 0)
     _strip_recorded(run_dir, [STAND_IN])
     res = run_train([], env, run_dir)
     assert res.returncode == 2
@@ -317,7 +320,7 @@ def test_a_run_of_an_old_spelling_is_pointed_at(tmp_path, env):
     root = make_photo_tree(tmp_path / "tree", classes=2, train_per_class=4, val_per_class=2, size_range=(60, 90))
     common = ["data=folder", f"data.root={root}/", "data.image_size=32", "data.val_resize=36", "trainer.batch_size=4",
               "trainer.epochs=1", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"]
-    assert run_train(common, env).returncode == 75
+    assert run_train(common, env).returncode == 0
     (new_dir,) = (tmp_path / "runs").iterdir()
     record = read_run(new_dir)
     record["config"]["data"]["root"] = f"{root}/"  # as the old code recorded it, in its old-id directory

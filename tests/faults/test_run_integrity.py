@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from adarem.data.photo_tree import make_photo_tree
-from tests.conftest import FAST, REPO, copy_run, read_metrics, read_run, run_train, torchrun
+from tests.conftest import DETERMINISTIC, FAST, REPO, copy_run, read_metrics, read_run, run_train, torchrun
 
 
 def _one_error_line(res) -> str:
@@ -32,11 +32,12 @@ def test_default_run_directory_carries_the_configuration_hash():
     assert "_${run_id:}" in text.split("run:")[1].split("sweep:")[0]
 
 
-def test_another_configuration_never_reuses_a_finished_run(tmp_path, env):
+def test_another_configuration_never_reuses_a_finished_run(tmp_path, env, finished_run):
     """The run-directory pattern ends in ${run_id:}: another config lands in another directory."""
     pattern = f"hydra.run.dir={tmp_path}/runs/" + "${run_id:}"
-    first = run_train(["trainer.epochs=1", pattern], env)
-    assert first.returncode == 0, first.stderr
+    # the FAST defaults with trainer.epochs=1, finished, in the directory the pattern names (the
+    # relaunch of that configuration below finds it there)
+    copy_run(finished_run, tmp_path / "runs" / read_run(finished_run)["run_id"])
     second = run_train(["trainer.epochs=1", "optimizer.weight_decay=0.05", "schedule=constant", pattern], env)
     assert second.returncode == 0, second.stderr
     assert "already finished" not in second.stdout
@@ -61,10 +62,9 @@ def test_explicit_directory_with_another_configuration_is_refused(tmp_path, env,
     assert (run_dir / "run.json").read_bytes() == before
 
 
-def test_stop_right_after_the_last_evaluation_keeps_the_final_result(tmp_path, env):
-    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
-    common = ["trainer.deterministic=true"]
-    assert run_train(common, env, ref_dir).returncode == 0
+def test_stop_right_after_the_last_evaluation_keeps_the_final_result(tmp_path, env, deterministic_run):
+    ref_dir, run_dir = deterministic_run, tmp_path / "run"
+    common = DETERMINISTIC
     stopped = run_train(common, dict(env, ADAREM_FAULT="after_eval@1:TERM"), run_dir)
     assert stopped.returncode == 75, stopped.stderr
     assert read_run(run_dir)["status"] == "preempted"
@@ -77,7 +77,7 @@ def test_stop_right_after_the_last_evaluation_keeps_the_final_result(tmp_path, e
 
 def test_second_process_on_a_live_run_directory_is_refused(tmp_path, env):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=4", "trainer.log_every=1",
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=1", "trainer.log_every=1",
            f"hydra.run.dir={run_dir}"]
     # the first process stops itself (SIGSTOP) after step 2, holding the lock, until the second
     # has been refused: no race with a first run that could finish before the second starts
@@ -90,7 +90,7 @@ def test_second_process_on_a_live_run_directory_is_refused(tmp_path, env):
                 break
             time.sleep(0.1)
         assert first.poll() is None, first.communicate()[0][-2000:]
-        second = run_train(["trainer.epochs=4"], env, run_dir)
+        second = run_train(["trainer.epochs=1"], env, run_dir)
         assert second.returncode == 2
         line = _one_error_line(second)
         assert "is in use by host" in line and f"pid {first.pid}" in line
@@ -99,21 +99,22 @@ def test_second_process_on_a_live_run_directory_is_refused(tmp_path, env):
         out = first.communicate(timeout=300)[0]
     assert first.returncode == 0, out[-2000:]
     lines = read_metrics(run_dir)
-    assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [0]  # the first process ran to its end
     assert read_run(run_dir)["status"] == "finished"
 
 
 def test_resume_from_a_checkpoint_of_another_configuration_is_refused(tmp_path, env, stopped_run):
-    src = stopped_run  # trainer.max_steps=3 (exit 75); its checkpoint is only read
+    src = stopped_run  # trainer.max_steps=3 (exit 0); its checkpoint is only read
     res = run_train(["optimizer.lr=0.001", "schedule=constant", f"resume={src / 'checkpoint.pt'}"], env,
                     tmp_path / "run")
     assert res.returncode == 2
     line = _one_error_line(res)
     assert "optimizer.lr" in line and "schedule.name" in line
     assert not (tmp_path / "run" / "run.json").exists()
-    # the same configuration may start from it
-    ok = run_train([f"resume={src / 'checkpoint.pt'}"], env, tmp_path / "run2")
+    # the same configuration may start from it (and trains on from its step 3)
+    ok = run_train([f"resume={src / 'checkpoint.pt'}", "trainer.max_steps=4"], env, tmp_path / "run2")
     assert ok.returncode == 0, ok.stderr
+    assert read_run(tmp_path / "run2")["stopped_at_step"] == 4
 
 
 def test_datasets_sharing_a_name_never_pool(tmp_path, env):
@@ -135,11 +136,11 @@ def test_datasets_sharing_a_name_never_pool(tmp_path, env):
 
 def test_torn_metrics_line_is_cut_and_reported_on_resume(tmp_path, env):
     run_dir = tmp_path / "run"
-    assert run_train(["trainer.max_steps=30"], env, run_dir).returncode == 75
+    assert run_train(["trainer.max_steps=30"], env, run_dir).returncode == 0
     path = run_dir / "metrics.jsonl"
     data = path.read_bytes()
     path.write_bytes(data[:-15])  # the last line loses its end: a torn write
-    res = run_train([], env, run_dir)
+    res = run_train(["trainer.max_steps=35"], env, run_dir)
     assert res.returncode == 0, res.stderr
     assert "fewer complete line(s)" in res.stderr
     for line in path.read_text().splitlines():
@@ -183,7 +184,7 @@ def test_ctrl_c_prints_one_line_and_marks_the_run_interrupted(tmp_path, env):
 
 
 def test_checkpoint_records_its_configuration(stopped_run):
-    run_dir = stopped_run  # trainer.max_steps=3 (exit 75)
+    run_dir = stopped_run  # trainer.max_steps=3 (exit 0)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["config"]["optimizer"]["lr"] == read_run(run_dir)["config"]["optimizer"]["lr"]
     assert ckpt["position"]["final"] == {}
@@ -191,7 +192,7 @@ def test_checkpoint_records_its_configuration(stopped_run):
 
 def test_resume_auto_refuses_a_checkpoint_of_another_configuration_without_run_json(tmp_path, env, stopped_run):
     """run.json moved away by hand: the checkpoint still says which configuration it belongs to."""
-    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75)
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 0)
     (run_dir / "run.json").rename(tmp_path / "run.json.bak")
     res = run_train(["optimizer=sgd", "optimizer.lr=0.5"], env, run_dir)
     assert res.returncode == 2
@@ -202,7 +203,8 @@ def test_resume_auto_refuses_a_checkpoint_of_another_configuration_without_run_j
 @pytest.mark.slow
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, env):
     run_dir = tmp_path / "ddp"
-    run_train(["trainer.max_steps=3"], env, run_dir, launcher=torchrun(2))  # torchrun reports the 75 as a failure
+    res = run_train(["trainer.max_steps=3"], env, run_dir, launcher=torchrun(2))
+    assert res.returncode == 0, res.stderr[-3000:]  # every worker exits 0: torchrun reports success
     assert read_run(run_dir)["status"] == "stopped" and read_run(run_dir)["world_size"] == 2
     res = run_train([], env, run_dir)
     assert res.returncode == 2
@@ -227,7 +229,7 @@ def test_checkpoints_without_run_json_are_never_overwritten(tmp_path, env, stopp
     assert after == before
     # resume=<its own checkpoint> is a continuation, as resume=auto is
     own = run_train(["trainer.max_steps=5", f"resume={run_dir / 'checkpoint.pt'}"], env, run_dir)
-    assert own.returncode == 75, own.stderr[-3000:]
+    assert own.returncode == 0, own.stderr[-3000:]
 
 
 @pytest.mark.parametrize("how", ["path", "auto without run.json"])
@@ -252,15 +254,39 @@ def test_checkpoint_of_another_device_type_is_not_continued(tmp_path, env, stopp
 
 
 def test_relaunch_at_max_steps_trains_nothing(tmp_path, env, stopped_run):
-    """slurm/train.sbatch requeues on exit 75, which trainer.max_steps also gives: the requeued
-    relaunch finds the run at max_steps and exits 0 without a step (was: one more step and 75 again
-    per requeue, forever)."""
-    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 75)
+    """A relaunch at the limit the run stopped at (a requeue of a job preempted at that step, or
+    the same command again) finds the run at max_steps and exits 0 without a step (was: one more
+    step and 75 again per requeue, forever); a larger limit continues it, and stops there with 0."""
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 0)
     assert read_run(run_dir)["stop_reason"] == "max_steps"
     before = {name: (run_dir / name).read_bytes() for name in ("checkpoint.pt", "metrics.jsonl", "run.json")}
     res = run_train(["trainer.max_steps=3"], env, run_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "nothing to train" in res.stderr
     assert {name: (run_dir / name).read_bytes() for name in before} == before
-    assert run_train(["trainer.max_steps=4"], env, run_dir).returncode == 75  # a larger limit continues
+    assert run_train(["trainer.max_steps=4"], env, run_dir).returncode == 0  # a larger limit continues
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["position"]["global_step"] == 4
+    assert read_run(run_dir)["status"] == "stopped" and read_run(run_dir)["stopped_at_step"] == 4
+
+
+def test_max_steps_exits_0_and_a_signal_still_exits_75(tmp_path, env, stopped_run):
+    """trainer.max_steps is a stop that was asked for: checkpoint, status stopped, exit 0 (no
+    requeue), also where the limit is an epoch's last step (that epoch is evaluated, and no step of
+    the next one is trained; was: one step more). A real preemption of a run that has a limit still
+    exits 75 ("requeue me"), status preempted."""
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 0)
+    steps = read_run(run_dir)["steps_per_epoch"]
+    res = run_train([f"trainer.max_steps={steps}"], env, run_dir)  # epoch 0's last step
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = read_run(run_dir)
+    assert (record["status"], record["stop_reason"], record["stopped_at_step"]) == ("stopped", "max_steps", steps)
+    assert record["signal"] is None and "requeue" not in res.stderr
+    position = torch.load(run_dir / "checkpoint.pt", weights_only=False)["position"]
+    assert (position["global_step"], position["epoch"], position["batch"]) == (steps, 1, 0)
+    epochs = [m for m in read_metrics(run_dir) if m["type"] == "epoch"]
+    assert [m["epoch"] for m in epochs] == [0] and "val_top1_err" in epochs[0]
+    res = run_train([f"trainer.max_steps={steps + 10}"], dict(env, ADAREM_FAULT=f"step@{steps + 2}:TERM"), run_dir)
+    assert res.returncode == 75, res.stderr[-3000:]
+    record = read_run(run_dir)
+    assert (record["status"], record["stop_reason"], record["signal"], record["stopped_at_step"]) == \
+        ("preempted", "preempt", "SIGTERM", steps + 2)

@@ -69,7 +69,7 @@ def test_train_py_refuses_to_resume_a_run_stopped_under_the_old_schedule(tmp_pat
     put back, the same resume finishes."""
     run_dir, args = tmp_path / "run", ["schedule.warmup_epochs=1", "trainer.deterministic=true"]  # FAST: 2 epochs
     first = run_train([*args, "trainer.max_steps=5"], env, run_dir)
-    assert first.returncode == 75, first.stderr[-2000:]  # stopped, checkpoint written
+    assert first.returncode == 0, first.stderr[-2000:]  # stopped at max_steps, checkpoint written
     assert read_run(run_dir)["status"] != "finished"
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     built = ckpt["scheduler"]

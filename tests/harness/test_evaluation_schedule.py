@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from adarem.engine import Precision, recalibrated_bn
-from tests.conftest import read_metrics, read_run, run_train
+from tests.conftest import DETERMINISTIC, read_metrics, read_run, run_train
 
-COMMON = ["trainer.deterministic=true", "model.drop_rate=0.1"]  # 2 epochs of 22 steps (FAST)
+COMMON = DETERMINISTIC  # 2 epochs of 22 steps (FAST)
 EVALS = ["trainer.evals_per_epoch=3", "trainer.bn_recalibrate=2"]
 TIMING = ("epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s")
 
@@ -23,16 +23,13 @@ def strip(rows, types=("iter", "epoch", "eval")):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, env):
-    """The same training evaluated once per epoch with running BN statistics, and three times per
-    epoch with recalibrated statistics."""
-    out = {}
-    for name, extra in (("plain", []), ("evals", EVALS)):
-        run_dir = tmp_path_factory.mktemp(name) / "run"
-        res = run_train(COMMON + extra, env, run_dir)
-        assert res.returncode == 0, res.stderr
-        out[name] = run_dir
-    return out
+def runs(tmp_path_factory, env, deterministic_run):
+    """The same training evaluated once per epoch with running BN statistics (the shared
+    deterministic_run: COMMON), and three times per epoch with recalibrated statistics."""
+    run_dir = tmp_path_factory.mktemp("evals") / "run"
+    res = run_train(COMMON + EVALS, env, run_dir)
+    assert res.returncode == 0, res.stderr
+    return {"plain": deterministic_run, "evals": run_dir}
 
 
 def test_evaluations_are_logged_with_step_and_wall_clock(runs):
