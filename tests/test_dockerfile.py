@@ -170,7 +170,8 @@ def test_the_dockerfiles_build_info_and_seal_steps_record_the_commit(tmp_path):
     assert (edited["dirty"], edited.get("changed_files")) == (True, ["Dockerfile"]), edited
     (context / "Dockerfile").write_text(dockerfile)
     _run_as_the_dockerfile(next(l for l in stages["build-info"] if l.startswith("RUN")), context, env, tmp_path)
-    assert json.loads((tmp_path / "build-info.json").read_text())["dirty"] is False
+    restored = json.loads((tmp_path / "build-info.json").read_text())  # the description seal installs
+    assert restored["dirty"] is False
     # the final stage: /opt/adarem with the copied paths, installed (no dependencies here) to site
     opt, site = tmp_path / "opt", tmp_path / "site"
     shutil.copytree(context, opt, ignore=lambda d, names: [n for n in names if d == str(context)
@@ -188,4 +189,4 @@ def test_the_dockerfiles_build_info_and_seal_steps_record_the_commit(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
-        "commit": head, "dirty": False, "source": "image build", "built_at": described["built_at"]}
+        "commit": head, "dirty": False, "source": "image build", "built_at": restored["built_at"]}
