@@ -266,7 +266,7 @@ def main() -> None:
             steps_done[(kind, name, loader)] += state.batch
             if state.batch != steps:
                 raise SystemExit(f"bench_throughput: {kind}:{name} on {loader} ended after {state.batch} of "
-                                 f"{steps} steps ({outcome.status})")
+                                 f"{steps} steps ({outcome.reason})")
         sync(device)
         dist_utils.barrier()  # the slowest rank sets the pace, as in training
         return time.perf_counter() - t0
