@@ -298,9 +298,10 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 stop_now, checkpoint_now = stop.poll(checkpoint_due())
             else:
                 stop_now = checkpoint_now = False
-            if stop_now:
+            at_limit = cfg.max_steps and step >= cfg.max_steps and not last_of_epoch
+            if stop_now and not at_limit:
                 reason = "preempt"
-            elif cfg.max_steps and step >= cfg.max_steps and not last_of_epoch:
+            elif at_limit:  # a signal at the limit's step too: nothing is left to requeue for
                 reason = "max_steps"
             elif checkpoint_now and not last_of_epoch:
                 reason = "timed_checkpoint"

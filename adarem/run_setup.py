@@ -215,9 +215,18 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
             raise ckpt_io.CheckpointError(f"{run.plan.checkpoint_path}: {exc}") from None
     check_same_optimizer_path(dist_utils.all_gather_object(
         (optimizer_impl(run.optimizer), fused_cpu_kernel_missing(run.optimizer))))
-    if tc.max_steps and run.state.global_step >= tc.max_steps:
-        # stopped there before (exit 0), or preempted at that very step (exit 75, requeued): a relaunch
-        # at the same limit trains nothing more
+    # an epoch whose training ended but whose evaluation did not (preempted at its last step or
+    # during its evaluation) is evaluated first, whatever the limit
+    epoch_end_pending = run.state.phase == "eval" or run.state.batch >= len(run.data.train)
+    if tc.max_steps and run.state.global_step >= tc.max_steps and not epoch_end_pending:
+        # stopped there before (exit 0), or preempted at that very step by an older version (exit
+        # 75, requeued): a relaunch at the same limit trains nothing more, and the run is what it
+        # would have been without the signal: stopped at its limit
+        previous = run.plan.previous or {}
+        if dist.is_main and previous.get("status") == "preempted":
+            record = RunRecord(run.run_dir, True)
+            record.data = dict(previous)
+            record.update(status="stopped", stop_reason="max_steps")
         if dist.is_main:
             print(f"{run.run_dir}: stopped at step {run.state.global_step}, at trainer.max_steps={tc.max_steps}; "
                   f"nothing to train (raise or drop trainer.max_steps to continue it)", file=sys.stderr)

@@ -68,12 +68,13 @@ class Trainer:
             state.epoch, state.batch, state.phase = state.epoch + 1, 0, "train"
             state.progress = EpochProgress()
             self.save_checkpoint()
-            if self.stop.requested_anywhere():
-                return self.stop_for_requeue()
             if self.tc.max_steps and state.global_step >= self.tc.max_steps and state.epoch < self.tc.epochs:
                 # the limit fell on an epoch's last step (train_epoch lets the epoch end and be
-                # evaluated): stop here rather than one step into the next epoch
+                # evaluated): stop here rather than one step into the next epoch; also when a
+                # signal came meanwhile, as nothing is left to requeue for
                 return self.stop_at_max_steps()
+            if self.stop.requested_anywhere():
+                return self.stop_for_requeue()
         return self.finish()
 
     def train_phase(self):

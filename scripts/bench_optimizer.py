@@ -49,7 +49,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+import adarem
 from adarem.run.record import git_info
+
+
+def refuse_another_checkouts_package() -> None:
+    """Exit 2 when these scripts import the adarem of another git checkout (an editable install of
+    one clone, run from another without PYTHONPATH): the figures would time that checkout's code,
+    recorded under its commit and diff, while the command and script are this one's."""
+    here = Path(__file__).resolve().parents[1]
+    package_root = Path(adarem.__file__).resolve().parents[1]
+    if package_root != here and (package_root / ".git").exists():
+        print(f"error: {Path(__file__).resolve().parent} imports adarem from another checkout, {package_root}; "
+              f"run with PYTHONPATH={here} (or pip install -e {here}) so that the benchmark times this checkout",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+refuse_another_checkouts_package()  # on import: every bench script imports this module before it measures
 
 SGD_WD, ADAMW_WD, ADAREM_WD = 1e-4, 0.05, 1e-4  # as in configs/optimizer/{sgd,adamw,adarem}.yaml
 

@@ -269,6 +269,40 @@ def test_relaunch_at_max_steps_trains_nothing(tmp_path, env, stopped_run):
     assert read_run(run_dir)["status"] == "stopped" and read_run(run_dir)["stopped_at_step"] == 4
 
 
+def test_a_signal_at_the_limit_ends_the_run_as_the_limit_would(tmp_path, env, stopped_run):
+    """A preemption that lands on trainer.max_steps's step leaves nothing to requeue for: exit 0,
+    status stopped (was: exit 75 and, after the no-op requeue, status preempted for good). Landing
+    on an epoch's last step, the run is requeued (75) and the relaunch evaluates that epoch before
+    it stops at the limit (was: "nothing to train", the epoch never evaluated). A record an older
+    version left preempted at the limit becomes stopped on relaunch."""
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3 (exit 0)
+    res = run_train(["trainer.max_steps=5"], dict(env, ADAREM_FAULT="step@5:TERM"), run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = read_run(run_dir)
+    assert (record["status"], record["stop_reason"], record["stopped_at_step"]) == ("stopped", "max_steps", 5)
+
+    steps = record["steps_per_epoch"]
+    res = run_train([f"trainer.max_steps={steps}"], dict(env, ADAREM_FAULT=f"step@{steps}:TERM"), run_dir)
+    assert res.returncode == 75, res.stderr[-3000:]  # the epoch's evaluation is still owed
+    assert read_run(run_dir)["status"] == "preempted"
+    assert not [m for m in read_metrics(run_dir) if m["type"] == "epoch"]
+    res = run_train([f"trainer.max_steps={steps}"], env, run_dir)  # the requeue
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = read_run(run_dir)
+    assert (record["status"], record["stop_reason"], record["stopped_at_step"]) == ("stopped", "max_steps", steps)
+    epochs = [m for m in read_metrics(run_dir) if m["type"] == "epoch"]
+    assert [m["epoch"] for m in epochs] == [0] and "val_top1_err" in epochs[0]
+
+    old = copy_run(stopped_run, tmp_path / "old")  # as an older version left it: preempted at step 3
+    record = read_run(old)
+    record.update(status="preempted", stop_reason="preempt", signal="SIGTERM")
+    (old / "run.json").write_text(json.dumps(record))
+    res = run_train(["trainer.max_steps=3"], env, old)
+    assert res.returncode == 0 and "nothing to train" in res.stderr, res.stderr[-3000:]
+    record = read_run(old)
+    assert (record["status"], record["stop_reason"], record["stopped_at_step"]) == ("stopped", "max_steps", 3)
+
+
 def test_max_steps_exits_0_and_a_signal_still_exits_75(tmp_path, env, stopped_run):
     """trainer.max_steps is a stop that was asked for: checkpoint, status stopped, exit 0 (no
     requeue), also where the limit is an epoch's last step (that epoch is evaluated, and no step of

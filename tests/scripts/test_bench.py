@@ -128,3 +128,23 @@ def test_bench_throughput_records_steps_tracker_and_provenance(tmp_path, env):
     assert df.loc["harness_no_tracker:adarem", "oscillation_every"] == 0
     assert df.loc[["harness:adarem", "harness_no_tracker:adarem"], "relative_to_bare_adarem"].notna().all()
     assert "of which without the oscillation tracker" in res.stdout
+
+
+def test_a_bench_script_refuses_the_package_of_another_checkout(tmp_path, env):
+    """A clone run with another clone's editable install on the path would time that clone's code
+    under this clone's command (found when a benchmark of a clean clone came out dirty): one line,
+    exit 2, before anything is measured. With this checkout's package it starts (--help)."""
+    import shutil
+
+    other = tmp_path / "other"
+    (other / ".git").mkdir(parents=True)
+    shutil.copytree(REPO / "adarem", other / "adarem", ignore=shutil.ignore_patterns("__pycache__"))
+    for script in ("bench_optimizer.py", "bench_throughput.py"):
+        res = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"], capture_output=True, text=True,
+                             env=dict(env, PYTHONPATH=str(other)), timeout=120)
+        assert res.returncode == 2, res.stderr[-2000:]
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another checkout, {other}" in lines[0] and f"PYTHONPATH={REPO}" in lines[0], res.stderr
+    res = subprocess.run([sys.executable, str(SCRIPTS / "bench_optimizer.py"), "--help"], capture_output=True,
+                         text=True, env=dict(env, PYTHONPATH=str(REPO)), timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
