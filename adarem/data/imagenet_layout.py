@@ -188,9 +188,11 @@ def build_val_layout(flat_val: Path, labels_file: Path, out: Path) -> int:
         raise ValueError(f"{len(missing)} of the {len(labels)} images labelled in {labels_file} are missing "
                          f"from {flat_val} (e.g. {missing[0]}); finish extracting the validation images "
                          f"and run again")
-    # The links are made in a hidden sibling directory that is renamed to out/ once all are made, so
-    # that a run stopped half-way (disk full, Ctrl-C) leaves no out/ that looks complete. The
-    # sibling holds only links and folders made here, so removing it touches no original.
+    # The links are made in a hidden sibling directory (a staging folder: adarem.fsync) that is
+    # renamed to out/ once all are made, so that a run stopped half-way (disk full, Ctrl-C) leaves
+    # no out/ that looks complete, and one killed half-way (kill -9) leaves a staging folder that
+    # the next run into out/ removes. It holds only links and folders made here (and its writer's
+    # marker), and removing it removes links, never what they point to: it touches no original.
     with staged_directory(out) as partial:
         for p in images:
             d = partial / labels[p.stem]

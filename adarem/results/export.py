@@ -10,7 +10,9 @@ about 90 % of the bytes, read by no table), and compare.py's comparison manifest
 (``comparisons/*.json``: which final runs are which comparison's). Checkpoints and lock files are
 not copied. The tables
 made from DEST are the tables made from SRC (tests/results/test_export.py). DEST must not exist:
-a copy is never merged into, or written over, another.
+a copy is never merged into, or written over, another. The copy is made in a hidden sibling,
+``.DEST.staging-*``, and renamed to DEST once complete; an export killed midway leaves that
+folder, which the next export to DEST removes (adarem.fsync.staged_directory).
 """
 
 from __future__ import annotations

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
-import shutil
-import socket
-import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
+from adarem.fsync import remove_dead_stagings, staging_folder  # noqa: F401 (remove_dead_stagings: re-exported)
 from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
@@ -228,140 +223,23 @@ def remove_stale(out_dir: Path, written: set[Path]) -> list[Path]:
 
 # moved into place last: their presence says the rest of the report is there
 _LAST = ("selection.csv", "tables.md")
-# in a staging folder: who writes it (host, pid, the pid's start time and namespace), never moved
-WRITER_MARKER = ".writer.json"
-# a staging folder whose writer cannot be asked (no marker yet or unreadable, another host or pid
-# namespace) is a dead writer's only once nothing in it changed for this long: reports take minutes
-UNASKABLE_STALE_S = 24 * 3600
-
-
-def _staging_prefix(out_dir: Path) -> str:
-    return f".{out_dir.name}.staging-"
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks since boot) of a process, from /proc; None where /proc
-    cannot say (not Linux, gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def _boot_id() -> str | None:
-    """This kernel's boot id: random per boot, so two machines (or containers of two machines) that
-    share a hostname and the default pid namespace's inode are still told apart."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _writer() -> dict:
-    stat = _proc_stat(os.getpid())
-    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
-            "start_ticks": stat[1] if stat else None, "pid_ns": _pid_namespace(), "time": time.time()}
-
-
-def _writer_alive(marker: dict) -> bool | None:
-    """Whether the process a staging folder's marker names still runs; None where this process
-    cannot tell (another host, kernel boot or pid namespace, a marker it cannot read)."""
-    try:
-        pid = int(marker["pid"])
-        boot = _boot_id()
-        if (marker["host"] != socket.gethostname() or boot is None or marker.get("boot_id") != boot
-                or marker.get("pid_ns") != _pid_namespace() or pid <= 0):
-            return None
-    except (KeyError, TypeError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process, alive
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, start = stat
-    # a zombie (killed, not yet reaped) writes nothing more; a pid reused by another process since
-    # has another start time
-    return state != "Z" and (marker.get("start_ticks") is None or start == marker["start_ticks"])
-
-
-def _last_change(folder: Path) -> float:
-    times = [folder.lstat().st_mtime]
-    for here, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            with contextlib.suppress(OSError):
-                times.append(os.lstat(os.path.join(here, name)).st_mtime)
-    return max(times)
-
-
-def remove_dead_stagings(out_dir: Path) -> list[Path]:
-    """Remove the staging folders of ``out_dir`` (hidden siblings ``.<out>.staging-*``) left by
-    reports that died before cleaning up (``kill -9``, a node lost): those whose marker names a
-    process of this host that is gone, and those whose writer cannot be asked (no readable marker,
-    another host) once nothing in them changed for UNASKABLE_STALE_S. A folder of a report running
-    now is never removed. Returns the folders removed."""
-    out_dir = Path(out_dir)
-    pattern = re.compile(re.escape(_staging_prefix(out_dir)) + r"[a-z0-9_]{8}")
-    try:
-        candidates = sorted(p for p in out_dir.parent.iterdir() if pattern.fullmatch(p.name))
-    except OSError:
-        return []
-    removed = []
-    for folder in candidates:
-        try:
-            if folder.is_symlink() or not folder.is_dir():
-                continue
-            try:
-                alive = _writer_alive(json.loads((folder / WRITER_MARKER).read_text()))
-            except (OSError, ValueError, AttributeError):
-                alive = None
-            if alive is None:
-                alive = time.time() - _last_change(folder) < UNASKABLE_STALE_S
-        except OSError:  # removed meanwhile by another report
-            continue
-        if not alive:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
 
 
 @contextlib.contextmanager
 def staged_output(out_dir: Path):
-    """Yield a fresh hidden sibling of ``out_dir`` to write a report into; once the block ends
-    without an error, move every file of it into ``out_dir`` (tables.md and selection.csv last) and
-    remove the OWNED files there that it did not hold. A report that fails midway (a full disk, a
-    plot that raises) leaves ``out_dir`` as it was: never new tables beside an old tables.md. The
-    folder holds a marker naming this process, so that the next report into ``out_dir`` removes
-    it if this one is killed (``remove_dead_stagings``, run first)."""
+    """Yield a fresh directory in a hidden sibling of ``out_dir`` (a staging folder of
+    ``adarem.fsync.staging_folder``) to write a report into; once the block ends without an error,
+    move every file of it into ``out_dir`` (tables.md and selection.csv last) and remove the OWNED
+    files there that it did not hold. A report that fails midway (a full disk, a plot that raises)
+    leaves ``out_dir`` as it was: never new tables beside an old tables.md. The staging folder holds
+    a marker naming this process, so that the next report into ``out_dir`` removes it if this one is
+    killed (``remove_dead_stagings``, run first), and nothing is moved once it is no longer ours."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_stagings(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out_dir), dir=out_dir.parent))
-    try:
-        writer = json.dumps(_writer())
-        (staging / WRITER_MARKER).write_text(writer)
+    with staging_folder(out_dir) as stage:
+        staging = stage.content
         yield staging
-        try:  # still ours: another report may have judged this one dead (a writer it could not ask)
-            ours = (staging / WRITER_MARKER).read_text() == writer
-        except OSError:
-            ours = False
-        if not ours:
-            raise OSError(f"{staging}: this report's staging folder was removed or replaced by another "
-                          f"process while it was written; {out_dir} is left as it was: run the report again")
-        files = sorted((p for p in staging.rglob("*") if p.is_file() and p != staging / WRITER_MARKER),
+        stage.check_ours()
+        files = sorted((p for p in staging.rglob("*") if p.is_file()),
                        key=lambda p: (p.relative_to(staging).as_posix() in _LAST, p.as_posix()))
         moved = set()
         for src in files:
@@ -370,8 +248,6 @@ def staged_output(out_dir: Path):
             os.replace(src, dst)
             moved.add(dst)
         remove_stale(out_dir, moved)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),

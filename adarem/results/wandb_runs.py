@@ -12,11 +12,9 @@ error or data identity, so a table made from it would measure something else.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
+from adarem.fsync import staged_directory
 from adarem.results.comparisons import runs_folder
 from adarem.run.record import METRICS, RUN_JSON
 
@@ -37,17 +35,17 @@ def download_runs(project: str, dest: Path, api=None) -> list[dict]:
     ``dest/<wandb run id>/``; returns one problem (``run_dir``, ``problem``) per run without one.
 
     ``dest`` is replaced as a whole: it is a copy of the project as it is now, so a run deleted
-    from the project, or a record re-attached since, never survives from an earlier download."""
+    from the project, or a record re-attached since, never survives from an earlier download. It is
+    written aside and swapped in once complete (``adarem.fsync.staged_directory``): a download that
+    fails or is killed midway leaves the previous ``dest``, or none."""
     if api is None:
         import wandb
 
         api = wandb.Api()
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     problems = []
-    try:
+    # all or nothing, and a killed download's staging folder is removed by the next one
+    with staged_directory(dest, replace=True) as staging:
         for run in api.runs(project):
             files = {f.name: f for f in run.files(names=list(RECORD_FILES))}
             if RUN_JSON not in files:
@@ -67,12 +65,4 @@ def download_runs(project: str, dest: Path, api=None) -> list[dict]:
                 f"of one setting are selected here by seed count; tabulate the runs folder to report its newest")})
         if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
             raise FileExistsError(f"{dest} is not a folder this command made; move it away or pass another --out")
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old.{uuid.uuid4().hex[:8]}"
-            os.rename(dest, old)
-            shutil.rmtree(old)
-        os.rename(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return problems

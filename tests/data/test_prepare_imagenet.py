@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
+from tests.test_fsync import kill9, stagings, staging_of, take_over, writers
 
 SCRIPT = str(REPO / "scripts" / "prepare_imagenet.py")
 
@@ -207,3 +208,56 @@ def test_malformed_labels_file_is_one_error_line(tmp_path):
     no_class.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,\n")
     assert "ILSVRC2012_val_00000001" in _one_error_line(run(root, "--val-labels", no_class, "--out", out))
     assert not out.exists()
+
+
+# --- a killed run's staging folder is removed by the next run into --out, a live one's never ---------------
+
+LINKER = """
+import sys, time
+from pathlib import Path
+real_link = Path.symlink_to
+def link_then_block(self, target, *args, **kwargs):  # one image linked, then stopped there
+    real_link(self, target, *args, **kwargs)
+    print(self, flush=True)
+    time.sleep(600)
+Path.symlink_to = link_then_block
+from adarem.data.imagenet_layout import build_val_layout
+build_val_layout(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+"""
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run_and_a_live_ones_is_not(tmp_path):
+    root = _tree(tmp_path / "inet", flat_val=True)
+    labels = _write_labels(tmp_path / "labels.txt", VAL_ROWS)
+    out = tmp_path / "val_by_class"
+    argv = [root / "val", labels, out]
+    with writers(LINKER, argv, argv) as (killed, live):
+        killed_dir, live_dir = staging_of(killed, out), staging_of(live, out)
+        kill9(killed)
+        assert not out.exists() and [p.is_symlink() for p in killed_dir.rglob("*.JPEG")] == [True]
+        res = run(root, "--val-labels", labels, "--out", out)
+        assert res.returncode == 0, res.stderr
+        assert not killed_dir.exists() and live_dir.is_dir() and live.poll() is None
+        assert stagings(out) == [live_dir]
+        assert sorted(p.name for p in out.iterdir()) == ["n01440764", "n01443537"]  # no marker inside out/
+        assert len(list(out.rglob("*.JPEG"))) == 3
+    assert sorted(p.name for p in (root / "val").iterdir()) == [n for n, _ in VAL_ROWS]  # originals untouched
+
+
+def test_a_run_whose_staging_folder_was_taken_over_fails_in_one_line_and_makes_no_out(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = _tree(tmp_path / "inet", flat_val=True)
+    labels = _write_labels(tmp_path / "labels.txt", VAL_ROWS)
+    out = tmp_path / "val_by_class"
+    real_link, taken = Path.symlink_to, []
+
+    def link_then_taken_over(self, target, *args, **kwargs):  # midway, another writer takes the folder over
+        real_link(self, target, *args, **kwargs)
+        if not taken:
+            taken.append(take_over(out))
+
+    monkeypatch.setattr(Path, "symlink_to", link_then_taken_over)
+    err = _one_error_line(run(root, "--val-labels", labels, "--out", out))
+    assert "removed or replaced by another process" in err
+    assert not out.exists() and len(list(taken[0].rglob("*.JPEG"))) == 3

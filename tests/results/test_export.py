@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 from adarem.results import CLAIMS_FILE, load_runs, write_report
+from adarem.results import export
 from adarem.results.export import export_runs
 from tests.conftest import REPO
 from tests.results.test_tables import make_run
+from tests.test_fsync import kill9, stagings, staging_of, take_over, writers
 
 
 def _study(root):
@@ -82,3 +87,52 @@ def test_a_line_that_does_not_parse_is_copied_byte_for_byte(tmp_path):
     metrics.write_bytes(metrics.read_bytes() + bad)
     export_runs(src, tmp_path / "dest")
     assert (tmp_path / "dest" / "final" / "sgd" / "s0" / "metrics.jsonl").read_bytes().endswith(bad)
+
+
+# --- a killed export's staging folder is removed by the next export to DEST, a live one's never ------------
+
+EXPORTER = """
+import shutil, sys, time
+from pathlib import Path
+real_copy = shutil.copy2
+def copy_then_block(src, dst, **kwargs):  # one run's record copied, then stopped there
+    real_copy(src, dst, **kwargs)
+    print(dst, flush=True)
+    time.sleep(600)
+shutil.copy2 = copy_then_block
+from adarem.results.export import export_runs
+export_runs(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export_and_a_live_ones_is_not(tmp_path):
+    src = _study(tmp_path / "runs")
+    dest = tmp_path / "results" / "runs"
+    with writers(EXPORTER, [src, dest], [src, dest]) as (killed, live):
+        killed_dir, live_dir = staging_of(killed, dest), staging_of(live, dest)
+        kill9(killed)
+        assert not dest.exists() and any(p.name == "run.json" for p in killed_dir.rglob("*"))
+        assert export_runs(src, dest) == 6
+        assert not killed_dir.exists() and live_dir.is_dir() and live.poll() is None
+        assert stagings(dest) == [live_dir]
+        assert sorted(p.name for p in dest.iterdir()) == ["final"]  # no marker inside DEST
+        assert len(list(dest.rglob("run.json"))) == 6
+
+
+def test_an_export_whose_staging_folder_was_taken_over_fails_in_one_line_and_makes_no_dest(tmp_path, monkeypatch):
+    src = _study(tmp_path / "runs")
+    dest = tmp_path / "dest"
+    real_copy, taken = shutil.copy2, []
+
+    def copy_then_taken_over(src_file, dst, **kwargs):  # midway, another writer takes the folder over
+        real_copy(src_file, dst, **kwargs)
+        if not taken:
+            taken.append(take_over(dest))
+
+    monkeypatch.setattr(shutil, "copy2", copy_then_taken_over)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert export.main([str(src), str(dest)]) == 2
+    assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1, err.getvalue()
+    assert "removed or replaced by another process" in err.getvalue()
+    assert not dest.exists() and len(list(taken[0].rglob("run.json"))) == 6  # the copy was complete

@@ -213,9 +213,11 @@ def test_a_writer_on_another_machine_of_the_same_name_is_not_judged_dead_and_a_r
     (out / "tables.md").write_text("old tables")
     (out / "test_error.csv").write_text("old csv")
     stage = report.staged_output(out)
-    folder = stage.__enter__()
-    (folder / "tables.md").write_text("new tables")
-    (folder / "test_error.csv").write_text("new csv")
+    content = stage.__enter__()
+    (content / "tables.md").write_text("new tables")
+    (content / "test_error.csv").write_text("new csv")
+    folder = content.parent  # the staging folder: the marker beside what the report writes
+    assert folder.name.startswith(".out.staging-") and folder.parent == tmp_path
     marker = json.loads((folder / ".writer.json").read_text())
     assert marker["boot_id"]
     other_machine = dict(marker, pid=4_000_000 - 7, boot_id="another-boot")  # no such pid here
@@ -227,3 +229,21 @@ def test_a_writer_on_another_machine_of_the_same_name_is_not_judged_dead_and_a_r
         stage.__exit__(None, None, None)
     assert sorted(p.name for p in out.iterdir()) == ["tables.md", "test_error.csv"]
     assert (out / "tables.md").read_text() == "old tables" and (out / "test_error.csv").read_text() == "old csv"
+
+
+def test_a_report_whose_staging_folder_was_taken_over_moves_nothing(tmp_path):
+    """The folder is still there, with another writer's marker (one that judged this report dead):
+    nothing is moved into out/, no OWNED file there is removed, and the folder is left to its new
+    owner."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tables.md").write_text("old tables")
+    (out / "speed.csv").write_text("old csv")  # OWNED, not in the new report: removed only on success
+    with pytest.raises(OSError, match="removed or replaced by another process") as exc:
+        with report.staged_output(out) as staging:
+            (staging / "tables.md").write_text("new tables")
+            (folder,) = tmp_path.glob(".out.staging-*")
+            (folder / ".writer.json").write_text(json.dumps({"host": socket.gethostname() + "-other", "pid": 1}))
+    assert "\n" not in str(exc.value)
+    assert (out / "tables.md").read_text() == "old tables" and (out / "speed.csv").read_text() == "old csv"
+    assert (folder / "content" / "tables.md").read_text() == "new tables"

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from adarem.cli import tables as tables_cli
+from adarem.results.wandb_runs import download_runs
 from tests.conftest import read_run, run_train
+from tests.test_fsync import kill9, stagings, staging_of, take_over, writers
 
 
 class FakeFile:
@@ -138,3 +140,71 @@ def test_compare_finals_read_from_wandb_are_flagged(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(wandb, "Api", lambda: FakeApi([FakeRun(files, "sgd-s0-1")]))
     assert tables_cli.main(["--wandb", "me/adarem", "--out", str(tmp_path / "out")]) == 2
     assert "1 run(s) are compare.py finals" in capsys.readouterr().err
+
+
+# --- a killed download's staging folder is removed by the next download, a live one's never ---------------
+
+DOWNLOADER = """
+import sys, time
+from pathlib import Path
+from adarem.results.wandb_runs import download_runs
+class File:  # wandb's File: one record file downloaded, then stopped there
+    name = "run.json"
+    def download(self, root=".", replace=False):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / self.name).write_text("{}")
+        print(Path(root) / self.name, flush=True)
+        time.sleep(600)
+class Run:
+    id, state = "killed-1", "finished"
+    def files(self, names=None):
+        return [File()]
+class Api:
+    def runs(self, path):
+        return [Run()]
+download_runs("me/adarem", Path(sys.argv[1]), api=Api())
+"""
+
+
+def _project(tmp_path, *run_ids) -> FakeApi:
+    runs = []
+    for run_id in run_ids:
+        files = tmp_path / "project" / run_id
+        files.mkdir(parents=True)
+        (files / "run.json").write_text(json.dumps({"status": "finished", "config": {}}))
+        (files / "metrics.jsonl").write_text("")
+        runs.append(FakeRun(files, run_id))
+    return FakeApi(runs)
+
+
+def test_a_killed_downloads_staging_folder_is_removed_by_the_next_download_and_a_live_ones_is_not(tmp_path):
+    dest = tmp_path / "out" / "wandb_runs"
+    assert download_runs("me/adarem", dest, api=_project(tmp_path, "earlier-1")) == []
+    with writers(DOWNLOADER, [dest], [dest]) as (killed, live):
+        killed_dir, live_dir = staging_of(killed, dest), staging_of(live, dest)
+        kill9(killed)
+        assert [p.name for p in dest.iterdir()] == ["earlier-1"]  # the earlier download, whole
+        assert download_runs("me/adarem", dest, api=_project(tmp_path, "now-1", "now-2")) == []
+        assert not killed_dir.exists() and live_dir.is_dir() and live.poll() is None
+        assert stagings(dest) == [live_dir]
+        assert sorted(p.name for p in dest.iterdir()) == ["now-1", "now-2"]  # no marker inside dest
+        assert sorted(p.name for p in dest.parent.iterdir()) == [live_dir.name, "wandb_runs"]  # no old copy left
+
+
+def test_a_download_whose_staging_folder_was_taken_over_fails_in_one_line_and_keeps_the_earlier_one(tmp_path):
+    dest = tmp_path / "out" / "wandb_runs"
+    download_runs("me/adarem", dest, api=_project(tmp_path, "earlier-1"))
+    api, taken = _project(tmp_path, "now-1"), []
+
+    class TakenOver(FakeFile):  # midway, another writer takes the folder over
+        def download(self, *args, **kwargs):
+            super().download(*args, **kwargs)
+            if not taken:
+                taken.append(take_over(dest))
+
+    api._runs[0].files = lambda names=None: [TakenOver(api._runs[0].files_dir / n) for n in names]
+    with pytest.raises(OSError, match="removed or replaced by another process") as exc:
+        download_runs("me/adarem", dest, api=api)
+    assert "\n" not in str(exc.value)
+    assert [p.name for p in dest.iterdir()] == ["earlier-1"]
+    assert (taken[0] / "content" / "now-1" / "run.json").is_file()
