@@ -188,6 +188,12 @@ def remove_dead_stagings(dest: Path) -> list[Path]:
     return removed
 
 
+class StagingError(FileExistsError):
+    """A destination this process cannot fill as asked (not a directory, or its staging folder taken
+    over by another process); the message names the path and what to do. A FileExistsError, so
+    that callers telling local write problems from others (a network error) can catch it."""
+
+
 @dataclass
 class Staging:
     """A staging folder of this process: ``folder`` (the hidden sibling), ``content`` (what to fill)."""
@@ -210,7 +216,7 @@ class Staging:
     def check_ours(self) -> None:
         """Raise (one line) unless the folder is still ours: then nothing of it may go into dest."""
         if not self.ours():
-            raise OSError(f"{self.folder}: this staging folder was removed or replaced by another process while "
+            raise StagingError(f"{self.folder}: this staging folder was removed or replaced by another process while "
                           f"it was written; {self.dest} is left as it was: run again")
 
 
@@ -255,7 +261,7 @@ def staged_directory(dest: Path, replace: bool = False):
         stage.check_ours()
         if replace and os.path.lexists(dest):
             if dest.is_symlink() or not dest.is_dir():
-                raise FileExistsError(f"{dest} is not a directory; move it away or write elsewhere")
+                raise StagingError(f"{dest} is not a directory; move it away or write elsewhere")
             old = stage.folder / REPLACED
             os.rename(dest, old)
             try:

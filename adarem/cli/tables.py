@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from adarem.results import CLAIMS_FILE, load_runs, write_report
+from adarem.fsync import StagingError
 from adarem.results.wandb_runs import download_runs
 
 
@@ -72,6 +73,9 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         root = out / "wandb_runs"  # the project's run records as they are now, beside the tables made from them
         try:
             fetched = download_runs(args.wandb, root)
+        except StagingError as exc:  # the local folder, not the project: say so
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except Exception as exc:  # noqa: BLE001 - wandb's errors (network, login, bad path) are many
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"error: cannot read the wandb project {args.wandb!r} ({first}); check ENTITY/PROJECT and "

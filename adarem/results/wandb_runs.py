@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adarem.fsync import staged_directory
+from adarem.fsync import StagingError, staged_directory
 from adarem.results.comparisons import runs_folder
 from adarem.run.record import METRICS, RUN_JSON
 
@@ -64,5 +64,5 @@ def download_runs(project: str, dest: Path, api=None) -> list[dict]:
                 f"recorded in their runs folder (comparisons/*.json), not on wandb, so runs of two comparisons "
                 f"of one setting are selected here by seed count; tabulate the runs folder to report its newest")})
         if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-            raise FileExistsError(f"{dest} is not a folder this command made; move it away or pass another --out")
+            raise StagingError(f"{dest} is not a folder this command made; move it away or pass another --out")
     return problems

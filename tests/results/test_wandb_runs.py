@@ -114,6 +114,20 @@ def test_tables_from_wandb_are_the_tables_from_the_run_directories(offline_runs,
     assert "no complete run under me/adarem" in err and "crashed-1" in err
 
 
+def test_a_local_folder_problem_is_not_blamed_on_the_project(tmp_path, monkeypatch, capsys):
+    """The project is readable but <out>/wandb_runs is a file: the one line names that path and what
+    to do (was: "cannot read the wandb project ... check ENTITY/PROJECT and wandb login")."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setattr(wandb, "Api", lambda: FakeApi([]))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "wandb_runs").write_text("mine")
+    assert tables_cli.main(["--wandb", "me/adarem", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'out' / 'wandb_runs'} is not a folder this command made" in err[0], err
+    assert "wandb project" not in err[0]
+    assert (tmp_path / "out" / "wandb_runs").read_text() == "mine"
+
+
 def test_an_unreachable_project_is_one_line(tmp_path, monkeypatch, capsys):
     wandb = pytest.importorskip("wandb")
 
