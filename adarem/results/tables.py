@@ -16,7 +16,8 @@ GROUP = ["dataset", "model", "optimizer", "eval_on", "lr", "weight_decay", "epoc
          "config_id"]
 SETTING = ["dataset", "model"]
 MIXED = "mixed hardware (see flags)"  # a time cell whose runs were timed on different platforms
-MIXED_SETUP = "mixed compile/optimizer path (see flags)"  # ... with compile on and off, or other optimizer paths
+MIXED_SETUP = "mixed compile/optimizer path/tracker (see flags)"  # ... with compile on and off, other optimizer
+# paths, or the oscillation tracker at other intervals (or off)
 MIXED_WINDOW = "mixed windows (see flags)"  # a path efficiency over runs measured over different windows
 DIVERGED_ERROR = 100.0  # a diverged run's error where a number is needed (claims): the worst possible
 
@@ -290,10 +291,11 @@ def timing_mixed(g: pd.DataFrame) -> str:
     """What a row's seconds and images/s cells say instead of a median when its runs were timed
     differently: on different platforms (records.timing_platform), or with trainer.compile on and
     off, or on different optimizer paths (run.json's optimizer_impl; a compiled path's seconds
-    include its compilation); "" when they were timed alike."""
+    include its compilation), or with the oscillation tracker at different intervals or off (its
+    work is part of every step of its windows); "" when they were timed alike."""
     if "platform" in g and g.platform.nunique() > 1:
         return MIXED
-    if any(c in g and g[c].nunique() > 1 for c in ("compile", "optimizer_impl")):
+    if any(c in g and g[c].nunique() > 1 for c in ("compile", "optimizer_impl", "oscillation_every")):
         return MIXED_SETUP
     return ""
 
@@ -317,6 +319,10 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
             notes.append({"run_dir": where, "problem": f"{int(g.compile.sum())} trained with trainer.compile=true, "
                           f"{int((~g.compile.astype(bool)).sum())} without: their seconds and images/s (which include "
                           f"compilation) are not pooled (steps and errors are)"})
+        if "oscillation_every" in g and g.oscillation_every.nunique() > 1:
+            notes.append({"run_dir": where, "problem": "trained with the oscillation tracker at different intervals "
+                          "(trainer.oscillation_every: " + _tracker_counts(g.oscillation_every) + "): its work is part "
+                          "of their steps, so their seconds and images/s are not pooled (steps and errors are)"})
         if "optimizer_impl" in g and g.optimizer_impl.nunique() > 1:
             counts = g.optimizer_impl.value_counts()
             notes.append({"run_dir": where, "problem": "pooled across optimizer paths (run.json's optimizer_impl: "
@@ -337,7 +343,21 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
                                   f"{opt} {k} of {n}" for opt, (k, n) in per_opt.items() if k) + "; the others "
                                   "none): their seconds include compilation for some only; compare steps, not "
                                   "seconds"})
+        if "oscillation_every" in g:
+            per_opt = g.groupby("optimizer").oscillation_every.agg(lambda e: _tracker_counts(e))
+            if per_opt.nunique() > 1:
+                notes.append({"run_dir": f"(timing) {dataset}/{model}",
+                              "problem": "optimizers trained with the oscillation tracker at different intervals ("
+                                         + "; ".join(f"{opt}: {t}" for opt, t in per_opt.items()) + "): its work is "
+                                         "part of every step, so their seconds compare it too; compare steps, not seconds"})
     return notes
+
+
+def _tracker_counts(every: pd.Series) -> str:
+    """``every 10: 2 runs, off: 1 run`` for a column of trainer.oscillation_every (0: off)."""
+    counts = every.value_counts()
+    return ", ".join(f"{'off' if e == 0 else f'every {e}'}: {n} run{'s' if n > 1 else ''}"
+                     for e, n in sorted(counts.items()))
 
 
 def oscillation_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -261,7 +261,7 @@ def test_torch_versions_compile_and_optimizer_paths_are_flagged_and_seconds_not_
     assert rs.runs.config_id.nunique() == 2  # one row each: errors and steps pool
     speed = speed_table(rs).set_index("optimizer")
     assert speed.loc["adarem", "s to SGD+1"] == speed.loc["adarem", "images/s"] == \
-        "mixed compile/optimizer path (see flags)"
+        "mixed compile/optimizer path/tracker (see flags)"
     assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
     assert speed.loc["sgd", "s to SGD+1"].startswith("6 (3/3")
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
@@ -269,6 +269,29 @@ def test_torch_versions_compile_and_optimizer_paths_are_flagged_and_seconds_not_
     assert "1 trained with trainer.compile=true, 2 without" in text
     assert "pooled across optimizer paths (run.json's optimizer_impl: foreach 1, fused 2)" in text
     assert "optimizers trained with and without trainer.compile (compiled: adarem 1 of 3" in text
+
+
+def test_seconds_are_not_pooled_across_oscillation_tracker_settings(tmp_path):
+    """The tracker works inside every step of its windows (13 % of a resnet18 CPU step in
+    results/bench/throughput.csv); trainer.oscillation_every is not part of the configuration's
+    identity, so runs with it on and off shared a row and their seconds were averaged, and an
+    optimizer timed without it was compared in seconds with one timed with it."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0], trainer={"oscillation_every": 0})
+        make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"oscillation_every": 10 if s else 0})
+    rs = load_runs(root)
+    assert rs.runs.config_id.nunique() == 2  # one row each: errors and steps pool
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["adarem", "s to SGD+1"] == speed.loc["adarem", "images/s"] == \
+        "mixed compile/optimizer path/tracker (see flags)"
+    assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
+    assert speed.loc["sgd", "s to SGD+1"].startswith("6 (3/3")
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert "trained with the oscillation tracker at different intervals (trainer.oscillation_every: off: 1 run, " \
+           "every 10: 2 runs)" in text
+    assert "optimizers trained with the oscillation tracker at different intervals (adarem: off: 1 run, every 10: " \
+           "2 runs; sgd: off: 3 runs)" in text
 
 
 # ---- 8. malformed records --------------------------------------------------------------------
