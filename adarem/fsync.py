@@ -129,13 +129,12 @@ def _writer_alive(marker: dict) -> bool | None:
 
 
 def _changed_since(folder: Path, since: float) -> bool:
-    """Whether ``folder``, its marker or a directory below it changed at or after ``since``. A
-    directory's mtime moves with every entry made, renamed or removed in it, which is how a writer
-    fills a staging folder, so only directories are looked at (with the marker): the walk reads
-    every directory's entries but stats no file (an ImageNet-sized tree, 1.3 M entries in 1,000
-    class folders, costs 1,000 stats, not 1.3 M), and it stops at the first recent one. Asked only
-    of a folder whose writer cannot be asked (another host, no readable marker); a dead one's
-    removal then costs far more than the walk. Raises OSError when ``folder`` itself is gone."""
+    """Whether anything in ``folder`` (itself, its marker, any directory or file below it) changed at
+    or after ``since``. Stops at the first recent entry, so a live writer's folder costs little; a
+    dead one's walk stats every entry (about 1 s per 250,000 on a local disk), which is less than
+    its removal costs. Asked only of a folder whose writer cannot be asked (another host, no
+    readable marker). Files count: a writer on another host may only be appending to one. Raises
+    OSError when ``folder`` itself is gone."""
     if os.lstat(folder).st_mtime >= since:
         return True
     with contextlib.suppress(OSError):
@@ -146,10 +145,11 @@ def _changed_since(folder: Path, since: float) -> bool:
         try:
             with os.scandir(stack.pop()) as entries:
                 for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):  # removed meanwhile: says nothing recent
                         if entry.stat(follow_symlinks=False).st_mtime >= since:
                             return True
-                        stack.append(entry.path)
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
         except OSError:  # removed meanwhile, or unreadable: says nothing recent
             continue
     return False
@@ -161,8 +161,10 @@ def remove_dead_stagings(dest: Path) -> list[Path]:
     process of this host, boot and pid namespace that is gone, and those whose writer cannot be
     asked (no readable marker, another host) once nothing in them changed for UNASKABLE_STALE_S. A
     folder of a writer running now is never removed, nor anything whose name is not exactly a
-    staging folder's. Returns the folders removed."""
-    dest = Path(dest)
+    staging folder's. A dead writer's folder that holds the ``dest`` a replacing writer had moved
+    aside (``replaced``, killed between its two renames) gives it back when ``dest`` is missing.
+    Returns the folders removed."""
+    dest = Path(os.path.abspath(dest))
     pattern = _staging_name(dest)
     try:
         candidates = sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name))
@@ -182,6 +184,9 @@ def remove_dead_stagings(dest: Path) -> list[Path]:
         except OSError:  # removed meanwhile by another writer
             continue
         if not alive:
+            with contextlib.suppress(OSError):  # killed mid-swap: the old dest is all there is
+                if (folder / REPLACED).is_dir() and not os.path.lexists(dest):
+                    os.rename(folder / REPLACED, dest)
             shutil.rmtree(folder, ignore_errors=True)
             if not os.path.lexists(folder):  # not another user's folder that this one may not empty
                 removed.append(folder)
@@ -224,8 +229,10 @@ class Staging:
 def staging_folder(dest: Path):
     """A new staging folder of ``dest`` (see the module's docstring), after removing the dead
     writers' ones (``remove_dead_stagings``); yields its ``Staging``. Removed when the block ends,
-    with or without an error, if it is still ours (a folder another process took over is its)."""
-    dest = Path(dest)
+    with or without an error, if it is still ours (a folder another process took over is its).
+    ``dest`` is made absolute first: a relative one would point elsewhere once a replacing writer
+    has moved a working directory inside ``dest`` aside."""
+    dest = Path(os.path.abspath(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_stagings(dest)
     folder = Path(tempfile.mkdtemp(prefix=staging_prefix(dest), dir=dest.parent))
@@ -255,7 +262,7 @@ def staged_directory(dest: Path, replace: bool = False):
     with it (a run killed between the two renames leaves no ``dest``, and the old one in a staging
     folder that the next run removes). The rename fails (one line, ``dest`` untouched) when the
     staging folder is no longer ours."""
-    dest = Path(dest)
+    dest = Path(os.path.abspath(dest))
     with staging_folder(dest) as stage:
         yield stage.content
         stage.check_ours()

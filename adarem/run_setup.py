@@ -223,7 +223,11 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         # 75, requeued): a relaunch at the same limit trains nothing more, and the run is what it
         # would have been without the signal: stopped at its limit
         previous = run.plan.previous or {}
-        if dist.is_main and previous.get("status") == "preempted":
+        limit_then = ((previous.get("config") or {}).get("trainer") or {}).get("max_steps")
+        if dist.is_main and previous.get("status") == "preempted" and \
+                previous.get("stopped_at_step") == run.state.global_step == tc.max_steps == limit_then:
+            # only a preemption at the very step of the limit it ran under; one that had steps left
+            # (no limit then, or a higher one) stays a preemption whatever limit is given now
             record = RunRecord(run.run_dir, True)
             record.data = dict(previous)
             record.update(status="stopped", stop_reason="max_steps")

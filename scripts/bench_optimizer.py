@@ -59,7 +59,7 @@ def refuse_another_checkouts_package() -> None:
     recorded under its commit and diff, while the command and script are this one's."""
     here = Path(__file__).resolve().parents[1]
     package_root = Path(adarem.__file__).resolve().parents[1]
-    if package_root != here and (package_root / ".git").exists():
+    if not os.path.samefile(package_root, here) and (package_root / ".git").exists():  # samefile: a bind mount
         print(f"error: {Path(__file__).resolve().parent} imports adarem from another checkout, {package_root}; "
               f"run with PYTHONPATH={here} (or pip install -e {here}) so that the benchmark times this checkout",
               file=sys.stderr)

@@ -118,6 +118,9 @@ def test_a_killed_writers_folder_is_removed_by_the_next_writer_and_a_live_ones_n
         # another machine's writer that still adds entries deep down: its top folder is old
         other_busy = _hand_made(tmp_path, ".tree.staging-otherh03", other_host, age=old)
         os.utime(other_busy / "content" / "sub")
+        # ... and one that only appends to a file: every folder of it is old
+        other_appending = _hand_made(tmp_path, ".tree.staging-otherh04", other_host, age=old)
+        os.utime(other_appending / "content" / "sub" / "file")
         # what is not exactly a staging folder of tree is never touched, dead or not
         dead = json.loads((killed_dir / fsync.WRITER_MARKER).read_text())
         left_alone = [_hand_made(tmp_path, name, dead, age=old) for name in
@@ -134,7 +137,7 @@ def test_a_killed_writers_folder_is_removed_by_the_next_writer_and_a_live_ones_n
         assert not killed_dir.exists() and not unmarked_old.exists() and not torn_old.exists()
         assert not other_old.exists()
         assert (live_dir / "content" / "half" / "made").is_file() and live.poll() is None
-        assert unmarked_new.is_dir() and other_new.is_dir() and other_busy.is_dir()
+        assert unmarked_new.is_dir() and other_new.is_dir() and other_busy.is_dir() and other_appending.is_dir()
         assert all((p / "content" / "sub" / "file").is_file() for p in left_alone + [elsewhere])
         assert (tmp_path / ".tree.staging-symlink1").is_symlink() and (tmp_path / ".tree.staging-afile001").is_file()
         assert fsync.remove_dead_stagings(dest) == []  # nothing more is dead
@@ -186,7 +189,7 @@ with staged_directory(Path(sys.argv[1]), replace=True) as d:
 """
 
 
-def test_replace_swaps_dest_and_a_writer_killed_mid_swap_leaves_only_a_staging_folder(tmp_path):
+def test_replace_swaps_dest_and_a_writer_killed_mid_swap_loses_no_dest(tmp_path):
     dest = tmp_path / "tree"
     (dest / "old").mkdir(parents=True)
     with writers(REPLACING_WRITER, [dest]) as (killed,):
@@ -194,6 +197,9 @@ def test_replace_swaps_dest_and_a_writer_killed_mid_swap_leaves_only_a_staging_f
         kill9(killed)
     # between the two renames: no dest, the old one inside the dead writer's staging folder
     assert not dest.exists() and (folder / fsync.REPLACED / "old").is_dir()
+    # the next writer gives the old dest back before anything else: a failing next one loses nothing
+    assert fsync.remove_dead_stagings(dest) == [folder]
+    assert [p.name for p in dest.iterdir()] == ["old"]
     with fsync.staged_directory(dest, replace=True) as d:
         (d / "newer").write_text("newer")
     assert [p.name for p in dest.iterdir()] == ["newer"] and not folder.exists() and stagings(dest) == []
@@ -219,3 +225,15 @@ def test_an_exception_removes_the_staging_folder_and_a_non_empty_dest_is_never_w
         with fsync.staged_directory(dest) as d:
             (d / "new").write_text("new")
     assert [p.name for p in dest.iterdir()] == ["keep"] and stagings(dest) == []
+
+
+def test_replace_works_from_a_working_directory_inside_dest(tmp_path, monkeypatch):
+    """A relative dest named from inside it (cd out/wandb_runs; --out ..): the swap moves the working
+    directory aside, so every later relative path pointed elsewhere; the rename and its rollback
+    failed and both downloads were lost. dest is made absolute first."""
+    dest = tmp_path / "out" / "tree"
+    (dest / "old").mkdir(parents=True)
+    monkeypatch.chdir(dest / "old")
+    with fsync.staged_directory(Path("../../tree"), replace=True) as d:
+        (d / "new").write_text("new")
+    assert [p.name for p in dest.iterdir()] == ["new"] and stagings(dest) == []

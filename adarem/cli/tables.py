@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -70,13 +71,21 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         return 2
     fetched = []  # wandb runs without a run record: listed with the other excluded runs
     if args.wandb:
+        # absolute: a working directory inside the old download is moved away by its replacement
+        out = Path(os.path.abspath(out))
         root = out / "wandb_runs"  # the project's run records as they are now, beside the tables made from them
         try:
             fetched = download_runs(args.wandb, root)
-        except StagingError as exc:  # the local folder, not the project: say so
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
         except Exception as exc:  # noqa: BLE001 - wandb's errors (network, login, bad path) are many
+            if isinstance(exc, StagingError):  # the local folder, not the project: say so
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            if isinstance(exc, OSError) and exc.errno is not None:  # a local file system error (full disk,
+                # permissions); requests' connection errors are OSErrors without an errno
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"error: cannot write the wandb download into {root} ({where}{exc.strerror or exc}); free "
+                      f"space or pass a writable --out", file=sys.stderr)
+                return 2
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"error: cannot read the wandb project {args.wandb!r} ({first}); check ENTITY/PROJECT and "
                   f"`wandb login` (or WANDB_API_KEY)", file=sys.stderr)

@@ -324,3 +324,8 @@ def test_max_steps_exits_0_and_a_signal_still_exits_75(tmp_path, env, stopped_ru
     record = read_run(run_dir)
     assert (record["status"], record["stop_reason"], record["signal"], record["stopped_at_step"]) == \
         ("preempted", "preempt", "SIGTERM", steps + 2)
+    # a lower limit given at the relaunch trains nothing, and does not turn that preemption (steps
+    # were left under its limit) into a stop at a limit
+    res = run_train([f"trainer.max_steps={steps + 1}"], env, run_dir)
+    assert res.returncode == 0 and "nothing to train" in res.stderr, res.stderr[-3000:]
+    assert read_run(run_dir)["status"] == "preempted"

@@ -128,6 +128,23 @@ def test_a_local_folder_problem_is_not_blamed_on_the_project(tmp_path, monkeypat
     assert (tmp_path / "out" / "wandb_runs").read_text() == "mine"
 
 
+@pytest.mark.parametrize("exc, says", [
+    (OSError(28, "No space left on device"), "cannot write the wandb download into {root} (No space left on device)"),
+    (PermissionError(13, "Permission denied", "/x/run.json"), "(/x/run.json: Permission denied)"),
+])
+def test_a_local_write_error_of_the_download_names_the_folder(tmp_path, monkeypatch, capsys, exc, says):
+    """A full disk or a permission error while the download is written is the local folder's, not
+    the project's (was: "cannot read the wandb project ... check ENTITY/PROJECT and wandb login")."""
+    def fail(project, dest):
+        raise exc
+
+    monkeypatch.setattr(tables_cli, "download_runs", fail)
+    out = tmp_path / "out"
+    assert tables_cli.main(["--wandb", "me/adarem", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says.format(root=out / "wandb_runs") in err[0] and "wandb login" not in err[0], err
+
+
 def test_an_unreachable_project_is_one_line(tmp_path, monkeypatch, capsys):
     wandb = pytest.importorskip("wandb")
 
