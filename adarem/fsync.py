@@ -69,6 +69,12 @@ def _staging_name(dest: Path) -> re.Pattern:
     return re.compile(re.escape(staging_prefix(dest)) + r"[a-z0-9_]{8}")
 
 
+def is_staging_folder_name(name: str) -> bool:
+    """Whether ``name`` is a staging folder's (of any destination): what a reader of a tree skips,
+    as it holds an unfinished writer's copy, or a killed one's."""
+    return re.fullmatch(r"\..+\.staging-[a-z0-9_]{8}", name) is not None
+
+
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks since boot) of a process, from /proc; None where /proc
     cannot say (not Linux, gone)."""

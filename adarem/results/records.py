@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adarem.fsync import is_staging_folder_name
 from adarem.oscillation import path_window
 from adarem.results.comparisons import newest_comparison_only
 from adarem.run.identity import is_neutral
@@ -361,7 +362,9 @@ def malformed_line(numbered: list[tuple[int, dict]]) -> str | None:
 def find_run_dirs(root: Path) -> list[Path]:
     """Directories below ``root`` holding a run record, through symlinked folders too (a runs
     folder moved to a bigger disk), each real folder once; not the copies inside a run's wandb
-    folder (the root itself may lie under a folder named wandb)."""
+    folder (the root itself may lie under a folder named wandb), nor those in a staging folder
+    (``.<dest>.staging-XXXXXXXX``: an export or download still being written, or killed midway,
+    whose copies would pass for runs of their own)."""
     dirs, seen = [], set()
     for here, subdirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(here)
@@ -369,7 +372,7 @@ def find_run_dirs(root: Path) -> list[Path]:
             subdirs[:] = []
             continue
         seen.add(real)
-        subdirs[:] = sorted(d for d in subdirs if d != "wandb")
+        subdirs[:] = sorted(d for d in subdirs if d != "wandb" and not is_staging_folder_name(d))
         if RUN_JSON in files or METRICS in files:
             dirs.append(Path(here))
     return sorted(dirs)

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -595,3 +596,17 @@ def test_replaced_images_of_records_before_the_count_are_a_lower_bound(tmp_path)
         (d / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     text = write_report(load_runs(root), tmp_path / "out", CLAIMS_FILE, "test")
     assert "trained with at least 9 replacement(s) for unreadable training images" in text
+
+
+def test_runs_inside_a_staging_folder_are_not_read(tmp_path):
+    """An export or download killed midway (or still being written) leaves copies of run records in
+    a hidden `.<dest>.staging-XXXXXXXX` folder; a table over the parent folder read them as runs of
+    their own (the copy, sorted first, kept and the original listed as its duplicate)."""
+    root = tmp_path / "runs"
+    make_run(root, "sgd0", "sgd", 0, [40.0, 20.0, 10.0])
+    make_run(root / ".export.staging-abcd1234" / "content", "sgd0", "sgd", 0, [40.0, 20.0, 10.0])
+    make_run(root / ".export.staging-old" / "content", "sgd1", "sgd", 1, [40.0, 20.0, 10.0])  # not a staging name
+    rs = load_runs(root)
+    assert sorted(Path(d).relative_to(root).as_posix() for d in rs.runs.run_dir) == \
+        [".export.staging-old/content/sgd1", "sgd0"]
+    assert not [p for p in rs.problems if "duplicate" in p["problem"]]
