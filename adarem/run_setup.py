@@ -177,6 +177,9 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
                           channels_last=tc.channels_last, half=run.precision.autocast_dtype == torch.float16)
     data_id = data_identity(config.data, run.data)
     check_data_identity(run, data_id)  # also for a finished run: its result is this data's only if it matches
+    if tc.evals_per_epoch > len(run.data.train):  # before anything is recorded: evaluation points would coincide
+        raise ConfigError(f"trainer.evals_per_epoch={tc.evals_per_epoch} exceeds the {len(run.data.train)} steps of "
+                          f"an epoch; use at most {len(run.data.train)}")
     if run.plan.already_done:
         check_finished_world_size(run)
         if dist.is_main:

@@ -19,7 +19,6 @@ import torch
 
 from adarem.run import checkpoint as ckpt_io
 from adarem import distributed as dist_utils
-from adarem.config import ConfigError
 from adarem.data import DataError
 from adarem.engine import Divergence, EpochProgress, evaluate, progress_bar, recalibrated_bn, train_epoch
 from adarem.faults import maybe_crash
@@ -40,9 +39,7 @@ class Trainer:
         self.bar = None  # the tqdm bar of the current epoch, if any
         self.oscillation = run.oscillation  # built (and restored from the checkpoint) by run_setup
         # mid-epoch evaluation points (batch numbers); the epoch's end is evaluated by eval_phase
-        n, k = len(run.data.train), self.tc.evals_per_epoch
-        if k > n:  # evaluation points would coincide: fewer evaluations than the record claims
-            raise ConfigError(f"trainer.evals_per_epoch={k} exceeds the {n} steps of an epoch; use at most {n}")
+        n, k = len(run.data.train), self.tc.evals_per_epoch  # k <= n: run_setup.prepare refused more
         self.eval_batches = frozenset(b for b in (round(i * n / k) for i in range(1, k)) if 0 < b < n)
 
     # ------------------------------------------------------------------ the loop

@@ -321,3 +321,15 @@ def test_model_that_does_not_fit_the_input(tmp_path, env, name):
     _check(res, expected, tmp_path / "run")
     assert res.returncode == 2
     assert not (tmp_path / "run" / "run.json").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_setting_refused_at_start_leaves_no_run_behind(tmp_path, env):
+    """trainer.evals_per_epoch above an epoch's steps was refused after run.json was written (status
+    failed), so the corrected relaunch into the same directory was refused as another configuration
+    and the directory had to be deleted by hand (found by helper-52)."""
+    run_dir = tmp_path / "run"
+    res = run_train(["trainer.evals_per_epoch=500"], env, run_dir)
+    assert res.returncode == 2 and "trainer.evals_per_epoch=500 exceeds the" in res.stderr, res.stderr[-2000:]
+    assert not (run_dir / "run.json").exists()
+    res = run_train(["trainer.evals_per_epoch=2", "trainer.max_steps=1"], env, run_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
