@@ -23,9 +23,13 @@ Verdicts (alpha = 0.05 unless told):
   usual normal-shift approximation with Student t quantiles, at 80 % power and at level alpha/m
   (m = the family's size: the level the smallest Holm-adjusted p must clear), nu as above.
   Steps to target is rank-tested: the t-based MDD does not describe that test, so none is given
-  (NaN), except ``inf`` where no ranking of these seeds could clear alpha/m (``rank_test_min_p``:
-  with 4 seeds or fewer a side and 9 claims, no outcome can be Supported): no difference, however
-  large, is detectable.
+  (NaN), except ``inf`` where no ranking of these seeds could make the claim Supported: even the
+  smallest p the rank test can give (``rank_test_min_p``, 1/70 with 4 seeds a side), put in the
+  family in place of the claim's own p beside the other claims' p-values, would not bring its
+  Holm-adjusted p below alpha (``rank_test_can_support``). Holm tests the k-th smallest p at
+  alpha/(m - k + 1), so a claim whose family's other p-values are tiny is tested at up to alpha:
+  with 4 seeds a side it can be Supported when at least m - 3 other claims are, and never when
+  fewer are. Given the other claims' p-values, no difference, however large, is then detectable.
 - Insufficient data: a side has fewer than 2 values (Welch's variance needs >= 2 per side); such
   a row has no p and is not part of the Holm family.
 - Not comparable: the two sides' curves were evaluated differently (curve metrics), or their path
@@ -84,7 +88,10 @@ STATISTICS_TEXT = (
     "(Gehan's test for data censored at one time) instead of Welch's t; `reached_*` count the seeds that got "
     "there; its `mdd` is not the t-based one (which does not describe a rank test): none is given, or `none "
     "detectable` where no ranking of these seeds (every seed of one side before every seed of the other) could "
-    "clear α/m. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
+    "make the claim Supported under Holm's step-down given the other claims' p-values (the k-th smallest p is "
+    "tested at α/(m − k + 1): at most α, for a claim whose every other claim is rejected first); a side whose "
+    "seeds did not all reach the target shows `not reached by k of n` instead of a mean when the other side has no "
+    "seeds to set a common step budget. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
     "without a finite error; flagged) is left out of steps to target and the AUC; diverged runs are left out of "
     "the oscillation metrics (their lines cover part of a training). Not comparable: the two sides' curves were "
     "evaluated differently (evaluations per epoch or BN recalibration), so no verdict on a curve metric, or their "
@@ -121,6 +128,14 @@ def metric_values(rs: RunSet, runs: pd.DataFrame, metric: str, target: float = m
         osc = rs.oscillation[rs.oscillation.run_dir.isin(oscillation_runs(runs).run_dir)]
         return osc.groupby("run_dir")[metric].mean().tolist()  # NaN for runs logged before the field
     raise ValueError(metric)
+
+
+def _finite_mean(values) -> float:
+    """The mean of ``values``; NaN when there are none or one is infinite (a seed that never reached
+    the target, uncapped): that is no mean, and the report says how many did not get there."""
+    if not values or not all(map(math.isfinite, values)):
+        return math.nan
+    return float(np.mean(values))
 
 
 # ---- statistics (pure functions of the per-seed values) ----
@@ -214,6 +229,15 @@ def rank_test_min_p(n_a: int, n_b: int) -> float:
     return 1 / total if total <= 20_000 else 1 / 20_001
 
 
+def rank_test_can_support(n_a: int, n_b: int, other_p, alpha: float) -> bool:
+    """Whether a rank-tested claim with these seeds could be Supported under Holm's step-down, the
+    other claims of its family keeping their p-values ``other_p``: its p at the smallest the test
+    can give (``rank_test_min_p``), its Holm-adjusted p below alpha. Holm tests the k-th smallest
+    p at alpha/(m - k + 1), so the answer depends on the others: at alpha/m when none of them is
+    rejected, at alpha when all of them are."""
+    return holm([*other_p, rank_test_min_p(n_a, n_b)])[-1] < alpha
+
+
 def min_detectable_difference(a, b, alpha: float, power: float = POWER) -> float:
     """(t_{1-alpha,nu} + t_{power,nu}) * s_pooled * sqrt(1/n_a + 1/n_b), nu = n_a + n_b - 2."""
     nu = len(a) + len(b) - 2
@@ -247,8 +271,9 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                    "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "hedges_g": math.nan,
                    "p": math.nan, "p_holm": math.nan, "verdict": "Insufficient data",
                    "dataset": setting[0], "model": setting[1], "text": claim["text"],
-                   "subject_mean": float(np.mean(a)) if a else math.nan,
-                   "baseline_mean": float(np.mean(b)) if b else math.nan,
+                   # no mean of a side with a seed that never reached the target and no cap (the
+                   # other side has no seeds): inf is no mean; reached_* says how many got there
+                   "subject_mean": _finite_mean(a), "baseline_mean": _finite_mean(b),
                    "better": claim["better"], "p_opposite": math.nan, "p_opposite_holm": math.nan, "mdd": math.nan,
                    "reached_subject": reached[0], "reached_baseline": reached[1]}
             paper_vals = paper.get(f"{setting[0]}/{setting[1]}", {}).get(claim["metric"], {})
@@ -272,7 +297,7 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
         m = len(family)
         adjusted = holm([r["p"] for r, _, _ in family])
         adjusted_opp = holm([r["p_opposite"] for r, _, _ in family])
-        for (row, a, b), ph, po in zip(family, adjusted, adjusted_opp):
+        for k, ((row, a, b), ph, po) in enumerate(zip(family, adjusted, adjusted_opp)):
             row["p_holm"], row["p_opposite_holm"] = ph, po
             if ph < alpha:
                 row["verdict"] = "Supported"
@@ -282,9 +307,11 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                 row["verdict"] = "Inconclusive"
                 if row["metric"] == "steps_to_target":
                     # rank-tested: the t-based MDD does not describe the rank test's power, so none is
-                    # given, unless no ranking of these seeds could clear alpha / m at all: then no
-                    # difference, however large, is detectable (inf, "none detectable")
-                    row["mdd"] = math.inf if rank_test_min_p(len(a), len(b)) >= alpha / m else math.nan
+                    # given, unless no ranking of these seeds could make it Supported under Holm's
+                    # step-down, the family's other p-values as they are: then no difference, however
+                    # large, is detectable (inf, "none detectable")
+                    others = [r["p"] for j, (r, _, _) in enumerate(family) if j != k]
+                    row["mdd"] = math.nan if rank_test_can_support(len(a), len(b), others, alpha) else math.inf
                 else:
                     row["mdd"] = min_detectable_difference(a, b, alpha / m)
     return pd.DataFrame(rows)

@@ -12,7 +12,8 @@ So compare.py writes, when its finals are done and before its report, a manifest
 run directories. ``load_runs`` (make_tables) reads the manifests of the runs it finds: within a
 dataset x model, each optimizer that a manifest covers is tabulated from the final runs of the
 newest comparison that ran it, and every other run of it there is listed as excluded with the
-reason. The folder's tables are then the newest comparison's, as compare.py printed them; where
+reason. A manifest decides about the runs of its own runs folder only: the parent of two
+comparisons' folders tabulates each folder's newest comparison. The folder's tables are then the newest comparison's, as compare.py printed them; where
 the optimizers of one table come from several comparisons (``optimizers=`` split over two
 launches), the report says which came from which.
 """
@@ -112,26 +113,33 @@ def newest_comparison_only(runs: pd.DataFrame, listed: pd.DataFrame) -> tuple[pd
     if runs.empty:
         return runs, []
     roots = {d: manifest_root(d) for d in listed.run_dir}
-    manifests, problems = [], []
-    for root in set(roots.values()) - {None}:
+    manifests, problems = {}, []  # manifests: runs folder -> its manifests
+    for root in sorted(set(roots.values()) - {None}, key=str):
         found, bad = read_manifests(root)
-        manifests += found
+        manifests[str(root)] = found
         problems += bad
-    if not manifests:
+    if not any(manifests.values()):
         return runs, problems
 
-    def listing(run_dirs) -> list[dict]:
+    def listing(root: str, run_dirs) -> list[dict]:
+        """The manifests of ``root`` (a runs folder) that list one of ``run_dirs``: a manifest
+        decides about the runs of its own runs folder only, never about another's."""
         keys = set().union(*(_path_keys(d) for d in run_dirs)) if len(run_dirs) else set()
-        return [m for m in manifests if m["final_keys"] & keys]
+        return [m for m in manifests.get(root, []) if m["final_keys"] & keys]
 
-    group = ["dataset", "model", "setting_id", "optimizer"]
-    in_folder = runs.run_dir.map(lambda d: roots.get(d) is not None)
+    # grouped per runs folder too: two comparisons' folders tabulated together (make_tables on
+    # their parent) each keep their own newest comparison's finals
+    group = ["_root", "dataset", "model", "setting_id", "optimizer"]
+    root_of = lambda d: str(roots[d]) if roots.get(d) is not None else None  # noqa: E731
+    in_folder = runs.run_dir.map(lambda d: root_of(d) is not None)
     val = runs[(runs.eval_on == "val") & in_folder]
-    listed_by_group = {k: g.run_dir.tolist() for k, g in listed[listed.run_dir.map(lambda d: roots.get(d) is not None)]
+    val = val.assign(_root=val.run_dir.map(root_of))
+    in_listed = listed[listed.run_dir.map(lambda d: root_of(d) is not None)]
+    listed_by_group = {k: g.run_dir.tolist() for k, g in in_listed.assign(_root=in_listed.run_dir.map(root_of))
                        .groupby(group)}
     drop, sources = [], {}  # sources: (dataset, model, setting) -> {manifest file: [optimizers]}
-    for (name, model, setting, opt), g in val.groupby(group):
-        covering = listing(listed_by_group.get((name, model, setting, opt), g.run_dir.tolist()))
+    for (root, name, model, setting, opt), g in val.groupby(group):
+        covering = listing(root, listed_by_group.get((root, name, model, setting, opt), g.run_dir.tolist()))
         if not covering:
             continue
         newest = max(covering, key=lambda m: (m["finished"], m["file"]))
@@ -140,10 +148,10 @@ def newest_comparison_only(runs: pd.DataFrame, listed: pd.DataFrame) -> tuple[pd
             if not _path_keys(runs.run_dir[i]) & newest["final_keys"]:
                 drop.append(i)
                 problems.append({"run_dir": runs.run_dir[i], "problem": (
-                    f"not a final run of the newest comparison that ran {opt} on {name} x {model} in this folder "
-                    f"({newest['file']}: {newest['command']}): excluded, so that no optimizer's runs mix two "
-                    f"comparisons' selections (an earlier comparison's report is its own tables.md)")})
-    commands = {m["file"]: m["command"] for m in manifests}
+                    f"not a final run of the newest comparison that ran {opt} on {name} x {model} in its runs "
+                    f"folder {root} ({newest['file']}: {newest['command']}): excluded, so that no optimizer's runs "
+                    f"mix two comparisons' selections (an earlier comparison's report is its own tables.md)")})
+    commands = {m["file"]: m["command"] for found in manifests.values() for m in found}
     for (name, model, _), by_file in sources.items():
         if len(by_file) > 1:
             problems.append({"run_dir": f"({name} x {model})", "problem": "optimizers from several comparisons: " +

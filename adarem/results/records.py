@@ -278,6 +278,38 @@ def data_id(data_identity: dict | None) -> str:
     return _digest(_base(data_identity), 6)
 
 
+# The data identity's keys that name the split a run reads rather than the data: the lr search's
+# holdout runs (data.eval_on=holdout: train/ less a holdout part, evaluated on that part) and the
+# final runs of one data root differ in these only
+SPLIT_KEYS = ("eval_on", "train_samples", "val_samples") + CONTENT_KEYS
+
+
+def data_source(data_identity: dict | None) -> str:
+    """A short hash of the data a run's splits are cut from: its data identity without SPLIT_KEYS
+    (root, name, classes); "none" for a record without one."""
+    if not data_identity:
+        return "none"
+    if not isinstance(data_identity, dict):
+        return data_id(data_identity)
+    return _digest({k: v for k, v in data_identity.items() if k not in SPLIT_KEYS}, 6)
+
+
+def data_labels(runs: pd.DataFrame) -> dict:
+    """Per row of ``runs`` (one data.name): the hash its ``name@<hash>`` label would take. A run on
+    the val/test split takes its data id; a holdout (lr search) run takes the data id of the
+    val/test runs cut from the same data (``data_source``) where those have one, so that the
+    search and the finals of one data root are one dataset, and its own where they have none or
+    several. Labels differ only between runs on different data: another root (or classes) of the
+    same name, or the same root holding other images (a grown tree)."""
+    holdout = runs.eval_on == "holdout"
+    by_source = runs[~holdout].groupby("data_source").data_id.unique() if (~holdout).any() else {}
+    out = {}
+    for i, h, src, did in zip(runs.index, holdout, runs.data_source, runs.data_id):
+        ids = by_source.get(src) if h else None
+        out[i] = ids[0] if ids is not None and len(ids) == 1 else did
+    return out
+
+
 def read_metrics_lines(path: Path, numbered: bool = False) -> tuple[list, list[str]]:
     """Parsed lines, and a description of each line that is not valid JSON (e.g. truncated).
     ``numbered``: each parsed line as (its line number in the file, the line)."""
@@ -486,6 +518,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
     row = {
         "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
         "dataset": data.get("name"), "data_id": listed["data_id"], "content": listed["content"],
+        "data_source": data_source(run.get("data_identity")),
         "eval_on": data.get("eval_on", "val"),
         "model": (cfg.get("model") or {}).get("name"),
         "optimizer": listed["optimizer"], "lr": opt.get("lr"),
@@ -645,10 +678,12 @@ def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_d
             problems.append({"run_dir": r.run_dir, "problem": f"duplicate of {first.run_dir} (same config and seed): excluded"})
         runs = runs[~dup].reset_index(drop=True)
         # two datasets that share data.name (two data=folder roots, a grown tree) are two settings:
-        # by the name alone the claims and speed targets would compare runs across them
+        # by the name alone the claims and speed targets would compare runs across them. The lr
+        # search's holdout runs and the finals of one data root differ in the split only: one dataset
         for name, g in runs.groupby("dataset", dropna=False):
-            if g.data_id.nunique(dropna=False) > 1:
-                runs.loc[g.index, "dataset"] = [f"{name}@{d}" for d in g.data_id]
+            labels = data_labels(g)
+            if len(set(labels.values())) > 1:
+                runs.loc[g.index, "dataset"] = [f"{name}@{labels[i]}" for i in g.index]
         # two comparisons of one dataset x model that differ in anything but the optimizer (epochs,
         # batch, schedule, ...) are two settings: selecting each optimizer's configuration across
         # them would pair, say, SGD trained 8 epochs with AdaRem trained 4 in the claims and targets.

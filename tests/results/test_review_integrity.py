@@ -151,7 +151,7 @@ def test_a_run_with_lost_metrics_lines_is_flagged_and_out_of_the_curve_metrics(t
     assert speed.loc["adarem", "val-err AUC"].endswith("(1 of 3)")
     err = error_table(rs).set_index("optimizer")
     assert err.loc["adarem", "final top-1 err"] == "8.10 ± 0.10"  # run.json's final errors stand
-    assert err.loc["adarem", "best top-1 err"] == "8.00 (1 of 3)"
+    assert err.loc["adarem", "min top-1 err over evals (test-selected)"] == "8.00 (1 of 3)"
     v = _by_claim(rs).loc["lower_error_than_sgd"]
     assert v.n_subject == 3  # final error: every run
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
@@ -172,7 +172,7 @@ def test_a_nan_val_error_is_no_evaluation_and_flags_the_run(tmp_path):
     _write_lines(adarem[1], lines)
     rs = load_runs(root)
     err = error_table(rs).set_index("optimizer")
-    assert err.loc["adarem", "best top-1 err"] == "8.20 (1 of 3)"  # one run, whatever NaN's position
+    assert err.loc["adarem", "min top-1 err over evals (test-selected)"] == "8.20 (1 of 3)"  # one run, whatever NaN's position
     assert rs.evals.val_top1_err.notna().all()
     speed = speed_table(rs).set_index("optimizer")
     assert speed.loc["adarem", "val-err AUC"] == "17.73 (1 of 3)"

@@ -1,0 +1,207 @@
+"""A hostile review of make_tables on a comparison's runs folder: the lr search's holdout runs and
+the finals of one data root are one dataset, and the search's runs never pass for test results; a
+comparison's manifest decides about its own runs folder only; the claims' "none detectable" follows
+Holm's step-down; no claim shows a mean of inf; the minimum error over evaluations is named as what
+it is (selected on the test split)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from adarem.results import load_runs, write_report
+from adarem.results.claims import evaluate_claims
+from adarem.results.comparisons import write_manifest
+from adarem.results.tables import error_table, oscillation_table, speed_table
+from tests.results.test_tables import make_run
+
+HOLDOUT_SPLIT = {"eval_on": "holdout", "train_samples": 900, "val_samples": 100}
+VAL_SPLIT = {"eval_on": "val", "train_samples": 1000, "val_samples": 500}
+
+
+def _identity(d, root, split, eval_on):
+    """Give a hand-made record the data identity train.py writes: root and classes, and the split
+    it read (eval_on, sizes, contents)."""
+    record = json.loads((d / "run.json").read_text())
+    record["config"]["data"]["eval_on"] = eval_on
+    record["data_identity"] = {"name": "toy", "root": root, "num_classes": 10, "classes_sha1": "c0ffee",
+                               **split, "train_images": split["train_samples"], "val_images": split["val_samples"],
+                               "train_sha1": f"{root}-{eval_on}-train", "val_sha1": f"{root}-{eval_on}-val"}
+    (d / "run.json").write_text(json.dumps(record))
+    return d
+
+
+def _comparison(root, data_root="/data/toy", prefix=""):
+    """An lr search on the holdout split (2 lrs x 2 seeds per optimizer) and its finals (3 seeds)."""
+    for opt, base in (("sgd", 10.0), ("adarem", 8.0)):
+        for lr in (0.1, 0.3):
+            for s in (100, 101):
+                d = make_run(root / "select" / opt, f"{prefix}lr{lr}_s{s}", opt, s, [40.0, 20.0, 6.0 + lr], lr=lr,
+                             osc=[0.9, 0.9])
+                _identity(d, data_root, HOLDOUT_SPLIT, "holdout")
+        for s in range(3):
+            d = make_run(root / "final" / opt, f"{prefix}s{s}", opt, s, [40.0, 20.0, base + 0.1 * s], osc=[0.2, 0.3])
+            _identity(d, data_root, VAL_SPLIT, "val")
+
+
+# ---- 1. holdout runs: one dataset with the finals, never test results ---------------------------
+
+def test_the_search_and_the_finals_of_one_data_root_are_one_dataset(tmp_path):
+    """The search's runs record another split (eval_on, sizes, contents) of the same data: the
+    folder was tabulated as two datasets, toy@<hash> (the search) beside toy@<hash> (the finals)."""
+    _comparison(tmp_path / "runs")
+    rs = load_runs(tmp_path / "runs")
+    assert not rs.problems
+    assert set(rs.runs.dataset) == {"toy"}, set(rs.runs.dataset)
+    assert set(rs.runs.eval_on) == {"val", "holdout"}
+    claims = evaluate_claims(rs, {"claims": [{"id": "err", "text": "t", "metric": "final_top1", "subject": "adarem",
+                                              "baseline": "sgd", "better": "lower"}]})
+    (row,) = claims.itertuples()
+    assert row.dataset == "toy" and (row.n_subject, row.n_baseline) == (3, 3)  # the finals only
+
+
+def test_two_data_roots_sharing_a_name_are_still_two_datasets_with_their_searches(tmp_path):
+    _comparison(tmp_path / "runs", "/data/a", "a_")
+    _comparison(tmp_path / "runs", "/data/b", "b_")
+    rs = load_runs(tmp_path / "runs")
+    labels = set(rs.runs.dataset)
+    assert len(labels) == 2 and all(d.startswith("toy@") for d in labels), labels
+    # each search is labelled as the finals it chose for: one dataset per data root
+    for label, g in rs.runs.groupby("dataset"):
+        assert set(g.eval_on) == {"val", "holdout"}, label
+        assert g.run_dir.str.contains("/a_").all() or g.run_dir.str.contains("/b_").all(), label
+
+
+def test_holdout_runs_are_kept_out_of_the_tables_of_test_results(tmp_path):
+    _comparison(tmp_path / "runs")
+    rs = load_runs(tmp_path / "runs")
+    for table in (error_table(rs), speed_table(rs), oscillation_table(rs)):
+        assert set(table.eval_on) == {"val"}, table
+    text = write_report(rs, tmp_path / "out", None, "test")
+    test_section = text.split("## Test error")[1].split("\n## ")[0]
+    assert "holdout" not in test_section.split("|", 1)[1]  # no holdout row (the note before the table names them)
+    # the search's runs have their own table, named as what they are
+    holdout = pd.read_csv(tmp_path / "out" / "holdout_error.csv")
+    assert set(holdout.eval_on) == {"holdout"} and len(holdout) == 4 and set(holdout.n) == {2}
+    assert "final holdout top-1 err" in holdout.columns
+    assert "## Selection trials of the lr search: holdout error" in text and "not test results" in text
+    # a later report on runs without a search removes the holdout table
+    only_finals = load_runs(tmp_path / "runs" / "final")
+    write_report(only_finals, tmp_path / "out", None, "test")
+    assert not (tmp_path / "out" / "holdout_error.csv").exists()
+
+
+# ---- 2. a manifest decides about its own runs folder only ---------------------------------------
+
+def _folder(root, lr, base, command):
+    runs = [make_run(root / "final" / opt, f"lr{lr}_s{s}", opt, s, [40.0, 20.0, b + 0.1 * s], lr=lr)
+            for opt, b in (("sgd", base), ("adarem", base - 1)) for s in range(3)]
+    return write_manifest(root, command, {}, [], {}, runs)
+
+
+def test_a_manifest_never_excludes_the_runs_of_another_runs_folder(tmp_path):
+    """make_tables on the parent of two comparisons' folders: B's newer manifest excluded every
+    final of A ('not a final run of the newest comparison ... in this folder', naming B's)."""
+    _folder(tmp_path / "A", 0.1, 10.0, "compare A")
+    _folder(tmp_path / "B", 0.3, 9.0, "compare B")
+    rs = load_runs(tmp_path)
+    assert len(rs.runs) == 12, rs.problems
+    assert not [p for p in rs.problems if "not a final run" in p["problem"]]
+    # within one folder the newest comparison still decides, and the reason names that folder
+    extra = make_run(tmp_path / "A" / "final" / "sgd", "lr0.5_s0", "sgd", 0, [40.0, 20.0, 9.0], lr=0.5)
+    rs = load_runs(tmp_path)
+    assert extra.as_posix() not in set(rs.runs.run_dir) and len(rs.runs) == 12
+    (p,) = [p for p in rs.problems if "not a final run" in p["problem"]]
+    assert p["run_dir"] == extra.as_posix() and str(tmp_path / "A") in p["problem"] and "compare A" in p["problem"]
+    assert "compare B" not in p["problem"]
+
+
+def test_copies_of_a_folder_with_the_same_manifest_time_keep_their_own_runs(tmp_path):
+    """Two copies whose manifests carry the same 'finished' time: the winner was the manifest with
+    the larger path, and it excluded every run of the other copy."""
+    _folder(tmp_path / "A", 0.1, 10.0, "compare A")
+    _folder(tmp_path / "B", 0.3, 9.0, "compare B")
+    (ma,), (mb,) = (list((tmp_path / x / "comparisons").glob("*.json")) for x in "AB")
+    record = json.loads(mb.read_text())
+    record["finished"] = json.loads(ma.read_text())["finished"]
+    mb.write_text(json.dumps(record))
+    rs = load_runs(tmp_path)
+    assert len(rs.runs) == 12 and not [p for p in rs.problems if "not a final run" in p["problem"]]
+
+
+# ---- 3. "none detectable" under Holm's step-down ------------------------------------------------
+
+def _steps_family(root, n_final_claims):
+    """4 seeds a side; AdaRem far below SGD, Adam and AdamW in final error (p = 0: zero variance),
+    and reaching the target at the same step as Adam (steps to target: Inconclusive)."""
+    for s in range(4):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0])
+        make_run(root, f"adam{s}", "adam", s, [40.0, 20.0, 8.0])
+        make_run(root, f"adamw{s}", "adamw", s, [40.0, 20.0, 9.0])
+        make_run(root, f"adarem{s}", "adarem", s, [40.0, 20.0, 5.0])
+    claims = [{"id": f"lower_{b}", "text": "t", "metric": "final_top1", "subject": "adarem", "baseline": b,
+               "better": "lower"} for b in ("sgd", "adam", "adamw")[:n_final_claims]]
+    claims.append({"id": "faster", "text": "t", "metric": "steps_to_target", "subject": "adarem", "baseline": "adam",
+                   "better": "lower"})
+    return {"claims": claims}
+
+
+def test_none_detectable_follows_holms_step_down(tmp_path):
+    """4 claims, 4 seeds a side: the rank test's smallest p, 1/70 = 0.014, is above alpha/4 = 0.0125,
+    so the claim was 'none detectable'; but the three others are rejected first (p = 0), so Holm
+    tests it at alpha/1 and a clear ranking would be Supported."""
+    spec = _steps_family(tmp_path / "runs", 3)
+    v = evaluate_claims(load_runs(tmp_path / "runs"), spec).set_index("claim")
+    assert (v.loc[[f"lower_{b}" for b in ("sgd", "adam", "adamw")], "verdict"] == "Supported").all()
+    assert v.loc["faster", "verdict"] == "Inconclusive"
+    assert not v.loc["faster", "mdd"] == math.inf  # some ranking of these seeds would be Supported
+    # where the others are not rejected, it is tested at alpha/4: no ranking can clear it
+    from adarem.results.claims import holm, rank_test_can_support, rank_test_min_p
+
+    assert rank_test_can_support(4, 4, [0.0, 0.0, 0.0], 0.05)
+    assert not rank_test_can_support(4, 4, [0.5, 0.5, 0.5], 0.05)
+    assert holm([0.0, 0.0, 0.0, rank_test_min_p(4, 4)])[-1] < 0.05  # what the statement claims
+
+
+def test_the_claims_text_states_holms_thresholds(tmp_path):
+    from adarem.results import claims
+
+    assert "no outcome can be Supported" not in claims.__doc__
+    assert "α/(m − k + 1)" in claims.STATISTICS_TEXT
+
+
+# ---- 4. no mean of inf ----------------------------------------------------------------------------
+
+def test_a_side_that_never_got_there_shows_how_many_not_a_mean_of_inf(tmp_path):
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + 0.1 * s])
+        make_run(root, f"adarem{s}", "adarem", s, [40.0, 20.0, 30.0 if s == 0 else 9.0])  # seed 0 never gets there
+    spec = tmp_path / "claims.yaml"
+    spec.write_text("claims:\n  - {id: faster, text: t, metric: steps_to_target, subject: adarem, baseline: adam,"
+                    " better: lower}\n")
+    text = write_report(load_runs(root), tmp_path / "out", spec, "test")
+    row = pd.read_csv(tmp_path / "out" / "claims.csv").iloc[0]
+    assert row.verdict == "Insufficient data" and row.reached_subject == 2 and row.n_subject == 3
+    assert not row.subject_mean == math.inf
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("| faster ")]
+    assert "inf" not in line and "not reached by 1 of 3 seeds" in line
+
+
+# ---- 5. the minimum over evaluations is test-selected --------------------------------------------
+
+def test_the_minimum_over_evaluations_is_named_as_test_selected(tmp_path):
+    root = tmp_path / "runs"
+    for s in range(2):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 5.0, 10.0])
+    rs = load_runs(root)
+    err = error_table(rs)
+    assert "best top-1 err" not in err.columns and "best top-5 err" not in err.columns
+    (col,) = [c for c in err.columns if "top-1" in c and "final" not in c]
+    assert "test-selected" in col and err[col].iloc[0] == "5.00 ± 0.00"
+    text = write_report(rs, tmp_path / "out", None, "test")
+    section = text.split("## Test error")[1].split("\n## ")[0]
+    assert "optimistic" in section and "not a result" in section
