@@ -29,7 +29,18 @@ Keys of this script (key=value): optimizers=a,b,c  seeds=N  select_seeds=N  sear
 lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step; no extension)
 max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR  dry_run=true (check the
 arguments and every optimizer's configuration as a trial's train.py would, print the plan, launch
-nothing).  Every other key=value is a train.py override.
+nothing).  Every other key=value is a train.py override; trainer.max_steps is refused (a trial
+stopped early would score worst: use trainer.epochs for a shorter study).
+out defaults to results/<data>_<model> (results/<experiment> with experiment=), with the train.py
+overrides that change the final runs appended (results/digits_small_cnn-trainer.epochs=2): a
+comparison of another configuration never replaces the main job's or an experiment's report unless
+out= names that folder. runs defaults to runs/compare/<data>_<model> (or <experiment>), shared: its
+run directories are told apart by their configuration's hash.
+Checked before the first trial (and by dry_run=true): every trial kind's configuration, the
+selection's and the finals' (with their trainer.evals_per_epoch), as train.py's first check would;
+evaluations per epoch against the steps of an epoch where the training split's size is known
+without reading the data (synthetic, Fashion-MNIST's file header, an ImageFolder tree that exists);
+out and runs can be created and written (out not a file).
 A cosine's schedule.min_lr (and a warm-up's schedule.warmup_lr) must not exceed the grid's lowest lr;
 an extension that would go below it is not made, and that edge is flagged in the report. A run
 shorter than its recipe (trainer.epochs=1 of a 90-epoch step schedule) is the recipe's schedule cut
@@ -220,9 +231,9 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     return own, passthrough
 
 
-def check_values(overrides: list[str]) -> None:
+def check_values(overrides: list[str]):
     """train()'s first check (adarem.config.validate: unknown keys, ranges) on a configuration,
-    composed as train.py's @hydra.main composes it (${hydra:...} values resolve)."""
+    composed as train.py's @hydra.main composes it (${hydra:...} values resolve). Returns it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -232,6 +243,7 @@ def check_values(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
     check_config(cfg)
+    return cfg
 
 
 def trial_base(passthrough: list[str]) -> list[str]:
@@ -253,14 +265,175 @@ def argument_notes(passthrough: list[str]) -> list[str]:
     notes = []
     if any(a.startswith("data=") for a in passthrough) and not any(a.startswith("experiment=") for a in passthrough):
         notes.append(f"{next(a for a in passthrough if a.startswith('data='))} replaces the main job's defaults "
-                     f"({' '.join(DIGITS_DEFAULTS)}): its runs are another configuration, though runs= and out= "
-                     f"default to the same folders named after the data and model (give out= to keep that report)")
+                     f"({' '.join(DIGITS_DEFAULTS)}): its runs are another configuration than the main job's")
     for key in ("optimizer.lr", "optimizer.weight_decay"):
         given = [a for a in passthrough if a.startswith(key + "=")]
         if given:
             notes.append(f"{given[0]} replaces every optimizer's default {key.split('.')[1]} "
                          f"(configs/optimizer/), so each grid is centred on it")
     return notes
+
+
+# overrides that do not change what the final runs train: where output goes and how often to log
+# (adarem.run.identity.NOT_IDENTITY), and the selection's holdout, a part of the protocol as select_seeds is
+NOT_IN_OUT_NAME = ("data.holdout_fraction", "data.eval_on")
+
+
+def out_suffix(passthrough: list[str], name: str, main_name: str, named_by_experiment: bool) -> list[str]:
+    """The train.py overrides that make this comparison's finals another configuration than the one
+    its report folder is named after (results/<name>): the main job's (digits defaults) or an
+    experiment's. data= and model= are in a <data>_<model> name already, unless that name is the main
+    job's (data=digits drops the main job's defaults: another configuration under the same name)."""
+    from adarem.run.identity import is_identity_key
+
+    changed = []
+    for arg in passthrough:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key == "experiment" or not is_identity_key(key) or key in NOT_IN_OUT_NAME:
+            continue
+        if key in ("data", "model") and not named_by_experiment and name != main_name:
+            continue
+        changed.append(arg)
+    return changed
+
+
+def default_out(name: str, changed: list[str]) -> Path:
+    """results/<name>, or results/<name>-<the overrides in changed> (characters other than letters,
+    digits and ._=+,- as _; a long list shortened and made unique by a hash)."""
+    import hashlib
+    import re
+
+    if not changed:
+        return HOME / "results" / name
+    suffix = "-".join(re.sub(r"[^A-Za-z0-9._=+,-]", "_", a) for a in changed)
+    if len(suffix) > 80:
+        suffix = suffix[:60].rstrip("-") + "-" + hashlib.sha1("\0".join(changed).encode()).hexdigest()[:10]
+    return HOME / "results" / f"{name}-{suffix}"
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a folder can be made in ``folder``: os.access, then an empty temporary folder made and
+    removed at once (as root os.access passes everything but a read-only file system)."""
+    import tempfile
+
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".adarem-writable-", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
+def folder_problem(path: Path, staged: bool = False) -> str | None:
+    """Why ``path`` cannot be created or written as a folder (None if it can), found before any trial
+    and leaving nothing behind. ``staged``: the report is written in a hidden sibling first
+    (adarem.fsync.staging_folder), so the folder above an existing ``path`` must be writable too."""
+    path = Path(os.path.abspath(path))
+    if os.path.lexists(path) and not path.is_dir():
+        return f"is {'a file' if path.exists() else 'a broken symbolic link'}, not a folder"
+    have = path
+    while not os.path.lexists(have):
+        have = have.parent
+    if not have.is_dir():
+        return f"cannot be created: {have} is {'a file' if have.exists() else 'a broken symbolic link'}, not a folder"
+    if not _writable(have):
+        return "is not writable" if have == path else f"cannot be created: {have} is not writable"
+    if staged and have == path and not _writable(path.parent):
+        return f"cannot be replaced: {path.parent} is not writable (the report is written beside {path.name}, then moved in)"
+    return None
+
+
+def train_images(data, limit: int) -> int | None:
+    """The training split's image count before any holdout (the ``n`` of adarem.data.build_data),
+    where it is known without reading the data: None where not; counting stops at ``limit`` (the
+    count returned is then >= limit). Synthetic data is not counted (its steps are its sizes')."""
+    import gzip
+    import struct
+
+    if data.name == "fashion_mnist":
+        from adarem.data.fashion_mnist import FILES
+
+        try:  # the IDX header: magic 0x00000803, then the number of images
+            with gzip.open(Path(data.root) / FILES["train"][0], "rb") as f:
+                zero, code, ndim, n = struct.unpack(">HBBI", f.read(8))
+        except (OSError, EOFError, struct.error):
+            return None  # a missing or broken file: the trial says what is wrong with it
+        return n if (zero, code, ndim) == (0, 8, 3) else None
+    if data.name not in ("digits", "imagenet", "folder"):
+        return None
+    from adarem.data.datasets import IMG_EXTENSIONS, find_classes
+
+    if data.name == "digits" and not data.root:  # written by the first trial when missing: not counted
+        from adarem.data.digits import DIGITS_VERSION, default_cache_dir
+
+        root = default_cache_dir() / f"digits_{DIGITS_VERSION}"
+    else:
+        root = Path(data.root)
+    split = root / "train"
+    if not data.root and data.name != "digits" or not split.is_dir():
+        return None
+    try:
+        classes, _ = find_classes(str(split))
+    except OSError:
+        return None
+    n = 0  # what adarem.data.datasets.list_image_folder lists, counted
+    for cls in classes:
+        for _, _, files in os.walk(split / cls, followlinks=True):
+            n += sum(f.lower().endswith(IMG_EXTENSIONS) for f in files)
+            if n >= limit:
+                return n
+    return n
+
+
+def epoch_steps(cfg) -> tuple[int, int] | None:
+    """(steps of an epoch, training images) of a trial's configuration as adarem.data.build_data makes
+    them (its training split // trainer.batch_size), where known without reading the data; None where
+    not. Large data is counted only as far as the checks need (the images returned are then a lower
+    bound, and the steps at least trainer.evals_per_epoch and 1)."""
+    data, batch, k = cfg.data, int(cfg.trainer.batch_size), int(cfg.trainer.evals_per_epoch)
+    if data.name == "synthetic":
+        return max(1, int(data.synthetic_train_size) // batch), int(data.synthetic_train_size)
+    holdout = data.eval_on == "holdout"
+    frac = float(data.holdout_fraction) if holdout else 0.0
+    # enough images for k steps after the holdout (adarem.data.datasets.holdout_indices holds out
+    # max(1, round(frac * n)) <= frac * n + 1 of them)
+    limit = math.ceil((max(k, 1) * batch + 1) / (1 - frac)) + 1
+    if limit > 10_000_000:
+        return None
+    n = train_images(data, limit)
+    if n is None:
+        return None
+    kept = n - max(1, int(round(frac * n))) if holdout else n
+    return kept // batch, kept
+
+
+def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool) -> None:
+    """What train.py checks before training (the configuration's values; the evaluations per epoch
+    and batch size against the training split's size where known cheaply), on one trial's overrides:
+    one ``error:`` line and exit 2."""
+    where = "the selection trials" if stage == "select" else "the final runs"
+    ours = stage == "final" and evals_added  # the finals' trainer.evals_per_epoch is compare.py's evals_per_epoch=
+    try:
+        cfg = check_values(overrides)
+    except ConfigError as exc:
+        given = next((a for a in overrides if a.startswith("trainer.evals_per_epoch=")), "")
+        hint = (f", to which compare.py gives {given} (its key evals_per_epoch=, default 4): evals_per_epoch=1 "
+                f"evaluates them at epoch ends only") if ours and "evals_per_epoch" in str(exc) else ""
+        fail(f"{exc} (in {where} of optimizer={opt}{hint})")
+    known = epoch_steps(cfg)
+    if known is None:
+        return
+    steps, images = known
+    batch, k = int(cfg.trainer.batch_size), int(cfg.trainer.evals_per_epoch)
+    if cfg.data.name != "synthetic" and images < batch:
+        fail(f"trainer.batch_size={batch} exceeds the {images} training images of {where} "
+             f"(data={cfg.data.name}); lower it")
+    if k > steps:
+        how = f"give compare.py evals_per_epoch={steps} or less" if ours else \
+            f"use trainer.evals_per_epoch={steps} or less"
+        fail(f"trainer.evals_per_epoch={k} exceeds the {steps} steps of an epoch of {where} ({images} training "
+             f"images // trainer.batch_size={batch}); {how}, or a smaller trainer.batch_size")
 
 
 def trial_overrides(base: list[str], evals: list[str], runs_root: Path, opt: str, lr: float, wd: float, seed: int,
@@ -305,15 +478,27 @@ def compare(argv: list[str]) -> int:
     """The whole comparison: search (with extension), finals, selection.csv and the report."""
     own, passthrough = parse(argv)
     base = trial_base(passthrough)
-    for note in argument_notes(passthrough):
-        print(f"note: {note}", file=sys.stderr, flush=True)
     try:
         probe = compose(base)  # fails here, with one line, on a bad override
     except Exception as exc:  # noqa: BLE001 - Hydra's errors carry several lines; keep the first
         fail(f"bad override in {' '.join(base)}: {str(exc).strip().splitlines()[0]}")
+    if int(probe.trainer.max_steps):  # every trial would stop early, score worst, and the grid be blamed
+        given = next((a for a in reversed(passthrough) if a.split("=", 1)[0].lstrip("+~") == "trainer.max_steps"),
+                     f"trainer.max_steps={probe.trainer.max_steps} (from the configuration)")
+        fail(f"{given}: compare.py needs trials that finish (a trial stopped at trainer.max_steps scores as the "
+             f"worst); use trainer.epochs=N for a shorter study")
     name = probe.experiment_name or f"{probe.data.name}_{probe.model.name}"
     runs_root = Path(own["runs"] or HOME / "runs" / "compare" / name)
-    out = Path(own["out"] or HOME / "results" / name)
+    main_probe = compose(trial_base([]))
+    main_name = main_probe.experiment_name or f"{main_probe.data.name}_{main_probe.model.name}"
+    changed = out_suffix(passthrough, name, main_name, bool(probe.experiment_name))
+    out = Path(own["out"] or default_out(name, changed))
+    # before any trial: a report folder that cannot be written used to fail after the whole comparison
+    for key, folder, staged in (("out", out, True), ("runs", runs_root, False)):
+        problem = folder_problem(folder, staged)
+        if problem:
+            fail(f"{key}={own[key] or folder} {problem}; pass {key}= a folder that can be created and written"
+                 + (" (for the report: tables, selection.csv, plots)" if key == "out" else " (for the trials' runs)"))
     threads = max(1, (os.cpu_count() or 1) // own["workers"])
     factors = lr_factors(own)
     searches: dict[str, Search] = {}
@@ -322,7 +507,7 @@ def compare(argv: list[str]) -> int:
             composed = compose([*base, f"optimizer={opt}"])
         except Exception as exc:  # noqa: BLE001
             fail(f"optimizer {opt!r}: {str(exc).strip().splitlines()[0]}")
-        try:  # what every trial's train() checks first: a bad value fails here, not in 80 trials
+        try:  # the values every trial shares, before its grid is made (each kind of trial: check_trial)
             check_values([*base, f"optimizer={opt}"])
         except ConfigError as exc:
             fail(f"{exc} (with optimizer={opt})")
@@ -348,11 +533,25 @@ def compare(argv: list[str]) -> int:
     def overrides(opt, lr, wd, seed, stage):
         return trial_overrides(base, evals, runs_root, opt, lr, wd, seed, stage)
 
+    # what every trial's train() checks first, on each kind of trial as it will be launched (the
+    # finals add their own settings, trainer.evals_per_epoch): a bad value fails here, not in 80
+    # trials or after the whole selection
+    for opt, srch in searches.items():
+        lr, wd = srch.trials()[0]
+        check_trial(overrides(opt, lr, wd, select_seeds[0], "select"), "select", opt, bool(evals))
+        check_trial(overrides(opt, lr, wd, final_seeds[0], "final"), "final", opt, bool(evals))
+    for note in argument_notes(passthrough):  # after the checks: a refusal is its one line
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    if not own["out"] and changed:
+        print(f"note: the report goes to {out}, not results/{name}: its final runs are another configuration "
+              f"than that folder's ({' '.join(changed)}); give out= to choose the folder", file=sys.stderr, flush=True)
+
     n_trials = len(factors) * len(next(iter(searches.values())).wds)
     where = (f"{own['workers']} workers x {threads} threads" if own["launcher"] == "local" else
              f"SLURM job arrays (partition {own['partition'] or 'default'}, {own['gpus_per_node']} GPU(s) per node)")
     print(f"compare: {len(searches)} optimizers x {n_trials} trials x {len(select_seeds)} selection seeds on a "
-          f"holdout (search={own['search']}), then {len(final_seeds)} final seeds each; {where}; runs in {runs_root}",
+          f"holdout (search={own['search']}), then {len(final_seeds)} final seeds each; {where}; runs in {runs_root}; "
+          f"report to {out}",
           flush=True)
     if own["dry_run"]:
         print(f"dry run: the arguments and every optimizer's configuration are accepted; nothing was launched",

@@ -1,0 +1,222 @@
+"""compare.py refuses before the first trial (and dry_run=true refuses alike) what used to be found
+only after hours of training: a setting the finals add (trainer.evals_per_epoch) that clashes with
+the user's, more evaluations per epoch than an epoch has steps, trainer.max_steps (every trial
+stopped early, scored worst, and the lr grid blamed), and an out= or runs= that cannot be written.
+Each refusal is one ``error:`` line naming the value and what to do, exit 2, with nothing trained
+or written. A comparison of another configuration never writes its report into the main job's
+(or an experiment's) report folder by default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adarem.protocol import cli
+from tests.conftest import FASHION_ROOT, REPO
+
+QUICK = ["optimizers=sgd", "lr_grid=1", "seeds=1", "select_seeds=1", "trainer.epochs=1"]
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """compare.py's command line in this process: exit 2 and exactly one stderr line, returned."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    cap = capsys.readouterr()
+    assert exc.value.code == 2, (cap.out, cap.err)
+    assert cap.err.startswith("error: ") and cap.err.count("\n") == 1, cap.err
+    assert "compare: " not in cap.out, cap.out  # refused before the plan: nothing launched
+    return cap.err.strip()
+
+
+def nothing_written(tmp_path: Path, *kept: str) -> None:
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def image_tree(root: Path, classes: int, per_class: int) -> Path:
+    """An ImageFolder tree of empty *.jpg files: counted, never read, by a refusal."""
+    for c in range(classes):
+        (root / "train" / str(c)).mkdir(parents=True)
+        (root / "val" / str(c)).mkdir(parents=True)
+        for i in range(per_class):
+            (root / "train" / str(c) / f"{i:04d}.jpg").touch()
+    return root
+
+
+# --- 1. every kind of trial is checked: the finals add trainer.evals_per_epoch ----------------------
+
+@pytest.mark.parametrize("dry_run", ["true", "false"])
+def test_a_setting_of_the_finals_is_checked_before_the_selection_trials(env, tmp_path, dry_run):
+    """The hostile user's command: the selection trials trained, then every final was refused."""
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), *QUICK, "trainer.eval_every=2",
+                          f"runs={tmp_path / 'r'}", f"out={tmp_path / 'o'}", f"dry_run={dry_run}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert res.stderr.startswith("error: trainer.evals_per_epoch=4 needs trainer.eval_every=1 (got 2)"), res.stderr
+    assert res.stderr.count("\n") == 1 and "the final runs of optimizer=sgd" in res.stderr
+    assert "evals_per_epoch=1 evaluates them at epoch ends only" in res.stderr
+    assert "select" not in res.stdout and "compare: " not in res.stdout
+    nothing_written(tmp_path)
+
+
+def test_the_finals_accept_what_they_are_given(capsys, tmp_path):
+    # evals_per_epoch=1 adds no mid-epoch evaluation: trainer.eval_every=2 is then fine for both kinds
+    assert cli.main([*QUICK, "trainer.eval_every=2", "evals_per_epoch=1", f"runs={tmp_path / 'r'}",
+                     f"out={tmp_path / 'o'}", "dry_run=true"]) == 0
+    assert "dry run:" in capsys.readouterr().out
+    nothing_written(tmp_path)
+
+
+# --- 1b. evaluations per epoch against the steps of an epoch, where the data's size is known ----------
+
+def test_more_evaluations_than_steps_of_an_epoch_of_the_finals_are_refused(capsys, tmp_path, monkeypatch):
+    """The main job's digits (its cached ImageFolder tree counted, not read): 50 images, batch 16."""
+    monkeypatch.setenv("ADAREM_CACHE", str(tmp_path / "cache"))
+    from adarem.data.digits import DIGITS_VERSION
+
+    image_tree(tmp_path / "cache" / f"digits_{DIGITS_VERSION}", 10, 5)
+    line = refused(capsys, [*QUICK, "trainer.batch_size=16", f"runs={tmp_path / 'r'}", f"out={tmp_path / 'o'}"])
+    assert line == ("error: trainer.evals_per_epoch=4 exceeds the 3 steps of an epoch of the final runs (50 training "
+                    "images // trainer.batch_size=16); give compare.py evals_per_epoch=3 or less, or a smaller "
+                    "trainer.batch_size"), line
+    nothing_written(tmp_path, "cache")
+    # evals_per_epoch=3: accepted (3 evaluation points in 3 steps)
+    assert cli.main([*QUICK, "trainer.batch_size=16", "evals_per_epoch=3", f"runs={tmp_path / 'r'}",
+                     f"out={tmp_path / 'o'}", "dry_run=true"]) == 0
+    nothing_written(tmp_path, "cache")
+
+
+@pytest.mark.parametrize("args, says", [
+    # an ImageFolder tree of data=digits at data.root: 20 images, 18 after the holdout of the selection
+    (["data=digits", "DATA_ROOT", "trainer.batch_size=8"], "exceeds the 2 steps of an epoch of the final runs "
+                                                            "(20 training images // trainer.batch_size=8)"),
+    (["data=digits", "DATA_ROOT", "trainer.batch_size=8", "trainer.evals_per_epoch=3"],
+     "trainer.evals_per_epoch=3 exceeds the 2 steps of an epoch of the selection trials (18 training images // "
+     "trainer.batch_size=8); use trainer.evals_per_epoch=2 or less"),
+    (["data=digits", "DATA_ROOT", "trainer.batch_size=19"], "trainer.batch_size=19 exceeds the 18 training images "
+                                                             "of the selection trials (data=digits); lower it"),
+    (["data=synthetic", "data.synthetic_train_size=300", "trainer.batch_size=128"],
+     "exceeds the 2 steps of an epoch of the final runs (300 training images // trainer.batch_size=128)"),
+])
+@pytest.mark.parametrize("dry_run", ["true", "false"])
+def test_evaluations_per_epoch_are_checked_against_the_split_they_train_on(capsys, tmp_path, args, says, dry_run):
+    root = image_tree(tmp_path / "data", 2, 10)
+    args = [f"data.root={root}" if a == "DATA_ROOT" else a for a in args]
+    line = refused(capsys, [*QUICK, *args, f"runs={tmp_path / 'r'}", f"out={tmp_path / 'o'}", f"dry_run={dry_run}"])
+    assert says in line, line
+    nothing_written(tmp_path, "data")
+
+
+@pytest.mark.skipif(not (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file(), reason="no Fashion-MNIST")
+def test_fashion_mnist_is_sized_from_its_file_header(capsys, tmp_path):
+    line = refused(capsys, [*QUICK, "data=fashion_mnist", "trainer.batch_size=20000", f"runs={tmp_path / 'r'}",
+                            f"out={tmp_path / 'o'}", "dry_run=true"])
+    assert "exceeds the 3 steps of an epoch of the final runs (60000 training images" in line, line
+    assert cli.main([*QUICK, "data=fashion_mnist", "trainer.batch_size=15000", f"runs={tmp_path / 'r'}",
+                     f"out={tmp_path / 'o'}", "dry_run=true"]) == 0
+    nothing_written(tmp_path)
+
+
+def test_a_large_tree_is_counted_only_as_far_as_the_check_needs(tmp_path):
+    from omegaconf import OmegaConf
+
+    root = image_tree(tmp_path / "data", 3, 400)
+    data = OmegaConf.create({"name": "folder", "root": str(root)})
+    assert cli.train_images(data, 10**6) == 1200
+    assert 50 <= cli.train_images(data, 50) < 1200  # stops once 50 are found
+    cfg = OmegaConf.create({"data": {"name": "folder", "root": str(root), "eval_on": "holdout",
+                                     "holdout_fraction": 0.5},
+                            "trainer": {"batch_size": 100, "evals_per_epoch": 4}})
+    steps, images = cli.epoch_steps(cfg)
+    assert steps >= 4 and images >= 400
+    assert cli.epoch_steps(OmegaConf.merge(cfg, {"data": {"root": str(tmp_path / "none")}})) is None
+
+
+# --- 2. trainer.max_steps --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arg", ["trainer.max_steps=5", "++trainer.max_steps=5"])
+@pytest.mark.parametrize("dry_run", ["true", "false"])
+def test_max_steps_is_refused(capsys, tmp_path, arg, dry_run):
+    line = refused(capsys, [*QUICK, arg, f"runs={tmp_path / 'r'}", f"out={tmp_path / 'o'}", f"dry_run={dry_run}"])
+    assert line == (f"error: {arg}: compare.py needs trials that finish (a trial stopped at trainer.max_steps "
+                    f"scores as the worst); use trainer.epochs=N for a shorter study"), line
+    nothing_written(tmp_path)
+
+
+def test_max_steps_zero_is_no_limit_and_accepted(capsys, tmp_path):
+    assert cli.main([*QUICK, "trainer.max_steps=0", f"runs={tmp_path / 'r'}", f"out={tmp_path / 'o'}",
+                     "dry_run=true"]) == 0
+    nothing_written(tmp_path)
+
+
+# --- 3. out= and runs= ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, where, says", [
+    ("out", "file", "is a file, not a folder; pass out= a folder that can be created and written"),
+    ("out", "file/sub", "cannot be created: {tmp}/file is a file, not a folder; pass out="),
+    ("runs", "file", "is a file, not a folder; pass runs= a folder that can be created and written"),
+    ("runs", "file/sub/deeper", "cannot be created: {tmp}/file is a file, not a folder; pass runs="),
+    ("out", "/proc/adarem-compare-out", "cannot be created: /proc is not writable; pass out="),  # also as root
+])
+@pytest.mark.parametrize("dry_run", ["true", "false"])
+def test_an_out_or_runs_that_cannot_be_written_is_refused(capsys, tmp_path, key, where, says, dry_run):
+    (tmp_path / "file").write_text("a user's file\n")
+    folders = {"out": str(tmp_path / "o"), "runs": str(tmp_path / "r")}
+    folders[key] = where if where.startswith("/") else str(tmp_path / where)
+    line = refused(capsys, [*QUICK, f"runs={folders['runs']}", f"out={folders['out']}", f"dry_run={dry_run}"])
+    assert line.startswith(f"error: {key}={folders[key]} {says.format(tmp=tmp_path)}"), line
+    nothing_written(tmp_path, "file")
+    assert (tmp_path / "file").read_text() == "a user's file\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_an_unwritable_out_is_refused(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = refused(capsys, [*QUICK, f"runs={tmp_path / 'r'}", f"out={locked / 'report'}", "dry_run=false"])
+        assert f"out={locked / 'report'} cannot be created: {locked} is not writable" in line, line
+        line = refused(capsys, [*QUICK, f"runs={tmp_path / 'r'}", f"out={locked}", "dry_run=false"])
+        assert f"out={locked} is not writable" in line, line
+    finally:
+        locked.chmod(0o700)
+    nothing_written(tmp_path, "locked")
+
+
+# --- 4. the default out of a comparison of another configuration -----------------------------------
+
+def plan(capsys, argv) -> tuple[str, str]:
+    assert cli.main([*argv, "optimizers=sgd", "lr_grid=1", "dry_run=true"]) == 0
+    cap = capsys.readouterr()
+    return cap.out.split("; report to ", 1)[1].splitlines()[0], cap.err
+
+
+@pytest.mark.parametrize("argv, folder", [
+    ([], "digits_small_cnn"),  # the main job
+    (["trainer.epochs=2"], "digits_small_cnn-trainer.epochs=2"),
+    (["data=digits"], "digits_small_cnn-data=digits"),  # the main job's name without its digits defaults
+    (["data=digits", "trainer.epochs=2"], "digits_small_cnn-data=digits-trainer.epochs=2"),
+    (["data=fashion_mnist"], "fashion_mnist_small_cnn"),  # named after the data already
+    (["experiment=fashion_mnist"], "fashion_mnist"),  # the committed study's folder: its own configuration
+    (["experiment=fashion_mnist", "trainer.epochs=2", "data.holdout_fraction=0.2", "logging.wandb=offline"],
+     "fashion_mnist-trainer.epochs=2"),  # the selection's holdout and logging do not change the finals
+    (["schedule.milestones=[1,2]", "schedule=step"], "digits_small_cnn-schedule.milestones=_1,2_-schedule=step"),
+])
+def test_another_configuration_does_not_replace_the_main_report_by_default(capsys, tmp_path, argv, folder):
+    out, err = plan(capsys, [*argv, f"runs={tmp_path / 'r'}"])
+    assert out == str(cli.HOME / "results" / folder), out
+    if folder.split("-", 1)[0] != folder:
+        assert f"note: the report goes to {out}, not results/{folder.split('-', 1)[0]}" in err, err
+    nothing_written(tmp_path)
+
+
+def test_out_given_is_used_as_given_and_a_long_suffix_is_shortened(capsys, tmp_path):
+    out, err = plan(capsys, ["trainer.epochs=2", f"out={tmp_path / 'mine'}", f"runs={tmp_path / 'r'}"])
+    assert out == str(tmp_path / "mine") and "the report goes to" not in err
+    many = [f"optimizer.eps=1e-{i}" for i in range(12)]
+    long = cli.default_out("digits_small_cnn", many)
+    assert len(long.name) < 120 and long != cli.default_out("digits_small_cnn", many[:-1] + ["optimizer.eps=2"])
