@@ -12,10 +12,13 @@ So compare.py writes, when its finals are done and before its report, a manifest
 run directories. ``load_runs`` (make_tables) reads the manifests of the runs it finds: within a
 dataset x model, each optimizer that a manifest covers is tabulated from the final runs of the
 newest comparison that ran it, and every other run of it there is listed as excluded with the
-reason. A manifest decides about the runs of its own runs folder only: the parent of two
-comparisons' folders tabulates each folder's newest comparison. The folder's tables are then the newest comparison's, as compare.py printed them; where
+reason. The folder's tables are then the newest comparison's, as compare.py printed them; where
 the optimizers of one table come from several comparisons (``optimizers=`` split over two
-launches), the report says which came from which.
+launches), the report says which came from which. The newest comparison is taken over every runs
+folder read: make_tables on the parent of two comparisons' folders tabulates each optimizer from the
+newest of them, so that no claim pairs one comparison's SGD with another's AdaRem (tabulate one runs
+folder for its own comparison). Two comparisons that finished at the same time (copies of a folder)
+are told apart by their manifest's path, and the report says so.
 """
 
 from __future__ import annotations
@@ -113,49 +116,48 @@ def newest_comparison_only(runs: pd.DataFrame, listed: pd.DataFrame) -> tuple[pd
     if runs.empty:
         return runs, []
     roots = {d: manifest_root(d) for d in listed.run_dir}
-    manifests, problems = {}, []  # manifests: runs folder -> its manifests
-    for root in sorted(set(roots.values()) - {None}, key=str):
+    manifests, problems = [], []
+    for root in set(roots.values()) - {None}:
         found, bad = read_manifests(root)
-        manifests[str(root)] = found
+        manifests += found
         problems += bad
-    if not any(manifests.values()):
+    if not manifests:
         return runs, problems
 
-    def listing(root: str, run_dirs) -> list[dict]:
-        """The manifests of ``root`` (a runs folder) that list one of ``run_dirs``: a manifest
-        decides about the runs of its own runs folder only, never about another's."""
+    def listing(run_dirs) -> list[dict]:
         keys = set().union(*(_path_keys(d) for d in run_dirs)) if len(run_dirs) else set()
-        return [m for m in manifests.get(root, []) if m["final_keys"] & keys]
+        return [m for m in manifests if m["final_keys"] & keys]
 
-    # grouped per runs folder too: two comparisons' folders tabulated together (make_tables on
-    # their parent) each keep their own newest comparison's finals
-    group = ["_root", "dataset", "model", "setting_id", "optimizer"]
-    root_of = lambda d: str(roots[d]) if roots.get(d) is not None else None  # noqa: E731
-    in_folder = runs.run_dir.map(lambda d: root_of(d) is not None)
+    group = ["dataset", "model", "setting_id", "optimizer"]
+    in_folder = runs.run_dir.map(lambda d: roots.get(d) is not None)
     val = runs[(runs.eval_on == "val") & in_folder]
-    val = val.assign(_root=val.run_dir.map(root_of))
-    in_listed = listed[listed.run_dir.map(lambda d: root_of(d) is not None)]
-    listed_by_group = {k: g.run_dir.tolist() for k, g in in_listed.assign(_root=in_listed.run_dir.map(root_of))
+    listed_by_group = {k: g.run_dir.tolist() for k, g in listed[listed.run_dir.map(lambda d: roots.get(d) is not None)]
                        .groupby(group)}
-    drop, sources = [], {}  # sources: (dataset, model, setting) -> {manifest file: [optimizers]}
-    for (root, name, model, setting, opt), g in val.groupby(group):
-        covering = listing(root, listed_by_group.get((root, name, model, setting, opt), g.run_dir.tolist()))
+    drop, sources, ties = [], {}, set()  # sources: (dataset, model, setting) -> {manifest file: [optimizers]}
+    for (name, model, setting, opt), g in val.groupby(group):
+        covering = listing(listed_by_group.get((name, model, setting, opt), g.run_dir.tolist()))
         if not covering:
             continue
         newest = max(covering, key=lambda m: (m["finished"], m["file"]))
+        tied = sorted(m["file"] for m in covering if m["finished"] == newest["finished"] and m["file"] != newest["file"])
+        if tied:
+            ties.add((newest["file"], *tied))
         sources.setdefault((name, model, setting), {}).setdefault(newest["file"], []).append(opt)
         for i in g.index:
             if not _path_keys(runs.run_dir[i]) & newest["final_keys"]:
                 drop.append(i)
                 problems.append({"run_dir": runs.run_dir[i], "problem": (
-                    f"not a final run of the newest comparison that ran {opt} on {name} x {model} in its runs "
-                    f"folder {root} ({newest['file']}: {newest['command']}): excluded, so that no optimizer's runs "
-                    f"mix two comparisons' selections (an earlier comparison's report is its own tables.md)")})
-    commands = {m["file"]: m["command"] for found in manifests.values() for m in found}
+                    f"not a final run of the newest comparison that ran {opt} on {name} x {model} among the runs "
+                    f"read ({newest['file']}: {newest['command']}): excluded, so that no optimizer's runs mix two "
+                    f"comparisons' selections (an earlier comparison's report is its own tables.md)")})
+    commands = {m["file"]: m["command"] for m in manifests}
     for (name, model, _), by_file in sources.items():
         if len(by_file) > 1:
             problems.append({"run_dir": f"({name} x {model})", "problem": "optimizers from several comparisons: " +
                              "; ".join(f"{', '.join(sorted(opts))} from {f} ({commands[f]})"
                                        for f, opts in sorted(by_file.items())) +
                              ": each was selected by its own comparison's search, possibly over other grids"})
+    for used, *others in sorted(ties):
+        problems.append({"run_dir": used, "problem": f"finished at the same time as {', '.join(others)} (copies of one "
+                         f"runs folder?): this one, the later path, is used; tabulate one runs folder to choose"})
     return runs.drop(index=drop).reset_index(drop=True), problems
