@@ -294,19 +294,42 @@ def data_source(data_identity: dict | None) -> str:
     return _digest({k: v for k, v in data_identity.items() if k not in SPLIT_KEYS}, 6)
 
 
+def split_images(data_identity: dict | None) -> float:
+    """The images a run's splits were cut from, as its data identity counts them (per epoch, so a
+    dropped last batch is missing): train + holdout for an lr search run, the training split for a
+    final run; NaN where unrecorded."""
+    if not isinstance(data_identity, dict):
+        return math.nan
+    train, val = data_identity.get("train_samples"), data_identity.get("val_samples")
+    if not _is_int(train) or (data_identity.get("eval_on") == "holdout" and not _is_int(val)):
+        return math.nan
+    return float(train + (val if data_identity.get("eval_on") == "holdout" else 0))
+
+
 def data_labels(runs: pd.DataFrame) -> dict:
     """Per row of ``runs`` (one data.name): the hash its ``name@<hash>`` label would take. A run on
     the val/test split takes its data id; a holdout (lr search) run takes the data id of the
     val/test runs cut from the same data (``data_source``) where those have one, so that the
     search and the finals of one data root are one dataset, and its own where they have none or
-    several. Labels differ only between runs on different data: another root (or classes) of the
-    same name, or the same root holding other images (a grown tree)."""
+    several. Only finals whose training split holds as many images as the search's training and
+    holdout splits together (up to two dropped last batches, as the identity counts per epoch)
+    qualify: a search run on the tree before it grew keeps its own label. Labels differ only between
+    runs on different data: another root (or classes) of the same name, or the same root holding
+    other images (a grown tree)."""
     holdout = runs.eval_on == "holdout"
-    by_source = runs[~holdout].groupby("data_source").data_id.unique() if (~holdout).any() else {}
+    finals = runs[~holdout]
     out = {}
-    for i, h, src, did in zip(runs.index, holdout, runs.data_source, runs.data_id):
-        ids = by_source.get(src) if h else None
-        out[i] = ids[0] if ids is not None and len(ids) == 1 else did
+    for i in runs.index:
+        did = runs.at[i, "data_id"]
+        if not holdout[i]:
+            out[i] = did
+            continue
+        batch = pd.to_numeric(runs.at[i, "batch_size"], errors="coerce")  # a numpy int in the frame
+        slack = 2 * float(batch) if pd.notna(batch) else 0.0
+        same = finals[(finals.data_source == runs.at[i, "data_source"])
+                      & ((finals.split_images - runs.at[i, "split_images"]).abs() < max(slack, 1))]
+        ids = same.data_id.unique()
+        out[i] = ids[0] if len(ids) == 1 else did
     return out
 
 
@@ -519,6 +542,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
         "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
         "dataset": data.get("name"), "data_id": listed["data_id"], "content": listed["content"],
         "data_source": data_source(run.get("data_identity")),
+        "split_images": split_images(run.get("data_identity")),
         "eval_on": data.get("eval_on", "val"),
         "model": (cfg.get("model") or {}).get("name"),
         "optimizer": listed["optimizer"], "lr": opt.get("lr"),

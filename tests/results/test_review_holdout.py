@@ -64,6 +64,31 @@ def test_the_search_and_the_finals_of_one_data_root_are_one_dataset(tmp_path):
     assert row.dataset == "toy" and (row.n_subject, row.n_baseline) == (3, 3)  # the finals only
 
 
+def test_a_search_on_the_tree_before_it_grew_is_not_the_finals_dataset(tmp_path):
+    """Search runs of one root with other training-split sizes (the tree before it grew) took the
+    finals' plain name, beside the search on today's tree, in rows only the hidden config_id told
+    apart (helper-56): a search run is the finals' dataset only where its train + holdout images are
+    the finals' training images (up to the per-epoch counts' dropped last batches)."""
+    root = tmp_path / "runs"
+    _comparison(root)  # search: 900 + 100 images; finals: 1000
+    for s in (100, 101):
+        d = make_run(root / "select" / "sgd", f"old_lr0.1_s{s}", "sgd", s, [40.0, 20.0, 12.0], lr=0.1)
+        _identity(d, "/data/toy", {"eval_on": "holdout", "train_samples": 450, "val_samples": 50}, "holdout")
+    for s in (100, 101):  # per-epoch counts of today's tree: a dropped last batch of 32 is missing
+        d = make_run(root / "select" / "sgd", f"drop_lr0.3_s{s}", "sgd", s, [40.0, 20.0, 7.0], lr=0.3)
+        _identity(d, "/data/toy", {"eval_on": "holdout", "train_samples": 868, "val_samples": 100}, "holdout")
+    rs = load_runs(root)
+    dropped = rs.runs[rs.runs.run_dir.str.contains("drop_lr")]
+    assert set(dropped.dataset) == set(rs.runs[rs.runs.eval_on == "val"].dataset)
+    old = rs.runs[rs.runs.run_dir.str.contains("old_lr")]
+    assert len(old) == 2 and old.dataset.nunique() == 1 and old.dataset.iloc[0].startswith("toy@")
+    today = rs.runs[~rs.runs.run_dir.str.contains("old_lr")]
+    assert today.dataset.nunique() == 1 and today.dataset.iloc[0].startswith("toy@")
+    assert old.dataset.iloc[0] != today.dataset.iloc[0]
+    finals = rs.runs[rs.runs.eval_on == "val"]
+    assert set(finals.dataset) == set(today[today.eval_on == "holdout"].dataset)
+
+
 def test_two_data_roots_sharing_a_name_are_still_two_datasets_with_their_searches(tmp_path):
     _comparison(tmp_path / "runs", "/data/a", "a_")
     _comparison(tmp_path / "runs", "/data/b", "b_")
