@@ -298,16 +298,23 @@ def out_suffix(passthrough: list[str], name: str, main_name: str, named_by_exper
 
 
 def default_out(name: str, changed: list[str]) -> Path:
-    """results/<name>, or results/<name>-<the overrides in changed> (characters other than letters,
-    digits and ._=+,- as _; a long list shortened and made unique by a hash)."""
+    """results/<name>, or results/<name>-<the overrides in changed>, in sorted order (one folder
+    whatever order they were given in); characters other than letters, digits and ._=+,- as _, and
+    where that lost anything (data.root=/d/my_data/x and /d/my/data/x) or the list is long, a hash
+    of the exact overrides makes the name unique."""
     import hashlib
     import re
 
     if not changed:
         return HOME / "results" / name
-    suffix = "-".join(re.sub(r"[^A-Za-z0-9._=+,-]", "_", a) for a in changed)
+    changed = sorted(changed)
+    clean = [re.sub(r"[^A-Za-z0-9._=+,-]", "_", a) for a in changed]
+    suffix = "-".join(clean)
+    digest = hashlib.sha1("\0".join(changed).encode()).hexdigest()[:10]
     if len(suffix) > 80:
-        suffix = suffix[:60].rstrip("-") + "-" + hashlib.sha1("\0".join(changed).encode()).hexdigest()[:10]
+        suffix = suffix[:60].rstrip("-") + "-" + digest
+    elif clean != changed:
+        suffix += "-" + digest
     return HOME / "results" / f"{name}-{suffix}"
 
 
@@ -543,8 +550,9 @@ def compare(argv: list[str]) -> int:
     for note in argument_notes(passthrough):  # after the checks: a refusal is its one line
         print(f"note: {note}", file=sys.stderr, flush=True)
     if not own["out"] and changed:
-        print(f"note: the report goes to {out}, not results/{name}: its final runs are another configuration "
-              f"than that folder's ({' '.join(changed)}); give out= to choose the folder", file=sys.stderr, flush=True)
+        print(f"note: the report goes to {out}, not results/{name}: overrides that set the final runs' "
+              f"configuration ({' '.join(changed)}; named as given, even where one repeats the default) never "
+              f"replace that folder's report; give out= to choose the folder", file=sys.stderr, flush=True)
 
     n_trials = len(factors) * len(next(iter(searches.values())).wds)
     where = (f"{own['workers']} workers x {threads} threads" if own["launcher"] == "local" else

@@ -204,7 +204,9 @@ def plan(capsys, argv) -> tuple[str, str]:
     (["experiment=fashion_mnist"], "fashion_mnist"),  # the committed study's folder: its own configuration
     (["experiment=fashion_mnist", "trainer.epochs=2", "data.holdout_fraction=0.2", "logging.wandb=offline"],
      "fashion_mnist-trainer.epochs=2"),  # the selection's holdout and logging do not change the finals
-    (["schedule.milestones=[1,2]", "schedule=step"], "digits_small_cnn-schedule.milestones=_1,2_-schedule=step"),
+    (["schedule.milestones=[1,2]", "schedule=step"],  # characters replaced: a hash of the exact overrides
+     "digits_small_cnn-schedule.milestones=_1,2_-schedule=step-" + __import__("hashlib").sha1(
+         "schedule.milestones=[1,2]\0schedule=step".encode()).hexdigest()[:10]),
 ])
 def test_another_configuration_does_not_replace_the_main_report_by_default(capsys, tmp_path, argv, folder):
     out, err = plan(capsys, [*argv, f"runs={tmp_path / 'r'}"])
@@ -220,3 +222,12 @@ def test_out_given_is_used_as_given_and_a_long_suffix_is_shortened(capsys, tmp_p
     many = [f"optimizer.eps=1e-{i}" for i in range(12)]
     long = cli.default_out("digits_small_cnn", many)
     assert len(long.name) < 120 and long != cli.default_out("digits_small_cnn", many[:-1] + ["optimizer.eps=2"])
+
+
+def test_the_default_folder_is_one_per_configuration():
+    """Two orders of the same overrides were two folders; two data roots whose paths differ only
+    in characters replaced by _ were one, and the second comparison replaced the first's report
+    (helper-56)."""
+    assert cli.default_out("x", ["trainer.epochs=2", "trainer.batch_size=64"]) == \
+        cli.default_out("x", ["trainer.batch_size=64", "trainer.epochs=2"])
+    assert cli.default_out("x", ["data.root=/d/my_data/tree"]) != cli.default_out("x", ["data.root=/d/my/data/tree"])
