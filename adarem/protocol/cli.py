@@ -72,6 +72,7 @@ other setting never reuses them. A stage in which nothing finished stops with ex
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import shlex
@@ -599,9 +600,17 @@ def compare(argv: list[str]) -> int:
             run_trials(todo)
         chosen = {opt: srch.best(select_seeds) for opt, srch in searches.items()}
         empty = [opt for opt, (_, _, err, _) in chosen.items() if not math.isfinite(err)]
+        failed = {opt: [r for r in searches[opt].results.values() if r.get("status") == "failed"] for opt in empty}
+        broken = [opt for opt in empty if failed[opt] and len(failed[opt]) == len(searches[opt].results)]
+        if broken:  # not the grid: every trial failed (a missing data root, a crash), none diverged or ran
+            first = failed[broken[0]][0]
+            fail(f"every selection trial of {', '.join(broken)} failed, so no lr can be chosen (the grid is not the "
+                 f"cause); the first: {first['run_dir']}: {first.get('error') or 'see its run.json'}")
         if empty:
+            counts = "; ".join(f"{opt}: " + ", ".join(f"{n} {st}" for st, n in sorted(collections.Counter(
+                r.get("status", "unknown") for r in searches[opt].results.values()).items())) for opt in empty)
             fail(f"no learning rate of {', '.join(empty)} finished with a finite holdout error on every selection "
-                 f"seed; move or widen the grid (lr_span, lr_grid), and see the run directories under "
+                 f"seed ({counts}); move or widen the grid (lr_span, lr_grid), and see the run directories under "
                  f"{runs_root / 'select'}")
         finals = [((opt, s), overrides(opt, chosen[opt][0], chosen[opt][1], s, "final"))
                   for opt in searches for s in final_seeds]

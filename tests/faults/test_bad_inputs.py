@@ -219,8 +219,20 @@ def test_compare_stops_when_no_lr_finishes(tmp_path, env):
     res = _compare(["optimizers=adam", "lr_grid=1e6", "seeds=1", "workers=1", "data=digits", "trainer.epochs=1",
                     "trainer.log_every=1"], env, tmp_path)
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "no learning rate of adam finished" in res.stderr
+    assert "no learning rate of adam finished" in res.stderr and "diverged" in res.stderr.splitlines()[-1]
     assert not (tmp_path / "runs" / "final").exists()
+
+
+def test_compare_says_when_every_trial_failed_rather_than_blame_the_grid(tmp_path, env):
+    """A data root that does not exist: every selection trial fails, and the error told the user to
+    move or widen the lr grid (helper-52); it now says that every trial failed, with the first error."""
+    (tmp_path / "empty").mkdir()
+    res = _compare(["optimizers=sgd", "lr_grid=1", "seeds=1", "select_seeds=1", "workers=1", "trainer.epochs=1",
+                    "data=folder", f"data.root={tmp_path / 'empty'}"], env, tmp_path)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: every selection trial of sgd failed") and "does not exist" in last, last
+    assert "widen the grid" not in res.stderr and not (tmp_path / "runs" / "final").exists()
 
 
 def _make_tables(args, env):
