@@ -60,19 +60,22 @@ REPLACED = "replaced"
 UNASKABLE_STALE_S = 24 * 3600
 
 
+_MKDTEMP_SUFFIX = r"[a-z0-9_]{8}"  # what tempfile.mkdtemp appends to a staging folder's prefix
+
+
 def staging_prefix(dest: Path) -> str:
     """The start of the name of ``dest``'s staging folders (tempfile.mkdtemp adds 8 characters)."""
     return f".{Path(dest).name}.staging-"
 
 
 def _staging_name(dest: Path) -> re.Pattern:
-    return re.compile(re.escape(staging_prefix(dest)) + r"[a-z0-9_]{8}")
+    return re.compile(re.escape(staging_prefix(dest)) + _MKDTEMP_SUFFIX)
 
 
 def is_staging_folder_name(name: str) -> bool:
     """Whether ``name`` is a staging folder's (of any destination): what a reader of a tree skips,
     as it holds an unfinished writer's copy, or a killed one's."""
-    return re.fullmatch(r"\..+\.staging-[a-z0-9_]{8}", name) is not None
+    return re.fullmatch(r"\..+\.staging-" + _MKDTEMP_SUFFIX, name) is not None
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -227,8 +230,8 @@ class Staging:
     def check_ours(self) -> None:
         """Raise (one line) unless the folder is still ours: then nothing of it may go into dest."""
         if not self.ours():
-            raise StagingError(f"{self.folder}: this staging folder was removed or replaced by another process while "
-                          f"it was written; {self.dest} is left as it was: run again")
+            raise StagingError(f"{self.folder}: this staging folder was removed or replaced by another process "
+                               f"while it was written; {self.dest} is left as it was: run again")
 
 
 @contextlib.contextmanager
@@ -265,11 +268,11 @@ def staged_directory(dest: Path, replace: bool = False):
     removed by the next run into ``dest`` (``staging_folder``). The directory gets the umask's mode.
     An empty ``dest`` is replaced (POSIX rename); a non-empty one makes the rename fail, unless
     ``replace``: then an existing ``dest`` directory is moved into the staging folder and removed
-    with it (a run killed between the two renames leaves no ``dest``, and the old one in a staging
-    folder that the next run removes). The rename fails (one line, ``dest`` untouched) when the
-    staging folder is no longer ours."""
-    dest = Path(os.path.abspath(dest))
+    with it (a run killed between the two renames leaves no ``dest``, and the old one in its staging
+    folder, which the next run into ``dest`` gives back: ``remove_dead_stagings``). The rename fails
+    (one line, ``dest`` untouched) when the staging folder is no longer ours."""
     with staging_folder(dest) as stage:
+        dest = stage.dest  # absolute (staging_folder)
         yield stage.content
         stage.check_ours()
         if replace and os.path.lexists(dest):

@@ -22,8 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from adarem.results import CLAIMS_FILE, load_runs, write_report
 from adarem.fsync import StagingError
+from adarem.results import CLAIMS_FILE, load_runs, write_report
 from adarem.results.wandb_runs import download_runs
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adarem.fsync import remove_dead_stagings, staging_folder  # noqa: F401 (remove_dead_stagings: re-exported)
+from adarem.fsync import staging_folder
 from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
@@ -251,7 +251,7 @@ def staged_output(out_dir: Path):
     files there that it did not hold. A report that fails midway (a full disk, a plot that raises)
     leaves ``out_dir`` as it was: never new tables beside an old tables.md. The staging folder holds
     a marker naming this process, so that the next report into ``out_dir`` removes it if this one is
-    killed (``remove_dead_stagings``, run first), and nothing is moved once it is no longer ours."""
+    killed (``adarem.fsync.remove_dead_stagings``, run first), and nothing is moved once it is no longer ours."""
     out_dir = Path(out_dir)
     with staging_folder(out_dir) as stage:
         staging = stage.content

@@ -247,6 +247,19 @@ def test_no_mdd_is_claimed_for_a_rank_test_that_cannot_reject(tmp_path):
 
 # ---- 7. versions, compile, optimizer paths ---------------------------------------------------
 
+def _report_with_adarems_timing_unpooled(root, tmp_path) -> str:
+    """The runs under ``root`` (3 SGD and 3 AdaRem seeds, the AdaRem ones timed in two ways) as one
+    row per optimizer whose steps pool and whose AdaRem seconds and images/s do not; the report."""
+    rs = load_runs(root)
+    assert rs.runs.config_id.nunique() == 2  # one row each: errors and steps pool
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["adarem", "s to SGD+1"] == speed.loc["adarem", "images/s"] == \
+        "mixed compile/optimizer path/tracker (see flags)"
+    assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
+    assert speed.loc["sgd", "s to SGD+1"].startswith("6 (3/3")
+    return write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+
+
 def test_torch_versions_compile_and_optimizer_paths_are_flagged_and_seconds_not_pooled(tmp_path):
     """Two AdaRem seeds trained compiled (their seconds include compilation), on another optimizer
     path and another torch: pooled with the others without a word, seconds averaged."""
@@ -257,14 +270,7 @@ def test_torch_versions_compile_and_optimizer_paths_are_flagged_and_seconds_not_
         d = make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"compile": s == 2})
         _edit_record(d, versions={"torch": "2.15.0" if s == 2 else "2.14.1"},
                      optimizer_impl="foreach" if s == 2 else "fused")
-    rs = load_runs(root)
-    assert rs.runs.config_id.nunique() == 2  # one row each: errors and steps pool
-    speed = speed_table(rs).set_index("optimizer")
-    assert speed.loc["adarem", "s to SGD+1"] == speed.loc["adarem", "images/s"] == \
-        "mixed compile/optimizer path/tracker (see flags)"
-    assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
-    assert speed.loc["sgd", "s to SGD+1"].startswith("6 (3/3")
-    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    text = _report_with_adarems_timing_unpooled(root, tmp_path)
     assert "runs trained with 2 torch versions (torch 2.14.1, 5 runs: adarem, sgd; torch 2.15.0, 1 run: adarem)" in text
     assert "1 trained with trainer.compile=true, 2 without" in text
     assert "pooled across optimizer paths (run.json's optimizer_impl: foreach 1, fused 2)" in text
@@ -280,14 +286,7 @@ def test_seconds_are_not_pooled_across_oscillation_tracker_settings(tmp_path):
     for s in range(3):
         make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0], trainer={"oscillation_every": 0})
         make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"oscillation_every": 10 if s else 0})
-    rs = load_runs(root)
-    assert rs.runs.config_id.nunique() == 2  # one row each: errors and steps pool
-    speed = speed_table(rs).set_index("optimizer")
-    assert speed.loc["adarem", "s to SGD+1"] == speed.loc["adarem", "images/s"] == \
-        "mixed compile/optimizer path/tracker (see flags)"
-    assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
-    assert speed.loc["sgd", "s to SGD+1"].startswith("6 (3/3")
-    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    text = _report_with_adarems_timing_unpooled(root, tmp_path)
     assert "trained with the oscillation tracker at different intervals (trainer.oscillation_every: off: 1 run, " \
            "every 10: 2 runs)" in text
     assert "optimizers trained with the oscillation tracker at different intervals (adarem: off: 1 run, every 10: " \

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import adarem.results.report as report
+from adarem import fsync
 from adarem.protocol import cli
 from adarem.results import CLAIMS_FILE, load_runs, write_report
 from tests.conftest import REPO
@@ -222,9 +223,9 @@ def test_a_writer_on_another_machine_of_the_same_name_is_not_judged_dead_and_a_r
     assert marker["boot_id"]
     other_machine = dict(marker, pid=4_000_000 - 7, boot_id="another-boot")  # no such pid here
     (folder / ".writer.json").write_text(json.dumps(other_machine))
-    assert report.remove_dead_stagings(out) == [] and folder.is_dir()  # cannot tell: kept (24 h rule)
+    assert fsync.remove_dead_stagings(out) == [] and folder.is_dir()  # cannot tell: kept (24 h rule)
     (folder / ".writer.json").write_text(json.dumps(dict(other_machine, boot_id=marker["boot_id"])))
-    assert report.remove_dead_stagings(out) == [folder]  # this machine, a pid that is gone: dead
+    assert fsync.remove_dead_stagings(out) == [folder]  # this machine, a pid that is gone: dead
     with pytest.raises(OSError, match="removed or replaced by another process"):
         stage.__exit__(None, None, None)
     assert sorted(p.name for p in out.iterdir()) == ["tables.md", "test_error.csv"]
