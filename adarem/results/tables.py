@@ -161,9 +161,16 @@ def sgd_targets(rs: RunSet, offsets=(1.0, 5.0)) -> dict:
     return out
 
 
+# An error is 100 * k / n: the target (SGD's median final error + whole points) is often a number of
+# mistakes, and an evaluation with exactly that many is at it, though the two floats may differ in
+# the last bits (12.580000000000002 against 7.579999999999998 + 5). Two different counts differ by
+# at least 100 / n (> 1e-6 for any split below 10^8 images), float rounding by ~1e-14
+TARGET_TIE = 1e-9
+
+
 def steps_to_target(rs: RunSet, runs: pd.DataFrame, target: float) -> list[tuple[float, float]]:
     """Per run (rows of ``rs.runs``): (step, training seconds) of its first evaluation at or below
-    ``target``, or (inf, inf) when it never got there. A diverged run never counts as having got
+    ``target`` (up to float rounding, ``TARGET_TIE``), or (inf, inf) when it never got there. A diverged run never counts as having got
     there, even if it passed the target before diverging: its training did not deliver a model.
     (nan, nan) for a finished run whose curve has holes (``eval_curve_complete``): a lost or
     unreadable evaluation may have been its first at the target, so it has no value."""
@@ -174,7 +181,7 @@ def steps_to_target(rs: RunSet, runs: pd.DataFrame, target: float) -> list[tuple
             out.append((math.nan, math.nan))
             continue
         ev = rs.evals[rs.evals.run_dir == d]
-        hit = ev[ev.val_top1_err <= target]
+        hit = ev[ev.val_top1_err <= target + TARGET_TIE * max(1.0, abs(target))]
         ok = len(hit) and status != "diverged"
         out.append((float(hit.step.iloc[0]), float(hit.wall_time_s.iloc[0])) if ok else (math.inf, math.inf))
     return out
