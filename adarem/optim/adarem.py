@@ -85,6 +85,7 @@ import contextlib
 import functools
 import glob
 import hashlib
+import numbers
 import os
 import platform
 import re
@@ -106,9 +107,25 @@ from adarem.optim.ranges import ADAREM_RANGES, describe, in_range
 __all__ = ["AdaRem"]
 
 
+def _hyperparameter_value(name: str, value) -> float:
+    """The number a hyperparameter stands for, or ValueError naming it. Only lr may be a tensor (one
+    real element, for torch.compile'd schedules): the paths read the others as host numbers, and a
+    tensor beta or decay would be computed in the tensor's dtype (an fp16 decay made lambda^t/eps
+    overflow: NaN weights). A bool, string, None or tuple (Adam-style betas) is no number here."""
+    if isinstance(value, Tensor):
+        if name == "lr" and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+            return float(value)
+        raise ValueError(f"Invalid {name}: {value!r}; AdaRem needs {name} as a Python number"
+                         f"{' or a one-element real tensor' if name == 'lr' else ' (only lr may be a tensor)'}"
+                         f" in {describe(name)}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Invalid {name}: {value!r}; AdaRem needs {name} as a number in {describe(name)}")
+    return value
+
+
 def _validate_hyperparameters(h: dict) -> None:
     for name in ADAREM_RANGES:  # NaN fails every range
-        value = float(h[name]) if isinstance(h[name], Tensor) else h[name]
+        value = _hyperparameter_value(name, h[name])
         if not in_range(name, value):
             raise ValueError(f"Invalid {name}: {h[name]!r}; AdaRem needs {name} in {describe(name)}")
     # Flags are read as truth values: "no" or None would silently mean True or False.

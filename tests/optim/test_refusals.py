@@ -128,3 +128,38 @@ def test_a_fused_group_whose_kernel_is_gone_changes_nothing(monkeypatch):
         opt.step()
     assert torch.equal(a.detach(), weights[0]) and torch.equal(w.detach(), weights[1])
     _assert_same_state(opt.state_dict(), before)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lr="0.1"), "Invalid lr: '0.1'"),
+    (dict(lr=None), "Invalid lr: None"),
+    (dict(lr=True), "Invalid lr: True"),
+    (dict(beta=(0.9, 0.999)), r"Invalid beta: \(0.9, 0.999\)"),  # Adam-style betas
+    (dict(decay=None), "Invalid decay: None"),
+    (dict(eps=[1e-8]), r"Invalid eps: \[1e-08\]"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "Invalid lr: tensor"),
+    (dict(lr=torch.tensor(True)), "Invalid lr: tensor"),
+    # a tensor decay/beta would be computed in the tensor's dtype: fp16 decay gave NaN weights
+    (dict(decay=torch.tensor(0.99, dtype=torch.float16)), "only lr may be a tensor"),
+    (dict(beta=torch.tensor(0.9)), "only lr may be a tensor"),
+])
+def test_a_hyperparameter_that_is_no_number_is_refused_naming_it(kwargs, match):
+    """One ValueError line naming the value (was: TypeError "'>' not supported between instances
+    of 'str' and 'float'", or, for an fp16 tensor decay, NaN weights at the first step)."""
+    with pytest.raises(ValueError, match=match):
+        AdaRem([torch.nn.Parameter(torch.ones(2))], **kwargs)
+    opt = AdaRem([torch.nn.Parameter(torch.ones(2))])
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], **kwargs})
+    assert len(opt.param_groups) == 1
+
+
+def test_numbers_of_every_real_kind_and_a_tensor_lr_are_accepted():
+    import numpy as np
+
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = AdaRem([p], lr=torch.tensor(0.5), beta=np.float32(0.5), decay=1, momentum=0, eps=0,
+                 weight_decay=np.float64(0.0))
+    p.grad = torch.ones(2)
+    opt.step()
+    assert torch.equal(p.detach(), torch.full((2,), 0.5))
