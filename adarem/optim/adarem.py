@@ -149,6 +149,29 @@ def _check_group(group: dict) -> None:
         _require_cpu_kernel()  # fail here, not at the first step
 
 
+def _check_loaded_state(state: dict) -> None:
+    """ValueError, in one line, for a per-tensor state that cannot be this optimizer's: a tracker or
+    momentum buffer of another shape than its tensor, or a state without ``step`` and ``exp_avg``.
+    ``state`` is what ``__setstate__`` receives (Optimizer.load_state_dict's state keyed by the
+    parameters, after any load_state_dict pre-hook) before it replaces anything."""
+    params = [p for group in state.get("param_groups", []) for p in group["params"]]
+    index = {id(p): i for i, p in enumerate(params)}
+    for p, st in state.get("state", {}).items():
+        if not torch.is_tensor(p) or not st:
+            continue
+        where = f"the state of parameter {index.get(id(p), '?')} (shape {tuple(p.shape)})"
+        missing = [name for name in ("step", "exp_avg") if name not in st]
+        if missing:
+            raise ValueError(f"AdaRem.load_state_dict: {where} has no {' or '.join(missing)} (keys {sorted(st)}); "
+                             f"it is not an AdaRem state: load the state_dict that AdaRem saved")
+        for name in ("exp_avg", "momentum_buffer"):
+            v = st.get(name)
+            if v is not None and (not torch.is_tensor(v) or v.shape != p.shape):
+                got = f"shape {tuple(v.shape)}" if torch.is_tensor(v) else f"a {type(v).__name__}"
+                raise ValueError(f"AdaRem.load_state_dict: {where} has {name} of {got}; the state_dict was saved "
+                                 f"for another model or parameter order: load it into the parameters it was saved with")
+
+
 class AdaRem(Optimizer):
     """AdaRem optimizer. See the module docstring for the update rule.
 
@@ -213,6 +236,10 @@ class AdaRem(Optimizer):
             raise
 
     def __setstate__(self, state: dict) -> None:
+        # Optimizer.load_state_dict checks only the number of tensors per group: a state saved for
+        # other shapes (another model, another parameter order) would be taken and fail at the next
+        # step, midway, after updating the tensors before it. Refuse it before anything is replaced.
+        _check_loaded_state(state)
         super().__setstate__(state)
         self.__dict__.setdefault("_scratch", {})
         for group in self.param_groups:
@@ -220,11 +247,14 @@ class AdaRem(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("decoupled_weight_decay", False)
+        # The step count is a float32 tensor on the host, so that lambda**t needs no sync:
         # Optimizer.load_state_dict moves a fused group's `step` to the parameter's device (as for
-        # torch's fused optimizers); AdaRem counts on the host, so that lambda**t needs no sync.
+        # torch's fused optimizers), and a hand-made or converted state may hold a number or an
+        # integer tensor (as torch's Adam, accept it: the step adds 1.0 to it in place).
         for st in self.state.values():
-            if torch.is_tensor(st.get("step")) and st["step"].device.type != "cpu":
-                st["step"] = st["step"].to("cpu", torch.float32)
+            step = st.get("step")
+            if step is not None and not (torch.is_tensor(step) and step.is_floating_point() and step.is_cpu):
+                st["step"] = torch.tensor(float(step), dtype=torch.float32)
 
     # ------------------------------------------------------------------ state
     def _init_group(self, group: dict, params: list, grads: list, exp_avgs: list, maxes: list, bufs: list,
@@ -252,7 +282,7 @@ class AdaRem(Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if "max_abs_exp_avg" not in state:  # derived state, e.g. from a hand-made state dict
                 state["max_abs_exp_avg"] = state["exp_avg"].abs().max().to(p.dtype)
-            if group["momentum"] > 0 and "momentum_buffer" not in state:
+            if group["momentum"] > 0 and state.get("momentum_buffer") is None:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             params.append(p)
             grads.append(p.grad)

@@ -1,0 +1,84 @@
+"""AdaRem.load_state_dict: a state in another format resumes as the saved one would, and a state
+that cannot be this optimizer's is refused in one line before anything is replaced."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+from adarem import AdaRem
+
+PATHS = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+
+
+def _run(flags: dict, steps: int, params=None, opt=None):
+    gen = torch.Generator().manual_seed(0)
+    if params is None:
+        params = [torch.nn.Parameter(torch.randn(4, 3, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
+        opt = AdaRem(params, lr=0.1, momentum=0.5, decay=0.9, **flags)
+    for i in range(steps):
+        for p in params:
+            p.grad = torch.sin(p.detach() * 3 + i)
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("step", [lambda t: t, lambda t: float(t), lambda t: torch.tensor(t)],
+                         ids=["int", "float", "int64 tensor"])
+def test_a_step_count_given_as_a_number_or_integer_tensor_resumes(path, step):
+    """As torch's Adam does, a state whose `step` is a number (a hand-made or converted state) or an
+    integer tensor is taken (was: TypeError 'expected Tensor as element 0' or a cast error at the
+    next step) and continues the trajectory as the saved float32 count does."""
+    if PATHS[path].get("fused") and shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: the fused CPU kernel cannot be built here")
+    straight, _ = _run(PATHS[path], 6)
+    params, opt = _run(PATHS[path], 3)
+    saved = copy.deepcopy(opt.state_dict())
+    for st in saved["state"].values():
+        st["step"] = step(int(st["step"]))
+    resumed = AdaRem(params, **PATHS[path])
+    resumed.load_state_dict(saved)
+    for i in range(3, 6):  # the gradients _run gives at steps 3-5
+        for p in params:
+            p.grad = torch.sin(p.detach() * 3 + i)
+        resumed.step()
+    for a, b in zip(params, straight):
+        assert torch.equal(a, b)
+    assert all(st["step"].dtype == torch.float32 and int(st["step"]) == 6 for st in resumed.state.values())
+
+
+@pytest.mark.parametrize("key, shape", [("exp_avg", (3, 4)), ("exp_avg", (1,)), ("momentum_buffer", (12,))])
+def test_a_state_of_another_shape_is_refused_before_anything_changes(key, shape):
+    """Torch compares only how many tensors each group has: a state saved for another model loaded
+    and then failed at the next step ("output with shape ... doesn't match the broadcast shape"),
+    after updating the tensors stepped before it."""
+    params, opt = _run(PATHS["foreach"], 2)
+    before = copy.deepcopy(opt.state_dict())
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0][key] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=re.escape(f"parameter 0 (shape (4, 3)) has {key} of shape {shape}")):
+        opt.load_state_dict(saved)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for k, st in before["state"].items():
+        for name, v in st.items():
+            assert torch.equal(after["state"][k][name], v)
+    _run(PATHS["foreach"], 1, params, opt)  # still steps
+
+
+def test_a_state_that_is_not_adarem_s_is_refused():
+    """SGD's state (a momentum_buffer only) loaded into AdaRem failed at the step with KeyError 'exp_avg'."""
+    p = torch.nn.Parameter(torch.randn(3))
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(3)
+    sgd.step()
+    opt = AdaRem([p])
+    with pytest.raises(ValueError, match=r"has no step or exp_avg .*not an AdaRem state"):
+        opt.load_state_dict(sgd.state_dict())
+    assert len(opt.state) == 0
