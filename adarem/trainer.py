@@ -70,7 +70,9 @@ class Trainer:
                 # evaluated): stop here rather than one step into the next epoch; also when a
                 # signal came meanwhile, as nothing is left to requeue for
                 return self.stop_at_max_steps()
-            if self.stop.requested_anywhere():
+            # a signal with no step left (during or after the last evaluation) changes nothing: the
+            # run finishes, rather than asking for a requeue that would only write "finished"
+            if state.epoch < self.tc.epochs and self.stop.requested_anywhere():
                 return self.stop_for_requeue()
         return self.finish()
 
