@@ -288,7 +288,9 @@ class AdaRem(Optimizer):
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             maxes.append(state["max_abs_exp_avg"])
-            bufs.append(state.get("momentum_buffer"))
+            # With mu = 0 the rule leaves u alone (it continues from there if mu comes back): no
+            # buffer is handed to a path then, or the fused ones would step it as u <- 0*u + delta.
+            bufs.append(state["momentum_buffer"] if group["momentum"] > 0 else None)
             steps.append(state["step"])
 
     @torch.no_grad()

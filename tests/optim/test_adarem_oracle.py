@@ -330,3 +330,25 @@ def test_step_leaves_the_callers_grad_alone(path, name):
     saved = opt.state_dict()
     assert all(set(st) <= {"step", "exp_avg", "max_abs_exp_avg", "momentum_buffer"}
                for st in saved["state"].values())
+
+
+@pytest.mark.parametrize("path", PATHS + ["fused_compiled"])
+def test_momentum_switched_off_and_on_again_follows_oracle(path, monkeypatch):
+    """While a group's momentum is 0 the rule does not touch u, so when it is switched on again u
+    continues from where it was. The fused paths (CPU kernel and compiled) kept stepping a buffer
+    that existed with mu = 0, as u <- 0*u + delta, and then continued from the last delta."""
+    if path == "fused_compiled":
+        if DEVICE.type != "cpu" or shutil.which(os.environ.get("CXX", "c++")) is None:
+            pytest.skip("the compiled fused path on the CPU needs Inductor's C++ backend (CUDA runs it as 'fused')")
+        monkeypatch.setattr(adarem_module, "FUSED_CPU_KERNEL", False)
+    flags = FLAGS["fused" if path == "fused_compiled" else path]
+    init = torch.linspace(-1, 1, 8, dtype=torch.float64).to(DEVICE)
+    p, ref = init.clone().requires_grad_(), init.clone()
+    opt, oracle = AdaRem([p], lr=0.05, momentum=0.9, **flags), OracleAdaRem()
+    for i in range(15):
+        mu = 0.0 if 5 <= i < 10 else 0.9
+        opt.param_groups[0]["momentum"] = mu
+        p.grad = torch.sin(p.detach() * 3 + i)
+        oracle.step_tensor(0, ref, torch.sin(ref * 3 + i), {**DEFAULTS, "lr": 0.05, "momentum": mu})
+        opt.step()
+    torch.testing.assert_close(p.detach(), ref, rtol=1e-12, atol=1e-12)
