@@ -24,6 +24,7 @@ from pathlib import Path
 
 from adarem.fsync import StagingError
 from adarem.results import CLAIMS_FILE, load_runs, write_report
+from adarem.results.claims import load_claims
 from adarem.results.wandb_runs import download_runs
 
 
@@ -64,10 +65,18 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
     if args.claims and not Path(args.claims).is_file():
         print(f"error: --claims {args.claims} does not exist; pass a claims YAML (as adarem/results/claims.yaml)", file=sys.stderr)
         return 2
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot create --out {out} ({exc.strerror}); pass a writable directory", file=sys.stderr)
+    if args.claims:
+        try:  # before anything is read or written: a bad claims file used to fail after the tables, in a traceback
+            load_claims(Path(args.claims))
+        except (ValueError, OSError) as exc:
+            print(f"error: --claims {args.claims}: {exc}", file=sys.stderr)
+            return 2
+    from adarem.protocol.cli import folder_problem
+
+    # checked, not made: a command that then finds nothing to tabulate (or fails) leaves no empty folder
+    problem = folder_problem(out, staged=True)
+    if problem:
+        print(f"error: --out {out} {problem}; pass a directory that can be created and written", file=sys.stderr)
         return 2
     fetched = []  # wandb runs without a run record: listed with the other excluded runs
     if args.wandb:

@@ -99,16 +99,41 @@ STATISTICS_TEXT = (
 
 
 def load_claims(path: Path) -> dict:
-    with open(path) as f:
-        spec = yaml.safe_load(f)
-    for c in spec.get("claims", []):
+    """The claims file, checked: ValueError with one line naming the bad entry and what to do for a
+    file that does not parse, is not a mapping with a list of claims, or holds a claim without a
+    required key, with an unknown metric or direction, or with the id of another claim (a repeated
+    claim would be two members of its Holm family, and two rows of claims.csv one id cannot tell
+    apart)."""
+    try:
+        with open(path) as f:
+            spec = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{path} is not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__}); "
+                         f"fix it (see adarem/results/claims.yaml)") from None
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("claims", []), list):
+        raise ValueError(f"{path} must be a mapping with a list under 'claims:' (as adarem/results/claims.yaml), "
+                         f"not {type(spec).__name__ if not isinstance(spec, dict) else 'claims: ' + type(spec['claims']).__name__}")
+    if not isinstance(spec.get("paper_numbers") or {}, dict):
+        raise ValueError(f"{path}: paper_numbers must be a mapping (dataset/model: metric: optimizer: value)")
+    seen = set()
+    for k, c in enumerate(spec.get("claims", []), 1):
+        if not isinstance(c, dict):
+            raise ValueError(f"claim {k} in {path} is {c!r}, not a mapping of id, text, metric, subject, baseline, better")
         missing = {"id", "text", "metric", "subject", "baseline", "better"} - set(c)
         if missing:
-            raise ValueError(f"claim {c.get('id', '?')} in {path} lacks {sorted(missing)}")
+            raise ValueError(f"claim {c.get('id', k)} in {path} lacks {sorted(missing)}")
         if c["metric"] not in METRICS:
             raise ValueError(f"claim {c['id']}: unknown metric {c['metric']!r}; use one of {sorted(METRICS)}")
         if c["better"] not in ("lower", "higher"):
             raise ValueError(f"claim {c['id']}: better must be lower or higher, not {c['better']!r}")
+        if c["id"] in seen:
+            raise ValueError(f"claim id {c['id']!r} appears twice in {path}: give each claim its own id (a repeated "
+                             f"claim would count twice in its Holm family)")
+        seen.add(c["id"])
     return spec
 
 

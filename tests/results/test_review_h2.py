@@ -28,3 +28,42 @@ def test_an_evaluation_with_the_targets_number_of_mistakes_reaches_it():
                     checked += 1
                     assert step <= at.step.min(), (run.run_dir, target, at.val_top1_err.tolist(), step)
     assert checked, "the committed study no longer has an evaluation at a target: the test checks nothing"
+
+
+def _make_tables(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+CLAIM = "  - {id: x, text: t, metric: final_top1, subject: adarem, baseline: adam, better: %s}\n"
+
+
+def test_a_bad_claims_file_is_one_line_before_anything_is_read_or_written(tmp_path):
+    """A claims file with a bad direction, a list at the top, broken YAML or a repeated id (which
+    would count one claim twice in its Holm family) was a traceback after every table was computed,
+    or, for the repeated id, two rows of one claim and a family one too large."""
+    bad = {"direction": "claims:\n" + CLAIM % "LOWER",
+           "not a mapping": "- a\n- b\n",
+           "broken yaml": "claims: [\n",
+           "repeated id": "claims:\n" + CLAIM % "lower" + CLAIM % "lower"}
+    for what, text in bad.items():
+        claims, out = tmp_path / f"{what}.yaml", tmp_path / f"out {what}"
+        claims.write_text(text)
+        res = _make_tables(STUDY_FINALS, "--out", out, "--claims", claims)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --claims"), (what, res.stderr)
+        assert str(claims) in lines[0], what
+        assert not out.exists(), what
+        if what == "direction":
+            assert "'LOWER'" in lines[0]
+
+
+def test_nothing_to_tabulate_leaves_no_empty_output_folder(tmp_path):
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "new" / "out"
+    res = _make_tables(tmp_path / "runs", "--out", out)
+    assert res.returncode == 2 and "no complete run" in res.stderr
+    assert not (tmp_path / "new").exists()
