@@ -31,7 +31,7 @@ from adarem import distributed as dist_utils  # noqa: E402
 from adarem.run.checkpoint import CheckpointError  # noqa: E402
 from adarem.config import ConfigError  # noqa: E402
 from adarem.run_setup import create, prepare  # noqa: E402
-from adarem.run.signals import StopFlag  # noqa: E402
+from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag  # noqa: E402
 
 # The data, model, optimizer and training-loop modules (torchvision, timm, torch._dynamo: ~4.5 s of
 # a launch's ~7 s of imports) are imported where a run is built (run_setup.prepare) and trained
@@ -69,7 +69,8 @@ def train(cfg: DictConfig) -> int:
         stop.uninstall()
         if run is not None:
             run.close()
-    stop.hand_over()  # inside a submitit job stopped by its signal: submitit requeues it (and exits)
+    if code == REQUEUE_EXIT_CODE:  # only a preempted run is requeued (not one stopped at max_steps, or finished)
+        stop.hand_over()  # inside a submitit job stopped by its signal: submitit requeues it (and exits)
     return code
 
 

@@ -3,9 +3,11 @@ without the signal (finished, or stopped at its limit), not a preemption that as
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from tests.conftest import DETERMINISTIC, read_metrics, read_run, run_train
+from tests.conftest import DETERMINISTIC, copy_run, read_metrics, read_run, run_train
 
 TIMING = ("epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s")
 
@@ -28,3 +30,27 @@ def test_a_signal_during_or_after_the_last_evaluation_finishes_the_run(tmp_path,
     assert record["final"] == read_run(deterministic_run)["final"]
     assert _strip(read_metrics(run_dir)) == _strip(read_metrics(deterministic_run))
     assert "preempted" not in res.stderr
+
+
+SUBMITIT_STANDIN = """import runpy, signal, sys
+marker = sys.argv[1]
+signal.signal(signal.SIGUSR2, lambda s, f: open(marker, "a").write("requeued\\n"))
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("limit, fault, code, requeued", [(5, "step@5:USR2", 0, False), (10, "step@4:USR2", 75, True)])
+def test_submitit_requeues_only_a_preempted_run(tmp_path, env, stopped_run, limit, fault, code, requeued):
+    """Inside a submitit job its signal (SIGUSR2) is handed to submitit's handler, which requeues
+    the job, only when the run was preempted (exit 75). A signal on trainer.max_steps's step stops
+    the run as the limit would (exit 0, stopped): it was handed over all the same, and the job was
+    requeued to train nothing. The handler here is a stand-in that notes its call."""
+    run_dir = copy_run(stopped_run, tmp_path / "run")  # trainer.max_steps=3
+    marker, wrapper = tmp_path / "requeued", tmp_path / "job.py"
+    wrapper.write_text(SUBMITIT_STANDIN)
+    res = run_train([f"trainer.max_steps={limit}"], dict(env, ADAREM_FAULT=fault, SUBMITIT_FOLDER=str(tmp_path)),
+                    run_dir, launcher=[sys.executable, str(wrapper), str(marker)])
+    assert res.returncode == code, res.stderr[-3000:]
+    assert read_run(run_dir)["status"] == ("preempted" if code else "stopped")
+    assert marker.exists() == requeued
