@@ -145,8 +145,28 @@ def _check_group(group: dict) -> None:
     if any(torch.is_complex(p) for p in group["params"]):
         raise ValueError("AdaRem does not support complex parameters; "
                          "view them as real with torch.view_as_real")
+    for p in group["params"]:
+        sharded = _sharded_kind(p)
+        if sharded:
+            raise ValueError(f"AdaRem does not support {sharded} parameters (shape {tuple(p.shape)}): the rule's "
+                             f"s = max|d| is over the whole tensor, which no path gathers across ranks; "
+                             f"train with DDP (whole tensors on every rank)")
     if group["fused"] and any(p.device.type == "cpu" for p in group["params"]):
         _require_cpu_kernel()  # fail here, not at the first step
+
+
+def _sharded_kind(p: Tensor) -> Optional[str]:
+    """What kind of per-rank shard ``p`` is (a DTensor of FSDP2 or tensor parallelism, an FSDP flat
+    parameter), or None. Every path failed on a DTensor midway through the step (after updating the
+    weight), and on a flat parameter would take s over this rank's shard only. Looked up in
+    sys.modules: where torch.distributed's modules are not imported, no such tensor exists (and
+    importing them costs ~0.7 s)."""
+    for module, name, kind in (("torch.distributed.tensor", "DTensor", "DTensor (FSDP2, tensor parallel)"),
+                               ("torch.distributed.fsdp._flat_param", "FlatParameter", "FSDP flat")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(p, cls):
+            return kind
+    return None
 
 
 def _check_loaded_state(state: dict) -> None:

@@ -163,3 +163,31 @@ def test_numbers_of_every_real_kind_and_a_tensor_lr_are_accepted():
     p.grad = torch.ones(2)
     opt.step()
     assert torch.equal(p.detach(), torch.full((2,), 0.5))
+
+
+def test_a_dtensor_parameter_is_refused_in_one_line():
+    """FSDP2 / tensor-parallel parameters (DTensors) failed midway through the first step on every
+    path (after the loop path had updated the weight and its tracker; 'got mixed torch.Tensor and
+    DTensor', or a bare AssertionError), and a sharded tensor's s must be the max over all ranks,
+    which no path gathers: refused when the group is added."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"does not support DTensor .* parameters \(shape \(4, 3\)\).*DDP"):
+            AdaRem([p])
+        opt = AdaRem([torch.nn.Parameter(torch.ones(2))])
+        with pytest.raises(ValueError, match="does not support DTensor"):
+            opt.add_param_group({"params": [p]})
+        assert len(opt.param_groups) == 1
+    finally:
+        dist.destroy_process_group()
