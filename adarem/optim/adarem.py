@@ -293,6 +293,9 @@ class AdaRem(Optimizer):
                                    "use dense gradients (e.g. nn.Embedding(sparse=False))")
             if torch.is_complex(p):
                 raise RuntimeError("AdaRem does not support complex parameters")
+            if not p.is_floating_point():  # an integer tensor with a hand-set .grad failed midway
+                raise RuntimeError(f"AdaRem steps floating-point parameters only; a {p.dtype} parameter of shape "
+                                   f"{tuple(p.shape)} has a .grad: set it to None or leave the tensor out")
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)

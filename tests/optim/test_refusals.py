@@ -191,3 +191,22 @@ def test_a_dtensor_parameter_is_refused_in_one_line():
         assert len(opt.param_groups) == 1
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_integer_parameter_with_a_gradient_changes_nothing(path):
+    """An integer tensor (e.g. a counter kept as a Parameter with requires_grad=False) is stepped
+    only if someone gives it a .grad; that raised a cast error midway ('result type Float can't be
+    cast to the desired output type Long'), after the float tensors of the group had been updated."""
+    flags = PATHS[path]
+    _skip_without_kernel(flags)
+    a = torch.nn.Parameter(torch.ones(3))
+    n = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)
+    opt = AdaRem([a, n], **flags)
+    a.grad, n.grad = torch.ones(3), torch.ones(2, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match=r"floating-point parameters only; a torch.int64 parameter of shape \(2,\)"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(3)) and len(opt.state) == 0
+    n.grad = None
+    opt.step()
+    assert int(opt.state[a]["step"]) == 1
