@@ -176,8 +176,8 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     if repeated:  # two trials of one lr would share one run directory, and each would find the other's lock
         fail(f"lr_grid={','.join(f'{m:g}' for m in own['lr_grid'])} repeats a factor "
              f"({','.join(f'{m:g}' for m in repeated)}); give each factor once")
-    if not own["lr_grid"] and not (own["lr_step"] > 0 and own["lr_span"] >= 0):
-        fail(f"lr_span={own['lr_span']} must be >= 0 and lr_step={own['lr_step']} > 0")
+    if not own["lr_grid"] and not (0 < own["lr_step"] < math.inf and 0 <= own["lr_span"] < math.inf):
+        fail(f"lr_span={own['lr_span']} must be a finite number >= 0 and lr_step={own['lr_step']} a finite number > 0")
     steps = own["lr_span"] / own["lr_step"] if not own["lr_grid"] and own["lr_step"] > 0 else 0
     if not own["lr_grid"] and (abs(steps - round(steps)) > 1e-6 or (own["lr_span"] > 0 and round(steps) == 0)):
         # the grid is whole steps of lr_step: any other span would be rounded to one silently
