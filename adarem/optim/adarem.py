@@ -170,10 +170,18 @@ def _sharded_kind(p: Tensor) -> Optional[str]:
 
 
 def _check_loaded_state(state: dict) -> None:
-    """ValueError, in one line, for a per-tensor state that cannot be this optimizer's: a tracker or
-    momentum buffer of another shape than its tensor, or a state without ``step`` and ``exp_avg``.
+    """ValueError, in one line, for a state that cannot be this optimizer's: a group without one of
+    AdaRem's hyperparameters, a tracker or momentum buffer of another shape than its tensor, or a
+    tensor's state without ``step`` and ``exp_avg``. Values are not range-checked: a schedule may
+    have taken lr to 0 before the state was saved.
     ``state`` is what ``__setstate__`` receives (Optimizer.load_state_dict's state keyed by the
     parameters, after any load_state_dict pre-hook) before it replaces anything."""
+    for i, group in enumerate(state.get("param_groups", [])):
+        missing = [name for name in ADAREM_RANGES if name not in group]
+        if missing:  # another optimizer's groups (SGD's have no beta, decay or eps): KeyError at the step
+            raise ValueError(f"AdaRem.load_state_dict: param group {i} has no {', '.join(missing)} "
+                             f"(keys {sorted(k for k in group if k != 'params')}); it is not an AdaRem "
+                             f"state: load the state_dict that AdaRem saved")
     params = [p for group in state.get("param_groups", []) for p in group["params"]]
     index = {id(p): i for i, p in enumerate(params)}
     for p, st in state.get("state", {}).items():

@@ -72,13 +72,38 @@ def test_a_state_of_another_shape_is_refused_before_anything_changes(key, shape)
     _run(PATHS["foreach"], 1, params, opt)  # still steps
 
 
-def test_a_state_that_is_not_adarem_s_is_refused():
-    """SGD's state (a momentum_buffer only) loaded into AdaRem failed at the step with KeyError 'exp_avg'."""
+def test_a_tensor_state_that_is_not_adarem_s_is_refused():
+    """A per-tensor state without step and exp_avg (SGD's momentum_buffer alone, under AdaRem's
+    groups) failed at the next step with KeyError: 'exp_avg'."""
     p = torch.nn.Parameter(torch.randn(3))
-    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
-    p.grad = torch.ones(3)
-    sgd.step()
-    opt = AdaRem([p])
+    opt = AdaRem([p], momentum=0.9)
+    saved = opt.state_dict()
+    saved["state"] = {0: {"momentum_buffer": torch.zeros(3)}}
     with pytest.raises(ValueError, match=r"has no step or exp_avg .*not an AdaRem state"):
-        opt.load_state_dict(sgd.state_dict())
+        opt.load_state_dict(saved)
     assert len(opt.state) == 0
+
+
+def test_another_optimizers_groups_are_refused_even_before_any_step():
+    """SGD's state_dict saved before its first step has no per-tensor state, but its groups lack
+    AdaRem's beta, decay and eps: it loaded, and the next step raised KeyError: 'beta'."""
+    p = torch.nn.Parameter(torch.randn(3))
+    saved = torch.optim.SGD([p], lr=0.1, momentum=0.9).state_dict()
+    opt = AdaRem([p])
+    with pytest.raises(ValueError, match=r"param group 0 has no beta, decay, eps .*not an AdaRem state"):
+        opt.load_state_dict(saved)
+    p.grad = torch.ones(3)
+    opt.step()  # the groups are AdaRem's still
+    assert opt.param_groups[0]["decay"] == 0.999
+
+
+def test_a_group_saved_with_lr_zero_loads():
+    """A schedule may end at lr 0 (cosine to eta_min 0): its state_dict loads, although the
+    constructor refuses lr 0."""
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = AdaRem([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.param_groups[0]["lr"] = 0.0
+    saved = opt.state_dict()
+    AdaRem([p]).load_state_dict(saved)
