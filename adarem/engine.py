@@ -47,6 +47,10 @@ class EpochProgress:
 class Divergence:
     step: int
     loss: float
+    # "training": the training loss of ``step`` was not finite (or absurd); "validation": the weights
+    # after ``step`` gave a non-finite validation loss (its top-1 error, an argmax of NaN logits, is
+    # no result), e.g. an update that blew them up on the last step, after its loss was computed
+    where: str = "training"
 
 
 @dataclass
@@ -204,12 +208,14 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 device: torch.device, cfg: TrainerConfig, state: TrainState, stop: StopFlag,
                 on_log: Callable[[dict], None], oscillation: Optional[OscillationTracker],
                 checkpoint_due: Callable[[], bool], progress_bar=None,
-                eval_batches: frozenset[int] = frozenset(), on_eval: Optional[Callable[[], None]] = None
+                eval_batches: frozenset[int] = frozenset(),
+                on_eval: Optional[Callable[[], Optional[Divergence]]] = None
                 ) -> StepOutcome:
     """Train from ``state.batch`` to the epoch's end or an early stop. After each batch number in
     ``eval_batches`` (mid-epoch evaluation points) ``on_eval()`` runs, before the stop decision of
     that step, so a checkpoint written at or after the point always follows its evaluation; its
-    time is not counted as training time."""
+    time is not counted as training time. It returns a Divergence when the evaluation found the
+    weights diverged (a non-finite validation loss), which ends the epoch as a divergence."""
     model.train()
     watch = LossWatch(cfg.diverge_loss, stop.distributed, device)
     world = torch.distributed.get_world_size() if stop.distributed else 1  # for the progress bar's img/s
@@ -287,7 +293,9 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 div = watch.check()  # collective under DDP, like the evaluation itself
                 if div is not None:
                     return StepOutcome("diverged", div)
-                on_eval()
+                div = on_eval()  # a non-finite validation loss: the weights diverged
+                if div is not None:
+                    return StepOutcome("diverged", div)
                 model.train()
                 t_last = time.perf_counter()  # evaluation is not training time
             reason = None

@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -61,7 +62,9 @@ class Trainer:
                 state.phase = "eval"
                 self.save_checkpoint()  # a kill during evaluation does not lose the epoch
                 maybe_crash("epoch_end", state.epoch)
-            self.eval_phase()
+            div = self.eval_phase()
+            if div is not None:
+                return self.diverged(div)
             state.epoch, state.batch, state.phase = state.epoch + 1, 0, "train"
             state.progress = EpochProgress()
             self.save_checkpoint()
@@ -89,8 +92,9 @@ class Trainer:
                 self.bar.close()
                 self.bar = None
 
-    def eval_phase(self) -> None:
-        """The epoch's metrics line, with an evaluation when one is due."""
+    def eval_phase(self) -> Optional[Divergence]:
+        """The epoch's metrics line, with an evaluation when one is due; a Divergence (and no line)
+        when that evaluation found the weights diverged."""
         r, state, tc = self.run_, self.state, self.tc
         prog = state.progress
         sums = torch.tensor([prog.loss_sum, prog.samples, prog.corrupt_skipped], dtype=torch.float64,
@@ -110,6 +114,9 @@ class Trainer:
         if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
             rec["epoch_frac"] = state.epoch + 1.0
             rec.update(self.evaluate())
+            div = self.diverged_weights(rec)
+            if div is not None:
+                return div
             # kept in the training state (and so in checkpoints): a run stopped after its last
             # evaluation and resumed still reports it
             state.final = {k: rec[k] for k in ("val_loss", "val_top1_err", "val_top5_err")}
@@ -120,16 +127,31 @@ class Trainer:
             log.info("epoch %d: train loss %.4f%s, %.0f img/s", state.epoch, rec["train_loss"],
                      f", val top-1 err {rec['val_top1_err']:.2f}%" if "val_top1_err" in rec else "",
                      rec["images_per_s"])
+        return None
 
-    def mid_epoch_eval(self) -> None:
+    def mid_epoch_eval(self) -> Optional[Divergence]:
         """An evaluation inside the epoch (trainer.evals_per_epoch > 1): one "eval" line with the
-        step and the training wall-clock so far."""
+        step and the training wall-clock so far; a Divergence (and no line) when it found the
+        weights diverged."""
         r, state = self.run_, self.state
         rec = {"type": "eval", "epoch": state.epoch, "step": state.global_step,
                "epoch_frac": state.epoch + state.batch / len(r.data.train),
                "wall_time_s": state.elapsed_train_s + state.progress.train_time_s}
         rec.update(self.evaluate())
-        self.log_metrics(rec)
+        div = self.diverged_weights(rec)
+        if div is None:
+            self.log_metrics(rec)
+        return div
+
+    def diverged_weights(self, rec: dict) -> Optional[Divergence]:
+        """A non-finite validation loss over a non-empty split: the weights after this step are not
+        finite (or give non-finite logits), though every training loss so far was finite (the update
+        that blew them up came after its step's loss, e.g. on the run's last step). The top-1 error
+        such an evaluation gives is an argmax over NaN logits, no result. Every rank agrees (the sums
+        are all-reduced)."""
+        if rec.get("val_samples") and not math.isfinite(rec["val_loss"]):
+            return Divergence(self.state.global_step, rec["val_loss"], where="validation")
+        return None
 
     def evaluate(self) -> dict:
         r, tc = self.run_, self.tc
@@ -209,14 +231,20 @@ class Trainer:
         # every rank is here (the decision is collective): this epoch's replaced images, all ranks
         corrupt = torch.tensor([self.state.progress.corrupt_skipped], dtype=torch.float64, device=r.dist.device)
         dist_utils.all_reduce_sum(corrupt)
-        r.metrics.log({"type": "diverged", "epoch": self.state.epoch, "step": div.step, "loss": div.loss})
+        # where: only for a validation loss (a training loss's lines and records are as they were)
+        where = {} if div.where == "training" else {"where": div.where}
+        r.metrics.log({"type": "diverged", "epoch": self.state.epoch, "step": div.step, "loss": div.loss, **where})
         r.metrics.close()
         r.record.update(status="diverged", end_time=now(), diverged_at_step=div.step,
                         final={"val_top1_err": None, "diverged_at_step": div.step},
-                        corrupt_skipped=self.state.corrupt_skipped + int(corrupt), **self.corrupt_caveat())
+                        corrupt_skipped=self.state.corrupt_skipped + int(corrupt), **self.corrupt_caveat(),
+                        **({"diverged_in": div.where} if where else {}))
         if r.dist.is_main:
-            print(f"DIVERGED: training loss {div.loss} at step {div.step} (epoch {self.state.epoch}); the run is "
-                  f"marked diverged in {r.run_dir / 'run.json'} and its last good checkpoint is kept", file=sys.stderr)
+            what = "training loss" if div.where == "training" else "validation loss after"
+            kept = ("its last good checkpoint is kept" if div.where == "training" else
+                    "checkpoint.pt holds those weights (written before the evaluation), checkpoint_prev.pt the ones before")
+            print(f"DIVERGED: {what} {div.loss} at step {div.step} (epoch {self.state.epoch}); the run is "
+                  f"marked diverged in {r.run_dir / 'run.json'}; {kept}", file=sys.stderr)
         r.tracker.finish()
         return 0
 
