@@ -107,3 +107,26 @@ def test_a_group_saved_with_lr_zero_loads():
     opt.param_groups[0]["lr"] = 0.0
     saved = opt.state_dict()
     AdaRem([p]).load_state_dict(saved)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_cached_max_is_taken_from_the_loaded_tracker(path):
+    """max|d| is derived state (ALGORITHM.md): a state_dict whose trackers were changed without it
+    (averaged over checkpoints, edited) stepped with the file's stale max, so b left [-1, 1]: here
+    d tripled gave r = 1 + 3*lambda^t for the largest weight, beyond the rule's bound of 2."""
+    if PATHS[path].get("fused") and shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: the fused CPU kernel cannot be built here")
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    opt = AdaRem([p], lr=0.5, decay=1.0, eps=0.0, **PATHS[path])
+    p.grad = torch.tensor([0.2, -0.4, 0.1])
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0]["exp_avg"] *= 3
+    opt = AdaRem([p], **PATHS[path])
+    opt.load_state_dict(saved)
+    before, d = p.detach().clone(), saved["state"][0]["exp_avg"]
+    p.grad = torch.tensor([0.2, -0.4, 0.1])
+    opt.step()
+    r = 1 + torch.sign(p.grad) * d / d.abs().max()  # decay 1, eps 0
+    torch.testing.assert_close(p.detach(), before - 0.5 * r * p.grad)
+    assert float(r.max()) == pytest.approx(2.0)
