@@ -86,7 +86,8 @@ def speed_note(rs: RunSet, offsets) -> str:
             f"diverged, counts as infinitely slow, and a run whose curve has holes (see flags) is left out; rows "
             f"evaluated differently are not compared. Evaluations: "
             f"{'/'.join(map(str, per_epoch))} per epoch, with {bn}. Train loss @x % is the mean loss of the "
-            f"logging window at x % of the step budget, over finished runs (a diverged run stopped early). The "
+            f"logging windows that end in the 10 % of the step budget before x % (none where no window ends "
+            f"there), over finished runs (a diverged run stopped early). The "
             f"val-err AUC (mean val error over the evaluations) "
             f"is secondary: it also rewards the first epochs."
             + (f" Optimizer paths (run.json's optimizer_impl): {paths}." if paths else "") + "\n\n")

@@ -247,19 +247,17 @@ TRAIN_LOSS_SPAN = 0.1  # of the step budget: the span "train loss at x %" averag
 def train_loss_at(rs: RunSet, run_dir: str, budget: float, frac: float) -> float:
     """Training loss at ``frac`` of the run's step budget B: the mean loss over the steps of the
     logging windows that end in (frac x B - 0.1 B, frac x B], each window weighted by its number
-    of steps (the last window ending at or before frac x B when none ends in that span). Read at
-    that step, not at an epoch end. Records written before windows were logged hold one batch's
-    loss per line: each line then counts as a window of one step."""
+    of steps; NaN when none ends in that span (logged less often than every 0.1 B steps: an earlier
+    window is the loss of another point of training, not of this one). Read at that step, not at an
+    epoch end. Records written before windows were logged hold one batch's loss per line: each line
+    then counts as a window of one step."""
     it = rs.iters[rs.iters.run_dir == run_dir]
     if it.empty or not math.isfinite(budget):
         return math.nan
     at = frac * budget
-    before = it[it.step <= at + 1e-9]
-    if before.empty:
-        return math.nan
-    span = before[before.step > at - TRAIN_LOSS_SPAN * budget]
+    span = it[(it.step <= at + 1e-9) & (it.step > at - TRAIN_LOSS_SPAN * budget)]
     if span.empty:
-        span = before.iloc[[-1]]
+        return math.nan
     windowed = span.train_loss_window.notna()
     loss = span.train_loss_window.where(windowed, span.loss)
     steps = span.window_steps.where(windowed & span.window_steps.notna(), 1.0)

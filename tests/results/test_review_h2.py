@@ -67,3 +67,30 @@ def test_nothing_to_tabulate_leaves_no_empty_output_folder(tmp_path):
     res = _make_tables(tmp_path / "runs", "--out", out)
     assert res.returncode == 2 and "no complete run" in res.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_train_loss_at_a_point_is_never_an_earlier_windows(tmp_path, env):
+    """'train loss @50%' of a 66-step run logged every 20 steps (lines at 20, 22, 40, 44, 60, 66) was
+    the window ending at step 22 (a third of the way) for want of a line in (26.4, 33]: a number
+    under the name of another point of training. Where no logging window ends in the 10 % before a
+    point there is no value (the cell counts it), as where nothing was logged before it."""
+    from adarem.results.tables import TRAIN_LOSS_SPAN, train_loss_at
+    from tests.conftest import run_train
+
+    run_dir = tmp_path / "run"
+    res = run_train(["trainer.epochs=3", "trainer.log_every=20", "optimizer=sgd"], env, run_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rs = load_runs(run_dir)
+    (run,) = rs.runs.itertuples()
+    steps = rs.iters.step.tolist()
+    stale = 0
+    for frac in (0.1, 0.25, 0.5, 1.0):
+        at = frac * run.budget_steps
+        in_span = [s for s in steps if at - TRAIN_LOSS_SPAN * run.budget_steps < s <= at]
+        value = train_loss_at(rs, run.run_dir, run.budget_steps, frac)
+        if in_span:
+            assert math.isfinite(value), frac
+        else:
+            stale += any(s <= at for s in steps)  # a window ended before the span: the old code read it
+            assert math.isnan(value), (frac, at, steps, value)
+    assert stale, f"no point of this run has only an earlier window (lines at {steps}): the test checks nothing"
