@@ -593,12 +593,20 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                     torch.addcmul(a, b, d, value=c, out=b)  # delta = g + c*d*|g| = r*g
                 else:  # c overflows (fp64 too, with a subnormal fp64 s): divide per element instead
                     b.mul_(d).div_(den).mul_(lam_[k]).add_(a)
+                step_dir = b
                 if momentum > 0:
                     _add_scaled(b, u, momentum, one, out=u)  # u = mu*u + delta
-                    b = u
+                    step_dir = u
                 if weight_decay > 0 and decoupled:
-                    p.mul_(1 - lr * weight_decay)
-                _add_scaled(p, b, -lr, one, out=p)
+                    if dtype in _LOW_PRECISION:
+                        # theta - lr*(delta + w*theta), theta rounded once as in the loop path: a
+                        # separate mul_ rounded an fp16/bf16 theta twice a step (fp16: 5x the loop
+                        # path's error after 100 steps). b is free once u holds delta.
+                        _add_scaled(step_dir, p, weight_decay, one, out=b)
+                        step_dir = b
+                    else:
+                        p.mul_(1 - lr * weight_decay)
+                _add_scaled(p, step_dir, -lr, one, out=p)
                 d.lerp_(a, 1 - beta)
                 lo, hi = torch.aminmax(d)  # reads d once, no |d| temporary
                 # an element of |d|, so exact in the state's dtype; updated in place, no allocation
@@ -619,16 +627,20 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
             e_ = torch._foreach_mul(d_, k_)
             torch._foreach_mul_(e_, c_)
         b_ = torch._foreach_addcmul(a_, e_, torch._foreach_abs(a_))  # delta = g + c*d*|g| = r*g
-        if weight_decay > 0 and decoupled:
+        low = dtype in _LOW_PRECISION
+        if weight_decay > 0 and decoupled and not low:
             torch._foreach_mul_(p_, 1 - lr * weight_decay)
         if momentum > 0:
-            if dtype in _LOW_PRECISION:  # u = delta + mu*u rounded once, not mu*u first
+            if low:  # u = delta + mu*u rounded once, not mu*u first
                 _foreach_add_scaled(b_, u_, momentum, one, inplace=True)  # b_ is a temporary
                 torch._foreach_copy_(u_, b_)
             else:
                 torch._foreach_mul_(u_, momentum)
                 torch._foreach_add_(u_, b_)
-            b_ = u_
+                b_ = u_
+        if weight_decay > 0 and decoupled and low:
+            # theta - lr*(delta + w*theta): theta rounded once, as in the loop path (see the CPU variant)
+            _foreach_add_scaled(b_, p_, weight_decay, one, inplace=True)  # b_ is a temporary (holds u)
         _foreach_add_scaled(p_, b_, -lr, one, inplace=True)
         torch._foreach_lerp_(d_, a_, 1 - beta)
         torch._foreach_copy_([maxes[i] for i in idx], torch._foreach_norm(d_, float("inf")))
