@@ -71,7 +71,10 @@ METRICS = {
 }
 CSV_COLUMNS = ["claim", "metric", "subject", "baseline", "n_subject", "n_baseline", "diff", "ci_low", "ci_high",
                "hedges_g", "p", "p_holm", "verdict", "dataset", "model", "text", "subject_mean", "baseline_mean",
-               "reached_subject", "reached_baseline"]
+               "reached_subject", "reached_baseline",
+               # what decides a verdict beyond p_holm (Contradicted: p_opposite_holm < alpha) and what an
+               # Inconclusive one could have detected (mdd; inf: none detectable), and the claim's direction
+               "better", "p_opposite", "p_opposite_holm", "mdd"]
 CURVE_METRICS = ("steps_to_target", "val_error_auc")  # need both sides evaluated the same way
 MIN_SEEDS = 2
 POWER = 0.8

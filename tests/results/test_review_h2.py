@@ -94,3 +94,26 @@ def test_train_loss_at_a_point_is_never_an_earlier_windows(tmp_path, env):
             stale += any(s <= at for s in steps)  # a window ended before the span: the old code read it
             assert math.isnan(value), (frac, at, steps, value)
     assert stale, f"no point of this run has only an earlier window (lines at {steps}): the test checks nothing"
+
+
+def test_claims_csv_holds_what_decides_every_verdict(tmp_path):
+    """claims.csv had p and p_holm but not the opposite direction's Holm-adjusted p that makes a
+    claim Contradicted (the committed study's lower_error_than_adamw: p_holm 1.0, verdict
+    Contradicted, nothing in the file saying why), nor the claim's direction or an Inconclusive
+    claim's mdd, which tables.md shows."""
+    import pandas as pd
+
+    from adarem.results import CLAIMS_FILE, write_report
+    from adarem.results.claims import load_claims
+
+    write_report(load_runs(STUDY_FINALS), tmp_path / "out", CLAIMS_FILE, "test")
+    csv = pd.read_csv(tmp_path / "out" / "claims.csv")
+    spec = {c["id"]: c for c in load_claims(CLAIMS_FILE)["claims"]}
+    tested = csv[csv.p.notna()]
+    assert len(tested) and "Contradicted" in set(tested.verdict)
+    for r in tested.itertuples():
+        assert r.better == spec[r.claim]["better"]
+        expected = "Supported" if r.p_holm < 0.05 else "Contradicted" if r.p_opposite_holm < 0.05 else "Inconclusive"
+        assert r.verdict == expected, r
+        if r.verdict == "Inconclusive" and r.metric != "steps_to_target":
+            assert r.mdd > 0, r
