@@ -285,10 +285,10 @@ class AdaRem(Optimizer):
                 st["step"] = torch.tensor(float(step), dtype=torch.float32)
             # max|d| is derived state: taken from the d that was loaded, not trusted from the file, where
             # it may not be d's (trackers averaged or edited: b would leave [-1, 1], r leave [0, 2]).
-            # Exact, so a plain resume is unchanged.
+            # Exact, so a plain resume is unchanged; the inf-norm needs no |d|-sized temporary.
             d = st.get("exp_avg")
             if torch.is_tensor(d) and d.numel() > 0:
-                st["max_abs_exp_avg"] = d.abs().amax().to(d.dtype)
+                st["max_abs_exp_avg"] = torch.linalg.vector_norm(d, float("inf")).to(d.dtype)
 
     # ------------------------------------------------------------------ state
     def _init_group(self, group: dict, params: list, grads: list, exp_avgs: list, maxes: list, bufs: list,
