@@ -100,6 +100,12 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         if previous.get("status") == "finished" and not _finite((previous.get("final") or {}).get("val_top1_err")):
             raise ConfigError(f"{run_dir}/run.json says finished but records no finite final error (a record of an "
                               f"older version); it is not a result: move that directory away and run again")
+        loss = (previous.get("final") or {}).get("val_loss", 0.0)  # absent from the oldest records
+        if previous.get("status") == "finished" and not _finite(loss):
+            raise ConfigError(f"{run_dir}/run.json says finished but its final validation loss is {loss} (weights that "
+                              f"diverged after the last training loss was checked, recorded finished by an older "
+                              f"version: its top-1 error is an argmax over NaN logits); it is not a result: move that "
+                              f"directory away and run again (the run is then recorded diverged)")
         if previous.get("status") in FINAL_STATUSES:
             if resume == "auto":
                 return RunPlan(previous, None, None, already_done=True)

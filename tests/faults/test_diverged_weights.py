@@ -4,9 +4,10 @@ over NaN logits, a finite top-1 error (~90 % on 10 classes) that was recorded as
 
 from __future__ import annotations
 
+import json
 import math
 
-from tests.conftest import read_metrics, read_run, run_train
+from tests.conftest import copy_run, read_metrics, read_run, run_train
 
 BLOW_UP = ["optimizer=sgd", "optimizer.lr=1e6", "schedule=constant"]  # step 1's update: the weights explode
 
@@ -40,3 +41,18 @@ def test_a_mid_epoch_evaluation_of_blown_up_weights_is_a_divergence_at_its_step(
     record = read_run(run_dir)
     assert (record["status"], record["diverged_at_step"], record.get("diverged_in")) == ("diverged", 1, "validation")
     _no_result_logged(run_dir)
+
+
+def test_a_finished_record_with_a_nan_final_loss_is_not_reported(tmp_path, env, finished_run):
+    """What the previous version left for such a run: finished, val_loss NaN, a finite top-1 error.
+    A relaunch reported that error as the run's result ("run already finished; final top-1 error")."""
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    record = read_run(run_dir)
+    record["final"]["val_loss"] = math.nan
+    (run_dir / "run.json").write_text(json.dumps(record))
+    before = (run_dir / "run.json").read_bytes()
+    res = run_train(["trainer.epochs=1"], env, run_dir)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("error: ") and "final validation loss is nan" in lines[0] and "move that" in lines[0]
+    assert (run_dir / "run.json").read_bytes() == before
