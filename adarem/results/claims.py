@@ -31,7 +31,9 @@ Verdicts (alpha = 0.05 unless told):
   with 4 seeds a side it can be Supported when at least m - 3 other claims are, and never when
   fewer are. Given the other claims' p-values, no difference, however large, is then detectable.
 - Insufficient data: a side has fewer than 2 values (Welch's variance needs >= 2 per side); such
-  a row has no p and is not part of the Holm family.
+  a row has no p and is not part of the Holm family. For steps to target also where the setting
+  has no target (no SGD-momentum run, or none finished): the verdict says which, and n counts the
+  runs each side has.
 - Not comparable: the two sides' curves were evaluated differently (curve metrics), or their path
   efficiencies were measured over different windows.
 
@@ -57,7 +59,8 @@ from scipy import special, stats
 
 from adarem.results.records import RunSet
 from adarem.results.tables import (DIVERGED_ERROR, SETTING, area_under_val_error, eval_curve_complete,
-                                   oscillation_runs, same_protocol, selected_groups, sgd_targets, steps_to_target)
+                                   no_target_reason, oscillation_runs, same_protocol, selected_groups, sgd_targets,
+                                   steps_to_target)
 
 METRICS = {
     "final_top1": "final top-1 error (%)",
@@ -85,7 +88,8 @@ STATISTICS_TEXT = (
     "count as 100 % error. Supported means Holm-adjusted p < {alpha:g}, Contradicted means the same holds for "
     "the opposite direction, Inconclusive means neither, with `mdd` the smallest difference these seeds could "
     "detect, (t₁₋α/m,ν + t₀.₈,ν)·s_pooled·√(1/n₁ + 1/n₂) at 80 % power and level α/m (m claims in the family, "
-    "ν = n₁ + n₂ − 2), and Insufficient data means a side has fewer than 2 seeds. Steps to target: a seed that "
+    "ν = n₁ + n₂ − 2), and Insufficient data means a side has fewer than 2 seeds (or, for steps to target, that "
+    "the setting has no target: no SGD-momentum run, or none finished). Steps to target: a seed that "
     "never reached the target (or diverged) counts as one step past the larger step budget of the two sides, the "
     "difference and CI are computed on those values, and p comes from an exact one-sided permutation test on ranks "
     "(Gehan's test for data censored at one time) instead of Welch's t; `reached_*` count the seeds that got "
@@ -310,7 +314,11 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
             windows = set()
             if claim["metric"] == "path_efficiency" and "osc_window" in here:
                 windows = set(oscillation_runs(pd.concat([runs_a, runs_b])).osc_window) - {""}
-            if claim["metric"] in CURVE_METRICS and len(runs_a) and len(runs_b) and not same_protocol(runs_a, runs_b):
+            if censored and math.isnan(target):
+                # not too few seeds (n said 0 for sides with runs): no target to reach in this setting
+                row["n_subject"], row["n_baseline"] = len(runs_a), len(runs_b)
+                row["verdict"] = f"Insufficient data ({no_target_reason(sel, setting)})"
+            elif claim["metric"] in CURVE_METRICS and len(runs_a) and len(runs_b) and not same_protocol(runs_a, runs_b):
                 row["verdict"] = "Not comparable (evaluated differently)"
             elif len(windows) > 1:  # path efficiency depends on its window by definition
                 row["verdict"] = "Not comparable (oscillation windows differ)"

@@ -168,6 +168,16 @@ def sgd_targets(rs: RunSet, offsets=(1.0, 5.0)) -> dict:
 TARGET_TIE = 1e-9
 
 
+def no_target_reason(selected: pd.DataFrame, setting) -> str:
+    """Why a setting has no speed target (``sgd_targets`` has none for it): no SGD-momentum run at
+    all, or none of the selected SGD-momentum configuration's runs finished (all diverged)."""
+    sgd = selected[(selected.dataset == setting[0]) & (selected.model == setting[1])
+                   & (selected.optimizer == TARGET_BASELINE) & (selected.eval_on == "val")] if len(selected) else selected
+    if not len(sgd):
+        return "no SGD baseline"
+    return f"no target: none of SGD-momentum's {len(sgd)} run(s) finished"
+
+
 def steps_to_target(rs: RunSet, runs: pd.DataFrame, target: float) -> list[tuple[float, float]]:
     """Per run (rows of ``rs.runs``): (step, training seconds) of its first evaluation at or below
     ``target`` (up to float rounding, ``TARGET_TIE``), or (inf, inf) when it never got there. A diverged run never counts as having got
@@ -284,7 +294,8 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
         for i, (off, t) in enumerate(zip(offsets, tgt or [None] * len(offsets))):
             col = f"SGD+{off:g}"
             if t is None:
-                row[f"steps to {col}"] = row[f"s to {col}"] = "no SGD baseline" if info["eval_on"] == "val" else "—"
+                row[f"steps to {col}"] = row[f"s to {col}"] = (
+                    no_target_reason(sel, (info["dataset"], info["model"])) if info["eval_on"] == "val" else "—")
                 continue
             hits = steps_to_target(rs, g, t)
             row[f"steps to {col}"] = _median_reached([h[0] for h in hits])

@@ -117,3 +117,45 @@ def test_claims_csv_holds_what_decides_every_verdict(tmp_path):
         assert r.verdict == expected, r
         if r.verdict == "Inconclusive" and r.metric != "steps_to_target":
             assert r.mdd > 0, r
+
+
+def _study_subset(tmp_path, optimizers, diverged=()):
+    """A runs folder of the committed study's finals of these optimizers (symlinked), those of
+    ``diverged`` copied with their status set to diverged at their last step."""
+    import json
+    import shutil
+
+    root = tmp_path / "runs" / "final"
+    root.mkdir(parents=True)
+    for opt in optimizers:
+        if opt not in diverged:
+            (root / opt).symlink_to(STUDY_FINALS / opt)
+            continue
+        shutil.copytree(STUDY_FINALS / opt, root / opt)
+        for rec in (root / opt).glob("*/run.json"):
+            run = json.loads(rec.read_text())
+            run.update(status="diverged", diverged_at_step=run["steps_per_epoch"] * run["config"]["trainer"]["epochs"])
+            rec.write_text(json.dumps(run))
+    return tmp_path / "runs"
+
+
+def test_a_setting_without_a_speed_target_says_so_and_counts_its_runs(tmp_path):
+    """Without SGD-momentum (optimizers=adarem,adam,adamw) or with every SGD-momentum run diverged,
+    the steps-to-target claims read 'adarem (—, 0)' 'Insufficient data', defined as a side with fewer
+    than 2 seeds, for sides of 5 runs each; the speed table said 'no SGD baseline' beside SGD's runs."""
+    from adarem.results import CLAIMS_FILE
+    from adarem.results.claims import evaluate_claims, load_claims
+    from adarem.results.tables import speed_table
+
+    for case, diverged in (("none", ()), ("diverged", ("sgd",))):
+        opts = ("adarem", "adam", "adamw") + (("sgd",) if diverged else ())
+        rs = load_runs(_study_subset(tmp_path / case, opts, diverged))
+        assert len(rs.runs) == 5 * len(opts)
+        v = evaluate_claims(rs, load_claims(CLAIMS_FILE)).set_index("claim")
+        for claim in ("faster_than_adam", "faster_than_adamw"):
+            row = v.loc[claim]
+            assert row.n_subject == 5 and row.n_baseline == 5, (case, row)
+            assert row.verdict.startswith("Insufficient data (") and ("finished" if diverged else "no SGD") in row.verdict
+        speed = speed_table(rs).set_index("optimizer")
+        cell = speed.loc["adarem", "steps to SGD+1"]
+        assert cell == ("no target: none of SGD-momentum's 5 run(s) finished" if diverged else "no SGD baseline"), cell
