@@ -106,21 +106,21 @@ class Trainer:
                "epoch_time_s": prog.train_time_s, "images_per_s": samples / max(prog.train_time_s, 1e-9),
                "data_wait_s": prog.data_wait_s, "wall_time_s": state.elapsed_train_s,
                "corrupt_skipped": int(corrupt)}  # this epoch's, every rank's
-        # the run's total moves with the epoch: both are in the checkpoint saved after this phase
-        state.corrupt_skipped += int(corrupt)
-        if corrupt and r.dist.is_main:
-            log.warning("epoch %d trained on %d replacement(s) for unreadable training images "
-                        "(data.on_corrupt=skip; %d in the run so far)", state.epoch, int(corrupt), state.corrupt_skipped)
         if (state.epoch + 1) % tc.eval_every == 0 or state.epoch + 1 == tc.epochs:
             rec["epoch_frac"] = state.epoch + 1.0
             rec.update(self.evaluate())
             div = self.diverged_weights(rec)
-            if div is not None:
+            if div is not None:  # before the run's total moves: diverged() adds this epoch's count
                 return div
             # kept in the training state (and so in checkpoints): a run stopped after its last
             # evaluation and resumed still reports it
             state.final = {k: rec[k] for k in ("val_loss", "val_top1_err", "val_top5_err")}
             state.final.update(epoch=state.epoch, train_loss=rec["train_loss"])
+        # the run's total moves with the epoch: both are in the checkpoint saved after this phase
+        state.corrupt_skipped += int(corrupt)
+        if corrupt and r.dist.is_main:
+            log.warning("epoch %d trained on %d replacement(s) for unreadable training images "
+                        "(data.on_corrupt=skip; %d in the run so far)", state.epoch, int(corrupt), state.corrupt_skipped)
         self.log_metrics(rec)
         maybe_crash("after_eval", state.epoch)
         if r.dist.is_main:

@@ -109,3 +109,16 @@ def test_a_resume_from_a_checkpoint_without_the_count_says_it_is_a_lower_bound(t
     assert res.returncode == 0, res.stderr[-2000:]
     record = read_run(run_dir)
     assert record["corrupt_skipped"] < 8 and record["corrupt_skipped_exact"] is False
+
+
+def test_a_run_diverged_at_its_evaluation_counts_the_epochs_replacements_once(tmp_path, env, broken_tree):
+    """One step an epoch (batch 16) whose update blows the weights up: the epoch's evaluation ends
+    the run diverged (tests/faults/test_diverged_weights.py), with the epoch's 4 replacements
+    counted once, not once by the epoch's metrics and again by the divergence."""
+    run_dir = tmp_path / "diverged"
+    args = _args(broken_tree) + ["trainer.batch_size=16", "trainer.epochs=1", "optimizer.lr=1e6", "schedule=constant"]
+    res = run_train(args, env, run_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = read_run(run_dir)
+    assert (record["status"], record["diverged_at_step"], record.get("diverged_in")) == ("diverged", 1, "validation")
+    assert record["corrupt_skipped"] == 4
