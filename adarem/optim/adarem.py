@@ -72,7 +72,14 @@ Implementation notes (all paths compute the same rule):
   weight decay, which only the stored result is rounded with: torch's CPU ``add(..., alpha=x)``
   rounds ``x`` itself to a bf16/fp16 tensor's dtype (lr 0.1 would step as 0.10009765625, momentum
   0.9 as 0.8984375), so the for-loop path steps fp32 copies of fp16/bf16 tensors, and the foreach
-  path on the CPU uses ``addcmul(..., value=x)`` instead (fp32 arithmetic, one rounding).
+  path on the CPU uses ``addcmul(..., value=x)`` instead (fp32 arithmetic, one rounding). With
+  decoupled weight decay the foreach path steps an fp16/bf16 ``theta`` as
+  ``theta - lr * (delta + w * theta)``, so that it is rounded once a step, as the for-loop path's
+  fp32 copy is (``theta *= 1 - lr * w`` first would round it twice).
+* Momentum switched off (``mu = 0``) leaves an existing ``u`` alone on every path, as the rule
+  does; switched on again, ``u`` continues from there.
+* ``load_state_dict`` takes ``max|d|`` from the loaded ``d`` (derived state), and refuses in one
+  line a state that cannot be AdaRem's (another optimizer's groups, trackers of other shapes).
 * Non-finite gradients give non-finite weights on every path (as the rule does), but not always
   the same non-finite value: for an infinite gradient the rule gives ``-inf``/``+inf``, while the
   fast paths' ``g + c*d*|g|`` can give ``inf - inf = NaN``. Checking for it would cost the hot
