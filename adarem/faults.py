@@ -27,5 +27,9 @@ def poisoned(point: str, n: int) -> bool:
 
 
 def maybe_crash(point: str, n: int) -> None:
+    """With ``ADAREM_FAULT_RANK=r``, on rank r only (a signal that reaches one rank of several)."""
     if _SPEC and point == _POINT and str(n) == _N and point not in ("nan_loss", "huge_loss"):
+        rank = os.environ.get("ADAREM_FAULT_RANK")
+        if rank is not None and rank != os.environ.get("RANK", "0"):
+            return
         os.kill(os.getpid(), signal.Signals[f"SIG{_SIGNAL}"] if _SIGNAL else signal.SIGKILL)

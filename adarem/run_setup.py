@@ -240,7 +240,7 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
         return 0
     if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
         if dist.is_main:
-            print(f"stopped during start-up (signal {stop.signal_name}) before any training step; exit "
+            print(f"stopped during start-up (signal {stop.recorded_signal}) before any training step; exit "
                   f"{REQUEUE_EXIT_CODE} asks for a requeue", file=sys.stderr)
         return REQUEUE_EXIT_CODE
     run.train_model = run.model

@@ -202,7 +202,7 @@ class Trainer:
         r, step = self.run_, self.state.global_step
         self.record_stop("preempted", "preempt")
         if r.dist.is_main:
-            print(f"preempted at step {step} (signal {self.stop.signal_name}); checkpoint written, exit "
+            print(f"preempted at step {step} (signal {self.stop.recorded_signal}); checkpoint written, exit "
                   f"{REQUEUE_EXIT_CODE} asks for a requeue; rerun with resume=auto to continue", file=sys.stderr)
         r.tracker.finish(exit_code=REQUEUE_EXIT_CODE)
         return REQUEUE_EXIT_CODE
@@ -223,7 +223,7 @@ class Trainer:
     def record_stop(self, status: str, reason: str) -> None:
         r = self.run_
         r.metrics.close()
-        r.record.update(status=status, stopped_at_step=self.state.global_step, signal=self.stop.signal_name,
+        r.record.update(status=status, stopped_at_step=self.state.global_step, signal=self.stop.recorded_signal,
                         stop_reason=reason)
 
     def diverged(self, div: Divergence) -> int:

@@ -24,9 +24,28 @@ REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "temporary failure, try again" (sysexits.
 
 class StopFlag:
     def __init__(self, distributed: bool = False, device: torch.device = torch.device("cpu")):
-        self.signal_name: str | None = None
+        self.signal_name: str | None = None  # this rank's signal; "peer": another rank's only
+        self.agreed_signal: str | None = None  # under DDP, a signal some rank received (what the record names)
         self.distributed = distributed
         self.device = device
+
+    @property
+    def recorded_signal(self) -> str | None:
+        """The signal run.json names: this rank's, or, where only another rank received one (rank 0
+        writes the record), that rank's, rather than "peer"."""
+        if self.signal_name in (None, "peer") and self.agreed_signal is not None:
+            return self.agreed_signal
+        return self.signal_name
+
+    def _local_code(self) -> float:
+        """This rank's signal for the all-reduce (max): its number, 0.5 for one known only as
+        "peer" (or not a signal's name), 0 for none."""
+        if self.signal_name is None:
+            return 0.0
+        try:
+            return float(signal.Signals[self.signal_name].value)
+        except KeyError:
+            return 0.5
 
     def install(self) -> None:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
@@ -64,12 +83,15 @@ class StopFlag:
         local = self.signal_name is not None
         if not self.distributed:
             return local, checkpoint_due
-        flags = torch.tensor([float(local), float(checkpoint_due)], device=self.device)
+        flags = torch.tensor([self._local_code(), float(checkpoint_due)], dtype=torch.float64, device=self.device)
         dist_utils.all_reduce_max(flags)
-        stop, due = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+        code, due = flags.tolist()
+        stop = code > 0
         if stop and self.signal_name is None:
             self.signal_name = "peer"
-        return stop, due
+        if code >= 1 and self.agreed_signal is None:
+            self.agreed_signal = signal.Signals(int(code)).name
+        return stop, due > 0
 
 
 def submitit_signal() -> signal.Signals | None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import DETERMINISTIC, copy_run, read_metrics, read_run, run_train
+from tests.conftest import DETERMINISTIC, copy_run, read_metrics, read_run, run_train, torchrun
 
 TIMING = ("epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s")
 
@@ -54,3 +54,18 @@ def test_submitit_requeues_only_a_preempted_run(tmp_path, env, stopped_run, limi
     assert res.returncode == code, res.stderr[-3000:]
     assert read_run(run_dir)["status"] == ("preempted" if code else "stopped")
     assert marker.exists() == requeued
+
+
+@pytest.mark.slow
+def test_a_signal_that_reached_one_rank_is_named_in_the_record(tmp_path, env):
+    """SIGUSR1 reaches rank 1 alone (ranks get a scheduler's signal at different times): every rank
+    stops after the same step, and run.json, which rank 0 writes, names the signal (it said "peer",
+    rank 0's view, though the signal was known to the ranks' collective decision)."""
+    run_dir = tmp_path / "ddp"
+    res = run_train([], dict(env, ADAREM_FAULT="step@3:USR1", ADAREM_FAULT_RANK="1"), run_dir,
+                    launcher=torchrun(2), timeout=240)
+    assert res.returncode != 0  # torchrun's own failure code for the workers' 75
+    record = read_run(run_dir)
+    assert (record["status"], record["stop_reason"], record["signal"]) == ("preempted", "preempt", "SIGUSR1")
+    assert record["stopped_at_step"] == 10  # trainer.stop_check_every's first decision after step 3
+    assert "preempted at step 10 (signal SIGUSR1)" in res.stderr
