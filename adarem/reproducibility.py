@@ -22,9 +22,10 @@ def seed_everything(seed: int, deterministic: bool, rank: int = 0) -> None:
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
+    # Both ways, every time: compare.py trains many runs in one worker process, and a run after a
+    # deterministic one kept torch's deterministic kernels (and their speed) while its record said
+    # trainer.deterministic=false.
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
