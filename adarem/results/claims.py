@@ -42,9 +42,13 @@ part of a training and its blow-up); steps to target and the AUC leave out a fin
 val-error curve has holes (metrics lines lost after a crash, an evaluation without a finite error).
 The report flags each such run.
 
-Zero variance on both sides: the t statistic is infinite, so p = 0 in the direction of a non-zero
-difference (1 in the other; 0.5 each if the means are equal), the CI collapses onto the
-difference, Hedges' g is undefined (NaN) and the MDD is 0.
+Zero variance on both sides (every seed of a side the same value: discrete errors on a small test
+set, steps to a target on a coarse evaluation grid, or seeds that do not change the run): Welch's
+t is infinite, which would give p = 0 and a CI collapsed onto the difference from as few as 2
+seeds a side, certainty that no sample of seeds can give. Such a claim is tested like steps to
+target instead, with the exact permutation test on ranks (``rank_test_p``: every seed of one side
+below every seed of the other gives 1 / C(n1 + n2, n1), 0.05 with 3 a side), and has no CI, no
+Hedges' g and no t-based MDD (``none detectable`` where no ranking could make it Supported).
 """
 
 from __future__ import annotations
@@ -98,7 +102,9 @@ STATISTICS_TEXT = (
     "make the claim Supported under Holm's step-down given the other claims' p-values (the k-th smallest p is "
     "tested at α/(m − k + 1): at most α, for a claim whose every other claim is rejected first); a side whose "
     "seeds did not all reach the target shows `not reached by k of n` instead of a mean when the other side has no "
-    "seeds to set a common step budget. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
+    "seeds to set a common step budget. A claim whose two sides each have one value for every seed (no spread: "
+    "Welch's t would be infinite, p = 0 from 2 seeds) is tested by the same rank test, with no CI and no t-based "
+    "`mdd`. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
     "without a finite error; flagged) is left out of steps to target and the AUC; diverged runs are left out of "
     "the oscillation metrics (their lines cover part of a training). Not comparable: the two sides' curves were "
     "evaluated differently (evaluations per epoch or BN recalibration), so no verdict on a curve metric, or their "
@@ -210,8 +216,8 @@ def pooled_sd(a, b) -> float:
 def welch_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
     """(diff, low, high): mean(a) - mean(b) and its Welch confidence interval."""
     diff, se, df = _welch(a, b)
-    if se == 0:
-        return diff, diff, diff
+    if se == 0:  # no spread on either side: no interval (a point would claim certainty)
+        return diff, math.nan, math.nan
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     return diff, diff - half, diff + half
 
@@ -273,6 +279,8 @@ def rank_test_can_support(n_a: int, n_b: int, other_p, alpha: float) -> bool:
 def min_detectable_difference(a, b, alpha: float, power: float = POWER) -> float:
     """(t_{1-alpha,nu} + t_{power,nu}) * s_pooled * sqrt(1/n_a + 1/n_b), nu = n_a + n_b - 2."""
     nu = len(a) + len(b) - 2
+    if pooled_sd(a, b) == 0:  # no spread on either side: the t-based power says nothing
+        return math.nan
     return float((stats.t.ppf(1 - alpha, nu) + stats.t.ppf(power, nu)) * pooled_sd(a, b)
                  * math.sqrt(1 / len(a) + 1 / len(b)))
 
@@ -326,7 +334,11 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                 claimed, opposite = ("less", "greater") if claim["better"] == "lower" else ("greater", "less")
                 row["diff"], row["ci_low"], row["ci_high"] = welch_ci(a, b)
                 row["hedges_g"] = hedges_g(a, b)
-                test = rank_test_p if censored else one_sided_p
+                # no spread on either side: Welch's t is infinite (p = 0 from 2 seeds a side); the
+                # exact rank test is what these seeds can show
+                ranked = censored or (_var(np.asarray(a, float)) == 0 and _var(np.asarray(b, float)) == 0)
+                row["ranked"] = ranked
+                test = rank_test_p if ranked else one_sided_p
                 row["p"], row["p_opposite"] = test(a, b, claimed), test(a, b, opposite)
                 family.append((row, a, b))
             rows.append(row)
@@ -341,7 +353,7 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                 row["verdict"] = "Contradicted"
             else:
                 row["verdict"] = "Inconclusive"
-                if row["metric"] == "steps_to_target":
+                if row.pop("ranked", False):
                     # rank-tested: the t-based MDD does not describe the rank test's power, so none is
                     # given, unless no ranking of these seeds could make it Supported under Holm's
                     # step-down, the family's other p-values as they are: then no difference, however
@@ -350,4 +362,6 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                     row["mdd"] = math.nan if rank_test_can_support(len(a), len(b), others, alpha) else math.inf
                 else:
                     row["mdd"] = min_detectable_difference(a, b, alpha / m)
+    for row in rows:
+        row.pop("ranked", None)
     return pd.DataFrame(rows)

@@ -57,12 +57,15 @@ def test_welch_ci_hedges_g_and_p_by_hand():
 
 
 def test_zero_variance():
-    assert welch_ci([2.0, 2.0], [5.0, 5.0, 5.0]) == (-3.0, -3.0, -3.0)
+    # no spread on either side: no interval and no t-based MDD (a point CI and an MDD of 0 claimed
+    # certainty from 2 seeds); evaluate_claims rank-tests such a claim instead of Welch's t
+    diff, lo, hi = welch_ci([2.0, 2.0], [5.0, 5.0, 5.0])
+    assert diff == -3.0 and math.isnan(lo) and math.isnan(hi)
     assert math.isnan(hedges_g([2.0, 2.0], [5.0, 5.0]))
-    assert one_sided_p([2.0, 2.0], [5.0, 5.0], "less") == 0.0
+    assert one_sided_p([2.0, 2.0], [5.0, 5.0], "less") == 0.0  # Welch's limit, which the claims no longer use
     assert one_sided_p([2.0, 2.0], [5.0, 5.0], "greater") == 1.0
     assert one_sided_p([2.0, 2.0], [2.0, 2.0], "less") == 0.5
-    assert min_detectable_difference([2.0, 2.0], [2.0, 2.0], 0.05) == 0.0
+    assert math.isnan(min_detectable_difference([2.0, 2.0], [2.0, 2.0], 0.05))
     # one side constant, the other not: an ordinary Welch test
     assert 0 < one_sided_p([2.0, 2.0], [4.0, 6.0], "less") < 0.5
 
@@ -120,7 +123,7 @@ def test_verdicts_on_hand_made_records(verdict_records):
     p = {"sup": stats.ttest_ind(adarem, sgd, equal_var=False, alternative="less").pvalue,
          "con": stats.ttest_ind(adarem, adam, equal_var=False, alternative="less").pvalue,
          "inc": stats.ttest_ind(adarem, adamw, equal_var=False, alternative="less").pvalue,
-         "flat": 0.0,  # flips 0.2 vs 0.5, no variance on either side
+         "flat": 1 / 20,  # flips 0.2 vs 0.5, no spread on either side: the exact rank test, 1 / C(6, 3)
          "eff": stats.ttest_ind([0.7] * 3, [0.3, 0.35, 0.4], equal_var=False, alternative="greater").pvalue}
     for k, pk in p.items():
         assert v.loc[k, "p"] == pytest.approx(pk)
@@ -132,9 +135,11 @@ def test_verdicts_on_hand_made_records(verdict_records):
     opp = holm([1 - p[k] for k in family])
     assert v.loc["con", "p_opposite_holm"] == pytest.approx(opp[family.index("con")]) and opp[1] < 0.05
 
-    assert v.loc["flat", "verdict"] == "Supported" and v.loc["flat", "diff"] == pytest.approx(-0.3)
-    assert v.loc["flat", "ci_low"] == v.loc["flat", "ci_high"] == v.loc["flat", "diff"]
+    # 3 seeds a side with no spread cannot give p < 0.05 (Welch's infinite t said p = 0, Supported)
+    assert v.loc["flat", "verdict"] == "Inconclusive" and v.loc["flat", "diff"] == pytest.approx(-0.3)
+    assert math.isnan(v.loc["flat", "ci_low"]) and math.isnan(v.loc["flat", "ci_high"])
     assert math.isnan(v.loc["flat", "hedges_g"])
+    assert v.loc["flat", "mdd"] == math.inf  # 1/20 * Holm's factor never clears 0.05: none detectable
     assert v.loc["eff", "verdict"] == "Supported" and v.loc["eff", "diff"] == pytest.approx(0.7 - 0.35)
     assert v.loc["sup", "diff"] == pytest.approx(-3.0) and v.loc["sup", "hedges_g"] < 0
     # only an Inconclusive row states the detectable difference, at level alpha / m (m = 5)

@@ -159,3 +159,19 @@ def test_a_setting_without_a_speed_target_says_so_and_counts_its_runs(tmp_path):
         speed = speed_table(rs).set_index("optimizer")
         cell = speed.loc["adarem", "steps to SGD+1"]
         assert cell == ("no target: none of SGD-momentum's 5 run(s) finished" if diverged else "no SGD baseline"), cell
+
+
+def test_sides_without_spread_get_no_point_interval(tmp_path):
+    """Steps to a target every seed reaches at the first evaluation (the committed study at SGD + 60
+    points): each side is one value repeated, and the 95 % CI collapsed onto the difference, [0, 0],
+    certainty that 5 seeds cannot give. No interval, and the rank test's p."""
+    from adarem.results import CLAIMS_FILE
+    from adarem.results.claims import evaluate_claims, load_claims
+
+    rs = load_runs(STUDY_FINALS)
+    v = evaluate_claims(rs, load_claims(CLAIMS_FILE), target_offset=60.0).set_index("claim")
+    for claim in ("faster_than_adam", "faster_than_adamw"):
+        row = v.loc[claim]
+        assert row.reached_subject == row.n_subject == 5 and row["diff"] == 0, row
+        assert math.isnan(row.ci_low) and math.isnan(row.ci_high), row
+        assert row.p == 1.0 and row.verdict == "Inconclusive", row
