@@ -324,6 +324,13 @@ class AdaRem(Optimizer):
                 state["max_abs_exp_avg"] = torch.zeros((), dtype=p.dtype, device=p.device)
                 if group["momentum"] > 0:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # A weight whose dtype changed under its state: refused before any tensor is updated (the
+            # fast paths failed midway, after the weight; the loop path stepped fp64 with fp32 state).
+            if state["exp_avg"].dtype is not p.dtype:
+                raise RuntimeError(
+                    f"AdaRem: a {p.dtype} parameter of shape {tuple(p.shape)} has {state['exp_avg'].dtype} state: "
+                    f"it changed dtype after its state was made (model.to(dtype) after a step?); cast the state "
+                    f"to the parameters with opt.load_state_dict(opt.state_dict())")
             if "max_abs_exp_avg" not in state:  # derived state, e.g. from a hand-made state dict
                 state["max_abs_exp_avg"] = state["exp_avg"].abs().max().to(p.dtype)
             if group["momentum"] > 0 and state.get("momentum_buffer") is None:

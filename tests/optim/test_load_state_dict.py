@@ -130,3 +130,34 @@ def test_the_cached_max_is_taken_from_the_loaded_tracker(path):
     r = 1 + torch.sign(p.grad) * d / d.abs().max()  # decay 1, eps 0
     torch.testing.assert_close(p.detach(), before - 0.5 * r * p.grad)
     assert float(r.max()) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_parameter_whose_dtype_changed_under_its_state_is_refused_then_recast(path, dtype):
+    """model.to(dtype) after a step: the foreach and fused paths failed midway ('expected dtype float
+    for `end`'), after updating the weight; the loop path went on with fp32 state (an fp64 weight
+    then followed the rule only to fp32 rounding). The step now refuses before anything changes,
+    naming the remedy, and the remedy works."""
+    if PATHS[path].get("fused") and shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: the fused CPU kernel cannot be built here")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = AdaRem(model.parameters(), momentum=0.5, **PATHS[path])
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    model.to(dtype)
+    opt.zero_grad()
+    model(torch.randn(2, 4, dtype=dtype)).sum().backward()
+    weights = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match=rf"a {dtype} parameter of shape \(3, 4\) has torch.float32 state.*"
+                                           r"opt.load_state_dict\(opt.state_dict\(\)\)"):
+        opt.step()
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
+    assert all(int(st["step"]) == 1 for st in opt.state.values())
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    for p in model.parameters():
+        st = opt.state[p]
+        assert int(st["step"]) == 2
+        assert {st[k].dtype for k in ("exp_avg", "momentum_buffer", "max_abs_exp_avg")} == {dtype}
