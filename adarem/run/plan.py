@@ -152,7 +152,12 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         raise ConfigError(f"resume={resume}: {run_dir} already holds {' and '.join(held)} of a run, which a checkpoint "
                           f"of another directory would overwrite and mix with; resume into an empty hydra.run.dir "
                           f"(or resume=auto to continue the run there)")
-    ckpt = _checkpoint_of(config, ckpt_io.load(path), f"resume={resume}: the checkpoint's run",
+    try:
+        loaded = ckpt_io.load(path)
+    except ckpt_io.CheckpointError as exc:  # a file that is not a checkpoint: say what resume= takes
+        raise ckpt_io.CheckpointError(f"resume={resume}: {exc}; pass a checkpoint.pt (or checkpoint_prev.pt) that "
+                                      f"train.py wrote, or resume=auto / resume=never") from None
+    ckpt = _checkpoint_of(config, loaded, f"resume={resume}: the checkpoint's run",
                           "resume with the checkpoint's values, or start a new run (resume=never)",
                           unrecorded=f"resume={resume}: the checkpoint records no configuration (written by an "
                                      f"older version), so it cannot be checked against this one; start fresh")
@@ -174,9 +179,9 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the run directory {self.path.parent} ({exc.strerror}); "
-                              f"choose a writable hydra.run.dir") from None
+        except OSError as exc:  # the directory, or its lock file (e.g. a folder named .lock)
+            raise ConfigError(f"cannot create the run directory {self.path.parent} or its lock file {self.path} "
+                              f"({exc.strerror}); choose a writable hydra.run.dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

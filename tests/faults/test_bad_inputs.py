@@ -172,6 +172,22 @@ def test_resume_from_a_dict_that_is_not_a_training_checkpoint(tmp_path, env):
     _check(run_train([f"resume={bad}"], env, tmp_path / "run"), "is not a checkpoint of this suite", tmp_path / "run")
 
 
+def test_resume_from_a_file_that_is_not_a_checkpoint_says_what_resume_takes(tmp_path, env):
+    """The error named the file as unreadable, with torch's unpickling message, and no way on."""
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint\n")
+    res = run_train([f"resume={bad}"], env, tmp_path / "run")
+    _check(res, f"resume={bad}: checkpoint {bad} is unreadable", tmp_path / "run")
+    assert "a checkpoint.pt (or checkpoint_prev.pt) that train.py wrote, or resume=auto / resume=never" in res.stderr
+    assert res.returncode == 2 and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_lock_file_that_cannot_be_made_is_named(tmp_path, env):
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    _check(run_train([], env, tmp_path / "run"), f"its lock file {tmp_path / 'run' / '.lock'} (Is a directory)",
+           tmp_path / "run")
+
+
 @pytest.mark.parametrize("content", ["", '{"status": "runn', "[1, 2]"], ids=["empty", "truncated", "list"])
 def test_broken_run_json_in_the_run_directory(tmp_path, env, content):
     run_dir = tmp_path / "run"
