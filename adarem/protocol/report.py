@@ -39,6 +39,29 @@ def provenance(command: str, own: dict, threads: int, data_identity, n_select: i
     )
 
 
+ENDED = ("finished", "diverged")  # a trial's result: anything else did not run to an end
+
+
+def untested_sides(srch, lr: float, wd: float) -> list[str]:
+    """Why the chosen point's neighbours on the lr grid do not bound it: a neighbour with a trial
+    that did not run to an end (failed: a crash, an error; stopped, interrupted) scores worst like
+    a diverged one, but says nothing about that lr, so the chosen lr may sit on an edge in effect."""
+    lrs = sorted(srch.lrs)
+    i = lrs.index(lr)
+    out = []
+    for j, side in ((i - 1, "below"), (i + 1, "above")):
+        if not 0 <= j < len(lrs):
+            continue
+        res = [r for (x, w, _), r in sorted(srch.results.items()) if x == lrs[j] and w == wd]
+        bad = [r for r in res if r.get("status") not in ENDED]
+        if bad:
+            first = bad[0]
+            why = f"{first.get('status', 'unknown')}" + (f": {first['error']}" if first.get("error") else "")
+            out.append(f"the lr {side} it, {lrs[j]:.3g}, did not run to an end on {len(bad)} of {len(res)} "
+                       f"seed(s) ({why}); scored as worst, it leaves that side untested")
+    return out
+
+
 def selection_table(searches: dict, chosen: dict, select_seeds: list[int], factors: list[float]) -> str:
     lines = ["## Hyperparameter selection (holdout of the training split; selection.csv has every trial)\n",
              f"Grid before extension: the default lr times {', '.join(f'{f:.3g}' for f in factors)}"
@@ -55,6 +78,8 @@ def selection_table(searches: dict, chosen: dict, select_seeds: list[int], facto
         wd_side = srch.wd_edge(wd)
         if wd_side:  # the weight decay grid is never extended: only flagged
             flag = f"{flag}; **wd: yes ({wd_side}, not extended)**"
+        for side in untested_sides(srch, lr, wd):  # a neighbour that crashed bounds nothing
+            flag = f"{flag}; **{side.replace('|', '/')}**"
         lines.append(f"| {opt} | {srch.lr0:g} | {', '.join(f'{x:.3g}' for x in srch.lrs)} | "
                      f"{', '.join(f'{w:g}' for w in srch.wds)} | {len(srch.trials())} (x{len(select_seeds)})"
                      f"{f', +{srch.extensions} extension(s)' if srch.extensions else ''} | {lr:.3g} | {wd:g} | "
@@ -64,7 +89,8 @@ def selection_table(searches: dict, chosen: dict, select_seeds: list[int], facto
 
 def edge_summary(searches: dict, chosen: dict) -> list[str]:
     """One line per chosen configuration on the edge of its grid (lr after extension, or weight
-    decay, which is never extended), for the console summary."""
+    decay, which is never extended) or next to an lr whose trials did not run to an end
+    (``untested_sides``), for the console summary."""
     out = []
     for opt, srch in searches.items():
         lr, wd = chosen[opt][:2]
@@ -72,6 +98,7 @@ def edge_summary(searches: dict, chosen: dict) -> list[str]:
         if side in ("low", "high"):
             out.append(f"{opt}: the chosen lr {lr:.3g} is the {'lowest' if side == 'low' else 'highest'} tried"
                        + (f" ({srch.blocked})" if side == "low" and srch.blocked else ""))
+        out += [f"{opt}: {side}" for side in untested_sides(srch, lr, wd)]
         wd_side = srch.wd_edge(wd)
         if wd_side:
             out.append(f"{opt}: the chosen weight decay {wd:g} is the {'lowest' if wd_side == 'low' else 'highest'} "
