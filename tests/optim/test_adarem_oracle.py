@@ -384,3 +384,32 @@ def test_low_precision_decoupled_weight_decay_rounds_theta_once(dtype, path, mom
         return float((p.detach().double() - exact).abs().mean())
 
     assert error(FLAGS[path]) <= 1.1 * error(FLAGS["loop"])
+
+
+@pytest.mark.parametrize("path", PATHS + ["fused_compiled"])
+def test_one_group_of_mixed_dtypes_follows_oracle_per_dtype(path, monkeypatch):
+    """fp32, fp64 and bf16 tensors in one group: each is stepped in its own precision (the paths
+    split a group by dtype; a per-group scalar taken from the first tensor's dtype would cost the
+    fp64 tensor its fp64 rounding)."""
+    if path == "fused_compiled":
+        if DEVICE.type != "cpu" or shutil.which(os.environ.get("CXX", "c++")) is None:
+            pytest.skip("the compiled fused path on the CPU needs Inductor's C++ backend (CUDA runs it as 'fused')")
+        monkeypatch.setattr(adarem_module, "FUSED_CPU_KERNEL", False)
+    flags = FLAGS["fused" if path == "fused_compiled" else path]
+    gen = torch.Generator().manual_seed(4)
+    dtypes = [torch.float32, torch.float64, torch.bfloat16, torch.float64]
+    init = [torch.randn(6, 5, generator=gen).to(DEVICE, dt) for dt in dtypes]
+    params = [t.clone().requires_grad_() for t in init]
+    refs = [t.double() for t in init]
+    options = dict(lr=0.05, momentum=0.5, weight_decay=0.01, decay=0.99)
+    opt, oracle = AdaRem(params, **options, **flags), OracleAdaRem()
+    for i in range(40):
+        for k, (p, r) in enumerate(zip(params, refs)):
+            p.grad = (torch.sin(p.detach().double() * 2 + i + k)).to(p.dtype)
+            oracle.step_tensor(k, r, torch.sin(r * 2 + i + k) if dtypes[k] == torch.float64
+                               else p.grad.double(), {**DEFAULTS, **options})
+        opt.step()
+    for k, (p, r) in enumerate(zip(params, refs)):
+        err = float((p.detach().double() - r).abs().max())
+        bound = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 0.1}[dtypes[k]]
+        assert err < bound, (dtypes[k], err)
