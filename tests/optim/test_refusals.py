@@ -210,3 +210,17 @@ def test_an_integer_parameter_with_a_gradient_changes_nothing(path):
     n.grad = None
     opt.step()
     assert int(opt.state[a]["step"]) == 1
+
+
+def test_an_fsdp_flat_parameter_is_refused_in_one_line():
+    """FSDP (use_orig_params=False) hands the optimizer flat parameters: a rank's shard of several
+    tensors concatenated, so s would be the max over that shard, neither per tensor nor global."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    from torch.distributed.fsdp._flat_param import FlatParameter
+
+    flat = FlatParameter(torch.zeros(6), requires_grad=True)
+    with pytest.raises(ValueError, match=r"does not support FSDP flat parameters \(shape \(6,\)\).*DDP"):
+        AdaRem([flat])
