@@ -270,13 +270,33 @@ class LocalDispatcher:
                                         initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self
 
-    def __exit__(self, *exc):
-        self.pool.__exit__(*exc)
+    def __exit__(self, exc_type, *exc):
+        # leaving on an error (a refused or locked trial stops the comparison, as does Ctrl-C): the
+        # stage's queued trials are cancelled, not trained first (every trial of a stage is submitted
+        # at once; a plain shutdown waited for all of them, hours for a refusal found at once). Trials
+        # already running end as they would; a relaunch resumes or redoes the rest
+        self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     def run(self, stage: str, trials: Iterable[tuple[object, list[str]]]) -> Iterator[tuple[object, dict]]:
-        jobs = [(key, self.pool.submit(run_one, overrides, self.threads)) for key, overrides in trials]
-        for key, fut in jobs:
-            yield key, fut.result()
+        """Outcomes in the order given. At most 2 x workers trials are submitted at a time (the next
+        one once an outcome has been taken): a refusal that stops the comparison leaves only those
+        to end, never the whole stage trained first."""
+        import collections
+
+        todo = iter(trials)
+        window: collections.deque = collections.deque()
+
+        def submit_one() -> None:
+            for key, overrides in todo:
+                window.append((key, self.pool.submit(run_one, overrides, self.threads)))
+                return
+
+        for _ in range(2 * self.workers):
+            submit_one()
+        while window:
+            key, fut = window.popleft()
+            yield key, fut.result()  # the caller may stop here (a refusal): nothing more is submitted
+            submit_one()
 
 
 class Trial:

@@ -42,3 +42,36 @@ def test_a_chosen_lr_next_to_a_crashed_trial_is_flagged():
     chosen = {"sgd": s.best([1000, 1001])}
     assert "did not run" not in selection_table({"sgd": s}, chosen, [1000, 1001], [0.1, 1, 10])
     assert edge_summary({"sgd": s}, chosen) == []
+
+
+def test_a_refused_trial_stops_the_comparison_without_training_the_rest_of_its_stage(tmp_path, env):
+    """The first selection trial's directory holds another configuration's run: compare.py refused it
+    at once, then trained every other trial of the stage before exiting (the pool's shutdown waited
+    for all submitted trials): 'stops the comparison' after hours on a real grid."""
+    import json
+    import subprocess
+    import sys
+
+    from adarem.protocol import cli
+    from adarem.protocol.dispatch import compose
+    from tests.conftest import REPO
+
+    runs = tmp_path / "runs"
+    argv = ["optimizers=sgd", "seeds=1", "select_seeds=1", "lr_span=1", "trainer.epochs=1", "workers=1",
+            f"runs={runs}", f"out={tmp_path / 'out'}"]
+    own, passthrough = cli.parse(argv)
+    base = cli.trial_base(passthrough)
+    sgd = compose([*base, "optimizer=sgd"])
+    lrs = [float(sgd.optimizer.lr) * f for f in cli.lr_factors(own)]
+    first = cli.trial_overrides(base, [], runs, "sgd", lrs[0], float(sgd.optimizer.weight_decay), 1000, "select")
+    run_dir = tmp_path / "runs" / "select" / "sgd" / compose(first).run_dir.split("/")[-1]
+    run_dir.mkdir(parents=True)
+    other = compose([*base, "optimizer=adam"])  # a finished record of another configuration
+    (run_dir / "run.json").write_text(json.dumps({"status": "finished", "config": {
+        "optimizer": {"name": "adam", "lr": float(other.optimizer.lr)}, "seed": 0}}))
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), *argv], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "trial refused" in res.stderr, res.stderr[-2000:]
+    trained = [d for d in (runs / "select" / "sgd").iterdir() if d != run_dir]
+    # at most the trials in flight when the refusal was read (2 x workers submitted at a time): not all 4
+    assert len(trained) <= 2, sorted(d.name for d in trained)
