@@ -3,8 +3,10 @@
     python scripts/export_runs.py runs/compare/fashion_mnist results/fashion_mnist/runs
     python -m adarem.results.export SRC DEST          # the same, from an installed package
 
-Copies every run directory under SRC that holds a run.json, keeping the layout below SRC (so that
-``compare.py runs=DEST`` finds its trials there again): run.json as written, and metrics.jsonl
+Copies every run directory under SRC that the tables read (records.find_run_dirs: a run.json or a
+metrics.jsonl, through symlinked folders, not a run's wandb copies nor a staging folder), keeping
+the layout below SRC (so that ``compare.py runs=DEST`` finds its trials there again): run.json as
+written, and metrics.jsonl
 without the per-layer breakdown of the oscillation lines (``per_layer``, ``per_layer_efficiency``:
 about 90 % of the bytes, read by no table), and compare.py's comparison manifests
 (``comparisons/*.json``: which final runs are which comparison's). Checkpoints and lock files are
@@ -48,8 +50,13 @@ def export_runs(src: Path, dest: Path) -> int:
         raise FileNotFoundError(f"{src} is not a directory of runs")
     if dest.exists():
         raise FileExistsError(f"{dest} exists; export into a new directory (nothing is merged or overwritten)")
-    run_dirs = sorted(p.parent for p in src.rglob("run.json"))
-    if not run_dirs:
+    # the run directories the tables read (records.find_run_dirs): through symlinked folders too (a
+    # runs folder's final/ moved to a bigger disk; rglob does not follow them, and the copy silently
+    # lacked every run below one), not a run's wandb copies nor a staging folder's
+    from adarem.results.records import find_run_dirs
+
+    run_dirs = find_run_dirs(src)
+    if not any((d / "run.json").is_file() for d in run_dirs):
         raise FileNotFoundError(f"no run.json under {src}")
     outside = {manifest_root(d) for d in run_dirs} - {None}
     outside = sorted(str(r) for r in outside if not r.resolve().is_relative_to(src.resolve()))
@@ -60,7 +67,8 @@ def export_runs(src: Path, dest: Path) -> int:
         for run_dir in run_dirs:
             out = staging / run_dir.relative_to(src)
             out.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run_dir / "run.json", out / "run.json")
+            if (run_dir / "run.json").is_file():  # a record without one is copied too: listed alike
+                shutil.copy2(run_dir / "run.json", out / "run.json")
             metrics = run_dir / "metrics.jsonl"
             if metrics.is_file():
                 with open(metrics, "rb") as fin, open(out / "metrics.jsonl", "wb") as fout:

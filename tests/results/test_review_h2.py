@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from adarem.results import load_runs
 from adarem.results.tables import sgd_targets, steps_to_target
@@ -175,3 +176,23 @@ def test_sides_without_spread_get_no_point_interval(tmp_path):
         assert row.reached_subject == row.n_subject == 5 and row["diff"] == 0, row
         assert math.isnan(row.ci_low) and math.isnan(row.ci_high), row
         assert row.p == 1.0 and row.verdict == "Inconclusive", row
+
+
+def test_export_copies_runs_below_a_symlinked_folder(tmp_path):
+    """A runs folder whose final/ is a symlink (moved to a bigger disk, as comparisons.py allows):
+    export_runs copied the selection trials and none of the finals (rglob does not follow symlinked
+    folders), exit 0, so the copy's tables had no test results at all."""
+    import shutil
+
+    from adarem.results.export import export_runs
+
+    src = tmp_path / "src"
+    (src / "select").mkdir(parents=True)
+    trial = next((REPO / "results" / "fashion_mnist" / "runs" / "select" / "sgd").iterdir())
+    shutil.copytree(trial, src / "select" / "sgd" / trial.name)
+    (src / "final").symlink_to(STUDY_FINALS)
+    n = export_runs(src, tmp_path / "dest")
+    before, after = load_runs(src).runs, load_runs(tmp_path / "dest").runs
+    rel = lambda runs, root: sorted(str(Path(d).relative_to(root)) for d in runs.run_dir)  # noqa: E731
+    assert n == len(before) and rel(after, tmp_path / "dest") == rel(before, src)
+    assert (after.eval_on == "val").sum() == len(list(STUDY_FINALS.glob("*/*/run.json")))
