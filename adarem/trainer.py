@@ -242,7 +242,8 @@ class Trainer:
         if r.dist.is_main:
             what = "training loss" if div.where == "training" else "validation loss after"
             kept = ("its last good checkpoint is kept" if div.where == "training" else
-                    "checkpoint.pt holds those weights (written before the evaluation), checkpoint_prev.pt the ones before")
+                    "checkpoint.pt holds those weights (written before the evaluation), checkpoint_prev.pt "
+                    "the ones before")
             print(f"DIVERGED: {what} {div.loss} at step {div.step} (epoch {self.state.epoch}); the run is "
                   f"marked diverged in {r.run_dir / 'run.json'}; {kept}", file=sys.stderr)
         r.tracker.finish()

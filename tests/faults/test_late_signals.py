@@ -62,8 +62,8 @@ def test_a_signal_that_reached_one_rank_is_named_in_the_record(tmp_path, env):
     stops after the same step, and run.json, which rank 0 writes, names the signal (it said "peer",
     rank 0's view, though the signal was known to the ranks' collective decision)."""
     run_dir = tmp_path / "ddp"
-    res = run_train([], dict(env, ADAREM_FAULT="step@3:USR1", ADAREM_FAULT_RANK="1"), run_dir,
-                    launcher=torchrun(2), timeout=240)
+    res = run_train(["trainer.stop_check_every=10"], dict(env, ADAREM_FAULT="step@3:USR1", ADAREM_FAULT_RANK="1"),
+                    run_dir, launcher=torchrun(2), timeout=240)
     assert res.returncode != 0  # torchrun's own failure code for the workers' 75
     record = read_run(run_dir)
     assert (record["status"], record["stop_reason"], record["signal"]) == ("preempted", "preempt", "SIGUSR1")

@@ -72,7 +72,8 @@ def test_stop_right_after_the_last_evaluation_keeps_the_final_result(tmp_path, e
     # as the previous version left it (preempted, its last checkpoint after the last evaluation):
     # the relaunch reports the final result that checkpoint holds
     record = read_run(run_dir)
-    record.update(status="preempted", stop_reason="preempt", signal="SIGTERM", stopped_at_step=record["steps_per_epoch"] * 2)
+    record.update(status="preempted", stop_reason="preempt", signal="SIGTERM",
+                  stopped_at_step=record["steps_per_epoch"] * 2)
     record.pop("final")
     (run_dir / "run.json").write_text(json.dumps(record))
     resumed = run_train(common, env, run_dir)
