@@ -105,10 +105,28 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
         if in_chans != 3:
             raise ConfigError(f"torchvision model {tv_name!r} takes 3-channel input; "
                               f"use a timm model for in_chans={in_chans}")
-        weights = "DEFAULT" if pretrained else None
-        model = torchvision.models.get_model(tv_name, weights=weights)
-        if pretrained or num_classes != 1000:
-            _replace_classifier(model, num_classes)
+        # model.kwargs and model.drop_rate reach the builder (torchvision calls its drop rate
+        # ``dropout``): nothing the record says the model was built with is left out. Without
+        # pretrained weights the builder makes the num_classes head itself (every head: an
+        # auxiliary one too, a convolutional one such as SqueezeNet's).
+        kw = dict(kwargs or {})
+        if drop_rate:
+            kw["dropout"] = drop_rate
+        try:
+            if pretrained:
+                model = torchvision.models.get_model(tv_name, weights="DEFAULT", **kw)
+                if num_classes != 1000:
+                    _replace_classifier(model, num_classes)
+            else:
+                model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kw)
+        except TypeError as exc:
+            if drop_rate and "dropout" in str(exc) and "dropout" not in (kwargs or {}):
+                raise ConfigError(f"torchvision model {tv_name!r} has no dropout argument, so model.drop_rate="
+                                  f"{drop_rate} cannot be applied; set model.drop_rate=0 (or use a timm model)") from None
+            raise ConfigError(f"torchvision model {tv_name!r} rejects model.kwargs={kwargs or {}}: {exc}") from None
+        except (ValueError, RuntimeError, AssertionError) as exc:
+            raise ConfigError(f"torchvision model {tv_name!r} cannot be built with model.kwargs={kwargs or {}} "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
         return model
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)

@@ -1,0 +1,32 @@
+"""Models as the record says they were built: torchvision models get model.drop_rate and model.kwargs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adarem.config import ConfigError
+from adarem.models import build_model, check_input_fits
+
+
+def test_a_torchvision_model_gets_the_drop_rate_and_kwargs_it_is_recorded_with():
+    default = build_model("torchvision.mobilenet_v2", 10, 3)
+    model = build_model("torchvision.mobilenet_v2", 10, 3, drop_rate=0.3, kwargs={"width_mult": 0.5})
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3]
+    assert model.features[0][0].out_channels < default.features[0][0].out_channels
+    assert model.classifier[-1].out_features == 10
+
+
+def test_a_torchvision_model_without_dropout_refuses_a_drop_rate_in_one_line():
+    with pytest.raises(ConfigError, match=r"shufflenet_v2_x1_0.*model.drop_rate=0.3.*set model.drop_rate=0"):
+        build_model("torchvision.shufflenet_v2_x1_0", 10, 3, drop_rate=0.3)
+    with pytest.raises(ConfigError, match=r"rejects model.kwargs=\{'no_such': 1\}"):
+        build_model("torchvision.shufflenet_v2_x1_0", 10, 3, kwargs={"no_such": 1})
+
+
+def test_a_torchvision_model_whose_head_is_not_linear_gets_num_classes():
+    model = build_model("torchvision.squeezenet1_1", 7, 3)  # a 1x1 convolution head
+    check_input_fits(model, "torchvision.squeezenet1_1", 3, 64, 7)
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
