@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -58,8 +59,19 @@ def export_runs(src: Path, dest: Path) -> int:
     run_dirs = find_run_dirs(src)
     if not any((d / "run.json").is_file() for d in run_dirs):
         raise FileNotFoundError(f"no run.json under {src}")
-    outside = {manifest_root(d) for d in run_dirs} - {None}
-    outside = sorted(str(r) for r in outside if not r.resolve().is_relative_to(src.resolve()))
+    # each runs folder with manifests, by its path below SRC (spelled, or resolved where only that
+    # finds it); one outside SRC is refused below
+    here, real = Path(os.path.abspath(src)), src.resolve()
+    roots, outside = {}, []
+    for root in {manifest_root(d) for d in run_dirs} - {None}:
+        spelled = Path(os.path.abspath(root))
+        if spelled.is_relative_to(here):
+            roots[spelled.relative_to(here)] = root
+        elif root.resolve().is_relative_to(real):
+            roots[root.resolve().relative_to(real)] = root
+        else:
+            outside.append(str(root))
+    outside.sort()
     if outside:  # without them the copy's tables would pool comparisons that the original's keep apart
         raise ValueError(f"the comparison manifests of these runs are in {outside[0]}/{MANIFEST_DIR}, outside {src}; "
                          f"export the comparison's whole runs folder, {outside[0]}")
@@ -73,8 +85,13 @@ def export_runs(src: Path, dest: Path) -> int:
             if metrics.is_file():
                 with open(metrics, "rb") as fin, open(out / "metrics.jsonl", "wb") as fout:
                     fout.writelines(_compact_line(line) for line in fin)
-        for manifest in src.rglob(f"{MANIFEST_DIR}/*.json"):  # which finals are which comparison's
-            out = staging / manifest.relative_to(src)
+        # which finals are which comparison's: every manifest folder below SRC, and those of the runs
+        # folders the run directories were found in through a symlink (rglob does not follow one)
+        manifests = {m.relative_to(src): m for m in src.rglob(f"{MANIFEST_DIR}/*.json")}
+        for rel, root in roots.items():
+            manifests.update({rel / MANIFEST_DIR / m.name: m for m in (Path(root) / MANIFEST_DIR).glob("*.json")})
+        for rel, manifest in sorted(manifests.items()):
+            out = staging / rel
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(manifest, out)
     return len(run_dirs)

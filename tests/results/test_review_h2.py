@@ -196,3 +196,25 @@ def test_export_copies_runs_below_a_symlinked_folder(tmp_path):
     rel = lambda runs, root: sorted(str(Path(d).relative_to(root)) for d in runs.run_dir)  # noqa: E731
     assert n == len(before) and rel(after, tmp_path / "dest") == rel(before, src)
     assert (after.eval_on == "val").sum() == len(list(STUDY_FINALS.glob("*/*/run.json")))
+
+
+def test_export_of_a_folder_holding_a_symlinked_runs_folder_keeps_its_manifests(tmp_path):
+    """SRC/a is a symlink to a comparison's runs folder: the export refused it, saying its manifests
+    were in SRC/a/comparisons, 'outside' SRC; copied without them, its tables would pool runs that
+    the manifests keep apart. The copy's runs, manifests included, tabulate as the original's."""
+    from adarem.results.comparisons import write_manifest
+    from adarem.results.export import export_runs
+
+    runs = tmp_path / "disk" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "final").symlink_to(STUDY_FINALS)
+    adam = sorted((runs / "final" / "adam").iterdir())
+    write_manifest(runs, "compare optimizers=adam seeds=3", {}, [], {"adam": {}}, [str(d) for d in adam[:3]])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").symlink_to(runs)
+    export_runs(tmp_path / "src", tmp_path / "dest")
+    assert len(list((tmp_path / "dest" / "a" / "comparisons").glob("*.json"))) == 1
+    before, after = load_runs(tmp_path / "src"), load_runs(tmp_path / "dest")
+    for rs in (before, after):
+        assert (rs.runs.optimizer == "adam").sum() == 3  # the manifest's seeds only
+    assert len(after.runs) == len(before.runs)
