@@ -39,7 +39,8 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
     if bool(args.wandb) == bool(args.runs_dir):
         ap.error("give RUNS_DIR or --wandb ENTITY/PROJECT (one of them)")
     if args.runs_dir and not Path(args.runs_dir).is_dir():
-        print(f"error: runs directory {args.runs_dir} does not exist; pass the directory train.py or compare.py wrote",
+        what = "is a file, not a directory" if Path(args.runs_dir).exists() else "does not exist"
+        print(f"error: runs directory {args.runs_dir} {what}; pass the directory train.py or compare.py wrote",
               file=sys.stderr)
         return 2
     try:

@@ -218,3 +218,11 @@ def test_export_of_a_folder_holding_a_symlinked_runs_folder_keeps_its_manifests(
     for rs in (before, after):
         assert (rs.runs.optimizer == "adam").sum() == 3  # the manifest's seeds only
     assert len(after.runs) == len(before.runs)
+
+
+def test_a_runs_dir_that_is_a_file_is_not_said_to_be_missing(tmp_path):
+    record = next(STUDY_FINALS.glob("*/*/run.json"))
+    res = _make_tables(record, "--out", tmp_path / "out")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"runs directory {record} is a file, not a directory" in res.stderr
+    assert not (tmp_path / "out").exists()
