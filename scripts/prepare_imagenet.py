@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from adarem.data.datasets import DataError
 from adarem.data.imagenet_layout import EXPECTED, build_val_layout, check_tree
 
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     expected = {"classes": args.expect_classes, "train": args.expect_train, "val": args.expect_val}
     try:
         problems, counts = check_tree(args.root, expected)
-    except OSError as exc:  # e.g. a folder it may not read
+    except (OSError, DataError) as exc:  # a folder it may not read, a folder reached twice through links
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for split, c in counts.items():

@@ -113,9 +113,10 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
         classes = CLASSES
     else:
         root = imagefolder_root(cfg)
-        train_samples, classes = list_image_folder(root / "train")
+        folders: dict = {}  # the two splits share no folder (list_image_folder)
+        train_samples, classes = list_image_folder(root / "train", folders)
         check_classes(classes, root / "train")
-        val_samples, val_classes = list_image_folder(root / "val")
+        val_samples, val_classes = list_image_folder(root / "val", folders)
         check_classes(val_classes, root / "val")
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))[:5]

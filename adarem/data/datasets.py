@@ -32,8 +32,16 @@ def corrupt_image_error(path, reason, evaluation: bool) -> DataError:
                      f"such files")
 
 
-def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """Samples and classes of an ImageFolder split, with torchvision's own class mapping."""
+class RepeatedFolderError(DataError):
+    """A folder of a split reached twice through symbolic links (a cycle, or another class's folder)."""
+
+
+def list_image_folder(split_dir: Path, seen: dict | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+    """Samples and classes of an ImageFolder split, with torchvision's own class mapping. Links are
+    followed, but a folder reached twice (a link back up, which torchvision's walk follows until
+    the path is too long, or to another class's folder) is refused: its images would be samples
+    twice, under two labels. ``seen``, shared by the calls for train/ and val/, also refuses a
+    folder of one split that is a folder of the other (a val/ class linked to train/'s)."""
     if not split_dir.is_dir():
         raise DataError(f"dataset split {split_dir} does not exist; expected an ImageFolder tree "
                         f"<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG")
@@ -42,8 +50,19 @@ def list_image_folder(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]
     except FileNotFoundError as exc:
         raise DataError(f"no class folders in {split_dir}: {exc}") from exc
     samples = []
+    seen = {} if seen is None else seen  # each folder read, (device, inode) -> path: links are followed
     for cls in classes:
-        for dirpath, _, files in sorted(os.walk(split_dir / cls, followlinks=True)):
+        walk = []
+        for dirpath, dirs, files in os.walk(split_dir / cls, followlinks=True):
+            st = os.stat(dirpath)
+            first = seen.setdefault((st.st_dev, st.st_ino), dirpath)
+            if first != dirpath:  # a link back up (a cycle) or to another folder of the split
+                raise RepeatedFolderError(
+                    f"{first} and {dirpath} are the same folder (reached through a symbolic link): its images "
+                    f"would be read twice (the second time as class {cls!r}); remove the link, or copy the images "
+                    f"if they belong to both")
+            walk.append((dirpath, dirs, files))
+        for dirpath, _, files in sorted(walk):
             for f in sorted(files):
                 if f.lower().endswith(IMG_EXTENSIONS):
                     samples.append((os.path.join(dirpath, f), class_to_idx[cls]))
