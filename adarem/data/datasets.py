@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -151,7 +152,17 @@ class ImageFolderDataset(ReproducibleDataset):
         path, label = self.samples[index]
         with Image.open(path) as img:
             img.load()  # decode now, so a truncated file fails here and not later
-            return img.convert(self.mode), label
+            return to_mode(img, self.mode), label
+
+
+def to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` as an 8-bit "L" or "RGB" image. A 16-bit greyscale image (PIL mode "I;16", a 16-bit
+    PNG or TIFF) is scaled to 8 bits first, as DALI's decoder does: PIL's own convert clips its
+    values at 255, which makes almost every pixel white."""
+    if img.mode.startswith("I;16"):
+        wide = np.asarray(img).astype(np.uint32)
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+    return img.convert(mode)
 
 
 class TensorImageDataset(ReproducibleDataset):

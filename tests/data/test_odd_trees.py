@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -63,3 +64,35 @@ def test_prepare_imagenet_names_a_link_cycle_in_one_line(tmp_path):
     result = run(root, "--expect-classes", 2, "--expect-train", 4, "--expect-val", 4)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "train/a/up" in result.stderr and "same folder" in result.stderr, result.stderr
+
+
+def _gradient_tree(root, sixteen_bits: bool):
+    """train/ and val/ of 2 classes x 2 greyscale PNGs: 16-bit, or the same image in 8 bits."""
+    ramp = np.linspace(0, 65535, 24 * 20).reshape(20, 24).astype(np.uint16)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                wide = (ramp // (i + 1)).astype(np.uint16)
+                eight = ((wide.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+                Image.fromarray(wide if sixteen_bits else eight).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _val_images(data):
+    loader = data.val
+    out = [loader.to_device(x, y, CPU, False)[0] if hasattr(loader, "to_device") else x for x, y in loader.epoch(0)]
+    return torch.cat(out)
+
+
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    wide = _gradient_tree(tmp_path / "wide", True)
+    assert Image.open(next((wide / "val" / "a").iterdir())).mode.startswith("I;16")  # what PIL makes of it
+    x16 = _val_images(build(wide))
+    x8 = _val_images(build(_gradient_tree(tmp_path / "eight", False)))
+    # PIL's convert clips at 255: all but the darkest pixels were white (1.0 after mean/std 0.5)
+    assert torch.equal(x16, x8), float((x16 - x8).abs().max())
+    pytest.importorskip("nvidia.dali")  # and DALI's decoder agrees
+    cfg = DataConfig(name="folder", root=str(wide), image_size=8, val_resize=9, num_workers=0, loader="dali")
+    xd = _val_images(build_data(cfg, 2, 0, 1, 0, CPU))
+    assert float((xd - x16).abs().max()) < 0.05  # resampling: a grey level or two (clipped: > 1)
