@@ -348,6 +348,10 @@ def open_record(run: Run, data_id: dict) -> None:
     from adarem.schedule import truncation
 
     config, dist, data = run.config, run.dist, run.data
+    # metrics.jsonl first: a run directory whose metrics.jsonl cannot be opened (a folder of that
+    # name, no permission) is refused before run.json records a new segment (restarts + 1, failed)
+    run.metrics = MetricsLog(run.run_dir, dist.is_main)
+    lost = run.metrics.open(keep_lines=run.plan.checkpoint["metrics_lines"] if run.plan.checkpoint else 0)
     run.record = RunRecord(run.run_dir, dist.is_main)
     plan = run.plan
     changed = run.record.start(run.config_dict, dist.world_size, dist.device, plan.previous,
@@ -371,8 +375,6 @@ def open_record(run: Run, data_id: dict) -> None:
                       # a smoke run of a longer recipe says so where the tables read it, not only on stderr
                       schedule_truncated=truncation(config.schedule, config.trainer.epochs),
                       val_samples=data.val.num_samples)
-    run.metrics = MetricsLog(run.run_dir, dist.is_main)
-    lost = run.metrics.open(keep_lines=run.plan.checkpoint["metrics_lines"] if run.plan.checkpoint else 0)
     if lost and dist.is_main:
         print(f"warning: {run.run_dir / 'metrics.jsonl'} held {lost} fewer complete line(s) than the checkpoint "
               f"recorded (cut or torn); those lines are lost and the run record says so (metrics_lines_lost)",

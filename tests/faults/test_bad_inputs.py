@@ -182,6 +182,18 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_says_what_resume_takes(tmp_
     assert res.returncode == 2 and not (tmp_path / "run" / "run.json").exists()
 
 
+def test_a_metrics_file_that_cannot_be_opened_leaves_the_record_alone(tmp_path, env, stopped_run):
+    """metrics.jsonl is a folder: one line naming it, exit 2, and run.json still the stopped run's (it
+    recorded a new segment, restarts + 1, and then status failed)."""
+    run_dir = copy_run(stopped_run, tmp_path / "run")
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "metrics.jsonl").mkdir()
+    before = (run_dir / "run.json").read_bytes()
+    res = run_train(["trainer.max_steps=5"], env, run_dir)
+    _check(res, str(run_dir / "metrics.jsonl"), run_dir)
+    assert res.returncode == 2 and (run_dir / "run.json").read_bytes() == before
+
+
 def test_a_lock_file_that_cannot_be_made_is_named(tmp_path, env):
     (tmp_path / "run" / ".lock").mkdir(parents=True)
     _check(run_train([], env, tmp_path / "run"), f"its lock file {tmp_path / 'run' / '.lock'} (Is a directory)",
