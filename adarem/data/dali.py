@@ -76,6 +76,8 @@ def pil_decodes(raw: bytes) -> bool:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
         return True
+    except Image.DecompressionBombError:  # larger than PIL's limit: an image all the same
+        return True
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return False
 

@@ -150,9 +150,13 @@ class ImageFolderDataset(ReproducibleDataset):
 
     def load(self, index: int):
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated file fails here and not later
-            return to_mode(img, self.mode), label
+        try:
+            with Image.open(path) as img:
+                img.load()  # decode now, so a truncated file fails here and not later
+                return to_mode(img, self.mode), label
+        except Image.DecompressionBombError as exc:  # an image, not a corrupt file: never replaced
+            raise DataError(f"image {path} is too large for PIL ({exc}); downscale it (it is resized to "
+                            f"data.image_size anyway) or remove it") from None
 
 
 def to_mode(img: Image.Image, mode: str) -> Image.Image:

@@ -96,3 +96,18 @@ def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
     cfg = DataConfig(name="folder", root=str(wide), image_size=8, val_resize=9, num_workers=0, loader="dali")
     xd = _val_images(build_data(cfg, 2, 0, 1, 0, CPU))
     assert float((xd - x16).abs().max()) < 0.05  # resampling: a grey level or two (clipped: > 1)
+
+
+@pytest.mark.parametrize("on_corrupt", ["error", "skip"])
+def test_an_image_over_pils_size_limit_is_one_line_naming_it_never_replaced(tmp_path, monkeypatch, on_corrupt):
+    root = small_tree(tmp_path)
+    Image.new("RGB", (60, 50), (10, 20, 30)).save(root / "train" / "b" / "big.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 60 x 50 > 2 x 1000: PIL's DecompressionBombError
+    cfg = DataConfig(name="folder", root=str(root), image_size=8, val_resize=9, num_workers=0, on_corrupt=on_corrupt)
+    data = build_data(cfg, 5, 0, 1, 0, CPU)
+    with pytest.raises(DataError, match=rf"image {root / 'train' / 'b' / 'big.jpg'} is too large for PIL.*downscale it"):
+        for _ in data.train.epoch(0):
+            pass
+    # DALI's reader takes it for the image it is (its decoder has no such limit)
+    from adarem.data.dali import pil_decodes
+    assert pil_decodes((root / "train" / "b" / "big.jpg").read_bytes())
