@@ -6,7 +6,8 @@
 Expects <root>/train/<wnid>/*.JPEG (1000 classes, 1,281,167 images) and <root>/val/<wnid>/*.JPEG
 (50,000 images). Counts what the training loader reads (nested folders included) and reports what
 is missing or extra: dangling links, hidden files and folders (macOS '._x.JPEG', .ipynb_checkpoints),
-other files; exit 0 only when the tree is complete. With --val-labels (Kaggle's
+other files, image files that are in both train/ and val/ (a link or hard link: the same file);
+exit 0 only when the tree is complete. With --val-labels (Kaggle's
 LOC_val_solution.csv, or lines 'filename wnid'), it makes --out/<wnid>/ symlinks to the flat val
 images, once every image has one label and every label an image; --out appears only when all links
 are made. The originals are never modified, moved or deleted. Then use data.root with a directory

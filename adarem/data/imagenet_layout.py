@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,14 +30,17 @@ class SplitReport:
     dangling: list[str] = field(default_factory=list)  # links (or other entries) that are no regular file
     hidden: list[str] = field(default_factory=list)  # names starting with '.': class folders, or inside them
     loose: list[str] = field(default_factory=list)  # images directly in the split, outside any class folder
+    shared: list[tuple[str, str]] = field(default_factory=list)  # (this split's image, the other split's): one file
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def scan_split(split_dir: Path) -> SplitReport:
-    """What the training loader will read from ``split_dir``, and what it should not."""
+def scan_split(split_dir: Path, collect: dict | None = None, against: dict | None = None) -> SplitReport:
+    """What the training loader will read from ``split_dir``, and what it should not. Each image's
+    file (device, inode; links followed) goes into ``collect`` (-> its path), and one that is in
+    ``against`` (the other split's) is reported in ``shared``: the same file in train/ and val/."""
     rep = SplitReport()
     if not split_dir.is_dir():
         return rep
@@ -56,10 +60,19 @@ def scan_split(split_dir: Path) -> SplitReport:
     rep.classes, rep.class_names = len(classes), classes
     per_class = [0] * len(classes)
     for path, label in samples:
-        if Path(path).is_file():  # follows links: a link whose original moved away is not an image
-            per_class[label] += 1
-        else:
+        try:
+            st = os.stat(path)  # follows links: a link whose original moved away is not an image
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             rep.dangling.append(os.path.relpath(path, split_dir))
+            continue
+        per_class[label] += 1
+        key, rel = (st.st_dev, st.st_ino), os.path.join(split_dir.name, os.path.relpath(path, split_dir))
+        if collect is not None:
+            collect.setdefault(key, rel)
+        if against and key in against:
+            rep.shared.append((rel, against[key]))
     rep.images = sum(per_class)
     rep.empty_classes = [c for c, n in zip(classes, per_class) if n == 0]
     # The same walk as the loader's, for what it reads but should not (hidden entries) and what it
@@ -89,8 +102,11 @@ def _examples(names: list[str], n: int = 1) -> str:
 def check_tree(root: Path, expected: dict = EXPECTED) -> tuple[list[str], dict]:
     """Problems (human-readable lines; empty means the tree is complete) and the counts."""
     problems, counts, class_names = [], {}, {}
+    val_files: dict = {}  # the val images' files (50,000), against which train/'s are checked
+    reports = {"val": scan_split(root / "val", collect=val_files)}
+    reports["train"] = scan_split(root / "train", against=val_files)
     for split in ("train", "val"):
-        rep = scan_split(root / split)
+        rep = reports[split]
         counts[split] = {"classes": rep.classes, "images": rep.images}
         class_names[split] = set(rep.class_names)
         if not (root / split).is_dir():
@@ -117,6 +133,10 @@ def check_tree(root: Path, expected: dict = EXPECTED) -> tuple[list[str], dict]:
         if rep.loose:
             problems.append(f"{split}: {len(rep.loose)} image(s) outside the class folders, which the "
                             f"loader skips (e.g. {rep.loose[0]}): move them into their class folder")
+        if rep.shared:
+            a, b = rep.shared[0]
+            problems.append(f"{split}: {len(rep.shared)} image(s) are val images too, the same file (e.g. {a} is "
+                            f"{b}): a model would be evaluated on images it trained on; remove them from one split")
         problems += [f"{split}: class {c} has no images" for c in rep.empty_classes[:20]]
         problems += [f"{split}: not an image: {f}" for f in rep.non_images[:20]]
     train, val = class_names["train"], class_names["val"]

@@ -111,3 +111,17 @@ def test_an_image_over_pils_size_limit_is_one_line_naming_it_never_replaced(tmp_
     # DALI's reader takes it for the image it is (its decoder has no such limit)
     from adarem.data.dali import pil_decodes
     assert pil_decodes((root / "train" / "b" / "big.jpg").read_bytes())
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_prepare_imagenet_reports_an_image_file_in_both_train_and_val(tmp_path, how):
+    root = small_tree(tmp_path)
+    expect = ("--expect-classes", 2, "--expect-train", 4, "--expect-val", 4)
+    assert run(root, *expect).returncode == 0
+    shared = root / "val" / "b" / "1.jpg"
+    shared.unlink()  # val/b/1.jpg becomes train/a/0.jpg: the same counts, one val image a training image
+    (shared.symlink_to if how == "symlink" else shared.hardlink_to)(root / "train" / "a" / "0.jpg")
+    res = run(root, *expect)
+    assert res.returncode == 1, res.stdout
+    lines = [line for line in res.stdout.splitlines() if "val images too" in line]
+    assert len(lines) == 1 and "train/a/0.jpg is val/b/1.jpg" in lines[0], res.stdout
