@@ -55,8 +55,8 @@ def list_image_folder(split_dir: Path, seen: dict | None = None) -> tuple[list[t
     for cls in classes:
         walk = []
         for dirpath, dirs, files in os.walk(split_dir / cls, followlinks=True):
-            st = os.stat(dirpath)
-            first = seen.setdefault((st.st_dev, st.st_ino), dirpath)
+            st = os.stat(dirpath)  # (a filesystem without inode numbers reports 0: not compared)
+            first = seen.setdefault((st.st_dev, st.st_ino), dirpath) if st.st_ino else dirpath
             if first != dirpath:  # a link back up (a cycle) or to another folder of the split
                 raise RepeatedFolderError(
                     f"{first} and {dirpath} are the same folder (reached through a symbolic link): its images "
