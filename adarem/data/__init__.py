@@ -102,10 +102,13 @@ def build_data(cfg: DataConfig, global_batch: int, rank: int, world: int, seed: 
 
         xs, ys = load_split(Path(cfg.root), "train")
         xv, yv = load_split(Path(cfg.root), "test")
-        train_ds = TensorImageDataset(xs, ys, train_tf, seed)
-        val_ds = TensorImageDataset(xv, yv, val_tf, seed)
+        # data.in_chans=3: each greyscale image as 3 equal channels, as an ImageFolder tree's greyscale
+        # JPEGs are read (the identity below is of the images as stored)
+        train_ds = TensorImageDataset(xs, ys, train_tf, seed, cfg.in_chans)
+        val_ds = TensorImageDataset(xv, yv, val_tf, seed, cfg.in_chans)
         if cfg.eval_on == "holdout":
-            train_ds, val_ds = holdout_split(train_ds, TensorImageDataset(xs, ys, val_tf, seed), cfg.holdout_fraction)
+            train_ds, val_ds = holdout_split(train_ds, TensorImageDataset(xs, ys, val_tf, seed, cfg.in_chans),
+                                             cfg.holdout_fraction)
             contents = identity.contents(len(train_ds), len(val_ds), identity.tensor_sha1(xs, ys, train_ds.indices),
                                          identity.tensor_sha1(xs, ys, val_ds.indices))
         else:

@@ -170,17 +170,25 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
 
 
 class TensorImageDataset(ReproducibleDataset):
-    """In-memory uint8 images [N, C, H, W] (Fashion-MNIST)."""
+    """In-memory uint8 images [N, C, H, W] (Fashion-MNIST). ``channels=3`` gives a 1-channel image
+    as 3 equal channels, as PIL's convert("RGB") gives a greyscale image in an ImageFolder tree."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, seed: int):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, seed: int, channels: int | None = None):
         super().__init__(transform, seed, on_corrupt="error")
         self.images, self.labels = images, labels
+        self.channels = channels or images.shape[1]
+        if self.channels != images.shape[1] and images.shape[1] != 1:
+            raise DataError(f"images of {images.shape[1]} channels cannot be read as {self.channels}; "
+                            f"set data.in_chans={images.shape[1]}")
 
     def __len__(self):
         return len(self.labels)
 
     def load(self, index: int):
-        return self.images[index], int(self.labels[index])
+        image = self.images[index]
+        if image.shape[0] != self.channels:
+            image = image.expand(self.channels, -1, -1)
+        return image, int(self.labels[index])
 
 
 class Subset(ReproducibleDataset):

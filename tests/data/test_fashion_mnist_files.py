@@ -45,3 +45,28 @@ def test_labels_out_of_range_or_a_swapped_file_are_refused(tmp_path):
     files(tmp_path, np.zeros((5, 28, 28)), np.zeros((5, 28, 28)))  # the images file given as labels
     with pytest.raises(DataError, match=r"expected N x 28 x 28 images and N labels"):
         load_split(tmp_path, "test")
+
+
+def test_in_chans_3_reads_each_greyscale_image_as_3_equal_channels(tmp_path):
+    import torch
+
+    from adarem.config import DataConfig
+    from adarem.data import build_data
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        img_name, lbl_name = FILES[split]
+        write_idx(tmp_path / img_name, rng.integers(0, 256, (40, 28, 28)))
+        write_idx(tmp_path / lbl_name, np.arange(40) % 10)
+    out = {}
+    for ch in (1, 3):  # the same plan and flips (seeded per sample): only the channels differ
+        cfg = DataConfig(name="fashion_mnist", root=str(tmp_path), image_size=28, random_resized_crop=False,
+                         hflip=True, in_chans=ch, mean=[0.3] * ch, std=[0.4] * ch, num_workers=0)
+        data = build_data(cfg, 8, 0, 1, 0, torch.device("cpu"))
+        assert data.in_chans == ch
+        out[ch] = [torch.cat([data.train.to_device(x, y, torch.device("cpu"), False)[0] for x, y in loader.epoch(0)])
+                   for loader in (data.train, data.val)]
+        contents = data.contents
+    for one, three in zip(out[1], out[3]):
+        assert three.shape[1] == 3 and torch.equal(three, one.expand(-1, 3, -1, -1))
+    assert contents["train_images"] == 40  # the identity is of the files, whatever in_chans
