@@ -117,8 +117,10 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
                 model = torchvision.models.get_model(tv_name, weights="DEFAULT", **kw)
                 if num_classes != 1000:
                     _replace_classifier(model, num_classes)
-            else:
+            elif "aux_logits" in kw:
                 model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kw)
+            else:  # GoogLeNet and Inception v3 without their auxiliary heads, as their pretrained builds are
+                model = _without_aux_logits(tv_name, num_classes, kw)
         except TypeError as exc:
             if drop_rate and "dropout" in str(exc) and "dropout" not in (kwargs or {}):
                 raise ConfigError(f"torchvision model {tv_name!r} has no dropout argument, so model.drop_rate="
@@ -127,6 +129,9 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise ConfigError(f"torchvision model {tv_name!r} cannot be built with model.kwargs={kwargs or {}} "
                               f"({type(exc).__name__}: {_first_line(exc)})") from None
+        if getattr(model, "aux_logits", False):
+            raise ConfigError(f"torchvision model {tv_name!r} with auxiliary heads returns several outputs in "
+                              f"training; the trainer takes one tensor of logits: drop aux_logits from model.kwargs")
         return model
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -142,6 +147,20 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
     except (ValueError, RuntimeError, AssertionError, ZeroDivisionError, IndexError) as exc:  # width=-5, ...
         raise ConfigError(f"model {name!r} cannot be built with model.kwargs={kwargs or {}} "
                           f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _without_aux_logits(tv_name: str, num_classes: int, kw: dict) -> nn.Module:
+    """torchvision's ``tv_name`` with aux_logits=False where its builder takes that argument (in
+    training, GoogLeNet and Inception v3 return a tuple of the main and auxiliary logits otherwise,
+    which the trainer's loss cannot take); the builders that do not refuse it before building."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, aux_logits=False, **kw)
+    except TypeError as exc:
+        if "aux_logits" not in str(exc):
+            raise
+    return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kw)
 
 
 def _first_line(exc: BaseException) -> str:

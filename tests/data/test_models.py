@@ -30,3 +30,13 @@ def test_a_torchvision_model_whose_head_is_not_linear_gets_num_classes():
     check_input_fits(model, "torchvision.squeezenet1_1", 3, 64, 7)
     with torch.no_grad():
         assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name, size", [("googlenet", 64), ("inception_v3", 80)])
+def test_googlenet_and_inception_train_on_one_tensor_of_logits(name, size):
+    model = build_model(f"torchvision.{name}", 5, 3)
+    check_input_fits(model, name, 3, size, 5)
+    out = model.train()(torch.zeros(2, 3, size, size))  # the trainer's cross_entropy takes a tensor
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 5)
+    with pytest.raises(ConfigError, match=r"auxiliary heads.*drop aux_logits from model.kwargs"):
+        build_model(f"torchvision.{name}", 5, 3, kwargs={"aux_logits": True})
