@@ -33,7 +33,11 @@ def corrupt_image_error(path, reason, evaluation: bool) -> DataError:
                      f"such files")
 
 
-class RepeatedFolderError(DataError):
+class TreeError(DataError):
+    """A split that cannot be listed as it is: nothing in it can be counted (prepare_imagenet says so)."""
+
+
+class RepeatedFolderError(TreeError):
     """A folder of a split reached twice through symbolic links (a cycle, or another class's folder)."""
 
 
@@ -54,7 +58,7 @@ def list_image_folder(split_dir: Path, seen: dict | None = None) -> tuple[list[t
     seen = {} if seen is None else seen  # each folder read, (device, inode) -> path: links are followed
     for cls in classes:
         walk = []
-        for dirpath, dirs, files in os.walk(split_dir / cls, followlinks=True):
+        for dirpath, dirs, files in os.walk(split_dir / cls, onerror=_unlistable, followlinks=True):
             st = os.stat(dirpath)  # (a filesystem without inode numbers reports 0: not compared)
             first = seen.setdefault((st.st_dev, st.st_ino), dirpath) if st.st_ino else dirpath
             if first != dirpath:  # a link back up (a cycle) or to another folder of the split
@@ -70,6 +74,13 @@ def list_image_folder(split_dir: Path, seen: dict | None = None) -> tuple[list[t
     if not samples:
         raise DataError(f"dataset split {split_dir} holds no images ({len(classes)} empty class folders)")
     return samples, classes
+
+
+def _unlistable(exc: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed (permissions) would otherwise be skipped
+    without a word, and its images left out of the split."""
+    raise TreeError(f"cannot list the folder {exc.filename} ({exc.strerror or exc}): its images would be left "
+                    f"out; make it readable (or remove it)")
 
 
 def _following(index: int, n: int) -> Iterable[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-from adarem.data.datasets import DataError, RepeatedFolderError, list_image_folder
+from adarem.data.datasets import DataError, TreeError, list_image_folder
 from adarem.fsync import staged_directory
 
 EXPECTED = {"classes": 1000, "train": 1_281_167, "val": 50_000}
@@ -49,7 +49,7 @@ def scan_split(split_dir: Path, collect: dict | None = None, against: dict | Non
     # (which become classes), which are therefore reported below.
     try:
         samples, classes = list_image_folder(split_dir)
-    except RepeatedFolderError:  # a link cycle: nothing below could be counted or walked
+    except TreeError:  # a link cycle, a folder it may not list: nothing below could be counted
         raise
     except DataError:  # no class folders, or none with an image: still report what is there
         samples = []

@@ -125,3 +125,22 @@ def test_prepare_imagenet_reports_an_image_file_in_both_train_and_val(tmp_path, 
     assert res.returncode == 1, res.stdout
     lines = [line for line in res.stdout.splitlines() if "val images too" in line]
     assert len(lines) == 1 and "train/a/0.jpg is val/b/1.jpg" in lines[0], res.stdout
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypatch):
+    root = small_tree(tmp_path)
+    (root / "val" / "b" / "more").mkdir()
+    Image.new("RGB", (12, 10)).save(root / "val" / "b" / "more" / "2.jpg")
+    real = os.scandir
+    locked = str(root / "val" / "b" / "more")
+
+    def scandir(path="."):  # as for a folder without read permission (the tests may run as root)
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=rf"cannot list the folder {locked} \(Permission denied\).*make it readable"):
+        build(root)  # os.walk skipped it: val/b lost an image without a word
+    res = run(root, "--expect-classes", 2, "--expect-train", 4, "--expect-val", 5)
+    assert res.returncode == 2 and res.stderr.startswith(f"error: cannot list the folder {locked}"), res
