@@ -190,6 +190,16 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     if given:  # every trial sets its own seed: a seed= would be overridden silently
         fail(f"{given[0]} is set by the protocol for every trial (selection seeds {SELECT_SEED0}.., final seeds "
              f"0..); choose how many with select_seeds= and seeds=")
+    # the other keys every trial sets after the user's overrides (trial_overrides): given, they were
+    # ignored without a word (optimizer=adam still compared the six default optimizers)
+    protocol_keys = {"optimizer": "choose the optimizers with optimizers=a,b,c",
+                     "data.eval_on": "the selection trials are scored on the holdout and the finals on the val/test "
+                                     "split, always",
+                     "run_dir": "each trial's directory is <runs>/<stage>/<optimizer>/...: choose the folder with runs="}
+    for arg in passthrough:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in protocol_keys:
+            fail(f"{arg} is set by the protocol for every trial and would be ignored; {protocol_keys[key]}")
     if own["lr_span"] > 6 or (own["lr_step"] > 0 and own["lr_span"] / own["lr_step"] > 100):
         fail(f"lr_span={own['lr_span']} (decades each side) must be <= 6, with at most 100 steps of lr_step="
              f"{own['lr_step']} each side")

@@ -75,3 +75,12 @@ def test_a_refused_trial_stops_the_comparison_without_training_the_rest_of_its_s
     trained = [d for d in (runs / "select" / "sgd").iterdir() if d != run_dir]
     # at most the trials in flight when the refusal was read (2 x workers submitted at a time): not all 4
     assert len(trained) <= 2, sorted(d.name for d in trained)
+
+
+@pytest.mark.parametrize("bad", ["optimizer=adam", "data.eval_on=val", "run_dir=/tmp/x"])
+def test_a_key_every_trial_sets_is_refused_not_ignored(capsys, tmp_path, bad):
+    """optimizer=adam compared the six default optimizers, data.eval_on=val still scored the search
+    on the holdout and run_dir= was replaced: each silently (the trial's own value comes last)."""
+    line = refused(capsys, [*QUICK, bad, "dry_run=true", f"runs={tmp_path / 'r'}", f"out={tmp_path / 'o'}"])
+    assert line.startswith(f"error: {bad} is set by the protocol for every trial"), line
+    nothing_written(tmp_path)
