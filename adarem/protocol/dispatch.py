@@ -23,6 +23,7 @@ Both yield ``(key, outcome)`` pairs in the order the trials were given; an outco
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import os
@@ -281,8 +282,6 @@ class LocalDispatcher:
         """Outcomes in the order given. At most 2 x workers trials are submitted at a time (the next
         one once an outcome has been taken): a refusal that stops the comparison leaves only those
         to end, never the whole stage trained first."""
-        import collections
-
         todo = iter(trials)
         window: collections.deque = collections.deque()
 
