@@ -106,21 +106,26 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
             raise ConfigError(f"torchvision model {tv_name!r} takes 3-channel input; "
                               f"use a timm model for in_chans={in_chans}")
         # model.kwargs and model.drop_rate reach the builder (torchvision calls its drop rate
-        # ``dropout``): nothing the record says the model was built with is left out. Without
-        # pretrained weights the builder makes the num_classes head itself (every head: an
+        # ``dropout``): nothing the record says the model was built with is left out, and a builder's
+        # own default dropout (0.2 for MobileNet, 0.5 for VGG...) never replaces model.drop_rate=0.
+        # Without pretrained weights the builder makes the num_classes head itself (every head: an
         # auxiliary one too, a convolutional one such as SqueezeNet's).
-        kw = dict(kwargs or {})
+        kw, optional = dict(kwargs or {}), {}
         if drop_rate:
-            kw["dropout"] = drop_rate
+            kw["dropout"] = drop_rate  # required: refused below where the builder has no dropout
+        elif "dropout" not in kw:
+            optional["dropout"] = 0.0  # where the builder has one
+        if not pretrained and "aux_logits" not in kw:
+            # GoogLeNet and Inception v3 without their auxiliary heads, as their pretrained builds are:
+            # in training they return (logits, aux logits), which the trainer's loss cannot take
+            optional["aux_logits"] = False
         try:
             if pretrained:
-                model = torchvision.models.get_model(tv_name, weights="DEFAULT", **kw)
+                model = _torchvision_build(tv_name, "DEFAULT", kw, optional)
                 if num_classes != 1000:
                     _replace_classifier(model, num_classes)
-            elif "aux_logits" in kw:
-                model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kw)
-            else:  # GoogLeNet and Inception v3 without their auxiliary heads, as their pretrained builds are
-                model = _without_aux_logits(tv_name, num_classes, kw)
+            else:
+                model = _torchvision_build(tv_name, None, {**kw, "num_classes": num_classes}, optional)
         except TypeError as exc:
             if drop_rate and "dropout" in str(exc) and "dropout" not in (kwargs or {}):
                 raise ConfigError(f"torchvision model {tv_name!r} has no dropout argument, so model.drop_rate="
@@ -149,18 +154,21 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
                           f"({type(exc).__name__}: {_first_line(exc)})") from None
 
 
-def _without_aux_logits(tv_name: str, num_classes: int, kw: dict) -> nn.Module:
-    """torchvision's ``tv_name`` with aux_logits=False where its builder takes that argument (in
-    training, GoogLeNet and Inception v3 return a tuple of the main and auxiliary logits otherwise,
-    which the trainer's loss cannot take); the builders that do not refuse it before building."""
+def _torchvision_build(tv_name: str, weights, kw: dict, optional: dict) -> nn.Module:
+    """torchvision's ``tv_name`` built with ``kw`` and those of ``optional`` that its builder takes.
+    A builder refuses an argument it does not take when it is called, before any initialisation,
+    so the weights are those of a build without it."""
     import torchvision
 
-    try:
-        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, aux_logits=False, **kw)
-    except TypeError as exc:
-        if "aux_logits" not in str(exc):
-            raise
-    return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kw)
+    optional = dict(optional)
+    while True:
+        try:
+            return torchvision.models.get_model(tv_name, weights=weights, **kw, **optional)
+        except TypeError as exc:
+            refused = [k for k in optional if f"'{k}'" in str(exc)]
+            if not refused:
+                raise
+            del optional[refused[0]]
 
 
 def _first_line(exc: BaseException) -> str:

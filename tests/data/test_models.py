@@ -16,6 +16,8 @@ def test_a_torchvision_model_gets_the_drop_rate_and_kwargs_it_is_recorded_with()
     assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3]
     assert model.features[0][0].out_channels < default.features[0][0].out_channels
     assert model.classifier[-1].out_features == 10
+    # model.drop_rate=0 is no dropout, not the builder's default (0.2 here) under a record saying 0
+    assert [m.p for m in default.modules() if isinstance(m, nn.Dropout)] == [0.0]
 
 
 def test_a_torchvision_model_without_dropout_refuses_a_drop_rate_in_one_line():
