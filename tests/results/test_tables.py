@@ -259,10 +259,15 @@ def test_finished_runs_that_disagree_with_their_record_are_kept_out(tmp_path):
     record = json.loads((other / "run.json").read_text())
     record["final"] = {"val_top1_err": 5.0}  # not the last evaluated error
     (other / "run.json").write_text(json.dumps(record))
+    nan_loss = make_run(root, "nan_loss", "sgd", 4, [40.0, 20.0, 10.0])  # blown up after the last step,
+    record = json.loads((nan_loss / "run.json").read_text())  # as a version before 26b6a62 recorded it
+    record["final"] = {**record["final"], "val_loss": float("nan")}
+    (nan_loss / "run.json").write_text(json.dumps(record))
     rs = load_runs(root)
     assert list(rs.runs.run_dir.str.split("/").str[-1]) == ["good"]
     problems = {p["run_dir"].split("/")[-1]: p["problem"] for p in rs.problems}
     assert "finished without a finite final error" in problems["no_final"]
+    assert "non-finite final validation loss (nan)" in problems["nan_loss"]
     assert "metrics.jsonl disagrees with run.json" in problems["short"]
     assert "metrics.jsonl disagrees with run.json" in problems["other_final"]
 
