@@ -279,23 +279,35 @@ class LocalDispatcher:
         self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     def run(self, stage: str, trials: Iterable[tuple[object, list[str]]]) -> Iterator[tuple[object, dict]]:
-        """Outcomes in the order given. At most 2 x workers trials are submitted at a time (the next
-        one once an outcome has been taken): a refusal that stops the comparison leaves only those
-        to end, never the whole stage trained first."""
+        """Outcomes in the order given. At most 2 x workers trials are unfinished at a time (the next
+        one submitted as one ends, not only as the first in order is taken, so a long trial at the
+        head does not leave the other workers idle once the short ones behind it are done): a
+        refusal that stops the comparison leaves only those to end, never the whole stage trained
+        first."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
         todo = iter(trials)
         window: collections.deque = collections.deque()
+        limit = 2 * self.workers
 
-        def submit_one() -> None:
-            for key, overrides in todo:
+        def top_up() -> None:
+            while sum(not f.done() for _, f in window) < limit:
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                key, overrides = nxt
                 window.append((key, self.pool.submit(run_one, overrides, self.threads)))
-                return
 
-        for _ in range(2 * self.workers):
-            submit_one()
+        top_up()
         while window:
-            key, fut = window.popleft()
+            key, fut = window[0]
+            while not fut.done():  # trials behind it that end meanwhile make room for the next ones
+                wait([f for _, f in window if not f.done()], return_when=FIRST_COMPLETED)
+                if not fut.done():
+                    top_up()
+            window.popleft()
             yield key, fut.result()  # the caller may stop here (a refusal): nothing more is submitted
-            submit_one()
+            top_up()
 
 
 class Trial:
