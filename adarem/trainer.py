@@ -241,9 +241,11 @@ class Trainer:
                         **({"diverged_in": div.where} if where else {}))
         if r.dist.is_main:
             what = "training loss" if div.where == "training" else "validation loss after"
-            kept = ("its last good checkpoint is kept" if div.where == "training" else
-                    "checkpoint.pt holds those weights (written before the evaluation), checkpoint_prev.pt "
-                    "the ones before")
+            # an epoch's end is checkpointed before its evaluation; a mid-epoch evaluation comes before
+            # any checkpoint of its step, so the last checkpoint is from before the weights blew up
+            kept = ("checkpoint.pt holds those weights (written before the evaluation), checkpoint_prev.pt "
+                    "the ones before" if div.where == "validation" and self.state.phase == "eval" else
+                    "its last good checkpoint is kept")
             print(f"DIVERGED: {what} {div.loss} at step {div.step} (epoch {self.state.epoch}); the run is "
                   f"marked diverged in {r.run_dir / 'run.json'}; {kept}", file=sys.stderr)
         r.tracker.finish()
