@@ -69,7 +69,9 @@ class StopFlag:
         """Inside a submitit job stopped by submitit's signal: once the checkpoint is written, the
         run record says ``preempted`` and the run directory is unlocked, let submitit's handler
         requeue the job (on rank 0; it exits the process). Nothing otherwise."""
-        if self._submitit is not None and self.signal_name == signal.Signals(self._submitit[0]).name:
+        # recorded_signal: under DDP, rank 0 (whose handler requeues) may know the signal only as
+        # "peer", when another rank alone received it (2907e56 names it from the all-reduce)
+        if self._submitit is not None and self.recorded_signal == signal.Signals(self._submitit[0]).name:
             sig, handler = self._submitit
             self._submitit = None
             handler(sig, None)
