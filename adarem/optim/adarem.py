@@ -169,6 +169,8 @@ def _sharded_kind(p: Tensor) -> Optional[str]:
     sys.modules: where torch.distributed's modules are not imported, no such tensor exists (and
     importing them costs ~0.7 s)."""
     for module, name, kind in (("torch.distributed.tensor", "DTensor", "DTensor (FSDP2, tensor parallel)"),
+                               # torch < 2.5 (pyproject allows 2.4): DTensor is only there
+                               ("torch.distributed._tensor", "DTensor", "DTensor (FSDP2, tensor parallel)"),
                                ("torch.distributed.fsdp._flat_param", "FlatParameter", "FSDP flat")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(p, cls):
