@@ -119,6 +119,10 @@ def build_model(name: str, num_classes: int, in_chans: int, pretrained: bool = F
             # GoogLeNet and Inception v3 without their auxiliary heads, as their pretrained builds are:
             # in training they return (logits, aux logits), which the trainer's loss cannot take
             optional["aux_logits"] = False
+        if not pretrained and "init_weights" not in kw:
+            # GoogLeNet and Inception v3 warn that their default initialisation will change in a later
+            # torchvision; asking for today's (True, also VGG's default) keeps a seed's weights the same
+            optional["init_weights"] = True
         try:
             if pretrained:
                 model = _torchvision_build(tv_name, "DEFAULT", kw, optional)

@@ -42,3 +42,15 @@ def test_googlenet_and_inception_train_on_one_tensor_of_logits(name, size):
     assert isinstance(out, torch.Tensor) and out.shape == (2, 5)
     with pytest.raises(ConfigError, match=r"auxiliary heads.*drop aux_logits from model.kwargs"):
         build_model(f"torchvision.{name}", 5, 3, kwargs={"aux_logits": True})
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_googlenet_and_inception_initialisation_is_pinned(name):
+    """torchvision warns that these builders' default initialisation will change: the suite asks for
+    today's (init_weights=True) so that a seed gives the same weights under a later torchvision."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = build_model(f"torchvision.{name}", 10, 3)
+    assert model.fc.out_features == 10
