@@ -26,7 +26,7 @@ from adarem.fsync import is_staging_folder_name
 from adarem.oscillation import path_window
 from adarem.results.comparisons import newest_comparison_only
 from adarem.run.identity import is_neutral
-from adarem.run.record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, flatten
+from adarem.run.record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, finished_record_problem, flatten
 
 IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "trainer.deterministic",
                                         "trainer.oscillation_every", "trainer.compile", "trainer.channels_last")
@@ -513,16 +513,10 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
         # run.json's final is what train.py reported; metrics.jsonl must agree with it and hold
         # every epoch, or the curves and "final" of the tables would describe another run
         n_epochs = trainer.get("epochs")
-        if not isinstance(recorded.get("val_top1_err"), (int, float)) or \
-                not math.isfinite(recorded["val_top1_err"]):
-            return {"listed": listed, "problem": "finished without a finite final error in run.json: excluded"}
-        loss = recorded.get("val_loss", 0.0)  # absent from the oldest records
-        if not _is_number(loss) or not math.isfinite(loss):
-            # weights blown up after the last training loss was checked, recorded finished by a version
-            # before 26b6a62: the error is an argmax over NaN logits, no result (train.py refuses it too)
-            return {"listed": listed, "problem": f"finished with a non-finite final validation loss ({loss}) in "
-                    f"run.json, a divergence an older version recorded as finished: excluded; move the run "
-                    f"directory away and run again (it is then recorded diverged)"}
+        problem = finished_record_problem(run)
+        if problem:
+            return {"listed": listed, "problem": f"run.json {problem}: excluded; move the run directory away and "
+                    f"run again (a divergence is then recorded diverged)"}
         if recorded["val_top1_err"] != final.get("val_top1_err") or \
                 (n_epochs is not None and len(epochs) != n_epochs):
             return {"listed": listed, "problem": f"metrics.jsonl disagrees with run.json ({len(epochs)} epoch "

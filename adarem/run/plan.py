@@ -18,7 +18,6 @@ alive) out of a directory that a live process is using; its refusal is a ``RunLo
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import socket
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Optional
 from adarem.run import checkpoint as ckpt_io
 from adarem.config import ConfigError
 from adarem.run.identity import config_differences
-from adarem.run.record import FINAL_STATUSES, METRICS, read_run_json
+from adarem.run.record import FINAL_STATUSES, METRICS, finished_record_problem, read_run_json
 
 LOCK = ".lock"
 
@@ -72,10 +71,6 @@ def _checkpoint_of(config: dict, ckpt: dict, what: str, hint: str, unrecorded: O
     return ckpt
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _run_files(run_dir: Path) -> list[str]:
     """What of a run the directory holds besides run.json: checkpoints, a non-empty metrics.jsonl."""
     run_dir = Path(run_dir)
@@ -97,15 +92,10 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
             raise _differs(f"{run_dir} holds a {previous.get('status', 'unknown')} run that", diff,
                            "choose another hydra.run.dir (the default directory name is unique per "
                            "configuration) or restore those values")
-        if previous.get("status") == "finished" and not _finite((previous.get("final") or {}).get("val_top1_err")):
-            raise ConfigError(f"{run_dir}/run.json says finished but records no finite final error (a record of an "
-                              f"older version); it is not a result: move that directory away and run again")
-        loss = (previous.get("final") or {}).get("val_loss", 0.0)  # absent from the oldest records
-        if previous.get("status") == "finished" and not _finite(loss):
-            raise ConfigError(f"{run_dir}/run.json says finished but its final validation loss is {loss} (weights that "
-                              f"diverged after the last training loss was checked, recorded finished by an older "
-                              f"version: its top-1 error is an argmax over NaN logits); it is not a result: move that "
-                              f"directory away and run again (the run is then recorded diverged)")
+        problem = finished_record_problem(previous)
+        if problem:
+            raise ConfigError(f"{run_dir}/run.json {problem}; it is not a result: move that directory away and "
+                              f"run again (a divergence is then recorded diverged)")
         if previous.get("status") in FINAL_STATUSES:
             if resume == "auto":
                 return RunPlan(previous, None, None, already_done=True)

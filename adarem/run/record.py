@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -101,6 +102,31 @@ def trained_at_other_bn_batch(record: dict, world: int, sync_bn: bool) -> bool:
     before = record.get("world_size")
     return before is not None and before != world and record.get("bn_batch", "unrecorded") is not None \
         and not sync_bn
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def finished_record_problem(record: dict) -> str | None:
+    """Why a run.json that says ``finished`` is no result, None if it is one (or is not finished).
+    train.py refuses such a record on relaunch and the tables exclude it, with this reason.
+
+    - no finite final top-1 error: a record of an older version;
+    - a non-finite final validation loss: weights that blew up after the last training loss was
+      checked, recorded finished by a version before 26b6a62 (its error is an argmax over NaN
+      logits). Records older than the key carry no val_loss and pass."""
+    if record.get("status") != "finished":
+        return None
+    final = record.get("final") if isinstance(record.get("final"), dict) else {}
+    if not _finite_number(final.get("val_top1_err")):
+        return "says finished but records no finite final error (a record of an older version)"
+    loss = final.get("val_loss", 0.0)
+    if not _finite_number(loss):
+        return (f"says finished but its final validation loss is {loss} (weights that diverged after the last "
+                f"training loss was checked, recorded finished by an older version: its top-1 error is an "
+                f"argmax over NaN logits)")
+    return None
 
 
 def read_run_json(run_dir: Path) -> dict | None:

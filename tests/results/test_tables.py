@@ -266,8 +266,8 @@ def test_finished_runs_that_disagree_with_their_record_are_kept_out(tmp_path):
     rs = load_runs(root)
     assert list(rs.runs.run_dir.str.split("/").str[-1]) == ["good"]
     problems = {p["run_dir"].split("/")[-1]: p["problem"] for p in rs.problems}
-    assert "finished without a finite final error" in problems["no_final"]
-    assert "non-finite final validation loss (nan)" in problems["nan_loss"]
+    assert "records no finite final error" in problems["no_final"]
+    assert "final validation loss is nan" in problems["nan_loss"]
     assert "metrics.jsonl disagrees with run.json" in problems["short"]
     assert "metrics.jsonl disagrees with run.json" in problems["other_final"]
 
