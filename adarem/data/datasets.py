@@ -170,11 +170,17 @@ class ImageFolderDataset(ReproducibleDataset):
                             f"data.image_size anyway) or remove it") from None
 
 
+# Formats whose PIL mode "I" images hold 16-bit values (0-65535): a 16-bit PGM/PPM (any maxval
+# above 255, rescaled by PIL to 0-65535) and, under older Pillow versions, a 16-bit greyscale PNG.
+SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+
+
 def to_mode(img: Image.Image, mode: str) -> Image.Image:
     """``img`` as an 8-bit "L" or "RGB" image. A 16-bit greyscale image (PIL mode "I;16", a 16-bit
-    PNG or TIFF) is scaled to 8 bits first, as DALI's decoder does: PIL's own convert clips its
-    values at 255, which makes almost every pixel white."""
-    if img.mode.startswith("I;16"):
+    PNG or TIFF; mode "I" from a 16-bit PGM, or from a 16-bit PNG under older Pillow versions) is
+    scaled to 8 bits first, as DALI's decoder does: PIL's own convert clips its values at 255,
+    which makes almost every pixel white."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format in SIXTEEN_BIT_I_FORMATS):
         wide = np.asarray(img).astype(np.uint32)
         img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
     return img.convert(mode)

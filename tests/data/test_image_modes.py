@@ -1,0 +1,68 @@
+"""Image files of the less common PIL modes: both loaders feed the model the same image, or both
+refuse the file in one line naming it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adarem.config import DataConfig
+from adarem.data import build_data
+from adarem.data.datasets import to_mode
+
+CPU = torch.device("cpu")
+H, W = 10, 12
+GREY = np.linspace(0, 255, H * W).reshape(H, W).round().astype(np.uint8)  # a ramp: every level counts
+
+
+def _tree(root, write, name):
+    """train/ and val/ of 2 classes; class a holds ``name`` written by ``write(path)``, class b an
+    8-bit PNG of the same ramp."""
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+        write(root / split / "a" / name)
+        Image.fromarray(GREY).save(root / split / "b" / "0.png")
+    return root
+
+
+def _val(root, loader="torch"):
+    """The first validation image as the model gets it, in grey levels (mean 0, std 1, x 255), at
+    the file's own size where possible (image_size = its height; width resized)."""
+    cfg = DataConfig(name="folder", root=str(root), image_size=H, val_resize=H, random_resized_crop=False,
+                     hflip=False, num_workers=0, loader=loader, in_chans=1, mean=[0.0], std=[1.0])
+    data = build_data(cfg, 2, 0, 1, 0, CPU)
+    x, y = next(iter(data.val.epoch(0)))
+    if hasattr(data.val, "to_device"):
+        x = data.val.to_device(x, y, CPU, False)[0]
+    return x[0] * 255
+
+
+def _pgm16(path, maxval=65535):
+    wide = (GREY.astype(np.uint32) * maxval + 127) // 255
+    path.write_bytes(b"P5\n%d %d\n%d\n" % (W, H, maxval) + wide.astype(">u2").tobytes())
+
+
+def test_a_16_bit_pgm_opened_as_mode_I_is_scaled_not_clipped(tmp_path):
+    root = _tree(tmp_path / "t", _pgm16, "0.pgm")
+    assert Image.open(root / "val" / "a" / "0.pgm").mode == "I"  # how PIL opens it (0-65535)
+    eight = _val(_tree(tmp_path / "e", lambda p: Image.fromarray(GREY).save(p), "0.png"))
+    x = _val(root)
+    # before: PIL's convert clipped at 255, every pixel but the first white (mean 253 grey levels)
+    assert torch.equal(x, eight), (float(x.mean()), float(eight.mean()))
+    pytest.importorskip("nvidia.dali")  # DALI's decoder scales it the same way
+    assert float((_val(root, "dali") - x).abs().max()) <= 2  # resampling
+
+
+def test_a_16_bit_png_opened_as_mode_I_by_older_pillow_is_scaled(tmp_path):
+    """Older Pillow versions open a 16-bit greyscale PNG as mode "I" (0-65535), not "I;16"."""
+    path = tmp_path / "wide.png"
+    Image.fromarray((GREY.astype(np.uint16) * 257)).save(path)
+    with Image.open(path) as img:
+        img.load()
+        old = img.convert("I")  # the image as older Pillow versions open it
+        old.format = img.format
+    assert old.mode == "I" and old.format == "PNG"
+    assert np.array_equal(np.asarray(to_mode(old, "L")), GREY)  # before: 255 but for the first pixel
