@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from adarem.config import DataConfig
-from adarem.data.datasets import DataError, corrupt_image_error
+from adarem.data.datasets import DataError, corrupt_image_error, unsupported_image
 from adarem.data.sampling import sample_seed
 from adarem.data.transforms import random_resized_crop_box, val_resize
 
@@ -65,16 +65,21 @@ def looks_like_complete_png(data: bytes) -> bool:
     return data[:8] == b"\x89PNG\r\n\x1a\n" and data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND"
 
 
-def pil_decodes(raw: bytes) -> bool:
+def pil_decodes(raw: bytes, path: str | None = None) -> bool:
     """PIL decodes the whole file, as the torch loader would: the test for the files that fail the
     marker test but are images (ImageNet's PNG named .JPEG, a JPEG with more trailing bytes, the
     other formats list_image_folder accepts); DALI's decoder reads these formats too. A truncated
-    file fails here as it fails in the torch loader."""
+    file fails here as it fails in the torch loader. With ``path``, an image that the torch loader
+    refuses (datasets.unsupported_image: 32-bit, float, LAB pixels; these are TIFFs, so they come
+    here) is refused here too, in the same words (DataError)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
+            refusal = None if path is None else unsupported_image(img, path)
+        if refusal is not None:
+            raise refusal
         return True
     except Image.DecompressionBombError:  # larger than PIL's limit: an image all the same
         return True
@@ -89,7 +94,7 @@ def read_image(path: str) -> tuple[np.ndarray | None, int]:
             raw = f.read()
     except OSError:
         return None, _UNREADABLE
-    if looks_like_complete_jpeg(raw) or looks_like_complete_png(raw) or pil_decodes(raw):
+    if looks_like_complete_jpeg(raw) or looks_like_complete_png(raw) or pil_decodes(raw, path):
         return np.frombuffer(raw, dtype=np.uint8), -1
     return None, _UNDECODABLE
 

@@ -164,6 +164,9 @@ class ImageFolderDataset(ReproducibleDataset):
         try:
             with Image.open(path) as img:
                 img.load()  # decode now, so a truncated file fails here and not later
+                refusal = unsupported_image(img, path)
+                if refusal is not None:  # not a corrupt file: never replaced
+                    raise refusal
                 return to_mode(img, self.mode), label
         except Image.DecompressionBombError as exc:  # an image, not a corrupt file: never replaced
             raise DataError(f"image {path} is too large for PIL ({exc}); downscale it (it is resized to "
@@ -173,6 +176,27 @@ class ImageFolderDataset(ReproducibleDataset):
 # Formats whose PIL mode "I" images hold 16-bit values (0-65535): a 16-bit PGM/PPM (any maxval
 # above 255, rescaled by PIL to 0-65535) and, under older Pillow versions, a 16-bit greyscale PNG.
 SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+
+
+def unsupported_image(img: Image.Image, path) -> DataError | None:
+    """The refusal of an image whose pixels the two loaders would not read alike (both refuse it,
+    the DALI loader in its reader): 32-bit float (PIL mode "F") or 32-bit / signed integer pixels
+    (mode "I" of a TIFF) have no 0-255 range a loader could know (PIL's convert clips them at 255,
+    DALI's decoder refuses "I" and scales "F" from 0-1), and PIL converts LAB/HSV to RGB otherwise
+    than DALI. None for every other image."""
+    mode, fmt = img.mode, img.format
+    if mode == "F" or (mode == "I" and fmt not in SIXTEEN_BIT_I_FORMATS):
+        kind = "32-bit floating-point" if mode == "F" else "32-bit or signed integer"
+        return DataError(f"image {path} has {kind} pixels (PIL mode {mode}, {fmt}), whose range the loaders cannot "
+                         f"know (PIL's convert clips them at 255, DALI's decoder "
+                         f"{'scales 0-1 to 0-255' if mode == 'F' else 'cannot read them'}); save it as an 8-bit or "
+                         f"unsigned 16-bit PNG scaled as its values mean (ImageMagick: magick IN -auto-level -depth 8 "
+                         f"OUT.png), or remove it")
+    if mode in ("LAB", "HSV"):
+        return DataError(f"image {path} is in the {mode} colour space (PIL mode {mode}, {fmt}), which PIL and DALI "
+                         f"convert to RGB differently; save it as RGB (ImageMagick: magick IN -colorspace sRGB "
+                         f"OUT.png), or remove it")
+    return None
 
 
 def to_mode(img: Image.Image, mode: str) -> Image.Image:

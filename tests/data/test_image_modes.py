@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from adarem.cli import one_line
 from adarem.config import DataConfig
 from adarem.data import build_data
 from adarem.data.datasets import to_mode
@@ -66,3 +67,33 @@ def test_a_16_bit_png_opened_as_mode_I_by_older_pillow_is_scaled(tmp_path):
         old.format = img.format
     assert old.mode == "I" and old.format == "PNG"
     assert np.array_equal(np.asarray(to_mode(old, "L")), GREY)  # before: 255 but for the first pixel
+
+
+def _lab_tiff(path):
+    Image.fromarray(np.dstack([GREY, GREY[::-1], GREY[:, ::-1]])).convert("LAB").save(path)
+
+
+@pytest.mark.parametrize("name, write, words", [
+    ("int32.tif", lambda p: Image.fromarray(GREY.astype(np.int32) * 65793).save(p), "32-bit or signed integer pixels"),
+    ("float.tif", lambda p: Image.fromarray(GREY.astype(np.float32) / 255).save(p), "32-bit floating-point pixels"),
+    ("lab.tif", _lab_tiff, "LAB colour space"),
+])
+@pytest.mark.parametrize("loader, workers", [("torch", 0), ("torch", 1), ("dali", 0), ("dali", 1)])
+def test_pixels_the_loaders_would_read_differently_are_refused_in_one_line(tmp_path, name, write, words, loader,
+                                                                             workers):
+    """Before: the torch loader clipped a 32-bit TIFF at 255 (all white) and a 0-1 float TIFF to 0-1
+    (all black), where DALI failed on the first (an error naming no file) and scaled the second to
+    0-255; a LAB TIFF differed by up to 69 grey levels between the two."""
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
+    root = _tree(tmp_path, write, name)
+    cfg = DataConfig(name="folder", root=str(root), image_size=8, val_resize=8, num_workers=workers, loader=loader,
+                     in_chans=3, on_corrupt="skip")  # not a corrupt file: never replaced
+    data = build_data(cfg, 2, 0, 1, 0, CPU)
+    from adarem.data import DataError
+
+    with pytest.raises(DataError) as err:
+        list(data.train.epoch(0))
+    message = one_line(err.value)  # the line the command prints (a torch worker's error arrives as a traceback)
+    assert "\n" not in message and str(root / "train" / "a" / name) in message and words in message, message
+    assert "save it as" in message
