@@ -30,7 +30,9 @@ lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step;
 max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR  dry_run=true (check the
 arguments and every optimizer's configuration as a trial's train.py would, print the plan, launch
 nothing).  Every other key=value is a train.py override; trainer.max_steps is refused (a trial
-stopped early would score worst: use trainer.epochs for a shorter study).
+stopped early would score worst: use trainer.epochs for a shorter study), as are seed=, optimizer=,
+data.eval_on=, run_dir= (set by the protocol for every trial), resume=<checkpoint> (one checkpoint for
+every trial) and Hydra's own settings (hydra.run.dir, hydra.job.chdir, hydra/launcher=...: unused).
 out defaults to results/<data>_<model> (results/<experiment> with experiment=), with the train.py
 overrides that change the final runs appended (results/digits_small_cnn-trainer.epochs=2): a
 comparison of another configuration never replaces the main job's or an experiment's report unless
@@ -200,6 +202,18 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         key = arg.split("=", 1)[0].lstrip("+~")
         if key in protocol_keys:
             fail(f"{arg} is set by the protocol for every trial and would be ignored; {protocol_keys[key]}")
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            # compare.py composes each trial's configuration itself and sets its run_dir: Hydra's own
+            # settings (hydra.run.dir, hydra.sweep.dir, hydra.job.chdir, hydra/launcher=...) were
+            # accepted and had no effect at all, while the user believed them applied
+            where = ("choose the trials' folder with runs= and the report's with out=" if "dir" in key or "chdir" in key
+                     else "choose where the trials run with launcher=local|slurm" if "launcher" in key
+                     else "drop it")
+            fail(f"{arg} is a setting of Hydra's, which compare.py does not use (each trial's directory is "
+                 f"<runs>/<stage>/<optimizer>/..., set by the protocol) and would be ignored; {where}")
+        if key == "resume" and "=" in arg and arg.split("=", 1)[1] not in ("auto", "never"):
+            fail(f"{arg} would start every trial of every optimizer from that one checkpoint; compare.py resumes each "
+                 f"trial from its own run directory (resume=auto): drop it")
     if own["lr_span"] > 6 or (own["lr_step"] > 0 and own["lr_span"] / own["lr_step"] > 100):
         fail(f"lr_span={own['lr_span']} (decades each side) must be <= 6, with at most 100 steps of lr_step="
              f"{own['lr_step']} each side")
