@@ -87,14 +87,48 @@ def pil_decodes(raw: bytes, path: str | None = None) -> bool:
         return False
 
 
+def binary_pnm_maxval(raw: bytes) -> int | None:
+    """The maxval of a binary PGM/PPM (P5/P6) header; None for any other file (or a header that
+    does not parse, left to the decoders)."""
+    if raw[:1] != b"P" or raw[1:2] not in (b"5", b"6"):
+        return None
+    tokens, i, n = [], 2, min(len(raw), 4096)
+    while len(tokens) < 3 and i < n:
+        c = raw[i:i + 1]
+        if c == b"#":  # a comment runs to the end of its line
+            while i < n and raw[i:i + 1] not in (b"\n", b"\r"):
+                i += 1
+        elif c.isspace():
+            i += 1
+        else:
+            j = i
+            while j < n and raw[j:j + 1].isdigit():
+                j += 1
+            if j == i:
+                return None
+            tokens.append(int(raw[i:j]))
+            i = j
+    return tokens[2] if len(tokens) == 3 else None
+
+
 def read_image(path: str) -> tuple[np.ndarray | None, int]:
-    """(encoded bytes, -1) for a file that decodes; (None, reason code) otherwise."""
+    """(encoded bytes, -1) for a file that decodes; (None, reason code) otherwise. A binary PGM/PPM
+    whose maxval is neither 255 nor 65535 is refused (DataError): DALI's decoder reads its values as
+    if the maxval were one of these (a maxval of 15 or 1023 gives an almost black image), where PIL,
+    and so the torch loader, scales them to the maxval."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError:
         return None, _UNREADABLE
     if looks_like_complete_jpeg(raw) or looks_like_complete_png(raw) or pil_decodes(raw, path):
+        maxval = binary_pnm_maxval(raw)
+        if maxval not in (None, 255, 65535):
+            raise DataError(f"image {path} is a binary PGM/PPM of maxval {maxval}, which DALI's decoder does not "
+                            f"scale (it reads the values as if the maxval were 255 or 65535: too dark); use "
+                            f"data.loader=torch (PIL scales it), or save it as PNG, which PIL scales (python -c "
+                            f"\"from PIL import Image; im = Image.open('IN'); (im.convert('I;16') if im.mode == 'I' "
+                            f"else im).save('OUT.png')\")")
         return np.frombuffer(raw, dtype=np.uint8), -1
     return None, _UNDECODABLE
 

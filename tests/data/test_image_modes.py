@@ -97,3 +97,38 @@ def test_pixels_the_loaders_would_read_differently_are_refused_in_one_line(tmp_p
     message = one_line(err.value)  # the line the command prints (a torch worker's error arrives as a traceback)
     assert "\n" not in message and str(root / "train" / "a" / name) in message and words in message, message
     assert "save it as" in message
+
+
+@pytest.mark.parametrize("maxval", [15, 1023])
+def test_a_binary_pgm_of_another_maxval_is_refused_by_dali_that_does_not_scale_it(tmp_path, maxval):
+    """Before: DALI read a maxval-15 PGM of this ramp as mean 6 grey levels, a maxval-1023 one as 1
+    (values taken as if the maxval were 255 or 65535), where PIL scales it (the torch loader: 127)."""
+    def write(path):
+        values = (GREY.astype(np.uint32) * maxval + 127) // 255
+        path.write_bytes(b"P5\n# a comment\n%d %d\n%d\n" % (W, H, maxval)
+                         + values.astype(">u2" if maxval > 255 else np.uint8).tobytes())
+
+    root = _tree(tmp_path / "t", write, "0.pgm")
+    x = _val(root)  # the torch loader: PIL scales it to the maxval
+    assert float((x - _val(_tree(tmp_path / "e", lambda p: Image.fromarray(GREY).save(p), "0.png"))).abs().max()) <= 9
+    pytest.importorskip("nvidia.dali")
+    from adarem.data import DataError
+
+    with pytest.raises(DataError) as err:
+        _val(root, "dali")
+    message = one_line(err.value)
+    assert "\n" not in message and str(root / "val" / "a" / "0.pgm") in message, message
+    assert f"maxval {maxval}" in message and "data.loader=torch" in message
+
+
+def test_dali_reads_the_pgm_it_scales_as_the_torch_loader_does(tmp_path):
+    """A plain (ASCII) PGM of maxval 15, which DALI does scale, and binary ones of maxval 255 and 65535
+    are read, as under the torch loader."""
+    values = (GREY.astype(np.uint32) * 15 + 127) // 255
+    writers = {"plain.pgm": lambda p: p.write_bytes(b"P2\n%d %d\n15\n" % (W, H) + " ".join(map(str, values.reshape(-1))).encode() + b"\n"),
+               "eight.pgm": lambda p: p.write_bytes(b"P5\n%d %d\n255\n" % (W, H) + GREY.tobytes()),
+               "sixteen.pgm": _pgm16}
+    pytest.importorskip("nvidia.dali")
+    for name, write in writers.items():
+        root = _tree(tmp_path / name, write, name)
+        assert float((_val(root, "dali") - _val(root)).abs().max()) <= 2, name
