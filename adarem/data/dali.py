@@ -471,11 +471,13 @@ class DaliLoader:
         """After DALI's decoder failed: the first file of the failing batch (or of those prefetched
         with it) that PIL cannot decode either, named in the error. A file that passes the reader's
         cheap test (markers present, corrupt inside) reaches the decoder, and data.on_corrupt=skip
-        cannot replace it there."""
+        cannot replace it there. If PIL decodes them all, the first that DALI's CPU decoder fails on
+        alone (a file that PIL reads and DALI does not: a 1-bit TIFF without a BitsPerSample tag,
+        as PIL writes it), also named."""
         if not isinstance(exc, DaliBatchError):
             return
-        for index in (i for batch in batches for i in batch):
-            path = self.samples[index][0]
+        paths = list(dict.fromkeys(self.samples[i][0] for batch in batches for i in batch))
+        for path in paths:
             try:
                 with open(path, "rb") as f:
                     ok = pil_decodes(f.read())
@@ -485,6 +487,36 @@ class DaliLoader:
                 raise DataError(f"corrupt image {path}: PIL cannot decode it either (DALI failed on a batch "
                                 f"({exc.reason})); remove or repair it (data.on_corrupt=skip replaces only files "
                                 f"the reader finds truncated)") from None
+        found = first_dali_undecodable(paths, gray=self.cfg.in_chans == 1)
+        if found is not None:
+            path, reason = found
+            raise DataError(f"image {path} decodes in PIL but not in DALI's decoder ({reason}); save it as PNG "
+                            f"(python -c \"from PIL import Image; Image.open('IN').save('OUT.png')\") or use "
+                            f"data.loader=torch") from None
+
+
+def first_dali_undecodable(paths: list[str], gray: bool) -> tuple[str, str] | None:
+    """(path, DALI's reason) of the first file of ``paths`` that DALI's CPU decoder fails on, decoded
+    one at a time; None if it decodes them all (about a millisecond each)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True)
+    def one_file():
+        data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+        return fn.decoders.image(data, device="cpu", output_type=types.GRAY if gray else types.RGB,
+                                 adjust_orientation=False)
+
+    pipe = one_file()
+    pipe.build()
+    for path in paths:
+        try:
+            pipe.feed_input("data", [np.fromfile(path, dtype=np.uint8)])
+            pipe.run()
+        except OSError:
+            continue  # unreadable now: not what failed the decoder
+        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError
+            return path, _dali_reason(exc)
+    return None
 
 
 class DaliBatchError(DataError):

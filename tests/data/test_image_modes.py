@@ -132,3 +132,20 @@ def test_dali_reads_the_pgm_it_scales_as_the_torch_loader_does(tmp_path):
     for name, write in writers.items():
         root = _tree(tmp_path / name, write, name)
         assert float((_val(root, "dali") - _val(root)).abs().max()) <= 2, name
+
+
+def test_a_file_that_pil_decodes_and_dali_does_not_is_named(tmp_path):
+    """A 1-bit TIFF as PIL writes it (no BitsPerSample tag: 1 by the TIFF standard), which DALI's
+    TIFF parser refuses. Before: 'DALI failed on a batch (Error in CPU operator ...)', naming no
+    file. The torch loader reads it (0 and 255)."""
+    pytest.importorskip("nvidia.dali")
+    root = _tree(tmp_path, lambda p: Image.fromarray(GREY > 127).save(p), "bits.tif")
+    x = _val(root)  # the torch loader reads it
+    assert float(x.min()) == 0 and float(x.max()) == 255
+    from adarem.data import DataError
+
+    with pytest.raises(DataError) as err:
+        _val(root, "dali")
+    message = one_line(err.value)
+    assert "\n" not in message and str(root / "val" / "a" / "bits.tif") in message, message
+    assert "decodes in PIL but not in DALI" in message and "data.loader=torch" in message
