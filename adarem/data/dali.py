@@ -585,5 +585,9 @@ def build_dali_loaders(cfg: DataConfig, train_samples, val_samples, global_batch
 def _dali_reason(exc: Exception) -> str:
     """The informative line of a DALI error (its first lines are generic banners)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:  # "Error in CPU operator `...`, which was used ... encountered: <the cause>"
+        cause = lines[lines.index("encountered:") + 1].rstrip(" :")
+        operator = next((line.rstrip(",") for line in lines if line.startswith("Error in ")), "")
+        return f"{operator}: {cause}"[:300] if operator else cause[:300]
     useful = [line for line in lines if "rror" in line and "Critical error in pipeline" not in line]
     return (useful or lines or [type(exc).__name__])[0][:300]

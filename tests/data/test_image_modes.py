@@ -149,3 +149,5 @@ def test_a_file_that_pil_decodes_and_dali_does_not_is_named(tmp_path):
     message = one_line(err.value)
     assert "\n" not in message and str(root / "val" / "a" / "bits.tif") in message, message
     assert "decodes in PIL but not in DALI" in message and "data.loader=torch" in message
+    # DALI's cause, after the operator's name (before: the operator's name alone, "...decoders.image`,")
+    assert "decoders.image`: " in message, message
