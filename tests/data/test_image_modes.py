@@ -151,3 +151,80 @@ def test_a_file_that_pil_decodes_and_dali_does_not_is_named(tmp_path):
     assert "decodes in PIL but not in DALI" in message and "data.loader=torch" in message
     # DALI's cause, after the operator's name (before: the operator's name alone, "...decoders.image`,")
     assert "decoders.image`: " in message, message
+
+
+# a square colour image (no resampling: image_size is its size): three different ramps
+RGB = np.ascontiguousarray(np.dstack([GREY, GREY[::-1], GREY[:, ::-1]])[:, :H])
+
+
+def _frames(path, **kw):
+    """Two frames: RGB, then its negative (the loaders read the first)."""
+    Image.fromarray(RGB).save(path, save_all=True, append_images=[Image.fromarray(255 - RGB)], **kw)
+
+
+def _exif_rotated(path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": torchvision's ImageFolder and both loaders use the pixels as stored
+    Image.fromarray(RGB).save(path, exif=exif, quality=100, subsampling=0)
+
+
+def _rgb16_png(path):
+    import struct
+    import zlib
+
+    rows = b"".join(b"\0" + (RGB[r].astype(np.uint32) * 257).astype(">u2").tobytes() for r in range(H))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", H, H, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _rgba(path, alpha_mode):
+    rgba = Image.fromarray(np.dstack([RGB, np.where(np.arange(H) < 4, 0, 255).astype(np.uint8)[None].repeat(H, 0)]))
+    rgba.convert(alpha_mode).save(path)
+
+
+# (file name, writer, what the loaders should read: the RGB image as PIL converts it). Both loaders
+# drop alpha (the colour under a transparent pixel is read, as torchvision's convert("RGB") does),
+# ignore EXIF orientation and read the first frame of a multi-frame file.
+AGREED = [
+    ("palette_transparent.png", lambda p: Image.fromarray(RGB).quantize(64).save(p, transparency=0),
+     lambda: Image.fromarray(RGB).quantize(64).convert("RGB")),
+    ("rgba.png", lambda p: _rgba(p, "RGBA"), lambda: Image.fromarray(RGB)),
+    ("la.png", lambda p: _rgba(p, "LA"), lambda: Image.fromarray(RGB).convert("L")),
+    ("bits.png", lambda p: Image.fromarray(RGB).convert("1").save(p), lambda: Image.fromarray(RGB).convert("1")),
+    ("grey.jpg", lambda p: Image.fromarray(GREY).save(p, quality=95), lambda: Image.fromarray(GREY)),
+    ("cmyk.jpg", lambda p: Image.fromarray(RGB).convert("CMYK").save(p, quality=100, subsampling=0), lambda: Image.fromarray(RGB)),
+    ("exif_rotated.jpg", _exif_rotated, lambda: Image.fromarray(RGB)),
+    ("big_endian_16.tif", lambda p: Image.frombytes("I;16B", (H, H), (GREY[:, :H].astype(np.uint32) * 257)
+                                                     .astype(">u2").tobytes()).save(p), lambda: Image.fromarray(GREY[:, :H])),
+    ("rgb16.png", _rgb16_png, lambda: Image.fromarray(RGB)),
+    ("frames.tif", _frames, lambda: Image.fromarray(RGB)),
+    ("frames.png", _frames, lambda: Image.fromarray(RGB)),
+    ("frames.webp", lambda p: _frames(p, lossless=True), lambda: Image.fromarray(RGB)),
+]
+
+
+def _rgb_val(root, loader):
+    cfg = DataConfig(name="folder", root=str(root), image_size=H, val_resize=H, random_resized_crop=False,
+                     hflip=False, num_workers=0, loader=loader, mean=[0.0] * 3, std=[1.0] * 3)
+    data = build_data(cfg, 2, 0, 1, 0, CPU)
+    x, y = next(iter(data.val.epoch(0)))
+    if hasattr(data.val, "to_device"):
+        x = data.val.to_device(x, y, CPU, False)[0]
+    return x[0] * 255
+
+
+@pytest.mark.parametrize("name, write, expected", AGREED, ids=[a[0] for a in AGREED])
+def test_both_loaders_read_the_same_image_of_every_mode_they_accept(tmp_path, name, write, expected):
+    """Checked and found right (no fix): the same pixels from both loaders, those of the image as
+    PIL converts it to RGB (a lossy JPEG within its own error)."""
+    root = _tree(tmp_path / "t", write, name)
+    reference = _tree(tmp_path / "r", lambda p: expected().convert("RGB").save(p), "ref.png")
+    x = _rgb_val(root, "torch")
+    lossy = name.endswith(".jpg")
+    assert float((x - _rgb_val(reference, "torch")).abs().max()) <= (6 if lossy else 1), name
+    pytest.importorskip("nvidia.dali")
+    assert float((_rgb_val(root, "dali") - x).abs().max()) <= 1, name  # rounding
