@@ -29,8 +29,10 @@ Keys of this script (key=value): optimizers=a,b,c  seeds=N  select_seeds=N  sear
 lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step; no extension)
 max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR  dry_run=true (check the
 arguments and every optimizer's configuration as a trial's train.py would, print the plan, launch
-nothing).  Every other key=value is a train.py override; trainer.max_steps is refused (a trial
-stopped early would score worst: use trainer.epochs for a shorter study), as are seed=, optimizer=,
+nothing). Refused, as they would be ignored: a key given twice, an optimizer named twice, a key of the
+other launcher (partition= without launcher=slurm, workers= with it), lr_span=/lr_step=/max_extend=N
+beside lr_grid=, evals_per_epoch= beside trainer.evals_per_epoch=.
+Every other key=value is a train.py override; trainer.max_steps is refused (a trial stopped early would score worst: use trainer.epochs for a shorter study), as are seed=, optimizer=,
 data.eval_on=, run_dir= (set by the protocol for every trial), resume=<checkpoint> (one checkpoint for
 every trial) and Hydra's own settings (hydra.run.dir, hydra.job.chdir, hydra/launcher=...: unused).
 out defaults to results/<data>_<model> (results/<experiment> with experiment=), with the train.py
@@ -143,10 +145,12 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     """(this script's keys, the train.py overrides); one ``error:`` line and exit 2 on bad input."""
     own, passthrough = dict(DEFAULTS), []
     own.update({k: os.environ.get(env, default) for k, (env, default) in SLURM_KEYS.items()})
+    own_given: dict[str, list[str]] = {}  # this script's keys as given, in order
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and (key in DEFAULTS or key in SLURM_KEYS):
             own[key] = value
+            own_given.setdefault(key, []).append(arg)
         elif arg in ("-h", "--help"):
             print(USAGE)
             sys.exit(0)
@@ -162,13 +166,22 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     except ValueError as exc:
         fail(f"bad compare.py argument ({exc}); seeds, select_seeds, workers and max_extend are integers, "
              f"lr_span/lr_step numbers, lr_grid comma-separated numbers")
+    twice = next((args for args in own_given.values() if len(args) > 1), None)
+    if twice:  # the last one silently won
+        fail(f"{' '.join(twice)}: {twice[0].split('=', 1)[0]}= is given {len(twice)} times; give it once")
     if own["dry_run"] not in ("true", "false"):
         fail(f"dry_run={own['dry_run']!r} must be true or false")
     own["dry_run"] = own["dry_run"] == "true"
-    own["optimizers"] = [o for o in own["optimizers"].split(",") if o]
-    if own["seeds"] < 1 or own["select_seeds"] < 1 or own["workers"] < 1 or own["max_extend"] < 0 \
-            or own["evals_per_epoch"] < 1 or not own["optimizers"]:
-        fail("seeds, select_seeds, workers and evals_per_epoch must be >= 1, max_extend >= 0, optimizers non-empty")
+    names = own["optimizers"]
+    own["optimizers"] = [o for o in names.split(",") if o]
+    for key, least in (("seeds", 1), ("select_seeds", 1), ("workers", 1), ("evals_per_epoch", 1), ("max_extend", 0)):
+        if own[key] < least:
+            fail(f"{key}={own[key]} must be an integer >= {least}")
+    if not own["optimizers"]:
+        fail(f"optimizers={names} names no optimizer; give a comma-separated list, e.g. optimizers=sgd,adamw,adarem")
+    repeated = sorted({o for o in own["optimizers"] if own["optimizers"].count(o) > 1})
+    if repeated:  # one search and one set of finals per name: the repeat was dropped without a word
+        fail(f"optimizers={names} names {', '.join(repeated)} more than once; give each optimizer once")
     if own["search"] not in ("lr", "lr_wd"):
         fail(f"search={own['search']!r} must be lr or lr_wd")
     bad = [m for m in own["lr_grid"] if not (0 < m < math.inf)]
@@ -219,6 +232,26 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
              f"{own['lr_step']} each side")
     if own["launcher"] not in ("local", "slurm"):
         fail(f"launcher={own['launcher']!r} must be local or slurm")
+    # keys of the other launcher were ignored without a word: partition=gpu without launcher=slurm ran
+    # every trial on this machine
+    unused = [args[0] for key, args in own_given.items() if key in SLURM_KEYS] if own["launcher"] == "local" else \
+        own_given.get("workers", [])[:1]
+    if unused:
+        fail(f"{unused[0]} is a key of launcher={'slurm' if own['launcher'] == 'local' else 'local'} and would be "
+             f"ignored with launcher={own['launcher']}; "
+             + ("add launcher=slurm to run the trials on SLURM, or drop it" if own["launcher"] == "local" else
+                "each trial is a SLURM job (array_parallelism= caps how many run at once): drop it"))
+    if own["lr_grid"]:  # the factors are the grid, and it is never extended
+        ignored = [args[0] for key, args in own_given.items() if key in ("lr_span", "lr_step")] + \
+            [a for a in own_given.get("max_extend", []) if own["max_extend"] > 0]
+        if ignored:
+            fail(f"{ignored[0]} would be ignored with lr_grid= (its factors are the whole grid, never extended); give "
+                 f"lr_grid= or lr_span=/lr_step=/max_extend=, not both")
+    if own_given.get("evals_per_epoch") and any(a.split("=", 1)[0].lstrip("+") == "trainer.evals_per_epoch"
+                                            for a in passthrough):
+        fail(f"{own_given['evals_per_epoch'][0]} would be ignored: trainer.evals_per_epoch= is given too, and sets the "
+             f"evaluations of every trial, the selection's and the finals'; give one of them (evals_per_epoch= sets "
+             f"the finals' only)")
     for key in SLURM_KEYS if own["launcher"] == "slurm" else ():
         value = own[key]
         if key in ("partition", "account") or (key == "mem_gb" and value == ""):
@@ -292,7 +325,7 @@ def argument_notes(passthrough: list[str]) -> list[str]:
         notes.append(f"{next(a for a in passthrough if a.startswith('data='))} replaces the main job's defaults "
                      f"({' '.join(DIGITS_DEFAULTS)}): its runs are another configuration than the main job's")
     for key in ("optimizer.lr", "optimizer.weight_decay"):
-        given = [a for a in passthrough if a.startswith(key + "=")]
+        given = [a for a in passthrough if a.lstrip("+").startswith(key + "=")]
         if given:
             notes.append(f"{given[0]} replaces every optimizer's default {key.split('.')[1]} "
                          f"(configs/optimizer/), so each grid is centred on it")
@@ -559,7 +592,7 @@ def compare(argv: list[str]) -> int:
 
     # the finals' validation curve: evaluations at evenly spaced steps, for steps-to-target. The
     # selection runs evaluate at epoch ends only: evaluating does not change training (tested).
-    evals = [] if any(a.startswith("trainer.evals_per_epoch=") for a in base) else \
+    evals = [] if any(a.lstrip("+").startswith("trainer.evals_per_epoch=") for a in base) else \
         [f"trainer.evals_per_epoch={own['evals_per_epoch']}"]
 
     def overrides(opt, lr, wd, seed, stage):
