@@ -32,8 +32,9 @@ arguments and every optimizer's configuration as a trial's train.py would, print
 nothing). Refused, as they would be ignored: a key given twice, an optimizer named twice, a key of the
 other launcher (partition= without launcher=slurm, workers= with it), lr_span=/lr_step=/max_extend=N
 beside lr_grid=, evals_per_epoch= beside trainer.evals_per_epoch=.
-Every other key=value is a train.py override; trainer.max_steps is refused (a trial stopped early would score worst: use trainer.epochs for a shorter study), as are seed=, optimizer=,
-data.eval_on=, run_dir= (set by the protocol for every trial), resume=<checkpoint> (one checkpoint for
+Every other key=value is a train.py override; trainer.max_steps is refused (a trial stopped early
+would score worst: use trainer.epochs for a shorter study), as are seed=, optimizer=, data.eval_on=,
+run_dir= (set by the protocol for every trial), resume=<checkpoint> (one checkpoint for
 every trial) and Hydra's own settings (hydra.run.dir, hydra.job.chdir, hydra/launcher=...: unused).
 out defaults to results/<data>_<model> (results/<experiment> with experiment=), with the train.py
 overrides that change the final runs appended (results/digits_small_cnn-trainer.epochs=2): a
@@ -523,19 +524,31 @@ def load_own_runs(run_dirs: list[str]):
     return load_runs(run_dirs=list(run_dirs), newest_comparison=False)
 
 
-def write_comparison_report(out: Path, rs, selection, command: str, preamble: str) -> str:
+def write_comparison_report(out: Path, rs, selection, command: str, preamble: str, record=None) -> str:
     """The comparison's report (the selection plot, the tables, claims and plots of its finals, and
     selection.csv) written aside in one staging folder and moved into ``out`` only once complete: a
     report that fails midway (a full disk, a plot that raises) leaves out as it was, never half this
-    comparison's (adarem.results.report.staged_output). Returns tables.md's text."""
+    comparison's (adarem.results.report.staged_output). ``record()`` (the comparison's manifest for
+    make_tables; returns its path) is called once every file is staged, before they are moved in: a
+    manifest that cannot be written leaves out as it was too, and one written for a report whose move
+    into out then fails is removed: a comparison that exits with an error is never recorded as the
+    newest. Returns tables.md's text."""
     from adarem.results import CLAIMS_FILE
     from adarem.results.plots import plot_selection
     from adarem.results.report import staged_output, write_report_into
 
-    with staged_output(out) as staging:
-        plot_selection(selection, staging / "plots" / "selection_lr.png")
-        text = write_report_into(rs, staging, CLAIMS_FILE, command, preamble=preamble)
-        selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
+    manifest = None
+    try:
+        with staged_output(out) as staging:
+            plot_selection(selection, staging / "plots" / "selection_lr.png")
+            text = write_report_into(rs, staging, CLAIMS_FILE, command, preamble=preamble)
+            selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
+            if record is not None:
+                manifest = record()
+    except BaseException:
+        if manifest is not None:
+            Path(manifest).unlink(missing_ok=True)
+        raise
     return text
 
 
@@ -720,11 +733,19 @@ def compare(argv: list[str]) -> int:
         "\n![holdout error against lr](plots/selection_lr.png)\n"
     selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"],
                                                ascending=[False, True, True, True, True])
-    text = write_comparison_report(out, rs, selection, command, preamble)
-    # which finals are this comparison's, for make_tables on the runs folder later: written once the
-    # report is, so that a comparison that failed never becomes the newest
+    # which finals are this comparison's, for make_tables on the runs folder later: written with the
+    # report (after every file of it is staged, before they are moved in), so that a comparison whose
+    # report failed never becomes the newest, and a report is never left without its record
     finals_chosen = {opt: {"lr": lr, "weight_decay": wd} for opt, (lr, wd, *_) in chosen.items()}
-    write_manifest(runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"])
+    try:
+        text = write_comparison_report(out, rs, selection, command, preamble, record=lambda: write_manifest(
+            runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"]))
+    except OSError as exc:  # a full disk, a folder made unwritable meanwhile: the runs are kept
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        fail(f"cannot write the report into {out} or record the comparison in {runs_root / 'comparisons'} "
+             f"({where}{exc.strerror or exc}); the comparison is not recorded and every run is kept: free space (or "
+             f"make the folders writable) and launch the same command again, which reuses the finished runs and "
+             f"writes the report")
     verdicts = [line for line in text.splitlines() if line.startswith("| ") and any(
         v in line for v in ("Supported", "Contradicted", "Inconclusive", "Not supported", "Insufficient data"))]
     print("\n".join(verdicts))
