@@ -29,9 +29,10 @@ Keys of this script (key=value): optimizers=a,b,c  seeds=N  select_seeds=N  sear
 lr_span=D  lr_step=D  lr_grid=f1,f2,...  (explicit factors instead of span/step; no extension)
 max_extend=N  evals_per_epoch=N (finals; default 4)  workers=N  out=DIR  runs=DIR  dry_run=true (check the
 arguments and every optimizer's configuration as a trial's train.py would, print the plan, launch
-nothing). Refused, as they would be ignored: a key given twice, an optimizer named twice, a key of the
-other launcher (partition= without launcher=slurm, workers= with it), lr_span=/lr_step=/max_extend=N
-beside lr_grid=, evals_per_epoch= beside trainer.evals_per_epoch=.
+nothing). A key given twice takes its last value (slurm/sweep_paper.sh's arguments override its
+own). Refused, as they would be ignored: an optimizer named twice, a key of the other launcher
+(partition= without launcher=slurm, workers= with it), lr_span=/lr_step=/max_extend=N beside
+lr_grid=, evals_per_epoch= beside trainer.evals_per_epoch=.
 Every other key=value is a train.py override; trainer.max_steps is refused (a trial stopped early
 would score worst: use trainer.epochs for a shorter study), as are seed=, optimizer=, data.eval_on=,
 run_dir= (set by the protocol for every trial), resume=<checkpoint> (one checkpoint for
@@ -167,9 +168,6 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     except ValueError as exc:
         fail(f"bad compare.py argument ({exc}); seeds, select_seeds, workers and max_extend are integers, "
              f"lr_span/lr_step numbers, lr_grid comma-separated numbers")
-    twice = next((args for args in own_given.values() if len(args) > 1), None)
-    if twice:  # the last one silently won
-        fail(f"{' '.join(twice)}: {twice[0].split('=', 1)[0]}= is given {len(twice)} times; give it once")
     if own["dry_run"] not in ("true", "false"):
         fail(f"dry_run={own['dry_run']!r} must be true or false")
     own["dry_run"] = own["dry_run"] == "true"
@@ -235,22 +233,22 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         fail(f"launcher={own['launcher']!r} must be local or slurm")
     # keys of the other launcher were ignored without a word: partition=gpu without launcher=slurm ran
     # every trial on this machine
-    unused = [args[0] for key, args in own_given.items() if key in SLURM_KEYS] if own["launcher"] == "local" else \
-        own_given.get("workers", [])[:1]
+    unused = [args[-1] for key, args in own_given.items() if key in SLURM_KEYS] if own["launcher"] == "local" else \
+        own_given.get("workers", [])[-1:]
     if unused:
         fail(f"{unused[0]} is a key of launcher={'slurm' if own['launcher'] == 'local' else 'local'} and would be "
              f"ignored with launcher={own['launcher']}; "
              + ("add launcher=slurm to run the trials on SLURM, or drop it" if own["launcher"] == "local" else
                 "each trial is a SLURM job (array_parallelism= caps how many run at once): drop it"))
     if own["lr_grid"]:  # the factors are the grid, and it is never extended
-        ignored = [args[0] for key, args in own_given.items() if key in ("lr_span", "lr_step")] + \
-            [a for a in own_given.get("max_extend", []) if own["max_extend"] > 0]
+        ignored = [args[-1] for key, args in own_given.items() if key in ("lr_span", "lr_step")] + \
+            own_given.get("max_extend", [])[-1:] * (own["max_extend"] > 0)
         if ignored:
             fail(f"{ignored[0]} would be ignored with lr_grid= (its factors are the whole grid, never extended); give "
                  f"lr_grid= or lr_span=/lr_step=/max_extend=, not both")
     if own_given.get("evals_per_epoch") and any(a.split("=", 1)[0].lstrip("+") == "trainer.evals_per_epoch"
                                             for a in passthrough):
-        fail(f"{own_given['evals_per_epoch'][0]} would be ignored: trainer.evals_per_epoch= is given too, and sets the "
+        fail(f"{own_given['evals_per_epoch'][-1]} would be ignored: trainer.evals_per_epoch= is given too, and sets the "
              f"evaluations of every trial, the selection's and the finals'; give one of them (evals_per_epoch= sets "
              f"the finals' only)")
     for key in SLURM_KEYS if own["launcher"] == "slurm" else ():

@@ -102,7 +102,6 @@ def test_make_tables_may_replace_its_own_report_beside_compares_selection(tmp_pa
 # --- compare.py's own keys: given twice, repeated, of the other launcher, unused beside lr_grid -------
 
 @pytest.mark.parametrize("argv, says", [
-    (["seeds=2", "seeds=3"], "error: seeds=2 seeds=3: seeds= is given 2 times; give it once"),  # the last won
     (["optimizers=sgd,adam,sgd"], "error: optimizers=sgd,adam,sgd names sgd more than once; give each optimizer once"),
     (["optimizers="], "error: optimizers= names no optimizer; give a comma-separated list"),
     (["optimizers=,"], "error: optimizers=, names no optimizer"),
@@ -125,6 +124,11 @@ def test_make_tables_may_replace_its_own_report_beside_compares_selection(tmp_pa
 def test_compare_keys_that_would_be_ignored_or_repeat_are_refused(argv, says, capsys):
     assert parse_error(["optimizers=sgd", *argv] if not argv[0].startswith("optimizers=") else argv,
                        capsys).startswith(says)
+
+
+def test_a_key_given_twice_takes_its_last_value():
+    # slurm/sweep_paper.sh passes seeds=$SEEDS ... then its own arguments: seeds=5 there overrides
+    assert cli.parse(["optimizers=sgd", "seeds=3", "optimizers=adam", "seeds=5"])[0]["seeds"] == 5
 
 
 def test_the_keys_alone_are_accepted(monkeypatch):
