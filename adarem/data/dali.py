@@ -71,13 +71,14 @@ def pil_decodes(raw: bytes, path: str | None = None) -> bool:
     other formats list_image_folder accepts); DALI's decoder reads these formats too. A truncated
     file fails here as it fails in the torch loader. With ``path``, an image that the torch loader
     refuses (datasets.unsupported_image: 32-bit, float, LAB pixels; these are TIFFs, so they come
-    here) is refused here too, in the same words (DataError)."""
+    here) is refused here too, in the same words, and one that DALI would misread (dali_misreads)
+    is refused (DataError)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
-            refusal = None if path is None else unsupported_image(img, path)
+            refusal = None if path is None else (unsupported_image(img, path) or dali_misreads(img, path))
         if refusal is not None:
             raise refusal
         return True
@@ -85,6 +86,17 @@ def pil_decodes(raw: bytes, path: str | None = None) -> bool:
         return True
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return False
+
+
+def dali_misreads(img, path: str) -> DataError | None:
+    """The refusal of an image that PIL reads right and DALI's decoder wrong, without an error: a
+    greyscale TIFF with alpha (DALI 2.4 reads it as RGB made of the grey, the alpha and the next
+    pixel's grey). None for every other image."""
+    if img.format == "TIFF" and img.mode in ("LA", "La"):
+        return DataError(f"image {path} is a greyscale TIFF with alpha, which DALI's decoder misreads (as RGB: the "
+                         f"grey, the alpha and the next pixel's grey); use data.loader=torch, or save it as PNG "
+                         f"(python -c \"from PIL import Image; Image.open('IN').save('OUT.png')\")")
+    return None
 
 
 def binary_pnm_maxval(raw: bytes) -> int | None:

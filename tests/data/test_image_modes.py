@@ -228,3 +228,23 @@ def test_both_loaders_read_the_same_image_of_every_mode_they_accept(tmp_path, na
     assert float((x - _rgb_val(reference, "torch")).abs().max()) <= (6 if lossy else 1), name
     pytest.importorskip("nvidia.dali")
     assert float((_rgb_val(root, "dali") - x).abs().max()) <= 1, name  # rounding
+
+
+def test_a_greyscale_tiff_with_alpha_is_refused_by_dali_that_misreads_it(tmp_path):
+    """Before: DALI fed it as RGB made of the grey, the alpha (0 or 255) and the next pixel's grey,
+    up to 153 grey levels from the torch loader's image, without a word. The same image as PNG is
+    read alike by both (test above: la.png)."""
+    write = lambda p: _rgba(p, "LA")  # noqa: E731
+    root = _tree(tmp_path, write, "la.tif")
+    with Image.open(root / "val" / "a" / "la.tif") as img:
+        assert (img.format, img.mode) == ("TIFF", "LA")
+    x = _rgb_val(root, "torch")  # the grey, in three channels
+    assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+    pytest.importorskip("nvidia.dali")
+    from adarem.data import DataError
+
+    with pytest.raises(DataError) as err:
+        _rgb_val(root, "dali")
+    message = one_line(err.value)
+    assert "\n" not in message and str(root / "val" / "a" / "la.tif") in message, message
+    assert "greyscale TIFF with alpha" in message and "data.loader=torch" in message
