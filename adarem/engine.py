@@ -38,6 +38,9 @@ class EpochProgress:
     data_wait_s: float = 0.0
     train_time_s: float = 0.0
     corrupt_skipped: int = 0  # unreadable training images replaced on this rank (data.on_corrupt=skip)
+    # the learning rate the last step trained with (the epoch line's lr); the optimizer's holds the
+    # next step's by then. None: no step yet, or a checkpoint written before it was kept
+    lr: Optional[float] = None
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -233,6 +236,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             prog.data_wait_s += time.perf_counter() - t0
 
             step = state.global_step + 1
+            lr = optimizer.param_groups[0]["lr"]  # this step's: scheduler.step_update below sets the next one's
             if oscillation is not None:
                 oscillation.before_step(step)
             with precision.autocast(device):
@@ -254,6 +258,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             state.batch += 1
             maybe_crash("step", step)
             scheduler.step_update(num_updates=step)
+            prog.lr = lr
             watch.add(step, loss)
             prog.loss_sum += loss.detach().double() * y.shape[0]  # a device scalar until the epoch ends
             prog.samples += y.shape[0]
@@ -275,7 +280,6 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 div = watch.check()
                 if div is not None:
                     return StepOutcome("diverged", div)
-                lr = optimizer.param_groups[0]["lr"]
                 # train_loss_window: the mean loss over the steps since the previous line, over all
                 # ranks (one batch's loss alone is too noisy to read "train loss at x %" from)
                 window = torch.stack([torch.as_tensor(prog.window_loss_sum, dtype=torch.float64, device=device),
@@ -293,6 +297,10 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
                 div = watch.check()  # collective under DDP, like the evaluation itself
                 if div is not None:
                     return StepOutcome("diverged", div)
+                # up to here training time: the check waited for the steps' queued device work
+                now = time.perf_counter()
+                prog.train_time_s += now - t_last
+                t_last = now
                 div = on_eval()  # a non-finite validation loss: the weights diverged
                 if div is not None:
                     return StepOutcome("diverged", div)
@@ -323,9 +331,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, sche
             return StepOutcome("diverged", div)
         return StepOutcome("epoch_end")
     finally:  # the pass ends, however (diverged too): its counts into the checkpointed epoch progress
+        _to_host(prog)
+        # the time since the last step's end is training time too: the last iter line and stop
+        # decision (collectives under DDP) and, on a GPU, the queued work of the last steps, which
+        # the host ran ahead of and _to_host's copy waits for
+        prog.train_time_s += time.perf_counter() - t_last
         it.close()  # un-counts a batch read ahead and never trained on
         prog.corrupt_skipped += getattr(loader, "corrupt_count", 0) - corrupt_before
-        _to_host(prog)
 
 
 def _to_host(prog: EpochProgress) -> None:
@@ -334,13 +346,20 @@ def _to_host(prog: EpochProgress) -> None:
     prog.window_loss_sum = float(prog.window_loss_sum)
 
 
+TOP5_MIN_CLASSES = 6  # with 5 classes or fewer every class is among the top 5: top-5 error is 0 by construction
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, precision: Precision, device: torch.device, channels_last: bool,
-             epoch: int = -1) -> dict:
+             epoch: int = -1, num_classes: Optional[int] = None) -> dict:
     """Loss and top-1/top-5 error over the whole validation set, each image counted once.
 
     Ranks evaluate disjoint shards (see adarem/data/sampling.py) and the sums are all-reduced.
     ``model`` must be the bare module (not DDP), since ranks may run different batch counts.
+
+    ``val_top5_err`` is None (null in the records) for a task of 5 classes or fewer
+    (``num_classes``, else the logits' width): every class is then in the top 5 and the error is 0
+    whatever the weights, no measurement.
     """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1 correct, top5 correct, n
@@ -351,6 +370,8 @@ def evaluate(model: nn.Module, loader, precision: Precision, device: torch.devic
         with precision.autocast(device):
             logits = model(x)
         logits = logits.float()
+        if num_classes is None:
+            num_classes = logits.shape[1]
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         correct = topk.eq(y[:, None])
@@ -360,10 +381,12 @@ def evaluate(model: nn.Module, loader, precision: Precision, device: torch.devic
     sums[3] = n_local
     dist_utils.all_reduce_sum(sums)
     loss, c1, c5, n = sums.tolist()
+    top5 = num_classes is None or num_classes >= TOP5_MIN_CLASSES  # None: no batch here, nor a count given
     if n == 0:
-        return {"val_loss": math.nan, "val_top1_err": math.nan, "val_top5_err": math.nan, "val_samples": 0}
-    return {"val_loss": loss / n, "val_top1_err": 100.0 * (1 - c1 / n), "val_top5_err": 100.0 * (1 - c5 / n),
-            "val_samples": int(n)}
+        return {"val_loss": math.nan, "val_top1_err": math.nan, "val_top5_err": math.nan if top5 else None,
+                "val_samples": 0}
+    return {"val_loss": loss / n, "val_top1_err": 100.0 * (1 - c1 / n),
+            "val_top5_err": 100.0 * (1 - c5 / n) if top5 else None, "val_samples": int(n)}
 
 
 @contextlib.contextmanager

@@ -30,6 +30,18 @@ from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 log = logging.getLogger("train")
 
 
+def slowest_rank(prog: EpochProgress, device: torch.device) -> None:
+    """The epoch's training time and data wait of the slowest rank, on every rank (one all-reduce;
+    nothing without a process group): the epoch line's ``epoch_time_s``, ``data_wait_s`` and
+    ``images_per_s`` (all ranks' images over that time) and the run's ``wall_time_s`` are the
+    slowest rank's, not rank 0's, which may have waited less for its data. Both are kept in the
+    epoch progress that the end-of-training checkpoint stores, so a resume in the eval phase reads
+    the same."""
+    t = torch.tensor([prog.train_time_s, prog.data_wait_s], dtype=torch.float64, device=device)
+    dist_utils.all_reduce_max(t)
+    prog.train_time_s, prog.data_wait_s = t.tolist()
+
+
 class Trainer:
     def __init__(self, run: Run, stop: StopFlag):
         self.run_ = run
@@ -58,6 +70,7 @@ class Trainer:
                     if outcome.reason == "max_steps":
                         return self.stop_at_max_steps()
                     return self.stop_for_requeue()
+                slowest_rank(state.progress, self.run_.dist.device)  # before the checkpoint below keeps it
                 state.elapsed_train_s += state.progress.train_time_s
                 state.phase = "eval"
                 self.save_checkpoint()  # a kill during evaluation does not lose the epoch
@@ -102,7 +115,9 @@ class Trainer:
         dist_utils.all_reduce_sum(sums)
         loss_sum, samples, corrupt = sums.tolist()
         rec = {"type": "epoch", "epoch": state.epoch, "step": state.global_step,
-               "train_loss": loss_sum / samples, "lr": r.optimizer.param_groups[0]["lr"],
+               # the lr of the epoch's last step (the optimizer's is the next epoch's first by now)
+               "train_loss": loss_sum / samples,
+               "lr": prog.lr if prog.lr is not None else r.optimizer.param_groups[0]["lr"],
                "epoch_time_s": prog.train_time_s, "images_per_s": samples / max(prog.train_time_s, 1e-9),
                "data_wait_s": prog.data_wait_s, "wall_time_s": state.elapsed_train_s,
                "corrupt_skipped": int(corrupt)}  # this epoch's, every rank's
@@ -134,9 +149,13 @@ class Trainer:
         step and the training wall-clock so far; a Divergence (and no line) when it found the
         weights diverged."""
         r, state = self.run_, self.state
+        # the slowest rank's training time so far, as in the epoch lines (one more collective, of
+        # the evaluation's ranks)
+        so_far = torch.tensor([state.progress.train_time_s], dtype=torch.float64, device=r.dist.device)
+        dist_utils.all_reduce_max(so_far)
         rec = {"type": "eval", "epoch": state.epoch, "step": state.global_step,
                "epoch_frac": state.epoch + state.batch / len(r.data.train),
-               "wall_time_s": state.elapsed_train_s + state.progress.train_time_s}
+               "wall_time_s": state.elapsed_train_s + float(so_far)}
         rec.update(self.evaluate())
         div = self.diverged_weights(rec)
         if div is None:
@@ -158,13 +177,15 @@ class Trainer:
         dist_utils.broadcast_buffers(r.model)  # every rank evaluates with rank 0's BN statistics
         with recalibrated_bn(r.model, r.data.train, self.state.epoch, tc.bn_recalibrate, r.precision, r.dist.device,
                              tc.channels_last):
-            return evaluate(r.model, r.data.val, r.precision, r.dist.device, tc.channels_last, self.state.epoch)
+            return evaluate(r.model, r.data.val, r.precision, r.dist.device, tc.channels_last, self.state.epoch,
+                            r.data.num_classes)
 
     # ------------------------------------------------------------------ records and checkpoints
     def log_metrics(self, rec: dict) -> None:
         r = self.run_
         r.metrics.log(rec)
-        r.tracker.log({k: v for k, v in rec.items() if k not in ("type", "per_layer", "per_layer_efficiency")},
+        r.tracker.log({k: v for k, v in rec.items()  # a null (top-5 of <= 5 classes) is no point of a curve
+                       if k not in ("type", "per_layer", "per_layer_efficiency") and v is not None},
                       step=rec.get("step", self.state.global_step))
         if rec["type"] == "iter" and r.dist.is_main and self.bar is None and r.config.logging.progress != "none":
             log.info("epoch %d step %d loss %.4f lr %.4g", rec["epoch"], rec["step"], rec["loss"], rec["lr"])
@@ -267,6 +288,8 @@ class Trainer:
                         corrupt_skipped=self.state.corrupt_skipped, **self.corrupt_caveat())
         r.tracker.finish()
         if r.dist.is_main:
-            print(f"final top-1 error {final['val_top1_err']:.2f}% (top-5 {final['val_top5_err']:.2f}%) after "
+            top5 = final.get("val_top5_err")
+            top5 = f"top-5 {top5:.2f}%" if top5 is not None else "no top-5: 5 classes or fewer"
+            print(f"final top-1 error {final['val_top1_err']:.2f}% ({top5}) after "
                   f"{self.tc.epochs} epochs; run record in {r.run_dir}")
         return 0

@@ -508,6 +508,10 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
         return {"listed": listed, "problem": "finished but no evaluated epoch in metrics.jsonl: excluded"}
     trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}
     final = evals[-1] if evals and status == "finished" else {}
+    # top-5 error of a task of 5 classes or fewer is 0 by construction, no measurement: null in the
+    # records (engine.evaluate); an older record's 0.0 for such a task is read as none too
+    classes = (run.get("data_identity") or {}).get("num_classes") if isinstance(run.get("data_identity"), dict) else None
+    top5 = not (_is_int(classes) and classes <= 5)
     recorded = run.get("final") if isinstance(run.get("final"), dict) else {}
     if status == "finished":
         # run.json's final is what train.py reported; metrics.jsonl must agree with it and hold
@@ -550,11 +554,12 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
         "weight_decay": opt.get("weight_decay"), "epochs": trainer.get("epochs"),
         "batch_size": trainer.get("batch_size"), "seed": cfg.get("seed"),
         "experiment": cfg.get("experiment_name", ""), "start_time": run.get("start_time", ""),
-        "final_top1": final.get("val_top1_err", math.nan), "final_top5": final.get("val_top5_err", math.nan),
+        "final_top1": final.get("val_top1_err", math.nan),
+        "final_top5": final["val_top5_err"] if top5 and _is_number(final.get("val_top5_err")) else math.nan,
         # over every evaluation, the mid-epoch ones (trainer.evals_per_epoch) included
         "best_top1": min((r["val_top1_err"] for r in every_eval), default=math.nan) if curve_ok else math.nan,
         "best_top5": min((r["val_top5_err"] for r in every_eval if _is_number(r.get("val_top5_err"))
-                          and math.isfinite(r["val_top5_err"])), default=math.nan) if curve_ok else math.nan,
+                          and math.isfinite(r["val_top5_err"])), default=math.nan) if curve_ok and top5 else math.nan,
         "final_train_loss": (epochs[-1].get("train_loss", math.nan) if epochs and status == "finished" else math.nan),
         "wall_time_s": epochs[-1].get("wall_time_s", math.nan) if epochs else math.nan,
         # over the epochs that logged a rate: an epoch line without one is no epoch at 0 images/s

@@ -171,12 +171,17 @@ def test_train_py_refuses_min_lr_above_lr_in_one_line(env, tmp_path):
 
 
 def test_train_py_with_warmup_ends_at_min_lr(env, tmp_path):
-    """The reviewer's command: the epoch lines' lr is the peak after the warm-up epoch and 0 at the end."""
+    """The reviewer's command: the warm-up ramps to the peak over epoch 0, the cosine decays to 0 over
+    epoch 1. An epoch line's lr is the one its last step trained with (the optimizer holds the next
+    step's by then): the warm-up's last step, 1/spe short of the peak, and the cosine's last, one step
+    short of 0, which the schedule reaches after the last step."""
     res = run_train(["schedule.warmup_epochs=1"], env, tmp_path / "run")  # FAST: 2 epochs, adarem lr 0.1
     assert res.returncode == 0, res.stderr[-2000:]
     epochs = [m for m in read_metrics(tmp_path / "run") if m["type"] == "epoch"]
+    spe = json.loads((tmp_path / "run" / "run.json").read_text())["steps_per_epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1]
-    assert epochs[0]["lr"] == pytest.approx(0.1) and epochs[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert epochs[0]["lr"] == pytest.approx(0.1 * (spe - 1) / spe)
+    assert epochs[1]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * (spe - 1) / spe)))
 
 
 def test_train_py_runs_a_short_smoke_run_of_a_step_recipe_and_says_it_is_truncated(env, tmp_path):
