@@ -472,7 +472,7 @@ def epoch_steps(cfg) -> tuple[int, int] | None:
     return kept // batch, kept
 
 
-def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool) -> None:
+def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool, grid_hint: str = "") -> None:
     """What train.py checks before training (the configuration's values; the evaluations per epoch
     and batch size against the training split's size where known cheaply), on one trial's overrides:
     one ``error:`` line and exit 2."""
@@ -484,7 +484,7 @@ def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool) -
         given = next((a for a in overrides if a.startswith("trainer.evals_per_epoch=")), "")
         hint = (f", to which compare.py gives {given} (its key evals_per_epoch=, default 4): evals_per_epoch=1 "
                 f"evaluates them at epoch ends only") if ours and "evals_per_epoch" in str(exc) else ""
-        fail(f"{exc} (in {where} of optimizer={opt}{hint})")
+        fail(f"{exc} (in {where} of optimizer={opt}{hint}){grid_hint}")
     known = epoch_steps(cfg)
     if known is None:
         return
@@ -616,6 +616,15 @@ def compare(argv: list[str]) -> int:
         lr, wd = srch.trials()[0]
         check_trial(overrides(opt, lr, wd, select_seeds[0], "select"), "select", opt, bool(evals))
         check_trial(overrides(opt, lr, wd, final_seeds[0], "final"), "final", opt, bool(evals))
+        # and the grid's other end: its highest lr (and weight decay) was first checked by the trial
+        # itself, refused after the lower lrs had trained, and that refusal stopped the comparison
+        top_lr, top_wd = srch.trials()[-1]
+        if (top_lr, top_wd) != (lr, wd):
+            check_trial(overrides(opt, top_lr, top_wd, select_seeds[0], "select"), "select", opt, bool(evals),
+                        grid_hint=f"; the grid's highest point is lr {top_lr:.6g}" +
+                        (f", weight decay {top_wd:.6g} (search=lr_wd: 10x the default)" if top_wd != wd else "") +
+                        ": narrow the lr grid (lr_span, lr_grid) or lower optimizer.lr" +
+                        (" / optimizer.weight_decay" if top_wd != wd else ""))
     for note in argument_notes(passthrough):  # after the checks: a refusal is its one line
         print(f"note: {note}", file=sys.stderr, flush=True)
     if not own["out"] and changed:
