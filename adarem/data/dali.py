@@ -21,6 +21,15 @@ the torch loader draws them (adarem/data/transforms.py), and DALI decodes that r
 run, mid-epoch included, sees the same crops as an uninterrupted one, and a pipeline kept across
 epochs has no random state to carry. The validation resize + centre crop uses torchvision's
 integer geometry, also computed in the callback (from the JPEG header).
+
+Image modes (tests/data/test_image_modes.py). Both loaders feed the same pixels, within a grey level
+or two, for every image both read: alpha dropped, EXIF orientation ignored (pixels as stored, as in
+torchvision's ImageFolder), the first frame of a multi-frame file, 16-bit greyscale scaled by
+255/65535, palette, 1-bit and CMYK converted to RGB. The reader refuses, in one line naming the
+file, what the two would read differently: 32-bit integer, float and LAB/HSV pixels (as the torch
+loader refuses them, datasets.unsupported_image), a binary PGM/PPM whose maxval is not 255 or 65535
+and a greyscale TIFF with alpha (which DALI's decoder misreads). A file that PIL decodes and DALI's
+decoder does not is named once the decoder has failed on its batch.
 """
 
 from __future__ import annotations
