@@ -309,8 +309,8 @@ def trial_base(passthrough: list[str]) -> list[str]:
     base = list(passthrough)
     if not any(a.startswith(("data=", "experiment=")) for a in base):
         base = [*DIGITS_DEFAULTS, *base]  # the digits defaults stay under other overrides
-    for key, value in TRIAL_DEFAULTS:
-        if not any(a.startswith(key + "=") for a in base):
+    for key, value in TRIAL_DEFAULTS:  # ++key= too: the default, given after it, overrode it silently
+        if not any(a.lstrip("+").startswith(key + "=") for a in base):
             base.append(f"{key}={value}")
     return base
 

@@ -250,3 +250,15 @@ def test_the_highest_point_of_the_grid_is_checked_before_any_trial(argv, says, c
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith(says), err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_forced_trial_default_is_the_users():
+    """++trainer.oscillation_every=0 and ++logging.wandb=offline were followed by compare's own defaults
+    (trainer.oscillation_every=10, logging.wandb=disabled), which Hydra applied last: silently 10 and
+    disabled."""
+    from adarem.protocol.dispatch import compose
+
+    base = cli.trial_base(["++trainer.oscillation_every=0", "++logging.wandb=offline"])
+    cfg = compose([*base, "optimizer=sgd"])
+    assert int(cfg.trainer.oscillation_every) == 0 and cfg.logging.wandb == "offline"
+    assert "logging.progress=none" in base and "trainer.oscillation_every=10" not in base
