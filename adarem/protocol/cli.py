@@ -735,7 +735,8 @@ def compare(argv: list[str]) -> int:
     if code_warning:
         print(f"warning: {code_warning}", file=sys.stderr, flush=True)
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
-    preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds) + "\n" + code + \
+    preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds,
+                          None if evals else int(probe.trainer.evals_per_epoch)) + "\n" + code + \
         "\n" + selection_table(searches, chosen, select_seeds, factors) + \
         "\n![holdout error against lr](plots/selection_lr.png)\n"
     selection = pd.DataFrame(rows).sort_values(["stage", "optimizer", "lr", "weight_decay", "seed"],

@@ -10,7 +10,10 @@ import platform
 from adarem.protocol.search import SELECT_SEED0
 
 
-def provenance(command: str, own: dict, threads: int, data_identity, n_select: int, final_seeds: list[int]) -> str:
+def provenance(command: str, own: dict, threads: int, data_identity, n_select: int, final_seeds: list[int],
+               evals_given: int | None = None) -> str:
+    """The report's provenance section. ``evals_given``: the trainer.evals_per_epoch the user gave
+    (every trial's, compare.py's evals_per_epoch= unused), else None (the finals take evals_per_epoch=)."""
     import torch
 
     from adarem.run.record import git_info, versions
@@ -34,8 +37,9 @@ def provenance(command: str, own: dict, threads: int, data_identity, n_select: i
         f"- versions: {vers}\n"
         f"- data: {data_identity}\n"
         f"- protocol: search={own['search']}, {n_select} selection seeds ({SELECT_SEED0}..), final seeds "
-        f"{final_seeds[0]}..{final_seeds[-1]}; score = mean holdout top-1 error, ties by holdout loss; finals "
-        f"evaluated {own['evals_per_epoch']} times per epoch unless trainer.evals_per_epoch was given\n"
+        f"{final_seeds[0]}..{final_seeds[-1]}; score = mean holdout top-1 error, ties by holdout loss; "
+        + (f"finals evaluated {own['evals_per_epoch']} times per epoch (evals_per_epoch=)\n" if evals_given is None else
+           f"every trial evaluated {evals_given} times per epoch (trainer.evals_per_epoch={evals_given})\n")
     )
 
 
