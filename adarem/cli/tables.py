@@ -47,7 +47,8 @@ def compare_report(out: Path) -> bool:
 def main(argv=None, prog: str = "adarem-tables") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dir", nargs="?", help="directory holding run directories")
-    ap.add_argument("--out", default=None, help="output directory (default results/<runs_dir name>)")
+    ap.add_argument("--out", default=None, help="output directory (default results/<runs_dir name>, the name of the "
+                                                "resolved folder: results/digits for . inside runs/digits)")
     ap.add_argument("--claims", default=str(CLAIMS_FILE), help="claims to test (default: the package's adarem/results/claims.yaml)")
     ap.add_argument("--targets", default="1,5", help="target errors: SGD final error + these points")
     ap.add_argument("--wandb", default=None, help="ENTITY/PROJECT: read runs through the wandb API")
@@ -75,7 +76,14 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
               f"claims' target), e.g. {','.join(f'{o:g}' for o in sorted(set(offsets)))}; give one offset alone "
               f"for the claims at it", file=sys.stderr)
         return 2
-    out = Path(args.out or Path("results") / (args.wandb.replace("/", "_") if args.wandb else Path(args.runs_dir).name))
+    # the runs folder's own name, resolved: "." or ".." named no folder (results/ itself, or the current
+    # directory, took the report)
+    name = args.wandb.replace("/", "_") if args.wandb else Path(os.path.abspath(args.runs_dir)).name
+    if not args.out and not name:
+        print(f"error: runs directory {args.runs_dir} has no name to make the default --out results/<name> from; pass "
+              f"--out", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("results") / name)
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file; pass a directory for the tables, CSVs and plots", file=sys.stderr)
         return 2

@@ -276,3 +276,21 @@ def test_the_provenance_states_the_evaluations_per_epoch_that_were_used():
     assert "finals evaluated 4 times per epoch (evals_per_epoch=)" in provenance("c", own, 1, None, 2, [0, 1])
     text = provenance("c", own, 1, None, 2, [0, 1], evals_given=2)
     assert "every trial evaluated 2 times per epoch (trainer.evals_per_epoch=2)" in text and "4 times" not in text
+
+
+def test_make_tables_default_out_is_named_after_the_runs_folder_even_as_dot(tmp_path, capsys, monkeypatch):
+    """make_tables . took results/ itself (Path('.').name is ''), and make_tables .. the current
+    directory (results/..): tables.md, CSVs and plots written into them, not results/<name>."""
+    from adarem.cli import tables
+    from tests.results.test_tables import make_run
+
+    runs = tmp_path / "digits_x"
+    for s in range(2):
+        make_run(runs / "final", f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0 + s])
+    monkeypatch.chdir(runs)
+    assert tables.main(["."]) == 0
+    assert (runs / "results" / "digits_x" / "tables.md").is_file() and not (runs / "results" / "tables.md").exists()
+    capsys.readouterr()
+    assert tables.main(["/"]) == 2
+    assert capsys.readouterr().err == ("error: runs directory / has no name to make the default --out results/<name> "
+                                       "from; pass --out\n")
