@@ -112,12 +112,18 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
     trained at (``world`` ranks per trial; ``launch`` says whence), unless its model has no
     BatchNorm (run.json's ``bn_batch`` is null) or SyncBatchNorm normalises over the whole batch.
     A record of a version that did not write world_size is reused, as train.py reuses it."""
-    from adarem.run.record import read_run_json, trained_at_other_bn_batch
+    from adarem.run.record import finished_record_problem, read_run_json, trained_at_other_bn_batch
 
     try:
         record = read_run_json(run_dir) or {}
     except ValueError:
         return None  # not a result either way: the launch fails on it (read_outcome, train.py)
+    # train.py's relaunch check (run/plan.py), which a reuse without train.py (the SLURM dispatcher)
+    # skips: a finished record that is no result (a non-finite final loss) is never scored
+    problem = finished_record_problem(record)
+    if problem:
+        return (f"{run_dir}/run.json {problem}; it is not a result: move that directory away and launch again "
+                f"(a divergence is then recorded diverged)")
     if record.get("status") not in DONE or not trained_at_other_bn_batch(record, world, bool(cfg.trainer.sync_bn)):
         return None
     before, bn = record["world_size"], record.get("bn_batch", "unrecorded")
