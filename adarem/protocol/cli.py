@@ -375,6 +375,27 @@ def default_out(name: str, changed: list[str]) -> Path:
     return HOME / "results" / f"{name}-{suffix}"
 
 
+def run_dir_problem(runs_root: Path) -> str | None:
+    """Why a trial's ``run_dir=<runs_root>/...`` override would not name a folder under ``runs_root``
+    (None if it does): Hydra's override grammar refuses some characters unquoted (a traceback from
+    the first check), reads a comma as a list of values, drops a backslash before one, and the
+    configuration would resolve ${...} as an interpolation."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    text = str(runs_root / "select" / "trial")
+    if "${" in text:
+        return "holds '${', which every trial's configuration would resolve as an interpolation"
+    try:
+        override = OverridesParser.create().parse_overrides([f"run_dir={text}"])[0]
+    except Exception as exc:  # noqa: BLE001 - hydra's OverrideParseException, several lines
+        return f"cannot be a train.py override value unquoted ({str(exc).strip().splitlines()[0]})"
+    if override.is_sweep_override():
+        return "holds a comma, which train.py's overrides read as a list of values"
+    if override.value() != text:
+        return f"would be read by train.py's overrides as {override.value()!r}"
+    return None
+
+
 def _writable(folder: Path) -> bool:
     """Whether a folder can be made in ``folder``: os.access, then an empty temporary folder made and
     removed at once (as root os.access passes everything but a read-only file system)."""
@@ -564,11 +585,16 @@ def compare(argv: list[str]) -> int:
         fail(f"{given}: compare.py needs trials that finish (a trial stopped at trainer.max_steps scores as the "
              f"worst); use trainer.epochs=N for a shorter study")
     name = probe.experiment_name or f"{probe.data.name}_{probe.model.name}"
-    runs_root = Path(own["runs"] or HOME / "runs" / "compare" / name)
+    # ~ expanded: out=~/x made a folder named ~ in the current directory, and runs=~/x a traceback
+    runs_root = Path(os.path.expanduser(own["runs"]) if own["runs"] else HOME / "runs" / "compare" / name)
+    problem = run_dir_problem(runs_root)
+    if problem:  # every trial's run_dir= override names a folder under it
+        fail(f"runs={own['runs'] or runs_root} {problem}; choose a folder whose path has none of , ( ) [ ] {{ }} ' \" = "
+             f"\\ or ${{ (a symbolic link to the folder will do)")
     main_probe = compose(trial_base([]))
     main_name = main_probe.experiment_name or f"{main_probe.data.name}_{main_probe.model.name}"
     changed = out_suffix(passthrough, name, main_name, bool(probe.experiment_name))
-    out = Path(own["out"] or default_out(name, changed))
+    out = Path(os.path.expanduser(own["out"]) if own["out"] else default_out(name, changed))
     # before any trial: a report folder that cannot be written used to fail after the whole comparison
     for key, folder, staged in (("out", out, True), ("runs", runs_root, False)):
         problem = folder_problem(folder, staged)

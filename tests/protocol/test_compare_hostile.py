@@ -294,3 +294,34 @@ def test_make_tables_default_out_is_named_after_the_runs_folder_even_as_dot(tmp_
     assert tables.main(["/"]) == 2
     assert capsys.readouterr().err == ("error: runs directory / has no name to make the default --out results/<name> "
                                        "from; pass --out\n")
+
+
+# --- runs= folders that train.py's override grammar cannot name, and ~ ------------------------------
+
+@pytest.mark.parametrize("folder, says", [
+    ("a,b", "holds a comma, which train.py's overrides read as a list of values"),
+    ("a(b)", "cannot be a train.py override value unquoted"),
+    ("a[b]", "cannot be a train.py override value unquoted"),
+    ("a'b", "cannot be a train.py override value unquoted"),
+    ("a\\,b", "would be read by train.py's overrides as"),
+    ("a${b}", "holds '${', which every trial's configuration would resolve as an interpolation"),
+])
+def test_a_runs_folder_that_no_trial_override_can_name_is_refused(folder, says, capsys, tmp_path):
+    """Each was a Hydra traceback from the first trial's check (a comma: 'Ambiguous value for
+    argument'), or, for ${...}, a folder other than the one given."""
+    runs = tmp_path / folder
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["optimizers=sgd", "lr_grid=1", "dry_run=true", f"runs={runs}", f"out={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith(f"error: runs={runs} {says}"), err
+    assert "choose a folder whose path has none of" in err and not list(tmp_path.iterdir())
+
+
+def test_out_and_runs_expand_a_tilde(capsys, tmp_path, monkeypatch):
+    """runs=~/r was a Hydra traceback; out=~/o made a folder named ~ in the current directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["optimizers=sgd", "lr_grid=1", "dry_run=true", "runs=~/r", "out=~/o"]) == 0
+    plan = capsys.readouterr().out
+    assert f"runs in {tmp_path / 'home' / 'r'}; report to {tmp_path / 'home' / 'o'}" in plan, plan
+    assert not list(tmp_path.iterdir())
