@@ -176,6 +176,7 @@ class ImageFolderDataset(ReproducibleDataset):
 # Formats whose PIL mode "I" images hold 16-bit values (0-65535): a 16-bit PGM/PPM (any maxval
 # above 255, rescaled by PIL to 0-65535) and, under older Pillow versions, a 16-bit greyscale PNG.
 SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+UNSIGNED_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # not I;16S, I;16BS (signed, older Pillow)
 
 
 def unsupported_image(img: Image.Image, path) -> DataError | None:
@@ -183,13 +184,16 @@ def unsupported_image(img: Image.Image, path) -> DataError | None:
     the DALI loader in its reader): 32-bit float (PIL mode "F") or 32-bit / signed integer pixels
     (mode "I" of a TIFF) have no 0-255 range a loader could know (PIL's convert clips them at 255,
     DALI's decoder refuses "I" and scales "F" from 0-1), and PIL converts LAB/HSV to RGB otherwise
-    than DALI. None for every other image."""
+    than DALI. Older Pillow versions can open a signed 16-bit TIFF as mode "I;16S" (Pillow 13:
+    "I"), refused alike. None for every other image."""
     mode, fmt = img.mode, img.format
-    if mode == "F" or (mode == "I" and fmt not in SIXTEEN_BIT_I_FORMATS):
-        kind = "32-bit floating-point" if mode == "F" else "32-bit or signed integer"
+    sixteen = mode in UNSIGNED_16_BIT_MODES or (mode == "I" and fmt in SIXTEEN_BIT_I_FORMATS)
+    if mode.startswith("F") or (mode.startswith("I") and not sixteen):
+        kind = "32-bit floating-point" if mode.startswith("F") else "32-bit or signed integer"
         return DataError(f"image {path} has {kind} pixels (PIL mode {mode}, {fmt}), whose range the loaders cannot "
                          f"know (PIL's convert clips them at 255, DALI's decoder "
-                         f"{'scales 0-1 to 0-255' if mode == 'F' else 'cannot read them'}); save it as an 8-bit or "
+                         f"{'scales 0-1 to 0-255' if mode.startswith('F') else 'cannot read them'}); save it as an "
+                         f"8-bit or "
                          f"unsigned 16-bit PNG scaled as its values mean (ImageMagick: magick IN -auto-level -depth 8 "
                          f"OUT.png), or remove it")
     if mode in ("LAB", "HSV"):
@@ -204,7 +208,7 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
     PNG or TIFF; mode "I" from a 16-bit PGM, or from a 16-bit PNG under older Pillow versions) is
     scaled to 8 bits first, as DALI's decoder does: PIL's own convert clips its values at 255,
     which makes almost every pixel white."""
-    if img.mode.startswith("I;16") or (img.mode == "I" and img.format in SIXTEEN_BIT_I_FORMATS):
+    if img.mode in UNSIGNED_16_BIT_MODES or (img.mode == "I" and img.format in SIXTEEN_BIT_I_FORMATS):
         wide = np.asarray(img).astype(np.uint32)
         img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
     return img.convert(mode)

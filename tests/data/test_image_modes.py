@@ -11,7 +11,7 @@ from PIL import Image
 from adarem.cli import one_line
 from adarem.config import DataConfig
 from adarem.data import build_data
-from adarem.data.datasets import to_mode
+from adarem.data.datasets import to_mode, unsupported_image
 
 CPU = torch.device("cpu")
 H, W = 10, 12
@@ -252,3 +252,16 @@ def test_a_greyscale_tiff_with_alpha_is_refused_by_dali_that_misreads_it(tmp_pat
     message = one_line(err.value)
     assert "\n" not in message and str(root / "val" / "a" / "la.tif") in message, message
     assert "greyscale TIFF with alpha" in message and "data.loader=torch" in message
+
+
+@pytest.mark.parametrize("mode", ["I;16S", "I;16BS", "I;32", "F;32BF"])
+def test_the_signed_and_32_bit_modes_of_older_pillow_versions_are_refused(mode):
+    """Older Pillow versions (pillow>=10 is allowed) can open a signed 16-bit TIFF as mode "I;16S",
+    a mode Pillow 13 no longer has (it opens such a file as "I", refused above): a stand-in with it.
+    Before: not refused, and to_mode scaled its negative values as if unsigned (wrapped round)."""
+    from types import SimpleNamespace
+
+    refusal = unsupported_image(SimpleNamespace(mode=mode, format="TIFF"), "x.tif")
+    assert refusal is not None and "x.tif" in str(refusal) and f"PIL mode {mode}" in str(refusal)
+    for ok in ("I;16", "I;16B", "L", "RGB"):
+        assert unsupported_image(SimpleNamespace(mode=ok, format="TIFF"), "x.tif") is None
