@@ -28,8 +28,9 @@ torchvision's ImageFolder), the first frame of a multi-frame file, 16-bit greysc
 255/65535, palette, 1-bit and CMYK converted to RGB. The reader refuses, in one line naming the
 file, what the two would read differently: 32-bit integer, float and LAB/HSV pixels (as the torch
 loader refuses them, datasets.unsupported_image), a binary PGM/PPM whose maxval is not 255 or 65535
-and a greyscale TIFF with alpha (which DALI's decoder misreads). A file that PIL decodes and DALI's
-decoder does not is named once the decoder has failed on its batch.
+(a plain one whose maxval is between them) and a greyscale TIFF with alpha (which DALI's decoder
+misreads). A file that PIL decodes and DALI's decoder does not is named once the decoder has failed
+on its batch.
 """
 
 from __future__ import annotations
@@ -111,7 +112,13 @@ def dali_misreads(img, path: str) -> DataError | None:
 def binary_pnm_maxval(raw: bytes) -> int | None:
     """The maxval of a binary PGM/PPM (P5/P6) header; None for any other file (or a header that
     does not parse, left to the decoders)."""
-    if raw[:1] != b"P" or raw[1:2] not in (b"5", b"6"):
+    return pnm_maxval(raw, b"56")
+
+
+def pnm_maxval(raw: bytes, kinds: bytes = b"2356") -> int | None:
+    """The maxval of a PGM/PPM header of one of ``kinds`` (the digit after "P": 2/3 plain (ASCII),
+    5/6 binary); None for any other file (or a header that does not parse, left to the decoders)."""
+    if raw[:1] != b"P" or len(raw) < 2 or raw[1] not in kinds:
         return None
     tokens, i, n = [], 2, min(len(raw), 4096)
     while len(tokens) < 3 and i < n:
@@ -134,18 +141,24 @@ def binary_pnm_maxval(raw: bytes) -> int | None:
 
 def read_image(path: str) -> tuple[np.ndarray | None, int]:
     """(encoded bytes, -1) for a file that decodes; (None, reason code) otherwise. A binary PGM/PPM
-    whose maxval is neither 255 nor 65535 is refused (DataError): DALI's decoder reads its values as
-    if the maxval were one of these (a maxval of 15 or 1023 gives an almost black image), where PIL,
-    and so the torch loader, scales them to the maxval."""
+    whose maxval is neither 255 nor 65535, or a plain (ASCII) one whose maxval is between them, is
+    refused (DataError): DALI's decoder reads its values as if the maxval were one of these (a
+    maxval of 15 or 1023 gives an almost black image), where PIL, and so the torch loader, scales
+    them to the maxval."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError:
         return None, _UNREADABLE
     if looks_like_complete_jpeg(raw) or looks_like_complete_png(raw) or pil_decodes(raw, path):
-        maxval = binary_pnm_maxval(raw)
-        if maxval not in (None, 255, 65535):
-            raise DataError(f"image {path} is a binary PGM/PPM of maxval {maxval}, which DALI's decoder does not "
+        maxval = pnm_maxval(raw)
+        # binary (P5/P6): DALI scales neither a maxval under 255 nor one between 255 and 65535; plain
+        # (P2/P3): it scales one up to 255, and reads any above as if it were 65535 (a maxval of 1000:
+        # mean 1.5 grey levels where PIL gives 127.5)
+        plain = raw[1:2] in (b"2", b"3")
+        if maxval is not None and maxval != 65535 and (maxval > 255 if plain else maxval != 255):
+            raise DataError(f"image {path} is a {'plain' if plain else 'binary'} PGM/PPM of maxval {maxval}, which "
+                            f"DALI's decoder does not "
                             f"scale (it reads the values as if the maxval were 255 or 65535: too dark); use "
                             f"data.loader=torch (PIL scales it), or save it as PNG, which PIL scales (python -c "
                             f"\"from PIL import Image; im = Image.open('IN'); (im.convert('I;16') if im.mode == 'I' "
