@@ -38,7 +38,7 @@ def provenance(command: str, own: dict, threads: int, data_identity, n_select: i
         f"- data: {data_identity}\n"
         f"- protocol: search={own['search']}, {n_select} selection seeds ({SELECT_SEED0}..), final seeds "
         f"{final_seeds[0]}..{final_seeds[-1]}; score = mean holdout top-1 error, ties by holdout loss; "
-        + (f"finals evaluated {own['evals_per_epoch']} times per epoch (evals_per_epoch=)\n" if evals_given is None else
+        + (f"finals evaluated {own['evals_per_epoch']} times per epoch (compare.py's evals_per_epoch={own['evals_per_epoch']})\n" if evals_given is None else
            f"every trial evaluated {evals_given} times per epoch (trainer.evals_per_epoch={evals_given})\n")
     )
 

@@ -225,7 +225,7 @@ def test_a_report_that_cannot_be_moved_in_leaves_no_record(tmp_path, capsys, mon
     assert not list((runs / "comparisons").glob("*.json"))
 
 
-@pytest.mark.parametrize("extra, says", [([], "finals evaluated 4 times per epoch (evals_per_epoch=)"),
+@pytest.mark.parametrize("extra, says", [([], "finals evaluated 4 times per epoch (compare.py's evals_per_epoch=4)"),
                                          (["trainer.evals_per_epoch=2"], "every trial evaluated 2 times per epoch")])
 def test_the_hand_made_comparison_writes_its_report_and_record(tmp_path, capsys, monkeypatch, extra, says):
     out, runs, argv = _comparison(tmp_path, monkeypatch)
@@ -273,7 +273,7 @@ def test_the_provenance_states_the_evaluations_per_epoch_that_were_used():
     from adarem.protocol.report import provenance
 
     own = {"search": "lr", "evals_per_epoch": 4, "workers": 1}
-    assert "finals evaluated 4 times per epoch (evals_per_epoch=)" in provenance("c", own, 1, None, 2, [0, 1])
+    assert "finals evaluated 4 times per epoch (compare.py's evals_per_epoch=4)" in provenance("c", own, 1, None, 2, [0, 1])
     text = provenance("c", own, 1, None, 2, [0, 1], evals_given=2)
     assert "every trial evaluated 2 times per epoch (trainer.evals_per_epoch=2)" in text and "4 times" not in text
 
