@@ -375,24 +375,43 @@ def default_out(name: str, changed: list[str]) -> Path:
     return HOME / "results" / f"{name}-{suffix}"
 
 
-def run_dir_problem(runs_root: Path) -> str | None:
-    """Why a trial's ``run_dir=<runs_root>/...`` override would not name a folder under ``runs_root``
-    (None if it does): Hydra's override grammar refuses some characters unquoted (a traceback from
-    the first check), reads a comma as a list of values, drops a backslash before one, and the
-    configuration would resolve ${...} as an interpolation."""
+def _override_value(override: str):
+    """The value Hydra's override grammar reads from ``key=value`` (a list for a sweep), or the
+    exception it raises."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    text = str(runs_root / "select" / "trial")
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+    except Exception as exc:  # noqa: BLE001 - hydra's OverrideParseException, several lines
+        return exc
+    return ["sweep"] if parsed.is_sweep_override() else parsed.value()
+
+
+def run_dir_override(prefix: Path) -> str:
+    """A trial's ``run_dir=<prefix>_${run_id:}`` override. Written plain where Hydra's override
+    grammar reads it back as written (every path of earlier versions: their trials keep their
+    override text), else quoted: the grammar refuses non-ASCII letters and ( ) [ ] { } # & ! and
+    more unquoted, and reads a comma as a list of values, so a checkout or runs= folder under
+    /home/josé or a folder with a comma could not hold trials. ${run_id:} is resolved either way."""
+    text = f"{prefix}_${{run_id:}}"
+    plain = f"run_dir={text}"
+    return plain if _override_value(plain) == text else f"run_dir='{text}'"
+
+
+def run_dir_problem(runs_root: Path) -> str | None:
+    """Why a trial's ``run_dir=`` override (run_dir_override) would not name a folder under
+    ``runs_root`` (None if it does): a quote or backslash, which even the quoted form would read
+    otherwise, and ${...}, which the configuration would resolve as an interpolation."""
+    text = str(runs_root)
     if "${" in text:
         return "holds '${', which every trial's configuration would resolve as an interpolation"
-    try:
-        override = OverridesParser.create().parse_overrides([f"run_dir={text}"])[0]
-    except Exception as exc:  # noqa: BLE001 - hydra's OverrideParseException, several lines
-        return f"cannot be a train.py override value unquoted ({str(exc).strip().splitlines()[0]})"
-    if override.is_sweep_override():
-        return "holds a comma, which train.py's overrides read as a list of values"
-    if override.value() != text:
-        return f"would be read by train.py's overrides as {override.value()!r}"
+    if "'" in text or "\\" in text:
+        return "holds a quote or a backslash, which train.py's overrides read as an escape"
+    prefix = runs_root / "select" / "trial"
+    got = _override_value(run_dir_override(prefix))
+    if got != f"{prefix}_${{run_id:}}":
+        read = str(got).strip().splitlines()[0] if isinstance(got, Exception) else repr(got)
+        return f"cannot be named by a train.py override ({read})"
     return None
 
 
@@ -529,7 +548,7 @@ def trial_overrides(base: list[str], evals: list[str], runs_root: Path, opt: str
     return [*base, *(evals if stage == "final" else []), f"optimizer={opt}", f"optimizer.lr={lr:.6g}",
             f"optimizer.weight_decay={wd:.6g}", f"seed={seed}", f"data.eval_on={eval_on}",
             # ${run_id:} is the hash of the whole configuration: another setting, another dir
-            f"run_dir={runs_root / stage / opt / f'lr{lr:.6g}_wd{wd:.6g}_s{seed}'}_${{run_id:}}"]
+            run_dir_override(runs_root / stage / opt / f"lr{lr:.6g}_wd{wd:.6g}_s{seed}")]
 
 
 def load_own_runs(run_dirs: list[str]):
@@ -589,8 +608,8 @@ def compare(argv: list[str]) -> int:
     runs_root = Path(os.path.expanduser(own["runs"]) if own["runs"] else HOME / "runs" / "compare" / name)
     problem = run_dir_problem(runs_root)
     if problem:  # every trial's run_dir= override names a folder under it
-        fail(f"runs={own['runs'] or runs_root} {problem}; choose a folder whose path has none of , ( ) [ ] {{ }} ' \" = "
-             f"\\ or ${{ (a symbolic link to the folder will do)")
+        fail(f"runs={own['runs'] or runs_root} {problem}; choose a folder whose path has no ' \\ or ${{ (a symbolic "
+             f"link to the folder will do)")
     main_probe = compose(trial_base([]))
     main_name = main_probe.experiment_name or f"{main_probe.data.name}_{main_probe.model.name}"
     changed = out_suffix(passthrough, name, main_name, bool(probe.experiment_name))
