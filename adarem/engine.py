@@ -23,6 +23,7 @@ from adarem import distributed as dist_utils
 from adarem.config import ConfigError, TrainerConfig
 from adarem.faults import maybe_crash, poisoned
 from adarem.oscillation import OscillationTracker
+from adarem.run.record import TOP5_MIN_CLASSES
 from adarem.run.signals import StopFlag
 
 
@@ -344,9 +345,6 @@ def _to_host(prog: EpochProgress) -> None:
     """The device accumulators as floats, for the checkpoint and the epoch line."""
     prog.loss_sum = float(prog.loss_sum)
     prog.window_loss_sum = float(prog.window_loss_sum)
-
-
-TOP5_MIN_CLASSES = 6  # with 5 classes or fewer every class is among the top 5: top-5 error is 0 by construction
 
 
 @torch.no_grad()

@@ -109,12 +109,6 @@ def dali_misreads(img, path: str) -> DataError | None:
     return None
 
 
-def binary_pnm_maxval(raw: bytes) -> int | None:
-    """The maxval of a binary PGM/PPM (P5/P6) header; None for any other file (or a header that
-    does not parse, left to the decoders)."""
-    return pnm_maxval(raw, b"56")
-
-
 def pnm_maxval(raw: bytes, kinds: bytes = b"2356") -> int | None:
     """The maxval of a PGM/PPM header of one of ``kinds`` (the digit after "P": 2/3 plain (ASCII),
     5/6 binary); None for any other file (or a header that does not parse, left to the decoders)."""

@@ -26,7 +26,8 @@ from adarem.fsync import is_staging_folder_name
 from adarem.oscillation import path_window
 from adarem.results.comparisons import newest_comparison_only
 from adarem.run.identity import is_neutral
-from adarem.run.record import FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, finished_record_problem, flatten
+from adarem.run.record import (FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, TOP5_MIN_CLASSES,
+                               finished_record_problem, flatten)
 
 IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "trainer.deterministic",
                                         "trainer.oscillation_every", "trainer.compile", "trainer.channels_last")
@@ -525,7 +526,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
     # top-5 error of a task of 5 classes or fewer is 0 by construction, no measurement: null in the
     # records (engine.evaluate); an older record's 0.0 for such a task is read as none too
     classes = (run.get("data_identity") or {}).get("num_classes") if isinstance(run.get("data_identity"), dict) else None
-    top5 = not (_is_int(classes) and classes <= 5)
+    top5 = not (_is_int(classes) and classes < TOP5_MIN_CLASSES)
     recorded = run.get("final") if isinstance(run.get("final"), dict) else {}
     if status == "finished":
         # run.json's final is what train.py reported; metrics.jsonl must agree with it and hold

@@ -27,6 +27,9 @@ from adarem.run.identity import NOT_IDENTITY, config_differences, flatten  # noq
 
 RUN_JSON, METRICS = "run.json", "metrics.jsonl"
 FINAL_STATUSES = ("finished", "diverged")
+# with 5 classes or fewer every class is among the top 5: top-5 error is 0 by construction, no
+# measurement; run records hold null for it (engine.evaluate) and the tables show none
+TOP5_MIN_CLASSES = 6
 # keys that may change between a run and its resumption without making it another run
 RESUME_INSENSITIVE = NOT_IDENTITY
 
