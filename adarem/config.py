@@ -16,6 +16,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from adarem.optim.ranges import describe, in_range
 
+LR_MAX = 1e6  # the highest optimizer.lr a run accepts; compare.py's grid extensions stop below it
+
 
 class ConfigError(ValueError):
     """A user-facing configuration error; its message is one line that says what to do."""
@@ -68,7 +70,7 @@ class OptimizerConfig:
         _require(self.name in ("sgd", "adam", "adamw", "adarem"),
                  f"optimizer.name={self.name!r} is not one of sgd, adam, adamw, adarem")
         _require(self.lr > 0, f"optimizer.lr={self.lr} must be > 0")
-        _require(self.lr <= 1e6, f"optimizer.lr={self.lr} must be a finite value <= 1e6")
+        _require(self.lr <= LR_MAX, f"optimizer.lr={self.lr} must be a finite value <= {LR_MAX:g}")
         _require(0 <= self.weight_decay < 1e3,
                  f"optimizer.weight_decay={self.weight_decay} must be a finite value in [0, 1000)")
         for key in ("momentum", "beta", "decay"):  # AdaRem's ranges (adarem/optim/ranges.py); SGD's momentum too

@@ -77,8 +77,8 @@ def selection_table(searches: dict, chosen: dict, select_seeds: list[int], facto
         lr, wd, err, loss = chosen[opt]
         edge = srch.edge(lr)
         flag = f"**yes ({edge})**" if edge in ("low", "high") else f"**{edge}**" if edge else "no"
-        if edge == "low" and srch.blocked:  # the next lr down would be below schedule.min_lr or warmup_lr
-            flag = f"**yes (low; {srch.blocked})**"
+        if edge in ("low", "high") and srch.blocked[edge]:  # below min_lr/warmup_lr, or above LR_MAX
+            flag = f"**yes ({edge}; {srch.blocked[edge]})**"
         wd_side = srch.wd_edge(wd)
         if wd_side:  # the weight decay grid is never extended: only flagged
             flag = f"{flag}; **wd: yes ({wd_side}, not extended)**"
@@ -101,7 +101,7 @@ def edge_summary(searches: dict, chosen: dict) -> list[str]:
         side = srch.edge(lr)
         if side in ("low", "high"):
             out.append(f"{opt}: the chosen lr {lr:.3g} is the {'lowest' if side == 'low' else 'highest'} tried"
-                       + (f" ({srch.blocked})" if side == "low" and srch.blocked else ""))
+                       + (f" ({srch.blocked[side]})" if srch.blocked[side] else ""))
         out += [f"{opt}: {side}" for side in untested_sides(srch, lr, wd)]
         wd_side = srch.wd_edge(wd)
         if wd_side:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from adarem.config import LR_MAX
+
 SELECT_SEED0 = 1000  # selection seeds are 1000, 1001, ...: disjoint from the final seeds 0, 1, ...
 WD_FACTORS = (0.1, 1.0, 10.0)  # search=lr_wd: weight decays tried, relative to the optimizer's default
 # Two mean holdout errors this close are the same number of mistakes: an error is 100 * k / n, so two
@@ -67,8 +69,8 @@ class Search:
         self.lrs = [lr0 * f for f in factors]
         self.results: dict[tuple[float, float, int], dict] = {}
         self.extensions = 0
-        self.floor, self.floor_key = floor  # extensions stop above it (lr_floor)
-        self.blocked = ""  # why the low edge was not extended, for the report
+        self.floor, self.floor_key = floor  # extensions stop above it (lr_floor), and below LR_MAX
+        self.blocked = {"low": "", "high": ""}  # why that edge was not extended, for the report
 
     def trials(self) -> list[tuple[float, float]]:
         return [(lr, wd) for lr in self.lrs for wd in self.wds]
@@ -104,11 +106,15 @@ class Search:
         return "low" if wd == min(self.wds) else "high" if wd == max(self.wds) else ""
 
     def extend(self, side: str) -> float | None:
-        """Add the next lr beyond the ``side`` edge and return it; None, and ``blocked`` says why, when
-        that lr (as the trial's override writes it) is below the schedule's floor: such a run is refused."""
+        """Add the next lr beyond the ``side`` edge and return it; None, and ``blocked[side]`` says why,
+        when that lr (as the trial's override writes it) is below the schedule's floor or above LR_MAX:
+        train.py refuses such a run, which would stop the comparison midway."""
         lr = min(self.lrs) / 10 ** self.step if side == "low" else max(self.lrs) * 10 ** self.step
         if side == "low" and float(f"{lr:.6g}") < self.floor:
-            self.blocked = f"not extended below: the next lr {lr:.3g} is under {self.floor_key}"
+            self.blocked["low"] = f"not extended below: the next lr {lr:.3g} is under {self.floor_key}"
+            return None
+        if side == "high" and float(f"{lr:.6g}") > LR_MAX:
+            self.blocked["high"] = f"not extended above: the next lr {lr:.3g} is over optimizer.lr's limit {LR_MAX:g}"
             return None
         self.lrs.append(lr)
         self.lrs.sort()

@@ -73,15 +73,40 @@ def test_an_extension_below_min_lr_is_not_made_and_the_edge_is_flagged():
         srch.results[(lr, wd, 1000)] = {"status": "finished", "err": 10 + lr, "loss": 1.0}
     assert srch.edge(srch.best([1000])[0]) == "low"
     assert srch.extend("low") is None and srch.extensions == 0 and min(srch.lrs) == pytest.approx(0.01)
-    assert srch.blocked == "not extended below: the next lr 0.00316 is under schedule.min_lr=0.005"
+    assert srch.blocked["low"] == "not extended below: the next lr 0.00316 is under schedule.min_lr=0.005"
     assert srch.extend("high") == pytest.approx(1.0 * 10 ** 0.5)  # the other side is unaffected
     table = selection_table({"sgd": srch}, {"sgd": srch.best([1000])}, [1000], lr_factors(own))
     assert "**yes (low; not extended below: the next lr 0.00316 is under schedule.min_lr=0.005)**" in table
     # with the floor below the next lr, the extension is made
     low = Search("sgd", 0.1, [0.0], lr_factors(own), 0.5, (0.003, "schedule.min_lr=0.003"))
-    assert low.extend("low") == pytest.approx(0.01 / 10 ** 0.5) and not low.blocked
+    assert low.extend("low") == pytest.approx(0.01 / 10 ** 0.5) and not low.blocked["low"]
     warm = lr_floor(OmegaConf.create({"name": "step", "min_lr": 0.5, "warmup_epochs": 1, "warmup_lr": 0.002}))
     assert warm == (0.002, "schedule.warmup_lr=0.002")  # step ignores min_lr; a warm-up's start counts
+
+
+def test_an_extension_above_the_lr_limit_is_not_made_and_the_edge_is_flagged():
+    """train.py refuses optimizer.lr above LR_MAX (1e6): an upward extension past it used to be launched,
+    refused, and stop the whole comparison midway (compare.py stops on a refused trial)."""
+    from adarem.config import LR_MAX
+    from adarem.protocol.report import edge_summary, selection_table
+    from adarem.protocol.search import Search, lr_factors
+
+    own = {"lr_grid": [], "lr_span": 1.0, "lr_step": 0.5}
+    srch = Search("sgd", 1e5, [0.0], lr_factors(own), 0.5)  # 1e4 .. 1e6
+    for lr, wd in srch.trials():  # the best on the high edge, 1e6
+        srch.results[(lr, wd, 1000)] = {"status": "finished", "err": 10 - lr / LR_MAX, "loss": 1.0}
+    assert srch.edge(srch.best([1000])[0]) == "high" and max(srch.lrs) == pytest.approx(LR_MAX)
+    assert srch.extend("high") is None and srch.extensions == 0
+    assert srch.blocked == {"low": "", "high": "not extended above: the next lr 3.16e+06 is over optimizer.lr's limit 1e+06"}
+    chosen = {"sgd": srch.best([1000])}
+    assert "**yes (high; not extended above: the next lr 3.16e+06 is over" in selection_table(
+        {"sgd": srch}, chosen, [1000], lr_factors(own))
+    assert edge_summary({"sgd": srch}, chosen) == [
+        "sgd: the chosen lr 1e+06 is the highest tried (not extended above: the next lr 3.16e+06 is over "
+        "optimizer.lr's limit 1e+06)"]
+    # one step lower, the extension to 1e6 itself is made
+    below = Search("sgd", 1e5 / 10 ** 0.5, [0.0], lr_factors(own), 0.5)
+    assert below.extend("high") == pytest.approx(LR_MAX) and not below.blocked["high"]
 
 
 def test_compare_dry_run_of_a_short_preset_run_is_accepted_with_a_note(env, tmp_path):
