@@ -114,6 +114,26 @@ def check_command_line() -> None:
     preflight(sys.argv[1:])
 
 
+def composition_error(exc: BaseException, overrides: list[str]) -> str:
+    """Hydra's error for a command line it cannot compose, as one line: its lines and its causes'
+    (e.g. "Key 'foo' not in 'TrainerConfig'" says the most), without the noise; a remedy added where
+    Hydra names none (train.py and compare.py say the same)."""
+    noise = ("full_key:", "reference_type", "object_type", "Config search path", "provider=",
+             "Set the environment variable", "To append to your config")
+    lines: list[str] = []
+    while exc is not None:
+        lines += [line.strip() for line in str(exc).splitlines()
+                  if line.strip() and not line.strip().startswith(noise) and line.strip() not in lines]
+        exc = exc.__cause__
+    message = "; ".join(lines).replace(":; ", ": ").replace(".; ", "; ")
+    deleted = [a for a in overrides if a.startswith("~") and a[1:].split("=")[0] in message
+               and "does not exist" not in message]
+    if deleted:  # Hydra's words ("does not support deletion", "Missing mandatory value") say no remedy
+        message += (f" ({deleted[0]} deletes a setting or config group; train.py needs every one of them: "
+                    f"set a value instead, {deleted[0][1:].split('=')[0]}=VALUE)")
+    return message
+
+
 def preflight(argv: list[str]) -> None:
     """Compose the config as @hydra.main will, so that a bad override (unknown key or option,
     wrong type) fails with one line instead of Hydra's multi-line report, and check that the run
@@ -145,14 +165,7 @@ def preflight(argv: list[str]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
-        noise = ("full_key:", "reference_type", "object_type", "Config search path", "provider=",
-                 "Set the environment variable", "To append to your config")
-        lines: list[str] = []
-        while exc is not None:  # the cause (e.g. "Key 'foo' not in 'TrainerConfig'") says the most
-            lines += [line.strip() for line in str(exc).splitlines()
-                      if line.strip() and not line.strip().startswith(noise) and line.strip() not in lines]
-            exc = exc.__cause__
-        message = "; ".join(lines).replace(":; ", ": ").replace(".; ", "; ")
+        message = composition_error(exc, overrides)
         if any(ord(c) > 127 for c in " ".join(argv)):
             message += " (values with non-ASCII characters must be quoted: key='value')"
         print(f"error: {message}", file=sys.stderr)

@@ -596,8 +596,10 @@ def compare(argv: list[str]) -> int:
     base = trial_base(passthrough)
     try:
         probe = compose(base)  # fails here, with one line, on a bad override
-    except Exception as exc:  # noqa: BLE001 - Hydra's errors carry several lines; keep the first
-        fail(f"bad override in {' '.join(base)}: {str(exc).strip().splitlines()[0]}")
+    except Exception as exc:  # noqa: BLE001 - Hydra's errors carry several lines: one, as train.py's
+        from adarem.cli import composition_error
+
+        fail(f"bad override in {' '.join(base)}: {composition_error(exc, base)}")
     if int(probe.trainer.max_steps):  # every trial would stop early, score worst, and the grid be blamed
         given = next((a for a in reversed(passthrough) if a.split("=", 1)[0].lstrip("+~") == "trainer.max_steps"),
                      f"trainer.max_steps={probe.trainer.max_steps} (from the configuration)")

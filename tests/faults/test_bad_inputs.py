@@ -78,6 +78,10 @@ CASES = {
                           "cannot both be set"),
     "huge evals per epoch": (["trainer.evals_per_epoch=10000000000"], "trainer.evals_per_epoch=10000000000 must be in"),
     "more evals than steps": (["trainer.evals_per_epoch=500"], "exceeds the"),
+    # Hydra's own words named no remedy ("... does not support deletion", "Missing mandatory value")
+    "deleted setting": (["~optimizer.lr"], "(~optimizer.lr deletes a setting or config group; train.py needs every "
+                                           "one of them: set a value instead, optimizer.lr=VALUE)"),
+    "deleted group": (["~optimizer"], "set a value instead, optimizer=VALUE"),
 }
 
 
@@ -230,10 +234,13 @@ def _compare(args, env, tmp_path):
 
 @pytest.mark.parametrize("args,expected", [
     (["experiment=nope"], "bad override"),
-    (["trainer.no_such_key=1"], "bad override"),
+    # the cause, as train.py says it (compare.py kept only Hydra's first line: "Could not override ...")
+    (["trainer.no_such_key=1"], "Could not override 'trainer.no_such_key'; Key 'no_such_key' not in 'TrainerConfig'"),
+    (["~optimizer.lr"], "does not support deletion (~optimizer.lr deletes a setting or config group; train.py needs "
+                        "every one of them: set a value instead, optimizer.lr=VALUE)"),
     (["lr_grid=-1"], "every factor must be a finite number > 0"),
     (["seeds=zero"], "bad compare.py argument"),
-], ids=["unknown experiment", "unknown key", "negative lr grid", "bad seeds"])
+], ids=["unknown experiment", "unknown key", "deleted setting", "negative lr grid", "bad seeds"])
 def test_compare_bad_input_exits_2_with_one_line(tmp_path, env, args, expected):
     res = _compare(args, env, tmp_path)
     assert res.returncode == 2
