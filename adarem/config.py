@@ -70,7 +70,7 @@ class OptimizerConfig:
         _require(self.name in ("sgd", "adam", "adamw", "adarem"),
                  f"optimizer.name={self.name!r} is not one of sgd, adam, adamw, adarem")
         _require(self.lr > 0, f"optimizer.lr={self.lr} must be > 0")
-        _require(self.lr <= LR_MAX, f"optimizer.lr={self.lr} must be a finite value <= {LR_MAX:g}")
+        _require(self.lr <= LR_MAX, f"optimizer.lr={self.lr} must be a finite value <= 1e6")  # LR_MAX
         _require(0 <= self.weight_decay < 1e3,
                  f"optimizer.weight_decay={self.weight_decay} must be a finite value in [0, 1000)")
         for key in ("momentum", "beta", "decay"):  # AdaRem's ranges (adarem/optim/ranges.py); SGD's momentum too

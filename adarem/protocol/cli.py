@@ -89,7 +89,6 @@ from adarem.config import ConfigError
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
 from adarem.protocol.report import code_section, edge_summary, provenance, selection_table
 from adarem.protocol.search import SELECT_SEED0, Search, lowest_lr, lr_factors, lr_floor, score, weight_decays
-from adarem.schedule import truncation
 
 USAGE = __doc__
 DEFAULTS = {
@@ -282,6 +281,8 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
                 f"lr_span={own['lr_span']:g}, lr_step={own['lr_step']:g}"
             fail(f"{key} is above the lowest lr of the grid for {opt}, {lowest_lr(lr0, own):.6g} ({how}): that trial "
                  f"would be refused; lower {key.split('=')[0]} or narrow the grid (lr_span, lr_grid)")
+    from adarem.schedule import truncation  # imports torch and timm (~4 s): not before the arguments are checked
+
     note = truncation(cfg.schedule, int(cfg.trainer.epochs))
     if note:
         print(f"note: {note}", file=sys.stderr, flush=True)

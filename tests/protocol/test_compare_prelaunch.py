@@ -231,3 +231,21 @@ def test_the_default_folder_is_one_per_configuration():
     assert cli.default_out("x", ["trainer.epochs=2", "trainer.batch_size=64"]) == \
         cli.default_out("x", ["trainer.batch_size=64", "trainer.epochs=2"])
     assert cli.default_out("x", ["data.root=/d/my_data/tree"]) != cli.default_out("x", ["data.root=/d/my/data/tree"])
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("seeds=zero", "bad compare.py argument"),
+    ("trainer.epoch=3", "Key 'epoch' not in 'TrainerConfig'"),
+    ("lr_span=1,2", "bad compare.py argument"),
+], ids=["compare.py argument", "unknown key", "list for a number"])
+def test_a_bad_command_line_is_refused_before_torch_is_imported(tmp_path, arg, says):
+    """A typo costs a fraction of a second, as with train.py: compare.py imported torch and timm
+    (~4 s, through adarem.schedule) before it read its arguments."""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['compare.py', 'optimizers=sgd', {arg!r}, 'runs={tmp_path / 'runs'}', 'out={tmp_path / 'out'}']\n"
+             "try:\n    runpy.run_path(sys.argv[0].join(['scripts/', '']), run_name='__main__')\n"
+             "except SystemExit as exc:\n    print(exc.code, sorted(m for m in ('torch', 'timm') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split("\n")[0] == "2 []", (res.stdout, res.stderr)
+    assert res.stderr.startswith("error: ") and says in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    nothing_written(tmp_path)
