@@ -13,6 +13,10 @@ file): each pass writes its sample indices there before its first batch is sched
 callback maps DALI's sample position (``SampleInfo.idx_in_epoch``) to the plan's index. So each
 pipeline is built once and serves every epoch, resume and evaluation (a pass nested inside
 another, BN recalibration in the middle of a training epoch, gets a second pipeline, also kept).
+A pipeline that fails, or that is not kept, is shut down with its workers at once (close_pipeline),
+not when the traceback that references it is collected; and workers fork with this process's
+objects frozen for the garbage collector (loader.frozen_heap), so a worker never collects its copy
+of a pipeline left in a reference cycle (Pipeline.__del__ in a forked worker crashed it).
 
 Augmentation. The random crop box (torchvision's RandomResizedCrop distribution) and the flip
 are drawn in the callback from ``random.Random(sample_seed(seed, epoch, index))``, exactly as
@@ -48,6 +52,7 @@ import torch
 
 from adarem.config import DataConfig
 from adarem.data.datasets import DataError, corrupt_image_error, unsupported_image
+from adarem.data.loader import frozen_heap
 from adarem.data.sampling import sample_seed
 from adarem.data.transforms import random_resized_crop_box, val_resize
 
@@ -315,10 +320,15 @@ class _Feed:
         global _STARTING_WORKERS
         _STARTING_WORKERS = True
         try:
-            self.pipe = loader._pipeline(reader)
+            with frozen_heap():  # the workers fork in there: none collects this process's garbage
+                self.pipe = loader._pipeline(reader)
         finally:
             _STARTING_WORKERS = False
         self.left_early = False
+
+    def close(self) -> None:
+        """Shut the pipeline and its Python workers down now (close_pipeline)."""
+        close_pipeline(self.pipe)
 
     def run_out(self) -> None:
         """Finish a pass left early: a DALI pipeline restarts only at the end of an epoch. What is
@@ -418,7 +428,11 @@ class DaliLoader:
             return images, labels, bad
 
         p = pipe()
-        p.build()
+        try:
+            p.build()
+        except BaseException:
+            close_pipeline(p)  # what started of it, now (the traceback keeps it)
+            raise
         return p
 
     def _feed(self) -> tuple[_Feed, bool]:
@@ -431,6 +445,7 @@ class DaliLoader:
                 return feed, True
             except Exception:  # noqa: BLE001 - the left pass's batches failed: a new pipeline instead
                 self._kept -= 1
+                feed.close()
         keep = self._kept < MAX_KEPT
         self._kept += keep
         try:
@@ -440,7 +455,9 @@ class DaliLoader:
             raise
 
     def close(self) -> None:
-        """Drop the idle pipelines now (their workers end with them)."""
+        """Shut the idle pipelines and their workers down now."""
+        for feed in self._idle:
+            feed.close()
         self._kept -= len(self._idle)
         self._idle.clear()
 
@@ -491,9 +508,11 @@ class DaliLoader:
         finally:
             if kept and reusable:
                 self._idle.append(feed)
-            elif kept:  # failed: dropped with its workers
-                self._kept -= 1
-
+            else:
+                # failed (or a nested pass's pipeline, not kept): shut down now with its workers, not
+                # when the traceback that references this frame is collected (close_pipeline)
+                self._kept -= kept
+                feed.close()
 
     def _name_undecodable(self, batches: list[list[int]], exc: DataError) -> None:
         """After DALI's decoder failed: the first file of the failing batch (or of those prefetched
@@ -535,16 +554,35 @@ def first_dali_undecodable(paths: list[str], gray: bool) -> tuple[str, str] | No
                                  adjust_orientation=False)
 
     pipe = one_file()
-    pipe.build()
-    for path in paths:
-        try:
-            pipe.feed_input("data", [np.fromfile(path, dtype=np.uint8)])
-            pipe.run()
-        except OSError:
-            continue  # unreadable now: not what failed the decoder
-        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError
-            return path, _dali_reason(exc)
-    return None
+    try:
+        pipe.build()
+        for path in paths:
+            try:
+                pipe.feed_input("data", [np.fromfile(path, dtype=np.uint8)])
+                pipe.run()
+            except OSError:
+                continue  # unreadable now: not what failed the decoder
+            except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError
+                return path, _dali_reason(exc)
+        return None
+    finally:
+        close_pipeline(pipe)
+
+
+def close_pipeline(pipe) -> None:
+    """Shut a DALI pipeline down now: its executor (the backend's Shutdown(), which DALI calls from
+    Pipeline.__del__), then its pool of Python workers (ended and joined), in DALI's own teardown
+    order (the pool outlives the backend, which reads its shared memory). Without this a failed
+    pipeline referenced by a traceback kept its workers until a garbage collection; DALI 2.4 has no
+    public close. Calling it again does nothing."""
+    shutdown = getattr(pipe, "_shutdown", None)
+    try:
+        if shutdown is not None:
+            shutdown()
+    finally:
+        pool = getattr(pipe, "_py_pool", None)
+        if pool is not None:
+            pool.close()
 
 
 class DaliBatchError(DataError):

@@ -9,6 +9,8 @@ define ``to_device(x, y, device, channels_last)``, which the engine calls on eve
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -21,6 +23,30 @@ from adarem.data.transforms import normalize
 # for a pass nested inside another (BN recalibration on the training set in the middle of a
 # training epoch). A deeper nesting gets a DataLoader whose workers end with its pass.
 MAX_PERSISTENT = 2
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Around the start of forked worker processes (DALI's, DataLoader's): the objects of this
+    process are moved to the garbage collector's permanent generation (gc.freeze) while the
+    workers fork, and back after (gc.unfreeze), so a forked worker's collector never collects its
+    copy of this process's garbage. Garbage that this process had not collected yet (a failed
+    loader's DALI pipeline kept in a reference cycle by a traceback: a test's pytest.raises, a
+    failed trial of compare.py, which runs trials in one process) was otherwise collected in the
+    worker, whose copy of DALI's backend has none of its threads: Pipeline.__del__'s Shutdown()
+    crashed the worker (a segmentation fault), and the new pool failed to start ('Workers
+    initialization failed', 'Worker data receiving interrupted') or hung. Both calls cost a list
+    splice. If objects are already frozen (by someone else), they stay frozen, and this collects the
+    garbage before the fork instead."""
+    if gc.get_freeze_count():  # someone froze objects: unfreezing would thaw theirs too
+        gc.collect()
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class _PlanSampler:
@@ -94,7 +120,10 @@ class TorchLoader:
         iterator = None
         reusable = False
         try:
-            iterator = iter(loader)
+            # workers fork here: every pass of a DataLoader not kept, the first of a kept one
+            forks = self.num_workers > 0 and getattr(loader, "_iterator", None) is None
+            with frozen_heap() if forks else contextlib.nullcontext():
+                iterator = iter(loader)
             for x, y, corrupt in iterator:
                 self.last_batch_corrupt = int(corrupt.sum())
                 self.corrupt_count += self.last_batch_corrupt
