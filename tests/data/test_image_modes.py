@@ -3,8 +3,6 @@ refuse the file in one line naming it."""
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pytest
 import torch
@@ -99,14 +97,6 @@ def test_pixels_the_loaders_would_read_differently_are_refused_in_one_line(tmp_p
     message = one_line(err.value)  # the line the command prints (a torch worker's error arrives as a traceback)
     assert "\n" not in message and str(root / "train" / "a" / name) in message and words in message, message
     assert "save it as" in message
-    if workers:
-        # The failed loader (a DALI worker pool, or DataLoader workers), kept alive by the traceback,
-        # collected now. Without this, a later test's DALI worker pool failed to start in about 1
-        # full run of this file in 3 to 7 ("Workers initialization failed", "Worker data receiving
-        # interrupted"); presumably the old pool closed by a collection while the new one started
-        # (not established)
-        del err, data
-        gc.collect()
 
 
 @pytest.mark.parametrize("maxval", [15, 1023])
