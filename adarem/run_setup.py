@@ -91,8 +91,18 @@ class Run:
             pass
 
     def close(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
+        """End what the run holds open, however it ended: the loaders' kept workers (DataLoader
+        processes, DALI pipelines and their worker pools; without this they ended only when the
+        loaders were collected: at exit, or in compare.py's worker processes, which run one trial
+        after another, when a failed trial's traceback was), then the run-directory lock."""
+        try:
+            for loader in (self.data.train, self.data.val) if self.data is not None else ():
+                close = getattr(loader, "close", None)  # the synthetic loader has no workers
+                if close is not None:
+                    close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def first_rank_error(run_dir: Path, since: float) -> Optional[str]:

@@ -18,6 +18,11 @@ from adarem.run.record import METRICS, RUN_JSON
 
 log = logging.getLogger(__name__)
 
+# whether this process called wandb.init: its atexit hooks (the service process, an offline run's
+# files) must then run, and train.py ends through sys.exit rather than os._exit (adarem/cli/train.py).
+# "wandb" in sys.modules says nothing: timm imports wandb whenever it is installed.
+STARTED = False
+
 
 class Tracker:
     def __init__(self, mode: str, enabled: bool):
@@ -31,8 +36,11 @@ class Tracker:
             return
         self.run_dir = Path(run_dir)
         os.environ.setdefault("WANDB_SILENT", "true")
+        global STARTED
         try:
             import wandb
+
+            STARTED = True  # before init: a failed init may have started wandb's service already
 
             # the same id on every restart of a requeued run continues the same wandb run
             self.run = wandb.init(project=project, entity=entity, group=group, name=name, id=run_id,
