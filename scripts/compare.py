@@ -4,11 +4,9 @@ scripts/setup.sh does, makes it this checkout's)."""
 
 from __future__ import annotations
 
-import sys
-
 from adarem.protocol import cli
 
 __doc__ = cli.USAGE
 
 if __name__ == "__main__":
-    sys.exit(cli.main(sys.argv[1:]))
+    cli.run()

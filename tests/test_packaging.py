@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO
 
 CONSOLE_SCRIPTS = {"adarem-train": "adarem.cli:train_command", "adarem-tables": "adarem.cli.tables:main",
-                   "adarem-compare": "adarem.protocol.cli:main"}
+                   "adarem-compare": "adarem.protocol.cli:run"}
 
 
 def _python(code: str, **kwargs) -> subprocess.CompletedProcess:

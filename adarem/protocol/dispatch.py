@@ -23,8 +23,10 @@ Both yield ``(key, outcome)`` pairs in the order the trials were given; an outco
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
+import gc
 import importlib.util
 import os
 import signal
@@ -263,6 +265,17 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="adarem-parent-watch").start()
 
 
+def _init_worker(parent: int) -> None:
+    """Pool-worker initializer: the worker exits with its compare process (``_exit_with_parent``),
+    and exits sooner when compare ends: the interpreter's teardown ran the garbage collector over
+    every object of torch, dynamo and timm, 2-2.5 s that compare waited for (``pool.shutdown``);
+    gc.freeze() puts them out of its reach. Registered after multiprocessing's own atexit hook, it
+    runs before it; that hook still joins the result queue's feeder thread, and every trial's
+    records are closed when its result is sent."""
+    _exit_with_parent(parent)
+    atexit.register(gc.freeze)
+
+
 class LocalDispatcher:
     """Trials on this machine: ``workers`` spawned processes x ``threads`` torch threads each."""
 
@@ -274,7 +287,7 @@ class LocalDispatcher:
         from multiprocessing import get_context
 
         self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
-                                        initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                        initializer=_init_worker, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, exc_type, *exc):
