@@ -265,15 +265,27 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="adarem-parent-watch").start()
 
 
+def freeze_heap_at_exit() -> None:
+    """Make this trial-running process (a pool worker, a SLURM job) exit sooner: the interpreter's
+    teardown ran the garbage collector over every object of torch, dynamo and timm, 2-2.5 s a
+    process (that compare waited for at ``pool.shutdown``); gc.freeze() as an atexit hook puts them
+    out of its reach. Registered after multiprocessing's and submitit's own hooks, it runs before
+    them, and they still run (the result queue's feeder thread is joined); every trial's records
+    are closed by the time its result is returned. Registered once per process."""
+    global _FREEZE_REGISTERED
+    if not _FREEZE_REGISTERED:
+        _FREEZE_REGISTERED = True
+        atexit.register(gc.freeze)
+
+
+_FREEZE_REGISTERED = False
+
+
 def _init_worker(parent: int) -> None:
     """Pool-worker initializer: the worker exits with its compare process (``_exit_with_parent``),
-    and exits sooner when compare ends: the interpreter's teardown ran the garbage collector over
-    every object of torch, dynamo and timm, 2-2.5 s that compare waited for (``pool.shutdown``);
-    gc.freeze() puts them out of its reach. Registered after multiprocessing's own atexit hook, it
-    runs before it; that hook still joins the result queue's feeder thread, and every trial's
-    records are closed when its result is sent."""
+    and sooner when compare ends (``freeze_heap_at_exit``)."""
     _exit_with_parent(parent)
-    atexit.register(gc.freeze)
+    freeze_heap_at_exit()
 
 
 class LocalDispatcher:
@@ -340,6 +352,7 @@ class Trial:
         from adarem.run.plan import RunLocked
 
         t0 = time.time()
+        freeze_heap_at_exit()  # the job process ends after submitit has written this result
         train = train_function()
         cfg = compose(overrides)
         run_dir = Path(cfg.run_dir)
