@@ -12,9 +12,7 @@ kept out of the means (a torn metrics line is listed, its run kept). Writes tabl
 
 from __future__ import annotations
 
-import sys
-
-from adarem.cli.tables import main
+from adarem.cli.tables import run
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python scripts/make_tables.py"))
+    run(prog="python scripts/make_tables.py")

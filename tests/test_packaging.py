@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 
-CONSOLE_SCRIPTS = {"adarem-train": "adarem.cli:train_command", "adarem-tables": "adarem.cli.tables:main",
+CONSOLE_SCRIPTS = {"adarem-train": "adarem.cli:train_command", "adarem-tables": "adarem.cli.tables:run",
                    "adarem-compare": "adarem.protocol.cli:run"}
 
 
