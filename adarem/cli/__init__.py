@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -126,11 +127,16 @@ def composition_error(exc: BaseException, overrides: list[str]) -> str:
                   if line.strip() and not line.strip().startswith(noise) and line.strip() not in lines]
         exc = exc.__cause__
     message = "; ".join(lines).replace(":; ", ": ").replace(".; ", "; ")
-    deleted = [a for a in overrides if a.startswith("~") and a[1:].split("=")[0] in message
-               and "does not exist" not in message]
-    if deleted:  # Hydra's words ("does not support deletion", "Missing mandatory value") say no remedy
-        message += (f" ({deleted[0]} deletes a setting or config group; train.py needs every one of them: "
-                    f"set a value instead, {deleted[0][1:].split('=')[0]}=VALUE)")
+    for arg in overrides:  # Hydra's words for a refused deletion ("does not support deletion", "Missing
+        key = arg[1:].split("=")[0] if arg.startswith("~") else ""  # mandatory value") say no remedy
+        if key and (message.startswith(f"Error merging override {arg};")
+                    or re.search(rf"Missing mandatory value: {re.escape(key)}(?![\w.])", message)):
+            message += (f" ({arg} deletes a setting or config group; train.py needs every one of them: "
+                        f"set a value instead, {key}=VALUE)")
+            break
+    if message.startswith("LexerNoViableAltException") and any(ord(c) > 127 for a in overrides
+                                                                for c in a.partition("=")[2]):
+        message += " (values with non-ASCII characters must be quoted: key='value')"  # the lexer's one remedy
     return message
 
 
@@ -166,8 +172,6 @@ def preflight(argv: list[str]) -> None:
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - every composition error becomes one line
         message = composition_error(exc, overrides)
-        if any(ord(c) > 127 for c in " ".join(argv)):
-            message += " (values with non-ASCII characters must be quoted: key='value')"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     try:

@@ -107,14 +107,15 @@ class Search:
 
     def extend(self, side: str) -> float | None:
         """Add the next lr beyond the ``side`` edge and return it; None, and ``blocked[side]`` says why,
-        when that lr (as the trial's override writes it) is below the schedule's floor or above LR_MAX:
-        train.py refuses such a run, which would stop the comparison midway."""
+        when that lr (as the trial's override writes it, 6 digits, which the message shows too: 3
+        could read as equal to the limit) is below the schedule's floor or above LR_MAX: train.py
+        refuses such a run, which would stop the comparison midway."""
         lr = min(self.lrs) / 10 ** self.step if side == "low" else max(self.lrs) * 10 ** self.step
         if side == "low" and float(f"{lr:.6g}") < self.floor:
-            self.blocked["low"] = f"not extended below: the next lr {lr:.3g} is under {self.floor_key}"
+            self.blocked["low"] = f"not extended below: the next lr {lr:.6g} is under {self.floor_key}"
             return None
         if side == "high" and float(f"{lr:.6g}") > LR_MAX:
-            self.blocked["high"] = f"not extended above: the next lr {lr:.3g} is over optimizer.lr's limit {LR_MAX:g}"
+            self.blocked["high"] = f"not extended above: the next lr {lr:.6g} is over optimizer.lr's limit {LR_MAX:g}"
             return None
         self.lrs.append(lr)
         self.lrs.sort()

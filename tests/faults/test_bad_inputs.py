@@ -83,6 +83,13 @@ CASES = {
                                            "one of them: set a value instead, optimizer.lr=VALUE)"),
     "deleted group": (["~optimizer"], "set a value instead, optimizer=VALUE"),
 }
+# the hints above given only where they apply (helper-67: a deletion elsewhere on the command line, or a
+# non-ASCII value already quoted, drew a hint about an override that had no part in the error)
+NO_HINT = {
+    "bad value beside a deletion": (["trainer.epochs=x", "~trainer.epochs"], "could not be converted to Integer"),
+    "quoted non-ASCII value beside an unknown key": (["logging.group='jos\u00e9'", "trainer.nokey=1"],
+                                                     "Key 'nokey' not in 'TrainerConfig'"),
+}
 
 
 @pytest.mark.parametrize("run_dir,expected", [
@@ -97,6 +104,14 @@ def test_bad_run_directory(tmp_path, env, run_dir, expected):
 def test_bad_command_line(tmp_path, env, name):
     args, expected = CASES[name]
     _check(run_train(args, env, tmp_path / "run"), expected, tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", list(NO_HINT))
+def test_a_hint_is_given_only_where_it_applies(tmp_path, env, name):
+    args, expected = NO_HINT[name]
+    res = run_train(args, env, tmp_path / "run")
+    _check(res, expected, tmp_path / "run")
+    assert "deletes a setting" not in res.stderr and "must be quoted" not in res.stderr, res.stderr
 
 
 def _check(res, expected, run_dir):
@@ -238,9 +253,12 @@ def _compare(args, env, tmp_path):
     (["trainer.no_such_key=1"], "Could not override 'trainer.no_such_key'; Key 'no_such_key' not in 'TrainerConfig'"),
     (["~optimizer.lr"], "does not support deletion (~optimizer.lr deletes a setting or config group; train.py needs "
                         "every one of them: set a value instead, optimizer.lr=VALUE)"),
+    # the lexer's remedy, as train.py gives it (compare.py showed the bare LexerNoViableAltException)
+    (["logging.group=jos\u00e9"], "(values with non-ASCII characters must be quoted: key='value')"),
     (["lr_grid=-1"], "every factor must be a finite number > 0"),
     (["seeds=zero"], "bad compare.py argument"),
-], ids=["unknown experiment", "unknown key", "deleted setting", "negative lr grid", "bad seeds"])
+], ids=["unknown experiment", "unknown key", "deleted setting", "unquoted non-ASCII value", "negative lr grid",
+        "bad seeds"])
 def test_compare_bad_input_exits_2_with_one_line(tmp_path, env, args, expected):
     res = _compare(args, env, tmp_path)
     assert res.returncode == 2

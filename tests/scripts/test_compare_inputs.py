@@ -73,10 +73,10 @@ def test_an_extension_below_min_lr_is_not_made_and_the_edge_is_flagged():
         srch.results[(lr, wd, 1000)] = {"status": "finished", "err": 10 + lr, "loss": 1.0}
     assert srch.edge(srch.best([1000])[0]) == "low"
     assert srch.extend("low") is None and srch.extensions == 0 and min(srch.lrs) == pytest.approx(0.01)
-    assert srch.blocked["low"] == "not extended below: the next lr 0.00316 is under schedule.min_lr=0.005"
+    assert srch.blocked["low"] == "not extended below: the next lr 0.00316228 is under schedule.min_lr=0.005"
     assert srch.extend("high") == pytest.approx(1.0 * 10 ** 0.5)  # the other side is unaffected
     table = selection_table({"sgd": srch}, {"sgd": srch.best([1000])}, [1000], lr_factors(own))
-    assert "**yes (low; not extended below: the next lr 0.00316 is under schedule.min_lr=0.005)**" in table
+    assert "**yes (low; not extended below: the next lr 0.00316228 is under schedule.min_lr=0.005)**" in table
     # with the floor below the next lr, the extension is made
     low = Search("sgd", 0.1, [0.0], lr_factors(own), 0.5, (0.003, "schedule.min_lr=0.003"))
     assert low.extend("low") == pytest.approx(0.01 / 10 ** 0.5) and not low.blocked["low"]
@@ -97,16 +97,19 @@ def test_an_extension_above_the_lr_limit_is_not_made_and_the_edge_is_flagged():
         srch.results[(lr, wd, 1000)] = {"status": "finished", "err": 10 - lr / LR_MAX, "loss": 1.0}
     assert srch.edge(srch.best([1000])[0]) == "high" and max(srch.lrs) == pytest.approx(LR_MAX)
     assert srch.extend("high") is None and srch.extensions == 0
-    assert srch.blocked == {"low": "", "high": "not extended above: the next lr 3.16e+06 is over optimizer.lr's limit 1e+06"}
+    assert srch.blocked == {"low": "", "high": "not extended above: the next lr 3.16228e+06 is over optimizer.lr's limit 1e+06"}
     chosen = {"sgd": srch.best([1000])}
-    assert "**yes (high; not extended above: the next lr 3.16e+06 is over" in selection_table(
+    assert "**yes (high; not extended above: the next lr 3.16228e+06 is over" in selection_table(
         {"sgd": srch}, chosen, [1000], lr_factors(own))
     assert edge_summary({"sgd": srch}, chosen) == [
-        "sgd: the chosen lr 1e+06 is the highest tried (not extended above: the next lr 3.16e+06 is over "
+        "sgd: the chosen lr 1e+06 is the highest tried (not extended above: the next lr 3.16228e+06 is over "
         "optimizer.lr's limit 1e+06)"]
     # one step lower, the extension to 1e6 itself is made
     below = Search("sgd", 1e5 / 10 ** 0.5, [0.0], lr_factors(own), 0.5)
     assert below.extend("high") == pytest.approx(LR_MAX) and not below.blocked["high"]
+    # just above the limit: the message shows the lr as the trial would write it, never as equal to it
+    above = Search("sgd", 316230.0, [0.0], [0.01, 0.1, 1.0], 0.5)
+    assert above.extend("high") is None and "the next lr 1.00001e+06 is over" in above.blocked["high"]
 
 
 def test_compare_dry_run_of_a_short_preset_run_is_accepted_with_a_note(env, tmp_path):
