@@ -4,7 +4,9 @@ sends SIGTERM instead (a scheduler's preemption notice at an exact point). Unset
 string comparison. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` (right after
 the end-of-epoch checkpoint of epoch E, before evaluation), ``eval@E`` (in the middle of
 epoch E's first evaluation: a mid-epoch one when trainer.evals_per_epoch > 1), ``after_eval@E`` (right after epoch E's evaluation was logged),
-``checkpoint_write@K`` (half-way through writing the K-th checkpoint). Not kills: ``nan_loss@N``
+``checkpoint_write@K`` (half-way through writing the K-th checkpoint), ``dali_train_read@N`` and
+``dali_val_read@N`` (a worker of the training or validation DALI pipeline, as it reads its N-th
+sample: the out-of-memory killer choosing a loader worker). Not kills: ``nan_loss@N``
 and ``huge_loss@N`` (step N's loss becomes NaN, or a finite 1e30 beyond trainer.diverge_loss).
 """
 

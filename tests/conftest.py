@@ -78,6 +78,21 @@ def run_train(args: list[str], env: dict, run_dir: Path | None = None, launcher:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def processes_with(marker: str) -> list[int]:
+    """The live processes whose environment holds ``marker`` (a train.py given it in its
+    environment, and any worker it started)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (d / "environ").read_bytes():
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.jsonl") as f:
         return [json.loads(line) for line in f]

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from adarem.cli import CONFIG_DIR, check_command_line, early, one_line
+from adarem.cli import CONFIG_DIR, check_command_line, early, one_line, stdout_gone
 
 if __name__ == "__main__":  # python -m adarem.cli.train: before the heavy imports (adarem.cli.early)
     early.install()
@@ -62,8 +62,12 @@ def train(cfg: DictConfig) -> int:
 
             code = Trainer(run, stop).run()
     except BaseException as exc:
+        loader = sys.modules.get("adarem.data.loader")  # a DataLoader worker's death, said in one line
+        lost = loader.lost_worker_error(exc) if loader is not None else None
         if run is not None:
-            run.mark_failed(exc, one_line(exc))
+            run.mark_failed(lost or exc, one_line(lost or exc))
+        if lost is not None:
+            raise lost from exc
         raise
     finally:
         stop.uninstall()
@@ -112,10 +116,15 @@ def run() -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, (int, type(None))):
             print(exc.code, file=sys.stderr)
+    except BrokenPipeError:  # stdout's reader went away (train.py --help | head)
+        code = stdout_gone()
     tracking = sys.modules.get("adarem.tracking")
     if tracking is not None and tracking.STARTED:
         sys.exit(code)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = code or stdout_gone()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)

@@ -39,6 +39,7 @@ on its batch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing.util
 import os
@@ -50,7 +51,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from adarem import faults
 from adarem.config import DataConfig
+from adarem.data.dali_workers import WorkerWatch
 from adarem.data.datasets import DataError, corrupt_image_error, unsupported_image
 from adarem.data.loader import frozen_heap
 from adarem.data.sampling import sample_seed
@@ -248,6 +251,8 @@ class SampleReader:
         self.mode = mode  # "train_crop", "train_resize", "val_crop" or "val_resize"
         self.seed, self.image_size, self.val_short, self.hflip = seed, image_size, val_short, hflip
         self._table = None
+        self._reads = 0  # samples read by this worker process (ADAREM_FAULT=dali_train_read@N)
+        self._fault_point = f"dali_{mode[:mode.index('_')]}_read"
         self._parent = os.getpid()
         multiprocessing.util.register_after_fork(self, SampleReader._after_fork)
 
@@ -270,6 +275,8 @@ class SampleReader:
         return self._table
 
     def __call__(self, info):
+        self._reads += 1
+        faults.maybe_crash(self._fault_point, self._reads)
         table = self._schedule()
         k = info.idx_in_epoch
         if k >= min(int(table[0]), self.capacity):
@@ -325,21 +332,43 @@ class _Feed:
         finally:
             _STARTING_WORKERS = False
         self.left_early = False
+        # a worker that dies (the out-of-memory killer) ends the pass with a DataError instead of
+        # hanging it (adarem/data/dali_workers.py)
+        pool = getattr(self.pipe, "_py_pool", None)
+        try:
+            # (DALI's processes: a private attribute, only for the exit code of a reaped worker)
+            processes = {p.pid: p for p in getattr(getattr(pool, "pool", None), "_processes", [])}
+            self.watch = WorkerWatch(pool.pids(), processes=processes) if pool is not None else None
+        except BaseException:
+            self.close()
+            raise
+
+    def guard(self):
+        """Around each call into the pipeline: a dead worker raises DataError (WorkerWatch.guard)."""
+        return self.watch.guard() if self.watch is not None else contextlib.nullcontext()
+
+    @property
+    def death(self) -> str | None:
+        return self.watch.death if self.watch is not None else None
 
     def close(self) -> None:
-        """Shut the pipeline and its Python workers down now (close_pipeline)."""
+        """Shut the pipeline and its Python workers down now (close_pipeline); after a worker's
+        death the survivors are killed first, which DALI's close would otherwise wait for."""
+        if getattr(self, "watch", None) is not None:
+            self.watch.stop()
         close_pipeline(self.pipe)
 
     def run_out(self) -> None:
         """Finish a pass left early: a DALI pipeline restarts only at the end of an epoch. What is
         still decoded is what was already scheduled (about two prefetch queues of batches)."""
         self.table[0] = 0
-        while True:
-            try:
-                self.pipe.run()
-            except StopIteration:
-                break
-        self.pipe.reset()
+        with self.guard():
+            while True:
+                try:
+                    self.pipe.run()
+                except StopIteration:
+                    break
+            self.pipe.reset()
         self.left_early = False
 
     def start(self, epoch: int, batches: list[list[int]]) -> None:
@@ -438,6 +467,10 @@ class DaliLoader:
     def _feed(self) -> tuple[_Feed, bool]:
         while self._idle:
             feed = self._idle.pop()
+            if feed.death is not None:  # a worker of this idle pipeline died (killed) since its last pass
+                self._kept -= 1
+                feed.close()
+                raise DataError(feed.death)
             if not feed.left_early:
                 return feed, True
             try:
@@ -485,7 +518,8 @@ class DaliLoader:
             feed.start(epoch, batches)
             for k, batch in enumerate(batches):
                 try:
-                    images, labels, bad = _run(feed.pipe)
+                    with feed.guard():
+                        images, labels, bad = _run(feed.pipe)
                 except DataError as exc:
                     self._name_undecodable(batches[k:k + 1 + self.cfg.dali_prefetch], exc)
                     raise
@@ -497,9 +531,10 @@ class DaliLoader:
                 if self.channels_last:
                     x = x.permute(0, 3, 1, 2)
                 yield x, to_torch(labels, self.device).reshape(-1)[:n]
-            if _run(feed.pipe)[0] is not None:
-                raise DataError(f"the DALI pipeline gave more than the plan's {len(batches)} batches")
-            feed.pipe.reset()
+            with feed.guard():
+                if _run(feed.pipe)[0] is not None:
+                    raise DataError(f"the DALI pipeline gave more than the plan's {len(batches)} batches")
+                feed.pipe.reset()
             reusable = True
         except GeneratorExit:  # the consumer stopped early
             feed.leave_early()

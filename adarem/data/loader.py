@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from adarem.data.datasets import ReproducibleDataset
+from adarem.data.datasets import DataError, ReproducibleDataset
 from adarem.data.transforms import normalize
 
 # DataLoaders with live workers kept per TorchLoader: one for the passes over the data, one more
@@ -192,3 +192,16 @@ class SyntheticLoader:
     def epoch(self, epoch: int, start_batch: int = 0):
         for _ in range(start_batch, self.num_batches):
             yield self.x, self.y
+
+
+def lost_worker_error(exc: BaseException) -> DataError | None:
+    """torch's DataLoader reports a worker that died (an out-of-memory kill, a crash) with a
+    RuntimeError raised wherever the training thread happens to be (its SIGCHLD handler: in the
+    middle of backward(), say), so a traceback; this is the one-line DataError said instead, as
+    the DALI loader says it (adarem/data/dali_workers.py). None for any other exception."""
+    text = str(exc)
+    if type(exc) is not RuntimeError or not text.startswith("DataLoader worker (pid"):
+        return None
+    first = text.strip().split(". ")[0].rstrip(" .")  # "... exited unexpectedly with exit code 1. Details are lost..."
+    return DataError(f"{first}, and the data pipeline cannot go on without it; if memory ran out, lower "
+                     f"data.num_workers, or give the job more memory")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from adarem.data.photo_tree import make_photo_tree
-from tests.conftest import FAST, REPO, read_run
+from tests.conftest import FAST, REPO, processes_with, read_run
 
 # train.py run as `python train.py ...` would run it, with an atexit hook that says whether the
 # interpreter's normal teardown ran
@@ -21,20 +21,6 @@ PROBE = ("import atexit, runpy, sys\n"
          "atexit.register(lambda: print('TEARDOWN RAN', flush=True))\n"
          "sys.argv = sys.argv[1:]\n"
          "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-
-
-def processes_with(marker: str) -> list[int]:
-    """The live processes whose environment holds ``marker`` (train.py and any worker it forked)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (d / "environ").read_bytes():
-                found.append(int(d.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.mark.parametrize("loader", ["torch", "dali"])
