@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -43,6 +44,33 @@ def train_command() -> None:
     from adarem.cli.train import run
 
     run()
+
+
+def run_command(main: Callable[[], int]) -> None:
+    """Run a command's ``main`` (adarem-compare, adarem-tables) and exit with its code, sooner: the
+    interpreter's teardown ran the garbage collector over every object of torch, timm, pandas and
+    matplotlib (2-3 s of a 2-core machine); gc.freeze() puts them out of its reach, while the atexit
+    hooks still run. The command has written and closed its files by then. (Trial processes do the
+    same with adarem.protocol.dispatch.freeze_heap_at_exit; train.py skips the teardown altogether,
+    adarem.cli.train.run.)"""
+    import gc
+
+    try:
+        code = main()
+    except BrokenPipeError:
+        code = stdout_gone()
+    gc.freeze()
+    sys.exit(code)
+
+
+def stdout_gone() -> int:
+    """After a BrokenPipeError on stdout (``--help | head``, a reader that went away): no traceback,
+    stdout pointed at /dev/null so that the exit's flush does not raise it again, and exit code 1,
+    as the Python documentation advises (Note on SIGPIPE, in the signal module's)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 def one_line(exc: BaseException) -> str:
@@ -127,6 +155,9 @@ def composition_error(exc: BaseException, overrides: list[str]) -> str:
                   if line.strip() and not line.strip().startswith(noise) and line.strip() not in lines]
         exc = exc.__cause__
     message = "; ".join(lines).replace(":; ", ": ").replace(".; ", "; ")
+    # Hydra quotes an override as its Python repr ("Override(type=<OverrideType.DEL: 4>, ...,
+    # input_line='~=1', ...)"): the user's own text instead
+    message = re.sub(r"\s*:?\s*Override\(type=.*?input_line=(['\"])(.*?)\1.*?\)", r": \2", message)
     for arg in overrides:  # Hydra's words for a refused deletion ("does not support deletion", "Missing
         key = arg[1:].split("=")[0] if arg.startswith("~") else ""  # mandatory value") say no remedy
         if key and (message.startswith(f"Error merging override {arg};")
@@ -134,6 +165,8 @@ def composition_error(exc: BaseException, overrides: list[str]) -> str:
             message += (f" ({arg} deletes a setting or config group; train.py needs every one of them: "
                         f"set a value instead, {key}=VALUE)")
             break
+    if "override deletion value must be" in message:  # ~=1, ~optimizer=1
+        message += " (to set a value write KEY=VALUE, without the ~)"
     if message.startswith("LexerNoViableAltException") and any(ord(c) > 127 for a in overrides
                                                                 for c in a.partition("=")[2]):
         message += " (values with non-ASCII characters must be quoted: key='value')"  # the lexer's one remedy

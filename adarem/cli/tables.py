@@ -24,6 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from adarem.cli import run_command
 from adarem.fsync import StagingError
 from adarem.results import CLAIMS_FILE, load_runs, write_report
 from adarem.results.claims import load_claims
@@ -46,14 +47,8 @@ def compare_report(out: Path) -> bool:
 
 def run(prog: str = "adarem-tables") -> None:
     """The ``adarem-tables`` and ``scripts/make_tables.py`` command: main()'s exit code, after a
-    shorter exit. The interpreter's teardown ran the garbage collector over every object of torch,
-    pandas, scipy and matplotlib (2-3 s of a 2-core machine); gc.freeze() puts them out of its
-    reach, while the atexit hooks still run. Every file is written and closed by then."""
-    import gc
-
-    code = main(prog=prog)
-    gc.freeze()
-    sys.exit(code)
+    shorter exit (adarem.cli.run_command)."""
+    run_command(lambda: main(prog=prog))
 
 
 def main(argv=None, prog: str = "adarem-tables") -> int:

@@ -811,14 +811,10 @@ def compare(argv: list[str]) -> int:
 
 def run() -> None:
     """The ``adarem-compare`` and ``scripts/compare.py`` command: main()'s exit code, after a shorter
-    exit. The interpreter's teardown ran the garbage collector over every object of torch, timm,
-    matplotlib and pandas (3 s of a 2-core machine); gc.freeze() puts them out of its reach, while
-    the atexit hooks still run. Everything compare writes is closed by then."""
-    import gc
+    exit (adarem.cli.run_command)."""
+    from adarem.cli import run_command
 
-    code = main()
-    gc.freeze()
-    sys.exit(code)
+    run_command(main)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,9 @@ CASES = {
     "deleted setting": (["~optimizer.lr"], "(~optimizer.lr deletes a setting or config group; train.py needs every "
                                            "one of them: set a value instead, optimizer.lr=VALUE)"),
     "deleted group": (["~optimizer"], "set a value instead, optimizer=VALUE"),
+    # Hydra quoted the override as a Python repr: "Override(type=<OverrideType.DEL: 4>, key_or_group=''..."
+    "deletion with a value": (["~=1"], "Config group override deletion value must be a string: ~=1 (to set a value "
+                                       "write KEY=VALUE, without the ~)"),
 }
 # the hints above given only where they apply (helper-67: a deletion elsewhere on the command line, or a
 # non-ASCII value already quoted, drew a hint about an override that had no part in the error)
