@@ -5,8 +5,11 @@ string comparison. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` 
 the end-of-epoch checkpoint of epoch E, before evaluation), ``eval@E`` (in the middle of
 epoch E's first evaluation: a mid-epoch one when trainer.evals_per_epoch > 1), ``after_eval@E`` (right after epoch E's evaluation was logged),
 ``checkpoint_write@K`` (half-way through writing the K-th checkpoint), ``dali_train_read@N`` and
-``dali_val_read@N`` (a worker of the training or validation DALI pipeline, as it reads its N-th
-sample: the out-of-memory killer choosing a loader worker). Not kills: ``nan_loss@N``
+``dali_val_read@N`` (the process that reads for the training or validation DALI pipeline, as it
+reads its N-th sample: a DALI worker, the out-of-memory killer choosing a loader worker; train.py
+itself with data.num_workers=0), ``dali_start@K`` (the K-th worker a DALI pipeline forks, as it
+starts; a ``:TERM`` suffix does nothing to DALI's workers, which ignore SIGTERM so as to feed a
+preempted run's last steps). Not kills: ``nan_loss@N``
 and ``huge_loss@N`` (step N's loss becomes NaN, or a finite 1e30 beyond trainer.diverge_loss).
 """
 

@@ -46,6 +46,21 @@ def train_command() -> None:
     run()
 
 
+# arguments after which a command only prints (its help; Hydra's config, info, completion)
+PRINT_ONLY = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
+
+
+def print_only_dies_on_closed_pipe(argv: list[str]) -> None:
+    """A command that only prints (PRINT_ONLY: ``train.py --cfg job | head``) ends like cat when its
+    reader goes away: silently, by SIGPIPE. Hydra catches the BrokenPipeError of ``--cfg`` itself
+    and prints a traceback; ``--info`` writes through logging, which prints one per line; argparse
+    swallows it and exits 0. A command that trains keeps Python's SIGPIPE handling (stdout_gone)."""
+    import signal
+
+    if any(a in PRINT_ONLY or a.split("=")[0] in PRINT_ONLY for a in argv):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def run_command(main: Callable[[], int]) -> None:
     """Run a command's ``main`` (adarem-compare, adarem-tables) and exit with its code, sooner: the
     interpreter's teardown ran the garbage collector over every object of torch, timm, pandas and
@@ -55,6 +70,7 @@ def run_command(main: Callable[[], int]) -> None:
     adarem.cli.train.run.)"""
     import gc
 
+    print_only_dies_on_closed_pipe(sys.argv[1:])
     try:
         code = main()
     except BrokenPipeError:
@@ -137,6 +153,7 @@ def check_command_line() -> None:
     if _checked:
         return
     _checked = True
+    print_only_dies_on_closed_pipe(sys.argv[1:])
     from adarem.config import register_configs
 
     register_configs()

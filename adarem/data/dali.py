@@ -53,7 +53,7 @@ import torch
 
 from adarem import faults
 from adarem.config import DataConfig
-from adarem.data.dali_workers import WorkerWatch
+from adarem.data.dali_workers import TERMINATED_EXIT, WorkerWatch
 from adarem.data.datasets import DataError, corrupt_image_error, unsupported_image
 from adarem.data.loader import frozen_heap
 from adarem.data.sampling import sample_seed
@@ -198,6 +198,26 @@ def jpeg_size(data: np.ndarray) -> tuple[int, int]:
 
 
 _STARTING_WORKERS = False  # True while a pipeline starts its Python workers (forked children see it)
+_FORKED = 0  # processes forked by the pipeline starting now: a forked worker's number (ADAREM_FAULT=dali_start@K)
+
+
+def _count_fork() -> None:
+    global _FORKED
+    _FORKED += _STARTING_WORKERS
+
+
+os.register_at_fork(before=_count_fork)
+_SERVING = False  # in a DALI worker: it has been given a sample to read (its pipeline has started)
+
+
+def _worker_sigterm(signum, frame) -> None:
+    """SIGTERM in a DALI worker. Before its first sample it ends the worker: that is DALI's own
+    teardown of a pool that failed to start (terminate(), then join(); a worker that ignored it,
+    as one that inherited train.py's preemption handler did, hung the build for good). After it,
+    it is ignored: a scheduler's SIGTERM reaches every process of the job, and the worker keeps
+    feeding the run's last steps until it has checkpointed (then it dies with it, _die_with_parent)."""
+    if not _SERVING:
+        os._exit(TERMINATED_EXIT)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -259,6 +279,8 @@ class SampleReader:
     def _after_fork(self) -> None:  # in every child forked by multiprocessing while this object lives
         if _STARTING_WORKERS:  # ... but only DALI's workers are forked while a pipeline starts them
             _die_with_parent(self._parent)
+            signal.signal(signal.SIGTERM, _worker_sigterm)
+            faults.maybe_crash("dali_start", _FORKED)
 
     def __getstate__(self):  # pickled for spawned workers
         state = dict(self.__dict__)
@@ -268,6 +290,7 @@ class SampleReader:
     def __setstate__(self, state):  # in a spawned worker
         self.__dict__.update(state)
         _die_with_parent(self._parent)
+        signal.signal(signal.SIGTERM, _worker_sigterm)
 
     def _schedule(self) -> np.ndarray:
         if self._table is None:  # opened in the process that calls it
@@ -275,6 +298,8 @@ class SampleReader:
         return self._table
 
     def __call__(self, info):
+        global _SERVING
+        _SERVING = True
         self._reads += 1
         faults.maybe_crash(self._fault_point, self._reads)
         table = self._schedule()
@@ -324,11 +349,17 @@ class _Feed:
         reader = SampleReader(loader.samples, f"/proc/{os.getpid()}/fd/{self.file.fileno()}", capacity,
                               loader.mode, loader.seed, loader.cfg.image_size, val_resize(loader.cfg), loader.cfg.hflip)
         self.max_batch = loader.max_batch
-        global _STARTING_WORKERS
-        _STARTING_WORKERS = True
+        global _STARTING_WORKERS, _FORKED
+        _STARTING_WORKERS, _FORKED = True, 0
         try:
             with frozen_heap():  # the workers fork in there: none collects this process's garbage
                 self.pipe = loader._pipeline(reader)
+        except RuntimeError as exc:
+            if "Workers initialization failed" in str(exc):  # DALI: a worker ended before it was ready
+                raise DataError(f"a DALI worker process ended while its pipeline was starting (DALI: {exc}): killed, "
+                                f"or failed with an error printed above; if memory ran out, lower data.num_workers "
+                                f"or data.dali_prefetch, or give the job more memory") from None
+            raise
         finally:
             _STARTING_WORKERS = False
         self.left_early = False

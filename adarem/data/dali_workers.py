@@ -15,13 +15,16 @@ one ends, the watch records why (exit code or signal), and while the training th
 call into the pipeline (``guard``) it interrupts it with ``INTERRUPT``, a real-time signal sent to
 that thread alone (a blocked semaphore wait returns EINTR and runs the handler, which raises),
 again every ``KICK_S`` seconds until the thread has left. A death noticed between calls is raised
-by the next call. ``kill_survivors`` then ends the other workers with SIGKILL, so DALI's own
-observer, which joins them, returns.
+by the next call. The watch then ends the other workers with SIGKILL, so DALI's own observer,
+which joins them, returns. (A worker that dies while its pipeline starts, inside DALI's build,
+before there is anything to watch: DALI terminates the others, which end on SIGTERM until they
+serve, adarem.data.dali._worker_sigterm, and the build fails.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -32,6 +35,7 @@ from adarem.data.datasets import DataError
 
 # Not SIGTERM/SIGUSR1/SIGUSR2: those are preemption signals (SLURM, submitit)
 INTERRUPT = signal.SIGRTMIN + 3
+TERMINATED_EXIT = 128 + signal.SIGTERM  # a DALI worker ended by SIGTERM before it served (dali._worker_sigterm)
 KICK_S = 2.0  # the interrupt is sent again while the training thread stays inside the pipeline
 POLL_S = 0.5  # without pidfds (Linux < 5.3): how often the workers are looked at
 
@@ -43,6 +47,7 @@ def _interrupt(signum, frame) -> None:  # in the main thread
     watch = _ACTIVE
     if watch is not None and watch.death is not None and watch.inside:
         watch.inside = False  # raised once per call: the guard's cleanup is not interrupted again
+        watch.raised = True
         raise DataError(watch.death)
 
 
@@ -81,6 +86,7 @@ class WorkerWatch:
         self.processes = processes or {}
         self.what = what
         self.death: str | None = None  # why a worker ended, as the DataError says it
+        self.raised = False  # the death was raised as a DataError (else stop() warns of it)
         self.inside = False  # the main thread is in a guarded call that INTERRUPT may end
         self._stop_r, self._stop_w = os.pipe()
         self._pidfds: dict[int, int] = {}
@@ -88,6 +94,8 @@ class WorkerWatch:
             try:
                 self._pidfds[os.pidfd_open(pid)] = pid
             except (AttributeError, OSError):  # no pidfd (old kernel), or the worker has already gone
+                for fd in self._pidfds:
+                    os.close(fd)
                 self._pidfds.clear()
                 break
         self._thread = threading.Thread(target=self._watch, name=f"{what} worker watch", daemon=True)
@@ -98,17 +106,21 @@ class WorkerWatch:
         """A worker that has ended, and why; None while all run. Looked at without reaping it
         (WNOWAIT): DALI's observer reaps its workers."""
         targets = self._pidfds.items() if self._pidfds else [(pid, pid) for pid in self.pids]
+        ended = []
         for target, pid in targets:
             try:
                 info = os.waitid(os.P_PIDFD if self._pidfds else os.P_PID, target,
                                  os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:  # already reaped by DALI's observer, which has its exit code
-                return pid, self._reaped_reason(pid)
+                ended.append((pid, self._reaped_reason(pid)))
+                continue
             if info is not None:
-                if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-                    return pid, exit_reason(signo=info.si_status)
-                return pid, exit_reason(status=info.si_status)
-        return None
+                killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+                ended.append((pid, exit_reason(signo=info.si_status) if killed else exit_reason(status=info.si_status)))
+        # the cause rather than a consequence: a worker that DALI's observer terminated after the
+        # first death exits with TERMINATED_EXIT (adarem.data.dali._worker_sigterm)
+        causes = [e for e in ended if e[1] != exit_reason(status=TERMINATED_EXIT)]
+        return (causes or ended or [None])[0]
 
     def _reaped_reason(self, pid: int) -> str:
         process = self.processes.get(pid)
@@ -143,6 +155,7 @@ class WorkerWatch:
                 if ended is not None:
                     break
             self._note(*ended)
+            self._kill_survivors()  # at once: whatever DALI does next may wait for them (module docstring)
             main = threading.main_thread().ident
             while True:
                 if self.inside:
@@ -165,6 +178,7 @@ class WorkerWatch:
         it happened before the call or during it (the call is interrupted)."""
         global _ACTIVE
         if self.death is not None:
+            self.raised = True
             raise DataError(self.death)
         interruptible = _install()
         if interruptible:
@@ -177,6 +191,7 @@ class WorkerWatch:
                 if ended is not None:
                     self._note(*ended)
             if self.death is not None:  # whatever DALI made of the interruption, or of the lost worker
+                self.raised = True
                 raise DataError(self.death) from None
             raise
         finally:
@@ -185,8 +200,9 @@ class WorkerWatch:
 
     def stop(self) -> None:
         """Stop watching, before the pipeline is closed (its workers then end on purpose). After a
-        death the surviving workers are killed first (SIGKILL): DALI's observer terminates them
-        with SIGTERM, which they ignore, and joins them. Calling it again does nothing."""
+        death the surviving workers are killed (SIGKILL; the watching thread did already, unless the
+        death is seen only now): DALI's observer terminates them with SIGTERM, which they ignore,
+        and joins them. Calling it again does nothing."""
         if self._thread is None:
             return
         self.inside = False
@@ -198,10 +214,13 @@ class WorkerWatch:
             self._note(*ended)
         if self.death is not None:
             self._kill_survivors()
+            if not self.raised:  # the run ended otherwise (preempted, stopped): still said
+                logging.getLogger(__name__).warning("%s (seen as the pipeline was closed)", self.death)
         for fd in (self._stop_r, self._stop_w, *self._pidfds):
             os.close(fd)
 
     def _kill_survivors(self) -> None:
+        """SIGKILL every worker of the pipeline that still runs."""
         if self._pidfds:  # by pidfd: never a process that took a reaped worker's pid
             for fd in self._pidfds:
                 try:
@@ -215,3 +234,4 @@ class WorkerWatch:
                     os.kill(pid, signal.SIGKILL)
             except (ChildProcessError, ProcessLookupError):
                 pass
+

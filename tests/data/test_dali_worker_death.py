@@ -58,10 +58,16 @@ def train_args(tree, run_dir, loader: str) -> list[str]:
             f"data.loader={loader}", f"hydra.run.dir={run_dir}"]
 
 
-def assert_failed_in_one_line(res, run_dir, marker: str, says: str) -> None:
+def assert_failed_in_one_line(res, run_dir, marker: str, says: str, last_line: bool = True) -> None:
+    """``last_line=False``: the error line may come before the end of stderr, or inside other text
+    (torch's file-descriptor sharing thread may print a traceback of its own as a DataLoader
+    worker dies, interleaved with train.py's line)."""
     assert res.returncode == 2, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and says in last, res.stderr[-3000:]
+    if last_line:
+        assert last.startswith("error: ") and says in last, res.stderr[-3000:]
+    else:
+        assert f"error: {says}" in res.stderr, res.stderr[-3000:]
     # not Hydra's report of an uncaught exception. (torch's SIGCHLD handler raises wherever the
     # training thread is; raised inside an at-fork hook, as a DataLoader forks, Python prints it as
     # "Exception ignored", and torch's iterator then reports the same death.)
@@ -104,14 +110,15 @@ def test_a_worker_killed_from_outside_fails_the_run_in_one_line(tmp_path, env, s
                          kill_child_when=first_step_logged)
     # torch says "is killed by signal: Killed" or "exited unexpectedly", whichever of its checks sees it first
     says = "DALI worker process" if loader == "dali" else "DataLoader worker (pid"
-    assert_failed_in_one_line(res, run_dir, marker, says)
+    assert_failed_in_one_line(res, run_dir, marker, says, last_line=loader == "dali")
 
 
 def test_a_worker_of_an_idle_pipeline_killed_between_passes(tmp_path, small_tree):
     """The validation pipeline is kept between evaluations; a worker of it killed meanwhile makes
-    the next pass raise at once (not hang), and the loader still closes."""
+    the next pass raise at once (not hang), and the loader still closes. A death that no pass
+    raised (the run ended first) is logged when the pipeline closes (helper-68)."""
     script = textwrap.dedent(f"""
-        import os, signal, sys, time
+        import logging, os, signal, sys, time
         import torch
         from adarem.config import DataConfig
         from adarem.data import build_data
@@ -119,7 +126,9 @@ def test_a_worker_of_an_idle_pipeline_killed_between_passes(tmp_path, small_tree
 
         cfg = DataConfig(name="folder", root={str(small_tree)!r}, image_size=32, val_resize=36, loader="dali",
                          num_workers=2)
-        val = build_data(cfg, 4, 0, 1, 0, torch.device("cpu")).val
+        logging.basicConfig()
+        data = build_data(cfg, 4, 0, 1, 0, torch.device("cpu"))
+        val = data.val
         assert len(list(val.epoch(0))) == 1
         feed = val._idle[0]
         pids = feed.watch.pids
@@ -139,6 +148,13 @@ def test_a_worker_of_an_idle_pipeline_killed_between_passes(tmp_path, small_tree
         alive = [p for p in pids if os.path.exists(f"/proc/{{p}}")
                  and open(f"/proc/{{p}}/stat").read().split(")")[-1].split()[0] != "Z"]
         print("ALIVE", alive, "SECONDS", round(time.monotonic() - start, 1))
+        # a death never raised (the run ended before its next pass: preempted, say) is still said
+        assert len(list(data.train.epoch(0))) == 4
+        feed = data.train._idle[0]
+        os.kill(feed.watch.pids[1], signal.SIGKILL)
+        while feed.death is None and time.monotonic() < deadline + 10:
+            time.sleep(0.01)
+        data.train.close()
     """)
     res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -146,6 +162,7 @@ def test_a_worker_of_an_idle_pipeline_killed_between_passes(tmp_path, small_tree
     assert "RAISED DALI worker process " in res.stdout and "was killed by SIGKILL" in res.stdout, res.stdout
     assert "ALIVE [] SECONDS" in res.stdout, res.stdout
     assert float(res.stdout.split("WATCH CPU ")[1].split()[0]) < 0.2, res.stdout
+    assert "was killed by SIGKILL" in res.stderr and "(seen as the pipeline was closed)" in res.stderr, res.stderr
 
 
 def test_lost_worker_error_keeps_torch_s_first_sentence():
@@ -157,3 +174,14 @@ def test_lost_worker_error_keeps_torch_s_first_sentence():
                                                      "1, and the data pipeline cannot go on")
     assert lost_worker_error(RuntimeError("CUDA out of memory")) is None
     assert lost_worker_error(ValueError("DataLoader worker (pid 1) is killed by signal: Killed.")) is None
+
+
+def test_a_dali_worker_killed_while_its_pipeline_starts(tmp_path, env, small_tree):
+    """The second worker of the first pipeline dies as it starts, inside DALI's build: DALI then
+    terminated the first with SIGTERM, which a worker ignored (train.py's preemption handler), and
+    waited for it for good (helper-68). A worker now ends on SIGTERM until it serves; the run fails
+    at once, in one line."""
+    marker = f"ADAREM_WORKER_DEATH_TEST={uuid.uuid4().hex}"
+    run_dir = tmp_path / "run"
+    res = run_to_the_end(train_args(small_tree, run_dir, "dali"), {**env, "ADAREM_FAULT": "dali_start@2"}, marker)
+    assert_failed_in_one_line(res, run_dir, marker, "a DALI worker process ended while its pipeline was starting")
