@@ -62,7 +62,9 @@ from adarem.data.transforms import random_resized_crop_box, val_resize
 # Pipelines (each with its Python workers) kept per loader: one for the passes over the data and
 # one for a pass nested inside another. A deeper nesting gets a pipeline dropped after its pass.
 MAX_KEPT = 2
-_HEADER = 2  # schedule table: [number of sample slots of the pass, epoch, sample indices...]
+# schedule table: [number of sample slots of the pass, epoch, built (1 once the pipeline's build has
+# returned), sample indices...]
+_HEADER = 3
 _UNDECODABLE, _UNREADABLE = 0, 1
 _REASONS = {_UNDECODABLE: "not a decodable image (truncated or corrupt)", _UNREADABLE: "could not be read"}
 
@@ -207,17 +209,25 @@ def _count_fork() -> None:
 
 
 os.register_at_fork(before=_count_fork)
-_SERVING = False  # in a DALI worker: it has been given a sample to read (its pipeline has started)
+_READER: "SampleReader | None" = None  # in a DALI worker: its pipeline's reader
 
 
 def _worker_sigterm(signum, frame) -> None:
-    """SIGTERM in a DALI worker. Before its first sample it ends the worker: that is DALI's own
-    teardown of a pool that failed to start (terminate(), then join(); a worker that ignored it,
-    as one that inherited train.py's preemption handler did, hung the build for good). After it,
-    it is ignored: a scheduler's SIGTERM reaches every process of the job, and the worker keeps
-    feeding the run's last steps until it has checkpointed (then it dies with it, _die_with_parent)."""
-    if not _SERVING:
+    """SIGTERM in a DALI worker. While its pipeline is being built it ends the worker: that is
+    DALI's own teardown of a pool that failed to start (terminate(), then join(); a worker that
+    ignored it, as one that inherited train.py's preemption handler did, hung the build for good).
+    Once the build has returned (the schedule table says so) it is ignored: a scheduler's SIGTERM
+    reaches every process of the job, and the worker keeps feeding the run's last steps until it
+    has checkpointed (then it dies with it, _die_with_parent)."""
+    if _READER is None or not _READER._schedule()[2]:
         os._exit(TERMINATED_EXIT)
+
+
+def _become_worker(reader: "SampleReader") -> None:
+    global _READER
+    _READER = reader
+    _die_with_parent(reader._parent)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -278,8 +288,7 @@ class SampleReader:
 
     def _after_fork(self) -> None:  # in every child forked by multiprocessing while this object lives
         if _STARTING_WORKERS:  # ... but only DALI's workers are forked while a pipeline starts them
-            _die_with_parent(self._parent)
-            signal.signal(signal.SIGTERM, _worker_sigterm)
+            _become_worker(self)
             faults.maybe_crash("dali_start", _FORKED)
 
     def __getstate__(self):  # pickled for spawned workers
@@ -289,8 +298,7 @@ class SampleReader:
 
     def __setstate__(self, state):  # in a spawned worker
         self.__dict__.update(state)
-        _die_with_parent(self._parent)
-        signal.signal(signal.SIGTERM, _worker_sigterm)
+        _become_worker(self)
 
     def _schedule(self) -> np.ndarray:
         if self._table is None:  # opened in the process that calls it
@@ -298,8 +306,6 @@ class SampleReader:
         return self._table
 
     def __call__(self, info):
-        global _SERVING
-        _SERVING = True
         self._reads += 1
         faults.maybe_crash(self._fault_point, self._reads)
         table = self._schedule()
@@ -362,6 +368,7 @@ class _Feed:
             raise
         finally:
             _STARTING_WORKERS = False
+        self.table[2] = 1  # built: its workers now ignore SIGTERM (_worker_sigterm)
         self.left_early = False
         # a worker that dies (the out-of-memory killer) ends the pass with a DataError instead of
         # hanging it (adarem/data/dali_workers.py)

@@ -185,3 +185,31 @@ def test_a_dali_worker_killed_while_its_pipeline_starts(tmp_path, env, small_tre
     run_dir = tmp_path / "run"
     res = run_to_the_end(train_args(small_tree, run_dir, "dali"), {**env, "ADAREM_FAULT": "dali_start@2"}, marker)
     assert_failed_in_one_line(res, run_dir, marker, "a DALI worker process ended while its pipeline was starting")
+
+
+def test_a_sigterm_to_every_process_of_the_job_still_preempts_a_dali_run(tmp_path, env, small_tree):
+    """SLURM's preemption SIGTERM reaches every process of the job step, DALI's workers included.
+    A worker whose pipeline is built ignores it and keeps feeding the last steps: the run
+    checkpoints and exits 75 (preempted), it does not fail on a worker that ended (the workers end
+    on SIGTERM only while their pipeline is being built)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(train_args(small_tree, run_dir, "dali") + ["trainer.epochs=40"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + LIMIT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if sum(1 for r in read_metrics(run_dir) if r.get("type") == "epoch") >= 1:  # both pipelines built
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=LIMIT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"hung: still running after {LIMIT_S} s")
+    assert proc.returncode == 75, err[-3000:]
+    assert read_run(run_dir)["status"] == "preempted"
+    assert "worker process" not in err, err[-3000:]
