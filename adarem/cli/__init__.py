@@ -57,8 +57,17 @@ def print_only_dies_on_closed_pipe(argv: list[str]) -> None:
     swallows it and exits 0. A command that trains keeps Python's SIGPIPE handling (stdout_gone)."""
     import signal
 
-    if any(a in PRINT_ONLY or a.split("=")[0] in PRINT_ONLY for a in argv):
+    if any(_print_only(a) for a in argv):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def _print_only(arg: str) -> bool:
+    """``arg`` is one of PRINT_ONLY as argparse reads it: a long option abbreviated (--inf), a short
+    one with its value attached (-cjob)."""
+    flag = arg.split("=")[0]
+    if flag.startswith("--"):
+        return len(flag) > 2 and any(o.startswith(flag) for o in PRINT_ONLY if o.startswith("--"))
+    return flag[:2] in ("-h", "-c", "-i") or flag.startswith("-sc")
 
 
 def run_command(main: Callable[[], int]) -> None:

@@ -53,7 +53,7 @@ import torch
 
 from adarem import faults
 from adarem.config import DataConfig
-from adarem.data.dali_workers import TERMINATED_EXIT, WorkerWatch
+from adarem.data.dali_workers import StartupWatch, WorkerWatch
 from adarem.data.datasets import DataError, corrupt_image_error, unsupported_image
 from adarem.data.loader import frozen_heap
 from adarem.data.sampling import sample_seed
@@ -62,9 +62,7 @@ from adarem.data.transforms import random_resized_crop_box, val_resize
 # Pipelines (each with its Python workers) kept per loader: one for the passes over the data and
 # one for a pass nested inside another. A deeper nesting gets a pipeline dropped after its pass.
 MAX_KEPT = 2
-# schedule table: [number of sample slots of the pass, epoch, built (1 once the pipeline's build has
-# returned), sample indices...]
-_HEADER = 3
+_HEADER = 2  # schedule table: [number of sample slots of the pass, epoch, sample indices...]
 _UNDECODABLE, _UNREADABLE = 0, 1
 _REASONS = {_UNDECODABLE: "not a decodable image (truncated or corrupt)", _UNREADABLE: "could not be read"}
 
@@ -203,33 +201,20 @@ _STARTING_WORKERS = False  # True while a pipeline starts its Python workers (fo
 _FORKED = 0  # processes forked by the pipeline starting now: a forked worker's number (ADAREM_FAULT=dali_start@K)
 
 
+_STARTUP: StartupWatch | None = None  # the watch of the pipeline starting now
+
+
 def _count_fork() -> None:
     global _FORKED
     _FORKED += _STARTING_WORKERS
 
 
-os.register_at_fork(before=_count_fork)
-_READER: "SampleReader | None" = None  # in a DALI worker: its pipeline's reader
+def _forked() -> None:  # in this process, right after a fork: the child cannot have been reaped yet
+    if _STARTING_WORKERS and _STARTUP is not None:
+        _STARTUP.add_new_children()
 
 
-def _worker_sigterm(signum, frame) -> None:
-    """SIGTERM in a DALI worker. While its pipeline is being built it ends the worker: that is
-    DALI's own teardown of a pool that failed to start (terminate(), then join(); a worker that
-    ignored it, as one that inherited train.py's preemption handler did, hung the build for good).
-    Once the build has returned (the schedule table says so) it is ignored: a scheduler's SIGTERM
-    reaches every process of the job, and the worker keeps feeding the run's last steps until it
-    has checkpointed (then it dies with it, _die_with_parent)."""
-    if _READER is None or not _READER._schedule()[2]:
-        os._exit(TERMINATED_EXIT)
-
-
-def _become_worker(reader: "SampleReader") -> None:
-    global _READER
-    _READER = reader
-    _die_with_parent(reader._parent)
-    signal.signal(signal.SIGTERM, _worker_sigterm)
-
-
+os.register_at_fork(before=_count_fork, after_in_parent=_forked)
 def _die_with_parent(parent: int) -> None:
     """In a DALI worker: be killed when the process that started it dies. DALI's workers wait for
     tasks forever otherwise, and a kill -9 of the training process would leave them behind."""
@@ -288,7 +273,7 @@ class SampleReader:
 
     def _after_fork(self) -> None:  # in every child forked by multiprocessing while this object lives
         if _STARTING_WORKERS:  # ... but only DALI's workers are forked while a pipeline starts them
-            _become_worker(self)
+            _die_with_parent(self._parent)
             faults.maybe_crash("dali_start", _FORKED)
 
     def __getstate__(self):  # pickled for spawned workers
@@ -298,7 +283,7 @@ class SampleReader:
 
     def __setstate__(self, state):  # in a spawned worker
         self.__dict__.update(state)
-        _become_worker(self)
+        _die_with_parent(self._parent)
 
     def _schedule(self) -> np.ndarray:
         if self._table is None:  # opened in the process that calls it
@@ -355,20 +340,24 @@ class _Feed:
         reader = SampleReader(loader.samples, f"/proc/{os.getpid()}/fd/{self.file.fileno()}", capacity,
                               loader.mode, loader.seed, loader.cfg.image_size, val_resize(loader.cfg), loader.cfg.hflip)
         self.max_batch = loader.max_batch
-        global _STARTING_WORKERS, _FORKED
+        global _STARTING_WORKERS, _FORKED, _STARTUP
         _STARTING_WORKERS, _FORKED = True, 0
+        # the workers fork in the build: none collects this process's garbage (frozen_heap), and one
+        # that dies before the build returns does not hang it (StartupWatch)
+        _STARTUP = startup = StartupWatch()
         try:
-            with frozen_heap():  # the workers fork in there: none collects this process's garbage
+            with frozen_heap(), startup:
                 self.pipe = loader._pipeline(reader)
-        except RuntimeError as exc:
+        except Exception as exc:
+            if startup.death is not None:
+                raise DataError(startup.death) from None
             if "Workers initialization failed" in str(exc):  # DALI: a worker ended before it was ready
                 raise DataError(f"a DALI worker process ended while its pipeline was starting (DALI: {exc}): killed, "
                                 f"or failed with an error printed above; if memory ran out, lower data.num_workers "
                                 f"or data.dali_prefetch, or give the job more memory") from None
             raise
         finally:
-            _STARTING_WORKERS = False
-        self.table[2] = 1  # built: its workers now ignore SIGTERM (_worker_sigterm)
+            _STARTING_WORKERS, _STARTUP = False, None
         self.left_early = False
         # a worker that dies (the out-of-memory killer) ends the pass with a DataError instead of
         # hanging it (adarem/data/dali_workers.py)

@@ -16,9 +16,8 @@ call into the pipeline (``guard``) it interrupts it with ``INTERRUPT``, a real-t
 that thread alone (a blocked semaphore wait returns EINTR and runs the handler, which raises),
 again every ``KICK_S`` seconds until the thread has left. A death noticed between calls is raised
 by the next call. The watch then ends the other workers with SIGKILL, so DALI's own observer,
-which joins them, returns. (A worker that dies while its pipeline starts, inside DALI's build,
-before there is anything to watch: DALI terminates the others, which end on SIGTERM until they
-serve, adarem.data.dali._worker_sigterm, and the build fails.)
+which joins them, returns. A worker that dies while its pipeline starts, inside DALI's build (which
+then waits for the others the same way), is seen by a StartupWatch.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from adarem.data.datasets import DataError
 
 # Not SIGTERM/SIGUSR1/SIGUSR2: those are preemption signals (SLURM, submitit)
 INTERRUPT = signal.SIGRTMIN + 3
-TERMINATED_EXIT = 128 + signal.SIGTERM  # a DALI worker ended by SIGTERM before it served (dali._worker_sigterm)
 KICK_S = 2.0  # the interrupt is sent again while the training thread stays inside the pipeline
 POLL_S = 0.5  # without pidfds (Linux < 5.3): how often the workers are looked at
 
@@ -117,10 +115,7 @@ class WorkerWatch:
             if info is not None:
                 killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
                 ended.append((pid, exit_reason(signo=info.si_status) if killed else exit_reason(status=info.si_status)))
-        # the cause rather than a consequence: a worker that DALI's observer terminated after the
-        # first death exits with TERMINATED_EXIT (adarem.data.dali._worker_sigterm)
-        causes = [e for e in ended if e[1] != exit_reason(status=TERMINATED_EXIT)]
-        return (causes or ended or [None])[0]
+        return (ended or [None])[0]
 
     def _reaped_reason(self, pid: int) -> str:
         process = self.processes.get(pid)
@@ -235,3 +230,67 @@ class WorkerWatch:
             except (ChildProcessError, ProcessLookupError):
                 pass
 
+
+class StartupWatch:
+    """Around a pipeline's build, which starts its workers: a worker that dies before the build
+    returns makes this SIGKILL the others the build started (DALI's build terminates them with
+    SIGTERM, which they ignore, and waits for them for good). ``death`` then says why; the build
+    fails. The workers are found as they fork (``add_new_children``, called right after each fork
+    by adarem.data.dali, so before anyone can reap them): the new pids among this thread's
+    children (/proc/self/task/<tid>/children, Linux), each held by a pidfd, which identifies it
+    even once DALI's observer has reaped it. Without /proc's children list or pidfds it watches
+    nothing."""
+
+    def __init__(self, what: str = "DALI"):
+        self.what = what
+        self.death: str | None = None
+        self._list = f"/proc/self/task/{threading.get_native_id()}/children"  # the forking thread's
+        self._before = self._children()
+        self._pidfds: dict[int, int] = {}  # pid -> pidfd
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{what} worker start watch", daemon=True)
+
+    def _children(self) -> set[int]:
+        try:
+            with open(self._list) as f:
+                return {int(pid) for pid in f.read().split()}
+        except (OSError, ValueError):
+            return set()
+
+    def add_new_children(self) -> None:
+        for pid in self._children() - self._before - set(self._pidfds):
+            try:
+                self._pidfds[pid] = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                pass
+
+    def __enter__(self) -> "StartupWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        for fd in self._pidfds.values():
+            os.close(fd)
+
+    def _watch(self) -> None:
+        while not self._done.wait(POLL_S / 20):
+            for pid, fd in list(self._pidfds.items()):
+                try:
+                    info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:  # reaped by DALI's observer: it has ended
+                    reason = exit_reason()
+                else:
+                    if info is None:
+                        continue
+                    killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+                    reason = exit_reason(signo=info.si_status) if killed else exit_reason(status=info.si_status)
+                self.death = (f"{self.what} worker process {pid} {reason} while its pipeline was starting; if memory "
+                              f"ran out, lower data.num_workers or data.dali_prefetch, or give the job more memory")
+                for other in self._pidfds.values():
+                    try:
+                        signal.pidfd_send_signal(other, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return

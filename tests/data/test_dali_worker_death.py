@@ -179,19 +179,18 @@ def test_lost_worker_error_keeps_torch_s_first_sentence():
 def test_a_dali_worker_killed_while_its_pipeline_starts(tmp_path, env, small_tree):
     """The second worker of the first pipeline dies as it starts, inside DALI's build: DALI then
     terminated the first with SIGTERM, which a worker ignored (train.py's preemption handler), and
-    waited for it for good (helper-68). A worker now ends on SIGTERM until it serves; the run fails
-    at once, in one line."""
+    waited for it for good (helper-68). StartupWatch, which holds each worker from its fork, kills it;
+    the run fails at once, in one line."""
     marker = f"ADAREM_WORKER_DEATH_TEST={uuid.uuid4().hex}"
     run_dir = tmp_path / "run"
     res = run_to_the_end(train_args(small_tree, run_dir, "dali"), {**env, "ADAREM_FAULT": "dali_start@2"}, marker)
-    assert_failed_in_one_line(res, run_dir, marker, "a DALI worker process ended while its pipeline was starting")
+    assert_failed_in_one_line(res, run_dir, marker, "while its pipeline was starting")
 
 
 def test_a_sigterm_to_every_process_of_the_job_still_preempts_a_dali_run(tmp_path, env, small_tree):
     """SLURM's preemption SIGTERM reaches every process of the job step, DALI's workers included.
     A worker whose pipeline is built ignores it and keeps feeding the last steps: the run
-    checkpoints and exits 75 (preempted), it does not fail on a worker that ended (the workers end
-    on SIGTERM only while their pipeline is being built)."""
+    checkpoints and exits 75 (preempted), it does not fail on a worker that ended."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(train_args(small_tree, run_dir, "dali") + ["trainer.epochs=40"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -42,3 +42,14 @@ def test_a_command_whose_reader_goes_away_exits_1_without_a_traceback(env, tmp_p
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_print_only_arguments_as_argparse_reads_them():
+    """Abbreviated long options and short ones with the value attached are Hydra's print-only flags
+    too (--inf printed one logging error per line into a closed pipe, helper-69); no override,
+    nor -m, is one: a training run keeps Python's handling of a closed stdout."""
+    from adarem.cli import _print_only
+
+    assert all(_print_only(a) for a in ["--help", "-h", "--inf", "--cf", "-cjob", "--cfg=job", "-sc", "--hydra-help"])
+    assert not any(_print_only(a) for a in ["-m", "--multirun", "trainer.epochs=2", "optimizer.lr=-1", "data.root=-c",
+                                            "hydra.mode=MULTIRUN", "--", "-"])
