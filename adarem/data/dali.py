@@ -16,7 +16,9 @@ another, BN recalibration in the middle of a training epoch, gets a second pipel
 A pipeline that fails, or that is not kept, is shut down with its workers at once (close_pipeline),
 not when the traceback that references it is collected; and workers fork with this process's
 objects frozen for the garbage collector (loader.frozen_heap), so a worker never collects its copy
-of a pipeline left in a reference cycle (Pipeline.__del__ in a forked worker crashed it).
+of a pipeline left in a reference cycle (Pipeline.__del__ in a forked worker crashed it). A worker
+that dies (the out-of-memory killer), while its pipeline starts or after, fails the pass with a
+DataError naming it, where DALI waited for good (adarem/data/dali_workers.py).
 
 Augmentation. The random crop box (torchvision's RandomResizedCrop distribution) and the flip
 are drawn in the callback from ``random.Random(sample_seed(seed, epoch, index))``, exactly as
@@ -199,8 +201,6 @@ def jpeg_size(data: np.ndarray) -> tuple[int, int]:
 
 _STARTING_WORKERS = False  # True while a pipeline starts its Python workers (forked children see it)
 _FORKED = 0  # processes forked by the pipeline starting now: a forked worker's number (ADAREM_FAULT=dali_start@K)
-
-
 _STARTUP: StartupWatch | None = None  # the watch of the pipeline starting now
 
 
@@ -215,6 +215,8 @@ def _forked() -> None:  # in this process, right after a fork: the child cannot 
 
 
 os.register_at_fork(before=_count_fork, after_in_parent=_forked)
+
+
 def _die_with_parent(parent: int) -> None:
     """In a DALI worker: be killed when the process that started it dies. DALI's workers wait for
     tasks forever otherwise, and a kill -9 of the training process would leave them behind."""
