@@ -55,7 +55,7 @@ import torch
 
 from adarem import faults
 from adarem.config import DataConfig
-from adarem.data.dali_workers import StartupWatch, WorkerWatch
+from adarem.data.dali_workers import REMEDY, StartupWatch, WorkerWatch
 from adarem.data.datasets import DataError, corrupt_image_error, unsupported_image
 from adarem.data.loader import frozen_heap
 from adarem.data.sampling import sample_seed
@@ -355,8 +355,7 @@ class _Feed:
                 raise DataError(startup.death) from None
             if "Workers initialization failed" in str(exc):  # DALI: a worker ended before it was ready
                 raise DataError(f"a DALI worker process ended while its pipeline was starting (DALI: {exc}): killed, "
-                                f"or failed with an error printed above; if memory ran out, lower data.num_workers "
-                                f"or data.dali_prefetch, or give the job more memory") from None
+                                f"or failed with an error printed above; {REMEDY}") from None
             raise
         finally:
             _STARTING_WORKERS, _STARTUP = False, None

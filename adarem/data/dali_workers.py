@@ -74,6 +74,26 @@ def exit_reason(status: int | None = None, signo: int | None = None) -> str:
     return "ended"
 
 
+def waitid_reason(info) -> str:
+    """exit_reason of os.waitid's answer for an ended process."""
+    if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return exit_reason(signo=info.si_status)
+    return exit_reason(status=info.si_status)
+
+
+REMEDY = "if memory ran out, lower data.num_workers or data.dali_prefetch, or give the job more memory"
+
+
+def kill_by_pidfds(pidfds) -> None:
+    """SIGKILL each process of ``pidfds`` still running (a pidfd never names a process that took a
+    reaped one's pid)."""
+    for fd in pidfds:
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class WorkerWatch:
     """Watches the worker processes ``pids`` of one DALI pipeline until ``stop()``."""
 
@@ -113,8 +133,7 @@ class WorkerWatch:
                 ended.append((pid, self._reaped_reason(pid)))
                 continue
             if info is not None:
-                killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
-                ended.append((pid, exit_reason(signo=info.si_status) if killed else exit_reason(status=info.si_status)))
+                ended.append((pid, waitid_reason(info)))
         return (ended or [None])[0]
 
     def _reaped_reason(self, pid: int) -> str:
@@ -162,9 +181,8 @@ class WorkerWatch:
 
     def _note(self, pid: int, reason: str) -> None:
         if self.death is None:
-            self.death = (f"{self.what} worker process {pid} {reason}, and the data pipeline cannot go on without "
-                          f"it; if memory ran out, lower data.num_workers or data.dali_prefetch, or give the job "
-                          f"more memory")
+            self.death = (f"{self.what} worker process {pid} {reason}, and the data pipeline cannot go on "
+                          f"without it; {REMEDY}")
 
     # -- the training thread ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -216,12 +234,8 @@ class WorkerWatch:
 
     def _kill_survivors(self) -> None:
         """SIGKILL every worker of the pipeline that still runs."""
-        if self._pidfds:  # by pidfd: never a process that took a reaped worker's pid
-            for fd in self._pidfds:
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        if self._pidfds:
+            kill_by_pidfds(self._pidfds)
             return
         for pid in self.pids:
             try:
@@ -284,13 +298,7 @@ class StartupWatch:
                 else:
                     if info is None:
                         continue
-                    killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
-                    reason = exit_reason(signo=info.si_status) if killed else exit_reason(status=info.si_status)
-                self.death = (f"{self.what} worker process {pid} {reason} while its pipeline was starting; if memory "
-                              f"ran out, lower data.num_workers or data.dali_prefetch, or give the job more memory")
-                for other in self._pidfds.values():
-                    try:
-                        signal.pidfd_send_signal(other, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    reason = waitid_reason(info)
+                self.death = f"{self.what} worker process {pid} {reason} while its pipeline was starting; {REMEDY}"
+                kill_by_pidfds(self._pidfds.values())
                 return
