@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -129,3 +131,38 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class PeerLost(RuntimeError):
+    """This rank stopped because another rank of the job ended: its collective failed."""
+
+
+# What a gloo collective says when the rank at the other end of its TCP pair has gone (ended,
+# crashed or was killed); the store's client raises DistNetworkError when rank 0, its server, has.
+# NCCL does not raise for a dead peer: its watchdog aborts the process after the timeout.
+_PEER_GONE = re.compile(r"Connection (?:reset|closed) by peer|Broken pipe|Connection refused")
+
+
+def lost_peer_error(exc: BaseException, rank: int, first_error: Optional[str]) -> Optional[PeerLost]:
+    """The one-line PeerLost for an error raised in a collective because another rank ended, else
+    None. ``first_error`` is "rank r: <error>" of the rank that failed first and said why (its
+    error file), if any; without it (a rank killed by the out-of-memory killer leaves none) the
+    line says so. Anything else this rank raised keeps its own traceback."""
+    if not isinstance(exc, RuntimeError) or isinstance(exc, PeerLost):
+        return None
+    text = str(exc)
+    found = _PEER_GONE.search(text)
+    network = isinstance(exc, getattr(dist, "DistNetworkError", ()))
+    if found is None and not network:
+        return None
+    said = found.group(0) if found else one_line_of(text)
+    if first_error is not None:
+        return PeerLost(f"rank {rank} stopped: {first_error.replace(': ', ' failed first (', 1)}) [{said}]")
+    return PeerLost(f"rank {rank} stopped: another rank ended during a collective ({said}) without recording "
+                    "why; its own output, or the launcher's failure summary, names it (a rank killed by "
+                    "the out-of-memory killer says nothing)")
+
+
+def one_line_of(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "no message"

@@ -71,24 +71,36 @@ class Run:
 
     def mark_failed(self, exc: BaseException, message: str) -> None:
         """run.json says how the run ended when it ended by an exception (Ctrl-C included). Under
-        DDP a rank that fails alone leaves its reason in ``rank<r>_error.txt`` before it exits;
+        DDP every failing rank leaves its reason in ``rank<r>_error.txt`` before it exits; when
         rank 0, the only writer of run.json, then fails in its next collective ("connection closed
-        by peer") and records the first rank's reason, its own after it."""
+        by peer") it records the first rank's reason, and any rank that lost its peers names the
+        first one's (``lost_peer``)."""
         if self.record is None or self.record.data.get("status") != "running":
             return
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         error = f"{type(exc).__name__}: {message}"
         try:
+            first = first_rank_error(self.run_dir, self.started) if self.dist.is_main else None
+            if self.dist.enabled and self.run_dir.is_dir():  # rank 0's too: the others name it
+                tmp = self.run_dir / f".rank{self.dist.rank}_error.txt.tmp"
+                tmp.write_text(error)
+                os.replace(tmp, self.run_dir / f"rank{self.dist.rank}_error.txt")
             if not self.dist.is_main:
-                if self.run_dir.is_dir():
-                    tmp = self.run_dir / f".rank{self.dist.rank}_error.txt.tmp"
-                    tmp.write_text(error)
-                    os.replace(tmp, self.run_dir / f"rank{self.dist.rank}_error.txt")
                 return
-            first = first_rank_error(self.run_dir, self.started)
-            self.record.update(status=status, end_time=now(), error=f"{first} (rank 0 then: {error})" if first else error)
+            if first and isinstance(exc, dist_utils.PeerLost):
+                error = f"{first} (rank 0 then stopped with it)"
+            elif first:
+                error = f"{first} (rank 0 then: {error})"
+            self.record.update(status=status, end_time=now(), error=error)
         except OSError:  # the disk that failed the run may fail this write too
             pass
+
+    def lost_peer(self, exc: BaseException) -> Optional[dist_utils.PeerLost]:
+        """The one line for ``exc`` when it is a collective that failed because another rank
+        ended (naming that rank's error, from its error file), else None."""
+        if not self.dist.enabled:
+            return None
+        return dist_utils.lost_peer_error(exc, self.dist.rank, first_rank_error(self.run_dir, self.started))
 
     def close(self) -> None:
         """End what the run holds open, however it ended: the loaders' kept workers (DataLoader

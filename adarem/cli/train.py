@@ -40,10 +40,11 @@ from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag  # noqa: E402
 
 def user_errors() -> tuple:
     """The errors reported in one line, exit 2: ConfigError, CheckpointError, OSError (an
-    unwritable run directory, a full disk, a vanished file), and DataError once adarem.data is
+    unwritable run directory, a full disk, a vanished file), PeerLost (another rank of the job
+    ended: its reason is its own), and DataError once adarem.data is
     imported (no data error can be raised before)."""
     data = sys.modules.get("adarem.data")
-    return (ConfigError, CheckpointError, OSError) + ((data.DataError,) if data is not None else ())
+    return (ConfigError, CheckpointError, OSError, dist_utils.PeerLost) + ((data.DataError,) if data is not None else ())
 
 
 def train(cfg: DictConfig) -> int:
@@ -64,6 +65,8 @@ def train(cfg: DictConfig) -> int:
     except BaseException as exc:
         loader = sys.modules.get("adarem.data.loader")  # a DataLoader worker's death, said in one line
         lost = loader.lost_worker_error(exc) if loader is not None else None
+        if lost is None and run is not None:  # another rank ended: say which and why, in one line
+            lost = run.lost_peer(exc)
         if run is not None:
             run.mark_failed(lost or exc, one_line(lost or exc))
         if lost is not None:

@@ -61,16 +61,17 @@ def test_replaced_images_are_counted_over_ranks_and_resumes(tmp_path, env, broke
     assert "trained with 8 replacement(s) for unreadable training images" in (out / "tables.md").read_text()
 
 
-def test_a_rank_that_fails_alone_is_named_in_the_record(tmp_path, env):
-    """An unreadable validation image in rank 1's shard: rank 1 stops with it, rank 0 then fails in
-    its next collective; run.json carried rank 0's "connection closed by peer", the cause only on
-    stderr."""
+@pytest.mark.parametrize("broken_rank", [1, 0])
+def test_a_rank_that_fails_alone_is_named_in_the_record(tmp_path, env, broken_rank):
+    """An unreadable validation image in one rank's shard: that rank stops with it, the other then
+    fails in its next collective. run.json carried rank 0's "connection closed by peer", the cause
+    only on stderr; the other rank printed Hydra's "Error executing job" and a traceback."""
     from adarem.data.datasets import list_image_folder
     from adarem.data.sampling import val_batches
 
     root = make_photo_tree(tmp_path / "tree", classes=2, train_per_class=4, val_per_class=2, size_range=(60, 90))
     samples, _ = list_image_folder(root / "val")
-    (index,) = val_batches(len(samples), 1, 1, 2)[0]  # rank 1's first validation image
+    (index,) = val_batches(len(samples), 1, broken_rank, 2)[0]  # that rank's first validation image
     bad = samples[index][0]
     with open(bad, "r+b") as f:
         f.truncate(300)
@@ -80,7 +81,18 @@ def test_a_rank_that_fails_alone_is_named_in_the_record(tmp_path, env):
     assert res.returncode != 0
     record = read_run(run_dir)
     assert record["status"] == "failed"
-    assert record["error"].startswith(f"rank 1: DataError: corrupt image {bad} in the evaluation set"), record["error"]
+    other = 1 - broken_rank
+    if broken_rank == 1:
+        assert record["error"].startswith(f"rank 1: DataError: corrupt image {bad} in the evaluation set"), record["error"]
+        assert record["error"].endswith("(rank 0 then stopped with it)"), record["error"]
+    else:
+        assert record["error"].startswith(f"DataError: corrupt image {bad} in the evaluation set"), record["error"]
+    # each rank says what stopped it in one line: the cause, and the other rank naming it
+    assert f"error: corrupt image {bad} in the evaluation set" in res.stderr, res.stderr[-3000:]
+    assert (f"error: rank {other} stopped: rank {broken_rank} failed first (DataError: corrupt image {bad}"
+            in res.stderr), res.stderr[-3000:]
+    assert "Error executing job" not in res.stderr  # Hydra's, with a traceback through the engine
+    assert not [line for line in res.stderr.splitlines() if line.lstrip().startswith('File "') and "/adarem/" in line]
 
 
 def test_a_diverged_run_records_its_replaced_images(tmp_path, env, broken_tree):

@@ -337,3 +337,16 @@ def test_max_steps_exits_0_and_a_signal_still_exits_75(tmp_path, env, stopped_ru
     res = run_train([f"trainer.max_steps={steps + 1}"], env, run_dir)
     assert res.returncode == 0 and "nothing to train" in res.stderr, res.stderr[-3000:]
     assert read_run(run_dir)["status"] == "preempted"
+
+
+def test_a_rank_killed_without_a_word_leaves_one_line_on_the_other(tmp_path, env):
+    """A rank SIGKILLed (the out-of-memory killer) writes nothing: the other rank's collective
+    fails, and that rank says so in one line instead of Hydra's traceback."""
+    run_dir = tmp_path / "run"
+    res = run_train(["trainer.epochs=1"], dict(env, ADAREM_FAULT="step@3", ADAREM_FAULT_RANK="1"), run_dir,
+                    launcher=torchrun(2))
+    assert res.returncode != 0
+    assert "error: rank 0 stopped: another rank ended during a collective" in res.stderr, res.stderr[-3000:]
+    assert "Error executing job" not in res.stderr
+    record = read_run(run_dir)
+    assert record["status"] == "failed" and record["error"].startswith("PeerLost: rank 0 stopped: another rank ended")
