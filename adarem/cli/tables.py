@@ -9,7 +9,8 @@ records that train.py attached to the project's wandb runs (downloaded afresh in
 OUT/wandb_runs; a wandb run without one is listed, not rebuilt from its history). Incomplete, crashed and
 duplicate runs, and finished ones whose metrics.jsonl disagrees with run.json, are listed in their
 own section and kept out of the means; a torn metrics.jsonl line (a write cut short) is listed
-there too, and the run is kept (its run.json and complete lines agree). Writes tables.md
+there too, and the run is kept for its final error (its run.json and complete lines agree), not
+for anything read off its curve (as for an evaluation logged twice or missing). Writes tables.md
 (README-ready), *.tex (booktabs), *.csv, claims.csv and plots/*.png into --out. An --out that holds
 compare.py's report (results/<name>, the default --out for its runs folder runs/compare/<name>) is
 refused: relaunch compare.py to rewrite it, or pass another --out.

@@ -270,6 +270,9 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
         cfg = compose(trial_base(passthrough))
     except Exception:  # noqa: BLE001 - a bad override: compare() reports it in one line
         return own, passthrough
+    if cfg.data.name == "synthetic":  # its "holdout" would be its val batch: nothing to select an lr on
+        fail("data=synthetic has no training split to hold out from (one random batch replayed, a throughput "
+             "stand-in): the lr search needs real data; use data=digits, fashion_mnist, folder or imagenet")
     floor, key = lr_floor(cfg.schedule)
     for opt in own["optimizers"] if floor > 0 else ():
         try:
@@ -779,9 +782,11 @@ def compare(argv: list[str]) -> int:
              f"directories there{f' ({why})' if why else ''}")
     for line in edge_summary(searches, chosen):
         print(f"note: {line}", flush=True)
-    code, code_warning = code_section(rows)
-    if code_warning:
-        print(f"warning: {code_warning}", file=sys.stderr, flush=True)
+    from adarem.run.record import git_info, versions
+
+    code, code_warnings = code_section(rows, {**git_info(), "versions": versions()})
+    for warning in code_warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds,
                           None if evals else int(probe.trainer.evals_per_epoch)) + "\n" + code + \

@@ -98,13 +98,22 @@ def read_outcome(run_dir: Path, seconds: float = 0.0) -> dict:
 
 def recorded(record: dict) -> dict:
     """What the protocol reads from a run record: the final (holdout or test) top-1 error and loss,
-    the data identity, and the commit the run was trained at (a reused trial may be older code's)."""
-    final, git = record.get("final") or {}, record.get("git") or {}
+    the data identity, and what the run was trained with (a reused trial may be older code's, on
+    other versions or threads; a resumed one may have changed them midway): the commit and its
+    uncommitted diff, the versions, the device and torch threads, run.json's mixed_provenance."""
+    final = record.get("final") or {}
+    git = record.get("git") if isinstance(record.get("git"), dict) else {}
+    hw = record.get("hardware") if isinstance(record.get("hardware"), dict) else {}
+    mixed = record.get("mixed_provenance")
     return {"err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
-            "data_identity": record.get("data_identity"), "commit": git.get("commit"), "dirty": git.get("dirty")}
+            "data_identity": record.get("data_identity"), "commit": git.get("commit"), "dirty": git.get("dirty"),
+            "diff_sha1": git.get("diff_sha1"),
+            "versions": record.get("versions") if isinstance(record.get("versions"), dict) else None,
+            "device": str(hw["device"]).split(":")[0] if hw.get("device") else None,
+            "threads": hw.get("torch_threads"), "mixed_provenance": mixed if isinstance(mixed, list) else None}
 
 
-def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
+def reuse_refusal(run_dir: Path, cfg, world: int, launch: str, device: str | None = None) -> str | None:
     """Why the finished (or diverged) run in ``run_dir`` is not this launch's result, in one line;
     None when it is, or when there is none to reuse (train.py decides about anything else).
 
@@ -113,7 +122,9 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
     and worded for compare.py's keys: a run is this launch's result only at the world size it was
     trained at (``world`` ranks per trial; ``launch`` says whence), unless its model has no
     BatchNorm (run.json's ``bn_batch`` is null) or SyncBatchNorm normalises over the whole batch.
-    A record of a version that did not write world_size is reused, as train.py reuses it."""
+    A record of a version that did not write world_size is reused, as train.py reuses it. ``device``
+    ("cpu" or "cuda", None: not known here), the device type the trial trains on: a run trained on
+    another is refused, as train.py refuses it."""
     from adarem.run.record import finished_record_problem, read_run_json, trained_at_other_bn_batch
 
     try:
@@ -126,6 +137,13 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str) -> str | None:
     if problem:
         return (f"{run_dir}/run.json {problem}; it is not a result: move that directory away and launch again "
                 f"(a divergence is then recorded diverged)")
+    # train.py's device check (run_setup.prepare), which a reuse without train.py skips as well:
+    # trainer.amp=auto is bf16 autocast on a GPU and fp32 on the CPU, and the kernels differ
+    hw = record.get("hardware") if isinstance(record.get("hardware"), dict) else {}
+    was = str(hw.get("device") or "").split(":")[0]
+    if device is not None and record.get("status") in DONE and was and was != device:
+        return (f"{run_dir} holds a {record['status']} run trained on {was}; this launch trains on {device} ({launch}): "
+                f"give runs= a fresh folder per device type")
     if record.get("status") not in DONE or not trained_at_other_bn_batch(record, world, bool(cfg.trainer.sync_bn)):
         return None
     before, bn = record["world_size"], record.get("bn_batch", "unrecorded")
@@ -399,7 +417,13 @@ class SlurmDispatcher:
         nodes, tasks = int(params.get("nodes", 1)), int(params.get("tasks_per_node", 1))
         self.world = nodes * tasks
         self.launch = f"launcher=slurm: {nodes} node(s) x {tasks} task(s)"
+        self.gpus = int(params.get("gpus_per_node", 0))
         self._data_ids: dict = {}  # data configuration -> its identity on this host (data_refusal)
+
+    def device(self, cfg) -> str:
+        """The device type a trial's job trains on: a GPU where the job has some and trainer.device
+        does not say cpu (adarem/distributed.py's choice on the node)."""
+        return "cuda" if self.gpus > 0 and cfg.trainer.device != "cpu" else "cpu"
 
     def __enter__(self):
         return self
@@ -424,7 +448,7 @@ class SlurmDispatcher:
         for i, (_, overrides) in enumerate(trials):
             cfg = compose(overrides)
             run_dir = Path(cfg.run_dir)
-            why = reuse_refusal(run_dir, cfg, self.world, self.launch)
+            why = reuse_refusal(run_dir, cfg, self.world, self.launch, self.device(cfg))
             res = refused(run_dir, why) if why else read_outcome(run_dir)
             if res["status"] in DONE and not why:  # train.py's data check, which a reuse skips
                 why = data_refusal(run_dir, cfg, {"status": res["status"], "data_identity": res.get("data_identity")},
@@ -454,6 +478,7 @@ class SlurmDispatcher:
             for (i, _, cfg, run_dir), job in zip(todo, jobs):
                 res = self._outcome(job, run_dir, time.time() - t0)
                 # a run another launch finished meanwhile: the job only reported it, or refused it
+                # (train.py in the job checked the device: the job's own is what it trained on)
                 why = reuse_refusal(run_dir, cfg, self.world, self.launch) if res["status"] in DONE else None
                 outcomes[i] = refused(run_dir, why, res["seconds"]) if why else res
         for i, (key, _) in enumerate(trials):

@@ -114,17 +114,24 @@ def _commit_text(commit, dirty) -> str:
     return f"`{(commit or 'unknown')[:10]}`" + (" (with uncommitted changes)" if dirty else "")
 
 
-def code_section(rows: list[dict]) -> tuple[str, str | None]:
-    """The commits the selection trials and the final runs were trained at (their run.json's git
-    record: a relaunch reuses finished trials trained by older code), and a warning line when the
-    selection's differ from the finals'; (Markdown, warning or None)."""
+# the packages whose version can change what a run computes (wandb, hydra, submitit cannot)
+NUMERIC_PACKAGES = ("python", "torch", "torchvision", "timm", "numpy", "pillow", "nvidia-dali-cuda130")
+
+
+def _count(values) -> dict:
+    seen: dict = {}
+    for v in values:
+        seen[v] = seen.get(v, 0) + 1
+    return seen
+
+
+def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[str]]:
+    """What the selection trials and the final runs were trained with, from their run.json (a
+    relaunch reuses finished trials trained by older code, other versions, other threads), and a
+    warning for each way they differ from one another or from ``now`` (the code and versions of
+    this invocation: {"commit", "dirty", "versions"}); (Markdown, warnings)."""
     def commits(stage):
-        seen: dict[tuple, int] = {}
-        for r in rows:
-            if r["stage"] == stage:
-                key = (r.get("commit"), bool(r.get("dirty")))
-                seen[key] = seen.get(key, 0) + 1
-        return seen
+        return _count((r.get("commit"), bool(r.get("dirty"))) for r in rows if r["stage"] == stage)
 
     sel, fin = commits("select"), commits("final")
 
@@ -133,13 +140,53 @@ def code_section(rows: list[dict]) -> tuple[str, str | None]:
 
     lines = ["## Code the runs were trained at\n",
              f"- selection trials: {say(sel)}", f"- final runs: {say(fin)}"]
-    warning = None
+    warnings = []
     if set(sel) != set(fin) or len(sel) > 1 or len(fin) > 1:
-        warning = (f"the selection trials and the final runs were not all trained at one commit (selection: "
-                   f"{say(sel)}; finals: {say(fin)}): a relaunch reuses finished trials of older code; give runs= a "
-                   f"fresh folder to run the whole protocol at one commit")
+        warnings.append(f"the selection trials and the final runs were not all trained at one commit (selection: "
+                        f"{say(sel)}; finals: {say(fin)}): a relaunch reuses finished trials of older code; give runs= "
+                        f"a fresh folder to run the whole protocol at one commit")
+    elif now and now.get("commit") and {c for c, _ in [*sel, *fin]} != {now["commit"]}:
+        every = _count((r.get("commit"), bool(r.get("dirty"))) for r in rows)
+        warnings.append(f"every run was trained at {say(every)}, not at the code of "
+                        f"this invocation ({_commit_text(now['commit'], now.get('dirty'))}): compare.py reused them; "
+                        f"give runs= a fresh folder to train them at this code")
     elif any(d for _, d in [*sel, *fin]):
-        warning = "the runs were trained with uncommitted changes: the commit does not pin their code"
-    if warning:
-        lines.append(f"\n**Warning:** {warning}.")
-    return "\n".join(lines) + "\n", warning
+        diffs = {r.get("diff_sha1") for r in rows if r.get("dirty")}
+        warnings.append("the runs were trained with uncommitted changes: the commit does not pin their code"
+                        + (f" (and with {len(diffs)} different sets of them, run.json git.diff_sha1)"
+                           if len(diffs) > 1 else ""))
+    # the versions that can change a result: the runs' own, against one another and this invocation's
+    recorded = [r["versions"] for r in rows if isinstance(r.get("versions"), dict)]
+    current_versions = (now or {}).get("versions") or {}
+    differ = []
+    for pkg in NUMERIC_PACKAGES:
+        seen = _count(str(v[pkg]) for v in recorded if v.get(pkg) is not None)
+        current = current_versions.get(pkg)
+        if len(seen) > 1 or (seen and current is not None and set(seen) != {str(current)}):
+            differ.append(f"{pkg} " + ", ".join(f"{v} ({n} run(s))" for v, n in sorted(seen.items()))
+                          + (f", now {current}" if current is not None else ""))
+    if recorded:
+        lines.append("- versions: " + ", ".join(f"{p} {recorded[0][p]}" for p in NUMERIC_PACKAGES if p in recorded[0])
+                     + (" (of the first run; not every run's: see the warning)" if differ else ""))
+    if differ:
+        warnings.append(f"the runs were not all trained with the versions of this invocation: {'; '.join(differ)}")
+    # torch threads of CPU runs: another count sums in another order (results differ in the last
+    # digits, more over a run); a relaunch with another workers= reuses the finished trials
+    threads = _count(r["threads"] for r in rows if r.get("device") == "cpu" and r.get("threads") is not None)
+    if threads:
+        lines.append("- torch threads per CPU run: " + ", ".join(f"{t} ({n} run(s))" for t, n in sorted(threads.items())))
+    if len(threads) > 1:
+        warnings.append(f"the CPU runs were trained with different numbers of torch threads "
+                        f"({', '.join(f'{t}: {n} run(s)' for t, n in sorted(threads.items()))}; e.g. relaunched with "
+                        f"another workers=): their sums are taken in another order")
+    devices = _count(r["device"] for r in rows if r.get("device"))
+    if len(devices) > 1:
+        warnings.append(f"the runs were trained on different devices "
+                        f"({', '.join(f'{d}: {n} run(s)' for d, n in sorted(devices.items()))})")
+    mixed = [r for r in rows if r.get("mixed_provenance")]
+    if mixed:
+        what = sorted({str(k) for r in mixed for k in r["mixed_provenance"]})
+        warnings.append(f"{len(mixed)} run(s) continued with other code, versions or threads than they started with "
+                        f"(run.json mixed_provenance: {', '.join(what)}), e.g. {mixed[0]['run_dir']}")
+    lines += [f"\n**Warning:** {w}." for w in warnings]
+    return "\n".join(lines) + "\n", warnings

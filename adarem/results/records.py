@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,6 +219,27 @@ def timing_platform(run: dict) -> str:
     elif device == "cpu" and hw.get("torch_threads"):
         device = f"cpu/{hw['torch_threads']} thread(s)"
     return f"{world} x {device}"
+
+
+def numerics_config(run: dict) -> dict:
+    """run.json's config with the arithmetic the run actually used: trainer.amp=auto replaced by
+    what it chose on the run's device (bf16 autocast on CUDA, none on the CPU, as
+    engine.make_precision does), and ``tf32 matmuls`` where run.json says TF32 was on (every CUDA
+    run). trainer.device is no identity key (a requeued job may land elsewhere), so without this
+    a GPU bf16 run and a CPU fp32 run of one config pooled in one row and one claim. A record that
+    does not name its device keeps its config as written."""
+    cfg = run["config"]
+    hw = run.get("hardware") if isinstance(run.get("hardware"), dict) else {}
+    device = str(hw.get("device") or "").split(":")[0]
+    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    if device not in ("cpu", "cuda"):
+        return cfg
+    out = dict(cfg)
+    if trainer.get("amp", "auto") == "auto":
+        out["trainer"] = {**trainer, "amp": "bf16" if device == "cuda" else "none"}
+    if run.get("tf32") is True:
+        out["tf32 matmuls"] = True
+    return out
 
 
 def split_bn_batch(run: dict) -> int | None:
@@ -494,12 +516,13 @@ def _oscillation_window(osc_lines: list[dict], every) -> str:
                            key=lambda w: (not w.isdigit(), int(w) if w.isdigit() else 0, w)))
 
 
-def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
+def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int = 0) -> dict:
     """One run record: {"listed": ...} and either {"problem": why it is excluded} or its row, the
-    rows of its lines, and its setting (see load_runs)."""
+    rows of its lines, and its setting (see load_runs). ``torn``: how many of its metrics.jsonl
+    lines did not parse (each is listed by load_runs; here they are holes in its curve)."""
     lines = [r for _, r in numbered]
     status = run.get("status", "unknown")
-    cfg = run["config"]
+    cfg = numerics_config(run)
     bn = split_bn_batch(run)
     setting = setting_items(cfg, run.get("data_identity"), bn)
     opt = cfg.get("optimizer") or {}
@@ -549,12 +572,29 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]]) -> dict:
     if _is_number(lost) and lost > 0:
         gaps.append(f"{lost:g} metrics.jsonl line(s) missing (run.json metrics_lines_lost: lost after a crash, "
                     f"or written before a resume=<path> from another directory)")
+    if torn:
+        gaps.append(f"{torn} metrics.jsonl line(s) unreadable (a torn write)")
+    # an evaluation logged twice (the second of two writers, a bad merge) or missing (a deleted
+    # line leaves valid JSON behind): the curve is not the run's
+    counts = Counter(r.get("step") for _, r in scored)
+    twice = sorted(s for s, c in counts.items() if c > 1 and s is not None)
+    if twice:
+        gaps.append(f"evaluation(s) at step(s) {', '.join(map(str, twice[:5]))}{', ...' if len(twice) > 5 else ''} "
+                    f"logged more than once")
+    per_epoch = trainer.get("evals_per_epoch", 1)
+    if status == "finished" and _is_int(per_epoch) and per_epoch > 1 and _is_int(trainer.get("epochs")):
+        mid = sum(1 for _, r in scored if r.get("type") == "eval")
+        expected = trainer["epochs"] * (per_epoch - 1)
+        if mid != expected:
+            gaps.append(f"{mid} mid-epoch evaluation line(s) for the {expected} of {trainer['epochs']} epochs at "
+                        f"trainer.evals_per_epoch={per_epoch}")
     if nonfinite:
         gaps.append(f"{len(nonfinite)} evaluation(s) with a non-finite val error (metrics.jsonl line"
                     f"{'s' if len(nonfinite) > 1 else ''} {', '.join(map(str, nonfinite[:5]))}"
                     f"{', ...' if len(nonfinite) > 5 else ''})")
     curve_ok = not gaps and status == "finished"
-    lines_lost = int(lost) if _is_number(lost) and lost > 0 else 0
+    # a torn line may have been any kind (a train-loss or oscillation line): lost like a missing one
+    lines_lost = (int(lost) if _is_number(lost) and lost > 0 else 0) + torn
     git = run.get("git") if isinstance(run.get("git"), dict) else {}
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     osc_lines = [r for r in lines if r.get("type") == "oscillation"]
@@ -688,7 +728,7 @@ def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_d
             problems.append({"run_dir": rel, "problem": bad_config})
             continue
         try:
-            read = _read_run(rel, run, numbered)
+            read = _read_run(rel, run, numbered, torn=sum(b.startswith("metrics.jsonl line") for b in bad))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a malformed record no
             # check above names: one line in the report, not a traceback that loses every other run
             read = {"problem": f"run.json or metrics.jsonl malformed ({type(exc).__name__}: {exc}): excluded"}

@@ -12,7 +12,7 @@ from adarem.fsync import staging_folder
 from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
-from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, holdout_table, oscillation_notes, oscillation_table,
+from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, fmt_number, holdout_table, oscillation_notes, oscillation_table,
                                    selection_notes, speed_table, timing_notes)
 
 # What write_report writes into its output directory, and so owns there: a file of these names
@@ -27,8 +27,6 @@ def _fmt_p(p) -> str:
     return "—" if pd.isna(p) else f"{p:.3g}"
 
 
-def _fmt(x) -> str:
-    return "—" if pd.isna(x) else f"{x:.4g}"
 
 
 def _side(name, mean, n, reached) -> str:
@@ -41,7 +39,7 @@ def _side(name, mean, n, reached) -> str:
         k = 0
     if (pd.isna(mean) or mean == float("inf")) and k > 0:
         return f"{name} (not reached by {k} of {int(n)} seeds, {n})"
-    return f"{name} ({_fmt(mean)}, {n})"
+    return f"{name} ({fmt_number(mean)}, {n})"
 
 
 def claims_markdown(verdicts: pd.DataFrame, alpha: float = 0.05) -> str:
@@ -53,13 +51,13 @@ def claims_markdown(verdicts: pd.DataFrame, alpha: float = 0.05) -> str:
                                                      verdicts.reached_subject)],
         "baseline (mean, n)": [_side(*v) for v in zip(verdicts.baseline, verdicts.baseline_mean, verdicts.n_baseline,
                                                       verdicts.reached_baseline)],
-        "diff [95 % CI]": ["—" if pd.isna(d) else f"{d:.4g} [{lo:.4g}, {hi:.4g}]"
+        "diff [95 % CI]": ["—" if pd.isna(d) else f"{fmt_number(d)} [{fmt_number(lo)}, {fmt_number(hi)}]"
                            for d, lo, hi in zip(verdicts["diff"], verdicts.ci_low, verdicts.ci_high)],
         "Hedges' g": verdicts.hedges_g.map(lambda g: "—" if pd.isna(g) else f"{g:.2f}"),
         "p": verdicts.p.map(_fmt_p), "p (Holm)": verdicts.p_holm.map(_fmt_p),
         "p opposite (Holm)": verdicts.p_opposite_holm.map(_fmt_p),
         "verdict": verdicts.verdict,
-        "mdd": verdicts.mdd.map(lambda x: "none detectable" if x == float("inf") else _fmt(x)),
+        "mdd": verdicts.mdd.map(lambda x: "none detectable" if x == float("inf") else fmt_number(x)),
     })
     if (verdicts.paper_subject.astype(str) != "").any():
         show["paper subject"], show["paper baseline"] = verdicts.paper_subject, verdicts.paper_baseline
@@ -68,8 +66,9 @@ def claims_markdown(verdicts: pd.DataFrame, alpha: float = 0.05) -> str:
 
 
 def speed_note(rs: RunSet, offsets) -> str:
-    """What the speed table measures, and how its runs were evaluated, in a few sentences."""
-    runs = rs.runs
+    """What the speed table measures, and how its runs were evaluated, in a few sentences: of the
+    runs the table holds (on the val/test split), never of the lr search's holdout runs."""
+    runs = rs.runs[rs.runs.eval_on != HOLDOUT] if not rs.runs.empty and "eval_on" in rs.runs else rs.runs
     per_epoch = sorted(set(runs.evals_per_epoch.dropna().astype(int))) if "evals_per_epoch" in runs else [1]
     recal = sorted(set(runs.bn_recalibrate.dropna().astype(int))) if "bn_recalibrate" in runs else [0]
     bn = ("BatchNorm statistics (where the model has BatchNorm layers) recomputed on " + "/".join(map(str, recal))

@@ -120,9 +120,10 @@ def _error_rows(runs: pd.DataFrame, names: tuple[str, str, str, str]) -> pd.Data
     rows = []
     for key, g in runs.groupby(GROUP, dropna=False, sort=True):
         ok = g[g.status == "finished"]
-        # min over evals: NaN for a run whose curve has holes (flagged), counted in the cell: "(4 of 5)"
+        # over the finished runs; a diverged one (no final error) or a curve with holes (no min over
+        # evals; flagged) is counted in the cell: "7.26 ± 0.21 (4 of 5)", never a mean of 4 under n=5
         rows.append({**dict(zip(GROUP, key)), "n": len(g), "diverged": int((g.status == "diverged").sum()),
-                     **dict(zip(names, (mean_std(ok[c], len(ok))
+                     **dict(zip(names, (mean_std(ok[c], len(g))
                                         for c in ("final_top1", "best_top1", "final_top5", "best_top5")))),
                      "_mean": ok.final_top1.mean() if len(ok) else math.nan})
     df = pd.DataFrame(rows).sort_values(["dataset", "model", "eval_on", "_mean"])
@@ -238,6 +239,16 @@ def _fmt_ratio(x: float) -> str:
     return "∞" if math.isinf(x) else ("—" if math.isnan(x) else f"{x:.2f}")
 
 
+def fmt_number(x: float) -> str:
+    """4 significant digits below 1,000 (an error in %, seconds), every digit of a count above it:
+    .4g wrote 125,125 steps as 1.251e+05 and 1,696.5 as 1696."""
+    if pd.isna(x):
+        return "—"
+    if abs(x) >= 1000:
+        return f"{x:.0f}" if x == round(x) else f"{x:.1f}"
+    return f"{x:.4g}"
+
+
 def _median_reached(values) -> str:
     """Median over the runs that have a value (NaN: a curve with holes, left out and flagged), with
     how many reached the target; "…; k left out" where some runs have no value."""
@@ -248,7 +259,7 @@ def _median_reached(values) -> str:
     if not reached:
         return f"not reached (0/{n}{left})"
     med = float(np.median(known))
-    return f"{_fmt_ratio(med) if math.isinf(med) else f'{med:.4g}'} ({len(reached)}/{n} reached{left})"
+    return f"{_fmt_ratio(med) if math.isinf(med) else fmt_number(med)} ({len(reached)}/{n} reached{left})"
 
 
 TRAIN_LOSS_SPAN = 0.1  # of the step budget: the span "train loss at x %" averages over
@@ -322,15 +333,15 @@ def speed_table(rs: RunSet, offsets=(1.0, 5.0), fractions=(0.1, 0.25, 0.5, 1.0))
                     else:  # enough seeds, but no resample has a finite ratio: neither side reached it
                         ci = "[neither reached]"
                     row[col] = f"{_fmt_ratio(r)} {ci}"
-        # finished runs only: a diverged run's history stops early (it is counted as diverged);
-        # a run with lost lines has a train-loss curve with holes (NaN, counted in the cell)
+        # finished runs only: a diverged run's history stops early; it and a run with lost lines (a
+        # train-loss curve with holes) are counted in the cell, "(4 of 5)"
         ok = g[g.status == "finished"]
         for frac in fractions:
             row[f"train loss @{int(frac * 100)}%"] = mean_std(
                 [train_loss_at(rs, d, b, frac) if whole else math.nan
-                 for d, b, whole in zip(ok.run_dir, ok.budget_steps, lines_complete(ok))], len(ok))
+                 for d, b, whole in zip(ok.run_dir, ok.budget_steps, lines_complete(ok))], len(g))
         row["val-err AUC"] = mean_std([a if whole else math.nan for a, whole in
-                                       zip(area_under_val_error(rs, ok.run_dir), eval_curve_complete(ok))], len(ok))
+                                       zip(area_under_val_error(rs, ok.run_dir), eval_curve_complete(ok))], len(g))
         row["images/s"] = mean_std(g.images_per_s) if not mixed else mixed
         rows.append(row)
     df = pd.DataFrame(rows).drop(columns=["config_id"])

@@ -141,8 +141,8 @@ def test_the_keys_alone_are_accepted(monkeypatch):
 def test_a_forced_evals_per_epoch_is_the_finals_and_a_forced_lr_is_noted(capsys, tmp_path):
     """++trainer.evals_per_epoch=2 was overridden in the finals by compare's own evals_per_epoch (4),
     which an epoch of 2 steps then refused; ++optimizer.lr= centred every grid on it without the note."""
-    args = ["optimizers=sgd", "lr_grid=1", "seeds=1", "select_seeds=1", "trainer.epochs=1", "data=synthetic",
-            "data.synthetic_train_size=300", "trainer.batch_size=128", f"runs={tmp_path / 'r'}",
+    args = ["optimizers=sgd", "lr_grid=1", "seeds=1", "select_seeds=1", "trainer.epochs=1", "data=digits",
+            "trainer.batch_size=512", f"runs={tmp_path / 'r'}",
             f"out={tmp_path / 'o'}", "dry_run=true"]
     assert cli.main([*args, "++trainer.evals_per_epoch=2"]) == 0, capsys.readouterr().err
     assert cli.argument_notes(["++optimizer.lr=0.05"])[0].startswith("++optimizer.lr=0.05 replaces every optimizer's")

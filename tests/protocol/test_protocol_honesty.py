@@ -77,11 +77,35 @@ def test_the_report_states_the_commits_and_flags_selection_trials_of_other_code(
     res = dispatch.read_outcome(tmp_path)
     assert res["commit"] == "abc123" and res["dirty"] is False
     row = lambda stage, commit: {"stage": stage, "commit": commit, "dirty": False}  # noqa: E731
-    text, warning = code_section([row("select", "old1"), row("select", "old1"), row("final", "new2")])
+    text, warnings = code_section([row("select", "old1"), row("select", "old1"), row("final", "new2")])
     assert "`old1` (2 run(s))" in text and "`new2` (1 run(s))" in text
-    assert warning and "not all trained at one commit" in warning and "**Warning:**" in text
-    text, warning = code_section([row("select", "new2"), row("final", "new2")])
-    assert warning is None and "Warning" not in text
+    assert len(warnings) == 1 and "not all trained at one commit" in warnings[0] and "**Warning:**" in text
+    text, warnings = code_section([row("select", "new2"), row("final", "new2")], {"commit": "new2"})
+    assert warnings == [] and "Warning" not in text
+
+
+def test_the_report_flags_runs_of_other_code_versions_threads_or_a_mixed_resume(tmp_path):
+    """Every run at one commit, but not this invocation's (a relaunch reused them all after a code
+    change); versions that differ; CPU runs at other thread counts (a relaunch with another
+    workers=); a run resumed with other code: each was reported clean."""
+    record = {"status": "finished", "final": {"val_top1_err": 5.0}, "git": {"commit": "old1", "dirty": False},
+              "versions": {"torch": "2.14.1", "numpy": "2.1.0", "wandb": "0.1"},
+              "hardware": {"device": "cpu", "torch_threads": 2}, "mixed_provenance": ["git.commit"]}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    res = dispatch.read_outcome(tmp_path)
+    assert (res["threads"], res["device"], res["mixed_provenance"]) == (2, "cpu", ["git.commit"])
+    now = {"commit": "new2", "dirty": False, "versions": {"torch": "2.14.1", "numpy": "2.2.0", "wandb": "0.2"}}
+    plain = {**res, "mixed_provenance": None}
+    rows = [{**plain, "stage": "select"}, {**plain, "stage": "final", "threads": 1}, {**res, "stage": "final"}]
+    text, warnings = code_section(rows, now)
+    assert len(warnings) == 4, warnings
+    assert "every run was trained at `old1` (3 run(s)), not at the code of this invocation (`new2`)" in warnings[0]
+    assert warnings[1].endswith("numpy 2.1.0 (3 run(s)), now 2.2.0")  # torch agrees; wandb computes nothing
+    assert "different numbers of torch threads (1: 1 run(s), 2: 2 run(s)" in warnings[2]
+    assert warnings[3].startswith("1 run(s) continued with other code") and "git.commit" in warnings[3]
+    assert text.count("**Warning:**") == 4 and "- torch threads per CPU run: 1 (1 run(s)), 2 (2 run(s))" in text
+    same = [{**plain, "stage": s} for s in ("select", "final")]
+    assert code_section(same, {**now, "commit": "old1", "versions": record["versions"]})[1] == []
 
 
 # --- the report reads exactly this comparison's finals -------------------------------------------

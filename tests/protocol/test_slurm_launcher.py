@@ -24,7 +24,7 @@ from tests.protocol.slurm_stubs import install_submitit_stubs
 pytestmark = pytest.mark.slow
 ARGS = ["launcher=slurm", "partition=debugq", "gpus_per_node=1", "cpus_per_task=1", "timeout_min=30",
         "optimizers=sgd", "lr_grid=0.3,1,3", "select_seeds=1", "seeds=1", "data=digits", "trainer.epochs=1",
-        "trainer.log_every=1000"]
+        "trainer.log_every=1000", "trainer.device=cpu"]  # the stand-in cluster's "GPU" jobs run here, on the CPU
 
 
 @pytest.fixture()
@@ -122,16 +122,19 @@ def test_a_trial_finished_at_another_world_size_is_refused_by_both_launchers(tmp
     base = cli.trial_base(passthrough)
     trials = {name: cli.trial_overrides(base, [], tmp_path / "runs", "sgd", lr, 1e-4, 1000, "select")
               for name, lr in (("other_world", 0.1), ("diverged_other_world", 0.2), ("same_world", 0.3),
-                               ("no_batchnorm", 0.4), ("unrecorded_world", 0.5))}
+                               ("no_batchnorm", 0.4), ("unrecorded_world", 0.5), ("on_the_cpu", 0.6))}
     batch = int(dispatch.compose(trials["other_world"]).trainer.batch_size)
     dirs = {name: Path(dispatch.compose(o).run_dir) for name, o in trials.items()}
     for name, status, world, bn in (("other_world", "finished", 2, batch // 2),
                                     ("diverged_other_world", "diverged", 2, batch // 2),
                                     ("same_world", "finished", 8, batch // 8), ("no_batchnorm", "finished", 2, None),
-                                    ("unrecorded_world", "finished", None, None)):
+                                    ("unrecorded_world", "finished", None, None),
+                                    ("on_the_cpu", "finished", 8, batch // 8)):
         record = {"status": status, "final": {"val_top1_err": 12.5, "val_loss": 0.4} if status == "finished" else {}}
         if world is not None:
             record.update(world_size=world, bn_batch=bn)
+        if name == "on_the_cpu":  # fp32 on CPUs: these jobs train in bf16 on GPUs (train.py refuses it too)
+            record["hardware"] = {"device": "cpu"}
         dirs[name].mkdir(parents=True)
         (dirs[name] / "run.json").write_text(json.dumps(record))
 
@@ -148,6 +151,9 @@ def test_a_trial_finished_at_another_world_size_is_refused_by_both_launchers(tmp
             f"normalises over: relaunch with 2 rank(s) per trial (launcher=slurm with nodes x max(1, gpus_per_node) "
             f"= 2), or give runs= a fresh folder for a new comparison"), res["error"]
         assert math.isinf(score(res))  # the selection scores it as any failed trial
+    assert out["on_the_cpu"]["status"] == "failed" and out["on_the_cpu"]["error"] == (
+        f"{dirs['on_the_cpu']} holds a finished run trained on cpu; this launch trains on cuda (launcher=slurm: 1 "
+        f"node(s) x 8 task(s)): give runs= a fresh folder per device type")
     # reused: trained at this world size, a model without BatchNorm, a record without world_size
     for name in ("same_world", "no_batchnorm", "unrecorded_world"):
         assert out[name]["status"] == "finished" and out[name]["err"] == 12.5, (name, out[name])

@@ -52,7 +52,7 @@ def records(tmp_path):
     for s, last in enumerate([10.0, 12.0, 11.0]):
         make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, last], osc=[0.4, 0.5])
     for s, last in enumerate([8.0, 9.0, 7.0]):
-        make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, last], osc=[0.2, 0.3], truncate=(s == 0))
+        make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, last], osc=[0.2, 0.3])
     make_run(root, "adam0", "adam", 0, [50.0, 30.0, 20.0])
     make_run(root, "adam1", "adam", 1, [50.0, 30.0, 22.0])
     make_run(root, "adam_div", "adam", 2, [50.0], status="diverged")
@@ -70,14 +70,14 @@ def test_known_answers(records):
     assert "duplicate of" in problems["adam_dup"] and problems["adam_dup"].endswith("excluded")
     assert "incomplete (status running)" in problems["still_running"]
     assert "no run.json" in problems["no_record"]
-    assert "line 36 is not valid JSON" in problems["adarem0"]  # the truncated line, the run kept
 
     err = error_table(rs).set_index("optimizer")
     assert err.loc["sgd", "final top-1 err"] == "11.00 ± 1.00"
     assert err.loc["sgd", "min top-1 err over evals (test-selected)"] == "11.00 ± 1.00"
     assert err.loc["adarem", "final top-1 err"] == "8.00 ± 1.00"
     assert err.loc["adam", "n"] == 3 and err.loc["adam", "diverged"] == 1
-    assert err.loc["adam", "final top-1 err"] == "21.00 ± 1.41"  # the duplicate's 1.0 is not mixed in
+    # the duplicate's 1.0 is not mixed in; the diverged run has no final error: a mean of 2 of 3
+    assert err.loc["adam", "final top-1 err"] == "21.00 ± 1.41 (2 of 3)"
 
     speed = speed_table(rs).set_index("optimizer")
     # SGD's median final error is 11: targets 12 and 16. AdaRem: 15 at step 20 reaches 16, and
@@ -94,6 +94,84 @@ def test_known_answers(records):
     assert speed.loc["sgd", "train loss @10%"] == "0.02 ± 0.00"
     assert speed.loc["sgd", "train loss @100%"] == "0.29 ± 0.00"
     assert speed.loc["adarem", "val-err AUC"] == "17.67 ± 0.33"
+
+
+def test_a_curve_with_a_hole_is_left_out_of_every_curve_metric(tmp_path):
+    """A torn metrics.jsonl line (which line it was is unknown: an evaluation, a loss line), an
+    evaluation logged twice, a mid-epoch evaluation line deleted: the run's final error counts,
+    nothing read off its curve does. A torn evaluation line used to move steps to target (the
+    next evaluation's step was read instead), and a repeated one the AUC, without a flag."""
+    import json
+
+    root = tmp_path / "runs"
+    every = {"evals_per_epoch": 2}
+    for s, last in enumerate([10.0, 12.0, 11.0]):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, last], trainer=every)
+
+    def evaluated_twice_an_epoch(d, keep):  # the mid-epoch lines ``keep`` of epochs 0, 1, 2
+        lines = [json.dumps({"type": "eval", "epoch": e, "step": 10 * e + 5, "epoch_frac": e + 0.5,
+                             "val_top1_err": 35.0, "val_loss": 1.0, "wall_time_s": 1.0}) + "\n" for e in range(3)]
+        with open(d / "metrics.jsonl", "a") as f:
+            f.write("".join(lines[i] for i in keep))
+
+    for d in root.iterdir():
+        evaluated_twice_an_epoch(d, [0, 1, 2])
+    for name, seed, last, keep in [("adarem_torn", 0, 8.0, [0, 1, 2]), ("adarem_twice", 1, 9.0, [0, 1, 1, 2]),
+                                   ("adarem_mid", 2, 7.0, [0, 1]), ("adarem_whole", 3, 8.0, [0, 1, 2])]:
+        evaluated_twice_an_epoch(make_run(root, name, "adarem", seed, [30.0, 15.0, last], trainer=every), keep)
+    with open(root / "adarem_torn" / "metrics.jsonl", "a") as f:
+        f.write('{"type": "eval", "epoch": 2, "ste')  # a write cut short
+    rs = load_runs(root)
+    gap = rs.runs.set_index("run_dir").curve_gap
+    assert gap[str(root / "adarem_torn")] == "1 metrics.jsonl line(s) unreadable (a torn write)"
+    assert gap[str(root / "adarem_twice")] == ("evaluation(s) at step(s) 15 logged more than once; 4 mid-epoch "
+                                               "evaluation line(s) for the 3 of 3 epochs at trainer.evals_per_epoch=2")
+    assert gap[str(root / "adarem_mid")] == ("2 mid-epoch evaluation line(s) for the 3 of 3 epochs at "
+                                             "trainer.evals_per_epoch=2")
+    assert (gap[[str(root / f"sgd{s}") for s in range(3)] + [str(root / "adarem_whole")]] == "").all()
+    problems = {p["run_dir"].split("/")[-1]: p["problem"] for p in rs.problems}
+    assert "line 37 is not valid JSON" in problems["adarem_torn"]  # 3 epochs, 30 steps, 3 evaluations
+    err = error_table(rs).set_index("optimizer")
+    assert err.loc["adarem", "n"] == 4 and err.loc["adarem", "final top-1 err"] == "8.00 ± 0.82"  # every final
+    # the one whole curve: mid-epoch evaluations at 35 %, the epochs' at 30, 15, 8
+    assert err.loc["adarem", "min top-1 err over evals (test-selected)"] == "8.00 (1 of 4)"
+    speed = speed_table(rs).set_index("optimizer")
+    assert speed.loc["adarem", "steps to SGD+5"] == "20 (1/1 reached; 3 left out, see flags)"
+
+
+def test_runs_in_other_arithmetic_are_another_setting(tmp_path):
+    """trainer.amp=auto is bf16 autocast on a GPU and fp32 on the CPU, and a CUDA run's fp32
+    matmuls are TF32: a GPU run and a CPU run of one config used to share a row and a claim (only
+    the seconds were flagged). They are two settings now, labelled by the arithmetic."""
+    import json
+
+    root = tmp_path / "runs"
+
+    def on(d, device, tf32, amp=None):
+        record = json.loads((d / "run.json").read_text())
+        record.update(hardware={"device": device}, tf32=tf32)
+        if amp:
+            record["config"]["trainer"]["amp"] = amp
+        (d / "run.json").write_text(json.dumps(record))
+
+    for s, last in enumerate([10.0, 12.0, 11.0]):
+        on(make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, last]), "cpu", False)
+        on(make_run(root, f"adarem_cpu{s}", "adarem", s, [30.0, 15.0, last - 2]), "cpu", False)
+        on(make_run(root, f"adarem_gpu{s}", "adarem", s, [30.0, 15.0, last - 3]), "cuda:0", True)
+    rs = load_runs(root)
+    labels = rs.runs.set_index("run_dir").dataset
+    assert labels[str(root / "sgd0")] == labels[str(root / "adarem_cpu0")]  # auto on the CPU: fp32, both
+    assert labels[str(root / "adarem_gpu0")] != labels[str(root / "adarem_cpu0")]
+    assert "trainer.amp=bf16" in labels[str(root / "adarem_gpu0")] and "tf32 matmuls=true" in labels[str(root / "adarem_gpu0")]
+    err = error_table(rs)
+    assert sorted(err.groupby("dataset").optimizer.apply(sorted).map(tuple)) == [("adarem",), ("adarem", "sgd")]
+
+    # the same arithmetic spelled two ways (auto on the CPU, none written out) is one setting
+    other = tmp_path / "other"
+    for s, last in enumerate([10.0, 12.0, 11.0]):
+        on(make_run(other, f"sgd{s}", "sgd", s, [40.0, 20.0, last]), "cpu", False, amp="none")
+        on(make_run(other, f"adarem{s}", "adarem", s, [30.0, 15.0, last - 2]), "cpu", False)
+    assert load_runs(other).runs.dataset.nunique() == 1
 
 
 def test_diverged_runs_never_reach_and_other_protocols_are_not_compared(tmp_path):
