@@ -87,7 +87,7 @@ from pathlib import Path
 
 from adarem.config import ConfigError
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
-from adarem.protocol.report import code_section, edge_summary, provenance, selection_table
+from adarem.protocol.report import TRAINED_WITH, code_section, edge_summary, provenance, selection_table
 from adarem.protocol.search import SELECT_SEED0, Search, lowest_lr, lr_factors, lr_floor, score, weight_decays
 
 USAGE = __doc__
@@ -699,6 +699,7 @@ def compare(argv: list[str]) -> int:
     else:
         dispatcher = SlurmDispatcher(runs_root / "submitit", slurm_parameters(own))
     rows, data_identity = [], None
+    trained_with = {}  # run dir -> what it was trained with (code_section), not a selection.csv column
     with dispatcher:
 
         def run_trials(todo: list[tuple[str, float, float, int]]) -> None:
@@ -755,6 +756,7 @@ def compare(argv: list[str]) -> int:
             rows.append(dict(optimizer=opt, lr=lr, weight_decay=wd, seed=s, stage="final", status=res["status"],
                              score=score(res), chosen=True, holdout_loss=math.nan, run_dir=res["run_dir"],
                              commit=res.get("commit"), dirty=res.get("dirty")))
+            trained_with[res["run_dir"]] = {k: res.get(k) for k in TRAINED_WITH}
             print(f"  final  {opt:15s} lr {lr:<9.4g} wd {wd:<8.3g} seed {s} {res['status']:9s} "
                   f"test top-1 err {res.get('err', math.nan):6.2f}%  ({res['seconds']:.0f} s)"
                   + (f"  {res['error']}" if "error" in res else ""), flush=True)
@@ -770,6 +772,7 @@ def compare(argv: list[str]) -> int:
             rows.append(dict(optimizer=opt, lr=lr, weight_decay=wd, seed=seed, stage="select", status=res["status"],
                              score=score(res), chosen=(lr, wd) == chosen[opt][:2], holdout_loss=res.get("loss", math.nan),
                              run_dir=res["run_dir"], commit=res.get("commit"), dirty=res.get("dirty")))
+            trained_with[res["run_dir"]] = {k: res.get(k) for k in TRAINED_WITH}
     # only this invocation's finals, read on their own: runs left in the tree by another invocation
     # (other epochs, an lr chosen before, a setting the run-directory hash tells apart but the
     # tables' de-duplication does not) must neither enter its verdicts nor displace its own runs.
@@ -784,7 +787,8 @@ def compare(argv: list[str]) -> int:
         print(f"note: {line}", flush=True)
     from adarem.run.record import git_info, versions
 
-    code, code_warnings = code_section(rows, {**git_info(), "versions": versions()})
+    code, code_warnings = code_section([{**r, **trained_with.get(r["run_dir"], {})} for r in rows],
+                                       {**git_info(), "versions": versions()})
     for warning in code_warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)

@@ -114,6 +114,9 @@ def _commit_text(commit, dirty) -> str:
     return f"`{(commit or 'unknown')[:10]}`" + (" (with uncommitted changes)" if dirty else "")
 
 
+# what code_section reads of each run besides its commit: dispatch.recorded's keys
+TRAINED_WITH = ("diff_sha1", "versions", "device", "threads", "mixed_provenance")
+
 # the packages whose version can change what a run computes (wandb, hydra, submitit cannot)
 NUMERIC_PACKAGES = ("python", "torch", "torchvision", "timm", "numpy", "pillow", "nvidia-dali-cuda130")
 

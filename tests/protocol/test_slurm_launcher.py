@@ -65,6 +65,9 @@ def test_compare_through_slurm_job_arrays_then_resume(tmp_path, slurm_env):
         assert record["config"]["data"]["eval_on"] == ("val" if r["stage"] == "final" else "holdout")
     md = (tmp_path / "out" / "tables.md").read_text()
     assert "SLURM job arrays" in md and "## Hyperparameter selection" in md
+    # what the runs were trained with, from their own records (the jobs', not compare.py's process)
+    assert "- torch threads per CPU run: " in md and "- versions: python " in md
+    assert "not at the code of this invocation" not in md and "not all trained with the versions" not in md
 
     # relaunched: every trial is finished, so nothing is submitted and the result is the same
     again = _compare(tmp_path, slurm_env)
