@@ -494,6 +494,26 @@ def train_images(data, limit: int) -> int | None:
     return n
 
 
+SMALL_HOLDOUT = 100  # images: below it, one image is more than a point of holdout error
+
+
+def small_holdout(data) -> str | None:
+    """A note when the selection trials' holdout (adarem.data.datasets.holdout_indices: max(1,
+    round(holdout_fraction x n)) of the training split's n images) has fewer than SMALL_HOLDOUT
+    images, where n is known cheaply; else None. Such a holdout scores an lr in steps of 100 / size
+    points: lrs closer than that tie, and ties go to the holdout loss."""
+    frac = float(data.holdout_fraction)
+    n = train_images(data, math.ceil(SMALL_HOLDOUT / frac) + 1)
+    if n is None:
+        return None
+    size = max(1, int(round(frac * n)))
+    if size >= SMALL_HOLDOUT:
+        return None
+    return (f"the selection trials' holdout holds {size} image(s) (data.holdout_fraction={frac:g} of {n}): one image "
+            f"is {100 / size:.3g} points of holdout error, so lrs whose errors differ by less tie (broken by the "
+            f"holdout loss); raise data.holdout_fraction for a finer selection")
+
+
 def epoch_steps(cfg) -> tuple[int, int] | None:
     """(steps of an epoch, training images) of a trial's configuration as adarem.data.build_data makes
     them (its training split // trainer.batch_size), where known without reading the data; None where
@@ -676,7 +696,9 @@ def compare(argv: list[str]) -> int:
                         (f", weight decay {top_wd:.6g} (search=lr_wd: 10x the default)" if top_wd != wd else "") +
                         ": narrow the lr grid (lr_span, lr_grid) or lower optimizer.lr" +
                         (" / optimizer.weight_decay" if top_wd != wd else ""))
-    for note in argument_notes(passthrough):  # after the checks: a refusal is its one line
+    first = next(iter(searches))
+    small = small_holdout(compose(overrides(first, *searches[first].trials()[0], select_seeds[0], "select")).data)
+    for note in argument_notes(passthrough) + ([small] if small else []):  # after the checks: a refusal is its one line
         print(f"note: {note}", file=sys.stderr, flush=True)
     if not own["out"] and changed:
         print(f"note: the report goes to {out}, not results/{name}: overrides that set the final runs' "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -259,13 +260,28 @@ def staged_output(out_dir: Path):
         stage.check_ours()
         files = sorted((p for p in staging.rglob("*") if p.is_file()),
                        key=lambda p: (p.relative_to(staging).as_posix() in _LAST, p.as_posix()))
-        moved = set()
-        for src in files:
-            dst = out_dir / src.relative_to(staging)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-            moved.add(dst)
-        remove_stale(out_dir, moved)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with _moving_into(out_dir):
+            moved = set()
+            for src in files:
+                dst = out_dir / src.relative_to(staging)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+                moved.add(dst)
+            remove_stale(out_dir, moved)
+
+
+@contextlib.contextmanager
+def _moving_into(out_dir: Path):
+    """An exclusive flock on ``out_dir`` itself (no lock file left beside the report) while a
+    report's files are moved in: two reports that finish at once (two compare.py into one out=)
+    land one after the other, never one's tables.md beside the other's CSVs and plots."""
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),

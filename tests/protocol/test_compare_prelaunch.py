@@ -249,3 +249,16 @@ def test_a_bad_command_line_is_refused_before_torch_is_imported(tmp_path, arg, s
     assert res.stdout.split("\n")[0] == "2 []", (res.stdout, res.stderr)
     assert res.stderr.startswith("error: ") and says in res.stderr and res.stderr.count("\n") == 1, res.stderr
     nothing_written(tmp_path)
+
+
+def test_a_holdout_of_few_images_is_noted_after_the_checks(capsys, tmp_path):
+    """data.holdout_fraction=0.01 of 200 images: a holdout of 2, where one image is 50 points of
+    holdout error and most lrs tie; it was accepted without a word."""
+    root = image_tree(tmp_path / "data", 2, 100)
+    base = [*QUICK, "data=digits", f"data.root={root}", "trainer.batch_size=8", f"runs={tmp_path / 'r'}",
+            f"out={tmp_path / 'o'}", "dry_run=true"]
+    assert cli.main([*base, "data.holdout_fraction=0.01"]) == 0
+    assert ("note: the selection trials' holdout holds 2 image(s) (data.holdout_fraction=0.01 of 200): one image is "
+            "50 points of holdout error") in capsys.readouterr().err
+    assert cli.main(base + ["data.holdout_fraction=0.5"]) == 0  # 100 images: no note
+    assert "holdout holds" not in capsys.readouterr().err

@@ -248,3 +248,30 @@ def test_a_report_whose_staging_folder_was_taken_over_moves_nothing(tmp_path):
     assert "\n" not in str(exc.value)
     assert (out / "tables.md").read_text() == "old tables" and (out / "speed.csv").read_text() == "old csv"
     assert (folder / "content" / "tables.md").read_text() == "new tables"
+
+
+def test_two_reports_into_one_out_land_one_after_the_other(tmp_path):
+    """A report moves its files in under an exclusive flock on out/ itself: while another holds it
+    (a second compare.py finishing into the same out=), nothing of this report lands beside the
+    other's files, and once it is released the whole report does."""
+    import fcntl
+    import threading
+
+    root = tmp_path / "runs"
+    for s, last in enumerate([10.0, 12.0, 11.0]):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, last])
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # the other report, moving its files in
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (write_report(load_runs(root), out, CLAIMS_FILE, "test"), done.set()))
+    writer.start()
+    try:
+        time.sleep(3)
+        assert not done.is_set() and sorted(p.name for p in out.iterdir()) == []
+    finally:
+        os.close(fd)
+    writer.join(60)
+    assert done.is_set() and (out / "tables.md").is_file() and (out / "test_error.csv").is_file()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no lock file left behind
