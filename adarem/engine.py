@@ -68,6 +68,11 @@ class Precision:
     autocast_dtype: Optional[torch.dtype]
     scaler: Optional[torch.amp.GradScaler]
 
+    @property
+    def name(self) -> str:
+        """What trainer.amp resolved to (run.json's ``amp``): bf16, fp16 or none (fp32)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast_dtype, "none")
+
     def autocast(self, device: torch.device):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()

@@ -391,6 +391,7 @@ def open_record(run: Run, data_id: dict) -> None:
               f"uninterrupted run's; run.json lists every segment (segments, mixed_provenance)", file=sys.stderr)
     run.record.update(run_id=run_id(run.config_dict), data_identity=data_id, n_params=count_parameters(run.model),
                       optimizer_impl=optimizer_impl(run.optimizer), tf32=dist.device.type == "cuda",
+                      amp=run.precision.name,
                       per_rank_batch=config.trainer.batch_size // dist.world_size, bn_batch=run.bn_batch,
                       **({"adarem_decay": run.optimizer.defaults["decay"]} if config.optimizer.name == "adarem" else {}),
                       steps_per_epoch=len(data.train), train_samples_per_epoch=data.train.num_samples,

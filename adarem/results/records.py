@@ -223,8 +223,8 @@ def timing_platform(run: dict) -> str:
 
 def numerics_config(run: dict) -> dict:
     """run.json's config with the arithmetic the run actually used: trainer.amp=auto replaced by
-    what it chose on the run's device (bf16 autocast on CUDA, none on the CPU, as
-    engine.make_precision does), and ``tf32 matmuls`` where run.json says TF32 was on (every CUDA
+    what it chose (run.json's ``amp``; in older records, from the run's device: bf16 autocast on
+    CUDA, none on the CPU, as engine.make_precision does), and ``tf32 matmuls`` where run.json says TF32 was on (every CUDA
     run). trainer.device is no identity key (a requeued job may land elsewhere), so without this
     a GPU bf16 run and a CPU fp32 run of one config pooled in one row and one claim. A record that
     does not name its device keeps its config as written."""
@@ -232,11 +232,12 @@ def numerics_config(run: dict) -> dict:
     hw = run.get("hardware") if isinstance(run.get("hardware"), dict) else {}
     device = str(hw.get("device") or "").split(":")[0]
     trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
-    if device not in ("cpu", "cuda"):
+    used = run.get("amp") if run.get("amp") in ("bf16", "fp16", "none") else None  # run.json's, where recorded
+    if device not in ("cpu", "cuda") and used is None:
         return cfg
     out = dict(cfg)
     if trainer.get("amp", "auto") == "auto":
-        out["trainer"] = {**trainer, "amp": "bf16" if device == "cuda" else "none"}
+        out["trainer"] = {**trainer, "amp": used or ("bf16" if device == "cuda" else "none")}
     if run.get("tf32") is True:
         out["tf32 matmuls"] = True
     return out

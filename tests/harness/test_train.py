@@ -70,6 +70,7 @@ def test_a_resumed_run_keeps_the_optimizer_path_it_started_with(tmp_path, env, s
     optimizer groups carry their foreach/fused flags, and run.json records the path that ran."""
     # AdaRem under auto on the CPU today: its fused kernel, or foreach where it cannot be built
     assert read_run(stopped_run)["optimizer_impl"] == ("fused" if cpu_kernel_error() is None else "foreach")
+    assert read_run(stopped_run)["amp"] == "none"  # trainer.amp=auto on the CPU: fp32 (the tables read it)
     run_dir = copy_run(stopped_run, tmp_path / "run")
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     for group in ckpt["optimizer"]["param_groups"]:
