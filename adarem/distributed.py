@@ -148,7 +148,7 @@ def lost_peer_error(exc: BaseException, rank: int, first_error: Optional[str]) -
     None. ``first_error`` is "rank r: <error>" of the rank that failed first and said why (its
     error file), if any; without it (a rank killed by the out-of-memory killer leaves none) the
     line says so. Anything else this rank raised keeps its own traceback."""
-    if not isinstance(exc, RuntimeError) or isinstance(exc, PeerLost):
+    if not isinstance(exc, RuntimeError) or isinstance(exc, PeerLost) or not _raised_by_torch_distributed(exc):
         return None
     text = str(exc)
     found = _PEER_GONE.search(text)
@@ -158,9 +158,23 @@ def lost_peer_error(exc: BaseException, rank: int, first_error: Optional[str]) -
     said = found.group(0) if found else one_line_of(text)
     if first_error is not None:
         return PeerLost(f"rank {rank} stopped: {first_error.replace(': ', ' failed first (', 1)}) [{said}]")
-    return PeerLost(f"rank {rank} stopped: another rank ended during a collective ({said}) without recording "
-                    "why; its own output, or the launcher's failure summary, names it (a rank killed by "
-                    "the out-of-memory killer says nothing)")
+    return PeerLost(f"rank {rank} stopped: it lost another rank during a collective ({said}), and no rank "
+                    "recorded why: one was killed (the out-of-memory killer says nothing) or crashed, or the "
+                    "network failed; its own output, or the launcher's failure summary, names it")
+
+
+# where a collective that lost its peer raises: torch.distributed's calls, DDP's forward and the
+# gradient all-reduce inside backward (the autograd engine). A DataLoader's or DALI's re-raise of
+# a worker's error may quote a socket error too: not this.
+_COLLECTIVE_CALLERS = tuple(os.path.join("torch", d, "") for d in ("distributed", os.path.join("nn", "parallel"),
+                                                                     "autograd"))
+
+
+def _raised_by_torch_distributed(exc: BaseException) -> bool:
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and any(part in last.tb_frame.f_code.co_filename for part in _COLLECTIVE_CALLERS)
 
 
 def one_line_of(text: str) -> str:

@@ -68,6 +68,7 @@ class Run:
     oscillation: Optional[OscillationTracker] = None  # trainer.oscillation_every > 0
     bn_batch: Optional[int] = None  # images per BatchNorm batch in training (None: no BatchNorm)
     started: float = field(default_factory=time.time)  # this process's start (a rank's error file is newer)
+    locked: bool = False  # the run directory is this job's (rank 0 holds its lock for every rank)
 
     def mark_failed(self, exc: BaseException, message: str) -> None:
         """run.json says how the run ended when it ended by an exception (Ctrl-C included). Under
@@ -75,17 +76,18 @@ class Run:
         rank 0, the only writer of run.json, then fails in its next collective ("connection closed
         by peer") it records the first rank's reason, and any rank that lost its peers names the
         first one's (``lost_peer``)."""
-        if self.record is None or self.record.data.get("status") != "running":
-            return
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         error = f"{type(exc).__name__}: {message}"
         try:
             first = first_rank_error(self.run_dir, self.started) if self.dist.is_main else None
-            if self.dist.enabled and self.run_dir.is_dir():  # rank 0's too: the others name it
+            # every rank's, rank 0's too and during set-up as well (before the record starts): the
+            # ranks that lose their peers name it. Only into a directory this job holds: never
+            # beside another job's live run (a second launch refused by the lock)
+            if self.dist.enabled and self.locked and self.run_dir.is_dir():
                 tmp = self.run_dir / f".rank{self.dist.rank}_error.txt.tmp"
                 tmp.write_text(error)
                 os.replace(tmp, self.run_dir / f"rank{self.dist.rank}_error.txt")
-            if not self.dist.is_main:
+            if not self.dist.is_main or self.record is None or self.record.data.get("status") != "running":
                 return
             if first and isinstance(exc, dist_utils.PeerLost):
                 error = f"{first} (rank 0 then stopped with it)"
@@ -118,15 +120,19 @@ class Run:
 
 
 def first_rank_error(run_dir: Path, since: float) -> Optional[str]:
-    """"rank r: <error>" of the rank whose error file (written since ``since``) came first."""
+    """"rank r: <error>" of the rank whose error file (written since ``since``) came first, of the
+    ranks that failed on their own: a rank that only lost its peers (PeerLost) is never the cause,
+    however early its file (with 3+ ranks, a victim of a killed rank often writes first)."""
     found = []
     for path in run_dir.glob("rank*_error.txt"):
         try:
-            mtime = path.stat().st_mtime
-            if mtime >= since:
-                found.append((mtime, path.name[4:-len("_error.txt")], path.read_text().strip()))
-        except OSError:
+            mtime = path.stat().st_mtime_ns
+            rank = int(path.name[4:-len("_error.txt")])
+            error = path.read_text().strip()
+        except (OSError, ValueError):
             continue
+        if mtime >= since * 1e9 and not error.startswith(f"{dist_utils.PeerLost.__name__}:"):
+            found.append((mtime, rank, error))
     if not found:
         return None
     _, rank, error = min(found)
@@ -144,6 +150,7 @@ def lock_run_dir(run: Run) -> None:
     refusal = dist_utils.broadcast_object(refusal)
     if refusal:
         raise (RunLocked if refusal[0] else ConfigError)(refusal[1])
+    run.locked = True
 
 
 def create(cfg: DictConfig, stop: StopFlag) -> Run:

@@ -10,7 +10,8 @@ OUT/wandb_runs; a wandb run without one is listed, not rebuilt from its history)
 duplicate runs, and finished ones whose metrics.jsonl disagrees with run.json, are listed in their
 own section and kept out of the means; a torn metrics.jsonl line (a write cut short) is listed
 there too, and the run is kept for its final error (its run.json and complete lines agree), not
-for anything read off its curve (as for an evaluation logged twice or missing). Writes tables.md
+for anything read off its lines (nor, with an evaluation logged twice or missing, for anything
+read off its evaluations). Writes tables.md
 (README-ready), *.tex (booktabs), *.csv, claims.csv and plots/*.png into --out. An --out that holds
 compare.py's report (results/<name>, the default --out for its runs folder runs/compare/<name>) is
 refused: relaunch compare.py to rewrite it, or pass another --out.

@@ -45,7 +45,8 @@ run directories are told apart by their configuration's hash.
 Checked before the first trial (and by dry_run=true): every trial kind's configuration, the
 selection's and the finals' (with their trainer.evals_per_epoch), as train.py's first check would;
 evaluations per epoch against the steps of an epoch where the training split's size is known
-without reading the data (synthetic, Fashion-MNIST's file header, an ImageFolder tree that exists);
+without reading the data (Fashion-MNIST's file header, an ImageFolder tree that exists; data=synthetic,
+one random batch replayed, has no training split to hold out from and is refused);
 out and runs can be created and written (out not a file).
 A cosine's schedule.min_lr (and a warm-up's schedule.warmup_lr) must not exceed the grid's lowest lr;
 an extension that would go below it is not made, and that edge is flagged in the report. A run
@@ -455,7 +456,7 @@ def folder_problem(path: Path, staged: bool = False) -> str | None:
 def train_images(data, limit: int) -> int | None:
     """The training split's image count before any holdout (the ``n`` of adarem.data.build_data),
     where it is known without reading the data: None where not; counting stops at ``limit`` (the
-    count returned is then >= limit). Synthetic data is not counted (its steps are its sizes')."""
+    count returned is then >= limit). Synthetic data is not counted (compare.py refuses it)."""
     import gzip
     import struct
 
@@ -520,8 +521,6 @@ def epoch_steps(cfg) -> tuple[int, int] | None:
     not. Large data is counted only as far as the checks need (the images returned are then a lower
     bound, and the steps at least trainer.evals_per_epoch and 1)."""
     data, batch, k = cfg.data, int(cfg.trainer.batch_size), int(cfg.trainer.evals_per_epoch)
-    if data.name == "synthetic":
-        return max(1, int(data.synthetic_train_size) // batch), int(data.synthetic_train_size)
     holdout = data.eval_on == "holdout"
     frac = float(data.holdout_fraction) if holdout else 0.0
     # enough images for k steps after the holdout (adarem.data.datasets.holdout_indices holds out
@@ -554,7 +553,7 @@ def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool, g
         return
     steps, images = known
     batch, k = int(cfg.trainer.batch_size), int(cfg.trainer.evals_per_epoch)
-    if cfg.data.name != "synthetic" and images < batch:
+    if images < batch:
         fail(f"trainer.batch_size={batch} exceeds the {images} training images of {where} "
              f"(data={cfg.data.name}); lower it")
     if k > steps:

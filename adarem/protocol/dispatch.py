@@ -105,12 +105,15 @@ def recorded(record: dict) -> dict:
     git = record.get("git") if isinstance(record.get("git"), dict) else {}
     hw = record.get("hardware") if isinstance(record.get("hardware"), dict) else {}
     mixed = record.get("mixed_provenance")
+    text = lambda v: v if isinstance(v, str) else None  # noqa: E731 - a hand-edited record: no crash in the report
+    threads = hw.get("torch_threads")
     return {"err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
-            "data_identity": record.get("data_identity"), "commit": git.get("commit"), "dirty": git.get("dirty"),
-            "diff_sha1": git.get("diff_sha1"),
+            "data_identity": record.get("data_identity"), "commit": text(git.get("commit")), "dirty": git.get("dirty"),
+            "diff_sha1": text(git.get("diff_sha1")),
             "versions": record.get("versions") if isinstance(record.get("versions"), dict) else None,
-            "device": str(hw["device"]).split(":")[0] if hw.get("device") else None,
-            "threads": hw.get("torch_threads"), "mixed_provenance": mixed if isinstance(mixed, list) else None}
+            "device": text(hw.get("device")).split(":")[0] if text(hw.get("device")) else None,
+            "threads": threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
+            "mixed_provenance": [str(k) for k in mixed] if isinstance(mixed, list) else None}
 
 
 def reuse_refusal(run_dir: Path, cfg, world: int, launch: str, device: str | None = None) -> str | None:
@@ -421,9 +424,11 @@ class SlurmDispatcher:
         self._data_ids: dict = {}  # data configuration -> its identity on this host (data_refusal)
 
     def device(self, cfg) -> str:
-        """The device type a trial's job trains on: a GPU where the job has some and trainer.device
-        does not say cpu (adarem/distributed.py's choice on the node)."""
-        return "cuda" if self.gpus > 0 and cfg.trainer.device != "cpu" else "cpu"
+        """The device type a trial's job trains on: trainer.device where it names one, else (auto)
+        a GPU where the job has some (adarem/distributed.py's choice on the node)."""
+        if cfg.trainer.device in ("cpu", "cuda"):
+            return cfg.trainer.device
+        return "cuda" if self.gpus > 0 else "cpu"
 
     def __enter__(self):
         return self

@@ -148,12 +148,20 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
         warnings.append(f"the selection trials and the final runs were not all trained at one commit (selection: "
                         f"{say(sel)}; finals: {say(fin)}): a relaunch reuses finished trials of older code; give runs= "
                         f"a fresh folder to run the whole protocol at one commit")
-    elif now and now.get("commit") and {c for c, _ in [*sel, *fin]} != {now["commit"]}:
-        every = _count((r.get("commit"), bool(r.get("dirty"))) for r in rows)
-        warnings.append(f"every run was trained at {say(every)}, not at the code of "
-                        f"this invocation ({_commit_text(now['commit'], now.get('dirty'))}): compare.py reused them; "
-                        f"give runs= a fresh folder to train them at this code")
-    elif any(d for _, d in [*sel, *fin]):
+    # against the code of this invocation: its commit and, on a changed tree, which changes (a
+    # relaunch after a pull, or after an edit not committed, reuses every finished trial)
+    if now and now.get("commit"):
+        def code(commit, dirty, diff):
+            return commit, bool(dirty), diff if dirty else None
+
+        here = code(now["commit"], now.get("dirty"), now.get("diff_sha1"))
+        other = [r for r in rows if code(r.get("commit"), r.get("dirty"), r.get("diff_sha1")) != here]
+        if other:
+            which = "other uncommitted changes" if all(r.get("commit") == now["commit"] for r in other) else "other code"
+            warnings.append(f"{len(other)} of {len(rows)} run(s) were trained with {which} than this invocation's "
+                            f"({_commit_text(now['commit'], now.get('dirty'))}), e.g. {other[0].get('run_dir', '?')}: "
+                            f"compare.py reused them; give runs= a fresh folder to train every run at this code")
+    if any(d for _, d in [*sel, *fin]):
         diffs = {r.get("diff_sha1") for r in rows if r.get("dirty")}
         warnings.append("the runs were trained with uncommitted changes: the commit does not pin their code"
                         + (f" (and with {len(diffs)} different sets of them, run.json git.diff_sha1)"
@@ -189,7 +197,7 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
     mixed = [r for r in rows if r.get("mixed_provenance")]
     if mixed:
         what = sorted({str(k) for r in mixed for k in r["mixed_provenance"]})
-        warnings.append(f"{len(mixed)} run(s) continued with other code, versions or threads than they started with "
-                        f"(run.json mixed_provenance: {', '.join(what)}), e.g. {mixed[0]['run_dir']}")
+        warnings.append(f"{len(mixed)} run(s) were resumed with another {', '.join(what)} than they started with "
+                        f"(run.json mixed_provenance), e.g. {mixed[0].get('run_dir', '?')}")
     lines += [f"\n**Warning:** {w}." for w in warnings]
     return "\n".join(lines) + "\n", warnings

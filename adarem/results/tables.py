@@ -244,6 +244,8 @@ def fmt_number(x: float) -> str:
     .4g wrote 125,125 steps as 1.251e+05 and 1,696.5 as 1696."""
     if pd.isna(x):
         return "—"
+    if math.isinf(x):
+        return f"{x:g}"
     if abs(x) >= 1000:
         return f"{x:.0f}" if x == round(x) else f"{x:.1f}"
     return f"{x:.4g}"

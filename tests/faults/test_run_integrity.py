@@ -346,7 +346,7 @@ def test_a_rank_killed_without_a_word_leaves_one_line_on_the_other(tmp_path, env
     res = run_train(["trainer.epochs=1"], dict(env, ADAREM_FAULT="step@3", ADAREM_FAULT_RANK="1"), run_dir,
                     launcher=torchrun(2))
     assert res.returncode != 0
-    assert "error: rank 0 stopped: another rank ended during a collective" in res.stderr, res.stderr[-3000:]
+    assert "error: rank 0 stopped: it lost another rank during a collective" in res.stderr, res.stderr[-3000:]
     assert "Error executing job" not in res.stderr
     record = read_run(run_dir)
-    assert record["status"] == "failed" and record["error"].startswith("PeerLost: rank 0 stopped: another rank ended")
+    assert record["status"] == "failed" and record["error"].startswith("PeerLost: rank 0 stopped: it lost another rank")

@@ -114,3 +114,46 @@ def test_each_rank_draws_its_own_dropout_masks(tmp_path, env):
         outs.append(next(line.split()[1:] for line in res.stdout.splitlines() if line.startswith("masks")))
     (single,), (rank0, rank1) = outs
     assert rank0 == single and rank1 != rank0
+
+
+def test_the_first_failure_is_never_a_rank_that_only_lost_its_peers(tmp_path):
+    """With 3+ ranks, a rank killed without a word leaves none; the survivors' PeerLost files came
+    first, and one of them was named as the cause ("rank 1 failed first (PeerLost: ...)"). Ranks are
+    compared as numbers (rank 10 after rank 2) when two files carry one time."""
+    import os
+    import time
+
+    from adarem.run_setup import first_rank_error
+
+    since = time.time() - 1
+    (tmp_path / "rank1_error.txt").write_text("PeerLost: rank 1 stopped: it lost another rank")
+    assert first_rank_error(tmp_path, since) is None
+    for rank, text in ((10, "DataError: corrupt image a"), (2, "DataError: corrupt image b")):
+        (tmp_path / f"rank{rank}_error.txt").write_text(text)
+        os.utime(tmp_path / f"rank{rank}_error.txt", ns=(int(since * 1e9) + 10**8,) * 2)
+    assert first_rank_error(tmp_path, since) == "rank 2: DataError: corrupt image b"
+    assert first_rank_error(tmp_path, time.time() + 5) is None  # an earlier launch's files
+
+
+def test_only_a_collective_that_lost_its_peer_is_said_as_such():
+    """The words "Connection reset by peer" in a DataLoader's or DALI's re-raise of a worker's
+    error are that error, kept with its traceback; raised inside torch.distributed they mean that
+    another rank has gone."""
+    from adarem.distributed import PeerLost, lost_peer_error
+
+    def raised_in(filename: str) -> RuntimeError:
+        try:
+            exec(compile("raise RuntimeError('[pair.cc:545] Read error: Connection reset by peer. GLHF')",
+                         filename, "exec"))
+        except RuntimeError as exc:
+            return exc
+
+    collective = raised_in("/venv/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py")
+    line = lost_peer_error(collective, 0, "rank 1: DataError: corrupt image x")
+    assert isinstance(line, PeerLost) and str(line) == (
+        "rank 0 stopped: rank 1 failed first (DataError: corrupt image x) [Connection reset by peer]")
+    assert "no rank recorded why" in str(lost_peer_error(collective, 0, None))
+    for elsewhere in ("/venv/lib/python3.11/site-packages/torch/utils/data/_utils/__init__.py",
+                      "/venv/lib/python3.11/site-packages/nvidia/dali/pipeline.py"):
+        assert lost_peer_error(raised_in(elsewhere), 0, None) is None
+    assert lost_peer_error(ValueError("Connection reset by peer"), 0, None) is None

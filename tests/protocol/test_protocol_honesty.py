@@ -99,13 +99,25 @@ def test_the_report_flags_runs_of_other_code_versions_threads_or_a_mixed_resume(
     rows = [{**plain, "stage": "select"}, {**plain, "stage": "final", "threads": 1}, {**res, "stage": "final"}]
     text, warnings = code_section(rows, now)
     assert len(warnings) == 4, warnings
-    assert "every run was trained at `old1` (3 run(s)), not at the code of this invocation (`new2`)" in warnings[0]
+    assert warnings[0].startswith("3 of 3 run(s) were trained with other code than this invocation's (`new2`)")
     assert warnings[1].endswith("numpy 2.1.0 (3 run(s)), now 2.2.0")  # torch agrees; wandb computes nothing
     assert "different numbers of torch threads (1: 1 run(s), 2: 2 run(s)" in warnings[2]
-    assert warnings[3].startswith("1 run(s) continued with other code") and "git.commit" in warnings[3]
+    assert warnings[3].startswith("1 run(s) were resumed with another git.commit than they started with")
     assert text.count("**Warning:**") == 4 and "- torch threads per CPU run: 1 (1 run(s)), 2 (2 run(s))" in text
     same = [{**plain, "stage": s} for s in ("select", "final")]
     assert code_section(same, {**now, "commit": "old1", "versions": record["versions"]})[1] == []
+    # one commit, but the tree was edited (not committed) between the runs and this relaunch
+    edited = [{**r, "dirty": True, "diff_sha1": "aaa"} for r in same]
+    warnings = code_section(edited, {"commit": "old1", "dirty": True, "diff_sha1": "bbb", "versions": {}})[1]
+    assert warnings[0].startswith("2 of 2 run(s) were trained with other uncommitted changes than this invocation's")
+    assert warnings[1].startswith("the runs were trained with uncommitted changes")
+    assert len(code_section(edited, {"commit": "old1", "dirty": True, "diff_sha1": "aaa", "versions": {}})[1]) == 1
+    # a hand-edited record (threads in a list, a commit that is a number) is no crash after the training
+    odd = {**record, "git": {"commit": 7, "dirty": True, "diff_sha1": ["x"]}, "hardware": {"torch_threads": [2]}}
+    (tmp_path / "run.json").write_text(json.dumps(odd))
+    res = dispatch.read_outcome(tmp_path)
+    assert (res["commit"], res["diff_sha1"], res["threads"]) == (None, None, None)
+    code_section([{**res, "stage": "select"}, {**plain, "stage": "final"}], now)
 
 
 # --- the report reads exactly this comparison's finals -------------------------------------------
