@@ -22,7 +22,12 @@ pipeline of its own.
 The previous versions are loaded from git (``git show REV:adarem/data/...``) as they were, so
 ``--previous`` must name a commit of this repository. Each timed round is one whole epoch (or
 ``--batches`` batches), start-up included (the previous versions pay worker or pipeline start-up
-every epoch; the current ones once, in the untimed warm-up round). ``main_thread_cpu_ms_per_file``
+every epoch; the current ones once, in the untimed warm-up round), and the ``*_steady`` columns
+time the same epoch from the end of its first batch on: over the default 16 batches the start-up
+weighs far more than over a real epoch of thousands, so read throughput off the steady columns,
+the start-up's share off the difference (the batches the helpers made while the first one was
+awaited count in the steady window, alike for both versions of a loader: same workers, same
+prefetch depth). ``main_thread_cpu_ms_per_file``
 is the CPU time of the thread that iterates the loader (the training thread) per file: work the
 training thread does instead of launching kernels.
 
@@ -109,21 +114,37 @@ def previous_loaders(rev: str, cfg: DataConfig, batch: int, device: torch.device
     return out
 
 
-def throughput(loader, max_batches: int, device: torch.device) -> tuple[float, float]:
+def throughput(loader, max_batches: int, device: torch.device) -> tuple[float, float, float, float]:
     """(files/s, training-thread CPU s per file) over the first ``max_batches`` batches of an
-    epoch, start-up included. A loader with ``to_device`` finishes its batches there (as the
-    engine does), so the torch loader's normalisation is counted."""
+    epoch, start-up included, then the same after the first batch (``_rates``). A loader with
+    ``to_device`` finishes its batches there (as the engine does), so the torch loader's
+    normalisation is counted."""
     finish = getattr(loader, "to_device", None)
-    n, t0, c0 = 0, time.perf_counter(), time.thread_time()
+    n, t0, c0, first = 0, time.perf_counter(), time.thread_time(), None
     for i, (x, y) in enumerate(loader.epoch(0)):
         if finish is not None:
             x, y = finish(x, y, device, False)
+        if device.type == "cuda" and i == 0:
+            torch.cuda.synchronize()
         n += y.shape[0]
+        if i == 0:
+            first = (n, time.perf_counter(), time.thread_time())
         if i + 1 >= max_batches:
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0), (time.thread_time() - c0) / n
+    return _rates(n, t0, c0, first)
+
+
+def _rates(n: int, t0: float, c0: float, first: tuple) -> tuple[float, float, float, float]:
+    """Whole (files/s, CPU s per file) from (t0, c0), and steady state: from the end of the first
+    batch on. The previous versions start workers or a pipeline inside every epoch, the current ones
+    once (in the untimed warm-up): over a 16-batch epoch that start-up weighs far more than over an
+    ImageNet epoch's 5,000 batches, so the steady-state figures are the ones to read for throughput."""
+    t1, c1 = time.perf_counter(), time.thread_time()
+    n0, tf, cf = first
+    steady = (n - n0) / (t1 - tf) if n > n0 else float("nan"), (c1 - cf) / (n - n0) if n > n0 else float("nan")
+    return n / (t1 - t0), (c1 - c0) / n, *steady
 
 
 def read_rate(loader, max_batches: int, previous: bool) -> tuple[float, float]:
@@ -133,20 +154,22 @@ def read_rate(loader, max_batches: int, previous: bool) -> tuple[float, float]:
     (its Python workers), built once per loader and kept, like the loader's own pipelines."""
     batches = loader.plan(0, 0)[:max_batches]
     n, t0, c0 = sum(len(b) for b in batches), time.perf_counter(), time.thread_time()
+    first = None
     if previous:
-        for _ in loader._batch_source(batches):
-            pass
+        for i, _ in enumerate(loader._batch_source(batches)):
+            first = first or (len(batches[0]), time.perf_counter(), time.thread_time())
     else:
         feed = _read_only_feed(loader)
         feed.start(0, batches)
         for _ in batches:
             feed.pipe.run()
+            first = first or (len(batches[0]), time.perf_counter(), time.thread_time())
         try:
             feed.pipe.run()
             raise SystemExit("bench_data: the read-only pipeline gave more batches than planned")
         except StopIteration:
             feed.pipe.reset()
-    return n / (time.perf_counter() - t0), (time.thread_time() - c0) / n
+    return _rates(n, t0, c0, first)
 
 
 def _read_only_feed(loader):
@@ -234,6 +257,7 @@ def main() -> None:
     load = f"{prov['load_avg_1min_before']:.2f} -> {prov['load_avg_1min_after']:.2f}"  # other work on the machine
     rows = []
     median_rate = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
+    median_steady = {k: statistics.median(r[2] for r in v) for k, v in results.items()}
     for (stage, name, split), v in results.items():
         rate = median_rate[(stage, name, split)]
         prev = [k for k in results if k[0] == stage and k[2] == split and k[1].startswith(name + "@")]
@@ -246,6 +270,13 @@ def main() -> None:
                      "ratio_to_torch": (rate / median_rate[("load", "torch", split)] if stage == "load"
                                         else float("nan")),
                      "main_thread_cpu_ms_per_file": 1000 * statistics.median(r[1] for r in v),
+                     # after each epoch's first batch: without the per-epoch start-up of the previous versions
+                     "files_per_s_steady": median_steady[(stage, name, split)],
+                     **_paired(v, results[prev[0]] if prev else None, at=2, suffix="_steady"),
+                     "ratio_to_torch_steady": (median_steady[(stage, name, split)]
+                                               / median_steady[("load", "torch", split)] if stage == "load"
+                                               else float("nan")),
+                     "main_thread_cpu_ms_per_file_steady": 1000 * statistics.median(r[3] for r in v),
                      "rounds": args.rounds, "batches": args.batches, "workers": args.workers,
                      **_helpers(stage, name, args.workers),
                      "batch_size": args.batch_size, "previous": args.previous, "dali_device": args.dali_device,
@@ -253,8 +284,9 @@ def main() -> None:
     df = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False, float_format="%.4g")
-    cols = ["stage", "loader", "transform", "files_per_s", "ratio_to_previous", "ratio_to_previous_min",
-            "ratio_to_previous_max", "ratio_to_torch", "main_thread_cpu_ms_per_file"]
+    cols = ["stage", "loader", "transform", "files_per_s", "ratio_to_previous", "files_per_s_steady",
+            "ratio_to_previous_steady", "ratio_to_previous_steady_min", "ratio_to_previous_steady_max",
+            "main_thread_cpu_ms_per_file", "main_thread_cpu_ms_per_file_steady"]
     print(df[cols].to_markdown(index=False, floatfmt=".3g"))
     print(f"wrote {args.out} (1-min load average {load})")
 
@@ -270,10 +302,12 @@ def _helpers(stage: str, name: str, workers: int) -> dict:
     return {"helper_processes": processes, "helper_threads": threads}
 
 
-def _paired(new: list, old: list | None) -> dict:
-    ratios = [a[0] / b[0] for a, b in zip(new, old)] if old else [float("nan")]
-    return {"ratio_to_previous": statistics.median(ratios), "ratio_to_previous_min": min(ratios),
-            "ratio_to_previous_max": max(ratios)}
+def _paired(new: list, old: list | None, at: int = 0, suffix: str = "") -> dict:
+    """The per-round ratios of files/s (item ``at`` of each round's result) to the previous
+    version's: median, min and max."""
+    ratios = [a[at] / b[at] for a, b in zip(new, old)] if old else [float("nan")]
+    return {f"ratio_to_previous{suffix}": statistics.median(ratios), f"ratio_to_previous{suffix}_min": min(ratios),
+            f"ratio_to_previous{suffix}_max": max(ratios)}
 
 
 def _dali_version() -> str:
