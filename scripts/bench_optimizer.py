@@ -236,7 +236,11 @@ def write_runs(df: pd.DataFrame, out: Path, append: bool, key: str, metrics: lis
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--model", default="resnet50", help="a model name as train.py's model.name (timm, "
+                    "torchvision.<name>, or this suite's two_conv_net / small_cnn)")
+    ap.add_argument("--num-classes", type=int, default=1000)
+    ap.add_argument("--in-chans", type=int, default=3)
+    ap.add_argument("--model-kwargs", default="{}", help='JSON, as model.kwargs (e.g. \'{"width": 16}\')')
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds per candidate")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate (compilation)")
     ap.add_argument("--steps-per-sample", type=int, default=None,
@@ -283,14 +287,20 @@ def required(names: str, available: list[str]) -> set[str]:
 
 
 def measure(args, command: str) -> pd.DataFrame:
-    import timm
+    import json
+
+    from adarem.models import build_model
 
     load_before = os.getloadavg()
     cands = candidates(args.device)
     need = required(args.require, list(cands))
     k = args.steps_per_sample or (10 if args.device == "cuda" else 1)
     torch.manual_seed(0)
-    model = timm.create_model(args.model, pretrained=False).to(args.device)
+    # as train.py builds it: the Fashion-MNIST study's net is --model two_conv_net --num-classes 10
+    # --in-chans 1 --model-kwargs '{"width": 16}' (215 k weights in 8 tensors: per-tensor overhead,
+    # not memory bandwidth, sets its step time)
+    model = build_model(args.model, args.num_classes, args.in_chans, kwargs=json.loads(args.model_kwargs)
+                        ).to(args.device)
     base = [p.detach() for p in model.parameters()]
     n_params = sum(p.numel() for p in base)
     param_bytes = sum(p.numel() * p.element_size() for p in base)
@@ -340,7 +350,7 @@ def measure(args, command: str) -> pd.DataFrame:
         "ratio_to_adamw_fused": med[name] / med["adamw (fused)"] if "adamw (fused)" in med else None,
         "ratio_to_adamw_foreach": med[name] / med["adamw (foreach)"] if "adamw (foreach)" in med else None,
         "state_bytes_per_param_byte": state_bytes(opt) / param_bytes,
-        "model": args.model, "n_params": n_params, "device": args.device,
+        "model": args.model, "model_kwargs": args.model_kwargs, "num_classes": args.num_classes, "in_chans": args.in_chans, "n_params": n_params, "device": args.device,
         "rounds": args.rounds, "warmup": args.warmup, "steps_per_sample": k, **prov,
     } for name, (setting, opt, times) in setups.items()]
     df = pd.DataFrame(rows)
