@@ -297,7 +297,7 @@ def measure(args, command: str) -> pd.DataFrame:
     k = args.steps_per_sample or (10 if args.device == "cuda" else 1)
     torch.manual_seed(0)
     # as train.py builds it: the Fashion-MNIST study's net is --model two_conv_net --num-classes 10
-    # --in-chans 1 --model-kwargs '{"width": 16}' (215 k weights in 8 tensors: per-tensor overhead,
+    # --in-chans 1 --model-kwargs '{"width": 16}' (215 k weights in 11 tensors: per-tensor overhead,
     # not memory bandwidth, sets its step time)
     model = build_model(args.model, args.num_classes, args.in_chans, kwargs=json.loads(args.model_kwargs)
                         ).to(args.device)

@@ -295,7 +295,7 @@ def check_decode(c: Check, device: str, dry: bool) -> None:
 
 # Each check's time limit at full size (s); e2e is three runs of up to 120 s each. A call of this
 # script takes at most the sum of its checks' limits plus start-up: under the device tool's 600 s
-# per command, split the checks into calls whose limits add up to at most 480 s (README, GPU section).
+# per command, split the checks into calls whose limits add up to at most 460 s (results/bench/README.md, GPU section).
 LIMITS_S = {"oracle": 170, "cuda_tests": 120, "optimizer": 170, "throughput": 120, "loaders": 270, "e2e": 360,
             "decode": 90, "throughput_compiled": 220}
 # in order of value per second: the compiled-model throughput (slowest to compile) goes last
