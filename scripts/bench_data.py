@@ -25,9 +25,12 @@ The previous versions are loaded from git (``git show REV:adarem/data/...``) as 
 every epoch; the current ones once, in the untimed warm-up round), and the ``*_steady`` columns
 time the same epoch from the end of its first batch on: over the default 16 batches the start-up
 weighs far more than over a real epoch of thousands, so read throughput off the steady columns,
-the start-up's share off the difference (the batches the helpers made while the first one was
-awaited count in the steady window, alike for both versions of a loader: same workers, same
-prefetch depth). ``main_thread_cpu_ms_per_file``
+the start-up's share off the difference. The steady window counts the batches the helpers made
+while the first one was awaited: alike for both torch versions (same workers, same prefetch depth),
+not for DALI, whose current reader processes read ahead during that wait while the previous
+version read in the training thread: the steady DALI ratios (the reader's most) lean towards the
+current version, by an amount not measured. Both windows end before the loop lets go of the
+epoch (a previous version's teardown is not timed). ``main_thread_cpu_ms_per_file``
 is the CPU time of the thread that iterates the loader (the training thread) per file: work the
 training thread does instead of launching kernels.
 
@@ -120,28 +123,29 @@ def throughput(loader, max_batches: int, device: torch.device) -> tuple[float, f
     ``to_device`` finishes its batches there (as the engine does), so the torch loader's
     normalisation is counted."""
     finish = getattr(loader, "to_device", None)
-    n, t0, c0, first = 0, time.perf_counter(), time.thread_time(), None
+    n, t0, c0, first, last = 0, time.perf_counter(), time.thread_time(), None, None
     for i, (x, y) in enumerate(loader.epoch(0)):
         if finish is not None:
             x, y = finish(x, y, device, False)
-        if device.type == "cuda" and i == 0:
+        if device.type == "cuda" and (i == 0 or i + 1 >= max_batches):
             torch.cuda.synchronize()
         n += y.shape[0]
         if i == 0:
             first = (n, time.perf_counter(), time.thread_time())
+        # the end: taken before the loop lets go of the epoch, whose end stops a previous version's
+        # workers or pipeline (a per-epoch cost like its start-up, which the current ones do not pay)
+        last = (time.perf_counter(), time.thread_time())
         if i + 1 >= max_batches:
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return _rates(n, t0, c0, first)
+    return _rates(n, t0, c0, first, last)
 
 
-def _rates(n: int, t0: float, c0: float, first: tuple) -> tuple[float, float, float, float]:
-    """Whole (files/s, CPU s per file) from (t0, c0), and steady state: from the end of the first
-    batch on. The previous versions start workers or a pipeline inside every epoch, the current ones
-    once (in the untimed warm-up): over a 16-batch epoch that start-up weighs far more than over an
-    ImageNet epoch's 5,000 batches, so the steady-state figures are the ones to read for throughput."""
-    t1, c1 = time.perf_counter(), time.thread_time()
+def _rates(n: int, t0: float, c0: float, first: tuple, last: tuple | None = None) -> tuple[float, float, float, float]:
+    """Whole (files/s, CPU s per file) from (t0, c0) to ``last`` (now if None), and steady state:
+    from the end of the first batch on. The previous versions start workers or a pipeline inside
+    every epoch, the current ones once (in the untimed warm-up): over a 16-batch epoch that start-up
+    weighs far more than over an ImageNet epoch's 5,000 batches."""
+    t1, c1 = last or (time.perf_counter(), time.thread_time())
     n0, tf, cf = first
     steady = (n - n0) / (t1 - tf) if n > n0 else float("nan"), (c1 - cf) / (n - n0) if n > n0 else float("nan")
     return n / (t1 - t0), (c1 - c0) / n, *steady
@@ -156,20 +160,22 @@ def read_rate(loader, max_batches: int, previous: bool) -> tuple[float, float]:
     n, t0, c0 = sum(len(b) for b in batches), time.perf_counter(), time.thread_time()
     first = None
     if previous:
-        for i, _ in enumerate(loader._batch_source(batches)):
+        for _ in loader._batch_source(batches):
             first = first or (len(batches[0]), time.perf_counter(), time.thread_time())
+        last = (time.perf_counter(), time.thread_time())
     else:
         feed = _read_only_feed(loader)
         feed.start(0, batches)
         for _ in batches:
             feed.pipe.run()
             first = first or (len(batches[0]), time.perf_counter(), time.thread_time())
+        last = (time.perf_counter(), time.thread_time())  # the end-of-epoch check below is not timed
         try:
             feed.pipe.run()
             raise SystemExit("bench_data: the read-only pipeline gave more batches than planned")
         except StopIteration:
             feed.pipe.reset()
-    return _rates(n, t0, c0, first)
+    return _rates(n, t0, c0, first, last)
 
 
 def _read_only_feed(loader):

@@ -297,10 +297,13 @@ def measure(args, command: str) -> pd.DataFrame:
     k = args.steps_per_sample or (10 if args.device == "cuda" else 1)
     torch.manual_seed(0)
     # as train.py builds it: the Fashion-MNIST study's net is --model two_conv_net --num-classes 10
-    # --in-chans 1 --model-kwargs '{"width": 16}' (215 k weights in 11 tensors: per-tensor overhead,
-    # not memory bandwidth, sets its step time)
-    model = build_model(args.model, args.num_classes, args.in_chans, kwargs=json.loads(args.model_kwargs)
-                        ).to(args.device)
+    # --in-chans 1 --model-kwargs '{"width": 16}' (215 k weights in 11 tensors)
+    try:
+        kwargs = json.loads(args.model_kwargs)
+    except ValueError as exc:
+        raise SystemExit(f"bench_optimizer: --model-kwargs={args.model_kwargs!r} is not JSON ({exc}); write it as "
+                         f"'{{\"width\": 16}}'") from None
+    model = build_model(args.model, args.num_classes, args.in_chans, kwargs=kwargs).to(args.device)
     base = [p.detach() for p in model.parameters()]
     n_params = sum(p.numel() for p in base)
     param_bytes = sum(p.numel() * p.element_size() for p in base)
@@ -359,7 +362,8 @@ def measure(args, command: str) -> pd.DataFrame:
     for name, baseline in (("adarem (fused)", "adamw (fused)"), ("adarem (foreach)", "adamw (foreach)")):
         if name in med and baseline in med:  # each path against AdamW's same path
             print(f"FIGURE optimizer_step {name} recipe: {1e3 * med[name]:.3f} ms = "
-                  f"{med[name] / med[baseline]:.3f}x {baseline} on {args.model} ({args.device}), "
+                  f"{med[name] / med[baseline]:.3f}x {baseline} on {args.model} ({n_params:,} weights, "
+                  f"{args.in_chans} channel(s), {args.num_classes} classes; {args.device}), "
                   f"median of {args.rounds} rounds")
     ratio = lambda n: df.loc[df.optimizer == n, "ratio_to_adamw_" + ("foreach" if "(foreach)" in n else "fused")]  # noqa: E731
     no_ratio = sorted(n for n in need if not pd.to_numeric(ratio(n), errors="coerce").between(0, math.inf).all()

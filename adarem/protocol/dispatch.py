@@ -101,14 +101,15 @@ def recorded(record: dict) -> dict:
     the data identity, and what the run was trained with (a reused trial may be older code's, on
     other versions or threads; a resumed one may have changed them midway): the commit and its
     uncommitted diff, the versions, the device and torch threads, run.json's mixed_provenance."""
-    final = record.get("final") or {}
+    final = record.get("final") if isinstance(record.get("final"), dict) else {}
     git = record.get("git") if isinstance(record.get("git"), dict) else {}
     hw = record.get("hardware") if isinstance(record.get("hardware"), dict) else {}
     mixed = record.get("mixed_provenance")
     text = lambda v: v if isinstance(v, str) else None  # noqa: E731 - a hand-edited record: no crash in the report
     threads = hw.get("torch_threads")
     return {"err": num(final.get("val_top1_err")), "loss": num(final.get("val_loss")),
-            "data_identity": record.get("data_identity"), "commit": text(git.get("commit")), "dirty": git.get("dirty"),
+            "data_identity": record.get("data_identity"), "commit": text(git.get("commit")),
+            "dirty": git["dirty"] if isinstance(git.get("dirty"), bool) else None,
             "diff_sha1": text(git.get("diff_sha1")),
             "versions": record.get("versions") if isinstance(record.get("versions"), dict) else None,
             "device": text(hw.get("device")).split(":")[0] if text(hw.get("device")) else None,

@@ -132,7 +132,9 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
     """What the selection trials and the final runs were trained with, from their run.json (a
     relaunch reuses finished trials trained by older code, other versions, other threads), and a
     warning for each way they differ from one another or from ``now`` (the code and versions of
-    this invocation: {"commit", "dirty", "versions"}); (Markdown, warnings)."""
+    this invocation: {"commit", "dirty", "versions"}); (Markdown, warnings). A trial that failed
+    without a run record (train() raised before writing one) was trained with nothing: left out."""
+    rows = [r for r in rows if not (r.get("status") == "failed" and r.get("commit") is None)]
     def commits(stage):
         return _count((r.get("commit"), bool(r.get("dirty"))) for r in rows if r["stage"] == stage)
 

@@ -118,6 +118,15 @@ def test_the_report_flags_runs_of_other_code_versions_threads_or_a_mixed_resume(
     res = dispatch.read_outcome(tmp_path)
     assert (res["commit"], res["diff_sha1"], res["threads"]) == (None, None, None)
     code_section([{**res, "stage": "select"}, {**plain, "stage": "final"}], now)
+    # a trial that failed before writing a record (train() raised) was trained with no code at all:
+    # no "other code" warning on a fresh comparison (helper-74)
+    fresh = [{"stage": "select", "status": "finished", "commit": "new2", "dirty": False, "run_dir": "a"},
+             {"stage": "select", "status": "failed", "commit": None, "dirty": None, "run_dir": "b"},
+             {"stage": "final", "status": "finished", "commit": "new2", "dirty": False, "run_dir": "c"}]
+    assert code_section(fresh, {"commit": "new2", "dirty": False, "versions": {}})[1] == []
+    (tmp_path / "run.json").write_text(json.dumps({**record, "final": [1], "git": {"commit": "x", "dirty": "false"}}))
+    res = dispatch.read_outcome(tmp_path)  # no crash on a final that is not an object
+    assert res["dirty"] is None and res["err"] != res["err"]
 
 
 # --- the report reads exactly this comparison's finals -------------------------------------------
