@@ -155,7 +155,7 @@ def lost_peer_error(exc: BaseException, rank: int, first_error: Optional[str]) -
     network = isinstance(exc, getattr(dist, "DistNetworkError", ()))
     if found is None and not network:
         return None
-    said = found.group(0) if found else one_line_of(text)
+    said = found.group(0) if found else (text.strip().splitlines() or [type(exc).__name__])[0]
     if first_error is not None:
         return PeerLost(f"rank {rank} stopped: {first_error.replace(': ', ' failed first (', 1)}) [{said}]")
     return PeerLost(f"rank {rank} stopped: it lost another rank during a collective ({said}), and no rank "
@@ -175,8 +175,3 @@ def _raised_by_torch_distributed(exc: BaseException) -> bool:
     while tb is not None:
         last, tb = tb, tb.tb_next
     return last is not None and any(part in last.tb_frame.f_code.co_filename for part in _COLLECTIVE_CALLERS)
-
-
-def one_line_of(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else "no message"

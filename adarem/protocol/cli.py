@@ -535,10 +535,10 @@ def epoch_steps(cfg) -> tuple[int, int] | None:
     return kept // batch, kept
 
 
-def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool, grid_hint: str = "") -> None:
+def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool, grid_hint: str = ""):
     """What train.py checks before training (the configuration's values; the evaluations per epoch
     and batch size against the training split's size where known cheaply), on one trial's overrides:
-    one ``error:`` line and exit 2."""
+    one ``error:`` line and exit 2. Returns the composed configuration."""
     where = "the selection trials" if stage == "select" else "the final runs"
     ours = stage == "final" and evals_added  # the finals' trainer.evals_per_epoch is compare.py's evals_per_epoch=
     try:
@@ -550,7 +550,7 @@ def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool, g
         fail(f"{exc} (in {where} of optimizer={opt}{hint}){grid_hint}")
     known = epoch_steps(cfg)
     if known is None:
-        return
+        return cfg
     steps, images = known
     batch, k = int(cfg.trainer.batch_size), int(cfg.trainer.evals_per_epoch)
     if images < batch:
@@ -561,6 +561,7 @@ def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool, g
             f"use trainer.evals_per_epoch={steps} or less"
         fail(f"trainer.evals_per_epoch={k} exceeds the {steps} steps of an epoch of {where} ({images} training "
              f"images // trainer.batch_size={batch}); {how}, or a smaller trainer.batch_size")
+    return cfg
 
 
 def trial_overrides(base: list[str], evals: list[str], runs_root: Path, opt: str, lr: float, wd: float, seed: int,
@@ -682,9 +683,12 @@ def compare(argv: list[str]) -> int:
     # what every trial's train() checks first, on each kind of trial as it will be launched (the
     # finals add their own settings, trainer.evals_per_epoch): a bad value fails here, not in 80
     # trials or after the whole selection
+    first_selection = None  # a selection trial's configuration, for the holdout note below
     for opt, srch in searches.items():
         lr, wd = srch.trials()[0]
-        check_trial(overrides(opt, lr, wd, select_seeds[0], "select"), "select", opt, bool(evals))
+        cfg = check_trial(overrides(opt, lr, wd, select_seeds[0], "select"), "select", opt, bool(evals))
+        if first_selection is None:
+            first_selection = cfg
         check_trial(overrides(opt, lr, wd, final_seeds[0], "final"), "final", opt, bool(evals))
         # and the grid's other end: its highest lr (and weight decay) was first checked by the trial
         # itself, refused after the lower lrs had trained, and that refusal stopped the comparison
@@ -695,8 +699,7 @@ def compare(argv: list[str]) -> int:
                         (f", weight decay {top_wd:.6g} (search=lr_wd: 10x the default)" if top_wd != wd else "") +
                         ": narrow the lr grid (lr_span, lr_grid) or lower optimizer.lr" +
                         (" / optimizer.weight_decay" if top_wd != wd else ""))
-    first = next(iter(searches))
-    small = small_holdout(compose(overrides(first, *searches[first].trials()[0], select_seeds[0], "select")).data)
+    small = small_holdout(first_selection.data)
     for note in argument_notes(passthrough) + ([small] if small else []):  # after the checks: a refusal is its one line
         print(f"note: {note}", file=sys.stderr, flush=True)
     if not own["out"] and changed:

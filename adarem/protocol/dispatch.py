@@ -101,6 +101,8 @@ def recorded(record: dict) -> dict:
     the data identity, and what the run was trained with (a reused trial may be older code's, on
     other versions or threads; a resumed one may have changed them midway): the commit and its
     uncommitted diff, the versions, the device and torch threads, run.json's mixed_provenance."""
+    from adarem.run.record import device_type
+
     final = record.get("final") if isinstance(record.get("final"), dict) else {}
     git = record.get("git") if isinstance(record.get("git"), dict) else {}
     hw = record.get("hardware") if isinstance(record.get("hardware"), dict) else {}
@@ -112,7 +114,7 @@ def recorded(record: dict) -> dict:
             "dirty": git["dirty"] if isinstance(git.get("dirty"), bool) else None,
             "diff_sha1": text(git.get("diff_sha1")),
             "versions": record.get("versions") if isinstance(record.get("versions"), dict) else None,
-            "device": text(hw.get("device")).split(":")[0] if text(hw.get("device")) else None,
+            "device": device_type(record),
             "threads": threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
             "mixed_provenance": [str(k) for k in mixed] if isinstance(mixed, list) else None}
 
@@ -129,7 +131,7 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str, device: str | Non
     A record of a version that did not write world_size is reused, as train.py reuses it. ``device``
     ("cpu" or "cuda", None: not known here), the device type the trial trains on: a run trained on
     another is refused, as train.py refuses it."""
-    from adarem.run.record import finished_record_problem, read_run_json, trained_at_other_bn_batch
+    from adarem.run.record import device_type, finished_record_problem, read_run_json, trained_at_other_bn_batch
 
     try:
         record = read_run_json(run_dir) or {}
@@ -143,8 +145,7 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str, device: str | Non
                 f"(a divergence is then recorded diverged)")
     # train.py's device check (run_setup.prepare), which a reuse without train.py skips as well:
     # trainer.amp=auto is bf16 autocast on a GPU and fp32 on the CPU, and the kernels differ
-    hw = record.get("hardware") if isinstance(record.get("hardware"), dict) else {}
-    was = str(hw.get("device") or "").split(":")[0]
+    was = device_type(record)
     if device is not None and record.get("status") in DONE and was and was != device:
         return (f"{run_dir} holds a {record['status']} run trained on {was}; this launch trains on {device} ({launch}): "
                 f"give runs= a fresh folder per device type")

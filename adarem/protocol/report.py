@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+from collections import Counter
 
 from adarem.protocol.search import SELECT_SEED0
 
@@ -121,13 +122,6 @@ TRAINED_WITH = ("diff_sha1", "versions", "device", "threads", "mixed_provenance"
 NUMERIC_PACKAGES = ("python", "torch", "torchvision", "timm", "numpy", "pillow", "nvidia-dali-cuda130")
 
 
-def _count(values) -> dict:
-    seen: dict = {}
-    for v in values:
-        seen[v] = seen.get(v, 0) + 1
-    return seen
-
-
 def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[str]]:
     """What the selection trials and the final runs were trained with, from their run.json (a
     relaunch reuses finished trials trained by older code, other versions, other threads), and a
@@ -136,7 +130,7 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
     without a run record (train() raised before writing one) was trained with nothing: left out."""
     rows = [r for r in rows if not (r.get("status") == "failed" and r.get("commit") is None)]
     def commits(stage):
-        return _count((r.get("commit"), bool(r.get("dirty"))) for r in rows if r["stage"] == stage)
+        return Counter((r.get("commit"), bool(r.get("dirty"))) for r in rows if r["stage"] == stage)
 
     sel, fin = commits("select"), commits("final")
 
@@ -173,7 +167,7 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
     current_versions = (now or {}).get("versions") or {}
     differ = []
     for pkg in NUMERIC_PACKAGES:
-        seen = _count(str(v[pkg]) for v in recorded if v.get(pkg) is not None)
+        seen = Counter(str(v[pkg]) for v in recorded if v.get(pkg) is not None)
         current = current_versions.get(pkg)
         if len(seen) > 1 or (seen and current is not None and set(seen) != {str(current)}):
             differ.append(f"{pkg} " + ", ".join(f"{v} ({n} run(s))" for v, n in sorted(seen.items()))
@@ -185,14 +179,14 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
         warnings.append(f"the runs were not all trained with the versions of this invocation: {'; '.join(differ)}")
     # torch threads of CPU runs: another count sums in another order (results differ in the last
     # digits, more over a run); a relaunch with another workers= reuses the finished trials
-    threads = _count(r["threads"] for r in rows if r.get("device") == "cpu" and r.get("threads") is not None)
+    threads = Counter(r["threads"] for r in rows if r.get("device") == "cpu" and r.get("threads") is not None)
     if threads:
         lines.append("- torch threads per CPU run: " + ", ".join(f"{t} ({n} run(s))" for t, n in sorted(threads.items())))
     if len(threads) > 1:
         warnings.append(f"the CPU runs were trained with different numbers of torch threads "
                         f"({', '.join(f'{t}: {n} run(s)' for t, n in sorted(threads.items()))}; e.g. relaunched with "
                         f"another workers=): their sums are taken in another order")
-    devices = _count(r["device"] for r in rows if r.get("device"))
+    devices = Counter(r["device"] for r in rows if r.get("device"))
     if len(devices) > 1:
         warnings.append(f"the runs were trained on different devices "
                         f"({', '.join(f'{d}: {n} run(s)' for d, n in sorted(devices.items()))})")

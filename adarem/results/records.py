@@ -28,7 +28,7 @@ from adarem.oscillation import path_window
 from adarem.results.comparisons import newest_comparison_only
 from adarem.run.identity import is_neutral
 from adarem.run.record import (FINAL_STATUSES, METRICS, RESUME_INSENSITIVE, RUN_JSON, TOP5_MIN_CLASSES,
-                               finished_record_problem, flatten)
+                               device_type, finished_record_problem, flatten)
 
 IDENTITY_IGNORED = RESUME_INSENSITIVE + ("seed", "experiment_name", "recipe", "trainer.deterministic",
                                         "trainer.oscillation_every", "trainer.compile", "trainer.channels_last")
@@ -213,7 +213,7 @@ def timing_platform(run: dict) -> str:
     rank). The host name is left out: two nodes of one cluster partition time alike."""
     hw = run.get("hardware") if isinstance(run.get("hardware"), dict) else {}
     world = run.get("world_size") if isinstance(run.get("world_size"), int) else 1
-    device = str(hw.get("device") or "unrecorded").split(":")[0]
+    device = device_type(run) or "unrecorded"
     if device == "cuda":
         device = str(hw.get("gpu") or "cuda")
     elif device == "cpu" and hw.get("torch_threads"):
@@ -229,8 +229,7 @@ def numerics_config(run: dict) -> dict:
     a GPU bf16 run and a CPU fp32 run of one config pooled in one row and one claim. A record that
     does not name its device keeps its config as written."""
     cfg = run["config"]
-    hw = run.get("hardware") if isinstance(run.get("hardware"), dict) else {}
-    device = str(hw.get("device") or "").split(":")[0]
+    device = device_type(run)
     trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
     used = run.get("amp") if run.get("amp") in ("bf16", "fp16", "none") else None  # run.json's, where recorded
     if device not in ("cpu", "cuda") and used is None:

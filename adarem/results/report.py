@@ -13,8 +13,8 @@ from adarem.fsync import staging_folder
 from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
-from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, fmt_number, holdout_table, oscillation_notes, oscillation_table,
-                                   selection_notes, speed_table, timing_notes)
+from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, fmt_number, holdout_table, oscillation_notes,
+                                   oscillation_table, selection_notes, speed_table, timing_notes)
 
 # What write_report writes into its output directory, and so owns there: a file of these names
 # that a run did not regenerate is another run set's, and is removed (tables.md is always written;
@@ -26,8 +26,6 @@ OWNED_PLOTS = ("curves_*.png", "oscillation_*.png")  # in plots/, as plots.plot_
 
 def _fmt_p(p) -> str:
     return "—" if pd.isna(p) else f"{p:.3g}"
-
-
 
 
 def _side(name, mean, n, reached) -> str:

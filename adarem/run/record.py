@@ -86,6 +86,13 @@ def versions() -> dict:
     return out
 
 
+def device_type(record: dict) -> str | None:
+    """The type of the device a run record's ``hardware.device`` names ("cuda:0" -> "cuda"); None
+    where the record names none."""
+    hw = record.get("hardware") if isinstance(record.get("hardware"), dict) else {}
+    return str(hw["device"]).split(":")[0] if hw.get("device") else None
+
+
 def hardware(device: torch.device) -> dict:
     hw = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
