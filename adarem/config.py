@@ -200,6 +200,10 @@ class TrainerConfig:
     max_steps: int = 0  # stop after this many optimizer steps (tests); 0 = no limit
     stop_check_every: int = 10  # DDP: steps between the collective stop/checkpoint decisions
     diverge_loss: float = 1e4  # a finite loss above this also counts as divergence
+    # DDP: a rank whose heartbeat has not moved for this long counts as lost, and the others end
+    # (adarem/run/peer_watch.py); NCCL would wait for it until the process group's 30-min timeout.
+    # 0 = no watch.
+    peer_timeout_s: float = 120.0
 
     def __post_init__(self):
         _require(self.epochs >= 1, f"trainer.epochs={self.epochs} must be >= 1")
@@ -222,6 +226,8 @@ class TrainerConfig:
         _require(self.stop_check_every >= 1, f"trainer.stop_check_every={self.stop_check_every} must be >= 1")
         _require(self.diverge_loss > 0, f"trainer.diverge_loss={self.diverge_loss} must be > 0 "
                                         f"(a loss above it counts as divergence)")
+        _require(self.peer_timeout_s == 0 or self.peer_timeout_s >= 1,
+                 f"trainer.peer_timeout_s={self.peer_timeout_s} must be 0 (no watch) or at least 1 (seconds)")
         _require(self.checkpoint_every_min >= 0,
                  f"trainer.checkpoint_every_min={self.checkpoint_every_min} must be >= 0 (0 = only at epoch ends)")
 

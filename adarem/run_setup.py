@@ -36,6 +36,7 @@ from adarem.oscillation import OscillationTracker
 from adarem.reproducibility import seed_everything
 from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
+from adarem.run.peer_watch import PeerWatch
 from adarem.run.record import (MetricsLog, RunRecord, checkpoint_start, describe_differences, now,
                                trained_at_other_bn_batch)
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
@@ -69,6 +70,7 @@ class Run:
     bn_batch: Optional[int] = None  # images per BatchNorm batch in training (None: no BatchNorm)
     started: float = field(default_factory=time.time)  # this process's start (a rank's error file is newer)
     locked: bool = False  # the run directory is this job's (rank 0 holds its lock for every rank)
+    watch: Optional[PeerWatch] = None  # DDP: ends this rank when another is lost (trainer.peer_timeout_s)
 
     def mark_failed(self, exc: BaseException, message: str) -> None:
         """run.json says how the run ended when it ended by an exception (Ctrl-C included). Under
@@ -78,6 +80,8 @@ class Run:
         first one's (``lost_peer``)."""
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         error = f"{type(exc).__name__}: {message}"
+        if self.watch is not None:  # the other ranks learn of it, even where a collective would not tell them
+            self.watch.end(failed=True, cause=None if isinstance(exc, dist_utils.PeerLost) else error)
         try:
             first = first_rank_error(self.run_dir, self.started) if self.dist.is_main else None
             # every rank's, rank 0's too and during set-up as well (before the record starts): the
@@ -87,13 +91,15 @@ class Run:
                 tmp = self.run_dir / f".rank{self.dist.rank}_error.txt.tmp"
                 tmp.write_text(error)
                 os.replace(tmp, self.run_dir / f"rank{self.dist.rank}_error.txt")
-            if not self.dist.is_main or self.record is None or self.record.data.get("status") != "running":
+            if not self.dist.is_main or self.record is None:
                 return
             if first and isinstance(exc, dist_utils.PeerLost):
                 error = f"{first} (rank 0 then stopped with it)"
             elif first:
                 error = f"{first} (rank 0 then: {error})"
-            self.record.update(status=status, end_time=now(), error=error)
+            with self.record.lock:  # the main thread and the peer watch's: the first ending is recorded
+                if self.record.data.get("status") == "running":
+                    self.record.update(status=status, end_time=now(), error=error)
         except OSError:  # the disk that failed the run may fail this write too
             pass
 
@@ -104,12 +110,22 @@ class Run:
             return None
         return dist_utils.lost_peer_error(exc, self.dist.rank, first_rank_error(self.run_dir, self.started))
 
+    def end_for_lost_peer(self, line: str) -> None:
+        """The peer watch's ending of this rank (its main thread is held in a collective that waits
+        for a lost rank): record it as a PeerLost and say it in one line; the watch then exits."""
+        self.mark_failed(dist_utils.PeerLost(line), line)
+        print(f"error: {line}", file=sys.stderr, flush=True)
+
     def close(self) -> None:
-        """End what the run holds open, however it ended: the loaders' kept workers (DataLoader
-        processes, DALI pipelines and their worker pools; without this they ended only when the
-        loaders were collected: at exit, or in compare.py's worker processes, which run one trial
-        after another, when a failed trial's traceback was), then the run-directory lock."""
+        """End what the run holds open, however it ended: the peer watch (after a normal end rank 0
+        waits a moment for the others, so that none mistakes its store's end for a lost rank 0);
+        the loaders' kept workers (DataLoader processes, DALI pipelines and their worker pools;
+        without this they ended only when the loaders were collected: at exit, or in compare.py's
+        worker processes, which run one trial after another, when a failed trial's traceback
+        was); then the run-directory lock."""
         try:
+            if self.watch is not None:
+                self.watch.end()
             for loader in (self.data.train, self.data.val) if self.data is not None else ():
                 close = getattr(loader, "close", None)  # the synthetic loader has no workers
                 if close is not None:
@@ -162,6 +178,9 @@ def create(cfg: DictConfig, stop: StopFlag) -> Run:
     stop.distributed, stop.device = dist.enabled, dist.device
     seed_everything(config.seed, config.trainer.deterministic, dist.rank)
     run = Run(config, to_container(cfg), dist, Path(config.run_dir))
+    if dist.enabled and config.trainer.peer_timeout_s > 0:
+        run.watch = PeerWatch.for_job(dist.rank, dist.world_size, config.trainer.peer_timeout_s, run.end_for_lost_peer,
+                                      lambda: first_rank_error(run.run_dir, run.started))
     if spelled != cfg.data.root and dist.is_main:
         note_run_of_the_old_spelling(run, spelled)
     return run

@@ -16,6 +16,7 @@ import os
 import platform
 import socket
 import subprocess
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -240,6 +241,9 @@ class RunRecord:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.data: dict = {}
+        # the peer watch's thread may record a failure (adarem/run/peer_watch.py) while the main
+        # thread is in start, update or write: one writer of run.json (and of its .tmp) at a time
+        self.lock = threading.RLock()
 
     def start(self, config: dict, world_size: int, device: torch.device, previous: dict | None,
               start_step: int = 0, checkpoint: dict | None = None) -> list[str]:
@@ -263,6 +267,11 @@ class RunRecord:
         not store its provenance gives a first segment with ``provenance: "unrecorded"`` and
         ``mixed_provenance`` ["unrecorded"]: what trained before it is unknown, so it is not called
         clean."""
+        with self.lock:
+            return self._start(config, world_size, device, previous, start_step, checkpoint)
+
+    def _start(self, config: dict, world_size: int, device: torch.device, previous: dict | None,
+               start_step: int, checkpoint: dict | None) -> list[str]:
         self.data = dict(previous or {})
         segments = [dict(s) for s in self.data.get("segments") or [] if isinstance(s, dict)]
         if previous and not segments:  # a record of a version that kept only the last segment
@@ -304,17 +313,19 @@ class RunRecord:
         return changed
 
     def update(self, **fields) -> None:
-        self.data.update(fields)
-        self.write()
+        with self.lock:
+            self.data.update(fields)
+            self.write()
 
     def write(self) -> None:
         if not self.enabled:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f".{RUN_JSON}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=2, default=str)
-        replace_durably(tmp, self.run_dir / RUN_JSON)  # a crash leaves the old record or the new, never none
+        with self.lock:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.run_dir / f".{RUN_JSON}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.data, f, indent=2, default=str)
+            replace_durably(tmp, self.run_dir / RUN_JSON)  # a crash leaves the old record or the new, never none
 
 
 def _is_json_object(line: str) -> bool:

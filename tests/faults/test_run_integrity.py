@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from adarem.data.photo_tree import make_photo_tree
-from tests.conftest import DETERMINISTIC, FAST, REPO, copy_run, read_metrics, read_run, run_train, torchrun
+from tests.conftest import DETERMINISTIC, FAST, REPO, copy_run, free_port, read_metrics, read_run, run_train, torchrun
 
 
 def _one_error_line(res) -> str:
@@ -350,3 +350,34 @@ def test_a_rank_killed_without_a_word_leaves_one_line_on_the_other(tmp_path, env
     assert "Error executing job" not in res.stderr
     record = read_run(run_dir)
     assert record["status"] == "failed" and record["error"].startswith("PeerLost: rank 0 stopped: it lost another rank")
+
+
+def test_a_rank_that_hangs_is_found_by_the_peer_watch_not_the_30_min_timeout(tmp_path, env):
+    """A rank stopped (SIGSTOP: a hung process or node) keeps its sockets open, so rank 0's next
+    gloo collective waits as NCCL's does for a dead peer: until the process group's 30-min
+    timeout. The peer watch finds the silent heartbeat and ends rank 0 in seconds, with one line
+    and run.json failed. Launched as srun does, one process per rank with RANK/WORLD_SIZE set."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=1", "trainer.peer_timeout_s=3",
+           f"hydra.run.dir={run_dir}"]
+    common = dict(env, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                  ADAREM_FAULT="step@3:STOP", ADAREM_FAULT_RANK="1")
+    t0 = time.monotonic()
+    ranks = [subprocess.Popen(cmd, cwd=REPO, env=dict(common, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        _, err0 = ranks[0].communicate(timeout=180)
+        took = time.monotonic() - t0
+    finally:
+        for p in ranks:
+            p.kill()
+            p.communicate()
+    assert ranks[0].returncode == 2, err0[-3000:]
+    assert took < 90, took  # start-up, 3 steps, 3 s of silence: not 30 min
+    assert ("error: rank 0 stopped: rank 1 failed first (no heartbeat for 3 s (trainer.peer_timeout_s=3): it was "
+            "killed") in err0, err0[-3000:]
+    assert "Traceback" not in err0
+    record = read_run(run_dir)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("PeerLost: rank 0 stopped: rank 1 failed first (no heartbeat"), record["error"]
+    assert (run_dir / "rank0_error.txt").exists()

@@ -1,0 +1,129 @@
+"""adarem/run/peer_watch.py: two ranks' watches on one real c10d TCPStore, in one process, at a fast
+beat (the end-to-end case, a rank stopped while the other waits in a gloo collective, is in
+tests/faults/test_run_integrity.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+import torch.distributed as dist
+
+from adarem.run.peer_watch import EXIT_CODE, PeerWatch
+
+BEAT = 0.05
+
+
+class Rank:
+    """One rank's watch; what it would have done to its process is recorded instead."""
+
+    def __init__(self, port: int, rank: int, world: int = 2, timeout_s: float = 1.0, cause=lambda: None):
+        self.lines: list[str] = []
+        self.exits: list[int] = []
+        self.ended = threading.Event()
+        client = dist.TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=5))
+        self.watch = PeerWatch(dist.PrefixStore("test", client), rank, world, timeout_s, self.lines.append, cause,
+                               beat_s=BEAT, grace_s=4 * BEAT, linger_s=2.0, exit=self._exit)
+
+    def _exit(self, code: int) -> None:
+        self.exits.append(code)
+        self.ended.set()
+
+
+@pytest.fixture
+def server():
+    store = dist.TCPStore("127.0.0.1", 0, None, True, dt.timedelta(seconds=5), wait_for_workers=False)
+    yield store
+    del store
+
+
+def started(*ranks: Rank) -> tuple[Rank, ...]:
+    for r in ranks:
+        r.watch.start()
+    return ranks
+
+
+def test_a_rank_that_fails_ends_the_rank_waiting_for_it(server):
+    r0, r1 = started(Rank(server.port, 0), Rank(server.port, 1))
+    t0 = time.monotonic()
+    r1.watch.end(True, "DataError: bad.jpg is not an image")
+    assert r0.ended.wait(5), "rank 0 was never ended"
+    assert time.monotonic() - t0 < 2
+    assert r0.exits == [EXIT_CODE]
+    assert r0.lines == ["rank 0 stopped: rank 1 failed first (DataError: bad.jpg is not an image) [the peer watch "
+                        "ended it: a collective waits for a lost rank until the process group's timeout]"]
+    assert r1.lines == [] and r1.exits == []
+
+
+def test_a_rank_whose_main_thread_ends_within_the_grace_is_left_alone(server):
+    r0, r1 = started(Rank(server.port, 0), Rank(server.port, 1))
+    r1.watch.end(True, "DataError: bad")
+    r0.watch.end(True)  # rank 0's own collective failed at once (gloo): a PeerLost, no cause
+    time.sleep(10 * BEAT)
+    assert r0.lines == [] and r0.exits == []
+
+
+def test_a_silent_rank_is_found_and_named(server):
+    r0 = Rank(server.port, 0, timeout_s=0.5)
+    r1 = Rank(server.port, 1, timeout_s=0.5)
+    started(r0)
+    r1.watch.store.add("beat/1", 1)  # it started, then its process stopped: no thread beats for it
+    t0 = time.monotonic()
+    assert r0.ended.wait(5), "the silent rank was never found"
+    assert 0.5 <= time.monotonic() - t0 < 2
+    assert r0.lines[0].startswith("rank 0 stopped: rank 1 failed first (no heartbeat for 1 s "
+                                  "(trainer.peer_timeout_s=0.5): it was killed")
+
+
+def test_a_stopped_rank_0_is_found_by_the_others(server):
+    r0 = Rank(server.port, 0, timeout_s=0.5)
+    r1 = Rank(server.port, 1, timeout_s=0.5)
+    r0.watch.store.add("beat/0", 1)
+    started(r1)
+    assert r1.ended.wait(5)
+    assert r1.lines[0].startswith("rank 1 stopped: rank 0 failed first (no heartbeat")
+
+
+def test_a_normal_end_ends_nobody_and_rank_0_waits_for_the_others(server):
+    r0, r1, r2 = started(*(Rank(server.port, r, world=3) for r in range(3)))
+    r1.watch.end()
+    later = threading.Timer(0.3, r2.watch.end)
+    later.start()
+    t0 = time.monotonic()
+    r0.watch.end()
+    waited = time.monotonic() - t0
+    assert 0.25 < waited < 1.5, waited  # until rank 2 was done, not the 2 s cap
+    time.sleep(10 * BEAT)
+    assert [r.lines for r in (r0, r1, r2)] == [[], [], []]
+
+
+def test_rank_0_does_not_wait_for_a_rank_that_died_after_the_last_collective(server):
+    r0, r1 = Rank(server.port, 0), Rank(server.port, 1)
+    started(r0)
+    r1.watch.store.add("beat/1", 1)  # its heartbeat stopped without it being done
+    t0 = time.monotonic()
+    r0.watch.end()
+    assert time.monotonic() - t0 < 1.6  # 2 beats + 1 s of silence, not the 2 s cap
+
+
+def test_rank_0s_store_gone_ends_the_others_with_the_cause_it_left(tmp_path):
+    server = dist.TCPStore("127.0.0.1", 0, None, True, dt.timedelta(seconds=5), wait_for_workers=False)
+    r1 = Rank(server.port, 1, cause=lambda: "rank 0: CheckpointError: disk full")
+    started(r1)
+    time.sleep(2 * BEAT)
+    del server  # rank 0 ended (its error file names why) without the others having read it
+    assert r1.ended.wait(5)
+    assert r1.lines == ["rank 1 stopped: rank 0 failed first (CheckpointError: disk full) [the peer watch ended it: "
+                        "a collective waits for a lost rank until the process group's timeout]"]
+
+
+def test_the_first_cause_is_kept(server):
+    r0, r1, r2 = (Rank(server.port, r, world=3) for r in range(3))
+    r0.watch.store.add("beat/0", 1)
+    r2.watch.end(True, "DataError: first")
+    r1.watch.end(True, "OSError: second")
+    started(r0)
+    assert r0.ended.wait(5)
+    assert "rank 2 failed first (DataError: first)" in r0.lines[0]
