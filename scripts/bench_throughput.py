@@ -3,6 +3,9 @@
     python scripts/bench_throughput.py                     # CPU: resnet18, 64 px, batch 32
     python scripts/bench_throughput.py --device cuda       # GPU: resnet50, 224 px, batch 256, bf16, channels_last
     python scripts/bench_throughput.py --device cuda --impl fused --compile   # torch.compile'd model
+    OMP_NUM_THREADS=1 python scripts/bench_throughput.py --model two_conv_net --num-classes 10 --in-chans 1 \
+        --model-kwargs '{"width": 16}' --image-size 28 --batch-size 128 --channels-last yes --other-layout
+                                                           # the Fashion-MNIST study's trial, channels_last vs not
     torchrun --nproc_per_node 2 scripts/bench_throughput.py   # DDP (gloo on CPU, NCCL on GPU)
 
 Under torchrun the model is wrapped in DistributedDataParallel exactly as train.py does it, the
@@ -50,6 +53,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import json
 import math
 import os
 import statistics
@@ -138,6 +142,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default=None)
+    ap.add_argument("--num-classes", type=int, default=1000)
+    ap.add_argument("--in-chans", type=int, default=3)
+    ap.add_argument("--model-kwargs", default="{}", help='JSON, as model.kwargs (e.g. \'{"width": 16}\')')
+    ap.add_argument("--channels-last", default="auto", choices=["auto", "yes", "no"],
+                    help="memory layout of model and batches (trainer.channels_last; auto: yes on CUDA, no on CPU)")
+    ap.add_argument("--other-layout", action="store_true",
+                    help="add AdaRem's harness step in the other memory layout (column relative_to_other_layout)")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="steps per timed epoch")
@@ -172,7 +183,8 @@ def main() -> None:
     command = bench_command("bench_throughput.py")
     if under_torchrun:
         command = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')} " + command.removeprefix("python ")
-    metrics = ["images_per_s", "relative_to_bare_adarem", "relative_to_sgd", "relative_to_synthetic"]
+    metrics = ["images_per_s", "relative_to_bare_adarem", "relative_to_sgd", "relative_to_synthetic",
+               "relative_to_other_layout"]
     if args.repeats > 1:
         if under_torchrun:
             raise SystemExit("bench_throughput: --repeats > 1 under torchrun: run the torchrun command once per "
@@ -189,7 +201,14 @@ def main() -> None:
     batch = args.batch_size or (256 if gpu else 32)
     steps = args.steps or (50 if gpu else 8)
     amp = "bf16" if gpu else "none"
-    channels_last = gpu
+    channels_last = gpu if args.channels_last == "auto" else args.channels_last == "yes"
+    try:
+        model_kwargs = json.loads(args.model_kwargs)
+    except ValueError as exc:
+        raise SystemExit(f"bench_throughput: --model-kwargs={args.model_kwargs!r} is not JSON ({exc}); write it as "
+                         f"'{{\"width\": 16}}'") from None
+    if not isinstance(model_kwargs, dict):
+        raise SystemExit(f"bench_throughput: --model-kwargs={args.model_kwargs!r} must be a JSON object")
     if gpu:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as run_setup.py
@@ -199,15 +218,18 @@ def main() -> None:
     if "synthetic" not in loaders or not set(loaders) <= {"synthetic", "torch", "dali"}:
         raise SystemExit(f"bench_throughput: --loaders={args.loaders!r} must include synthetic and name only "
                          f"synthetic, torch, dali")
-    data_cfg = DataConfig(name="synthetic", image_size=size, num_classes=1000, synthetic_train_size=steps * batch,
-                          synthetic_val_size=batch, num_workers=0)
+    # the default normalisation is ImageNet's 3 channels; another count needs one value per channel
+    channels = {} if args.in_chans == 3 else {"in_chans": args.in_chans, "mean": [0.5] * args.in_chans,
+                                              "std": [0.25] * args.in_chans}
+    data_cfg = DataConfig(name="synthetic", image_size=size, num_classes=args.num_classes, **channels,
+                          synthetic_train_size=steps * batch, synthetic_val_size=batch, num_workers=0)
     data = {"synthetic": build_data(data_cfg, batch, dist.rank, dist.world_size, 0, device).train}
     real = [n for n in loaders if n != "synthetic"]
     if real:
         root = Path(args.root) if args.root else photo_tree(steps * batch, dist)
         for name in real:
             cfg = DataConfig(name="folder", root=str(root), loader=name, image_size=size, num_workers=args.workers,
-                             dali_threads=args.workers)
+                             dali_threads=args.workers, **channels)
             data[name] = build_data(cfg, batch, dist.rank, dist.world_size, 0, device, channels_last=channels_last).train
             if len(data[name]) < steps:
                 raise SystemExit(f"bench_throughput: {root / 'train'} holds {len(data[name])} batches of {batch}, "
@@ -224,12 +246,19 @@ def main() -> None:
                          f"name only {list(OPTIMIZERS)}")
     flags = {"impl": args.impl}
     setups, trackers = {}, {}
-    for name in names:
+    # "adarem@<layout>": AdaRem's model, optimizer and tracker again, in the other memory layout
+    other = "adarem@" + ("contiguous" if channels_last else "channels_last")
+    layouts = {name: channels_last for name in names} | ({other: not channels_last} if args.other_layout else {})
+    for name, layout in layouts.items():
         torch.manual_seed(0)
-        model = build_model(model_name, 1000, 3).to(device)
-        if channels_last:
+        try:
+            model = build_model(model_name, args.num_classes, args.in_chans, kwargs=model_kwargs).to(device)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise SystemExit(f"bench_throughput: --model {model_name} with --num-classes {args.num_classes} "
+                             f"--in-chans {args.in_chans} --model-kwargs {args.model_kwargs}: {exc}") from None
+        if layout:
             model = model.to(memory_format=torch.channels_last)
-        opt = build_optimizer(dataclasses.replace(OPTIMIZERS[name], **flags), model)
+        opt = build_optimizer(dataclasses.replace(OPTIMIZERS[name.split("@")[0]], **flags), model)
         # as run_setup builds it: on the model before DDP and compile
         trackers[name] = OscillationTracker(model, args.oscillation_every) if args.oscillation_every else None
         sched = build_scheduler(ScheduleConfig(name="cosine"), opt, tcfg.epochs, steps)
@@ -241,7 +270,8 @@ def main() -> None:
     # over the bare loop splits into the tracker's share and the rest
     untracked = [] if args.no_bare or not args.oscillation_every else [("harness_no_tracker", "adarem", "synthetic")]
     candidates = [("harness", "adarem", "synthetic")] + ([] if args.no_bare else [("bare", "adarem", "synthetic")]) + \
-        untracked + [("harness", n, "synthetic") for n in names if n != "adarem"] + [("harness", "adarem", n) for n in real]
+        untracked + [("harness", n, "synthetic") for n in names if n != "adarem"] + [("harness", "adarem", n) for n in real] + \
+        ([("harness", other, "synthetic")] if args.other_layout else [])
     times = {c: [] for c in candidates}
     stop = StopFlag(dist.enabled, device)
     # each candidate's step count goes on across its passes, as a run's does, so that the tracker's
@@ -260,7 +290,8 @@ def main() -> None:
             done = steps_done[(kind, name, loader)]
             state = TrainState(global_step=done)
             outcome = train_epoch(model, data[loader], opt, sched, precision, device,
-                                  dataclasses.replace(tcfg, max_steps=done + steps), state, stop,
+                                  dataclasses.replace(tcfg, max_steps=done + steps, channels_last=layouts[name]), state,
+                                  stop,
                                   lambda rec: None, None if kind == "harness_no_tracker" else trackers[name],
                                   lambda: False)
             steps_done[(kind, name, loader)] += state.batch
@@ -304,11 +335,16 @@ def main() -> None:
                      if kind.startswith("harness") and name == "adarem" and on_synth and ("bare", "adarem", synth) in ips
                      else math.nan,
                      "relative_to_sgd": v / ips[("harness", "sgd", synth)]
-                     if kind == "harness" and on_synth and ("harness", "sgd", synth) in ips else math.nan,
+                     if kind == "harness" and on_synth and "@" not in name and ("harness", "sgd", synth) in ips
+                     else math.nan,
+                     "relative_to_other_layout": v / ips[("harness", other, synth)]
+                     if (kind, name, loader) == ("harness", "adarem", synth) and ("harness", other, synth) in ips
+                     else math.nan,
                      "relative_to_synthetic": v / ips[("harness", name, synth)] if not on_synth else math.nan,
                      "model": model_name, "image_size": size, "batch_size": batch, "steps": steps,
                      "rounds": args.rounds, "warmup_passes": 1, "amp": amp, "tf32": gpu,
-                     "channels_last": channels_last, "impl": args.impl,
+                     "channels_last": layouts[name], "impl": args.impl,
+                     "num_classes": args.num_classes, "in_chans": args.in_chans, "model_kwargs": args.model_kwargs,
                      "optimizer_path": optimizer_impl(setups[name][1]), "compile": args.compile,
                      "oscillation_every": args.oscillation_every if kind == "harness" else 0,  # bare, no_tracker: off
                      "photo_tree": "" if on_synth else str(root), "world_size": dist.world_size,
@@ -328,8 +364,12 @@ def main() -> None:
     fed = "".join(f", fed by the {n} loader ({helpers(n)[0]} processes, {helpers(n)[1]} threads) "
                   f"{ips[('harness', 'adarem', n)]:.0f} img/s ({ips[('harness', 'adarem', n)] / ours:.2f} of synthetic)"
                   for n in real)
-    print(f"FIGURE throughput {model_name} {size}px batch {batch} {amp} impl={args.impl} compile={args.compile} "
-          f"oscillation_every={args.oscillation_every}: adarem {ours:.0f} img/s{vs_sgd}{fed}")
+    layout = "channels_last" if channels_last else "contiguous"
+    vs_layout = "" if ("harness", other, synth) not in ips else \
+        f", {other.split('@')[1]} {ips[('harness', other, synth)]:.0f} img/s, {layout}/other = " \
+        f"{ours / ips[('harness', other, synth)]:.3f}"
+    print(f"FIGURE throughput {model_name} {size}px batch {batch} {amp} {layout} impl={args.impl} compile={args.compile} "
+          f"oscillation_every={args.oscillation_every}: adarem {ours:.0f} img/s{vs_sgd}{fed}{vs_layout}")
     dist_utils.cleanup()
 
 
@@ -337,7 +377,8 @@ def _print_summary(df: pd.DataFrame) -> None:
     runs = df["run"].nunique()
     for cand, col in (("harness:adarem", "relative_to_sgd"), ("harness:adarem", "relative_to_bare_adarem"),
                       ("harness_no_tracker:adarem", "relative_to_bare_adarem"),
-                      ("harness:adarem:torch", "relative_to_synthetic"), ("harness:adarem:dali", "relative_to_synthetic")):
+                      ("harness:adarem:torch", "relative_to_synthetic"), ("harness:adarem:dali", "relative_to_synthetic"),
+                      ("harness:adarem", "relative_to_other_layout")):
         v = df.loc[df.candidate == cand, col].dropna()
         if len(v):
             print(f"FIGURE throughput {cand} {col} over {runs} runs: {v.median():.3f} (range {v.min():.3f}-{v.max():.3f})")

@@ -130,6 +130,28 @@ def test_bench_throughput_records_steps_tracker_and_provenance(tmp_path, env):
     assert "of which without the oscillation tracker" in res.stdout
 
 
+def test_bench_throughput_times_the_studys_net_in_both_memory_layouts(tmp_path, env):
+    """The Fashion-MNIST study's trial (two_conv_net, 1 channel, 10 classes, width 16) as train.py
+    builds it, channels_last against the same step in the contiguous layout, in one run."""
+    out = tmp_path / "tp.csv"
+    res = subprocess.run([sys.executable, "scripts/bench_throughput.py", "--model", "two_conv_net", "--num-classes",
+                          "10", "--in-chans", "1", "--model-kwargs", '{"width": 8}', "--image-size", "28",
+                          "--batch-size", "8", "--steps", "2", "--rounds", "1", "--optimizers", "adarem", "--no-bare",
+                          "--channels-last", "yes", "--other-layout", "--out", str(out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    df = pd.read_csv(out).set_index("candidate")
+    assert sorted(df.index) == ["harness:adarem", "harness:adarem@contiguous"]
+    assert df.loc["harness:adarem", "channels_last"] and not df.loc["harness:adarem@contiguous", "channels_last"]
+    assert (df["in_chans"] == 1).all() and (df["num_classes"] == 10).all()
+    ratio = df.loc["harness:adarem", "images_per_s"] / df.loc["harness:adarem@contiguous", "images_per_s"]
+    assert df.loc["harness:adarem", "relative_to_other_layout"] == pytest.approx(ratio, rel=1e-2)  # CSV rounds
+    assert "channels_last/other = " in res.stdout
+    bad = subprocess.run([sys.executable, "scripts/bench_throughput.py", "--model-kwargs", "{width: 8}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--model-kwargs='{width: 8}' is not JSON" in bad.stderr
+
+
 def test_a_bench_script_refuses_the_package_of_another_checkout(tmp_path, env):
     """A clone run with another clone's editable install on the path would time that clone's code
     under this clone's command (found when a benchmark of a clean clone came out dirty): one line,
