@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,11 @@ class Run:
         for a lost rank): record it as a PeerLost and say it in one line; the watch then exits."""
         self.mark_failed(dist_utils.PeerLost(line), line)
         print(f"error: {line}", file=sys.stderr, flush=True)
+        # the loaders' workers too, as close() would (the main thread, held in its collective, is not
+        # using them); bounded, as nothing may keep this rank from ending
+        closer = threading.Thread(target=self.close_loaders, name="adarem-close-loaders", daemon=True)
+        closer.start()
+        closer.join(10)
 
     def close(self) -> None:
         """End what the run holds open, however it ended: the peer watch (after a normal end rank 0
@@ -126,13 +132,16 @@ class Run:
         try:
             if self.watch is not None:
                 self.watch.end()
-            for loader in (self.data.train, self.data.val) if self.data is not None else ():
-                close = getattr(loader, "close", None)  # the synthetic loader has no workers
-                if close is not None:
-                    close()
+            self.close_loaders()
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    def close_loaders(self) -> None:
+        for loader in (self.data.train, self.data.val) if self.data is not None else ():
+            close = getattr(loader, "close", None)  # the synthetic loader has no workers
+            if close is not None:
+                close()
 
 
 def first_rank_error(run_dir: Path, since: float) -> Optional[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -374,8 +375,8 @@ def test_a_rank_that_hangs_is_found_by_the_peer_watch_not_the_30_min_timeout(tmp
             p.communicate()
     assert ranks[0].returncode == 2, err0[-3000:]
     assert took < 90, took  # start-up, 3 steps, 3 s of silence: not 30 min
-    assert ("error: rank 0 stopped: rank 1 failed first (no heartbeat for 3 s (trainer.peer_timeout_s=3): it was "
-            "killed") in err0, err0[-3000:]
+    assert re.search(r"error: rank 0 stopped: rank 1 failed first \(no heartbeat for [34] s "
+                     r"\(trainer.peer_timeout_s=3\): it was killed", err0), err0[-3000:]
     assert "Traceback" not in err0
     record = read_run(run_dir)
     assert record["status"] == "failed"

@@ -5,13 +5,21 @@ tests/faults/test_run_integrity.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
 from adarem.run.peer_watch import EXIT_CODE, PeerWatch
+from tests.conftest import REPO
+
+RANK_SCRIPT = Path(__file__).with_name("_watch_rank.py")
 
 BEAT = 0.05
 
@@ -69,7 +77,7 @@ def test_a_silent_rank_is_found_and_named(server):
     r0 = Rank(server.port, 0, timeout_s=0.5)
     r1 = Rank(server.port, 1, timeout_s=0.5)
     started(r0)
-    r1.watch.store.add("beat/1", 1)  # it started, then its process stopped: no thread beats for it
+    r1.watch.store.store.add("beat/1", 1)  # it started, then its process stopped: no thread beats for it
     t0 = time.monotonic()
     assert r0.ended.wait(5), "the silent rank was never found"
     assert 0.5 <= time.monotonic() - t0 < 2
@@ -80,7 +88,7 @@ def test_a_silent_rank_is_found_and_named(server):
 def test_a_stopped_rank_0_is_found_by_the_others(server):
     r0 = Rank(server.port, 0, timeout_s=0.5)
     r1 = Rank(server.port, 1, timeout_s=0.5)
-    r0.watch.store.add("beat/0", 1)
+    r0.watch.store.store.add("beat/0", 1)
     started(r1)
     assert r1.ended.wait(5)
     assert r1.lines[0].startswith("rank 1 stopped: rank 0 failed first (no heartbeat")
@@ -102,7 +110,7 @@ def test_a_normal_end_ends_nobody_and_rank_0_waits_for_the_others(server):
 def test_rank_0_does_not_wait_for_a_rank_that_died_after_the_last_collective(server):
     r0, r1 = Rank(server.port, 0), Rank(server.port, 1)
     started(r0)
-    r1.watch.store.add("beat/1", 1)  # its heartbeat stopped without it being done
+    r1.watch.store.store.add("beat/1", 1)  # its heartbeat stopped without it being done
     t0 = time.monotonic()
     r0.watch.end()
     assert time.monotonic() - t0 < 1.6  # 2 beats + 1 s of silence, not the 2 s cap
@@ -121,9 +129,95 @@ def test_rank_0s_store_gone_ends_the_others_with_the_cause_it_left(tmp_path):
 
 def test_the_first_cause_is_kept(server):
     r0, r1, r2 = (Rank(server.port, r, world=3) for r in range(3))
-    r0.watch.store.add("beat/0", 1)
+    r0.watch.store.store.add("beat/0", 1)
     r2.watch.end(True, "DataError: first")
     r1.watch.end(True, "OSError: second")
     started(r0)
     assert r0.ended.wait(5)
     assert "rank 2 failed first (DataError: first)" in r0.lines[0]
+
+
+def test_a_rank_taken_for_lost_ends_when_it_comes_back(server):
+    """Rank 1 stalled (its thread did not run) long enough for rank 0 to end the job without it;
+    when it runs again it finds itself named and ends too, rather than wait in a collective."""
+    r0 = Rank(server.port, 0, timeout_s=0.5)
+    r1 = Rank(server.port, 1, timeout_s=0.5)
+    started(r0)
+    r1.watch.store.store.add("beat/1", 1)
+    assert r0.ended.wait(5)
+    r1.watch._thread.start()
+    assert r1.ended.wait(5), "rank 1 kept waiting"
+    assert r1.lines == ["rank 1 stopped: another rank took it for lost (no heartbeat for 1 s: it had stalled) and "
+                        "has ended the job"]
+
+
+def _rank_process(rank: int, port: int, timeout_s: float, beat_s: float, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(RANK_SCRIPT), str(rank), "2", str(port), str(timeout_s), str(beat_s)],
+                            cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _go(*ranks: subprocess.Popen) -> None:
+    """Start the ranks' watches together, once each has connected (as after a rendezvous)."""
+    for p in ranks:
+        assert p.stdout.readline().strip() == "ready"
+    for p in ranks:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
+@pytest.fixture
+def env():
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def test_a_hung_rank_0_is_found_although_its_store_never_answers(env):
+    """Under an srun launch rank 0 serves the store: stopped (a hung node), it accepts calls and
+    never answers them. Rank 1 ends after peer_timeout_s, and its own ending does not hang either."""
+    host = _rank_process(0, 0, 60, 0.1, env)
+    try:
+        port = int(host.stdout.readline())
+        other = _rank_process(1, port, 1.0, 0.1, env)
+        client = dist.TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=5))  # for the end() below
+        _go(host, other)
+        time.sleep(1.0)  # both watching
+        os.kill(host.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        _, err = other.communicate(timeout=30)
+        assert other.returncode == EXIT_CODE, err
+        assert time.monotonic() - t0 < 10
+        assert "error: rank 1 stopped: rank 0 failed first (its store has not answered for 1 s" in err, err
+        # the main thread's end() on a stopped store: bounded as well
+        watch = PeerWatch(dist.PrefixStore("test", client), 1, 2, 1.0, lambda line: None, beat_s=0.1)
+        t0 = time.monotonic()
+        watch.end(True, "DataError: bad")
+        assert time.monotonic() - t0 < 5
+    finally:
+        host.kill()
+        host.communicate()
+
+
+def test_a_job_suspended_and_resumed_apart_is_not_taken_for_lost(env):
+    """scontrol suspend / gang scheduling: every rank stopped for longer than peer_timeout_s, then
+    resumed a moment apart. A watcher does not count its own pause as the others' silence."""
+    host = _rank_process(0, 0, 0.6, 0.1, env)
+    other = None
+    try:
+        port = int(host.stdout.readline())
+        other = _rank_process(1, port, 0.6, 0.1, env)
+        _go(host, other)
+        time.sleep(1.0)
+        for p in (host, other):
+            os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(3)
+        os.kill(host.pid, signal.SIGCONT)
+        time.sleep(0.2)  # well under peer_timeout_s, several beats
+        os.kill(other.pid, signal.SIGCONT)
+        time.sleep(3)
+        assert host.poll() is None and other.poll() is None, (host.returncode, other.returncode)
+    finally:
+        for p in (host, other):
+            if p is not None:
+                p.kill()
+                _, err = p.communicate()
+                assert "error:" not in err, err
