@@ -184,7 +184,8 @@ class PeerWatch:
     def _loop(self) -> None:
         watched = list(range(1, self.world)) if self.rank == 0 else [0]
         last = time.monotonic()
-        heard = {r: (None, last) for r in watched}  # rank -> (its count, when it last moved)
+        # rank -> (its count: -1 not read yet, None done; when it last moved)
+        heard: dict[int, tuple[Optional[int], float]] = {r: (-1, last) for r in watched}
         unanswered_since: Optional[float] = None
         while not self._ended.wait(self.beat_s):
             now = time.monotonic()
@@ -196,6 +197,8 @@ class PeerWatch:
             if not ok:
                 if self.rank == 0:  # its own store (or torchrun's agent) failing: not a peer's failure
                     continue
+                if self.store.gone and heard[0][0] is None:
+                    return  # rank 0 had ended normally (done, no failure): its store went with it
                 unanswered_since = unanswered_since if unanswered_since is not None else now
                 if self.store.gone and now - unanswered_since >= self.grace_s:  # a normal end of rank 0 races it
                     self._lost(self.cause() or "rank 0: its store has gone: rank 0 was killed (the out-of-memory "

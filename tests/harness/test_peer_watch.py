@@ -221,3 +221,16 @@ def test_a_job_suspended_and_resumed_apart_is_not_taken_for_lost(env):
                 p.kill()
                 _, err = p.communicate()
                 assert "error:" not in err, err
+
+
+def test_rank_0s_store_gone_after_its_normal_end_ends_nobody():
+    """Rank 0 done without a failure, then its process (and store) gone before another rank's
+    main thread reached its own end: that rank is not told rank 0 was lost."""
+    server = dist.TCPStore("127.0.0.1", 0, None, True, dt.timedelta(seconds=5), wait_for_workers=False)
+    r0, r1 = Rank(server.port, 0), Rank(server.port, 1)
+    started(r1)
+    r0.watch.store.store.set("done/0", "1")  # rank 0's end(): done, no failure
+    time.sleep(4 * BEAT)
+    del server
+    time.sleep(20 * BEAT)
+    assert r1.lines == [] and r1.exits == []
