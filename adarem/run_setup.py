@@ -17,6 +17,7 @@ cores).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 import threading
@@ -111,16 +112,33 @@ class Run:
             return None
         return dist_utils.lost_peer_error(exc, self.dist.rank, first_rank_error(self.run_dir, self.started))
 
-    def end_for_lost_peer(self, line: str) -> None:
+    def end_for_lost_peer(self, line: str, first: str) -> None:
         """The peer watch's ending of this rank (its main thread is held in a collective that waits
-        for a lost rank): record it as a PeerLost and say it in one line; the watch then exits."""
+        for a lost rank), for ``first`` ("rank r: <cause>"): record it as a PeerLost and say it in
+        one line; the watch then exits. A cause the watch found (a rank's silence: that rank wrote
+        nothing) goes into that rank's error file, where the ranks that outlive the store look."""
+        rank, _, cause = first.partition(": ")
+        lost = int(rank.split()[-1]) if rank.startswith("rank ") and rank.split()[-1].isdigit() else None
+        if self.locked and lost is not None and lost != self.dist.rank:
+            path = self.run_dir / f"rank{lost}_error.txt"
+            try:
+                if not path.exists():
+                    tmp = self.run_dir / f".rank{lost}_error.txt.tmp{self.dist.rank}"
+                    tmp.write_text(f"{cause} (found by rank {self.dist.rank}'s peer watch)")
+                    os.replace(tmp, path)
+            except OSError:
+                pass
         self.mark_failed(dist_utils.PeerLost(line), line)
         print(f"error: {line}", file=sys.stderr, flush=True)
-        # the loaders' workers too, as close() would (the main thread, held in its collective, is not
-        # using them); bounded, as nothing may keep this rank from ending
+        # the loaders' workers too (bounded: nothing may keep this rank from ending): the idle ones
+        # as close() would, then any still running (the training loader's, held by the generator
+        # of the epoch the main thread is in), which would otherwise hold the run directory's lock
+        # until they notice that this process has gone
         closer = threading.Thread(target=self.close_loaders, name="adarem-close-loaders", daemon=True)
         closer.start()
         closer.join(10)
+        for child in multiprocessing.active_children():
+            child.terminate()
 
     def close(self) -> None:
         """End what the run holds open, however it ended: the peer watch (after a normal end rank 0

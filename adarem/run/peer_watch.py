@@ -21,8 +21,9 @@ process group, so it is not blocked by a collective:
 
 A rank that sees another rank's failure gives its own main thread ``grace_s`` to end by itself (under
 gloo its collective has already failed, with the better message); after that the watch ends the
-rank: ``on_lost(line)`` records it (rank 0: run.json ``failed``, naming the first rank's reason) and
-the process exits with code 2. Where rank 0's store has gone before this rank read the cause,
+rank: ``on_lost(line, first)`` records it (rank 0: run.json ``failed``, naming the first rank's
+reason; a silent rank's cause is written as that rank's error file, where the other ranks look for
+it once the store has gone) and the process exits with code 2. Where rank 0's store has gone before this rank read the cause,
 ``cause()`` gives it (the ranks' error files in the run directory), if it can.
 ``end()`` (the main thread's ending, however the run ended) stops the watch and marks the rank
 done; after a normal end rank 0 waits (up to ``linger_s``) for the others to be done before its
@@ -32,14 +33,17 @@ A watcher whose own loop was held up for several beats (the whole job suspended 
 ``scontrol suspend``, gang scheduling, a paused VM) starts its silence clocks again rather than
 judge the others by a pause it shared.
 
-Once a store call has failed (its server ended) the watch makes no more: each failing call makes
-c10d print a C++ stack dump, so a lost rank 0 costs at most one such dump on each other rank.
+Once the store's server has ended the watch makes no more calls: a call that finds it gone makes
+c10d print a C++ stack dump, which an idle probe connection (end-of-file when the server ends)
+avoids where the server's process ended; a call may still find it first in a race.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import select
+import socket
 import sys
 import threading
 import time
@@ -61,15 +65,30 @@ def said_by(first: str) -> str:
 class BoundedStore:
     """The watch's calls to the store, each on a helper thread waited for at most ``limit_s``: a
     TCPStore call to a server that is alive but stopped never returns. While a call is still
-    stuck, no other is made; after a call has raised (the server ended), none is."""
+    stuck, no other is made; once the server has ended, none is.
 
-    def __init__(self, store: dist.Store, limit_s: float):
-        self.store, self.limit_s = store, limit_s
+    ``probe``, an idle TCP connection to the store's server, tells that the server has ended
+    before a call would: its end shows as end-of-file there, and a store call that finds it
+    instead makes c10d print a C++ stack dump before raising."""
+
+    def __init__(self, store: dist.Store, limit_s: float, probe: Optional[socket.socket] = None):
+        self.store, self.limit_s, self.probe = store, limit_s, probe
         self.gone = False
         self._stuck: Optional[threading.Thread] = None
 
+    def _server_ended(self) -> bool:
+        if self.probe is None:
+            return False
+        try:
+            readable, _, _ = select.select([self.probe], [], [], 0)
+            return bool(readable) and self.probe.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset
+            return True
+
     def run(self, fn: Callable[[dist.Store], Any]) -> tuple[bool, Any]:
         """(True, fn(store)), or (False, None) when the store is gone or has not answered."""
+        if not self.gone and self._server_ended():
+            self.gone = True
         if self.gone or (self._stuck is not None and self._stuck.is_alive()):
             return False, None
         box: dict = {}
@@ -95,23 +114,23 @@ class BoundedStore:
 
 class PeerWatch:
     def __init__(self, store: dist.Store, rank: int, world: int, timeout_s: float,
-                 on_lost: Callable[[str], None], cause: Callable[[], Optional[str]] = lambda: None,
+                 on_lost: Callable[[str, str], None], cause: Callable[[], Optional[str]] = lambda: None,
                  beat_s: Optional[float] = None, grace_s: Optional[float] = None, linger_s: Optional[float] = None,
-                 exit: Callable[[int], None] = os._exit):
+                 exit: Callable[[int], None] = os._exit, probe: Optional[socket.socket] = None):
         self.rank, self.world, self.timeout_s = rank, world, timeout_s
         self.beat_s = beat_s if beat_s is not None else min(5.0, timeout_s / 4)
         self.grace_s = grace_s if grace_s is not None else 2 * self.beat_s
         # how long rank 0, done, waits for the others to be done too (they passed the last collective
         # with it: normally a moment)
         self.linger_s = linger_s if linger_s is not None else 30.0
-        self.store = BoundedStore(store, min(max(1.0, 2 * self.beat_s), timeout_s))
+        self.store = BoundedStore(store, min(max(1.0, 2 * self.beat_s), timeout_s), probe)
         self.on_lost, self.cause, self._exit = on_lost, cause, exit
         self._lock = threading.Lock()  # held by whichever ends the rank: the main thread or the watch
         self._ended = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="adarem-peer-watch", daemon=True)
 
     @classmethod
-    def for_job(cls, rank: int, world: int, timeout_s: float, on_lost: Callable[[str], None],
+    def for_job(cls, rank: int, world: int, timeout_s: float, on_lost: Callable[[str, str], None],
                 cause: Callable[[], Optional[str]]) -> "PeerWatch":
         """A started watch on the job's store (after init_process_group, on every rank at once: it
         broadcasts rank 0's key prefix, so that torchrun's restarts, which share one store, never
@@ -119,9 +138,11 @@ class PeerWatch:
         from adarem.distributed import broadcast_object
 
         prefix = broadcast_object(uuid.uuid4().hex if rank == 0 else None)
-        client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), None, False,
-                               dt.timedelta(seconds=max(10.0, min(60.0, timeout_s))))
-        watch = cls(dist.PrefixStore(f"adarem/peer-watch/{prefix}", client), rank, world, timeout_s, on_lost, cause)
+        address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+        client = dist.TCPStore(*address, None, False, dt.timedelta(seconds=max(10.0, min(60.0, timeout_s))))
+        probe = socket.create_connection(address, timeout=10) if rank != 0 else None
+        watch = cls(dist.PrefixStore(f"adarem/peer-watch/{prefix}", client), rank, world, timeout_s, on_lost, cause,
+                    probe=probe)
         watch.start()
         return watch
 
@@ -234,22 +255,22 @@ class PeerWatch:
         swapping) and has ended the job: end too, rather than wait in a collective for it."""
         detail = first.split(": ", 1)[1]
         self._end(f"rank {self.rank} stopped: another rank took it for lost ({detail.split(' (')[0]}: it had "
-                  f"stalled) and has ended the job")
+                  f"stalled) and has ended the job", first)
 
     def _lost(self, first: str, grace: bool) -> None:
         """End this rank for ``first``, unless its main thread ends it within the grace period."""
         if grace and self._ended.wait(self.grace_s):
             return
         self._end(f"rank {self.rank} stopped: {said_by(first)} [the peer watch ended it: a collective waits for a "
-                  f"lost rank until the process group's timeout]")
+                  f"lost rank until the process group's timeout]", first)
 
-    def _end(self, line: str) -> None:
+    def _end(self, line: str, first: str) -> None:
         with self._lock:
             if self._ended.is_set():
                 return
             self._ended.set()
             try:
-                self.on_lost(line)
+                self.on_lost(line, first)
             finally:
                 self.store.run(lambda s: s.set(f"done/{self.rank}", "1"))
                 for stream in (sys.stdout, sys.stderr):

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from adarem.data.photo_tree import make_photo_tree
-from tests.conftest import DETERMINISTIC, FAST, REPO, copy_run, free_port, read_metrics, read_run, run_train, torchrun
+from tests.conftest import (DETERMINISTIC, FAST, REPO, copy_run, free_port, processes_with, read_metrics, read_run,
+                            run_train, torchrun)
 
 
 def _one_error_line(res) -> str:
@@ -354,21 +355,27 @@ def test_a_rank_killed_without_a_word_leaves_one_line_on_the_other(tmp_path, env
 
 
 def test_a_rank_that_hangs_is_found_by_the_peer_watch_not_the_30_min_timeout(tmp_path, env):
-    """A rank stopped (SIGSTOP: a hung process or node) keeps its sockets open, so rank 0's next
+    """A rank stopped (SIGSTOP: a hung process or node) keeps its sockets open, so the others' next
     gloo collective waits as NCCL's does for a dead peer: until the process group's 30-min
-    timeout. The peer watch finds the silent heartbeat and ends rank 0 in seconds, with one line
-    and run.json failed. Launched as srun does, one process per rank with RANK/WORLD_SIZE set."""
+    timeout. Rank 0's peer watch finds the silent heartbeat and ends rank 0 in seconds, with one
+    line, run.json failed and its loader workers gone; rank 2 names the same cause (from the error
+    file the watch wrote for the silent rank). Launched as srun does, one process per rank."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=1", "trainer.peer_timeout_s=3",
-           f"hydra.run.dir={run_dir}"]
-    common = dict(env, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=1", "trainer.batch_size=48",
+           "data.num_workers=2", "trainer.peer_timeout_s=3", f"hydra.run.dir={run_dir}"]
+    common = dict(env, WORLD_SIZE="3", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                   ADAREM_FAULT="step@3:STOP", ADAREM_FAULT_RANK="1")
+    marker = f"ADAREM_TEST_RANK0={tmp_path.name}"
     t0 = time.monotonic()
-    ranks = [subprocess.Popen(cmd, cwd=REPO, env=dict(common, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    ranks = [subprocess.Popen(cmd, cwd=REPO, env=dict(common, RANK=str(r), LOCAL_RANK=str(r),
+                                                      **({"ADAREM_TEST_RANK0": tmp_path.name} if r == 0 else {})),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1, 2)]
     try:
         _, err0 = ranks[0].communicate(timeout=180)
         took = time.monotonic() - t0
+        time.sleep(1)
+        left = processes_with(marker)  # rank 0's DataLoader workers
+        _, err2 = ranks[2].communicate(timeout=60)
     finally:
         for p in ranks:
             p.kill()
@@ -378,7 +385,11 @@ def test_a_rank_that_hangs_is_found_by_the_peer_watch_not_the_30_min_timeout(tmp
     assert re.search(r"error: rank 0 stopped: rank 1 failed first \(no heartbeat for [34] s "
                      r"\(trainer.peer_timeout_s=3\): it was killed", err0), err0[-3000:]
     assert "Traceback" not in err0
+    assert left == [], left
     record = read_run(run_dir)
     assert record["status"] == "failed"
-    assert record["error"].startswith("PeerLost: rank 0 stopped: rank 1 failed first (no heartbeat"), record["error"]
+    assert record["error"].startswith("rank 1: no heartbeat for"), record["error"]
+    assert "(found by rank 0's peer watch) (rank 0 then stopped with it)" in record["error"]
     assert (run_dir / "rank0_error.txt").exists()
+    assert ranks[2].returncode == 2, err2[-3000:]
+    assert "error: rank 2 stopped: rank 1 failed first (no heartbeat for" in err2, err2[-3000:]

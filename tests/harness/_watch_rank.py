@@ -8,6 +8,7 @@ right after the rendezvous). The main thread only sleeps; the watch's line goes 
 exits the process with code 2."""
 
 import datetime as dt
+import socket
 import sys
 import time
 
@@ -24,7 +25,8 @@ if port == 0:
     print(port, flush=True)
 client = dist.TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=10))
 watch = PeerWatch(dist.PrefixStore("test", client), rank, world, timeout_s,
-                  lambda line: print(f"error: {line}", file=sys.stderr, flush=True), beat_s=beat_s)
+                  lambda line, first: print(f"error: {line}", file=sys.stderr, flush=True), beat_s=beat_s,
+                  probe=None if rank == 0 else socket.create_connection(("127.0.0.1", port)))
 print("ready", flush=True)
 sys.stdin.readline()
 watch.start()

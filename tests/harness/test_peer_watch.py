@@ -32,8 +32,13 @@ class Rank:
         self.exits: list[int] = []
         self.ended = threading.Event()
         client = dist.TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=5))
-        self.watch = PeerWatch(dist.PrefixStore("test", client), rank, world, timeout_s, self.lines.append, cause,
+        self.firsts: list[str] = []
+        self.watch = PeerWatch(dist.PrefixStore("test", client), rank, world, timeout_s, self._lost, cause,
                                beat_s=BEAT, grace_s=4 * BEAT, linger_s=2.0, exit=self._exit)
+
+    def _lost(self, line: str, first: str) -> None:
+        self.lines.append(line)
+        self.firsts.append(first)
 
     def _exit(self, code: int) -> None:
         self.exits.append(code)
@@ -188,7 +193,7 @@ def test_a_hung_rank_0_is_found_although_its_store_never_answers(env):
         assert time.monotonic() - t0 < 10
         assert "error: rank 1 stopped: rank 0 failed first (its store has not answered for 1 s" in err, err
         # the main thread's end() on a stopped store: bounded as well
-        watch = PeerWatch(dist.PrefixStore("test", client), 1, 2, 1.0, lambda line: None, beat_s=0.1)
+        watch = PeerWatch(dist.PrefixStore("test", client), 1, 2, 1.0, lambda line, first: None, beat_s=0.1)
         t0 = time.monotonic()
         watch.end(True, "DataError: bad")
         assert time.monotonic() - t0 < 5
@@ -234,3 +239,19 @@ def test_rank_0s_store_gone_after_its_normal_end_ends_nobody():
     del server
     time.sleep(20 * BEAT)
     assert r1.lines == [] and r1.exits == []
+
+
+def test_a_killed_store_host_is_seen_on_the_probe_without_a_cpp_stack_dump(capfd):
+    """The idle probe connection shows the end of rank 0's process before a store call would find
+    it, and such a call would make c10d print a C++ stack dump on this rank's stderr."""
+    import socket
+
+    server = dist.TCPStore("127.0.0.1", 0, None, True, dt.timedelta(seconds=5), wait_for_workers=False)
+    r1 = Rank(server.port, 1, cause=lambda: "rank 0: DataError: bad.jpg")
+    r1.watch.store.probe = socket.create_connection(("127.0.0.1", server.port))
+    started(r1)
+    time.sleep(2 * BEAT)
+    del server
+    assert r1.ended.wait(5)
+    assert r1.lines[0].startswith("rank 1 stopped: rank 0 failed first (DataError: bad.jpg)")
+    assert "TCPStore" not in capfd.readouterr().err
