@@ -198,6 +198,8 @@ def test_a_hung_rank_0_is_found_although_its_store_never_answers(env):
         watch.end(True, "DataError: bad")
         assert time.monotonic() - t0 < 5
     finally:
+        os.kill(host.pid, signal.SIGCONT)  # the stuck calls complete, rather than fail noisily at the kill
+        time.sleep(0.5)
         host.kill()
         host.communicate()
 
