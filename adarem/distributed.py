@@ -143,6 +143,11 @@ class PeerLost(RuntimeError):
 _PEER_GONE = re.compile(r"Connection (?:reset|closed) by peer|Broken pipe|Connection refused")
 
 
+def failed_first(first_error: str) -> str:
+    """"rank r: <error>" -> "rank r failed first (<error>)": how a rank that stops for another names it."""
+    return first_error.replace(": ", " failed first (", 1) + ")"
+
+
 def lost_peer_error(exc: BaseException, rank: int, first_error: Optional[str]) -> Optional[PeerLost]:
     """The one-line PeerLost for an error raised in a collective because another rank ended, else
     None. ``first_error`` is "rank r: <error>" of the rank that failed first and said why (its
@@ -157,7 +162,7 @@ def lost_peer_error(exc: BaseException, rank: int, first_error: Optional[str]) -
         return None
     said = found.group(0) if found else (text.strip().splitlines() or [type(exc).__name__])[0]
     if first_error is not None:
-        return PeerLost(f"rank {rank} stopped: {first_error.replace(': ', ' failed first (', 1)}) [{said}]")
+        return PeerLost(f"rank {rank} stopped: {failed_first(first_error)} [{said}]")
     return PeerLost(f"rank {rank} stopped: it lost another rank during a collective ({said}), and no rank "
                     "recorded why: one was killed (the out-of-memory killer says nothing) or crashed, or the "
                     "network failed; its own output, or the launcher's failure summary, names it")

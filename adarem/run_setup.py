@@ -90,9 +90,7 @@ class Run:
             # ranks that lose their peers name it. Only into a directory this job holds: never
             # beside another job's live run (a second launch refused by the lock)
             if self.dist.enabled and self.locked and self.run_dir.is_dir():
-                tmp = self.run_dir / f".rank{self.dist.rank}_error.txt.tmp"
-                tmp.write_text(error)
-                os.replace(tmp, self.run_dir / f"rank{self.dist.rank}_error.txt")
+                self.write_rank_error(self.dist.rank, error)
             if not self.dist.is_main or self.record is None:
                 return
             if first and isinstance(exc, dist_utils.PeerLost):
@@ -112,6 +110,13 @@ class Run:
             return None
         return dist_utils.lost_peer_error(exc, self.dist.rank, first_rank_error(self.run_dir, self.started))
 
+    def write_rank_error(self, rank: int, error: str) -> None:
+        """``rank<rank>_error.txt``, whole or not at all (``first_rank_error`` reads them). Its temporary
+        file is named by the writer as well: another rank may write the same rank's file."""
+        tmp = self.run_dir / f".rank{rank}_error.txt.tmp{self.dist.rank}"
+        tmp.write_text(error)
+        os.replace(tmp, self.run_dir / f"rank{rank}_error.txt")
+
     def end_for_lost_peer(self, line: str, first: str) -> None:
         """The peer watch's ending of this rank (its main thread is held in a collective that waits
         for a lost rank), for ``first`` ("rank r: <cause>"): record it as a PeerLost and say it in
@@ -119,13 +124,10 @@ class Run:
         nothing) goes into that rank's error file, where the ranks that outlive the store look."""
         rank, _, cause = first.partition(": ")
         lost = int(rank.split()[-1]) if rank.startswith("rank ") and rank.split()[-1].isdigit() else None
-        if self.locked and lost is not None and lost != self.dist.rank:
-            path = self.run_dir / f"rank{lost}_error.txt"
+        if self.locked and lost is not None and lost != self.dist.rank and \
+                not (self.run_dir / f"rank{lost}_error.txt").exists():
             try:
-                if not path.exists():
-                    tmp = self.run_dir / f".rank{lost}_error.txt.tmp{self.dist.rank}"
-                    tmp.write_text(f"{cause} (found by rank {self.dist.rank}'s peer watch)")
-                    os.replace(tmp, path)
+                self.write_rank_error(lost, f"{cause} (found by rank {self.dist.rank}'s peer watch)")
             except OSError:
                 pass
         self.mark_failed(dist_utils.PeerLost(line), line)

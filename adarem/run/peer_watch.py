@@ -52,14 +52,11 @@ from typing import Any, Callable, Optional
 
 import torch.distributed as dist
 
+from adarem.distributed import broadcast_object, failed_first
+
 EXIT_CODE = 2  # as train.py's other one-line errors
 _FIRST = "failed"  # "rank r: <error>" of the first rank that failed (or was found silent)
 _NOT_HEARD = "no heartbeat for"  # the start of the cause a watcher records for a silent rank
-
-
-def said_by(first: str) -> str:
-    """"rank r: <error>" -> "rank r failed first (<error>)" (the wording of adarem.distributed.PeerLost)."""
-    return first.replace(": ", " failed first (", 1) + ")"
 
 
 class BoundedStore:
@@ -135,8 +132,6 @@ class PeerWatch:
         """A started watch on the job's store (after init_process_group, on every rank at once: it
         broadcasts rank 0's key prefix, so that torchrun's restarts, which share one store, never
         read a previous attempt's keys)."""
-        from adarem.distributed import broadcast_object
-
         prefix = broadcast_object(uuid.uuid4().hex if rank == 0 else None)
         address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
         client = dist.TCPStore(*address, None, False, dt.timedelta(seconds=max(10.0, min(60.0, timeout_s))))
@@ -261,7 +256,7 @@ class PeerWatch:
         """End this rank for ``first``, unless its main thread ends it within the grace period."""
         if grace and self._ended.wait(self.grace_s):
             return
-        self._end(f"rank {self.rank} stopped: {said_by(first)} [the peer watch ended it: a collective waits for a "
+        self._end(f"rank {self.rank} stopped: {failed_first(first)} [the peer watch ended it: a collective waits for a "
                   f"lost rank until the process group's timeout]", first)
 
     def _end(self, line: str, first: str) -> None:
