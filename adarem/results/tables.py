@@ -414,8 +414,11 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
                                   "none): their seconds include compilation for some only; compare steps, not "
                                   "seconds"})
         if "oscillation_every" in g:
-            per_opt = g.groupby("optimizer").oscillation_every.agg(lambda e: _tracker_counts(e))
-            if per_opt.nunique() > 1:
+            # compared as sets of intervals: a side with fewer seeds (a missing or diverged one) is not
+            # a different interval; the counts are only said
+            intervals = g.groupby("optimizer").oscillation_every.agg(lambda e: tuple(sorted(set(e))))
+            if intervals.nunique() > 1:
+                per_opt = g.groupby("optimizer").oscillation_every.agg(_tracker_counts)
                 notes.append({"run_dir": f"(timing) {dataset}/{model}",
                               "problem": "optimizers trained with the oscillation tracker at different intervals ("
                                          + "; ".join(f"{opt}: {t}" for opt, t in per_opt.items()) + "): its work is "

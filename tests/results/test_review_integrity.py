@@ -293,6 +293,18 @@ def test_seconds_are_not_pooled_across_oscillation_tracker_settings(tmp_path):
            "2 runs; sgd: off: 3 runs)" in text
 
 
+def test_a_missing_seed_is_no_different_tracker_interval(tmp_path):
+    """Every run at one interval, one side a seed short: the intervals were compared as strings with
+    their run counts ("every 10: 3 runs" vs "every 10: 2 runs") and flagged as different."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0], trainer={"oscillation_every": 10})
+        if s < 2:
+            make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"oscillation_every": 10})
+    text = write_report(load_runs(root), tmp_path / "out", CLAIMS_FILE, "test")
+    assert "tracker at different intervals" not in text
+
+
 # ---- 8. malformed records --------------------------------------------------------------------
 
 @pytest.mark.parametrize("case, reason", [
