@@ -2,7 +2,7 @@
 
 Each claim compares a metric of the subject optimizer with a baseline, per setting (dataset x
 model), on the selected configuration of each (see tables.selected_groups), one value per seed.
-Diverged runs enter error metrics as 100 % error. Per claim and setting:
+Diverged runs enter error metrics as 100 % error, ranked last (below). Per claim and setting:
 
 - ``diff`` = mean(subject) - mean(baseline), with its 95 % Welch confidence interval
   (Welch-Satterthwaite degrees of freedom);
@@ -42,13 +42,19 @@ part of a training and its blow-up); steps to target and the AUC leave out a fin
 val-error curve has holes (metrics lines lost after a crash, an evaluation without a finite error).
 The report flags each such run.
 
-Zero variance on both sides (every seed of a side the same value: discrete errors on a small test
-set, steps to a target on a coarse evaluation grid, or seeds that do not change the run): Welch's
-t is infinite, which would give p = 0 and a CI collapsed onto the difference from as few as 2
-seeds a side, certainty that no sample of seeds can give. Such a claim is tested like steps to
-target instead, with the exact permutation test on ranks (``rank_test_p``: every seed of one side
-below every seed of the other gives 1 / C(n1 + n2, n1), 0.05 with 3 a side), and has no CI, no
-Hedges' g and no t-based MDD (``none detectable`` where no ranking could make it Supported).
+Zero variance on a side (every seed of it the same value: discrete errors on a small test set,
+steps to a target on a coarse evaluation grid, or seeds that do not change the run): Welch's t
+leaves that side's uncertainty out. With both sides so it is infinite, which would give p = 0 and
+a CI collapsed onto the difference from as few as 2 seeds a side, certainty that no sample of
+seeds can give; with one side so it is a t on the other side's spread and degrees of freedom
+alone (2 seeds a side, one 0.0001 apart: p ~ 3e-5). A placeholder value (a diverged run's 100 %
+error or AUC; for steps to target, a seed that never got there, at the cap) stands for an outcome
+and measures nothing: in a t-test it inflates its side's spread, so a seed diverging weakened the
+verdict against the optimizer that diverged. Such claims are tested like steps to target, with
+the exact permutation test on ranks (``rank_test_p``: the placeholder ranks last; every seed of
+one side below every seed of the other gives 1 / C(n1 + n2, n1), 0.05 with 3 a side), and have
+the mean difference but no CI, no Hedges' g and no t-based MDD (``none detectable`` where no
+ranking could make it Supported).
 """
 
 from __future__ import annotations
@@ -89,22 +95,24 @@ STATISTICS_TEXT = (
     "Per claim and setting: the mean difference subject − baseline with its 95 % Welch confidence interval, "
     "Hedges' g (exact small-sample correction), the one-sided Welch t-test p in the claimed direction and its "
     "Holm adjustment over the family of all claims tested in the same setting (dataset × model); diverged runs "
-    "count as 100 % error. Supported means Holm-adjusted p < {alpha:g}, Contradicted means the same holds for "
+    "count as 100 % error, ranked last by a rank test (below). Supported means Holm-adjusted p < {alpha:g}, Contradicted means the same holds for "
     "the opposite direction, Inconclusive means neither, with `mdd` the smallest difference these seeds could "
     "detect, (t₁₋α/m,ν + t₀.₈,ν)·s_pooled·√(1/n₁ + 1/n₂) at 80 % power and level α/m (m claims in the family, "
     "ν = n₁ + n₂ − 2), and Insufficient data means a side has fewer than 2 seeds (or, for steps to target, that "
     "the setting has no target: no SGD-momentum run, or none finished). Steps to target: a seed that "
     "never reached the target (or diverged) counts as one step past the larger step budget of the two sides, the "
-    "difference and CI are computed on those values, and p comes from an exact one-sided permutation test on ranks "
+    "difference is computed on those values (a CI only where every seed got there), and p comes from an exact one-sided permutation test on ranks "
     "(Gehan's test for data censored at one time) instead of Welch's t; `reached_*` count the seeds that got "
     "there; its `mdd` is not the t-based one (which does not describe a rank test): none is given, or `none "
     "detectable` where no ranking of these seeds (every seed of one side before every seed of the other) could "
     "make the claim Supported under Holm's step-down given the other claims' p-values (the k-th smallest p is "
     "tested at α/(m − k + 1): at most α, for a claim whose every other claim is rejected first); a side whose "
     "seeds did not all reach the target shows `not reached by k of n` instead of a mean when the other side has no "
-    "seeds to set a common step budget. A claim whose two sides each have one value for every seed (no spread: "
-    "Welch's t would be infinite, p = 0 from 2 seeds) is tested by the same rank test, with no CI and no t-based "
-    "`mdd`. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
+    "seeds to set a common step budget. A claim where a side has one value for every seed (no spread: Welch's t "
+    "would leave that side's uncertainty out, infinite with both sides so, p = 0 from 2 seeds) or holds a "
+    "placeholder (a diverged run's 100 %, a seed that never reached the target: no measurement, it would inflate "
+    "its side's spread) is tested by the same rank test, where the placeholder ranks last, with the mean difference "
+    "but no CI, no Hedges' g and no t-based `mdd`. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
     "without a finite error; flagged) is left out of steps to target and the AUC; diverged runs are left out of "
     "the oscillation metrics (their lines cover part of a training). Not comparable: the two sides' curves were "
     "evaluated differently (evaluations per epoch or BN recalibration), so no verdict on a curve metric, or their "
@@ -301,6 +309,11 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
             b = [v for v in metric_values(rs, runs_b, claim["metric"], target) if not math.isnan(v)]
             censored = claim["metric"] == "steps_to_target"
             reached = (sum(map(math.isfinite, a)), sum(map(math.isfinite, b))) if censored else ("", "")
+            # a value that stands for an outcome rather than measuring it: a diverged run's 100 % error
+            # (or AUC), a seed that never reached the target, at the cap below
+            placeholder = (reached != (len(a), len(b)) if censored else
+                           claim["metric"] in ("final_top1", "val_error_auc")
+                           and bool((pd.concat([runs_a.status, runs_b.status]) == "diverged").any()))
             if censored and a and b:
                 # one common censoring value for both sides, one step past the larger step budget:
                 # never getting there ranks after getting there at the very last step
@@ -332,11 +345,18 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                 row["verdict"] = "Not comparable (oscillation windows differ)"
             elif len(a) >= MIN_SEEDS and len(b) >= MIN_SEEDS:
                 claimed, opposite = ("less", "greater") if claim["better"] == "lower" else ("greater", "less")
-                row["diff"], row["ci_low"], row["ci_high"] = welch_ci(a, b)
-                row["hedges_g"] = hedges_g(a, b)
-                # no spread on either side: Welch's t is infinite (p = 0 from 2 seeds a side); the
-                # exact rank test is what these seeds can show
-                ranked = censored or (_var(np.asarray(a, float)) == 0 and _var(np.asarray(b, float)) == 0)
+                # no spread on a side: Welch's t ignores that side's uncertainty (infinite with both
+                # sides so, p = 0 from 2 seeds; with one, a t on the other side's df alone, p ~ 1e-5
+                # from 2 seeds a side 0.0001 apart); a placeholder (a diverged run's 100 %) is no
+                # measurement a t-test could use: it inflates the spread and weakens the verdict
+                # against the side that diverged. The exact rank test is what these seeds can show,
+                # with no CI or Hedges' g (they would describe the t model the test does not use)
+                no_spread = _var(np.asarray(a, float)) == 0 or _var(np.asarray(b, float)) == 0
+                row["diff"] = float(np.mean(a) - np.mean(b))
+                if not (no_spread or placeholder):
+                    row["diff"], row["ci_low"], row["ci_high"] = welch_ci(a, b)
+                    row["hedges_g"] = hedges_g(a, b)
+                ranked = censored or no_spread or placeholder
                 row["ranked"] = ranked
                 test = rank_test_p if ranked else one_sided_p
                 row["p"], row["p_opposite"] = test(a, b, claimed), test(a, b, opposite)

@@ -598,6 +598,13 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
     git = run.get("git") if isinstance(run.get("git"), dict) else {}
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     osc_lines = [r for r in lines if r.get("type") == "oscillation"]
+    # a non-finite oscillation value (the tracker writes finite numbers, or null for a window in
+    # which nothing moved): the run's mean over the other lines would describe part of its training
+    osc_bad = [n for n, r in numbered if r.get("type") == "oscillation"
+               and any(_is_number(r.get(k)) and not math.isfinite(r[k]) for k in ("flip_fraction", "path_efficiency"))]
+    osc_gap = (f"{len(osc_bad)} oscillation line(s) with a non-finite flip_fraction or path_efficiency "
+               f"(metrics.jsonl line{'s' if len(osc_bad) > 1 else ''} {', '.join(map(str, osc_bad[:5]))}"
+               f"{', ...' if len(osc_bad) > 5 else ''})") if osc_bad else ""
     row = {
         "run_dir": rel, "status": status, "config_id": config_id(cfg, run.get("data_identity"), bn),
         "dataset": data.get("name"), "data_id": listed["data_id"], "content": listed["content"],
@@ -642,7 +649,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
         "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
         "platform": timing_platform(run),
         "curve_gap": "; ".join(gaps), "lines_lost": lines_lost, "nonfinite_evals": len(nonfinite),
-        "osc_window": _oscillation_window(osc_lines, trainer.get("oscillation_every")),
+        "osc_window": _oscillation_window(osc_lines, trainer.get("oscillation_every")), "osc_gap": osc_gap,
         **replaced_images(run, epochs),
         "setting_id": listed["setting_id"],
     }

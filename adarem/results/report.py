@@ -207,9 +207,9 @@ def divergence_notes(runs: pd.DataFrame) -> list[dict]:
             continue
         notes.append({"run_dir": f"(diverged) {_n_runs(len(g))} of {opt}",
                       "problem": f"diverged ({at}): counted as diverged in the test-error and speed tables (never "
-                                 f"reaching a target; 100 % error in the claims); left out of train loss @x %, the "
-                                 f"val-err AUC of the speed table, the oscillation table and the oscillation claims, "
-                                 f"which its partial history would distort"})
+                                 f"reaching a target; 100 % error in the claims, ranked last); left out of train "
+                                 f"loss @x %, the val-err AUC of the speed table, the oscillation table and the "
+                                 f"oscillation claims, which its partial history would distort"})
     return notes
 
 
@@ -224,6 +224,10 @@ def curve_gap_notes(runs: pd.DataFrame) -> list[dict]:
                       f"holes, so it is left out of best error, steps and seconds to target, speed-ups, val-err AUC "
                       f"and the claims on them" + (", and of train loss @x % and the oscillation table and claims"
                                                    if lost else "")})
+    if "osc_gap" in runs:
+        for r in runs[runs.osc_gap.fillna("") != ""].itertuples():
+            notes.append({"run_dir": r.run_dir, "problem": f"{r.osc_gap}: left out of the oscillation table and "
+                          f"claims (a mean over its other lines would describe part of its training)"})
     return notes
 
 

@@ -435,10 +435,12 @@ def _tracker_counts(every: pd.Series) -> str:
 
 def oscillation_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs whose oscillation lines describe a whole training: finished (a diverged run's lines
-    stop early, and its last steps are the blow-up), with no metrics line lost."""
+    stop early, and its last steps are the blow-up), with no metrics line lost and no non-finite
+    oscillation value (records' osc_gap)."""
     if runs.empty:
         return runs
-    return runs[(runs.status == "finished") & lines_complete(runs)]
+    whole = runs.osc_gap.fillna("") == "" if "osc_gap" in runs else True
+    return runs[(runs.status == "finished") & lines_complete(runs) & whole]
 
 
 def oscillation_table(rs: RunSet) -> pd.DataFrame:

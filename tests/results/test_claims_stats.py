@@ -12,7 +12,7 @@ from scipy import special, stats
 
 from adarem.results import CLAIMS_FILE, load_runs, write_report
 from adarem.results.claims import (CSV_COLUMNS, evaluate_claims, hedges_g, holm, load_claims,
-                                   min_detectable_difference, one_sided_p, welch_ci)
+                                   min_detectable_difference, one_sided_p, rank_test_p, welch_ci)
 from adarem.results.tables import oscillation_table
 from tests.conftest import REPO
 from tests.results.test_tables import make_run
@@ -95,7 +95,7 @@ def verdict_records(tmp_path):
     root = tmp_path / "runs"
     for s, last in enumerate([8.0, 9.0, 7.0]):
         add_oscillation(make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, last]), [0.2, 0.2], [0.6, 0.8])
-    for s, last in enumerate([11.0, 12.0, 10.0]):
+    for s, last in enumerate([12.0, 13.0, 11.0]):
         add_oscillation(make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, last]), [0.4, 0.4], [0.3, 0.3 + s / 10])
     for s, last in enumerate([4.0, 5.0, 3.0]):  # adam clearly better: the claim is contradicted
         add_oscillation(make_run(root, f"adam{s}", "adam", s, [30.0, 15.0, last]), [0.5, 0.5])
@@ -119,12 +119,15 @@ def test_verdicts_on_hand_made_records(verdict_records):
     # diverged adamw run = 100 % error
     assert v.loc["inc", "baseline_mean"] == pytest.approx((5 + 12 + 100) / 3) and v.loc["inc", "n_baseline"] == 3
 
-    adarem, sgd, adam, adamw = [8.0, 9.0, 7.0], [11.0, 12.0, 10.0], [4.0, 5.0, 3.0], [5.0, 12.0, 100.0]
+    adarem, sgd, adam, adamw = [8.0, 9.0, 7.0], [12.0, 13.0, 11.0], [4.0, 5.0, 3.0], [5.0, 12.0, 100.0]
     p = {"sup": stats.ttest_ind(adarem, sgd, equal_var=False, alternative="less").pvalue,
          "con": stats.ttest_ind(adarem, adam, equal_var=False, alternative="less").pvalue,
-         "inc": stats.ttest_ind(adarem, adamw, equal_var=False, alternative="less").pvalue,
+         # a diverged adamw run (100 %, a placeholder, not a measurement): the rank test, where it ranks
+         # last; in a t-test it inflated adamw's spread and weakened the verdict against adamw
+         "inc": rank_test_p(adarem, adamw, "less"),
          "flat": 1 / 20,  # flips 0.2 vs 0.5, no spread on either side: the exact rank test, 1 / C(6, 3)
-         "eff": stats.ttest_ind([0.7] * 3, [0.3, 0.35, 0.4], equal_var=False, alternative="greater").pvalue}
+         # no spread on adarem's side alone: the rank test too (Welch's t on adam's df alone said 0.006)
+         "eff": 1 / 20}
     for k, pk in p.items():
         assert v.loc[k, "p"] == pytest.approx(pk)
     # the family: the five claims tested in this setting (few and old have no test)
@@ -140,11 +143,35 @@ def test_verdicts_on_hand_made_records(verdict_records):
     assert math.isnan(v.loc["flat", "ci_low"]) and math.isnan(v.loc["flat", "ci_high"])
     assert math.isnan(v.loc["flat", "hedges_g"])
     assert v.loc["flat", "mdd"] == math.inf  # 1/20 * Holm's factor never clears 0.05: none detectable
-    assert v.loc["eff", "verdict"] == "Supported" and v.loc["eff", "diff"] == pytest.approx(0.7 - 0.35)
-    assert v.loc["sup", "diff"] == pytest.approx(-3.0) and v.loc["sup", "hedges_g"] < 0
-    # only an Inconclusive row states the detectable difference, at level alpha / m (m = 5)
-    assert v.loc["inc", "mdd"] == pytest.approx(min_detectable_difference(adarem, adamw, 0.05 / 5))
+    assert v.loc["eff", "verdict"] == "Inconclusive" and v.loc["eff", "diff"] == pytest.approx(0.7 - 0.35)
+    for k in ("eff", "inc"):  # rank-tested: no t-based interval, effect size or detectable difference
+        assert math.isnan(v.loc[k, "ci_low"]) and math.isnan(v.loc[k, "hedges_g"]) and not v.loc[k, "mdd"] < math.inf
+    assert v.loc["inc", "diff"] == pytest.approx(8.0 - 117 / 3)
+    assert v.loc["sup", "diff"] == pytest.approx(-4.0) and v.loc["sup", "hedges_g"] < 0
+    # only an Inconclusive t-tested row states the detectable difference, at level alpha / m (m = 5)
+    assert v.loc["sup", "ci_low"] < v.loc["sup", "diff"] < v.loc["sup", "ci_high"]
     assert math.isnan(v.loc["sup", "mdd"]) and math.isnan(v.loc["con", "mdd"])
+
+
+def test_a_diverged_seed_does_not_weaken_the_verdict_against_its_side(tmp_path):
+    """AdaRem worse than AdamW on every seed: Contradicted. One AdaRem seed diverging (100 % error,
+    worse still) made the t-test's spread ~40 points and the verdict Inconclusive; the rank test
+    ranks it last and the verdict stands."""
+    spec = {"claims": [{"id": "lower", "text": "t", "metric": "final_top1", "subject": "adarem",
+                        "baseline": "adamw", "better": "lower"}]}
+    verdicts = []
+    for diverged in (False, True):
+        root = tmp_path / f"runs{diverged}"
+        for s in range(5):
+            make_run(root, f"adamw{s}", "adamw", s, [30.0, 15.0, 7.0 + 0.05 * s])
+            if diverged and s == 4:
+                make_run(root, f"adarem{s}", "adarem", s, [30.0], status="diverged")
+            else:
+                make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + 0.05 * s])
+        verdicts.append(evaluate_claims(load_runs(root), spec).set_index("claim").loc["lower"])
+    assert [v.verdict for v in verdicts] == ["Contradicted", "Contradicted"], verdicts
+    assert verdicts[1].p_opposite == pytest.approx(1 / 252)  # every adarem seed after every adamw seed
+    assert math.isnan(verdicts[1].ci_low) and math.isnan(verdicts[1].hedges_g)
 
 
 def test_report_claims_csv_preamble_and_efficiency_column(verdict_records, tmp_path):

@@ -86,6 +86,26 @@ def test_a_diverged_run_enters_no_oscillation_number_nor_train_loss(tmp_path):
     assert "left out of train loss @x %" in text and "the oscillation claims" in text
 
 
+def test_a_non_finite_oscillation_value_takes_the_run_out_of_the_oscillation_numbers(tmp_path):
+    """A NaN flip fraction in every line of one seed dropped that seed without a word (n 2 of 3),
+    and a NaN in one line of another was skipped by the mean, which then described part of the
+    run: both are flagged and left out, as a non-finite val error is."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        _osc(make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0 + 0.1 * s]),
+             [0.20 + 0.01 * s] * 2, [0.60 + 0.01 * s] * 2)
+        d = make_run(root, f"plain{s}", "sgd_plain", s, [30.0, 15.0, 9.0 + 0.1 * s])
+        flips = {0: [math.nan, math.nan], 1: [0.31, math.nan]}.get(s, [0.32, 0.32])
+        _osc(d, flips, [0.40 + 0.01 * s] * 2)
+    rs = load_runs(root)
+    assert oscillation_table(rs).set_index("optimizer").loc["sgd_plain", "n"] == 1
+    v = _by_claim(rs).loc["oscillates_less_than_sgd_plain"]
+    assert v.n_baseline == 1 and v.verdict.startswith("Insufficient data"), v
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    for s, n in ((0, 2), (1, 1)):
+        assert f"plain{s} | {n} oscillation line(s) with a non-finite flip_fraction or path_efficiency" in text
+
+
 # ---- 2. oscillation windows ------------------------------------------------------------------
 
 def test_path_efficiency_over_different_windows_is_never_pooled_nor_compared(tmp_path):
