@@ -83,7 +83,13 @@ Implementation notes (all paths compute the same rule):
 * Non-finite gradients give non-finite weights on every path (as the rule does), but not always
   the same non-finite value: for an infinite gradient the rule gives ``-inf``/``+inf``, while the
   fast paths' ``g + c*d*|g|`` can give ``inf - inf = NaN``. Checking for it would cost the hot
-  paths a pass; skip such steps instead (``GradScaler`` does).
+  paths a pass; skip such steps instead (``GradScaler`` does). The other weights of the tensor stay
+  finite, as the rule has them, on every path but the multi-tensor foreach one (non-CPU devices)
+  for fp16/bf16 tensors, whose tracker update (``lerp``, one rounding) makes that element's ``d``
+  NaN and so ``s`` and the whole tensor the step after.
+* fp16 on the foreach paths holds ``delta = r*g`` in fp16: where ``|r*g|`` passes 65504 (an fp16
+  gradient above 32752 with ``r`` near 2) it is ``inf``, where the for-loop and fused paths, in
+  fp32, step by a finite amount.
 """
 
 from __future__ import annotations
@@ -164,7 +170,7 @@ def _check_group(group: dict) -> None:
 
 def _sharded_kind(p: Tensor) -> Optional[str]:
     """What kind of per-rank shard ``p`` is (a DTensor of FSDP2 or tensor parallelism, an FSDP flat
-    parameter), or None. Every path failed on a DTensor midway through the step (after updating the
+    parameter or FSDP's view of an original parameter's shard), or None. Every path failed on a DTensor midway through the step (after updating the
     weight), and on a flat parameter would take s over this rank's shard only. Looked up in
     sys.modules: where torch.distributed's modules are not imported, no such tensor exists (and
     importing them costs ~0.7 s)."""
@@ -175,6 +181,10 @@ def _sharded_kind(p: Tensor) -> Optional[str]:
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(p, cls):
             return kind
+    # FSDP1 with use_orig_params=True: each original parameter is a 1-D view of this rank's piece of
+    # a flat parameter, marked so by FSDP (torch.distributed.fsdp._common_utils._is_fsdp_flattened)
+    if getattr(p, "_fsdp_flattened", False):
+        return "FSDP (use_orig_params=True) sharded"
     return None
 
 
@@ -536,6 +546,21 @@ def _foreach_add_scaled(xs: list[Tensor], ys: list[Tensor], alpha, one: Optional
     return torch._foreach_addcmul(xs, ys, ones, value=alpha)
 
 
+def _update_tracker(d: Tensor, a: Tensor, beta: float, one: Optional[Tensor], s: float) -> None:
+    """d = beta*d + (1-beta)*a in place, for the CPU foreach path, which knows ``s = max|d|`` on the
+    host. ``d.lerp_(a, 1-beta)`` (one pass, one rounding) computes d + (1-beta)*(a - d): an infinite
+    element of d (from an infinite gradient) became inf - inf = NaN, so s = NaN turned every weight
+    of the tensor NaN where the rule leaves all but that one finite; and a - d overflows for huge d
+    and a of opposite signs. Where s is not finite or is past a quarter of the dtype's range, the
+    rule's own form is used (two passes, as the loop path writes it); lerp's a - d can then still
+    overflow only for a gradient past three quarters of the range (fp32: 2.5e38)."""
+    if s <= torch.finfo(d.dtype).max / 4:  # False for NaN
+        d.lerp_(a, 1 - beta)
+        return
+    d.mul_(beta)
+    _add_scaled(d, a, 1 - beta, one, out=d)
+
+
 def _scratch_views(scratch: dict, key, tensors: list[Tensor], n: int) -> list[Tensor]:
     """``n`` reusable flat buffers as large as the largest of ``tensors``, one per (device, dtype).
 
@@ -559,7 +584,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
       there, so nothing is lost by running the whole update one tensor at a time, while the
       tensor's data is still in cache, into two reusable scratch buffers (``scratch``): per tensor
       ``A = g + w*theta`` (or ``g`` itself), ``B = |A|``, ``B = A + c*d*B`` (= delta),
-      ``theta -= lr*B``, ``d.lerp_(A, 1-beta)`` and ``aminmax(d)``; the scalars ``s`` and ``c``
+      ``theta -= lr*B``, ``d.lerp_(A, 1-beta)`` (see _update_tracker) and ``aminmax(d)``; the scalars ``s`` and ``c``
       are host floats in fp64 (on the CPU reading them is no device sync).
     * other devices: ``_foreach_*`` ops over the whole group (multi-tensor kernels), ``c`` as 0-dim
       device tensors and ``max|d|`` from one ``_foreach_norm(d, inf)``: no host sync at all.
@@ -606,7 +631,9 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                     den = float(torch.tensor(den, dtype=torch.float32))
                     c = 0.0 if den == 0 else c  # s + eps == 0 in fp32 (d all zero): b = 0, as the loop path
                 if abs(c) <= (_FLOAT64_MAX if dtype == torch.float64 else _FLOAT32_MAX) or c != c:
-                    torch.addcmul(a, b, d, value=c, out=b)  # delta = g + c*d*|g| = r*g
+                    # delta = g + (c*d)*|g| = r*g; c*d in [-lam^t, lam^t] is formed first (ATen
+                    # computes value*tensor1 first): c*|g| overflows where c ~ 1/eps (s ~ 0)
+                    torch.addcmul(a, d, b, value=c, out=b)
                 else:  # c overflows (fp64 too, with a subnormal fp64 s): divide per element instead
                     b.mul_(d).div_(den).mul_(lam_[k]).add_(a)
                 step_dir = b
@@ -623,7 +650,7 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
                     else:
                         p.mul_(1 - lr * weight_decay)
                 _add_scaled(p, step_dir, -lr, one, out=p)
-                d.lerp_(a, 1 - beta)
+                _update_tracker(d, a, beta, one, s)
                 lo, hi = torch.aminmax(d)  # reads d once, no |d| temporary
                 # an element of |d|, so exact in the state's dtype; updated in place, no allocation
                 maxes[idx[k]].fill_(max(float(hi), -float(lo)))
@@ -658,7 +685,11 @@ def _foreach_adarem(params, grads, exp_avgs, maxes, bufs, lam_t, *, lr, beta, mo
             # theta - lr*(delta + w*theta): theta rounded once, as in the loop path (see the CPU variant)
             _foreach_add_scaled(b_, p_, weight_decay, one, inplace=True)  # b_ is a temporary (holds u)
         _foreach_add_scaled(p_, b_, -lr, one, inplace=True)
-        torch._foreach_lerp_(d_, a_, 1 - beta)
+        if low:  # one rounding of d, as the loop path's; a - d cannot overflow in fp32 inside
+            torch._foreach_lerp_(d_, a_, 1 - beta)
+        else:  # not lerp: see _update_tracker (s is on the device here, and no host sync is made)
+            torch._foreach_mul_(d_, beta)
+            _foreach_add_scaled(d_, a_, 1 - beta, one, inplace=True)
         torch._foreach_copy_([maxes[i] for i in idx], torch._foreach_norm(d_, float("inf")))
 
 

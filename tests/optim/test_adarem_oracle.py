@@ -413,3 +413,46 @@ def test_one_group_of_mixed_dtypes_follows_oracle_per_dtype(path, monkeypatch):
         err = float((p.detach().double() - r).abs().max())
         bound = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 0.1}[dtypes[k]]
         assert err < bound, (dtypes[k], err)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_extreme_but_finite_gradients_stay_finite(path):
+    """The rule's step is finite here on every path. The CPU foreach path formed c*|g| first (c =
+    decay^t / (s + eps) ~ 1e8 at s = 0): a gradient of 1e31 overflowed to inf * 0 = NaN. Its
+    tracker update lerp(d, g) = d + (1-beta)*(g - d) overflowed in g - d for huge d and g of
+    opposite signs (d = +inf; the rule: -7.5e37)."""
+    p = torch.nn.Parameter(torch.zeros(3, device=DEVICE))
+    opt = AdaRem([p], lr=1e-31, **FLAGS[path])
+    p.grad = torch.tensor([1e31, 1.0, -4e30], device=DEVICE)
+    opt.step()
+    torch.testing.assert_close(p.detach().cpu(), torch.tensor([-1.0, -1e-31, 0.4]))
+    q = torch.nn.Parameter(torch.zeros(3, device=DEVICE))
+    opt = AdaRem([q], lr=1e-30, beta=0.5, **FLAGS[path])
+    for g in (1e30, 3e38, -3e38):
+        q.grad = torch.full((3,), g, device=DEVICE)
+        opt.step()
+    torch.testing.assert_close(opt.state[q]["exp_avg"].cpu(), torch.full((3,), -7.5e37))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_infinite_gradient_element_leaves_the_others_finite(path):
+    """The rule (the oracle): an inf gradient element makes its own weight non-finite; s = max|d| =
+    inf then gives the other elements b = 0, a plain SGD step. The foreach paths' lerp made that
+    element's tracker inf - inf = NaN, so s was NaN and every weight of the tensor NaN."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(6, generator=gen, dtype=torch.float64) for _ in range(6)]
+    grads[1][0] = math.inf
+    params, oracle = _both(grads, dict(lr=0.1, momentum=0.5), path)
+    assert not math.isfinite(params[0][0]) and torch.isfinite(params[0][1:]).all()
+    torch.testing.assert_close(params[0][1:], oracle[1:], rtol=1e-12, atol=1e-12)
+
+
+def _both(grads, options, path):
+    p = torch.nn.Parameter(torch.zeros(6, device=DEVICE, dtype=torch.float64))
+    opt = AdaRem([p], **options, **FLAGS[path])
+    ref, theta, h = OracleAdaRem(), torch.zeros(6, dtype=torch.float64), {**DEFAULTS, **options}
+    for g in grads:
+        p.grad = g.to(DEVICE)
+        opt.step()
+        ref.step_tensor(0, theta, g.clone(), h)
+    return [p.detach().cpu()], theta

@@ -224,3 +224,24 @@ def test_an_fsdp_flat_parameter_is_refused_in_one_line():
     flat = FlatParameter(torch.zeros(6), requires_grad=True)
     with pytest.raises(ValueError, match=r"does not support FSDP flat parameters \(shape \(6,\)\).*DDP"):
         AdaRem([flat])
+
+
+def test_fsdp_use_orig_params_is_refused_in_one_line():
+    """FSDP with use_orig_params=True hands the optimizer 1-D views of this rank's shard of each
+    parameter: accepted, s was taken over the shard only (weights 0.18 off an unsharded run after 3
+    steps with 2 ranks, where SGD matched exactly). A real FSDP wrap, one gloo rank."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = FSDP(torch.nn.Linear(4, 3), use_orig_params=True, device_id=torch.device("cpu"))
+        with pytest.raises(ValueError, match=r"does not support FSDP \(use_orig_params=True\) sharded parameters .*DDP"):
+            AdaRem(model.parameters())
+    finally:
+        dist.destroy_process_group()
