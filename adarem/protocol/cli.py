@@ -88,7 +88,8 @@ from pathlib import Path
 
 from adarem.config import ConfigError
 from adarem.protocol.dispatch import HOME, LocalDispatcher, SlurmDispatcher, compose, slurm_parameters
-from adarem.protocol.report import TRAINED_WITH, code_section, edge_summary, provenance, selection_table
+from adarem.protocol.report import (TRAINED_WITH, code_section, edge_summary, provenance, runner_up, seed_choices,
+                                    selection_table)
 from adarem.protocol.search import SELECT_SEED0, Search, lowest_lr, lr_factors, lr_floor, score, weight_decays
 
 USAGE = __doc__
@@ -765,8 +766,11 @@ def compare(argv: list[str]) -> int:
             fail(f"no learning rate of {', '.join(empty)} finished with a finite holdout error on every selection "
                  f"seed ({counts}); move or widen the grid (lr_span, lr_grid), and see the run directories under "
                  f"{runs_root / 'select'}")
+        # seed by seed, every optimizer in turn: launched optimizer by optimizer, a change in the
+        # machine's load over the hours of a comparison (other jobs, a slower stretch) lands on whole
+        # optimizers and their seconds rank the launch order; interleaved, it spreads over them all
         finals = [((opt, s), overrides(opt, chosen[opt][0], chosen[opt][1], s, "final"))
-                  for opt in searches for s in final_seeds]
+                  for s in final_seeds for opt in searches]
         finished = set()
         for (opt, s), res in dispatcher.run("final", finals):
             if res.get("locked"):
@@ -809,6 +813,11 @@ def compare(argv: list[str]) -> int:
              f"directories there{f' ({why})' if why else ''}")
     for line in edge_summary(searches, chosen):
         print(f"note: {line}", flush=True)
+    for opt, srch in searches.items():
+        picks = seed_choices(srch, select_seeds)
+        if picks.startswith("**"):  # the seeds disagree: say how narrowly the mean decided
+            print(f"note: {opt}: the selection seeds alone choose differently ({picks.strip('*')}); the runner-up "
+                  f"is {runner_up(srch, chosen[opt], select_seeds)} points of holdout error", flush=True)
     from adarem.run.record import git_info, versions
 
     code, code_warnings = code_section([{**r, **trained_with.get(r["run_dir"], {})} for r in rows],

@@ -4,6 +4,7 @@ layout, data identity, protocol) and the hyperparameter-selection table."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import platform
 from collections import Counter
@@ -67,13 +68,42 @@ def untested_sides(srch, lr: float, wd: float) -> list[str]:
     return out
 
 
+def _point(srch, lr: float, wd: float) -> str:
+    return f"{lr:.3g}" + (f" wd {wd:g}" if len(srch.wds) > 1 else "")
+
+
+def seed_choices(srch, select_seeds: list[int]) -> str:
+    """The point each selection seed alone would have chosen: "same" where they agree; where they do
+    not, the chosen point rests on their mean, and the runner-up's margin says how narrowly."""
+    if len(select_seeds) < 2:
+        return "—"
+    picks = {s: srch.best([s])[:2] for s in select_seeds}
+    if len(set(picks.values())) == 1:
+        return "same"
+    return "**" + ", ".join(f"s{s}: {_point(srch, *p)}" for s, p in picks.items()) + "**"
+
+
+def runner_up(srch, chosen: tuple, select_seeds: list[int]) -> str:
+    """The next best point tried and how much higher its mean holdout error is (points)."""
+    lr, wd, err = chosen[:3]
+    others = [(srch.point_score(x, w, select_seeds)[0], x, w) for x, w in srch.trials() if (x, w) != (lr, wd)]
+    others = [o for o in others if math.isfinite(o[0])]
+    if not others or not math.isfinite(err):
+        return "—"
+    e2, x, w = min(others)
+    return f"{_point(srch, x, w)} (+{e2 - err:.2f})"
+
+
 def selection_table(searches: dict, chosen: dict, select_seeds: list[int], factors: list[float]) -> str:
     lines = ["## Hyperparameter selection (holdout of the training split; selection.csv has every trial)\n",
              f"Grid before extension: the default lr times {', '.join(f'{f:.3g}' for f in factors)}"
-             f" ({len(factors)} lrs); every optimizer got the same trials before extension.\n",
+             f" ({len(factors)} lrs); every optimizer got the same trials before extension. Each seed alone: the "
+             f"point each selection seed would have chosen by itself (where they differ, the choice rests on the "
+             f"mean of {len(select_seeds)} seeds); runner-up: the next best point and how many points of mean "
+             f"holdout error it lost by.\n",
              "| optimizer | default lr | lrs tried | weight decays | trials (x seeds) | chosen lr | chosen wd "
-             "| holdout err (%) | holdout loss | on the edge? |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| holdout err (%) | holdout loss | each seed alone | runner-up (+err) | on the edge? |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for opt, srch in searches.items():
         lr, wd, err, loss = chosen[opt]
         edge = srch.edge(lr)
@@ -88,7 +118,8 @@ def selection_table(searches: dict, chosen: dict, select_seeds: list[int], facto
         lines.append(f"| {opt} | {srch.lr0:g} | {', '.join(f'{x:.3g}' for x in srch.lrs)} | "
                      f"{', '.join(f'{w:g}' for w in srch.wds)} | {len(srch.trials())} (x{len(select_seeds)})"
                      f"{f', +{srch.extensions} extension(s)' if srch.extensions else ''} | {lr:.3g} | {wd:g} | "
-                     f"{err:.2f} | {loss:.4f} | {flag} |")
+                     f"{err:.2f} | {loss:.4f} | {seed_choices(srch, select_seeds)} | "
+                     f"{runner_up(srch, chosen[opt], select_seeds)} | {flag} |")
     return "\n".join(lines) + "\n"
 
 

@@ -423,7 +423,36 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
                               "problem": "optimizers trained with the oscillation tracker at different intervals ("
                                          + "; ".join(f"{opt}: {t}" for opt, t in per_opt.items()) + "): its work is "
                                          "part of every step, so their seconds compare it too; compare steps, not seconds"})
+        spread = _speed_spread(g)
+        if spread:
+            notes.append({"run_dir": f"(timing) {dataset}/{model}", "problem": spread})
     return notes
+
+
+# Past this max/min of images/s between the seeds of one configuration (the same code and data, so
+# one speed on a dedicated machine: a few % of noise), the machine's load decided the seconds
+SPEED_SPREAD = 1.10
+
+
+def _speed_spread(g: pd.DataFrame) -> str:
+    """A flag where images/s varied between the seeds of one selected configuration by more than
+    SPEED_SPREAD: the seconds and images/s then measure the machine's load (other jobs, the launch
+    order of the runs) as much as the optimizers."""
+    if "images_per_s" not in g:
+        return ""
+    rates = g[g.status == "finished"].dropna(subset=["images_per_s"])
+    rates = rates[rates.images_per_s > 0].groupby("optimizer").images_per_s
+    lo, hi, means = rates.min(), rates.max(), rates.mean()
+    if lo.empty:
+        return ""
+    worst = (hi / lo).idxmax()
+    if hi[worst] / lo[worst] <= SPEED_SPREAD:
+        return ""
+    return (f"images/s varied between the seeds of one configuration by up to {hi[worst] / lo[worst]:.2f}x "
+            f"({worst}: {lo[worst]:,.0f} to {hi[worst]:,.0f}), where the same code on the same data runs at one "
+            f"speed on a dedicated machine: the machine's load varied, so the seconds and images/s measure it as "
+            f"much as the optimizers (their mean images/s span {means.max() / means.min():.2f}x); compare steps, "
+            f"not seconds")
 
 
 def _tracker_counts(every: pd.Series) -> str:

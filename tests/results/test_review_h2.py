@@ -226,3 +226,18 @@ def test_a_runs_dir_that_is_a_file_is_not_said_to_be_missing(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert f"runs directory {record} is a file, not a directory" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_steps_claims_are_shown_at_every_target_of_the_speed_table(tmp_path):
+    """The committed study's "faster than AdamW" is Supported at SGD + 1 point and not at + 5, the
+    speed table's second target; only the first target's verdict was reported."""
+    from adarem.results import CLAIMS_FILE, write_report
+
+    text = write_report(load_runs(STUDY_FINALS), tmp_path / "out", CLAIMS_FILE, "test", offsets=(1.0, 5.0))
+    section = text[text.index("### Steps-to-target claims at each target"):]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:6]]
+            for line in section.splitlines() if line.startswith("| faster")}
+    assert rows == {"faster_than_adam": ["Inconclusive (0.556)", "Inconclusive (0.913)"],
+                    "faster_than_adamw": ["Supported (0.0198)", "Inconclusive (1)"]}, rows
+    text = write_report(load_runs(STUDY_FINALS), tmp_path / "one", CLAIMS_FILE, "test", offsets=(1.0,))
+    assert "### Steps-to-target claims at each target" not in text

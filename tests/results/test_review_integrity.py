@@ -255,7 +255,7 @@ def test_no_mdd_is_claimed_for_a_rank_test_that_cannot_reject(tmp_path):
     v = _by_claim(rs).loc["faster_than_adam"]
     assert v.verdict == "Inconclusive" and v.mdd == math.inf
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
-    (line,) = [ln for ln in text.splitlines() if ln.startswith("| faster_than_adam ")]
+    (line,) = [ln for ln in text.split("### Steps-to-target")[0].splitlines() if ln.startswith("| faster_than_adam ")]  # not the other targets' rows
     assert "none detectable" in line
     from adarem.results.claims import rank_test_min_p
 
@@ -312,6 +312,22 @@ def test_seconds_are_not_pooled_across_oscillation_tracker_settings(tmp_path):
     assert "optimizers trained with the oscillation tracker at different intervals (adarem: off: 1 run, every 10: " \
            "2 runs; sgd: off: 3 runs)" in text
 
+
+def test_seconds_measured_under_varying_load_are_flagged(tmp_path):
+    """Seeds of one configuration at 2,259 to 3,359 images/s (the committed study's finals, launched
+    optimizer by optimizer on a shared machine): the seconds columns then rank the launch order, and
+    nothing said so. Within 10 % is a dedicated machine's noise and is not flagged."""
+    for name, rates in (("steady", {"sgd": [100, 104, 98], "adarem": [101, 99, 103]}),
+                        ("loaded", {"sgd": [100, 150, 98], "adarem": [101, 99, 103]})):
+        root = tmp_path / name
+        for opt, per_seed in rates.items():
+            for s, rate in enumerate(per_seed):
+                d = make_run(root, f"{opt}{s}", opt, s, [30.0, 15.0, 8.0 + s])
+                _write_lines(d, [{**r, "images_per_s": float(rate)} if r["type"] == "epoch" else r for r in _lines(d)])
+        text = write_report(load_runs(root), tmp_path / f"out_{name}", CLAIMS_FILE, "test")
+        flagged = "images/s varied between the seeds of one configuration by up to" in text
+        assert flagged == (name == "loaded"), name
+    assert "by up to 1.53x (sgd: 98 to 150)" in text and "compare steps, not seconds" in text
 
 def test_a_missing_seed_is_no_different_tracker_interval(tmp_path):
     """Every run at one interval, one side a seed short: the intervals were compared as strings with
