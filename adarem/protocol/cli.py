@@ -816,8 +816,8 @@ def compare(argv: list[str]) -> int:
     for opt, srch in searches.items():
         picks = seed_choices(srch, select_seeds)
         if picks.startswith("**"):  # the seeds disagree: say how narrowly the mean decided
-            print(f"note: {opt}: the selection seeds alone choose differently ({picks.strip('*')}); the runner-up "
-                  f"is {runner_up(srch, chosen[opt], select_seeds)} points of holdout error", flush=True)
+            print(f"note: {opt}: the selection seeds alone choose differently ({picks.strip('*')}); runner-up "
+                  f"(+ points of mean holdout error): {runner_up(srch, chosen[opt], select_seeds)}", flush=True)
     from adarem.run.record import git_info, versions
 
     code, code_warnings = code_section([{**r, **trained_with.get(r["run_dir"], {})} for r in rows],
