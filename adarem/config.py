@@ -8,7 +8,8 @@ checks ranges, so that every bad value fails at start-up with one line naming it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING as MISSING_FACTORY
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -28,6 +29,21 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _refuse_unread(cfg, section: str, own: tuple, read: set, who: str) -> None:
+    """ConfigError for a key of ``own`` (the settings only some choices read) that this choice does
+    not read (``read``), set to other than its default: optimizer=adam optimizer.momentum=0.5
+    trained plain Adam in a directory of its own, the setting believed changed."""
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING_FACTORY else f.default
+                for f in fields(cfg)}
+    for key in own:
+        value = getattr(cfg, key)
+        if key not in read and (list(value) if isinstance(value, (list, tuple)) else value) != defaults[key]:
+            shown = list(value) if isinstance(value, (list, tuple)) else value
+            raise ConfigError(f"{section}.{key}={shown} is not read by {who}, which reads "
+                              f"{', '.join(sorted(read)) or 'none'} of {', '.join(own)}: remove it, or choose "
+                              f"{'an optimizer' if section == 'optimizer' else 'a ' + section} that reads it")
+
+
 @dataclass
 class ModelConfig:
     name: str = "resnet18"  # any timm model name, or torchvision.<name>
@@ -37,6 +53,15 @@ class ModelConfig:
 
     def __post_init__(self):
         _require(0.0 <= self.drop_rate < 1.0, f"model.drop_rate={self.drop_rate} must be in [0, 1)")
+
+
+# the settings only some optimizers read (adarem/optim/factory.py: build_optimizer), and which do
+OPTIMIZER_SPECIFIC = ("momentum", "nesterov", "betas", "eps", "beta", "decay", "decay_horizon", "decoupled_weight_decay")
+OPTIMIZER_READS = {"sgd": {"momentum", "nesterov"}, "adam": {"betas", "eps"}, "adamw": {"betas", "eps"},
+                   "adarem": {"momentum", "eps", "beta", "decay", "decay_horizon", "decoupled_weight_decay"}}
+# the same for the lr schedules (adarem/schedule.py); warmup_lr only with a warm-up
+SCHEDULE_SPECIFIC = ("milestones", "decay_rate", "min_lr", "warmup_lr")
+SCHEDULE_READS = {"cosine": {"min_lr"}, "step": {"milestones", "decay_rate"}, "constant": set()}
 
 
 @dataclass
@@ -81,6 +106,7 @@ class OptimizerConfig:
                                                  f"(a fraction of the run's steps; 0 = use optimizer.decay)")
         _require(self.decay_horizon == 0 or self.name == "adarem",
                  f"optimizer.decay_horizon={self.decay_horizon} applies to AdaRem only, not {self.name!r}")
+        _refuse_unread(self, "optimizer", OPTIMIZER_SPECIFIC, OPTIMIZER_READS[self.name], f"optimizer.name={self.name}")
         _require(0 <= self.eps < 1, f"optimizer.eps={self.eps} must be a finite value in [0, 1)")
         _require(self.impl in ("auto", "fused", "foreach", "loop"),
                  f"optimizer.impl={self.impl!r} is not one of auto, fused, foreach, loop")
@@ -170,6 +196,9 @@ class ScheduleConfig:
         ms = list(self.milestones)
         _require(all(m >= 1 for m in ms) and ms == sorted(set(ms)),
                  f"schedule.milestones={ms} must be increasing epoch numbers >= 1")
+        warm = {"warmup_lr"} if self.warmup_epochs > 0 else set()
+        _refuse_unread(self, "schedule", SCHEDULE_SPECIFIC, SCHEDULE_READS.get(self.name, set()) | warm,
+                       f"schedule.name={self.name}" + ("" if warm else " without a warm-up (schedule.warmup_epochs=0)"))
 
 
 @dataclass

@@ -164,6 +164,24 @@ class Run:
                 close()
 
 
+def other_code_note(previous: dict) -> str:
+    """For a finished run reported again: where it was trained with other code than this launch's
+    (another commit, or uncommitted changes on either side), what it was trained at, so that its
+    result is not taken for this code's; "" where the code is the same or unrecorded."""
+    from adarem.run.record import git_info
+
+    then = previous.get("git") if isinstance(previous.get("git"), dict) else {}
+    now = git_info()
+    if not then.get("commit") or not now.get("commit"):
+        return ""
+    same = then["commit"] == now["commit"] and bool(then.get("dirty")) == bool(now.get("dirty")) and (
+        not now.get("dirty") or (now.get("diff_sha1") is not None and then.get("diff_sha1") == now["diff_sha1"]))
+    if same:
+        return ""
+    spelled = lambda g: f"{str(g['commit'])[:10]}{' with uncommitted changes' if g.get('dirty') else ''}"  # noqa: E731
+    return (f"; note: it was trained at {spelled(then)}, this code is {spelled(now)}: move the run directory "
+            f"away (or choose another hydra.run.dir) to train it with this code")
+
 def first_rank_error(run_dir: Path, since: float) -> Optional[str]:
     """"rank r: <error>" of the rank whose error file (written since ``since``) came first, of the
     ranks that failed on their own: a rank that only lost its peers (PeerLost) is never the cause,
@@ -263,7 +281,8 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
             prev = run.plan.previous
             err = (prev.get("final") or {}).get("val_top1_err")
             print(f"{run.run_dir}: run already {prev['status']}"
-                  + (f"; final top-1 error {err:.2f}%" if err is not None else "") + " (nothing to do)")
+                  + (f"; final top-1 error {err:.2f}%" if err is not None else "") + " (nothing to do)"
+                  + other_code_note(prev))
         return 0
 
     if dist.device.type == "cuda":

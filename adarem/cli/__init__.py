@@ -163,10 +163,31 @@ def check_command_line() -> None:
         return
     _checked = True
     print_only_dies_on_closed_pipe(sys.argv[1:])
+    run_dir_as_hydras(sys.argv)
     from adarem.config import register_configs
 
     register_configs()
     preflight(sys.argv[1:])
+
+
+def run_dir_as_hydras(argv: list[str]) -> None:
+    """``run_dir=X`` on the command line becomes ``hydra.run.dir=X`` (in place): run_dir defaults to
+    Hydra's run directory, and given on its own it left Hydra writing train.log into the
+    config-derived runs/... folder, one shared by every launch of that configuration whatever its
+    run_dir, while X got none. Not in a multirun (-m), whose jobs get Hydra's sweep folders; both
+    given, and different, is refused in one line."""
+    if any(a in ("-m", "--multirun") for a in argv[1:]):
+        return
+    given = [(i, a.split("=", 1)[1]) for i, a in enumerate(argv) if i and a.lstrip("+").startswith("run_dir=")]
+    hydras = [a.split("=", 1)[1] for a in argv[1:] if a.lstrip("+").startswith("hydra.run.dir=")]
+    if not given:
+        return
+    if hydras and hydras[-1] != given[-1][1]:
+        print(f"error: run_dir={given[-1][1]} and hydra.run.dir={hydras[-1]} name two run directories; give one of "
+              f"them", file=sys.stderr)
+        sys.exit(2)
+    for i, value in given:
+        argv[i] = f"hydra.run.dir={value}"
 
 
 def composition_error(exc: BaseException, overrides: list[str]) -> str:

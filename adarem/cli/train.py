@@ -81,6 +81,22 @@ def train(cfg: DictConfig) -> int:
     return code
 
 
+def os_error_hint(exc: OSError, run_dir: str) -> str:
+    """What to do about an OSError: the run directory's (a full disk, an unwritable folder) is the
+    usual one; a path elsewhere (ADAREM_CACHE's data cache, a data root) is not fixed by choosing
+    another hydra.run.dir."""
+    path = getattr(exc, "filename", None)
+    if path and run_dir:
+        try:
+            inside = os.path.commonpath([os.path.abspath(path), os.path.abspath(run_dir)]) == os.path.abspath(run_dir)
+        except ValueError:
+            inside = False
+        if not inside:
+            return f" (free space, or make {path} writable or set the option or variable that chose it: it is not in " \
+                   f"the run directory)"
+    return " (free space or choose a writable hydra.run.dir)"
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     early.release_ctrl_c()  # from here on Ctrl-C marks the run interrupted
@@ -89,7 +105,7 @@ def main(cfg: DictConfig) -> None:
     except Exception as exc:
         if not isinstance(exc, user_errors()) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        hint = " (free space or choose a writable hydra.run.dir)" if isinstance(exc, OSError) else ""
+        hint = os_error_hint(exc, str(cfg.get("run_dir", ""))) if isinstance(exc, OSError) else ""
         print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

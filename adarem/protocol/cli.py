@@ -138,6 +138,35 @@ TRIAL_DEFAULTS = (("logging.wandb", "disabled"), ("logging.progress", "none"), (
                   ("trainer.bn_recalibrate", "8"))
 
 
+COMPARE_LOCK = ".compare.lock"
+_HELD: list[int] = []  # the runs folder's lock, held until this process exits
+
+
+def hold_runs_folder(runs_root: Path) -> None:
+    """An exclusive flock on ``<runs>/.compare.lock`` for the life of this compare (the kernel drops
+    it on any exit), or exit 2 naming its holder: two comparisons in one runs folder would train and
+    lock each other's trials, and the refused one's queued trials stopped the first."""
+    import fcntl
+    import socket
+
+    path = runs_root / COMPARE_LOCK
+    try:
+        runs_root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        fail(f"cannot create runs={runs_root} or its lock file {path} ({exc.strerror}); choose a writable runs=")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        fail(f"another compare.py is running on runs={runs_root} ({holder}); wait for it to end, or give this "
+             f"comparison its own runs=: two in one folder would train and lock each other's trials")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+    _HELD.append(fd)
+
+
 def fail(message: str) -> None:
     """Bad input or an empty stage: one line, exit 2."""
     print(f"error: {message}", file=sys.stderr)
@@ -719,6 +748,7 @@ def compare(argv: list[str]) -> int:
         print(f"dry run: the arguments and every optimizer's configuration are accepted; nothing was launched",
               flush=True)
         return 0
+    hold_runs_folder(runs_root)
     if own["launcher"] == "local":
         dispatcher = LocalDispatcher(own["workers"], threads)
     else:

@@ -240,6 +240,9 @@ def run_one(overrides: list[str], threads: int) -> dict:
     """Train one configuration in this (worker) process; returns its outcome."""
     if _ORPHANED.is_set():  # the compare that queued it is gone: never start a trial without it
         os._exit(1)
+    if _STOPPED.is_set():  # the compare is leaving (an error, Ctrl-C): a trial queued before is not
+        # begun; were the compare to read this outcome (Ctrl-C reached this worker alone), it stops
+        raise KeyboardInterrupt("not started: the comparison is stopping")
     cfg = compose(overrides)
     run_dir = Path(cfg.run_dir)
     why = reuse_refusal(run_dir, cfg, LOCAL_WORLD, "launcher=local: one process per trial")
@@ -254,12 +257,18 @@ def run_one(overrides: list[str], threads: int) -> dict:
     from adarem.run.record import read_run_json
 
     t0 = time.time()
+    _IN_TRIAL.set()
     try:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             code = train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C in a terminal reaches the workers too: the trial is recorded
+        _STOPPED.set()  # interrupted, and this worker begins none of the trials its pool had queued
+        raise  # the compare reads it as its own Ctrl-C
     except Exception as exc:  # one failed configuration must not stop the comparison; a refusal does
         return {"run_dir": str(run_dir), "status": "failed", "error": one_line(exc), "seconds": time.time() - t0,
                 "locked": isinstance(exc, RunLocked), "refused": _is_refusal(exc)}
+    finally:
+        _IN_TRIAL.clear()
     try:
         record = read_run_json(run_dir) or {}
     except ValueError as exc:
@@ -270,6 +279,26 @@ def run_one(overrides: list[str], threads: int) -> dict:
 
 _ORPHAN_GRACE_S = 60.0  # time an orphaned worker's stopped trial gets to write its checkpoint
 _ORPHANED = threading.Event()  # set in a worker whose compare process died: it starts no further trial
+_STOPPED = threading.Event()  # set in a worker whose compare is leaving on an error or Ctrl-C: likewise
+_IN_TRIAL = threading.Event()  # set in a worker while run_one trains
+
+
+def _stop_with_compare(stop) -> None:
+    """Pool-worker initializer: ``stop`` (an event the compare sets when it leaves on an error, such
+    as a refused or locked trial, or on Ctrl-C) makes this worker begin no further trial, and stop
+    the one it trains as a preempted run is stopped (SIGTERM once the trial's own handler is in
+    place: it checkpoints at its next step, and a relaunch resumes it). cancel_futures alone left
+    the pool's already-queued trials (up to workers + 1) to be trained: a refused second compare on
+    the same runs trained them on, holding their locks against the first."""
+    def watch() -> None:
+        stop.wait()
+        _STOPPED.set()
+        while _IN_TRIAL.is_set() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            time.sleep(0.05)  # the trial is starting: SIGTERM before its handler would kill the worker
+        if _IN_TRIAL.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="adarem-compare-stop").start()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -304,10 +333,12 @@ def freeze_heap_at_exit() -> None:
 _FREEZE_REGISTERED = False
 
 
-def _init_worker(parent: int) -> None:
+def _init_worker(parent: int, stop) -> None:
     """Pool-worker initializer: the worker exits with its compare process (``_exit_with_parent``),
-    and sooner when compare ends (``freeze_heap_at_exit``)."""
+    stops with it when it leaves on an error (``_stop_with_compare``), and exits sooner when
+    compare ends (``freeze_heap_at_exit``)."""
     _exit_with_parent(parent)
+    _stop_with_compare(stop)
     freeze_heap_at_exit()
 
 
@@ -321,15 +352,20 @@ class LocalDispatcher:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
-                                        initializer=_init_worker, initargs=(os.getpid(),))
+        ctx = get_context("spawn")
+        self.stop = ctx.Event()
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
+                                        initializer=_init_worker, initargs=(os.getpid(), self.stop))
         return self
 
     def __exit__(self, exc_type, *exc):
         # leaving on an error (a refused or locked trial stops the comparison, as does Ctrl-C): the
-        # stage's queued trials are cancelled, not trained first (every trial of a stage is submitted
-        # at once; a plain shutdown waited for all of them, hours for a refusal found at once). Trials
-        # already running end as they would; a relaunch resumes or redoes the rest
+        # stage's queued trials are cancelled, not trained first (a plain shutdown waited for all of
+        # them, hours for a refusal found at once), those the pool had already handed on are not
+        # begun, and the running ones stop as preempted runs do, checkpointed (_stop_with_compare);
+        # a relaunch resumes or redoes them
+        if exc_type is not None:
+            self.stop.set()
         self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     def run(self, stage: str, trials: Iterable[tuple[object, list[str]]]) -> Iterator[tuple[object, dict]]:

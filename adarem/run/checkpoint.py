@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import os
 import random
@@ -83,9 +84,15 @@ def load_latest(run_dir: Path) -> tuple[dict, Path] | None:
     errors = []
     for path in candidates:
         try:
-            return load(path), path
+            found = load(path), path
         except CheckpointError as exc:
             errors.append(str(exc))
+            continue
+        if errors:  # the newer one is torn (a kill mid-write of a non-atomic copy, a disk error): said, not skipped
+            logging.getLogger(__name__).warning(
+                "%s; resuming from %s (step %s): the steps since are trained again", errors[0], path.name,
+                (found[0].get("position") or {}).get("global_step"))
+        return found
     raise CheckpointError("; ".join(errors) + "; delete the run directory or pass resume=never "
                           "with a new hydra.run.dir")
 

@@ -108,18 +108,27 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
     if resume == "never":
         if left:  # run.json moved away or lost: its checkpoints and metrics are still a run's
             raise ConfigError(f"{run_dir} holds {' and '.join(left)} but no run.json (a run whose record was moved "
-                              f"away or lost); resume=never would overwrite them: use resume=auto to continue it, or "
-                              f"choose another hydra.run.dir")
+                              f"away or lost); resume=never would overwrite them: "
+                              + ("use resume=auto to continue it, or " if left != [METRICS] else "move them away or ")
+                              + "choose another hydra.run.dir")
         return RunPlan(previous, None, None)
     if resume == "auto":
         found = ckpt_io.load_latest(run_dir)
         if found is None:
+            if left:  # a record moved away, and no checkpoint to continue from: starting afresh cut its lines
+                raise ConfigError(f"{run_dir} holds {' and '.join(left)} but no run.json and no checkpoint (a "
+                                  f"run whose record was moved away or lost): there is nothing to continue it from, "
+                                  f"and a new run would overwrite them; move them away or choose another "
+                                  f"hydra.run.dir")
             return RunPlan(previous, None, None)
         # also when run.json is gone (moved away by hand)
         ckpt = _checkpoint_of(config, found[0], f"{run_dir} holds a checkpoint whose run",
                               "choose another hydra.run.dir or restore those values")
         return RunPlan(previous, ckpt, found[1])
     path = Path(resume)
+    if path.is_dir():
+        raise ConfigError(f"resume={resume} is a directory; pass its checkpoint file ({path / ckpt_io.LATEST}), or "
+                          f"resume=auto with that directory as hydra.run.dir")
     if not path.is_file():
         raise ConfigError(f"resume={resume!r}: no such checkpoint file; use auto, never or a checkpoint path")
     own = {(Path(run_dir) / name).resolve() for name in (ckpt_io.LATEST, ckpt_io.PREVIOUS)}

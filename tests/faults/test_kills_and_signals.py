@@ -63,6 +63,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, env, referen
     resumed = run_train(COMMON, env, run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_as(reference, run_dir)
+    # said, not skipped with an info line: which file was unreadable, and that steps are redone
+    said = resumed.stdout + resumed.stderr  # Hydra's log handler writes to stdout (and train.log)
+    assert f"checkpoint {latest} is unreadable" in said and "resuming from checkpoint_prev.pt (step " in said \
+        and "the steps since are trained again" in said and "WARNING" in said, said[-3000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])

@@ -242,6 +242,22 @@ def test_checkpoints_without_run_json_are_never_overwritten(tmp_path, env, stopp
     assert own.returncode == 0, own.stderr[-3000:]
 
 
+@pytest.mark.parametrize("resume", ["auto", "never"])
+def test_metrics_without_run_json_or_checkpoint_are_never_overwritten(tmp_path, env, resume):
+    """A metrics.jsonl whose run.json was moved away and that has no checkpoint: resume=never
+    refused it and advised resume=auto "to continue it", which started afresh and emptied the file
+    without a word."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"type": "epoch", "epoch": 0, "step": 11, "val_top1_err": 9.0}\n')
+    res = run_train(["trainer.epochs=1", f"resume={resume}"], env, run_dir)
+    assert res.returncode == 2, res.stderr[-3000:]
+    line = _one_error_line(res)
+    assert "holds metrics.jsonl but no run.json" in line and "move them away" in line, line
+    assert "resume=auto to continue" not in line
+    assert (run_dir / "metrics.jsonl").read_text().startswith('{"type": "epoch"')
+
+
 @pytest.mark.parametrize("how", ["path", "auto without run.json"])
 def test_checkpoint_of_another_device_type_is_not_continued(tmp_path, env, stopped_run, how):
     """The checkpoint records its device type and precision: a GPU bf16 checkpoint is not continued

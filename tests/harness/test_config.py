@@ -63,6 +63,37 @@ def test_out_of_range_values_fail_with_one_line(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer=adam", "optimizer.momentum=0.5"], "optimizer.momentum=0.5 is not read by optimizer.name=adam, "
+                                                   "which reads betas, eps of"),
+    (["optimizer=adamw", "optimizer.decoupled_weight_decay=true"], "optimizer.decoupled_weight_decay=True is not read"),
+    (["optimizer=sgd", "optimizer.betas=[0.8,0.9]"], "optimizer.betas=[0.8, 0.9] is not read by optimizer.name=sgd"),
+    (["optimizer=adarem", "optimizer.nesterov=true"], "optimizer.nesterov=True is not read by optimizer.name=adarem"),
+    (["schedule=constant", "schedule.min_lr=0.001"], "schedule.min_lr=0.001 is not read by schedule.name=constant"),
+    (["schedule=cosine", "schedule.milestones=[5]"], "schedule.milestones=[5] is not read by schedule.name=cosine"),
+    (["schedule.warmup_lr=0.01"], "schedule.warmup_lr=0.01 is not read by schedule.name=cosine without a warm-up"),
+])
+def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_refused(overrides, message):
+    """optimizer=adam optimizer.momentum=0.5 trained plain Adam, in a run directory of its own, the
+    setting believed changed; the same for a schedule's keys."""
+    with pytest.raises(ConfigError) as err:
+        make(overrides)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_settings_the_choice_reads_or_leaves_at_default_are_accepted():
+    make(["optimizer=adamw", "optimizer.eps=1e-6", "optimizer.betas=[0.8,0.9]"])
+    make(["optimizer=sgd", "optimizer.momentum=0.5", "optimizer.nesterov=true"])
+    make(["optimizer=adarem_m", "optimizer.beta=0.5", "optimizer.decoupled_weight_decay=true"])
+    make(["schedule=step", "schedule.milestones=[5]", "schedule.warmup_epochs=1", "schedule.warmup_lr=0.01"])
+    make(["optimizer=adam", "optimizer.momentum=0.0"])  # the default: no setting made
+    for experiment in ("paper_resnet50", "paper_resnet18", "paper_mobilenetv2", "paper_shufflenetv2",
+                       "fashion_mnist"):
+        for optimizer in ("sgd", "sgd_plain", "adam", "adamw", "adarem", "adarem_m", "adarem_horizon",
+                          "adarem_nodecay"):
+            make([f"experiment={experiment}", f"optimizer={optimizer}"])
+
+
 def test_schema_rejects_unknown_keys_and_wrong_types():
     with pytest.raises(Exception, match="Could not override 'trainer.epoch'"):
         make(["trainer.epoch=3"])

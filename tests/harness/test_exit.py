@@ -56,3 +56,18 @@ def test_a_process_that_started_wandb_ends_through_its_atexit_hooks(monkeypatch,
     assert tracking.STARTED is False  # disabled: wandb is never started, even when imported (by timm)
     tracking.Tracker("offline", enabled=True).start(tmp_path, "id", "p", None, "g", "n", {})
     assert tracking.STARTED is True
+
+
+def test_an_os_error_outside_the_run_directory_is_not_blamed_on_it():
+    """A read-only data cache (ADAREM_CACHE) was answered "(free space or choose a writable
+    hydra.run.dir)", which changes nothing."""
+    import errno
+
+    from adarem.cli.train import os_error_hint
+
+    cache = OSError(errno.EROFS, "Read-only file system", "/ro/cache/digits")
+    assert os_error_hint(cache, "/work/runs/x") == (" (free space, or make /ro/cache/digits writable or set the "
+                                                    "option or variable that chose it: it is not in the run directory)")
+    full = OSError(errno.ENOSPC, "No space left on device", "/work/runs/x/metrics.jsonl")
+    assert os_error_hint(full, "/work/runs/x") == " (free space or choose a writable hydra.run.dir)"
+    assert os_error_hint(OSError("no file"), "/work/runs/x") == " (free space or choose a writable hydra.run.dir)"

@@ -157,3 +157,21 @@ def test_only_a_collective_that_lost_its_peer_is_said_as_such():
                       "/venv/lib/python3.11/site-packages/nvidia/dali/pipeline.py"):
         assert lost_peer_error(raised_in(elsewhere), 0, None) is None
     assert lost_peer_error(ValueError("Connection reset by peer"), 0, None) is None
+
+
+def test_a_finished_run_reported_again_says_when_other_code_trained_it():
+    """A relaunch after a code change reported the old run's error as "nothing to do", with no word
+    that another commit trained it (the tables flag this; the console line did not)."""
+    from adarem.run.record import git_info
+    from adarem.run_setup import other_code_note
+
+    now = git_info()
+    if not now.get("commit"):
+        pytest.skip("not a git checkout")
+    note = other_code_note({"git": {"commit": "0123456789abcdef", "dirty": False}})
+    assert note.startswith("; note: it was trained at 0123456789, this code is " + now["commit"][:10]), note
+    assert other_code_note({"git": now}) == ""  # the same commit, and the same uncommitted changes if any
+    if not now["dirty"]:
+        assert other_code_note({"git": {**now, "dirty": True, "diff_sha1": "x"}}).startswith(
+            f"; note: it was trained at {now['commit'][:10]} with uncommitted changes, this code is")
+    assert other_code_note({}) == "" and other_code_note({"git": {"commit": None}}) == ""

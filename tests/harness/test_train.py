@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from adarem.optim.adarem import cpu_kernel_error
-from tests.conftest import copy_run, read_metrics, read_run, run_train, torchrun
+from tests.conftest import REPO, copy_run, read_metrics, read_run, run_train, torchrun
 
 TIMING = {"epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s"}
 
@@ -132,3 +134,18 @@ def test_torchrun_two_processes_gloo(tmp_path, env):
     epochs = [m for m in read_metrics(run_dir) if m["type"] == "epoch"]
     assert epochs[-1]["val_samples"] == 359  # 180 + 179: each image once, none padded
     assert res.stdout.count("final top-1 error") == 1  # only rank 0 prints
+
+
+def test_run_dir_given_on_the_command_line_is_where_the_log_goes(tmp_path, env):
+    """run_dir=X left Hydra writing train.log into the config-derived runs/... folder (shared by
+    every launch of the configuration, whatever its run_dir), and X had none."""
+    from tests.conftest import FAST
+
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, f"run_dir={tmp_path / 'mine'}"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "mine" / "train.log").stat().st_size > 0 and (tmp_path / "mine" / "run.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no runs/... folder beside it
+    both = subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'other'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert both.returncode == 2 and both.stderr.strip().endswith("name two run directories; give one of them")

@@ -44,3 +44,87 @@ def test_workers_exit_when_compare_is_killed():
     for p in leftover:
         os.kill(p, signal.SIGKILL)
     assert not leftover, "a pool worker outlived its compare process"
+
+
+STOP_CODE = """
+import os, signal, threading, time
+from adarem.protocol import dispatch
+got = []
+ev = threading.Event()
+dispatch._stop_with_compare(ev)
+dispatch._IN_TRIAL.set()  # a trial starting: its SIGTERM handler is not installed yet
+ev.set()  # the compare leaves on an error
+time.sleep(0.3)  # SIGTERM now would kill this process: the watch waits for the trial's handler
+signal.signal(signal.SIGTERM, lambda *a: got.append("stopped"))
+time.sleep(0.5)
+print(got, dispatch._STOPPED.is_set(), flush=True)
+try:
+    dispatch.run_one(["trainer.epochs=1"], 1)
+except KeyboardInterrupt as exc:
+    print("not begun:", exc, flush=True)
+"""
+
+
+def test_a_worker_stops_its_trial_and_begins_no_other_when_compare_leaves_on_an_error():
+    """A refused second compare on the same runs= left its pool's already-queued trials (beyond
+    cancel_futures' reach) to be trained, holding their locks against the first compare; after
+    Ctrl-C a queued trial was begun and trained to the end. The worker now stops its trial as a
+    preemption does (SIGTERM, once the trial's handler is in place) and begins no queued one."""
+    out = subprocess.run([sys.executable, "-c", STOP_CODE], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["['stopped'] True", "not begun: not started: the comparison is stopping"]
+
+
+def test_a_second_compare_on_the_same_runs_folder_is_refused_before_it_starts_anything(tmp_path, env):
+    import fcntl
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    fd = os.open(runs / ".compare.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"host test pid 1\n")
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first compare, still running
+    try:
+        res = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), f"runs={runs}",
+                              f"out={tmp_path / 'out'}", "optimizers=sgd", "seeds=1", "select_seeds=1", "lr_grid=1",
+                              "data=digits", "trainer.epochs=1"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        os.close(fd)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: another compare.py is running on runs={runs} (host test pid 1); wait for it to end, or give this "
+        f"comparison its own runs=: two in one folder would train and lock each other's trials")
+    assert sorted(p.name for p in runs.iterdir()) == [".compare.lock"]  # nothing launched
+
+
+def test_ctrl_c_begins_no_queued_trial(tmp_path, env):
+    """Ctrl-C in a terminal signals compare and its workers: the running trial is interrupted, and
+    the trial the pool had queued behind it (began 0 s after the signal and trained to the end,
+    hours on a GPU) is not begun."""
+    import datetime
+    import json
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "compare.py"), f"runs={runs}",
+                             f"out={tmp_path / 'out'}", "optimizers=sgd", "seeds=1", "select_seeds=2",
+                             "lr_grid=0.5,1,2", "workers=1", "data=digits", "trainer.epochs=30"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(runs.glob("select/*/*/metrics.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first trial is training
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(1.0)
+        signalled = datetime.datetime.now(datetime.timezone.utc)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    records = [json.loads(p.read_text()) for p in runs.glob("select/*/*/run.json")]
+    begun_after = [r["start_time"] for r in records  # start_time is to the second
+                   if datetime.datetime.fromisoformat(r["start_time"]) >= signalled.replace(microsecond=0)]
+    assert not begun_after, (begun_after, signalled)
+    assert [r["status"] for r in records] == ["interrupted"], records
