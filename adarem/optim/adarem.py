@@ -31,7 +31,9 @@ Implementation notes (all paths compute the same rule):
 * ``u`` starts at zero, so ``u <- mu*u + delta`` at the first step equals ``u <- delta`` exactly.
 * ``s = max|d|`` is cached per tensor in the state (``max_abs_exp_avg``), computed right after
   ``d`` is updated, so the fused path needs no extra reduction pass at the start of the next step.
-  It is derived state: it is recomputed from ``exp_avg`` whenever it is missing.
+  It is derived state: it is recomputed from ``exp_avg`` whenever it is missing and on
+  ``load_state_dict``. Code that edits ``state[p]["exp_avg"]`` in place between steps must delete
+  ``max_abs_exp_avg`` too (every path would otherwise use the max of the tracker before the edit).
 * When ``s + eps == 0`` (possible only with ``eps = 0`` and ``d`` all zeros) every ``b`` is 0,
   which is what the rule gives in the limit; no ``0/0`` is evaluated. With ``eps`` below the
   smallest normal number (``eps = 0``, say) ``s + eps`` can be subnormal, where
