@@ -39,9 +39,10 @@ def _refuse_unread(cfg, section: str, own: tuple, read: set, who: str) -> None:
         value = getattr(cfg, key)
         if key not in read and (list(value) if isinstance(value, (list, tuple)) else value) != defaults[key]:
             shown = list(value) if isinstance(value, (list, tuple)) else value
-            raise ConfigError(f"{section}.{key}={shown} is not read by {who}, which reads "
-                              f"{', '.join(sorted(read)) or 'none'} of {', '.join(own)}: remove it, or choose "
-                              f"{'an optimizer' if section == 'optimizer' else 'a ' + section} that reads it")
+            raise ConfigError(f"{section}.{key}={shown} is not read by {who} (of its {section}-specific settings it "
+                              f"reads {', '.join(sorted(read)) or 'none'}): drop it (from the command line, or the "
+                              f"preset that sets it), or choose {'an optimizer' if section == 'optimizer' else 'a ' + section} "
+                              f"that reads it")
 
 
 @dataclass
@@ -106,7 +107,13 @@ class OptimizerConfig:
                                                  f"(a fraction of the run's steps; 0 = use optimizer.decay)")
         _require(self.decay_horizon == 0 or self.name == "adarem",
                  f"optimizer.decay_horizon={self.decay_horizon} applies to AdaRem only, not {self.name!r}")
-        _refuse_unread(self, "optimizer", OPTIMIZER_SPECIFIC, OPTIMIZER_READS[self.name], f"optimizer.name={self.name}")
+        horizon = self.name == "adarem" and self.decay_horizon > 0  # lambda then comes from the horizon
+        _refuse_unread(self, "optimizer", OPTIMIZER_SPECIFIC, OPTIMIZER_READS[self.name] - ({"decay"} if horizon else set()),
+                       f"optimizer.name={self.name}" + (f" with optimizer.decay_horizon={self.decay_horizon:g}"
+                                                        if horizon else ""))
+        _require(not (self.name == "sgd" and self.nesterov and self.momentum == 0),
+                 "optimizer.nesterov=true needs optimizer.momentum > 0 (Nesterov's is a momentum method); set a "
+                 "momentum or drop nesterov")
         _require(0 <= self.eps < 1, f"optimizer.eps={self.eps} must be a finite value in [0, 1)")
         _require(self.impl in ("auto", "fused", "foreach", "loop"),
                  f"optimizer.impl={self.impl!r} is not one of auto, fused, foreach, loop")

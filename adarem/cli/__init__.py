@@ -176,13 +176,13 @@ def run_dir_as_hydras(argv: list[str]) -> None:
     config-derived runs/... folder, one shared by every launch of that configuration whatever its
     run_dir, while X got none. Not in a multirun (-m), whose jobs get Hydra's sweep folders; both
     given, and different, is refused in one line."""
-    if any(a in ("-m", "--multirun") for a in argv[1:]):
+    if _is_multirun(argv[1:]):
         return
     given = [(i, a.split("=", 1)[1]) for i, a in enumerate(argv) if i and a.lstrip("+").startswith("run_dir=")]
     hydras = [a.split("=", 1)[1] for a in argv[1:] if a.lstrip("+").startswith("hydra.run.dir=")]
-    if not given:
+    if not given or "${hydra:" in given[-1][1]:  # run_dir='${hydra:run.dir}/sub': Hydra's dir, not its own
         return
-    if hydras and hydras[-1] != given[-1][1]:
+    if hydras and os.path.abspath(hydras[-1]) != os.path.abspath(given[-1][1]):
         print(f"error: run_dir={given[-1][1]} and hydra.run.dir={hydras[-1]} name two run directories; give one of "
               f"them", file=sys.stderr)
         sys.exit(2)

@@ -86,8 +86,8 @@ Implementation notes (all paths compute the same rule):
   the same non-finite value: for an infinite gradient the rule gives ``-inf``/``+inf``, while the
   fast paths' ``g + c*d*|g|`` can give ``inf - inf = NaN``. Checking for it would cost the hot
   paths a pass; skip such steps instead (``GradScaler`` does). The other weights of the tensor stay
-  finite, as the rule has them, on every path but the multi-tensor foreach one (non-CPU devices)
-  for fp16/bf16 tensors, whose tracker update (``lerp``, one rounding) makes that element's ``d``
+  finite, as the rule has them, on every path but the multi-tensor foreach one (the foreach path
+  of non-CPU devices, and of the CPU with ``FOREACH_TENSOR_MAJOR = False``) for fp16/bf16 tensors, whose tracker update (``lerp``, one rounding) makes that element's ``d``
   NaN and so ``s`` and the whole tensor the step after.
 * fp16 on the foreach paths holds ``delta = r*g`` in fp16: where ``|r*g|`` passes 65504 (an fp16
   gradient above 32752 with ``r`` near 2) it is ``inf``, where the for-loop and fused paths, in
@@ -164,8 +164,8 @@ def _check_group(group: dict) -> None:
         sharded = _sharded_kind(p)
         if sharded:
             raise ValueError(f"AdaRem does not support {sharded} parameters (shape {tuple(p.shape)}): the rule's "
-                             f"s = max|d| is over the whole tensor, which no path gathers across ranks; "
-                             f"train with DDP (whole tensors on every rank)")
+                             f"s = max|d| is over the whole tensor, and a sharded rank holds a piece of it, which "
+                             f"no path gathers across ranks; train with DDP (whole tensors on every rank)")
     if group["fused"] and any(p.device.type == "cpu" for p in group["params"]):
         _require_cpu_kernel()  # fail here, not at the first step
 
@@ -186,7 +186,7 @@ def _sharded_kind(p: Tensor) -> Optional[str]:
     # FSDP1 with use_orig_params=True: each original parameter is a 1-D view of this rank's piece of
     # a flat parameter, marked so by FSDP (torch.distributed.fsdp._common_utils._is_fsdp_flattened)
     if getattr(p, "_fsdp_flattened", False):
-        return "FSDP (use_orig_params=True) sharded"
+        return "FSDP (use_orig_params=True)"
     return None
 
 

@@ -138,18 +138,22 @@ TRIAL_DEFAULTS = (("logging.wandb", "disabled"), ("logging.progress", "none"), (
                   ("trainer.bn_recalibrate", "8"))
 
 
-COMPARE_LOCK = ".compare.lock"
-_HELD: list[int] = []  # the runs folder's lock, held until this process exits
+_HELD: list[int] = []  # this compare's lock on its setting in the runs folder (release_runs_folder)
 
 
-def hold_runs_folder(runs_root: Path) -> None:
-    """An exclusive flock on ``<runs>/.compare.lock`` for the life of this compare (the kernel drops
-    it on any exit), or exit 2 naming its holder: two comparisons in one runs folder would train and
-    lock each other's trials, and the refused one's queued trials stopped the first."""
+def hold_runs_folder(runs_root: Path, base: list[str]) -> None:
+    """An exclusive flock on ``<runs>/.compare-<hash of the trials' base overrides>.lock`` while this
+    compare runs (the kernel drops it on any exit), or exit 2 naming its holder: two comparisons of
+    one setting in one runs folder (the same command twice, or other optimizers of it) would train
+    and lock each other's trials, and the refused one's queued trials stopped the first. Other
+    settings (slurm/sweep_paper.sh's experiments, in parallel into one runs=) do not share trials
+    and each take their own lock. Where the folder's file system has no locks (Lustre mounted
+    noflock, NFS without lockd), a note says that a second compare is not detected, and it goes on."""
     import fcntl
+    import hashlib
     import socket
 
-    path = runs_root / COMPARE_LOCK
+    path = runs_root / f".compare-{hashlib.sha1(chr(0).join(base).encode()).hexdigest()[:10]}.lock"
     try:
         runs_root.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -160,11 +164,22 @@ def hold_runs_folder(runs_root: Path) -> None:
     except BlockingIOError:
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        fail(f"another compare.py is running on runs={runs_root} ({holder}); wait for it to end, or give this "
-             f"comparison its own runs=: two in one folder would train and lock each other's trials")
+        fail(f"another compare.py of this setting is running on runs={runs_root} ({holder}); wait for it to end, "
+             f"or give this comparison its own runs=: two would train and lock each other's trials")
+    except OSError as exc:
+        os.close(fd)
+        print(f"note: runs={runs_root} does not support file locks ({exc.strerror}): a second compare.py of this "
+              f"setting on it would not be detected; launch one at a time", file=sys.stderr, flush=True)
+        return
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
     _HELD.append(fd)
+
+
+def release_runs_folder() -> None:
+    """Drop this process's compare locks (compare() called again in one process, a notebook)."""
+    while _HELD:
+        os.close(_HELD.pop())
 
 
 def fail(message: str) -> None:
@@ -348,6 +363,49 @@ def trial_base(passthrough: list[str]) -> list[str]:
         if not any(a.lstrip("+").startswith(key + "=") for a in base):
             base.append(f"{key}={value}")
     return base
+
+
+def preset_optimizer(opt: str) -> str:
+    """The optimizer (sgd, adam, adamw, adarem) a preset of configs/optimizer/ builds; "" where the
+    preset cannot be read (composing it then says why)."""
+    import yaml
+
+    from adarem.cli import CONFIG_DIR
+
+    try:
+        return str((yaml.safe_load((CONFIG_DIR / "optimizer" / f"{opt}.yaml").read_text()) or {}).get("name", ""))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ""
+
+
+def _unread_by(opt: str, arg: str) -> bool:
+    """Whether ``arg`` (an override) sets an optimizer setting that ``opt``'s optimizer does not read."""
+    from adarem.config import OPTIMIZER_READS, OPTIMIZER_SPECIFIC
+
+    key = arg.lstrip("+").split("=", 1)[0]
+    name = preset_optimizer(opt)
+    return (key.startswith("optimizer.") and key.split(".", 1)[1] in OPTIMIZER_SPECIFIC and name in OPTIMIZER_READS
+            and key.split(".", 1)[1] not in OPTIMIZER_READS[name])
+
+
+def for_optimizer(base: list[str], opt: str) -> list[str]:
+    """The trials' base overrides for one optimizer: an optimizer setting passed to compare applies to
+    the optimizers that read it (optimizer.eps=1e-6 to Adam, AdamW and AdaRem, not to SGD, which
+    train.py would refuse it for); the rest unchanged, so that a trial's text, and its run
+    directory, are what they were."""
+    return [a for a in base if not _unread_by(opt, a)]
+
+
+def unread_notes(passthrough: list[str], optimizers: list[str]) -> list[str]:
+    """One note per optimizer setting given to compare that some of the optimizers do not read."""
+    notes = []
+    for arg in passthrough:
+        skip = [o for o in optimizers if _unread_by(o, arg)]
+        if skip:
+            takes = [o for o in optimizers if o not in skip]
+            notes.append(f"{arg} applies to {', '.join(takes) or 'none of the optimizers'}; "
+                         f"{', '.join(skip)} do{'es' if len(skip) == 1 else ''} not read it")
+    return notes
 
 
 def argument_notes(passthrough: list[str]) -> list[str]:
@@ -645,7 +703,15 @@ def write_comparison_report(out: Path, rs, selection, command: str, preamble: st
 
 
 def compare(argv: list[str]) -> int:
-    """The whole comparison: search (with extension), finals, selection.csv and the report."""
+    """The whole comparison: search (with extension), finals, selection.csv and the report; the
+    lock on its setting in the runs folder is released however it ends."""
+    try:
+        return _compare(argv)
+    finally:
+        release_runs_folder()
+
+
+def _compare(argv: list[str]) -> int:
     own, passthrough = parse(argv)
     base = trial_base(passthrough)
     try:
@@ -681,11 +747,11 @@ def compare(argv: list[str]) -> int:
     searches: dict[str, Search] = {}
     for opt in own["optimizers"]:
         try:
-            composed = compose([*base, f"optimizer={opt}"])
+            composed = compose([*for_optimizer(base, opt), f"optimizer={opt}"])
         except Exception as exc:  # noqa: BLE001
             fail(f"optimizer {opt!r}: {str(exc).strip().splitlines()[0]}")
         try:  # the values every trial shares, before its grid is made (each kind of trial: check_trial)
-            check_values([*base, f"optimizer={opt}"])
+            check_values([*for_optimizer(base, opt), f"optimizer={opt}"])
         except ConfigError as exc:
             fail(f"{exc} (with optimizer={opt})")
         ocfg = composed.optimizer
@@ -708,7 +774,7 @@ def compare(argv: list[str]) -> int:
         [f"trainer.evals_per_epoch={own['evals_per_epoch']}"]
 
     def overrides(opt, lr, wd, seed, stage):
-        return trial_overrides(base, evals, runs_root, opt, lr, wd, seed, stage)
+        return trial_overrides(for_optimizer(base, opt), evals, runs_root, opt, lr, wd, seed, stage)
 
     # what every trial's train() checks first, on each kind of trial as it will be launched (the
     # finals add their own settings, trainer.evals_per_epoch): a bad value fails here, not in 80
@@ -730,7 +796,7 @@ def compare(argv: list[str]) -> int:
                         ": narrow the lr grid (lr_span, lr_grid) or lower optimizer.lr" +
                         (" / optimizer.weight_decay" if top_wd != wd else ""))
     small = small_holdout(first_selection.data)
-    for note in argument_notes(passthrough) + ([small] if small else []):  # after the checks: a refusal is its one line
+    for note in argument_notes(passthrough) + unread_notes(passthrough, own["optimizers"]) + ([small] if small else []):  # after the checks: a refusal is its one line
         print(f"note: {note}", file=sys.stderr, flush=True)
     if not own["out"] and changed:
         print(f"note: the report goes to {out}, not results/{name}: overrides that set the final runs' "
@@ -748,7 +814,7 @@ def compare(argv: list[str]) -> int:
         print(f"dry run: the arguments and every optimizer's configuration are accepted; nothing was launched",
               flush=True)
         return 0
-    hold_runs_folder(runs_root)
+    hold_runs_folder(runs_root, base)
     if own["launcher"] == "local":
         dispatcher = LocalDispatcher(own["workers"], threads)
     else:

@@ -258,6 +258,9 @@ def run_one(overrides: list[str], threads: int) -> dict:
 
     t0 = time.time()
     _IN_TRIAL.set()
+    if _STOPPED.is_set():  # the stop came during the set-up above (seconds on a worker's first trial),
+        _IN_TRIAL.clear()  # while the watch saw no trial: it is not begun. Later, the watch waits for
+        raise KeyboardInterrupt("not started: the comparison is stopping")  # the trial's handler
     try:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             code = train(cfg)

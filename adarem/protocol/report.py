@@ -9,7 +9,7 @@ import os
 import platform
 from collections import Counter
 
-from adarem.protocol.search import SELECT_SEED0
+from adarem.protocol.search import ERR_TIE, SELECT_SEED0
 
 
 def provenance(command: str, own: dict, threads: int, data_identity, n_select: int, final_seeds: list[int],
@@ -91,6 +91,8 @@ def runner_up(srch, chosen: tuple, select_seeds: list[int]) -> str:
     if not others or not math.isfinite(err):
         return "—"
     e2, x, w = min(others)
+    if abs(e2 - err) <= ERR_TIE * max(1.0, abs(err)):  # the same mistakes: the loss chose (Search.best)
+        return f"{_point(srch, x, w)} (same error; the loss decided)"
     return f"{_point(srch, x, w)} (+{e2 - err:.2f})"
 
 

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from adarem.results.records import RunSet  # noqa: E402
-from adarem.results.tables import SETTING, selected_groups, timing_mixed  # noqa: E402
+from adarem.results.tables import SETTING, oscillation_runs, selected_groups, timing_mixed  # noqa: E402
 
 
 def file_stem(dataset, model) -> str:
@@ -79,10 +79,11 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
                 ev = ev.assign(k=ev.groupby("run_dir").cumcount())
                 wall = ev.groupby("k").wall_time_s.mean().rename("wall")
                 _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label)
-            osc = rs.oscillation[rs.oscillation.run_dir.isin(finished.run_dir)]
+            osc_runs = oscillation_runs(g)  # the oscillation table's runs (no lost lines, no non-finite value)
+            osc = rs.oscillation[rs.oscillation.run_dir.isin(osc_runs.run_dir)]
             if not osc.empty:
                 # path efficiency depends on its window: runs of other windows are never averaged
-                osc_groups.append((label, osc, set(finished.osc_window) if "osc_window" in finished else set()))
+                osc_groups.append((label, osc, set(osc_runs.osc_window) if "osc_window" in osc_runs else set()))
         for ax, (xlabel, ylabel) in zip(axes, [("optimizer step", "val top-1 error (%)"),
                                                ("optimizer step", "train loss (window mean)"),
                                                ("training wall-clock (s)", "val top-1 error (%)")]):

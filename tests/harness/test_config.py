@@ -64,8 +64,11 @@ def test_out_of_range_values_fail_with_one_line(override, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["optimizer=adam", "optimizer.momentum=0.5"], "optimizer.momentum=0.5 is not read by optimizer.name=adam, "
-                                                   "which reads betas, eps of"),
+    (["optimizer=adam", "optimizer.momentum=0.5"], "optimizer.momentum=0.5 is not read by optimizer.name=adam (of "
+                                                   "its optimizer-specific settings it reads betas, eps)"),
+    (["optimizer=adarem_horizon", "optimizer.decay=0.9"], "optimizer.decay=0.9 is not read by optimizer.name=adarem "
+                                                          "with optimizer.decay_horizon=1"),
+    (["optimizer=sgd_plain", "optimizer.nesterov=true"], "optimizer.nesterov=true needs optimizer.momentum > 0"),
     (["optimizer=adamw", "optimizer.decoupled_weight_decay=true"], "optimizer.decoupled_weight_decay=True is not read"),
     (["optimizer=sgd", "optimizer.betas=[0.8,0.9]"], "optimizer.betas=[0.8, 0.9] is not read by optimizer.name=sgd"),
     (["optimizer=adarem", "optimizer.nesterov=true"], "optimizer.nesterov=True is not read by optimizer.name=adarem"),

@@ -241,7 +241,7 @@ def test_fsdp_use_orig_params_is_refused_in_one_line():
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         model = FSDP(torch.nn.Linear(4, 3), use_orig_params=True, device_id=torch.device("cpu"))
-        with pytest.raises(ValueError, match=r"does not support FSDP \(use_orig_params=True\) sharded parameters .*DDP"):
+        with pytest.raises(ValueError, match=r"does not support FSDP \(use_orig_params=True\) parameters .*DDP"):
             AdaRem(model.parameters())
     finally:
         dist.destroy_process_group()

@@ -75,26 +75,55 @@ def test_a_worker_stops_its_trial_and_begins_no_other_when_compare_leaves_on_an_
     assert out.stdout.splitlines() == ["['stopped'] True", "not begun: not started: the comparison is stopping"]
 
 
-def test_a_second_compare_on_the_same_runs_folder_is_refused_before_it_starts_anything(tmp_path, env):
+def test_a_second_compare_of_one_setting_on_one_runs_folder_is_refused_before_it_starts_anything(tmp_path, env):
+    """The same compare launched twice on one runs=: the second was refused by a locked trial, but
+    its pool's queued trials trained on, holding their locks, and stopped the first. A compare of
+    another setting (another experiment, as slurm/sweep_paper.sh runs in parallel) is not refused."""
     import fcntl
+    import hashlib
+
+    from adarem.protocol import cli
 
     runs = tmp_path / "runs"
     runs.mkdir()
-    fd = os.open(runs / ".compare.lock", os.O_RDWR | os.O_CREAT)
+    argv = ["optimizers=sgd", "seeds=1", "select_seeds=1", "lr_grid=1", "data=digits", "trainer.epochs=1"]
+    key = hashlib.sha1(chr(0).join(cli.trial_base(cli.parse(argv)[1])).encode()).hexdigest()[:10]
+    fd = os.open(runs / f".compare-{key}.lock", os.O_RDWR | os.O_CREAT)
     os.write(fd, b"host test pid 1\n")
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first compare, still running
     try:
         res = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), f"runs={runs}",
-                              f"out={tmp_path / 'out'}", "optimizers=sgd", "seeds=1", "select_seeds=1", "lr_grid=1",
-                              "data=digits", "trainer.epochs=1"], cwd=REPO, env=env, capture_output=True, text=True,
+                              f"out={tmp_path / 'out'}", *argv], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=300)
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert res.stderr.strip().splitlines()[-1] == (
+            f"error: another compare.py of this setting is running on runs={runs} (host test pid 1); wait for it to "
+            f"end, or give this comparison its own runs=: two would train and lock each other's trials")
+        assert sorted(p.name for p in runs.iterdir()) == [f".compare-{key}.lock"]  # nothing launched
+        other = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), f"runs={runs}",
+                                f"out={tmp_path / 'out2'}", *argv[:-1], "trainer.epochs=2"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert other.returncode == 0, other.stderr[-2000:]
     finally:
         os.close(fd)
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert res.stderr.strip().splitlines()[-1] == (
-        f"error: another compare.py is running on runs={runs} (host test pid 1); wait for it to end, or give this "
-        f"comparison its own runs=: two in one folder would train and lock each other's trials")
-    assert sorted(p.name for p in runs.iterdir()) == [".compare.lock"]  # nothing launched
+    # released when compare() returns: called again in one process (a notebook), it is not refused
+    for _ in range(2):
+        assert cli.compare([f"runs={runs}", f"out={tmp_path / 'out3'}", *argv[:-1], "trainer.epochs=2"]) == 0
+
+
+def test_a_runs_folder_without_file_locks_is_said_and_not_fatal(tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    from adarem.protocol import cli
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    cli.hold_runs_folder(tmp_path / "runs", ["data=digits"])
+    assert "does not support file locks (No locks available)" in capsys.readouterr().err
+    assert cli._HELD == []
 
 
 def test_ctrl_c_begins_no_queued_trial(tmp_path, env):

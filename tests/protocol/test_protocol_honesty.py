@@ -308,3 +308,16 @@ def test_an_orphaned_worker_starts_no_queued_trial(tmp_path):
                          env=dict(os.environ, ADAREM_CACHE=str(tmp_path / "cache")))
     assert out.returncode == 1, out.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_an_optimizer_setting_given_to_compare_applies_to_the_optimizers_that_read_it():
+    """compare has no per-optimizer override: optimizer.eps=1e-6 for Adam against SGD must not be
+    refused for SGD (train.py refuses a setting its optimizer does not read), nor change SGD's trials."""
+    base = ["data=digits", "optimizer.eps=1e-6", "++optimizer.momentum=0.8"]
+    assert cli.for_optimizer(base, "sgd") == ["data=digits", "++optimizer.momentum=0.8"]
+    assert cli.for_optimizer(base, "adam") == ["data=digits", "optimizer.eps=1e-6"]
+    assert cli.for_optimizer(base, "adarem_m") == base
+    assert cli.unread_notes(base[1:], ["sgd", "adam", "adarem"]) == [
+        "optimizer.eps=1e-6 applies to adam, adarem; sgd does not read it",
+        "++optimizer.momentum=0.8 applies to sgd, adarem; adam does not read it"]
+    assert cli.for_optimizer(["optimizer.lr=0.1"], "sgd") == ["optimizer.lr=0.1"]  # read by every optimizer

@@ -469,6 +469,7 @@ def test_the_plots_leave_out_what_the_tables_leave_out(tmp_path, monkeypatch):
     gap = make_run(root, "adarem_gap", "adarem", 4, [30.0, 15.0, 8.0])
     _osc(gap, [0.2] * 2, [0.6] * 2)
     _edit_record(gap, metrics_lines_lost=2)
+    _osc(make_run(root, "adarem_nan", "adarem", 5, [30.0, 15.0, 8.0]), [math.nan, 0.2], [0.6] * 2)  # flagged
     for s in range(2):  # sgd: its two runs measured path efficiency over different windows
         _osc(make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, 9.0]), [0.3] * 2, [0.4] * 2, window=10 * (s + 1))
     drawn = []
@@ -485,5 +486,6 @@ def test_the_plots_leave_out_what_the_tables_leave_out(tmp_path, monkeypatch):
     assert not any("adarem_div" in d for y in ("train_loss_window", "path_efficiency", "flip_fraction")
                    for d in runs_of(y))
     assert any("adarem_div" in d for d in runs_of("val_top1_err"))  # drawn up to where it stopped
+    assert not any("adarem_nan" in d for y in ("path_efficiency", "flip_fraction") for d in runs_of(y))
     assert not any("sgd" in d for d in runs_of("path_efficiency"))  # two windows: not averaged
     assert any("sgd" in d for d in runs_of("flip_fraction"))
