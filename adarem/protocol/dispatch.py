@@ -287,14 +287,17 @@ _IN_TRIAL = threading.Event()  # set in a worker while run_one trains
 
 
 def _stop_with_compare(stop) -> None:
-    """Pool-worker initializer: ``stop`` (an event the compare sets when it leaves on an error, such
-    as a refused or locked trial, or on Ctrl-C) makes this worker begin no further trial, and stop
-    the one it trains as a preempted run is stopped (SIGTERM once the trial's own handler is in
-    place: it checkpoints at its next step, and a relaunch resumes it). cancel_futures alone left
+    """Pool-worker initializer: ``stop`` (a shared byte the compare sets to 1 when it leaves on an
+    error, such as a refused or locked trial, or on Ctrl-C) makes this worker begin no further trial,
+    and stop the one it trains as a preempted run is stopped (SIGTERM once the trial's own handler is
+    in place: it checkpoints at its next step, and a relaunch resumes it). cancel_futures alone left
     the pool's already-queued trials (up to workers + 1) to be trained: a refused second compare on
-    the same runs trained them on, holding their locks against the first."""
+    the same runs trained them on, holding their locks against the first. Polled, not waited on: a
+    multiprocessing Event's set() waits for every process waiting on it to wake, and one killed
+    meanwhile (Ctrl-C reaching an idle worker) never does, which hung the compare."""
     def watch() -> None:
-        stop.wait()
+        while not stop.value:
+            time.sleep(0.1)
         _STOPPED.set()
         while _IN_TRIAL.is_set() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
             time.sleep(0.05)  # the trial is starting: SIGTERM before its handler would kill the worker
@@ -356,7 +359,7 @@ class LocalDispatcher:
         from multiprocessing import get_context
 
         ctx = get_context("spawn")
-        self.stop = ctx.Event()
+        self.stop = ctx.RawValue("b", 0)  # _stop_with_compare
         self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
                                         initializer=_init_worker, initargs=(os.getpid(), self.stop))
         return self
@@ -368,7 +371,7 @@ class LocalDispatcher:
         # begun, and the running ones stop as preempted runs do, checkpointed (_stop_with_compare);
         # a relaunch resumes or redoes them
         if exc_type is not None:
-            self.stop.set()
+            self.stop.value = 1
         self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     def run(self, stage: str, trials: Iterable[tuple[object, list[str]]]) -> Iterator[tuple[object, dict]]:

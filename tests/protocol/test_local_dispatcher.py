@@ -47,13 +47,13 @@ def test_workers_exit_when_compare_is_killed():
 
 
 STOP_CODE = """
-import os, signal, threading, time
+import os, signal, threading, time, types
 from adarem.protocol import dispatch
 got = []
-ev = threading.Event()
+ev = types.SimpleNamespace(value=0)  # the compare's shared byte
 dispatch._stop_with_compare(ev)
 dispatch._IN_TRIAL.set()  # a trial starting: its SIGTERM handler is not installed yet
-ev.set()  # the compare leaves on an error
+ev.value = 1  # the compare leaves on an error
 time.sleep(0.3)  # SIGTERM now would kill this process: the watch waits for the trial's handler
 signal.signal(signal.SIGTERM, lambda *a: got.append("stopped"))
 time.sleep(0.5)
@@ -138,7 +138,10 @@ def test_ctrl_c_begins_no_queued_trial(tmp_path, env):
                              f"out={tmp_path / 'out'}", "optimizers=sgd", "seeds=1", "select_seeds=2",
                              "lr_grid=0.5,1,2", "workers=1", "data=digits", "trainer.epochs=30"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # as a terminal's foreground job has it: a shell's background jobs (CI)
+                            # inherit SIGINT ignored, and Python then keeps ignoring it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not list(runs.glob("select/*/*/metrics.jsonl")) and time.monotonic() < deadline:
@@ -157,3 +160,4 @@ def test_ctrl_c_begins_no_queued_trial(tmp_path, env):
                    if datetime.datetime.fromisoformat(r["start_time"]) >= signalled.replace(microsecond=0)]
     assert not begun_after, (begun_after, signalled)
     assert [r["status"] for r in records] == ["interrupted"], records
+
