@@ -795,6 +795,15 @@ def _compare(argv: list[str]) -> int:
                         (f", weight decay {top_wd:.6g} (search=lr_wd: 10x the default)" if top_wd != wd else "") +
                         ": narrow the lr grid (lr_span, lr_grid) or lower optimizer.lr" +
                         (" / optimizer.weight_decay" if top_wd != wd else ""))
+    if own["launcher"] == "local" and first_selection.data.name in ("folder", "imagenet"):
+        # the trials read the data here: a root that is no folder would fail every trial in turn
+        # (dry_run said "accepted"); under SLURM the data may be on the nodes only, and train.py checks
+        from adarem.data import DataError, imagefolder_root
+
+        try:
+            imagefolder_root(first_selection.data)
+        except DataError as exc:
+            fail(str(exc))
     small = small_holdout(first_selection.data)
     for note in argument_notes(passthrough) + unread_notes(passthrough, own["optimizers"]) + ([small] if small else []):  # after the checks: a refusal is its one line
         print(f"note: {note}", file=sys.stderr, flush=True)

@@ -262,3 +262,15 @@ def test_a_holdout_of_few_images_is_noted_after_the_checks(capsys, tmp_path):
             "50 points of holdout error") in capsys.readouterr().err
     assert cli.main(base + ["data.holdout_fraction=0.5"]) == 0  # 100 images: no note
     assert "holdout holds" not in capsys.readouterr().err
+
+
+def test_a_data_root_that_is_no_folder_is_refused_by_the_dry_run(capsys, tmp_path):
+    """dry_run=true said "accepted" for data.root=/nonexistent; the launch then failed every
+    selection trial in turn with the same message (a whole job array under SLURM)."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["data=folder", f"data.root={tmp_path / 'nope'}", "optimizers=sgd", "lr_grid=1", "dry_run=true",
+                  f"runs={tmp_path / 'runs'}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: data.root='{tmp_path / 'nope'}' is not a directory; point data.root at an ImageFolder "
+                       f"tree with train/ and val/ (for ImageNet see scripts/prepare_imagenet.py)")
