@@ -165,32 +165,36 @@ def test_numbers_of_every_real_kind_and_a_tensor_lr_are_accepted():
     assert torch.equal(p.detach(), torch.full((2,), 0.5))
 
 
-def test_a_dtensor_parameter_is_refused_in_one_line():
-    """FSDP2 / tensor-parallel parameters (DTensors) failed midway through the first step on every
-    path (after the loop path had updated the weight and its tracker; 'got mixed torch.Tensor and
-    DTensor', or a bare AssertionError), and a sharded tensor's s must be the max over all ranks,
-    which no path gathers: refused when the group is added."""
+@pytest.fixture()
+def one_gloo_rank():
+    """A one-rank gloo process group in this process (FSDP and DTensors need one), destroyed after."""
     import torch.distributed as dist
 
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
     if dist.is_initialized():
         pytest.skip("a process group is already initialized in this process")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        mesh = init_device_mesh("cpu", (1,))
-        p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
-        with pytest.raises(ValueError, match=r"does not support DTensor .* parameters \(shape \(4, 3\)\).*DDP"):
-            AdaRem([p])
-        opt = AdaRem([torch.nn.Parameter(torch.ones(2))])
-        with pytest.raises(ValueError, match="does not support DTensor"):
-            opt.add_param_group({"params": [p]})
-        assert len(opt.param_groups) == 1
-    finally:
-        dist.destroy_process_group()
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_dtensor_parameter_is_refused_in_one_line(one_gloo_rank):
+    """FSDP2 / tensor-parallel parameters (DTensors) failed midway through the first step on every
+    path (after the loop path had updated the weight and its tracker; 'got mixed torch.Tensor and
+    DTensor', or a bare AssertionError), and a sharded tensor's s must be the max over all ranks,
+    which no path gathers: refused when the group is added."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (1,))
+    p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
+    with pytest.raises(ValueError, match=r"does not support DTensor .* parameters \(shape \(4, 3\)\).*DDP"):
+        AdaRem([p])
+    opt = AdaRem([torch.nn.Parameter(torch.ones(2))])
+    with pytest.raises(ValueError, match="does not support DTensor"):
+        opt.add_param_group({"params": [p]})
+    assert len(opt.param_groups) == 1
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -226,22 +230,12 @@ def test_an_fsdp_flat_parameter_is_refused_in_one_line():
         AdaRem([flat])
 
 
-def test_fsdp_use_orig_params_is_refused_in_one_line():
+def test_fsdp_use_orig_params_is_refused_in_one_line(one_gloo_rank):
     """FSDP with use_orig_params=True hands the optimizer 1-D views of this rank's shard of each
     parameter: accepted, s was taken over the shard only (weights 0.18 off an unsharded run after 3
     steps with 2 ranks, where SGD matched exactly). A real FSDP wrap, one gloo rank."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available in this build")
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialized in this process")
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        model = FSDP(torch.nn.Linear(4, 3), use_orig_params=True, device_id=torch.device("cpu"))
-        with pytest.raises(ValueError, match=r"does not support FSDP \(use_orig_params=True\) parameters .*DDP"):
-            AdaRem(model.parameters())
-    finally:
-        dist.destroy_process_group()
+    model = FSDP(torch.nn.Linear(4, 3), use_orig_params=True, device_id=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"does not support FSDP \(use_orig_params=True\) parameters .*DDP"):
+        AdaRem(model.parameters())
