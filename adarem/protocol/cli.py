@@ -80,6 +80,7 @@ other setting never reuses them. A stage in which nothing finished stops with ex
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 import shlex
@@ -141,19 +142,36 @@ TRIAL_DEFAULTS = (("logging.wandb", "disabled"), ("logging.progress", "none"), (
 _HELD: list[int] = []  # this compare's lock on its setting in the runs folder (release_runs_folder)
 
 
-def hold_runs_folder(runs_root: Path, base: list[str]) -> None:
-    """An exclusive flock on ``<runs>/.compare-<hash of the trials' base overrides>.lock`` while this
-    compare runs (the kernel drops it on any exit), or exit 2 naming its holder: two comparisons of
-    one setting in one runs folder (the same command twice, or other optimizers of it) would train
-    and lock each other's trials, and the refused one's queued trials stopped the first. Other
-    settings (slurm/sweep_paper.sh's experiments, in parallel into one runs=) do not share trials
-    and each take their own lock. Where the folder's file system has no locks (Lustre mounted
-    noflock, NFS without lockd), a note says that a second compare is not detected, and it goes on."""
-    import fcntl
+def setting_key(probe) -> str:
+    """10 hex digits naming a comparison's setting: the run identity (adarem/run/identity.py: what
+    names a trial's directory, so one spelling per configuration, whatever the order or form of the
+    overrides, and nothing of logging or loader workers) of its trials' shared configuration, less
+    what differs between its trials (the optimizer and its settings, the seed, the split evaluated,
+    the evaluations per epoch that compare adds to the finals)."""
     import hashlib
+    import json
+
+    from adarem.run.identity import flatten, identity_items, resolved_identity
+
+    varies = ("optimizer.", "seed", "data.eval_on", "trainer.evals_per_epoch")
+    items = {k: v for k, v in identity_items(flatten(resolved_identity(probe))).items()
+             if not k.startswith(varies)}
+    return hashlib.sha1(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def hold_runs_folder(runs_root: Path, key: str) -> None:
+    """An exclusive flock on ``<runs>/.compare-<key>.lock`` (``setting_key``) while this compare runs
+    (the kernel drops it on any exit), or exit 2 naming its holder: two comparisons of one setting in
+    one runs folder (the same command twice, spelled alike or not, or other optimizers of it; the
+    latter are refused even where their optimizers do not overlap) would train and lock each other's
+    trials, and the refused one's queued trials stopped the first. Other settings (slurm/
+    sweep_paper.sh's experiments, in parallel into one runs=) share no trial and each take their own
+    lock. Where the folder's file system has no locks (Lustre mounted noflock, NFS without lockd), a
+    note says that a second compare is not detected, and it goes on."""
+    import fcntl
     import socket
 
-    path = runs_root / f".compare-{hashlib.sha1(chr(0).join(base).encode()).hexdigest()[:10]}.lock"
+    path = runs_root / f".compare-{key}.lock"
     try:
         runs_root.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -365,27 +383,35 @@ def trial_base(passthrough: list[str]) -> list[str]:
     return base
 
 
-def preset_optimizer(opt: str) -> str:
-    """The optimizer (sgd, adam, adamw, adarem) a preset of configs/optimizer/ builds; "" where the
-    preset cannot be read (composing it then says why)."""
-    import yaml
-
-    from adarem.cli import CONFIG_DIR
+@functools.lru_cache(maxsize=None)
+def preset_reads(opt: str) -> frozenset | None:
+    """The optimizer-specific settings (adarem.config.OPTIMIZER_SPECIFIC) the optimizer of preset
+    ``opt`` reads, from the preset as composed (a preset that inherits another's ``name`` through its
+    defaults list, a search path of its own): AdaRem with a decay_horizon > 0 does not read decay.
+    None where the preset does not compose (composing it with the trials then says why)."""
+    from adarem.config import OPTIMIZER_READS
 
     try:
-        return str((yaml.safe_load((CONFIG_DIR / "optimizer" / f"{opt}.yaml").read_text()) or {}).get("name", ""))
-    except (OSError, yaml.YAMLError, AttributeError):
-        return ""
+        ocfg = compose([f"optimizer={opt}"]).optimizer
+    except Exception:  # noqa: BLE001 - said, in one line, where the trials are composed
+        return None
+    reads = set(OPTIMIZER_READS.get(str(ocfg.name), set()))
+    if ocfg.name == "adarem" and float(ocfg.decay_horizon) > 0:
+        reads.discard("decay")
+    return frozenset(reads)
 
 
 def _unread_by(opt: str, arg: str) -> bool:
-    """Whether ``arg`` (an override) sets an optimizer setting that ``opt``'s optimizer does not read."""
-    from adarem.config import OPTIMIZER_READS, OPTIMIZER_SPECIFIC
+    """Whether ``arg`` (an override) sets an optimizer setting that ``opt``'s optimizer does not read
+    (``optimizer.betas.0=`` is a setting of betas)."""
+    from adarem.config import OPTIMIZER_SPECIFIC
 
     key = arg.lstrip("+").split("=", 1)[0]
-    name = preset_optimizer(opt)
-    return (key.startswith("optimizer.") and key.split(".", 1)[1] in OPTIMIZER_SPECIFIC and name in OPTIMIZER_READS
-            and key.split(".", 1)[1] not in OPTIMIZER_READS[name])
+    if not key.startswith("optimizer.") or key.count(".") < 1:
+        return False
+    setting = key.split(".")[1]
+    reads = preset_reads(opt)
+    return setting in OPTIMIZER_SPECIFIC and reads is not None and setting not in reads
 
 
 def for_optimizer(base: list[str], opt: str) -> list[str]:
@@ -401,10 +427,13 @@ def unread_notes(passthrough: list[str], optimizers: list[str]) -> list[str]:
     notes = []
     for arg in passthrough:
         skip = [o for o in optimizers if _unread_by(o, arg)]
+        if skip and len(skip) == len(optimizers):  # it changes nothing, yet would name the report folder
+            fail(f"{arg} is read by none of optimizers={','.join(optimizers)}; drop it, or add an optimizer that "
+                 f"reads it")
         if skip:
             takes = [o for o in optimizers if o not in skip]
-            notes.append(f"{arg} applies to {', '.join(takes) or 'none of the optimizers'}; "
-                         f"{', '.join(skip)} do{'es' if len(skip) == 1 else ''} not read it")
+            notes.append(f"{arg} applies to {', '.join(takes)}; {', '.join(skip)} do{'es' if len(skip) == 1 else ''} "
+                         f"not read it")
     return notes
 
 
@@ -823,7 +852,7 @@ def _compare(argv: list[str]) -> int:
         print(f"dry run: the arguments and every optimizer's configuration are accepted; nothing was launched",
               flush=True)
         return 0
-    hold_runs_folder(runs_root, base)
+    hold_runs_folder(runs_root, setting_key(probe))
     if own["launcher"] == "local":
         dispatcher = LocalDispatcher(own["workers"], threads)
     else:

@@ -80,14 +80,14 @@ def test_a_second_compare_of_one_setting_on_one_runs_folder_is_refused_before_it
     its pool's queued trials trained on, holding their locks, and stopped the first. A compare of
     another setting (another experiment, as slurm/sweep_paper.sh runs in parallel) is not refused."""
     import fcntl
-    import hashlib
 
     from adarem.protocol import cli
+    from adarem.protocol.dispatch import compose
 
     runs = tmp_path / "runs"
     runs.mkdir()
     argv = ["optimizers=sgd", "seeds=1", "select_seeds=1", "lr_grid=1", "data=digits", "trainer.epochs=1"]
-    key = hashlib.sha1(chr(0).join(cli.trial_base(cli.parse(argv)[1])).encode()).hexdigest()[:10]
+    key = cli.setting_key(compose(cli.trial_base(cli.parse(argv)[1])))
     fd = os.open(runs / f".compare-{key}.lock", os.O_RDWR | os.O_CREAT)
     os.write(fd, b"host test pid 1\n")
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first compare, still running
@@ -111,6 +111,24 @@ def test_a_second_compare_of_one_setting_on_one_runs_folder_is_refused_before_it
         assert cli.compare([f"runs={runs}", f"out={tmp_path / 'out3'}", *argv[:-1], "trainer.epochs=2"]) == 0
 
 
+def test_one_setting_spelled_otherwise_takes_the_same_lock():
+    """The lock was named by the overrides' text: another order, ++key=, a loader or logging setting
+    gave another lock for the same trial directories, and both compares ran into each other."""
+    from adarem.protocol import cli
+    from adarem.protocol.dispatch import compose
+
+    def key(*argv):
+        return cli.setting_key(compose(cli.trial_base(cli.parse(list(argv))[1])))
+
+    same = key("optimizers=sgd", "trainer.epochs=2", "model=small_cnn")
+    assert same == key("optimizers=sgd", "model=small_cnn", "trainer.epochs=2") \
+        == key("optimizers=adam", "++trainer.epochs=2", "model=small_cnn", "data.num_workers=1") \
+        == key("optimizers=sgd", "trainer.epochs=2", "model=small_cnn", "logging.wandb=offline") \
+        == key("optimizers=sgd", "trainer.epochs=2", "model=small_cnn", "trainer.evals_per_epoch=2")
+    assert key("optimizers=sgd", "trainer.epochs=3", "model=small_cnn") != same  # other trials
+    assert key("experiment=fashion_mnist") != key("experiment=paper_resnet50")
+
+
 def test_a_runs_folder_without_file_locks_is_said_and_not_fatal(tmp_path, capsys, monkeypatch):
     import errno
     import fcntl
@@ -121,7 +139,7 @@ def test_a_runs_folder_without_file_locks_is_said_and_not_fatal(tmp_path, capsys
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    cli.hold_runs_folder(tmp_path / "runs", ["data=digits"])
+    cli.hold_runs_folder(tmp_path / "runs", "0123456789")
     assert "does not support file locks (No locks available)" in capsys.readouterr().err
     assert cli._HELD == []
 

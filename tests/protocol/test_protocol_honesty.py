@@ -321,3 +321,14 @@ def test_an_optimizer_setting_given_to_compare_applies_to_the_optimizers_that_re
         "optimizer.eps=1e-6 applies to adam, adarem; sgd does not read it",
         "++optimizer.momentum=0.8 applies to sgd, adarem; adam does not read it"]
     assert cli.for_optimizer(["optimizer.lr=0.1"], "sgd") == ["optimizer.lr=0.1"]  # read by every optimizer
+    # from the preset as composed: AdaRem with a decay_horizon reads no decay; betas.0 is a setting of betas
+    assert cli.for_optimizer(["optimizer.decay=0.99"], "adarem_horizon") == []
+    assert cli.for_optimizer(["optimizer.decay=0.99"], "adarem") == ["optimizer.decay=0.99"]
+    assert cli.for_optimizer(["optimizer.betas.0=0.95"], "sgd") == []
+
+
+def test_an_optimizer_setting_no_compared_optimizer_reads_is_refused(capsys, tmp_path):
+    """It changed nothing, yet named the report folder (results/digits_small_cnn-optimizer.eps=1e-6)."""
+    line = _refusal(capsys, ["optimizers=sgd,sgd_plain", "optimizer.eps=1e-6", "dry_run=true", f"runs={tmp_path}"])
+    assert line == "error: optimizer.eps=1e-6 is read by none of optimizers=sgd,sgd_plain; drop it, or add an " \
+                   "optimizer that reads it", line
