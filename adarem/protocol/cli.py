@@ -826,13 +826,18 @@ def _compare(argv: list[str]) -> int:
                         (" / optimizer.weight_decay" if top_wd != wd else ""))
     if own["launcher"] == "local" and first_selection.data.name in ("folder", "imagenet"):
         # the trials read the data here: a root that is no folder would fail every trial in turn
-        # (dry_run said "accepted"); under SLURM the data may be on the nodes only, and train.py checks
+        # (dry_run said "accepted" without a word). A dry run, which may check a cluster's
+        # configuration on a machine without its data, says so; a launch refuses. Under SLURM the
+        # data may be on the nodes only, and train.py checks it there
         from adarem.data import DataError, imagefolder_root
 
         try:
             imagefolder_root(first_selection.data)
         except DataError as exc:
-            fail(str(exc))
+            if not own["dry_run"]:
+                fail(str(exc))
+            print(f"note: {exc}: launched here (launcher=local), every trial would fail", file=sys.stderr,
+                  flush=True)
     small = small_holdout(first_selection.data)
     for note in argument_notes(passthrough) + unread_notes(passthrough, own["optimizers"]) + ([small] if small else []):  # after the checks: a refusal is its one line
         print(f"note: {note}", file=sys.stderr, flush=True)

@@ -264,13 +264,17 @@ def test_a_holdout_of_few_images_is_noted_after_the_checks(capsys, tmp_path):
     assert "holdout holds" not in capsys.readouterr().err
 
 
-def test_a_data_root_that_is_no_folder_is_refused_by_the_dry_run(capsys, tmp_path):
-    """dry_run=true said "accepted" for data.root=/nonexistent; the launch then failed every
-    selection trial in turn with the same message (a whole job array under SLURM)."""
+def test_a_data_root_that_is_no_folder_is_refused_before_a_local_launch(capsys, tmp_path):
+    """dry_run=true said "accepted" for data.root=/nonexistent without a word; the launch then failed
+    every selection trial in turn with the same message. A launch refuses it before anything starts;
+    a dry run (a cluster's configuration checked where its data is not) says so."""
+    argv = ["data=folder", f"data.root={tmp_path / 'nope'}", "optimizers=sgd", "lr_grid=1", f"runs={tmp_path / 'runs'}"]
+    said = (f"data.root='{tmp_path / 'nope'}' is not a directory; point data.root at an ImageFolder tree with train/ "
+            f"and val/ (for ImageNet see scripts/prepare_imagenet.py)")
+    assert cli.main([*argv, "dry_run=true"]) == 0
+    assert f"note: {said}: launched here (launcher=local), every trial would fail" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        cli.main(["data=folder", f"data.root={tmp_path / 'nope'}", "optimizers=sgd", "lr_grid=1", "dry_run=true",
-                  f"runs={tmp_path / 'runs'}"])
+        cli.main(argv)
     assert info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"error: data.root='{tmp_path / 'nope'}' is not a directory; point data.root at an ImageFolder "
-                       f"tree with train/ and val/ (for ImageNet see scripts/prepare_imagenet.py)")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {said}"
+    assert not (tmp_path / "runs").exists()
