@@ -37,8 +37,8 @@ def _refuse_unread(cfg, section: str, own: tuple, read: set, who: str) -> None:
                 for f in fields(cfg)}
     for key in own:
         value = getattr(cfg, key)
-        if key not in read and (list(value) if isinstance(value, (list, tuple)) else value) != defaults[key]:
-            shown = list(value) if isinstance(value, (list, tuple)) else value
+        shown = list(value) if isinstance(value, (list, tuple)) else value
+        if key not in read and shown != defaults[key]:
             raise ConfigError(f"{section}.{key}={shown} is not read by {who} (of its {section}-specific settings it "
                               f"reads {', '.join(sorted(read)) or 'none'}): drop it (from the command line, or the "
                               f"preset that sets it), or choose {'an optimizer' if section == 'optimizer' else 'a ' + section} "
@@ -60,6 +60,17 @@ class ModelConfig:
 OPTIMIZER_SPECIFIC = ("momentum", "nesterov", "betas", "eps", "beta", "decay", "decay_horizon", "decoupled_weight_decay")
 OPTIMIZER_READS = {"sgd": {"momentum", "nesterov"}, "adam": {"betas", "eps"}, "adamw": {"betas", "eps"},
                    "adarem": {"momentum", "eps", "beta", "decay", "decay_horizon", "decoupled_weight_decay"}}
+
+
+def optimizer_reads(name: str, decay_horizon: float) -> set:
+    """The settings of OPTIMIZER_SPECIFIC that optimizer ``name`` reads: AdaRem with a decay_horizon
+    > 0 takes its lambda from the horizon and reads no decay."""
+    reads = set(OPTIMIZER_READS.get(name, set()))
+    if name == "adarem" and decay_horizon > 0:
+        reads.discard("decay")
+    return reads
+
+
 # the same for the lr schedules (adarem/schedule.py); warmup_lr only with a warm-up
 SCHEDULE_SPECIFIC = ("milestones", "decay_rate", "min_lr", "warmup_lr")
 SCHEDULE_READS = {"cosine": {"min_lr"}, "step": {"milestones", "decay_rate"}, "constant": set()}
@@ -108,7 +119,7 @@ class OptimizerConfig:
         _require(self.decay_horizon == 0 or self.name == "adarem",
                  f"optimizer.decay_horizon={self.decay_horizon} applies to AdaRem only, not {self.name!r}")
         horizon = self.name == "adarem" and self.decay_horizon > 0  # lambda then comes from the horizon
-        _refuse_unread(self, "optimizer", OPTIMIZER_SPECIFIC, OPTIMIZER_READS[self.name] - ({"decay"} if horizon else set()),
+        _refuse_unread(self, "optimizer", OPTIMIZER_SPECIFIC, optimizer_reads(self.name, self.decay_horizon),
                        f"optimizer.name={self.name}" + (f" with optimizer.decay_horizon={self.decay_horizon:g}"
                                                         if horizon else ""))
         _require(not (self.name == "sgd" and self.nesterov and self.momentum == 0),

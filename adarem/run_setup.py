@@ -182,6 +182,7 @@ def other_code_note(previous: dict) -> str:
     return (f"; note: it was trained at {spelled(then)}, this code is {spelled(now)}: move the run directory "
             f"away (or choose another hydra.run.dir) to train it with this code")
 
+
 def first_rank_error(run_dir: Path, since: float) -> Optional[str]:
     """"rank r: <error>" of the rank whose error file (written since ``since``) came first, of the
     ranks that failed on their own: a rank that only lost its peers (PeerLost) is never the cause,

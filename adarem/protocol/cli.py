@@ -168,8 +168,7 @@ def hold_runs_folder(runs_root: Path, key: str) -> None:
     sweep_paper.sh's experiments, in parallel into one runs=) share no trial and each take their own
     lock. Where the folder's file system has no locks (Lustre mounted noflock, NFS without lockd), a
     note says that a second compare is not detected, and it goes on."""
-    import fcntl
-    import socket
+    from adarem.run.lockfile import lock_or_holder
 
     path = runs_root / f".compare-{key}.lock"
     try:
@@ -178,19 +177,15 @@ def hold_runs_folder(runs_root: Path, key: str) -> None:
     except OSError as exc:
         fail(f"cannot create runs={runs_root} or its lock file {path} ({exc.strerror}); choose a writable runs=")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        fail(f"another compare.py of this setting is running on runs={runs_root} ({holder}); wait for it to end, "
-             f"or give this comparison its own runs=: two would train and lock each other's trials")
+        holder = lock_or_holder(fd)
     except OSError as exc:
         os.close(fd)
         print(f"note: runs={runs_root} does not support file locks ({exc.strerror}): a second compare.py of this "
               f"setting on it would not be detected; launch one at a time", file=sys.stderr, flush=True)
         return
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+    if holder is not None:
+        fail(f"another compare.py of this setting is running on runs={runs_root} ({holder}); wait for it to end, "
+             f"or give this comparison its own runs=: two would train and lock each other's trials")
     _HELD.append(fd)
 
 
@@ -389,16 +384,13 @@ def preset_reads(opt: str) -> frozenset | None:
     ``opt`` reads, from the preset as composed (a preset that inherits another's ``name`` through its
     defaults list, a search path of its own): AdaRem with a decay_horizon > 0 does not read decay.
     None where the preset does not compose (composing it with the trials then says why)."""
-    from adarem.config import OPTIMIZER_READS
+    from adarem.config import optimizer_reads
 
     try:
         ocfg = compose([f"optimizer={opt}"]).optimizer
     except Exception:  # noqa: BLE001 - said, in one line, where the trials are composed
         return None
-    reads = set(OPTIMIZER_READS.get(str(ocfg.name), set()))
-    if ocfg.name == "adarem" and float(ocfg.decay_horizon) > 0:
-        reads.discard("decay")
-    return frozenset(reads)
+    return frozenset(optimizer_reads(str(ocfg.name), float(ocfg.decay_horizon)))
 
 
 def _unread_by(opt: str, arg: str) -> bool:
@@ -407,7 +399,7 @@ def _unread_by(opt: str, arg: str) -> bool:
     from adarem.config import OPTIMIZER_SPECIFIC
 
     key = arg.lstrip("+").split("=", 1)[0]
-    if not key.startswith("optimizer.") or key.count(".") < 1:
+    if not key.startswith("optimizer."):
         return False
     setting = key.split(".")[1]
     reads = preset_reads(opt)

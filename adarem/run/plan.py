@@ -17,9 +17,7 @@ alive) out of a directory that a live process is using; its refusal is a ``RunLo
 
 from __future__ import annotations
 
-import fcntl
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,6 +25,7 @@ from typing import Optional
 from adarem.run import checkpoint as ckpt_io
 from adarem.config import ConfigError
 from adarem.run.identity import config_differences
+from adarem.run.lockfile import lock_or_holder
 from adarem.run.record import FINAL_STATUSES, METRICS, finished_record_problem, read_run_json
 
 LOCK = ".lock"
@@ -181,16 +180,11 @@ class RunLock:
         except OSError as exc:  # the directory, or its lock file (e.g. a folder named .lock)
             raise ConfigError(f"cannot create the run directory {self.path.parent} or its lock file {self.path} "
                               f"({exc.strerror}); choose a writable hydra.run.dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
+        holder = lock_or_holder(fd)
+        if holder is not None:
             raise RunLocked(f"{self.path.parent} is in use by {holder} (a double submit, or a requeue "
                             f"racing a job that is still alive); wait for it to end or choose another "
-                            f"hydra.run.dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+                            f"hydra.run.dir")
         self._fd = fd
 
     def release(self) -> None:
