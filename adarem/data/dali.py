@@ -57,7 +57,7 @@ from adarem import faults
 from adarem.config import DataConfig
 from adarem.data.dali_workers import REMEDY, StartupWatch, WorkerWatch
 from adarem.data.datasets import DataError, corrupt_image_error, unsupported_image
-from adarem.data.loader import frozen_heap
+from adarem.data.loader import die_with_parent, frozen_heap
 from adarem.data.sampling import sample_seed
 from adarem.data.transforms import random_resized_crop_box, val_resize
 
@@ -217,21 +217,6 @@ def _forked() -> None:  # in this process, right after a fork: the child cannot 
 os.register_at_fork(before=_count_fork, after_in_parent=_forked)
 
 
-def _die_with_parent(parent: int) -> None:
-    """In a DALI worker: be killed when the process that started it dies. DALI's workers wait for
-    tasks forever otherwise, and a kill -9 of the training process would leave them behind."""
-    if os.getpid() == parent:  # not a child (a copy made in the process itself)
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before prctl
-        os._exit(1)
-
-
 def val_geometry(height: int, width: int, short: int, size: int) -> tuple[int, int, int, int]:
     """Torch's Resize(shorter side) + CenterCrop geometry, in integers, for one image: (resized
     height, resized width, crop top, crop left). DALI's own rounding of the resized size and
@@ -275,7 +260,7 @@ class SampleReader:
 
     def _after_fork(self) -> None:  # in every child forked by multiprocessing while this object lives
         if _STARTING_WORKERS:  # ... but only DALI's workers are forked while a pipeline starts them
-            _die_with_parent(self._parent)
+            die_with_parent(self._parent)
             faults.maybe_crash("dali_start", _FORKED)
 
     def __getstate__(self):  # pickled for spawned workers
@@ -285,7 +270,7 @@ class SampleReader:
 
     def __setstate__(self, state):  # in a spawned worker
         self.__dict__.update(state)
-        _die_with_parent(self._parent)
+        die_with_parent(self._parent)
 
     def _schedule(self) -> np.ndarray:
         if self._table is None:  # opened in the process that calls it

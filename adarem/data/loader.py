@@ -10,7 +10,10 @@ define ``to_device(x, y, device, channels_last)``, which the engine calls on eve
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import os
+import signal
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -23,6 +26,40 @@ from adarem.data.transforms import normalize
 # for a pass nested inside another (BN recalibration on the training set in the middle of a
 # training epoch). A deeper nesting gets a DataLoader whose workers end with its pass.
 MAX_PERSISTENT = 2
+
+
+def die_with_parent(parent: int) -> None:
+    """In a loader's worker process (DALI's, DataLoader's): be killed when the process that started
+    it dies. Such workers wait for tasks otherwise, and a kill -9 of the training process would
+    leave them behind."""
+    if os.getpid() == parent:  # not a child (a copy made in the process itself)
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl
+        os._exit(1)
+
+
+# The preemption signals (adarem.run.signals): SLURM's scancel and preemption, and a container
+# runtime's stop, send them to every process of the job, the loader's workers included
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _worker_init(parent: int, worker_id: int) -> None:
+    """A DataLoader worker leaves preemption to the training process, as DALI's workers do: it
+    ignores the preemption signals (torch's own SIGTERM handler in the worker ended it on a SIGTERM
+    from anyone but its parent; the parent's SIGCHLD handler then raised "DataLoader worker killed"
+    at any point of the checkpoint and run-record writes, and a preempted run ended failed, or with
+    run.json still "running", not checkpointed with exit 75). The training process ends its
+    workers through their queues (and SIGKILL, in ``_shutdown_workers``, where one does not end);
+    and a worker is killed with it if it dies."""
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    die_with_parent(parent)
 
 
 @contextlib.contextmanager
@@ -107,7 +144,8 @@ class TorchLoader:
         # (Augmentation does not use the workers' seeds: it is seeded per sample.)
         loader = DataLoader(self.dataset, batch_sampler=_PlanSampler(), num_workers=self.num_workers,
                             pin_memory=self.pin_memory, persistent_workers=keep,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0),
+                            worker_init_fn=functools.partial(_worker_init, os.getpid()) if self.num_workers else None)
         self._kept += keep
         return loader, keep
 
@@ -172,6 +210,10 @@ def _shutdown_workers(iterator) -> None:
     shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process DataLoader iterators
     if shutdown is not None:
         shutdown()
+    for worker in getattr(iterator, "_workers", ()):  # torch's last resort, terminate(), is ignored
+        if worker.is_alive():
+            worker.kill()
+            worker.join(5)
 
 
 class SyntheticLoader:

@@ -187,12 +187,15 @@ def test_a_dali_worker_killed_while_its_pipeline_starts(tmp_path, env, small_tre
     assert_failed_in_one_line(res, run_dir, marker, "while its pipeline was starting")
 
 
-def test_a_sigterm_to_every_process_of_the_job_still_preempts_a_dali_run(tmp_path, env, small_tree):
-    """SLURM's preemption SIGTERM reaches every process of the job step, DALI's workers included.
-    A worker whose pipeline is built ignores it and keeps feeding the last steps: the run
-    checkpoints and exits 75 (preempted), it does not fail on a worker that ended."""
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_a_sigterm_to_every_process_of_the_job_still_preempts_the_run(tmp_path, env, small_tree, loader):
+    """SLURM's preemption SIGTERM reaches every process of the job step, the loader's workers
+    included. A worker ignores it and keeps feeding the last steps: the run checkpoints and exits 75
+    (preempted), it does not fail on a worker that ended. DALI's workers ignore it of themselves;
+    torch's DataLoader workers died of it (torch's handler), and the run failed, or was left
+    "running" in run.json, at whichever write the worker's death interrupted (helper-82)."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(train_args(small_tree, run_dir, "dali") + ["trainer.epochs=40"], cwd=REPO, env=env,
+    proc = subprocess.Popen(train_args(small_tree, run_dir, loader) + ["trainer.epochs=40"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + LIMIT_S
