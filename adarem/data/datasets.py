@@ -41,12 +41,16 @@ class RepeatedFolderError(TreeError):
     """A folder of a split reached twice through symbolic links (a cycle, or another class's folder)."""
 
 
-def list_image_folder(split_dir: Path, seen: dict | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+def list_image_folder(split_dir: Path, seen: dict | None = None,
+                      empty_classes_ok: bool = False) -> tuple[list[tuple[str, int]], list[str]]:
     """Samples and classes of an ImageFolder split, with torchvision's own class mapping. Links are
     followed, but a folder reached twice (a link back up, which torchvision's walk follows until
     the path is too long, or to another class's folder) is refused: its images would be samples
     twice, under two labels. ``seen``, shared by the calls for train/ and val/, also refuses a
-    folder of one split that is a folder of the other (a val/ class linked to train/'s)."""
+    folder of one split that is a folder of the other (a val/ class linked to train/'s). A class
+    folder without an image is refused, as torchvision's ImageFolder refuses it (its class would
+    never be trained, or never evaluated, without a word), unless ``empty_classes_ok`` (the tree
+    check of scripts/prepare_imagenet.py, which reports such folders itself)."""
     if not split_dir.is_dir():
         raise DataError(f"dataset split {split_dir} does not exist; expected an ImageFolder tree "
                         f"<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG")
@@ -55,8 +59,10 @@ def list_image_folder(split_dir: Path, seen: dict | None = None) -> tuple[list[t
     except FileNotFoundError as exc:
         raise DataError(f"no class folders in {split_dir}: {exc}") from exc
     samples = []
+    empty = []  # class folders without an image
     seen = {} if seen is None else seen  # each folder read, (device, inode) -> path: links are followed
     for cls in classes:
+        before = len(samples)
         walk = []
         for dirpath, dirs, files in os.walk(split_dir / cls, onerror=_unlistable, followlinks=True):
             st = os.stat(dirpath)  # (a filesystem without inode numbers reports 0: not compared)
@@ -71,8 +77,15 @@ def list_image_folder(split_dir: Path, seen: dict | None = None) -> tuple[list[t
             for f in sorted(files):
                 if f.lower().endswith(IMG_EXTENSIONS):
                     samples.append((os.path.join(dirpath, f), class_to_idx[cls]))
+        if len(samples) == before:
+            empty.append(cls)
     if not samples:
         raise DataError(f"dataset split {split_dir} holds no images ({len(classes)} empty class folders)")
+    if empty and not empty_classes_ok:
+        shown = ", ".join(repr(c) for c in empty[:5]) + (f" (+{len(empty) - 5} more)" if len(empty) > 5 else "")
+        raise DataError(f"dataset split {split_dir}: {len(empty)} of its {len(classes)} class folders hold no "
+                        f"images ({shown}); that class would never be {'evaluated' if split_dir.name == 'val' else 'seen'} "
+                        f"there: copy its images in, or remove the folder from both splits")
     return samples, classes
 
 

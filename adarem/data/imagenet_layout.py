@@ -48,7 +48,7 @@ def scan_split(split_dir: Path, collect: dict | None = None, against: dict | Non
     # run reads: nested folders included, and also the macOS '._x.JPEG' files and hidden folders
     # (which become classes), which are therefore reported below.
     try:
-        samples, classes = list_image_folder(split_dir)
+        samples, classes = list_image_folder(split_dir, empty_classes_ok=True)
     except TreeError:  # a link cycle, a folder it may not list: nothing below could be counted
         raise
     except DataError:  # no class folders, or none with an image: still report what is there

@@ -144,3 +144,19 @@ def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypat
         build(root)  # os.walk skipped it: val/b lost an image without a word
     res = run(root, "--expect-classes", 2, "--expect-train", 4, "--expect-val", 5)
     assert res.returncode == 2 and res.stderr.startswith(f"error: cannot list the folder {locked}"), res
+
+
+@pytest.mark.parametrize("split, never", [("val", "evaluated"), ("train", "seen")])
+def test_a_class_folder_without_images_is_refused(tmp_path, split, never):
+    """Before: accepted without a word; a class empty in val/ was left out of the evaluation (the
+    error of another task), one empty in train/ never trained. torchvision's ImageFolder refuses it."""
+    root = small_tree(tmp_path)
+    for f in (root / split / "b").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match=rf"{split}: 1 of its 2 class folders hold no images \('b'\); that class "
+                                        rf"would never be {never} there: copy its images in, or remove the folder"):
+        build(root)
+    from adarem.data.imagenet_layout import scan_split  # scripts/prepare_imagenet.py's check reports it instead
+
+    rep = scan_split(root / split)
+    assert rep.empty_classes == ["b"] and rep.images == 2

@@ -129,6 +129,13 @@ def _check(res, expected, run_dir):
 
 def test_empty_dataset(tmp_path, env, trees):
     _check(run_train(folder(trees["empty"]), env, tmp_path / "run"), "holds no images", tmp_path / "run")
+    # refused before its record was opened: no folder of a run is left behind (Hydra's train.log, the
+    # lock), while a folder that holds anything else is left as it was
+    assert not (tmp_path / "run").exists(), sorted(p.name for p in (tmp_path / "run").iterdir())
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    _check(run_train(folder(trees["empty"]), env, tmp_path / "kept"), "holds no images", tmp_path / "kept")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [".lock", "notes.txt", "train.log"]
 
 
 def test_class_folders_differ(tmp_path, env, trees):
@@ -152,14 +159,11 @@ def test_finished_run_without_resume_is_refused(tmp_path, env, finished_run):
 
 @pytest.mark.slow
 def test_more_ranks_than_validation_images(tmp_path, env, trees):
-    tiny = tmp_path / "tiny"
-    shutil.copytree(trees["good"], tiny)
-    for f in (tiny / "val" / "class_001").iterdir():  # one validation image left, two ranks
-        f.unlink()
-    res = run_train(folder(tiny), env, tmp_path / "run", launcher=torchrun(2))
+    # two validation images (one per class: an empty class folder is refused on its own), three ranks
+    res = run_train(folder(trees["good"], "trainer.batch_size=3"), env, tmp_path / "run", launcher=torchrun(3))
     assert res.returncode != 0
     ours = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert ours and all("2 ranks but only 1 validation samples" in line for line in ours), res.stderr[-2000:]
+    assert ours and all("3 ranks but only 2 validation samples" in line for line in ours), res.stderr[-2000:]
     assert not (tmp_path / "run" / "run.json").exists()
 
 
