@@ -154,8 +154,28 @@ class Run:
                 self.watch.end()
             self.close_loaders()
         finally:
+            if self.record is None:
+                self.drop_empty_run_dir()
             if self.lock is not None:
                 self.lock.release()
+
+    def drop_empty_run_dir(self) -> None:
+        """A launch refused (or stopped) before its run record was opened leaves nothing of a run:
+        the directory it was given then holds only Hydra's train.log and the lock, a folder that
+        looks like a run to whoever lists the runs. Remove it, while still locked, where that is
+        all it holds (the error went to stderr). One process only (other ranks log into the same
+        folder); never the directory the launch was started in."""
+        if self.dist.enabled or not self.locked:
+            return
+        names = {p.name for p in self.run_dir.iterdir()} if self.run_dir.is_dir() else {"?"}
+        if not names <= {"train.log", ".lock"} or self.run_dir.resolve() == Path.cwd().resolve():
+            return
+        try:
+            for name in names:
+                (self.run_dir / name).unlink()
+            self.run_dir.rmdir()
+        except OSError:  # another process wrote into it meanwhile, or a read-only folder: left as it is
+            pass
 
     def close_loaders(self) -> None:
         for loader in (self.data.train, self.data.val) if self.data is not None else ():
@@ -168,15 +188,12 @@ def other_code_note(previous: dict) -> str:
     """For a finished run reported again: where it was trained with other code than this launch's
     (another commit, or uncommitted changes on either side), what it was trained at, so that its
     result is not taken for this code's; "" where the code is the same or unrecorded."""
+    from adarem.run.code_version import same_code
     from adarem.run.record import git_info
 
     then = previous.get("git") if isinstance(previous.get("git"), dict) else {}
     now = git_info()
-    if not then.get("commit") or not now.get("commit"):
-        return ""
-    same = then["commit"] == now["commit"] and bool(then.get("dirty")) == bool(now.get("dirty")) and (
-        not now.get("dirty") or (now.get("diff_sha1") is not None and then.get("diff_sha1") == now["diff_sha1"]))
-    if same:
+    if not then.get("commit") or not now.get("commit") or same_code(then, now):
         return ""
     spelled = lambda g: f"{str(g['commit'])[:10]}{' with uncommitted changes' if g.get('dirty') else ''}"  # noqa: E731
     return (f"; note: it was trained at {spelled(then)}, this code is {spelled(now)}: move the run directory "

@@ -662,6 +662,12 @@ def check_trial(overrides: list[str], stage: str, opt: str, evals_added: bool, g
         return cfg
     steps, images = known
     batch, k = int(cfg.trainer.batch_size), int(cfg.trainer.evals_per_epoch)
+    if images <= 0:  # an empty tree, or one image that the holdout takes
+        n = train_images(cfg.data, 2)
+        held = (f", all of which the holdout takes (data.holdout_fraction={float(cfg.data.holdout_fraction):g})"
+                if n else "")
+        fail(f"the training split of {where} holds {n} image(s){held}: data={cfg.data.name} "
+             f"data.root={cfg.data.root!r}; point data.root at a split with training images")
     if images < batch:
         fail(f"trainer.batch_size={batch} exceeds the {images} training images of {where} "
              f"(data={cfg.data.name}); lower it")

@@ -299,10 +299,18 @@ def _stop_with_compare(stop) -> None:
         while not stop.value:
             time.sleep(0.1)
         _STOPPED.set()
-        while _IN_TRIAL.is_set() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            time.sleep(0.05)  # the trial is starting: SIGTERM before its handler would kill the worker
-        if _IN_TRIAL.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
+        while _IN_TRIAL.is_set():
+            # the trial's own SIGTERM handler (adarem.run.signals.StopFlag), called here rather than
+            # signalled: a SIGTERM sent as the trial ended (its handler given back, _IN_TRIAL not yet
+            # cleared) killed the worker (BrokenProcessPool while the compare stopped); a StopFlag
+            # set after its trial ended stops nothing
+            from adarem.run.signals import StopFlag  # torch: imported by run_one before _IN_TRIAL is set
+
+            handler = signal.getsignal(signal.SIGTERM)
+            if isinstance(getattr(handler, "__self__", None), StopFlag):
+                handler(signal.SIGTERM, None)
+                return
+            time.sleep(0.05)  # the trial is starting: its handler is not in place yet
 
     threading.Thread(target=watch, daemon=True, name="adarem-compare-stop").start()
 

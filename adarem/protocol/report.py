@@ -10,6 +10,7 @@ import platform
 from collections import Counter
 
 from adarem.protocol.search import ERR_TIE, SELECT_SEED0
+from adarem.run.code_version import same_code
 
 
 def provenance(command: str, own: dict, threads: int, data_identity, n_select: int, final_seeds: list[int],
@@ -179,12 +180,8 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
                         f"a fresh folder to run the whole protocol at one commit")
     # against the code of this invocation: its commit and, on a changed tree, which changes (a
     # relaunch after a pull, or after an edit not committed, reuses every finished trial)
-    if now and now.get("commit"):
-        def code(commit, dirty, diff):
-            return commit, bool(dirty), diff if dirty else None
-
-        here = code(now["commit"], now.get("dirty"), now.get("diff_sha1"))
-        other = [r for r in rows if code(r.get("commit"), r.get("dirty"), r.get("diff_sha1")) != here]
+    if now and now.get("commit"):  # changes whose hash could not be taken count as other changes
+        other = [r for r in rows if not same_code(r, now)]
         if other:
             which = "other uncommitted changes" if all(r.get("commit") == now["commit"] for r in other) else "other code"
             warnings.append(f"{len(other)} of {len(rows)} run(s) were trained with {which} than this invocation's "

@@ -110,6 +110,21 @@ def test_evaluations_per_epoch_are_checked_against_the_split_they_train_on(capsy
     nothing_written(tmp_path, "data")
 
 
+@pytest.mark.parametrize("classes, per_class, says", [
+    (2, 0, "the training split of the selection trials holds 0 image(s): data=digits"),
+    (1, 1, "the training split of the selection trials holds 1 image(s), all of which the holdout takes "
+           "(data.holdout_fraction=0.25)"),
+])
+def test_a_split_with_no_image_to_train_on_is_refused_by_name(capsys, tmp_path, classes, per_class, says):
+    """Before: "trainer.batch_size=8 exceeds the -1 training images"."""
+    root = image_tree(tmp_path / "data", classes, per_class)
+    line = refused(capsys, [*QUICK, "data=digits", f"data.root={root}", "data.holdout_fraction=0.25",
+                            f"runs={tmp_path / 'r'}", f"out={tmp_path / 'o'}", "dry_run=true"])
+    assert says in line and "-1" not in line, line
+    assert line.endswith("point data.root at a split with training images"), line
+    nothing_written(tmp_path, "data")
+
+
 @pytest.mark.skipif(not (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file(), reason="no Fashion-MNIST")
 def test_fashion_mnist_is_sized_from_its_file_header(capsys, tmp_path):
     line = refused(capsys, [*QUICK, "data=fashion_mnist", "trainer.batch_size=20000", f"runs={tmp_path / 'r'}",

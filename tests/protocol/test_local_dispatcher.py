@@ -55,8 +55,11 @@ dispatch._stop_with_compare(ev)
 dispatch._IN_TRIAL.set()  # a trial starting: its SIGTERM handler is not installed yet
 ev.value = 1  # the compare leaves on an error
 time.sleep(0.3)  # SIGTERM now would kill this process: the watch waits for the trial's handler
-signal.signal(signal.SIGTERM, lambda *a: got.append("stopped"))
+from adarem.run.signals import StopFlag
+flag = StopFlag()
+flag.install()
 time.sleep(0.5)
+got.append(flag.signal_name)
 print(got, dispatch._STOPPED.is_set(), flush=True)
 try:
     dispatch.run_one(["trainer.epochs=1"], 1)
@@ -72,7 +75,38 @@ def test_a_worker_stops_its_trial_and_begins_no_other_when_compare_leaves_on_an_
     preemption does (SIGTERM, once the trial's handler is in place) and begins no queued one."""
     out = subprocess.run([sys.executable, "-c", STOP_CODE], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines() == ["['stopped'] True", "not begun: not started: the comparison is stopping"]
+    assert out.stdout.splitlines() == ["['SIGTERM'] True", "not begun: not started: the comparison is stopping"]
+
+
+ENDED_CODE = """
+import signal, time, types
+from adarem.protocol import dispatch
+from adarem.run.signals import StopFlag
+ev = types.SimpleNamespace(value=0)
+dispatch._stop_with_compare(ev)
+dispatch._IN_TRIAL.set()
+flag = StopFlag()
+flag.install()
+looked = signal.getsignal(signal.SIGTERM)
+flag.uninstall()
+# the trial ends just after the watch looked: what it saw is the trial's handler, what is in place
+# is the default again, and _IN_TRIAL is not cleared yet
+signal.getsignal = lambda sig: looked if sig == signal.SIGTERM else signal.SIG_DFL
+ev.value = 1  # the compare leaves now
+time.sleep(0.5)
+dispatch._IN_TRIAL.clear()
+print("alive", flush=True)
+"""
+
+
+def test_a_stop_as_a_trial_ends_does_not_kill_its_worker():
+    """The watch sent SIGTERM where a trial was in progress; in the moment between the trial
+    giving its handler back and leaving run_one, that SIGTERM killed the worker (BrokenProcessPool
+    noise as the compare stopped). It now sets the trial's own stop flag, and only while that flag's
+    handler is in place."""
+    out = subprocess.run([sys.executable, "-c", ENDED_CODE], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.splitlines() == ["alive"]
 
 
 def test_a_second_compare_of_one_setting_on_one_runs_folder_is_refused_before_it_starts_anything(tmp_path, env):

@@ -132,6 +132,11 @@ def test_the_report_flags_runs_of_other_code_versions_threads_or_a_mixed_resume(
     assert warnings[0].startswith("2 of 2 run(s) were trained with other uncommitted changes than this invocation's")
     assert warnings[1].startswith("the runs were trained with uncommitted changes")
     assert len(code_section(edited, {"commit": "old1", "dirty": True, "diff_sha1": "aaa", "versions": {}})[1]) == 1
+    # changes whose hash could not be taken (diff_sha1 null) on both sides are not known to be the
+    # same changes: flagged, as train.py's note on a finished run reported again flags them
+    unknown = [{**r, "diff_sha1": None} for r in edited]
+    warnings = code_section(unknown, {"commit": "old1", "dirty": True, "diff_sha1": None, "versions": {}})[1]
+    assert warnings[0].startswith("2 of 2 run(s) were trained with other uncommitted changes"), warnings
     # a hand-edited record (threads in a list, a commit that is a number) is no crash after the training
     odd = {**record, "git": {"commit": 7, "dirty": True, "diff_sha1": ["x"]}, "hardware": {"torch_threads": [2]}}
     (tmp_path / "run.json").write_text(json.dumps(odd))
