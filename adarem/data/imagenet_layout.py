@@ -31,6 +31,7 @@ class SplitReport:
     hidden: list[str] = field(default_factory=list)  # names starting with '.': class folders, or inside them
     loose: list[str] = field(default_factory=list)  # images directly in the split, outside any class folder
     shared: list[tuple[str, str]] = field(default_factory=list)  # (this split's image, the other split's): one file
+    repeated: list[tuple[str, str]] = field(default_factory=list)  # (image, an earlier image of this split): one file
 
 
 def _is_image(name: str) -> bool:
@@ -42,6 +43,7 @@ def scan_split(split_dir: Path, collect: dict | None = None, against: dict | Non
     file (device, inode; links followed) goes into ``collect`` (-> its path), and one that is in
     ``against`` (the other split's) is reported in ``shared``: the same file in train/ and val/."""
     rep = SplitReport()
+    own: dict = {}  # this split's files (device, inode) -> path: one file linked into two places
     if not split_dir.is_dir():
         return rep
     # The images are the loader's own listing (list_image_folder), so that the counts are what a
@@ -69,6 +71,8 @@ def scan_split(split_dir: Path, collect: dict | None = None, against: dict | Non
             continue
         per_class[label] += 1
         key, rel = (st.st_dev, st.st_ino), os.path.join(split_dir.name, os.path.relpath(path, split_dir))
+        if st.st_ino and own.setdefault(key, rel) != rel:  # (no inode numbers on this file system: not compared)
+            rep.repeated.append((rel, own[key]))
         if collect is not None:
             collect.setdefault(key, rel)
         if against and key in against:
@@ -137,6 +141,10 @@ def check_tree(root: Path, expected: dict = EXPECTED) -> tuple[list[str], dict]:
             a, b = rep.shared[0]
             problems.append(f"{split}: {len(rep.shared)} image(s) are val images too, the same file (e.g. {a} is "
                             f"{b}): a model would be evaluated on images it trained on; remove them from one split")
+        if rep.repeated:
+            a, b = rep.repeated[0]
+            problems.append(f"{split}: {len(rep.repeated)} image(s) are another image of {split}/ too, the same file "
+                            f"(e.g. {a} is {b}): read twice, under two labels if in two classes; keep one")
         problems += [f"{split}: class {c} has no images" for c in rep.empty_classes[:20]]
         problems += [f"{split}: not an image: {f}" for f in rep.non_images[:20]]
     train, val = class_names["train"], class_names["val"]

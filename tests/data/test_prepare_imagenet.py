@@ -183,6 +183,18 @@ def test_check_counts_what_the_loader_reads_and_names_hidden_entries(tmp_path):
     assert any("hidden" in line and ".ipynb_checkpoints" in line for line in res.stdout.splitlines())
 
 
+def test_one_file_twice_in_a_split_is_named(tmp_path):
+    """Two names for one file in one split (a hard or symbolic link into another class folder) are
+    read twice, under two labels; the check compared files only between train/ and val/."""
+    root = _tree(tmp_path / "inet")
+    first = root / "train" / "n01440764" / "n01440764_0.JPEG"
+    (root / "train" / "n01443537" / "copy.JPEG").symlink_to(first)
+    res = run(root, "--expect-classes", 2, "--expect-train", 7, "--expect-val", 3)
+    assert res.returncode == 1, res.stdout
+    line = [x for x in res.stdout.splitlines() if "another image of train/" in x]
+    assert len(line) == 1 and "1 image(s)" in line[0] and "n01440764_0.JPEG" in line[0] and "copy.JPEG" in line[0], line
+
+
 def test_conflicting_duplicate_labels_are_refused(tmp_path):
     root = _tree(tmp_path / "inet", flat_val=True)
     out = tmp_path / "val_by_class"
