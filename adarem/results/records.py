@@ -277,8 +277,8 @@ def setting_items(config: dict, data_identity: dict | None = None, bn_batch: int
 def setting_labels(settings: dict[str, dict], configs: dict[str, dict]) -> dict[str, str]:
     """Per setting id, a label naming the keys whose values tell the settings apart
     (``trainer.batch_size=64; trainer.epochs=4``), with each setting's value as its runs' config
-    spells it (``configs``: a flattened config per setting); ``setting <id>`` where that is not
-    unique."""
+    spells it (``configs``: a flattened config per setting), with `` (setting <id>)`` added where
+    that is not unique."""
     def value(items, k):
         return json.dumps(items.get(k, "unset"), sort_keys=True, default=str)
 
@@ -289,8 +289,10 @@ def setting_labels(settings: dict[str, dict], configs: dict[str, dict]) -> dict[
     spell = lambda v: v if isinstance(v, str) else json.dumps(v, default=str)  # noqa: E731
     labels = {sid: "; ".join(f"{k}={spell(configs[sid].get(k, 'unset'))}" for k in shown) + more
               for sid in settings}
-    if len(set(labels.values())) < len(labels) or not all(labels.values()):
-        labels = {sid: f"setting {sid}" for sid in settings}
+    if len(set(labels.values())) < len(labels) or not all(labels.values()):  # the keys shown do not tell
+        # them apart (more differ than are shown, or only what the config does not hold: the data's
+        # contents, the BatchNorm batch): the id added to what is shown
+        labels = {sid: f"{label} (setting {sid})" if label else f"setting {sid}" for sid, label in labels.items()}
     return labels
 
 

@@ -693,3 +693,22 @@ def test_runs_inside_a_staging_folder_are_not_read(tmp_path):
     assert sorted(Path(d).relative_to(root).as_posix() for d in rs.runs.run_dir) == \
         [".export.staging-old/content/sgd1", "sgd0"]
     assert not [p for p in rs.problems if "duplicate" in p["problem"]]
+
+
+def test_setting_labels_name_their_keys_and_add_the_id_only_where_the_keys_shown_do_not_tell_them_apart():
+    from adarem.results.records import MAX_LABEL_KEYS, setting_labels
+
+    two = {"a": {"trainer.epochs": 4}, "b": {"trainer.epochs": 8}}
+    assert setting_labels(two, two) == {"a": "trainer.epochs=4", "b": "trainer.epochs=8"}
+    # a and b agree on the keys a label shows and differ on one past them: before, every label became
+    # "setting <id>", with no key at all
+    keys = [f"k{i}" for i in range(MAX_LABEL_KEYS + 1)]
+    three = {"a": dict.fromkeys(keys, 1), "b": {**dict.fromkeys(keys, 1), keys[-1]: 2},
+             "c": dict.fromkeys(keys, 3)}
+    labels = setting_labels(three, three)
+    shown = "; ".join(f"{k}=1" for k in keys[:MAX_LABEL_KEYS]) + "; ..."
+    assert labels == {"a": f"{shown} (setting a)", "b": f"{shown} (setting b)",
+                      "c": "; ".join(f"{k}=3" for k in keys[:MAX_LABEL_KEYS]) + "; ... (setting c)"}, labels
+    # identical configs (settings told apart by the data's contents): only the id tells them apart
+    plain = {"a": {"trainer.epochs": 4}, "b": {"trainer.epochs": 4}}
+    assert setting_labels(plain, plain) == {"a": "setting a", "b": "setting b"}
