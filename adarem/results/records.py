@@ -644,6 +644,8 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
                              if isinstance(run.get("mixed_provenance"), list) else None),
         "torch": str(versions.get("torch") or "unrecorded"),
         "compile": trainer.get("compile") is True,
+        "channels_last": trainer.get("channels_last") is True,
+        "deterministic": trainer.get("deterministic") is True,
         # the oscillation tracker works inside every step of its windows (13 % of a resnet18 CPU
         # step, results/bench/throughput.csv): part of how a run was timed, like compile
         "oscillation_every": (int(trainer["oscillation_every"]) if _is_int(trainer.get("oscillation_every"))
@@ -694,6 +696,26 @@ def _given_run_dirs(run_dirs) -> tuple[list[tuple[str, Path]], list[dict]]:
         else:
             problems.append({"run_dir": str(d), "problem": "no run directory: excluded"})
     return entries, problems
+
+
+# How two runs of one configuration and seed may have been trained differently (config_id leaves
+# these out: they change no number by design, or change it as a code change does)
+TWIN_KEYS = (("oscillation_every", "trainer.oscillation_every"), ("compile", "trainer.compile"),
+             ("channels_last", "trainer.channels_last"), ("deterministic", "trainer.deterministic"),
+             ("optimizer_impl", "optimizer path"), ("torch", "torch"), ("platform", "timed on"))
+
+
+def twin_differences(run, kept) -> str:
+    """What differs between a duplicate run and the one kept: the code (commit, uncommitted
+    changes), then TWIN_KEYS; "" where nothing recorded differs."""
+    out = []
+    code = lambda r: f"{r.commit}{' with uncommitted changes' if r.dirty else ''}"  # noqa: E731
+    if code(run) != code(kept):
+        out.append(f"trained at commit {code(run)}, the kept one at {code(kept)}")
+    for col, name in TWIN_KEYS:
+        if col in run and run[col] != kept[col]:
+            out.append(f"{name} {run[col]}, the kept one {kept[col]}")
+    return "; ".join(out)
 
 
 def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_dirs=None) -> RunSet:
@@ -762,12 +784,17 @@ def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_d
         runs, notes = newest_comparison_only(runs, listed)
         problems += notes
     if not runs.empty:
-        # same configuration and seed twice: keep the first started, list the others
+        # same configuration and seed twice: keep the first started (a rerun never replaces a
+        # result, so no seed's number can be chosen among reruns), list the others with how they
+        # were trained differently (other code, the tracker, compile: not part of config_id)
         runs = runs.sort_values(["start_time", "run_dir"]).reset_index(drop=True)
         dup = runs.duplicated(subset=["config_id", "seed"], keep="first")
         for _, r in runs[dup].iterrows():
             first = runs[(runs.config_id == r.config_id) & (runs.seed == r.seed) & ~dup].iloc[0]
-            problems.append({"run_dir": r.run_dir, "problem": f"duplicate of {first.run_dir} (same config and seed): excluded"})
+            differs = twin_differences(r, first)
+            problems.append({"run_dir": r.run_dir, "problem": f"duplicate of {first.run_dir} (same config and seed"
+                             + (f"; {differs}" if differs else "") + "): excluded, the first started being kept; to "
+                             "report this one instead, move the other away"})
         runs = runs[~dup].reset_index(drop=True)
         # two datasets that share data.name (two data=folder roots, a grown tree) are two settings:
         # by the name alone the claims and speed targets would compare runs across them. The lr

@@ -47,7 +47,10 @@ def test_load_runs_reads_exactly_the_given_run_dirs_named_as_given(tmp_path):
     # within the given list, the twin logic stands: the first started of the two is kept
     both = load_runs(run_dirs=[str(newer), str(root / "older")])
     assert list(both.runs.run_dir) == [str(root / "older")]
-    assert "duplicate of" in both.problems_frame.set_index("run_dir").problem[str(newer)]
+    said = both.problems_frame.set_index("run_dir").problem[str(newer)]
+    # how the twin was trained otherwise is said (helper-83: a rerun with the tracker, or after a code
+    # fix, was dropped as a plain "duplicate")
+    assert "duplicate of" in said and "; trainer.oscillation_every 0, the kept one 10)" in said, said
     with pytest.raises(TypeError):
         load_runs(root, run_dirs=[str(newer)])
     with pytest.raises(TypeError):

@@ -67,7 +67,8 @@ def test_known_answers(records):
     assert sorted(rs.runs.run_dir.map(lambda p: p.split("/")[-1])) == sorted(
         ["sgd0", "sgd1", "sgd2", "adarem0", "adarem1", "adarem2", "adam0", "adam1", "adam_div"])
     problems = {p["run_dir"].split("/")[-1]: p["problem"] for p in rs.problems}
-    assert "duplicate of" in problems["adam_dup"] and problems["adam_dup"].endswith("excluded")
+    assert "duplicate of" in problems["adam_dup"] and problems["adam_dup"].endswith(
+        "(same config and seed): excluded, the first started being kept; to report this one instead, move the other away")
     assert "incomplete (status running)" in problems["still_running"]
     assert "no run.json" in problems["no_record"]
 
@@ -712,3 +713,19 @@ def test_setting_labels_name_their_keys_and_add_the_id_only_where_the_keys_shown
     # identical configs (settings told apart by the data's contents): only the id tells them apart
     plain = {"a": {"trainer.epochs": 4}, "b": {"trainer.epochs": 4}}
     assert setting_labels(plain, plain) == {"a": "setting a", "b": "setting b"}
+
+
+def test_a_duplicate_trained_at_other_code_says_so(tmp_path):
+    """A rerun after a code fix, in another folder, was excluded as a plain "duplicate": the tables
+    kept the old code's number with no word that the two differ in code (helper-83)."""
+    root = tmp_path / "runs"
+    old = make_run(root, "old", "sgd", 0, [30.0, 20.0, 10.0])
+    new = make_run(root, "new", "sgd", 0, [30.0, 20.0, 5.0], start="2026-02-01T00:00:00")
+    for d, commit, dirty in ((old, "a" * 40, False), (new, "b" * 40, True)):
+        record = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**record, "git": {"commit": commit, "dirty": dirty}}))
+    rs = load_runs(root)
+    assert list(rs.runs.final_top1) == [10.0]  # the first started is kept
+    said = rs.problems_frame.set_index("run_dir").problem[str(new)]
+    assert f"(same config and seed; trained at commit {'b' * 10} with uncommitted changes, the kept one at " \
+           f"{'a' * 10}): excluded" in said, said
