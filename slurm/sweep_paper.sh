@@ -10,7 +10,8 @@
 # Run it where sbatch works (a login node), inside tmux or screen: it waits for days. Launched again
 # with the same arguments, it submits only the trials that have not finished (failed ones run again
 # and resume from their checkpoints). One compare.py per experiment, in parallel; their logs go to
-# $LOGS/compare_<experiment>.log, reports to results/<experiment>/, runs to runs/compare/<experiment>/.
+# $LOGS/compare_<experiment>.log, reports to results/<experiment>/ (out=DIR: DIR/<experiment>/), runs to
+# runs/compare/<experiment>/.
 # Environment: OPTIMIZERS, SEEDS (final seeds), SELECT_SEEDS, HOLDOUT_FRACTION, EXPERIMENTS, LOGS,
 # ADAREM_PYTHON, and the cluster variables of compare.py --help (SLURM_PARTITION, SLURM_ACCOUNT,
 # ADAREM_GPUS_PER_NODE, ADAREM_NODES, ADAREM_CPUS_PER_TASK, ADAREM_TIMEOUT_MIN, ADAREM_MEM_GB).
@@ -28,8 +29,18 @@ LOGS=${LOGS:-runs/compare/logs}
 mkdir -p "$LOGS"
 pids=()
 for experiment in $EXPERIMENTS; do
+  # out=DIR: the folder of the reports, one per experiment (DIR/<experiment>): one report folder for
+  # all four would hold the report of one of them (compare.py refuses another setting's report)
+  args=()
+  for arg in "$@"; do
+    case "$arg" in
+      out=*) args+=("${arg%/}/$experiment") ;;
+      *) args+=("$arg") ;;
+    esac
+  done
   "$PYTHON" scripts/compare.py "experiment=$experiment" launcher=slurm "optimizers=$OPTIMIZERS" "seeds=$SEEDS" \
-    "select_seeds=$SELECT_SEEDS" "data.holdout_fraction=$HOLDOUT_FRACTION" "$@" >"$LOGS/compare_$experiment.log" 2>&1 &
+    "select_seeds=$SELECT_SEEDS" "data.holdout_fraction=$HOLDOUT_FRACTION" ${args[@]+"${args[@]}"} \
+    >"$LOGS/compare_$experiment.log" 2>&1 &
   pids+=("$!")
   echo "compare.py experiment=$experiment: pid $!, log $LOGS/compare_$experiment.log"
 done

@@ -701,7 +701,39 @@ def load_own_runs(run_dirs: list[str]):
     return load_runs(run_dirs=list(run_dirs), newest_comparison=False)
 
 
-def write_comparison_report(out: Path, rs, selection, command: str, preamble: str, record=None) -> str:
+def other_report(out: Path, key: str) -> str | None:
+    """The command of the comparison whose report is in ``out`` where that is another setting's
+    (``setting_key``), else None: the same setting's (a relaunch, other optimizers of it), no report,
+    or one that names no comparison (an older compare.py's, make_tables.py's)."""
+    import json
+
+    from adarem.results.report import REPORT_OWNER
+
+    try:
+        owner = json.loads((out / REPORT_OWNER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(owner, dict) or owner.get("setting_key") in (None, key):
+        return None
+    return str(owner.get("command") or "unrecorded")
+
+
+def refuse_other_report(out: Path, key: str, given: str, meanwhile: bool = False) -> None:
+    """Exit 2 where ``out`` holds another setting's report: replacing it lost that report without a
+    word (slurm/sweep_paper.sh out=X: four experiments, one report left)."""
+    other = other_report(out, key)
+    if other is None:
+        return
+    if meanwhile:
+        fail(f"out={given} received the report of another comparison while this one ran ({other}); its report is not "
+             f"written, its runs are kept: launch the same command with an out= of its own, which reuses every finished "
+             f"run and writes the report")
+    fail(f"out={given} holds the report of another comparison ({other}); pass out= a folder of its own (or move that "
+         f"report away)")
+
+
+def write_comparison_report(out: Path, rs, selection, command: str, preamble: str, record=None,
+                            key: str | None = None, given: str = "") -> str:
     """The comparison's report (the selection plot, the tables, claims and plots of its finals, and
     selection.csv) written aside in one staging folder and moved into ``out`` only once complete: a
     report that fails midway (a full disk, a plot that raises) leaves out as it was, never half this
@@ -712,14 +744,19 @@ def write_comparison_report(out: Path, rs, selection, command: str, preamble: st
     newest. Returns tables.md's text."""
     from adarem.results import CLAIMS_FILE
     from adarem.results.plots import plot_selection
-    from adarem.results.report import staged_output, write_report_into
+    from adarem.results.report import REPORT_OWNER, staged_output, write_report_into
+
+    import json
 
     manifest = None
+    check = (lambda folder: refuse_other_report(folder, key, given or str(out), meanwhile=True)) if key else None
     try:
-        with staged_output(out) as staging:
+        with staged_output(out, before_move=check) as staging:
             plot_selection(selection, staging / "plots" / "selection_lr.png")
             text = write_report_into(rs, staging, CLAIMS_FILE, command, preamble=preamble)
             selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
+            if key:
+                (staging / REPORT_OWNER).write_text(json.dumps({"setting_key": key, "command": command}, indent=1) + "\n")
             if record is not None:
                 manifest = record()
     except BaseException:
@@ -769,6 +806,7 @@ def _compare(argv: list[str]) -> int:
         if problem:
             fail(f"{key}={own[key] or folder} {problem}; pass {key}= a folder that can be created and written"
                  + (" (for the report: tables, selection.csv, plots)" if key == "out" else " (for the trials' runs)"))
+    refuse_other_report(out, setting_key(probe), own["out"] or str(out))
     threads = max(1, (os.cpu_count() or 1) // own["workers"])
     factors = lr_factors(own)
     searches: dict[str, Search] = {}
@@ -974,7 +1012,8 @@ def _compare(argv: list[str]) -> int:
     finals_chosen = {opt: {"lr": lr, "weight_decay": wd} for opt, (lr, wd, *_) in chosen.items()}
     try:
         text = write_comparison_report(out, rs, selection, command, preamble, record=lambda: write_manifest(
-            runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"]))
+            runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"]),
+            key=setting_key(probe), given=own["out"] or str(out))
     except OSError as exc:  # a full disk, a folder made unwritable meanwhile: the runs are kept
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         fail(f"cannot write the report into {out} or record the comparison in {runs_root / 'comparisons'} "

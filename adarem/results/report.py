@@ -20,7 +20,10 @@ from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, fmt_number, h
 # that a run did not regenerate is another run set's, and is removed (tables.md is always written;
 # selection.csv, plots/selection_lr.png (compare.py's), README.md and anything else are never touched)
 TABLE_NAMES = ("test_error", "speed", "oscillation", "holdout_error")
-OWNED_FILES = tuple(f"{n}.{ext}" for n in TABLE_NAMES for ext in ("csv", "tex")) + ("claims.csv",)
+# compare.py's record of whose report a folder holds (its setting and command): a report of
+# make_tables.py written there after it removes it, as it is no longer that comparison's
+REPORT_OWNER = "comparison.json"
+OWNED_FILES = tuple(f"{n}.{ext}" for n in TABLE_NAMES for ext in ("csv", "tex")) + ("claims.csv", REPORT_OWNER)
 OWNED_PLOTS = ("curves_*.png", "oscillation_*.png")  # in plots/, as plots.plot_curves names them
 
 
@@ -272,14 +275,16 @@ _LAST = ("selection.csv", "tables.md")
 
 
 @contextlib.contextmanager
-def staged_output(out_dir: Path):
+def staged_output(out_dir: Path, before_move=None):
     """Yield a fresh directory in a hidden sibling of ``out_dir`` (a staging folder of
     ``adarem.fsync.staging_folder``) to write a report into; once the block ends without an error,
     move every file of it into ``out_dir`` (tables.md and selection.csv last) and remove the OWNED
     files there that it did not hold. A report that fails midway (a full disk, a plot that raises)
     leaves ``out_dir`` as it was: never new tables beside an old tables.md. The staging folder holds
     a marker naming this process, so that the next report into ``out_dir`` removes it if this one is
-    killed (``adarem.fsync.remove_dead_stagings``, run first), and nothing is moved once it is no longer ours."""
+    killed (``adarem.fsync.remove_dead_stagings``, run first), and nothing is moved once it is no longer ours.
+    ``before_move(out_dir)``, called with the folder locked just before the move, may raise to leave
+    ``out_dir`` as it is (compare.py: another comparison's report landed there meanwhile)."""
     out_dir = Path(out_dir)
     with staging_folder(out_dir) as stage:
         staging = stage.content
@@ -289,6 +294,8 @@ def staged_output(out_dir: Path):
                        key=lambda p: (p.relative_to(staging).as_posix() in _LAST, p.as_posix()))
         out_dir.mkdir(parents=True, exist_ok=True)
         with _moving_into(out_dir):
+            if before_move is not None:
+                before_move(out_dir)
             moved = set()
             for src in files:
                 dst = out_dir / src.relative_to(staging)

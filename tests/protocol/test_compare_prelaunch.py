@@ -293,3 +293,47 @@ def test_a_data_root_that_is_no_folder_is_refused_before_a_local_launch(capsys, 
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {said}"
     assert not (tmp_path / "runs").exists()
+
+
+# --- 4. a report folder that holds another comparison's report -------------------------------------
+
+def test_an_out_holding_another_settings_report_is_refused_and_its_own_is_replaced(capsys, tmp_path):
+    """Two comparisons into one out= (slurm/sweep_paper.sh out=X: four experiments in parallel): the
+    last to finish replaced the others' reports without a word (helper-83)."""
+    import json
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "comparison.json").write_text(json.dumps({"setting_key": "0123456789", "command": "compare.py a b"}))
+    line = refused(capsys, [*QUICK, f"runs={tmp_path / 'r'}", f"out={out}", "dry_run=true"])
+    assert line == (f"error: out={out} holds the report of another comparison (compare.py a b); pass out= a folder "
+                    f"of its own (or move that report away)"), line
+    probe = cli.compose(cli.trial_base(["trainer.epochs=1"]))
+    (out / "comparison.json").write_text(json.dumps({"setting_key": cli.setting_key(probe), "command": "x"}))
+    assert cli.main([*QUICK, f"runs={tmp_path / 'r'}", f"out={out}", "dry_run=true"]) == 0  # its own: replaced later
+
+
+def test_a_report_that_lands_in_out_meanwhile_is_not_replaced(tmp_path):
+    """The check again, with out= locked, just before the report moves in: a comparison of another
+    setting that finished first keeps its report; this one exits 2 and says how to write its own."""
+    import json
+
+    from adarem.results.report import staged_output
+
+    out = tmp_path / "o"
+    out.mkdir()
+    theirs = json.dumps({"setting_key": "0123456789", "command": "theirs"})
+    with pytest.raises(SystemExit) as exc:
+        with staged_output(out, before_move=lambda d: cli.refuse_other_report(d, "abcdef0123", "o", True)) as stage:
+            (stage / "tables.md").write_text("ours")
+            (out / "comparison.json").write_text(theirs)  # the other comparison's report lands now
+            (out / "tables.md").write_text("theirs")
+    assert exc.value.code == 2
+    assert (out / "tables.md").read_text() == "theirs" and (out / "comparison.json").read_text() == theirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no staging folder left
+
+
+def test_a_make_tables_report_removes_the_comparisons_record():
+    from adarem.results.report import OWNED_FILES, REPORT_OWNER
+
+    assert REPORT_OWNER in OWNED_FILES  # a report of make_tables.py into out= is no longer that comparison's

@@ -50,3 +50,17 @@ def test_sweep_paper_configurations_are_accepted_by_the_real_compare(tmp_path, e
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2, bad.stdout
     assert (logs / "compare_paper_mobilenetv2.log").read_text().startswith("error: schedule.min_lr=0.05 is above")
+
+
+def test_sweep_paper_gives_each_experiment_its_own_report_folder_under_out(tmp_path, env):
+    """out=X went to all four compare.py as it was: one folder, the last report to finish left in it."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\necho "$@"\n')
+    fake.chmod(0o755)
+    res = subprocess.run(["bash", str(REPO / "slurm" / "sweep_paper.sh"), "out=/r/imagenet/", "trainer.epochs=1"],
+                         cwd=tmp_path, env=dict(env, ADAREM_PYTHON=str(fake), LOGS=str(tmp_path / "logs")),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for exp in ("paper_resnet18", "paper_resnet50", "paper_mobilenetv2", "paper_shufflenetv2"):
+        args = (tmp_path / "logs" / f"compare_{exp}.log").read_text().split()
+        assert args[-2:] == [f"out=/r/imagenet/{exp}", "trainer.epochs=1"], args
