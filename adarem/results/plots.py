@@ -43,9 +43,20 @@ def _label(opt: str, g: pd.DataFrame) -> str:
     return f"{opt} (lr {g.lr.iloc[0]:g}, n={len(g)}, {int((g.status == 'diverged').sum())} diverged)"
 
 
-def _band(ax, agg: pd.DataFrame, x: str, label: str):
-    (line,) = ax.plot(agg[x], agg["mean"], label=label)
-    ax.fill_between(agg[x], agg["lo"], agg["hi"], alpha=0.2, color=line.get_color())
+def _band(ax, agg: pd.DataFrame, x: str, label: str, n_runs: int | None = None):
+    """The mean and its band; with ``n_runs``, only where every one of them has a value: past the
+    step where one stopped (a divergence), the mean of the others is dashed, without a band, and the
+    label says so (a plain mean of the survivors ended at their error, under a label counting all)."""
+    short = agg["count"] < n_runs if n_runs else pd.Series(False, index=agg.index)
+    full = agg[~short]
+    if short.any():
+        label = f"{label}; dashed: fewer runs (the mean of those left)"
+    (line,) = ax.plot(full[x], full["mean"], label=label)
+    ax.fill_between(full[x], full["lo"], full["hi"], alpha=0.2, color=line.get_color())
+    if short.any():
+        start = agg[agg[x] < agg.loc[short, x].min()].tail(1)  # joined to the last point of all runs
+        rest = pd.concat([start, agg[short]])
+        ax.plot(rest[x], rest["mean"], linestyle="--", color=line.get_color())
 
 
 def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
@@ -68,7 +79,7 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
             finished = whole[whole.status == "finished"]
             ev = rs.evals[rs.evals.run_dir.isin(whole.run_dir)]
             label = _label(opt, g)
-            _band(axes[0], mean_ci(ev, "step", "val_top1_err"), "step", label)
+            _band(axes[0], mean_ci(ev, "step", "val_top1_err"), "step", label, n_runs=len(whole))
             it = rs.iters[rs.iters.run_dir.isin(finished.run_dir)]
             if not it.empty:
                 y = "train_loss_window" if it.train_loss_window.notna().all() else "loss"
@@ -78,7 +89,7 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
             if not timing_mixed(g):
                 ev = ev.assign(k=ev.groupby("run_dir").cumcount())
                 wall = ev.groupby("k").wall_time_s.mean().rename("wall")
-                _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label)
+                _band(axes[2], mean_ci(ev, "k", "val_top1_err").join(wall, on="k"), "wall", label, n_runs=len(whole))
             osc_runs = oscillation_runs(g)  # the oscillation table's runs (no lost lines, no non-finite value)
             osc = rs.oscillation[rs.oscillation.run_dir.isin(osc_runs.run_dir)]
             if not osc.empty:

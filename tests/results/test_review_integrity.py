@@ -489,3 +489,27 @@ def test_the_plots_leave_out_what_the_tables_leave_out(tmp_path, monkeypatch):
     assert not any("adarem_nan" in d for y in ("path_efficiency", "flip_fraction") for d in runs_of(y))
     assert not any("sgd" in d for d in runs_of("path_efficiency"))  # two windows: not averaged
     assert any("sgd" in d for d in runs_of("flip_fraction"))
+
+
+def test_a_curve_past_a_divergence_is_dashed_and_says_so():
+    """The mean val-error curve went on over the survivors after a seed diverged, under a label
+    counting every seed, and ended at their error (helper-83). Past the last step every run reached,
+    it is now dashed, without a band, and the label says so."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from adarem.results import plots
+
+    frame = pd.DataFrame({"run_dir": ["a", "b", "a", "b", "a"], "step": [10, 10, 20, 20, 30],
+                          "val_top1_err": [50.0, 60.0, 40.0, 30.0, 10.0]})  # b stopped after step 20
+    fig, ax = plt.subplots()
+    plots._band(ax, plots.mean_ci(frame, "step", "val_top1_err"), "step", "adarem (n=2, 1 diverged)", n_runs=2)
+    solid, dashed = ax.get_lines()
+    assert list(solid.get_xdata()) == [10, 20] and list(solid.get_ydata()) == [55.0, 35.0]
+    assert dashed.get_linestyle() == "--" and list(dashed.get_xdata()) == [20, 30]
+    assert list(dashed.get_ydata()) == [35.0, 10.0] and "dashed: fewer runs" in solid.get_label()
+    plt.close(fig)
+    fig, ax = plt.subplots()  # every run to the end: one solid line, the label as given
+    plots._band(ax, plots.mean_ci(frame[frame.step < 30], "step", "val_top1_err"), "step", "sgd", n_runs=2)
+    assert [line.get_label() for line in ax.get_lines()] == ["sgd"]
+    plt.close(fig)
