@@ -130,9 +130,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The environment variables that change what a benchmark measures (threads): part of its command
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+
+
 def bench_command(script: str, argv: list[str] | None = None) -> str:
-    """The command line that produced a file, as it can be typed again."""
-    return f"python scripts/{script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    """The command line that produced a file, as it can be typed again: with the thread settings
+    of its environment (OMP_NUM_THREADS=1 measured one thread; the bare command, retyped, measures
+    every core)."""
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in THREAD_VARS if k in os.environ]
+    return " ".join(env + [f"python scripts/{script}", shlex.join(sys.argv[1:] if argv is None else argv)]).rstrip()
 
 
 def provenance(load_before: tuple[float, float, float], command: str, gpu: str | None = None) -> dict:
@@ -334,8 +341,13 @@ def measure(args, command: str) -> pd.DataFrame:
         raise SystemExit("bench_optimizer: FAILED: required candidate(s) did not run: "
                          + "; ".join(f"{n} ({skipped[n]})" for n in missing))
     sync()
-    for _ in range(args.rounds):
-        for name, (_, opt, times) in setups.items():
+    names = list(setups)
+    for r in range(args.rounds):
+        # each round in another order (rotated): a fixed order timed each candidate right after the
+        # same neighbour (SGD's fused path after the 120 ms for-loop, every round), its caches and
+        # clocks in that neighbour's wake
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            _, opt, times = setups[name]
             sync()
             t0 = time.perf_counter()
             for _ in range(k):

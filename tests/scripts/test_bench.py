@@ -100,7 +100,9 @@ def test_bench_optimizer_repeats_in_fresh_processes_and_records_provenance(tmp_p
     df = pd.read_csv(out)
     assert sorted(df["run"].unique()) == [1, 2] and PROVENANCE <= set(df.columns)
     assert {"rounds", "warmup", "steps_per_sample", "model"} <= set(df.columns)
-    assert (df["command"] == "python scripts/bench_optimizer.py " + " ".join(
+    # with the environment's thread setting (the tests' OMP_NUM_THREADS=1): the bare command, retyped,
+    # measured every core (helper-83)
+    assert (df["command"] == "OMP_NUM_THREADS=1 python scripts/bench_optimizer.py " + " ".join(
         f"'{a}'" if " " in a else a for a in base[2:] + ["--repeats", "2"])).all()
     assert df["cpu_model"].str.len().min() > 0 and df["commit"].str.len().eq(40).all()
     res = subprocess.run(base + ["--append"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
