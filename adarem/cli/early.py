@@ -24,15 +24,28 @@ def ctrl_c_while_starting(signum, frame):
     os._exit(130)  # nothing is written yet; no half-imported module may catch an exception here
 
 
+def submits_jobs(argv: list[str]) -> bool:
+    """Whether this process is a sweep's submitter: a multirun (-m) whose Hydra launcher runs each
+    job in a process of its own (hydra/launcher=slurm, or =local, submitit's local stand-in). It
+    trains nothing; it waits for the jobs."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    launchers = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == "hydra/launcher" and "=" in a]
+    return multirun and bool(launchers) and launchers[-1] != "basic"
+
+
 def install() -> None:
     """Record SIGTERM/SIGUSR1 for train(); Ctrl-C ends the process with one line (where SIGINT is
-    not ignored: a shell's background jobs inherit it ignored, and that is left alone). Once."""
+    not ignored: a shell's background jobs inherit it ignored, and that is left alone). Once.
+    A sweep's submitter (``submits_jobs``) keeps the default SIGTERM/SIGUSR1: no train() of its
+    own would read them, and recorded here they left it deaf to a SIGTERM while it waited (the
+    jobs, on SLURM or in processes of their own, have their own handlers)."""
     global _installed
     if _installed:
         return
     _installed = True
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, lambda signum, frame: SIGNALS.append(signal.Signals(signum).name))
+    if not submits_jobs(sys.argv[1:]):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda signum, frame: SIGNALS.append(signal.Signals(signum).name))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, ctrl_c_while_starting)
 

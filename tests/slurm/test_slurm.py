@@ -101,3 +101,19 @@ def test_slurm_ranks_come_from_slurm_variables_and_a_job_set_rendezvous_wins(mon
     monkeypatch.setenv("MASTER_PORT", "40000")
     assert _env_ranks() == (3, 4, 1)
     assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu007-ib0", "40000")
+
+
+@pytest.mark.parametrize("argv, submitter", [
+    (["-m", "hydra/launcher=slurm", "seed=0,1"], True),
+    (["--multirun", "hydra/launcher=local"], True),
+    (["-m", "seed=0,1"], False),  # Hydra's basic launcher: the jobs train in this process
+    (["hydra/launcher=slurm"], False),  # no multirun: a run of its own
+    ([], False),
+])
+def test_a_sweeps_submitter_keeps_the_default_sigterm(argv, submitter):
+    """train.py -m hydra/launcher=slurm recorded SIGTERM for a train() it never runs, and so ignored
+    it while it waited for its jobs: timeout -s TERM left it alive (helper-83)."""
+    code = ("import signal, sys; sys.argv = ['train.py', *sys.argv[1:]]; from adarem.cli import early; "
+            "early.install(); print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)")
+    res = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == str(submitter), res.stderr
