@@ -234,10 +234,24 @@ def lock_run_dir(run: Run) -> None:
     run.locked = True
 
 
+def launch_dir() -> Optional[str]:
+    """The directory train.py was launched from, where Hydra has moved the process into the run
+    directory (hydra.job.chdir=true): a relative data.root means a folder of the launch, as in the
+    run id Hydra resolved before the move (it was read from the run directory instead, and the
+    launch refused as "not a directory"). None otherwise (the working directory is the launch's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or not HydraConfig.get().job.chdir:
+        return None
+    from hydra.utils import get_original_cwd
+
+    return get_original_cwd()
+
+
 def create(cfg: DictConfig, stop: StopFlag) -> Run:
     """Validate the config and join the process group: the run exists, nothing is built yet."""
     spelled = cfg.data.root
-    cfg.data.root = normalise_root(spelled)  # recorded (run.json, checkpoints) as the run id sees it
+    cfg.data.root = normalise_root(spelled, launch_dir())  # recorded (run.json, checkpoints) as the run id sees it
     config = validate(cfg)
     dist = dist_utils.init_distributed(config.trainer.device)
     stop.distributed, stop.device = dist.enabled, dist.device

@@ -68,15 +68,16 @@ def is_neutral(key: str, value) -> bool:
     return value == neutral  # 0 == 0.0: JSON and YAML may spell a number either way
 
 
-def normalise_root(root):
+def normalise_root(root, launch_dir: str | None = None):
     """``data.root`` as one spelling per folder: ``~`` expanded, made absolute (against the working
-    directory of the launch) and normalised, so that ``/data/x``, ``/data/x/``, ``/data//x`` and
-    ``x`` launched from ``/data`` are one configuration (they were three run directories and three
-    rows of the tables). Links are not resolved: a link may be repointed at other data, which the
-    data identity's content hashes tell apart. "" (the dataset's default) stays ""."""
+    directory of the launch: ``launch_dir`` where the process has left it, as hydra.job.chdir=true
+    does) and normalised, so that ``/data/x``, ``/data/x/``, ``/data//x`` and ``x`` launched from
+    ``/data`` are one configuration (they were three run directories and three rows of the tables).
+    Links are not resolved: a link may be repointed at other data, which the data identity's
+    content hashes tell apart. "" (the dataset's default) stays ""."""
     if not isinstance(root, str) or not root:
         return root
-    return os.path.normpath(os.path.abspath(os.path.expanduser(root)))
+    return os.path.normpath(os.path.join(launch_dir or os.getcwd(), os.path.expanduser(root)))
 
 
 def identity_items(config: dict, normalise: bool = True) -> dict:

@@ -175,3 +175,26 @@ def test_a_finished_run_reported_again_says_when_other_code_trained_it():
         assert other_code_note({"git": {**now, "dirty": True, "diff_sha1": "x"}}).startswith(
             f"; note: it was trained at {now['commit'][:10]} with uncommitted changes, this code is")
     assert other_code_note({}) == "" and other_code_note({"git": {"commit": None}}) == ""
+
+
+def test_a_relative_data_root_under_hydra_job_chdir_is_the_launchs_folder(tmp_path, env):
+    """hydra.job.chdir=true moves the process into the run directory before train() runs: a
+    relative data.root was then read from there ("not a directory"), while the run id Hydra had
+    resolved before the move named the launch's folder (helper-77)."""
+    import subprocess
+    import sys
+
+    from adarem.data.digits import ensure_digits_tree
+    from tests.conftest import FAST, REPO
+
+    (tmp_path / "dg").symlink_to(ensure_digits_tree(), target_is_directory=True)
+    args = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=1", "data=folder", "data.image_size=8",
+            "data.in_chans=1", "data.mean=[0.5]", "data.std=[0.5]", "data.num_workers=0"]
+    first = subprocess.run([*args, "data.root=dg", "hydra.job.chdir=true"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # the same data, spelled absolute, without the move: the same run (one run directory, reported)
+    again = subprocess.run([*args, f"data.root={tmp_path / 'dg'}"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and "run already finished" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert len(list((tmp_path / "runs").rglob("run.json"))) == 1
