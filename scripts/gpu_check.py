@@ -47,40 +47,89 @@ TIMING_KEYS = ("epoch_time_s", "images_per_s", "data_wait_s", "wall_time_s")
 
 
 class Check:
-    def __init__(self, out: Path, log):
+    def __init__(self, out: Path, log, deadline: float | None = None):
         self.out, self.log = out, log
+        self.deadline = deadline  # time.monotonic() by which every check must have ended (--budget)
         self.results: list[dict] = []
 
+    def time_left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
     def run(self, name: str, cmd: list[str], timeout: float, env: dict | None = None, verify=None) -> str:
-        """Run one check; return its output (also appended to the log). The check is ok when the
-        command exits 0 and ``verify(output)`` (where given) names no problem: a check must not
-        pass on a figure that was not measured."""
+        """Run one check; return its output. The check is ok when the command exits 0 and
+        ``verify(output)`` (where given) names no problem: a check must not pass on a figure that
+        was not measured. The command runs in a process group of its own, its output (stdout and
+        stderr) goes to the log line by line as it comes (a call cut short still leaves it), and
+        its time is the smaller of ``timeout`` and what --budget leaves; on a timeout the group
+        gets SIGABRT first (PYTHONFAULTHANDLER: each Python process prints where it was), then
+        SIGKILL, its children included."""
         t0 = time.monotonic()
-        self.log.write(f"\n===== {name}: {shlex.join(cmd)}\n")
+        timeout = max(1.0, min(timeout, self.time_left()))
+        self.log.write(f"\n===== {name} (limit {timeout:.0f} s): {shlex.join(cmd)}\n")
         self.log.flush()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=dict(env or os.environ, PYTHONFAULTHANDLER="1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                start_new_session=True)
+        lines: list[str] = []
+
+        def pump() -> None:
+            for line in proc.stdout:
+                lines.append(line)
+                self.log.write(line)
+                self.log.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
         try:
-            proc = subprocess.run(cmd, cwd=REPO, env=env or os.environ.copy(), capture_output=True, text=True,
-                                  timeout=timeout)
-            output, code = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            output = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            output += f"\nTIMEOUT after {timeout:.0f} s"
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
             code = "timeout"
-        self.log.write(output)
-        self.log.flush()
+        reader.join(10)
+        output = "".join(lines) + (f"\nTIMEOUT after {timeout:.0f} s" if code == "timeout" else "")
         figures = [line[len("FIGURE "):] for line in output.splitlines() if line.startswith("FIGURE ")]
         figure = "; ".join(figures) or _last_line(output)
         problems = verify(output) if verify is not None and code == 0 else []
-        if code != 0:  # the reason, as the command named it (its last line), next to the figures
-            figure = "; ".join(figures + [f"exit {code}: {_last_line(output)}"])
+        if code != 0:  # the reason, as the command named it, next to the figures
+            figure = "; ".join(figures + [f"exit {code}: {_reason(output)}"])
         elif problems:
             figure = "; ".join(figures + [f"problems: {'; '.join(problems)}"])
         self.record(name, code == 0 and not problems, figure, time.monotonic() - t0, exit_code=code)
         return output
 
-    def record(self, name: str, ok: bool, figure: str, seconds: float, **extra) -> None:
+    def record(self, name: str, ok: bool | None, figure: str, seconds: float, **extra) -> None:
+        """``ok`` None: not run (--budget left too little time for it)."""
         self.results.append({"check": name, "ok": ok, "figure": figure, "seconds": round(seconds, 1), **extra})
-        print(f"[{'ok' if ok else 'FAILED'}] {name} ({seconds:.0f} s): {figure}", flush=True)
+        status = "skipped" if ok is None else "ok" if ok else "FAILED"
+        print(f"[{status}] {name} ({seconds:.0f} s): {figure}", flush=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGABRT to the process group (Python's faulthandler prints each process's stack), then
+    SIGKILL to what is left: the command and every process it started (torchrun's train.py,
+    loader workers), which subprocess.run's timeout left running on the GPU."""
+    for sig, wait in ((signal.SIGABRT, 3.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGABRT:  # the leader ended; its children may not have
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+
+
+def _reason(output: str) -> str:
+    """Why a command failed, as it said it: its last ``error:`` line where it wrote one (torchrun's
+    banner of '=' comes after train.py's), else its last line."""
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    return errors[-1][:300] if errors else _last_line(output)
 
 
 def _last_line(text: str) -> str:
@@ -108,6 +157,10 @@ CUDA_TESTS = ["tests/harness/test_engine.py::test_side_stream_batches_are_the_in
 
 def check_cuda_tests(c: Check, device: str, dry: bool) -> None:
     _pytest(c, "cuda_tests", f"CUDA-only tests on {device}", CUDA_TESTS, 60 if dry else LIMITS_S["cuda_tests"])
+    res = c.results[-1]
+    if device == "cuda" and res["ok"] and f"{len(CUDA_TESTS)} passed" not in res["figure"]:
+        res["ok"] = False  # skipped on the GPU: nothing was checked (pytest exits 0 on skips)
+        res["figure"] += f"; problems: not all {len(CUDA_TESTS)} ran and passed"
 
 
 # the candidates the optimizer check exists for: their skip (a fused path that did not build, a
@@ -116,8 +169,11 @@ OPTIMIZER_REQUIRED = ("adarem (fused)", "adarem (foreach)")
 
 
 def check_optimizer(c: Check, device: str, dry: bool) -> None:
+    # AdaRem's fused path compiles one graph per chunk structure on CUDA (21 for resnet50): the
+    # recipe's candidates only (AdaRem fused/foreach/for-loop, SGD, AdamW), not the weight-decay
+    # and momentum variants (62 compiles in all)
     args = ["--model", "resnet18", "--rounds", "3", "--warmup", "2", "--only", "adarem (f,sgd"] if dry else \
-        ["--rounds", "30", "--warmup", "5"]
+        ["--rounds", "30", "--warmup", "5", "--only", "adarem (f,sgd"]
     csv_path = c.out / f"optimizer_step_{device}.csv"
 
     def verify(output: str) -> list[str]:
@@ -219,14 +275,15 @@ def check_e2e(c: Check, device: str, dry: bool) -> None:
 
     problems = []
     ref = c.run("e2e reference", cmd(tmp / "ref"), 120, env)
-    if c.results[-1]["ok"] is not True:
-        problems.append("reference run failed")
-    c.results.pop()
+    ref_result = c.results.pop()
+    if ref_result["ok"] is not True:  # nothing to compare with: the two other runs would only spend time
+        c.record("e2e", False, f"reference run failed: {ref_result['figure']}", time.monotonic() - t0)
+        return
     # the interrupted run: SIGUSR1 to the training process (not torchrun) after step 5
     c.log.write(f"\n===== e2e interrupted: {shlex.join(cmd(tmp / 'int'))}\n")
     proc = subprocess.Popen(cmd(tmp / "int"), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    watchdog = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    watchdog = threading.Timer(max(1.0, min(120.0, c.time_left())), lambda: _kill_group(proc))
     watchdog.start()
     lines, sent = [], None
     for line in proc.stdout:
@@ -294,13 +351,51 @@ def check_decode(c: Check, device: str, dry: bool) -> None:
 
 
 # Each check's time limit at full size (s); e2e is three runs of up to 120 s each. A call of this
-# script takes at most the sum of its checks' limits plus start-up: under the device tool's 600 s
-# per command, split the checks into calls whose limits add up to at most 460 s (results/bench/README.md, GPU section).
-LIMITS_S = {"oracle": 170, "cuda_tests": 120, "optimizer": 170, "throughput": 120, "loaders": 270, "e2e": 360,
+# script takes at most the sum of its checks' limits plus start-up, and --budget (default 540 s,
+# under the device tool's 600 s per command) cuts it: a check starts only with at least MIN_S of
+# it left, and runs for what is left at most (results/bench/README.md, GPU section).
+LIMITS_S = {"loaders": 270, "optimizer": 200, "oracle": 170, "cuda_tests": 60, "throughput": 120, "e2e": 360,
             "decode": 90, "throughput_compiled": 220}
-# in order of value per second: the compiled-model throughput (slowest to compile) goes last
-CHECKS = {"oracle": check_oracle, "cuda_tests": check_cuda_tests, "optimizer": check_optimizer, "throughput": check_throughput,
-          "loaders": check_loaders, "e2e": check_e2e, "decode": check_decode, "throughput_compiled": check_throughput_compiled}
+MIN_S = {"loaders": 150, "optimizer": 120, "oracle": 90, "cuda_tests": 40, "throughput": 90, "e2e": 120,
+         "decode": 45, "throughput_compiled": 150}
+# in order of value: issue 15's figure (ResNet-50 images/s per loader), the optimizer step on CUDA
+# and its correctness there, then the rest; the compiled-model throughput (slowest to compile) last
+CHECKS = {"loaders": check_loaders, "optimizer": check_optimizer, "oracle": check_oracle, "cuda_tests": check_cuda_tests,
+          "throughput": check_throughput, "e2e": check_e2e, "decode": check_decode,
+          "throughput_compiled": check_throughput_compiled}
+# what a check needs besides torch: imported before the first check, so that a machine without them
+# (a call that did not carry .gpu_deps) ends in seconds, not after a machine start and every check
+NEEDS = ("hydra", "omegaconf", "timm", "torchvision", "pandas", "PIL", "pytest")
+PHOTOS = ("loaders", "decode")  # the checks that read ADAREM_SAMPLE_PHOTOS' photos
+
+
+def missing_needs(names: list[str]) -> list[str]:
+    import importlib
+
+    missing = []
+    for mod in NEEDS:
+        try:
+            importlib.import_module(mod)
+        except Exception as exc:  # noqa: BLE001 - any failure to import is a missing dependency here
+            missing.append(f"{mod} ({type(exc).__name__}: {exc})")
+    photos = os.environ.get("ADAREM_SAMPLE_PHOTOS")
+    if any(n in PHOTOS for n in names) and photos and not list(Path(photos).glob("*.jpg")):
+        missing.append(f"the sample photos in ADAREM_SAMPLE_PHOTOS={photos}")
+    return missing
+
+
+def code_commit() -> dict:
+    """The commit of the code that runs: git's where the tree is a checkout; ADAREM_COMMIT (set by
+    the command that sent a copy without .git to the device, as results/bench/README.md says) where
+    it is not."""
+    sys.path.insert(0, str(REPO))
+    from adarem.run.record import git_info
+
+    git = git_info()
+    if git.get("commit"):
+        return git
+    given = os.environ.get("ADAREM_COMMIT", "")
+    return {"commit": given or None, "dirty": None, "source": "ADAREM_COMMIT" if given else "unknown"}
 
 
 def machine_info(device: str) -> dict:
@@ -325,49 +420,91 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def pack(out: Path, into: Path, stem: str) -> None:
+    """``into``/<stem>.json (the summary, to read at once) and ``into``/<stem>_files.tar.gz (every
+    file of ``out``: CSVs, summaries, the log), each replaced whole (written aside, then renamed)."""
+    import shutil
+    import tarfile
+
+    into.mkdir(parents=True, exist_ok=True)
+    tmp = into / f".{stem}_files.tar.gz.part"
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            tar.add(path, arcname=str(path.relative_to(out)))
+    os.replace(tmp, into / f"{stem}_files.tar.gz")
+    shutil.copyfile(out / f"{stem}.json", into / f".{stem}.json.part")
+    os.replace(into / f".{stem}.json.part", into / f"{stem}.json")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at tiny sizes")
     ap.add_argument("--out", required=True, help="folder for the figures (CSV/JSON) and the log")
-    ap.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {list(CHECKS)}")
+    ap.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {list(CHECKS)}, run in "
+                    f"this order")
+    ap.add_argument("--pack", default="",
+                    help="also keep, after every check, the summary and a tar.gz of everything in --out in this folder "
+                         "(the device tool returns at most 8 files of $OUT: gpu_check.sh packs there)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds this call may take (default 540 on the GPU, none in a dry run): a check starts only "
+                         "with MIN_S of it left and is cut at its end; the skipped ones are named for a next call")
     args = ap.parse_args()
     device = "cpu" if args.dry_run else "cuda"
+    names = [n for n in args.only.split(",") if n]
+    bad = [n for n in names if n not in CHECKS]
+    if bad or not names:
+        print(f"gpu_check: unknown check(s) {bad or repr(args.only)}; choose from {list(CHECKS)}", file=sys.stderr)
+        return 2
+    names = [n for n in CHECKS if n in names]  # in the order of value, whatever the order given
+    missing = missing_needs(names)
+    if missing:
+        print(f"gpu_check: missing {'; '.join(missing)}: on the device, carry .gpu_deps (bash scripts/gpu_check.sh "
+              f"--build-deps here, then carry=[\".gpu_deps\"])", file=sys.stderr)
+        return 2
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             print("gpu_check: no CUDA device is visible; run with --dry-run for the CPU rehearsal", file=sys.stderr)
             return 2
-    names = [n for n in args.only.split(",") if n]
-    bad = [n for n in names if n not in CHECKS]
-    if bad:
-        print(f"gpu_check: unknown check(s) {bad}; choose from {list(CHECKS)}", file=sys.stderr)
-        return 2
+    budget = args.budget if args.budget is not None else (None if args.dry_run else 540.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # a call for a subset writes its own summary, so that the calls of a split run do not overwrite each other
-    summary_name = "gpu_check.json" if names == list(CHECKS) else f"gpu_check_{'-'.join(names)}.json"
-    if not args.dry_run:
-        print(f"gpu_check: the time limits of {', '.join(names)} add up to {sum(LIMITS_S[n] for n in names)} s",
-              flush=True)
+    # a call for a subset writes its own summary and log, so that the calls of a split run do not overwrite each other
+    stem = "gpu_check" if names == list(CHECKS) else f"gpu_check_{'-'.join(names)}"
+    print(f"gpu_check: {', '.join(names)}; their time limits add up to {sum(LIMITS_S[n] for n in names)} s"
+          + (f", this call's budget is {budget:.0f} s" if budget else ""), flush=True)
     t0 = time.monotonic()
-    with open(out / "gpu_check.log", "a") as log:
-        c = Check(out, log)
-        info = machine_info(device)
-        print(f"gpu_check on {info.get('gpu', 'cpu (dry run)')}, torch {info['torch']}", flush=True)
+    summary = {}
+    with open(out / f"{stem}.log", "a") as log:
+        c = Check(out, log, None if not budget else t0 + budget)
+        info = {**machine_info(device), "code": code_commit(), "budget_s": budget}
+        print(f"gpu_check on {info.get('gpu', 'cpu (dry run)')}, torch {info['torch']}, code "
+              f"{info['code'].get('commit') or 'unknown (set ADAREM_COMMIT)'}", flush=True)
         for name in names:
-            try:
-                CHECKS[name](c, device, args.dry_run)
-            except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
-                c.record(name, False, f"check crashed: {type(exc).__name__}: {exc}", 0.0)
+            left, needs = c.time_left(), 1 if args.dry_run else MIN_S[name]
+            if left < needs:
+                c.record(name, None, f"not run: {max(left, 0):.0f} s of the budget left, it needs {needs} s", 0.0)
+            else:
+                try:
+                    CHECKS[name](c, device, args.dry_run)
+                except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+                    c.record(name, False, f"check crashed: {type(exc).__name__}: {exc}", 0.0)
             # written after every check, so that a run cut short still leaves what it measured
             summary = {"machine": info, "dry_run": args.dry_run, "total_seconds": round(time.monotonic() - t0, 1),
                        "checks_asked": names, "checks": c.results}
-            (out / summary_name).write_text(json.dumps(summary, indent=2) + "\n")
-    failed = [r["check"] for r in c.results if not r["ok"]]
-    print(f"gpu_check: {len(c.results) - len(failed)}/{len(c.results)} checks ok in {summary['total_seconds']:.0f} s"
-          + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; figures in {out}")
-    return 1 if failed else 0
+            (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if args.pack:
+                log.flush()
+                pack(out, Path(args.pack), stem)
+    failed = [r["check"] for r in c.results if r["ok"] is False]
+    skipped = [r["check"] for r in c.results if r["ok"] is None]
+    ran = len(c.results) - len(skipped)
+    print(f"gpu_check: {ran - len(failed)}/{ran} checks ok in {summary['total_seconds']:.0f} s"
+          + (f"; FAILED: {', '.join(failed)}" if failed else "")
+          + (f"; not run (budget): {', '.join(skipped)}: next call --only {','.join(skipped)}" if skipped else "")
+          + f"; figures in {out}")
+    return 1 if failed else 3 if skipped else 0
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 #   bash scripts/gpu_check.sh                # on a GPU machine: figures to $OUT (or results/bench/gpu/)
 #   bash scripts/gpu_check.sh --dry-run      # the same steps on the CPU at tiny sizes (the tests run this)
 #
-# With the device tool of this workplace: run `bash scripts/gpu_check.sh` with carry=[".gpu_deps"];
-# it writes to $OUT, and the files come back; copy them into results/bench/gpu/ and commit.
+# With the device tool of this workplace: run `ADAREM_COMMIT=<the commit> bash scripts/gpu_check.sh`
+# with carry=[".gpu_deps"] (the copy there has no .git: the commit names the code in the figures);
+# the checks run in order of value within --budget (540 s) and the call names those left for a
+# next one; it writes to $OUT, and the files come back; copy them into results/bench/gpu/ and commit.
 # The GPU machine has its own python3 and torch (no venv, no network): the small pure-Python
 # packages that it lacks travel in .gpu_deps/, and wandb is never imported (logging.wandb=disabled).
 set -uo pipefail
@@ -38,11 +40,18 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 
 dry=0
 for a in "$@"; do [ "$a" = "--dry-run" ] && dry=1; done
-if [ -n "${OUT:-}" ]; then
+pack=()
+if [ -n "${OUT:-}" ] && [ $dry = 0 ]; then
+  # the device tool returns at most 8 files of $OUT: the figures are written aside and packed into
+  # $OUT after every check (the summary, and one tar.gz of everything), beside the console's copy
+  out=$(mktemp -d -t gpu_check.XXXXXX)
+  pack=(--pack "$OUT")
+elif [ -n "${OUT:-}" ]; then
   out=$OUT
 elif [ $dry = 1 ]; then
   out=$(mktemp -d -t gpu_check_dry.XXXXXX)
 else
   out=results/bench/gpu
 fi
-exec "$PY" scripts/gpu_check.py --out "$out" "$@"
+ulimit -c 0  # a check cut at its limit gets SIGABRT (its stacks to the log): no core files of GPU processes
+exec "$PY" scripts/gpu_check.py --out "$out" ${pack[@]+"${pack[@]}"} "$@"

@@ -14,18 +14,19 @@ import pytest
 from tests.conftest import REPO
 
 
-# the four device calls of results/bench/README.md (each within one call's time limit on the GPU
-# machine): run as four tests, so that the two xdist workers share them (one test took 135 s)
-DEVICE_CALLS = ["oracle,cuda_tests,optimizer", "throughput,throughput_compiled", "loaders,decode", "e2e"]
+# The dry run in four calls, so that the two xdist workers share them (one call took 135 s); on the
+# device one call runs every check in order of value within its budget (results/bench/README.md)
+DEVICE_CALLS = ["optimizer,oracle,cuda_tests", "throughput,throughput_compiled", "loaders,decode", "e2e"]
 
 
-def test_the_device_calls_cover_every_check_once():
-    from scripts.gpu_check import CHECKS
+def test_the_dry_run_calls_cover_every_check_once_and_the_readme_documents_the_device_call():
+    from scripts.gpu_check import CHECKS, LIMITS_S, MIN_S
 
     named = [n for call in DEVICE_CALLS for n in call.split(",")]
     assert sorted(named) == sorted(CHECKS) and len(named) == len(set(named))
+    assert set(LIMITS_S) == set(MIN_S) == set(CHECKS) and all(MIN_S[n] <= LIMITS_S[n] for n in CHECKS)
     readme = (REPO / "results" / "bench" / "README.md").read_text()
-    assert all(f"`--only {call}`" in readme for call in DEVICE_CALLS)
+    assert "ADAREM_COMMIT=" in readme and "--budget" in readme
 
 
 @pytest.mark.slow
@@ -41,7 +42,7 @@ def test_gpu_check_dry_run_runs_every_check(tmp_path, env, call):
     assert set(checks) == {names.get(n, n) for n in call.split(",")}
     assert all(c["ok"] for c in checks.values()), checks
     assert summary["dry_run"] is True and summary["machine"]["device"] == "cpu"
-    assert (out / "gpu_check.log").stat().st_size > 0
+    assert (out / f"gpu_check_{call.replace(',', '-')}.log").stat().st_size > 0  # a log per call, not one overwritten
     # the figures are real measurements, one line each
     if "oracle" in checks:
         assert "passed" in checks["oracle"]["figure"] and "failed" not in checks["oracle"]["figure"]
@@ -92,3 +93,58 @@ def test_bench_optimizer_require_refuses_an_unknown_candidate(env):
     res = subprocess.run([sys.executable, "scripts/bench_optimizer.py", "--require", "adarem (fusedd)",
                           "--out", os.devnull], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "unknown candidate" in res.stderr and "adarem (fusedd)" in res.stderr
+
+
+def test_a_call_runs_what_its_budget_allows_and_names_the_rest(tmp_path, env):
+    """The device lends 15 minutes in all and 600 s a command: a call whose checks' limits add up
+    to more ran on until the tool killed it, leaving what it had not written."""
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--only", "e2e,cuda_tests",
+                          "--budget", "0.5"], cwd=REPO, env=dict(env, OUT=str(out)), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "[skipped] cuda_tests" in res.stdout and "[skipped] e2e" in res.stdout
+    assert "not run (budget): cuda_tests, e2e: next call --only cuda_tests,e2e" in res.stdout, res.stdout
+    summary = json.loads((out / "gpu_check_cuda_tests-e2e.json").read_text())
+    assert [c["ok"] for c in summary["checks"]] == [None, None] and summary["machine"]["budget_s"] == 0.5
+    assert summary["machine"]["code"]["commit"]  # the commit the figures are of
+
+
+def test_a_missing_dependency_ends_the_call_before_any_check(tmp_path, env):
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--only", "loaders"], cwd=REPO,
+                         env=dict(env, OUT=str(tmp_path), ADAREM_SAMPLE_PHOTOS=str(tmp_path)), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "missing the sample photos" in res.stderr and "carry .gpu_deps" in res.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_check_cut_at_its_limit_leaves_its_output_and_no_process(tmp_path):
+    """subprocess.run's timeout killed the command alone (torchrun's train.py went on, on the GPU)
+    and dropped what it had printed to stderr; the log was written only when a check ended."""
+    from scripts.gpu_check import Check, _reason
+
+    with open(tmp_path / "log", "w") as log:
+        c = Check(tmp_path, log)
+        output = c.run("t", ["bash", "-c", "sleep 60 & echo child=$!; echo to stderr >&2; wait"], timeout=2)
+        logged = (tmp_path / "log").read_text()
+    assert c.results[-1]["ok"] is False and c.results[-1]["exit_code"] == "timeout"
+    assert "to stderr" in output and "to stderr" in logged
+    child = int(output.split("child=")[1].split()[0])
+    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(")")[1].split()[0] == "Z"
+    assert _reason("error: trainer.device=cuda but no CUDA device\n=====\nfailed") == \
+        "error: trainer.device=cuda but no CUDA device"  # train.py's line, not torchrun's banner
+
+
+def test_the_device_call_packs_its_figures_into_a_few_files(tmp_path, env):
+    """The device tool returns at most 8 files of $OUT; a full call writes a dozen: the figures are
+    packed after every check into the summary and one tar.gz, so none is left out."""
+    import tarfile
+
+    res = subprocess.run([sys.executable, "scripts/gpu_check.py", "--dry-run", "--only", "cuda_tests",
+                          "--out", str(tmp_path / "work"), "--pack", str(tmp_path / "OUT")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.name for p in (tmp_path / "OUT").iterdir()) == ["gpu_check_cuda_tests.json",
+                                                                     "gpu_check_cuda_tests_files.tar.gz"]
+    with tarfile.open(tmp_path / "OUT" / "gpu_check_cuda_tests_files.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["gpu_check_cuda_tests.json", "gpu_check_cuda_tests.log"]
