@@ -28,11 +28,24 @@ class DistInfo:
         return self.world_size > 1
 
 
+BATCH_STEP = "4294967294"  # SLURM_BATCH_SCRIPT: the step id of a job's batch script, where a site sets one
+
+
 def _env_ranks() -> tuple[int, int, int]:
     """(rank, world, local_rank) from torchrun's variables, else from SLURM's, else a single process."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        step = os.environ.get("SLURM_STEP_ID", os.environ.get("SLURM_STEPID"))
+        if step is None or step == BATCH_STEP:
+            # the job's batch script itself (sbatch sets SLURM_PROCID and SLURM_NTASKS there too; srun
+            # adds SLURM_STEP_ID to each task's environment): one process would wait for the other
+            # SLURM_NTASKS - 1 ranks in init_process_group, silently, for its 30-minute timeout
+            from adarem.config import ConfigError
+
+            raise ConfigError(f"SLURM_NTASKS={os.environ['SLURM_NTASKS']} but this process is the job's batch script, "
+                              f"not one of its srun tasks (no SLURM_STEP_ID): start train.py with srun (as "
+                              f"slurm/train.sbatch does), or with torchrun")
         # srun with one task per GPU (slurm/train.sbatch, or a submitit job): submitit's reading of
         # SLURM's variables (its node-list parser included) gives the ranks and the first node of
         # the allocation, for torch's env:// rendezvous. A MASTER_ADDR/MASTER_PORT the job set (e.g.

@@ -40,7 +40,7 @@ from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
 from adarem.run.peer_watch import PeerWatch
 from adarem.run.record import (MetricsLog, RunRecord, checkpoint_start, describe_differences, now,
-                               trained_at_other_bn_batch)
+                               trained_at_other_world)
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
 
@@ -285,6 +285,8 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     config, dist, tc = run.config, run.dist, run.config.trainer
     lock_run_dir(run)
     run.plan = plan_run(run.run_dir, config.resume, run.config_dict)
+    if dist.enabled:
+        check_same_start(dist_utils.all_gather_object(start_of(run.plan)))
     if run.plan.note and dist.is_main:
         print(run.plan.note, file=sys.stderr, flush=True)
     before = ((run.plan.previous or {}).get("hardware") or {}).get("device", "")
@@ -303,6 +305,8 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
     run.data = build_data(config.data, tc.batch_size, dist.rank, dist.world_size, config.seed, dist.device,
                           channels_last=tc.channels_last, half=run.precision.autocast_dtype == torch.float16)
     data_id = data_identity(config.data, run.data)
+    if dist.enabled:  # before the record's check, which one rank alone could fail
+        check_same_data(dist_utils.all_gather_object(data_id))
     check_data_identity(run, data_id)  # also for a finished run: its result is this data's only if it matches
     if tc.evals_per_epoch > len(run.data.train):  # before anything is recorded: evaluation points would coincide
         raise ConfigError(f"trainer.evals_per_epoch={tc.evals_per_epoch} exceeds the {len(run.data.train)} steps of "
@@ -422,16 +426,19 @@ def check_bn_batch(run: Run, device_type: str) -> None:
 
 
 def check_finished_world_size(run: Run) -> None:
-    """A finished run is this launch's result only at the world size it was trained at, where its
-    model may have BatchNorm (each rank normalised over batch / world images): otherwise refused,
-    instead of reporting (or handing compare) a result of another BatchNorm batch."""
+    """A finished run is this launch's result only at the world size it was trained at (BatchNorm's
+    batch, each rank's dropout masks, the order of the gradient sums): otherwise refused, instead of
+    reporting (or handing compare) the result of another launch. It was refused only where the model
+    had BatchNorm; a model without it was reported as this launch's result."""
     previous, world = run.plan.previous or {}, run.dist.world_size
-    if not trained_at_other_bn_batch(previous, world, run.config.trainer.sync_bn):
+    if not trained_at_other_world(previous, world):
         return
     before = previous["world_size"]
-    raise ConfigError(f"{run.run_dir} holds a {previous.get('status')} run trained on {before} rank(s) (BatchNorm batch "
-                      f"{previous.get('bn_batch', 'unrecorded')}); this launch has {world}, which changes what BatchNorm "
-                      f"normalises over: relaunch with {before}, or choose another hydra.run.dir for a new run")
+    bn = previous.get("bn_batch", "unrecorded")
+    raise ConfigError(f"{run.run_dir} holds a {previous.get('status')} run trained on {before} rank(s)"
+                      + (f" (BatchNorm batch {bn})" if bn is not None else "") + f"; this launch has {world}, which "
+                      f"changes its result (BatchNorm's batch, each rank's dropout masks, the order of the gradient "
+                      f"sums): relaunch with {before}, or choose another hydra.run.dir for a new run")
 
 
 # what a differing data_identity key means, for the refusal (the hashes alone say little)
@@ -441,6 +448,41 @@ _DATA_KEY_MEANING = {
     "train_samples": "training samples per epoch", "val_samples": "evaluated samples",
     "classes_sha1": "hash of the class names", "num_classes": "classes",
 }
+
+
+def start_of(plan: RunPlan) -> tuple:
+    """Where a rank's run begins, from what its run directory holds: the status of its run.json,
+    and the step and file of the checkpoint it continues (None: from the start)."""
+    pos = (plan.checkpoint or {}).get("position") or {} if isinstance(plan.checkpoint, dict) else {}
+    return ((plan.previous or {}).get("status"), pos.get("global_step"),
+            str(plan.checkpoint_path) if plan.checkpoint_path is not None else None)
+
+
+def check_same_start(starts: list[tuple]) -> None:
+    """Every rank begins where rank 0 does. A run directory that is not one shared folder (runs/
+    relative to a node-local working directory, where only rank 0 ever wrote) had rank 0 resume at
+    its checkpoint's step and another rank start afresh: the ranks then waited in different
+    collectives (a silent hang), or trained from different states."""
+    for rank, start in enumerate(starts):
+        if start != starts[0]:
+            def say(s):
+                return (f"run.json {s[0] or 'absent'}, " + (f"checkpoint {s[2]} at step {s[1]}" if s[2] else "no checkpoint"))
+
+            raise ConfigError(f"rank {rank} sees another run directory than rank 0 ({say(start)}; rank 0: "
+                              f"{say(starts[0])}): every rank must read and write one shared hydra.run.dir; give an "
+                              f"absolute path on a file system every node mounts")
+
+
+def check_same_data(identities: list[dict]) -> None:
+    """Every rank reads the data rank 0 does (the same images, in the same order): a node-local copy
+    that is incomplete gave its ranks another sample list, so batches and the validation count
+    were no longer the run's, with no word, and only rank 0's identity was recorded."""
+    for rank, ident in enumerate(identities):
+        differing = [k for k in sorted(set(ident) | set(identities[0])) if ident.get(k) != identities[0].get(k)]
+        if differing:
+            diff = "; ".join(f"{k} {ident.get(k)!r} (rank 0: {identities[0].get(k)!r})" for k in differing)
+            raise ConfigError(f"rank {rank} reads other data than rank 0 ({diff}): every rank must see the same "
+                              f"data.root contents (a node-local copy that is incomplete or older?)")
 
 
 def check_data_identity(run: Run, data_id: dict) -> None:

@@ -126,12 +126,12 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str, device: str | Non
     train.py's check_finished_world_size (adarem/run_setup.py), with the same rule, made before a
     trial is launched (the SLURM dispatcher reuses a finished trial without launching train.py)
     and worded for compare.py's keys: a run is this launch's result only at the world size it was
-    trained at (``world`` ranks per trial; ``launch`` says whence), unless its model has no
-    BatchNorm (run.json's ``bn_batch`` is null) or SyncBatchNorm normalises over the whole batch.
+    trained at (``world`` ranks per trial; ``launch`` says whence): BatchNorm's batch, each rank's
+    dropout masks and the order of the gradient sums change with it (adarem.run.record.trained_at_other_world).
     A record of a version that did not write world_size is reused, as train.py reuses it. ``device``
     ("cpu" or "cuda", None: not known here), the device type the trial trains on: a run trained on
     another is refused, as train.py refuses it."""
-    from adarem.run.record import device_type, finished_record_problem, read_run_json, trained_at_other_bn_batch
+    from adarem.run.record import device_type, finished_record_problem, read_run_json, trained_at_other_world
 
     try:
         record = read_run_json(run_dir) or {}
@@ -149,16 +149,18 @@ def reuse_refusal(run_dir: Path, cfg, world: int, launch: str, device: str | Non
     if device is not None and record.get("status") in DONE and was and was != device:
         return (f"{run_dir} holds a {record['status']} run trained on {was}; this launch trains on {device} ({launch}): "
                 f"give runs= a fresh folder per device type")
-    if record.get("status") not in DONE or not trained_at_other_bn_batch(record, world, bool(cfg.trainer.sync_bn)):
+    if record.get("status") not in DONE or not trained_at_other_world(record, world):
         return None
     before, bn = record["world_size"], record.get("bn_batch", "unrecorded")
     batch = int(cfg.trainer.batch_size)
-    now = f" (BatchNorm batch {batch if world == 1 else batch // world})" if isinstance(bn, int) else ""
+    now = f" (BatchNorm batch {batch if world == 1 or cfg.trainer.sync_bn else batch // world})" \
+        if bn is not None else ""
     how = "launcher=local, or launcher=slurm with" if before == 1 else "launcher=slurm with"
-    return (f"{run_dir} holds a {record['status']} run trained on {before} rank(s) (BatchNorm batch {bn}); this "
-            f"launch has {world}{now} ({launch}), which changes what BatchNorm normalises over: relaunch with "
-            f"{before} rank(s) per trial ({how} nodes x max(1, gpus_per_node) = {before}), or give runs= a fresh "
-            f"folder for a new comparison")
+    return (f"{run_dir} holds a {record['status']} run trained on {before} rank(s)"
+            + (f" (BatchNorm batch {bn})" if bn is not None else "") + f"; this launch has {world}{now} ({launch}), "
+            f"which changes its result (BatchNorm's batch, each rank's dropout masks, the order of the gradient sums): "
+            f"relaunch with {before} rank(s) per trial ({how} nodes x max(1, gpus_per_node) = {before}), or give runs= "
+            f"a fresh folder for a new comparison")
 
 
 # the data identity keys that do not depend on the loader or the world size (train_samples and

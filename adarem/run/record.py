@@ -104,15 +104,15 @@ def hardware(device: torch.device) -> dict:
     return hw
 
 
-def trained_at_other_bn_batch(record: dict, world: int, sync_bn: bool) -> bool:
-    """Whether a run recorded in ``record`` normalised BatchNorm over another batch than a launch of
-    ``world`` ranks would: it was trained at another world size, its model has BatchNorm (bn_batch
-    null means none; a record without the key may have it) and neither uses SyncBatchNorm. A record
-    of a version that did not write world_size is taken as this launch's. train.py's refusal of a
-    finished run and compare.py's refusal to reuse a trial both ask this."""
+def trained_at_other_world(record: dict, world: int) -> bool:
+    """Whether a run recorded in ``record`` was trained at another world size than a launch of
+    ``world`` ranks: its result is not that launch's (BatchNorm's batch without SyncBatchNorm, each
+    rank's dropout masks, drawn from seed + rank, and the order of the gradient sums all change
+    with it). A record of a version that did not write world_size is taken as this launch's.
+    train.py's refusal of a finished run and compare.py's refusal to reuse a trial both ask this;
+    a stopped or preempted run is refused at another world size by its checkpoint."""
     before = record.get("world_size")
-    return before is not None and before != world and record.get("bn_batch", "unrecorded") is not None \
-        and not sync_bn
+    return before is not None and before != world
 
 
 def _finite_number(value) -> bool:

@@ -409,3 +409,44 @@ def test_a_rank_that_hangs_is_found_by_the_peer_watch_not_the_30_min_timeout(tmp
     assert (run_dir / "rank0_error.txt").exists()
     assert ranks[2].returncode == 2, err2[-3000:]
     assert "error: rank 2 stopped: rank 1 failed first (no heartbeat for" in err2, err2[-3000:]
+
+
+def test_ranks_that_see_other_run_directories_are_refused_not_left_waiting(tmp_path, env):
+    """runs/ relative to a node-local working directory: rank 0 resumed from its checkpoint while
+    rank 1, whose folder held nothing, started afresh; they then waited in different collectives
+    until the 30-minute timeout (helper-84). Every rank now compares where it begins with rank 0."""
+    first = tmp_path / "node0"
+    cmd = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.epochs=1", "trainer.batch_size=48"]
+
+    def launch(dirs, extra=()):
+        common = dict(env, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        procs = [subprocess.Popen([*cmd, *extra, f"hydra.run.dir={d}"], cwd=REPO, env=dict(common, RANK=str(r),
+                                  LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for r, d in enumerate(dirs)]
+        try:
+            return [p.communicate(timeout=180) + (p.returncode,) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+
+    stopped = launch([first, first], ["trainer.max_steps=3"])  # stopped at step 3, checkpointed
+    assert [code for *_, code in stopped] == [0, 0], stopped[0][1][-2000:]
+    t0 = time.monotonic()
+    res = launch([first, tmp_path / "node1"], ["trainer.max_steps=3"])
+    assert time.monotonic() - t0 < 90
+    for _, err, code in res:
+        assert code == 2, err[-2000:]
+        assert "error: rank 1 sees another run directory than rank 0 (run.json absent, no checkpoint; rank 0: run.json " \
+               "stopped, checkpoint " in err and "at step 3): every rank must read and write one shared hydra.run.dir" \
+               in err, err[-2000:]
+
+
+def test_ranks_that_read_other_data_are_refused():
+    from adarem.config import ConfigError
+    from adarem.run_setup import check_same_data
+
+    same = {"name": "folder", "train_images": 1438, "train_sha1": "ab", "val_images": 359}
+    check_same_data([same, dict(same)])
+    with pytest.raises(ConfigError, match=r"rank 1 reads other data than rank 0 \(train_images 1418 \(rank 0: 1438\); "
+                                          r"train_sha1 'cd' \(rank 0: 'ab'\)\): every rank must see the same data.root"):
+        check_same_data([same, {**same, "train_images": 1418, "train_sha1": "cd"}])

@@ -72,9 +72,13 @@ def test_a_finished_run_is_not_reported_for_another_world_size():
 
     finished = {"status": "finished", "world_size": 1, "bn_batch": 64}
     check_finished_world_size(run(1, finished))
-    check_finished_world_size(run(2, {**finished, "bn_batch": None}))  # no BatchNorm
+    check_finished_world_size(run(2, {"status": "finished"}))  # a record without world_size
     with pytest.raises(ConfigError, match="trained on 1 rank.*this launch has 2.*relaunch with 1"):
         check_finished_world_size(run(2, finished))
+    # no BatchNorm: each rank's dropout masks (seed + rank) and the gradient sums' order still change
+    # with the world size; it was reported as this launch's result (helper-84)
+    with pytest.raises(ConfigError, match=r"trained on 1 rank\(s\); this launch has 2, which changes its result"):
+        check_finished_world_size(run(2, {**finished, "bn_batch": None}))
     with pytest.raises(ConfigError, match="BatchNorm batch unrecorded"):  # a record from before bn_batch
         check_finished_world_size(run(2, {"status": "finished", "world_size": 1}))
 

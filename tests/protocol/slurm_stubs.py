@@ -96,7 +96,7 @@ def path(p):
 
 out = path(opts["--output"]) if "--output" in opts else None
 err = path(opts["--error"]) if "--error" in opts else None
-env = dict(os.environ, SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")
+env = dict(os.environ, SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_STEP_ID="0")
 proc = subprocess.Popen(args, env=env, stdout=out, stderr=err)
 for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
     signal.signal(s, lambda signum, frame: proc.send_signal(signum))

@@ -150,15 +150,21 @@ def test_a_trial_finished_at_another_world_size_is_refused_by_both_launchers(tmp
         status = "finished" if name == "other_world" else "diverged"
         assert res["error"] == (
             f"{dirs[name]} holds a {status} run trained on 2 rank(s) (BatchNorm batch {batch // 2}); this launch has 8 "
-            f"(BatchNorm batch {batch // 8}) (launcher=slurm: 1 node(s) x 8 task(s)), which changes what BatchNorm "
-            f"normalises over: relaunch with 2 rank(s) per trial (launcher=slurm with nodes x max(1, gpus_per_node) "
-            f"= 2), or give runs= a fresh folder for a new comparison"), res["error"]
+            f"(BatchNorm batch {batch // 8}) (launcher=slurm: 1 node(s) x 8 task(s)), which changes its result "
+            f"(BatchNorm's batch, each rank's dropout masks, the order of the gradient sums): relaunch with 2 rank(s) "
+            f"per trial (launcher=slurm with nodes x max(1, gpus_per_node) = 2), or give runs= a fresh folder for a "
+            f"new comparison"), res["error"]
         assert math.isinf(score(res))  # the selection scores it as any failed trial
     assert out["on_the_cpu"]["status"] == "failed" and out["on_the_cpu"]["error"] == (
         f"{dirs['on_the_cpu']} holds a finished run trained on cpu; this launch trains on cuda (launcher=slurm: 1 "
         f"node(s) x 8 task(s)): give runs= a fresh folder per device type")
-    # reused: trained at this world size, a model without BatchNorm, a record without world_size
-    for name in ("same_world", "no_batchnorm", "unrecorded_world"):
+    # a model without BatchNorm at another world size: refused too (each rank's dropout masks, the
+    # gradient sums' order; it was reused, helper-84), without a BatchNorm batch in the line
+    assert out["no_batchnorm"]["status"] == "failed" and out["no_batchnorm"]["error"].startswith(
+        f"{dirs['no_batchnorm']} holds a finished run trained on 2 rank(s); this launch has 8 (launcher=slurm"), \
+        out["no_batchnorm"]
+    # reused: trained at this world size, a record without world_size
+    for name in ("same_world", "unrecorded_world"):
         assert out[name]["status"] == "finished" and out[name]["err"] == 12.5, (name, out[name])
 
     # the local launcher (one process per trial) refuses the same trial the same way, before train()

@@ -30,7 +30,7 @@ with open(log, "a") as f:
     f.write("srun " + " ".join(sys.argv[1:]) + "\n")
 procs = []
 for rank in range(n):
-    env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0")
+    env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_STEP_ID="0")
     procs.append(subprocess.Popen(cmd, env=env))
 with open(os.environ["STUB_LOG"] + ".pids", "w") as f:
     f.write("\n".join(str(p.pid) for p in procs))

@@ -89,7 +89,7 @@ def test_slurm_ranks_come_from_slurm_variables_and_a_job_set_rendezvous_wins(mon
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
-    for key, value in dict(SLURM_PROCID="3", SLURM_NTASKS="4", SLURM_LOCALID="1", SLURM_NODEID="1",
+    for key, value in dict(SLURM_PROCID="3", SLURM_NTASKS="4", SLURM_LOCALID="1", SLURM_NODEID="1", SLURM_STEP_ID="0",
                            SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="123", SLURM_JOB_NODELIST="gpu[007-008]").items():
         monkeypatch.setenv(key, value)
     assert _env_ranks() == (3, 4, 1)
@@ -117,3 +117,23 @@ def test_a_sweeps_submitter_keeps_the_default_sigterm(argv, submitter):
             "early.install(); print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)")
     res = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == str(submitter), res.stderr
+
+
+@pytest.mark.parametrize("step", [None, "4294967294"])
+def test_python_train_py_in_a_multi_task_batch_script_is_refused_not_left_waiting(monkeypatch, step):
+    """sbatch --ntasks=4 running `python train.py` without srun: the batch script's one process took
+    SLURM_PROCID=0 of SLURM_NTASKS=4 and waited silently in init_process_group for three ranks that
+    never came (helper-84)."""
+    from adarem.config import ConfigError
+    from adarem.distributed import _env_ranks
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_ID", "SLURM_STEPID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in dict(SLURM_PROCID="0", SLURM_NTASKS="4", SLURM_LOCALID="0", SLURM_JOB_ID="123",
+                           SLURM_JOB_NODELIST="gpu007", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0").items():
+        monkeypatch.setenv(key, value)
+    if step is not None:
+        monkeypatch.setenv("SLURM_STEP_ID", step)
+    with pytest.raises(ConfigError, match=r"SLURM_NTASKS=4 but this process is the job's batch script, not one of "
+                                          r"its srun tasks \(no SLURM_STEP_ID\): start train.py with srun"):
+        _env_ranks()
