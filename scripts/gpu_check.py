@@ -388,8 +388,7 @@ def code_commit() -> dict:
     """The commit of the code that runs: git's where the tree is a checkout; ADAREM_COMMIT (set by
     the command that sent a copy without .git to the device, as results/bench/README.md says) where
     it is not."""
-    sys.path.insert(0, str(REPO))
-    from adarem.run.record import git_info
+    from adarem.run.record import git_info  # gpu_check.sh puts the repository on PYTHONPATH
 
     git = git_info()
     if git.get("commit"):
