@@ -339,10 +339,18 @@ def _check_schedule_fits(s: ScheduleConfig, epochs: int, lr: float) -> None:
                  f"it; set schedule.min_lr <= optimizer.lr (0 decays to zero)")
 
 
+def resize_for_crop(image_size) -> int:
+    """The shorter side an image is resized to before the centre crop of ``image_size`` pixels
+    that evaluates it: image_size / 0.875 (256 for 224, ImageNet's evaluation framing)."""
+    return round(int(image_size) / 0.875)
+
+
 def register_configs() -> None:
     from adarem.run.identity import register_resolver
 
     register_resolver()
+    if not OmegaConf.has_resolver("resize_for_crop"):  # configs/data/{folder,imagenet}.yaml's val_resize
+        OmegaConf.register_new_resolver("resize_for_crop", resize_for_crop)
     # One schema for the whole tree: every group's YAML merges into its typed field of Config
     # (ModelConfig, OptimizerConfig, ...), which rejects unknown keys and wrong types. No schema is
     # stored inside a group, where `--help` would list it as an option.

@@ -28,7 +28,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-BATCH_STEP = "4294967294"  # SLURM_BATCH_SCRIPT: the step id of a job's batch script, where a site sets one
+# step ids of a job's batch script (SLURM_BATCH_SCRIPT: 0xfffffffb today, 0xfffffffe in older Slurm)
+# and of salloc's interactive step (SLURM_INTERACTIVE_STEP): no srun task, where a site sets one at all
+NOT_SRUN_STEPS = ("4294967291", "4294967294", "4294967290")
 
 
 def _env_ranks() -> tuple[int, int, int]:
@@ -37,7 +39,7 @@ def _env_ranks() -> tuple[int, int, int]:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
         step = os.environ.get("SLURM_STEP_ID", os.environ.get("SLURM_STEPID"))
-        if step is None or step == BATCH_STEP:
+        if step is None or step in NOT_SRUN_STEPS:
             # the job's batch script itself (sbatch sets SLURM_PROCID and SLURM_NTASKS there too; srun
             # adds SLURM_STEP_ID to each task's environment): one process would wait for the other
             # SLURM_NTASKS - 1 ranks in init_process_group, silently, for its 30-minute timeout

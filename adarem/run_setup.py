@@ -73,6 +73,7 @@ class Run:
     started: float = field(default_factory=time.time)  # this process's start (a rank's error file is newer)
     locked: bool = False  # the run directory is this job's (rank 0 holds its lock for every rank)
     watch: Optional[PeerWatch] = None  # DDP: ends this rank when another is lost (trainer.peer_timeout_s)
+    log_before: bool = False  # the run directory's train.log held lines of an earlier launch when this one began
 
     def mark_failed(self, exc: BaseException, message: str) -> None:
         """run.json says how the run ended when it ended by an exception (Ctrl-C included). Under
@@ -163,9 +164,10 @@ class Run:
         """A launch refused (or stopped) before its run record was opened leaves nothing of a run:
         the directory it was given then holds only Hydra's train.log and the lock, a folder that
         looks like a run to whoever lists the runs. Remove it, while still locked, where that is
-        all it holds (the error went to stderr). One process only (other ranks log into the same
-        folder); never the directory the launch was started in."""
-        if self.dist.enabled or not self.locked:
+        all it holds (the error went to stderr), and its train.log began this launch empty (lines of
+        earlier launches are kept). One process only (other ranks log into the same folder); never
+        the directory the launch was started in."""
+        if self.dist.enabled or not self.locked or self.log_before:
             return
         names = {p.name for p in self.run_dir.iterdir()} if self.run_dir.is_dir() else {"?"}
         if not names <= {"train.log", ".lock"} or self.run_dir.resolve() == Path.cwd().resolve():
@@ -257,6 +259,8 @@ def create(cfg: DictConfig, stop: StopFlag) -> Run:
     stop.distributed, stop.device = dist.enabled, dist.device
     seed_everything(config.seed, config.trainer.deterministic, dist.rank)
     run = Run(config, to_container(cfg), dist, Path(config.run_dir))
+    log = run.run_dir / "train.log"  # Hydra's, opened (and appended to) before this; nothing logged yet
+    run.log_before = log.is_file() and log.stat().st_size > 0
     if dist.enabled and config.trainer.peer_timeout_s > 0:
         run.watch = PeerWatch.for_job(dist.rank, dist.world_size, config.trainer.peer_timeout_s, run.end_for_lost_peer,
                                       lambda: first_rank_error(run.run_dir, run.started))
@@ -478,7 +482,8 @@ def check_same_data(identities: list[dict]) -> None:
     that is incomplete gave its ranks another sample list, so batches and the validation count
     were no longer the run's, with no word, and only rank 0's identity was recorded."""
     for rank, ident in enumerate(identities):
-        differing = [k for k in sorted(set(ident) | set(identities[0])) if ident.get(k) != identities[0].get(k)]
+        # not the root as resolved (one data.root may link to each node's own copy): the contents
+        differing = [k for k in sorted(set(ident) | set(identities[0])) - {"root"} if ident.get(k) != identities[0].get(k)]
         if differing:
             diff = "; ".join(f"{k} {ident.get(k)!r} (rank 0: {identities[0].get(k)!r})" for k in differing)
             raise ConfigError(f"rank {rank} reads other data than rank 0 ({diff}): every rank must see the same "

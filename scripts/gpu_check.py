@@ -51,6 +51,7 @@ class Check:
         self.out, self.log = out, log
         self.deadline = deadline  # time.monotonic() by which every check must have ended (--budget)
         self.results: list[dict] = []
+        self.current: subprocess.Popen | None = None  # the command running now (ended with this process)
 
     def time_left(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -64,7 +65,9 @@ class Check:
         gets SIGABRT first (PYTHONFAULTHANDLER: each Python process prints where it was), then
         SIGKILL, its children included."""
         t0 = time.monotonic()
-        timeout = max(1.0, min(timeout, self.time_left()))
+        # the budget's end, less the time a cut takes (SIGABRT, SIGKILL, the output's end)
+        budget_cut = self.time_left() - KILL_S < timeout
+        timeout = max(1.0, min(timeout, self.time_left() - KILL_S))
         self.log.write(f"\n===== {name} (limit {timeout:.0f} s): {shlex.join(cmd)}\n")
         self.log.flush()
         proc = subprocess.Popen(cmd, cwd=REPO, env=dict(env or os.environ, PYTHONFAULTHANDLER="1"),
@@ -80,16 +83,23 @@ class Check:
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
+        self.current = proc
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             code = "timeout"
-        reader.join(10)
+        finally:
+            self.current = None
+        reader.join(5)
         output = "".join(lines) + (f"\nTIMEOUT after {timeout:.0f} s" if code == "timeout" else "")
         figures = [line[len("FIGURE "):] for line in output.splitlines() if line.startswith("FIGURE ")]
         figure = "; ".join(figures) or _last_line(output)
         problems = verify(output) if verify is not None and code == 0 else []
+        if code == "timeout" and budget_cut:  # not a hang: the call's time ran out (next call --only it)
+            self.record(name, None, "; ".join(figures + [f"cut at the budget's end after {timeout:.0f} s"]),
+                        time.monotonic() - t0, exit_code=code)
+            return output
         if code != 0:  # the reason, as the command named it, next to the figures
             figure = "; ".join(figures + [f"exit {code}: {_reason(output)}"])
         elif problems:
@@ -102,6 +112,22 @@ class Check:
         self.results.append({"check": name, "ok": ok, "figure": figure, "seconds": round(seconds, 1), **extra})
         status = "skipped" if ok is None else "ok" if ok else "FAILED"
         print(f"[{status}] {name} ({seconds:.0f} s): {figure}", flush=True)
+
+
+KILL_S = 12  # what a cut takes at most: SIGABRT and 3 s, SIGKILL and 5 s, the output's end
+
+
+def end_with_this_process(c: Check) -> None:
+    """SIGTERM, SIGINT or SIGHUP to this process (the device tool's timeout, Ctrl-C) ends the running
+    check's process group too: in a session of its own, it got none of them, and went on using the
+    GPU under the next call."""
+    def handler(signum, frame):
+        if c.current is not None:
+            _kill_group(c.current)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -277,13 +303,16 @@ def check_e2e(c: Check, device: str, dry: bool) -> None:
     ref = c.run("e2e reference", cmd(tmp / "ref"), 120, env)
     ref_result = c.results.pop()
     if ref_result["ok"] is not True:  # nothing to compare with: the two other runs would only spend time
-        c.record("e2e", False, f"reference run failed: {ref_result['figure']}", time.monotonic() - t0)
+        c.record("e2e", None if ref_result["ok"] is None else False,
+                 f"reference run {'cut' if ref_result['ok'] is None else 'failed'}: {ref_result['figure']}",
+                 time.monotonic() - t0)
         return
     # the interrupted run: SIGUSR1 to the training process (not torchrun) after step 5
     c.log.write(f"\n===== e2e interrupted: {shlex.join(cmd(tmp / 'int'))}\n")
     proc = subprocess.Popen(cmd(tmp / "int"), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    watchdog = threading.Timer(max(1.0, min(120.0, c.time_left())), lambda: _kill_group(proc))
+    c.current = proc  # ended with this process
+    watchdog = threading.Timer(max(1.0, min(120.0, c.time_left() - KILL_S)), lambda: _kill_group(proc))
     watchdog.start()
     lines, sent = [], None
     for line in proc.stdout:
@@ -298,6 +327,7 @@ def check_e2e(c: Check, device: str, dry: bool) -> None:
                     pass
     proc.wait()
     watchdog.cancel()
+    c.current = None
     c.log.write("".join(lines))
     run_int = _read_json(tmp / "int" / "run.json")
     if sent is None:
@@ -477,6 +507,7 @@ def main() -> int:
     summary = {}
     with open(out / f"{stem}.log", "a") as log:
         c = Check(out, log, None if not budget else t0 + budget)
+        end_with_this_process(c)
         info = {**machine_info(device), "code": code_commit(), "budget_s": budget}
         print(f"gpu_check on {info.get('gpu', 'cpu (dry run)')}, torch {info['torch']}, code "
               f"{info['code'].get('commit') or 'unknown (set ADAREM_COMMIT)'}", flush=True)

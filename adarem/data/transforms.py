@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from adarem.config import DataConfig
+from adarem.config import DataConfig, resize_for_crop
 
 Transform = Callable[[object, random.Random], torch.Tensor]
 
@@ -35,7 +35,7 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 
 def val_resize(cfg: DataConfig) -> int:
-    return cfg.val_resize or round(cfg.image_size / 0.875)
+    return cfg.val_resize or resize_for_crop(cfg.image_size)
 
 
 def random_resized_crop_box(height: int, width: int, rng: random.Random, scale=(0.08, 1.0),

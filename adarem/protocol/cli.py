@@ -701,39 +701,53 @@ def load_own_runs(run_dirs: list[str]):
     return load_runs(run_dirs=list(run_dirs), newest_comparison=False)
 
 
-def other_report(out: Path, key: str) -> str | None:
-    """The command of the comparison whose report is in ``out`` where that is another setting's
-    (``setting_key``), else None: the same setting's (a relaunch, other optimizers of it), no report,
-    or one that names no comparison (an older compare.py's, make_tables.py's)."""
+def compare_command(argv: list[str]) -> str:
+    """The command as the report's provenance and comparison.json write it."""
+    return "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+
+
+def report_conflict(out: Path, mine: dict) -> str | None:
+    """What of the report in ``out`` this comparison's (``mine``: its setting_key, command and
+    optimizers, as comparison.json records them) would lose, or None: no report, one that names no
+    comparison (an older compare.py's, make_tables.py's), the same command's (a relaunch, also after
+    a preset default changed its setting), or one of this setting whose optimizers this comparison
+    compares too (a comparison extended by optimizers)."""
     import json
 
     from adarem.results.report import REPORT_OWNER
 
     try:
-        owner = json.loads((out / REPORT_OWNER).read_text())
+        theirs = json.loads((out / REPORT_OWNER).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(owner, dict) or owner.get("setting_key") in (None, key):
+    if not isinstance(theirs, dict) or theirs.get("setting_key") is None or theirs.get("command") == mine["command"]:
         return None
-    return str(owner.get("command") or "unrecorded")
+    command = str(theirs.get("command") or "unrecorded")
+    if theirs["setting_key"] != mine["setting_key"]:
+        return f"the report of another comparison ({command})"
+    left = sorted(set(theirs.get("optimizers") or []) - set(mine["optimizers"]))
+    if left:  # the report is made of this comparison's own finals: theirs would be gone from it
+        return (f"the report of a comparison of this setting with optimizer(s) {', '.join(left)}, which this one does "
+                f"not compare ({command})")
+    return None
 
 
-def refuse_other_report(out: Path, key: str, given: str, meanwhile: bool = False) -> None:
-    """Exit 2 where ``out`` holds another setting's report: replacing it lost that report without a
-    word (slurm/sweep_paper.sh out=X: four experiments, one report left)."""
-    other = other_report(out, key)
-    if other is None:
+def refuse_other_report(out: Path, mine: dict, given: str, meanwhile: bool = False) -> None:
+    """Exit 2 where this comparison's report would replace one it does not contain: replacing it
+    lost that report without a word (slurm/sweep_paper.sh out=X: four experiments, one report
+    left; optimizers=adam into the folder of optimizers=sgd: sgd's tables gone)."""
+    conflict = report_conflict(out, mine)
+    if conflict is None:
         return
     if meanwhile:
-        fail(f"out={given} received the report of another comparison while this one ran ({other}); its report is not "
-             f"written, its runs are kept: launch the same command with an out= of its own, which reuses every finished "
-             f"run and writes the report")
-    fail(f"out={given} holds the report of another comparison ({other}); pass out= a folder of its own (or move that "
-         f"report away)")
+        fail(f"out={given} received {conflict} while this one ran; this report is not written, its runs are kept: "
+             f"launch the same command with an out= of its own, which reuses every finished run and writes the report")
+    fail(f"out={given} holds {conflict}; pass out= a folder of its own (or move that report away), or compare its "
+         f"optimizers too")
 
 
 def write_comparison_report(out: Path, rs, selection, command: str, preamble: str, record=None,
-                            key: str | None = None, given: str = "") -> str:
+                            mine: dict | None = None, given: str = "") -> str:
     """The comparison's report (the selection plot, the tables, claims and plots of its finals, and
     selection.csv) written aside in one staging folder and moved into ``out`` only once complete: a
     report that fails midway (a full disk, a plot that raises) leaves out as it was, never half this
@@ -749,14 +763,14 @@ def write_comparison_report(out: Path, rs, selection, command: str, preamble: st
     import json
 
     manifest = None
-    check = (lambda folder: refuse_other_report(folder, key, given or str(out), meanwhile=True)) if key else None
+    check = (lambda folder: refuse_other_report(folder, mine, given or str(out), meanwhile=True)) if mine else None
     try:
         with staged_output(out, before_move=check) as staging:
             plot_selection(selection, staging / "plots" / "selection_lr.png")
             text = write_report_into(rs, staging, CLAIMS_FILE, command, preamble=preamble)
             selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
-            if key:
-                (staging / REPORT_OWNER).write_text(json.dumps({"setting_key": key, "command": command}, indent=1) + "\n")
+            if mine:
+                (staging / REPORT_OWNER).write_text(json.dumps(mine, indent=1) + "\n")
             if record is not None:
                 manifest = record()
     except BaseException:
@@ -806,7 +820,9 @@ def _compare(argv: list[str]) -> int:
         if problem:
             fail(f"{key}={own[key] or folder} {problem}; pass {key}= a folder that can be created and written"
                  + (" (for the report: tables, selection.csv, plots)" if key == "out" else " (for the trials' runs)"))
-    refuse_other_report(out, setting_key(probe), own["out"] or str(out))
+    # whose report out= holds (comparison.json): this comparison's, written with its report
+    mine = {"setting_key": setting_key(probe), "command": compare_command(argv), "optimizers": list(own["optimizers"])}
+    refuse_other_report(out, mine, own["out"] or str(out))
     threads = max(1, (os.cpu_count() or 1) // own["workers"])
     factors = lr_factors(own)
     searches: dict[str, Search] = {}
@@ -999,7 +1015,7 @@ def _compare(argv: list[str]) -> int:
                                        {**git_info(), "versions": versions()})
     for warning in code_warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    command = "python scripts/compare.py " + " ".join(shlex.quote(a) for a in argv)
+    command = compare_command(argv)
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds,
                           None if evals else int(probe.trainer.evals_per_epoch)) + "\n" + code + \
         "\n" + selection_table(searches, chosen, select_seeds, factors) + \
@@ -1013,7 +1029,7 @@ def _compare(argv: list[str]) -> int:
     try:
         text = write_comparison_report(out, rs, selection, command, preamble, record=lambda: write_manifest(
             runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"]),
-            key=setting_key(probe), given=own["out"] or str(out))
+            mine=mine, given=own["out"] or str(out))
     except OSError as exc:  # a full disk, a folder made unwritable meanwhile: the runs are kept
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         fail(f"cannot write the report into {out} or record the comparison in {runs_root / 'comparisons'} "

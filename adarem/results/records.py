@@ -638,6 +638,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
         # the code that trained it: a reused finished run keeps the commit it was trained at
         "commit": str(git.get("commit") or "unrecorded")[:10],
         "dirty": git.get("dirty") is True,
+        "diff_sha1": git.get("diff_sha1") if isinstance(git.get("diff_sha1"), str) else None,
         # what differed between the segments of a resumed run (run.json's mixed_provenance: commit,
         # versions, threads, device...); None for a record written before segments were kept
         "mixed_provenance": (", ".join(map(str, run["mixed_provenance"]))
@@ -708,10 +709,16 @@ TWIN_KEYS = (("oscillation_every", "trainer.oscillation_every"), ("compile", "tr
 def twin_differences(run, kept) -> str:
     """What differs between a duplicate run and the one kept: the code (commit, uncommitted
     changes), then TWIN_KEYS; "" where nothing recorded differs."""
+    from adarem.run.code_version import same_code
+
     out = []
     code = lambda r: f"{r.commit}{' with uncommitted changes' if r.dirty else ''}"  # noqa: E731
+    git = lambda r: {"commit": r.commit, "dirty": r.dirty, "diff_sha1": r.get("diff_sha1")}  # noqa: E731
     if code(run) != code(kept):
         out.append(f"trained at commit {code(run)}, the kept one at {code(kept)}")
+    elif run.dirty and not same_code(git(run), git(kept)):  # one commit, other (or unknown) uncommitted changes
+        out.append(f"trained at commit {code(run)} with other uncommitted changes than the kept one (run.json "
+                   f"git.diff_sha1 {run.get('diff_sha1') or 'unknown'} against {kept.get('diff_sha1') or 'unknown'})")
     for col, name in TWIN_KEYS:
         if col in run and run[col] != kept[col]:
             out.append(f"{name} {run[col]}, the kept one {kept[col]}")

@@ -136,6 +136,10 @@ def test_empty_dataset(tmp_path, env, trees):
     (tmp_path / "kept" / "notes.txt").write_text("mine")
     _check(run_train(folder(trees["empty"]), env, tmp_path / "kept"), "holds no images", tmp_path / "kept")
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [".lock", "notes.txt", "train.log"]
+    (tmp_path / "logged").mkdir()  # a train.log of earlier launches is theirs: kept, with its folder
+    (tmp_path / "logged" / "train.log").write_text("an earlier launch's lines\n")
+    _check(run_train(folder(trees["empty"]), env, tmp_path / "logged"), "holds no images", tmp_path / "logged")
+    assert (tmp_path / "logged" / "train.log").read_text().startswith("an earlier launch's lines")
 
 
 def test_class_folders_differ(tmp_path, env, trees):

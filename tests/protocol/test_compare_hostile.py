@@ -236,6 +236,7 @@ def test_the_hand_made_comparison_writes_its_report_and_record(tmp_path, capsys,
     assert (out / "selection.csv").is_file() and len(list((runs / "comparisons").glob("*.json"))) == 1
     owner = json.loads((out / "comparison.json").read_text())  # whose report out= holds: its setting, command
     assert owner["command"] == text.splitlines()[2].split("`")[1] and len(owner["setting_key"]) == 10, owner
+    assert owner["optimizers"], owner
 
 
 # --- the grid's highest point is checked before the first trial, as its lowest is -------------------

@@ -299,18 +299,35 @@ def test_a_data_root_that_is_no_folder_is_refused_before_a_local_launch(capsys, 
 
 def test_an_out_holding_another_settings_report_is_refused_and_its_own_is_replaced(capsys, tmp_path):
     """Two comparisons into one out= (slurm/sweep_paper.sh out=X: four experiments in parallel): the
-    last to finish replaced the others' reports without a word (helper-83)."""
+    last to finish replaced the others' reports without a word (helper-83). Of one setting, a
+    comparison that leaves out an optimizer of the report there would lose its tables too (helper-86);
+    one that compares them all (extended by an optimizer), or the same command, replaces it."""
     import json
 
     out = tmp_path / "o"
     out.mkdir()
-    (out / "comparison.json").write_text(json.dumps({"setting_key": "0123456789", "command": "compare.py a b"}))
-    line = refused(capsys, [*QUICK, f"runs={tmp_path / 'r'}", f"out={out}", "dry_run=true"])
-    assert line == (f"error: out={out} holds the report of another comparison (compare.py a b); pass out= a folder "
-                    f"of its own (or move that report away)"), line
+    argv = [*QUICK, f"runs={tmp_path / 'r'}", f"out={out}", "dry_run=true"]
+
+    def owner(**kw):
+        (out / "comparison.json").write_text(json.dumps({"setting_key": key, "command": "compare.py a b",
+                                                         "optimizers": ["sgd"], **kw}))
+
     probe = cli.compose(cli.trial_base(["trainer.epochs=1"]))
-    (out / "comparison.json").write_text(json.dumps({"setting_key": cli.setting_key(probe), "command": "x"}))
-    assert cli.main([*QUICK, f"runs={tmp_path / 'r'}", f"out={out}", "dry_run=true"]) == 0  # its own: replaced later
+    key = cli.setting_key(probe)
+    owner(setting_key="0123456789")
+    line = refused(capsys, argv)
+    assert line == (f"error: out={out} holds the report of another comparison (compare.py a b); pass out= a folder "
+                    f"of its own (or move that report away), or compare its optimizers too"), line
+    owner(optimizers=["sgd", "adam"])  # this setting, but adam's tables would be lost
+    line = refused(capsys, argv)
+    assert "holds the report of a comparison of this setting with optimizer(s) adam, which this one does not " \
+           "compare (compare.py a b)" in line, line
+    owner(setting_key="0123456789", command=cli.compare_command(argv))  # the same command, a preset default since changed
+    assert cli.main(argv) == 0
+    owner()  # this setting, the same optimizers: its own, replaced later
+    assert cli.main(argv) == 0
+    owner(optimizers=[])  # this comparison extends it
+    assert cli.main(argv) == 0
 
 
 def test_a_report_that_lands_in_out_meanwhile_is_not_replaced(tmp_path):
@@ -322,9 +339,10 @@ def test_a_report_that_lands_in_out_meanwhile_is_not_replaced(tmp_path):
 
     out = tmp_path / "o"
     out.mkdir()
-    theirs = json.dumps({"setting_key": "0123456789", "command": "theirs"})
+    theirs = json.dumps({"setting_key": "0123456789", "command": "theirs", "optimizers": ["sgd"]})
+    mine = {"setting_key": "abcdef0123", "command": "mine", "optimizers": ["sgd"]}
     with pytest.raises(SystemExit) as exc:
-        with staged_output(out, before_move=lambda d: cli.refuse_other_report(d, "abcdef0123", "o", True)) as stage:
+        with staged_output(out, before_move=lambda d: cli.refuse_other_report(d, mine, "o", True)) as stage:
             (stage / "tables.md").write_text("ours")
             (out / "comparison.json").write_text(theirs)  # the other comparison's report lands now
             (out / "tables.md").write_text("theirs")

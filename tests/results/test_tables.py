@@ -729,3 +729,9 @@ def test_a_duplicate_trained_at_other_code_says_so(tmp_path):
     said = rs.problems_frame.set_index("run_dir").problem[str(new)]
     assert f"(same config and seed; trained at commit {'b' * 10} with uncommitted changes, the kept one at " \
            f"{'a' * 10}): excluded" in said, said
+    # one commit, other uncommitted changes: said too (the rows carry git.diff_sha1)
+    for d, diff in ((old, "aaa"), (new, "bbb")):
+        record = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**record, "git": {"commit": "c" * 40, "dirty": True, "diff_sha1": diff}}))
+    said = load_runs(root).problems_frame.set_index("run_dir").problem[str(new)]
+    assert "with other uncommitted changes than the kept one (run.json git.diff_sha1 bbb against aaa)" in said, said

@@ -117,11 +117,14 @@ def test_compare_resumes_a_half_finished_comparison_with_identical_results(tmp_p
 def test_compare_with_another_setting_never_reuses_runs(tmp_path, env):
     base = ["optimizers=sgd", "seeds=1", "select_seeds=1", "lr_grid=1", "data=digits", "trainer.log_every=1000"]
     assert _run([*base, "trainer.epochs=1"], env, tmp_path).returncode == 0
-    assert _run([*base, "trainer.epochs=2"], env, tmp_path).returncode == 0
+    # into the first one's out=: refused (its report would replace the other setting's)
+    refused = _run([*base, "trainer.epochs=2"], env, tmp_path)
+    assert refused.returncode == 2 and "holds the report of another comparison" in refused.stderr, refused.stderr
+    assert _run([*base, "trainer.epochs=2", f"out={tmp_path / 'out2'}"], env, tmp_path).returncode == 0
     runs = sorted((tmp_path / "runs" / "final" / "sgd").iterdir())
     assert len(runs) == 2  # one per configuration, none reused
     # and the second report is made of the second invocation's runs only
-    md = (tmp_path / "out" / "tables.md").read_text()
+    md = (tmp_path / "out2" / "tables.md").read_text()
     assert "from 1 complete runs" in md
-    rows = list(csv.DictReader(open(tmp_path / "out" / "test_error.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "out2" / "test_error.csv")))
     assert len(rows) == 1 and rows[0]["epochs"] == "2"

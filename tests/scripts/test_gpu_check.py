@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -148,3 +149,57 @@ def test_the_device_call_packs_its_figures_into_a_few_files(tmp_path, env):
                                                                      "gpu_check_cuda_tests_files.tar.gz"]
     with tarfile.open(tmp_path / "OUT" / "gpu_check_cuda_tests_files.tar.gz") as tar:
         assert sorted(tar.getnames()) == ["gpu_check_cuda_tests.json", "gpu_check_cuda_tests.log"]
+
+
+def test_a_check_cut_by_the_budget_is_named_for_the_next_call_not_failed(tmp_path):
+    """A check that started with its MIN_S left but less than its limit, and ran out: a cut, not a
+    hang; it was reported FAILED, and the next-call line left it out (helper-86)."""
+    from scripts.gpu_check import KILL_S, Check
+
+    with open(tmp_path / "log", "w") as log:
+        c = Check(tmp_path, log, deadline=time.monotonic() + KILL_S + 2)
+        c.run("slow", ["sleep", "30"], timeout=60)
+    assert c.results[-1]["ok"] is None and "cut at the budget's end" in c.results[-1]["figure"]
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, session id) of a live process, None where gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1]), int(fields[3])
+
+
+def _alive_in_sessions(sessions: set[int]) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        st = _stat(int(name)) if name.isdigit() else None
+        if st is not None and st[2] in sessions and st[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def test_ending_gpu_check_ends_the_check_it_runs(tmp_path, env):
+    """Each check runs in a session of its own: a SIGTERM to gpu_check (the device tool's timeout)
+    left it running, on the GPU, under the next call (helper-86)."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "scripts/gpu_check.py", "--dry-run", "--only", "e2e", "--out",
+                             str(tmp_path)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline, sessions = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and not sessions:  # the check: a child of gpu_check, in its own session
+            sessions = {int(n) for n in os.listdir("/proc") if n.isdigit()
+                        and (_stat(int(n)) or ("", 0, 0))[1] == proc.pid and (_stat(int(n)) or ("", 0, 0))[2] == int(n)}
+            time.sleep(0.2)
+        assert sessions, "no check started"
+        time.sleep(3)  # under way: torchrun and its train.py
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        time.sleep(1)
+        assert not _alive_in_sessions(sessions)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -119,7 +119,7 @@ def test_a_sweeps_submitter_keeps_the_default_sigterm(argv, submitter):
     assert res.stdout.strip() == str(submitter), res.stderr
 
 
-@pytest.mark.parametrize("step", [None, "4294967294"])
+@pytest.mark.parametrize("step", [None, "4294967291", "4294967294", "4294967290"])
 def test_python_train_py_in_a_multi_task_batch_script_is_refused_not_left_waiting(monkeypatch, step):
     """sbatch --ntasks=4 running `python train.py` without srun: the batch script's one process took
     SLURM_PROCID=0 of SLURM_NTASKS=4 and waited silently in init_process_group for three ranks that
