@@ -167,3 +167,23 @@ def submitit_job_pid(folder: Path) -> int | None:
         if any(b"submitit.core._submit" in c for c in cmd) and any(str(folder).encode() in c for c in cmd):
             return int(proc.name)
     return None
+
+
+# The variables that make train() a rank of a process group: one left set by a test (adarem.distributed
+# writes RANK, WORLD_SIZE, LOCAL_RANK and MASTER_* into os.environ) made the next in-process train()
+# of the same worker wait in init_process_group for ranks that never come
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+                  "SLURM_STEP_ID")
+
+
+@pytest.fixture(autouse=True)
+def no_rank_variables_leak():
+    before = {k: os.environ.get(k) for k in RANK_VARIABLES}
+    yield
+    leaked = {k: os.environ.get(k) for k in RANK_VARIABLES if os.environ.get(k) != before[k]}
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    assert not leaked, f"the test left {leaked} in os.environ (restored): the next in-process train() would join a process group"

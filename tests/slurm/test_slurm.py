@@ -86,8 +86,12 @@ def test_slurm_ranks_come_from_slurm_variables_and_a_job_set_rendezvous_wins(mon
     (e.g. from a submitit local job) does not change what a SLURM task is."""
     from adarem.distributed import _env_ranks
 
+    # _env_ranks writes RANK, WORLD_SIZE, LOCAL_RANK and MASTER_* into os.environ: set first, so that
+    # monkeypatch restores their absence (delenv of an absent key records nothing, and RANK=3 of
+    # WORLD_SIZE=4 leaked into the next in-process train(), which waited for 3 ranks)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     for key, value in dict(SLURM_PROCID="3", SLURM_NTASKS="4", SLURM_LOCALID="1", SLURM_NODEID="1", SLURM_STEP_ID="0",
                            SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="123", SLURM_JOB_NODELIST="gpu[007-008]").items():
@@ -127,8 +131,9 @@ def test_python_train_py_in_a_multi_task_batch_script_is_refused_not_left_waitin
     from adarem.config import ConfigError
     from adarem.distributed import _env_ranks
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_ID", "SLURM_STEPID"):
-        monkeypatch.delenv(key, raising=False)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_ID", "SLURM_STEPID"):
+        monkeypatch.setenv(key, "unset")  # restored to absent at the end, whatever _env_ranks writes
+        monkeypatch.delenv(key)
     for key, value in dict(SLURM_PROCID="0", SLURM_NTASKS="4", SLURM_LOCALID="0", SLURM_JOB_ID="123",
                            SLURM_JOB_NODELIST="gpu007", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0").items():
         monkeypatch.setenv(key, value)
