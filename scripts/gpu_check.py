@@ -1,21 +1,23 @@
 """Every GPU check of the suite in one run (scripts/gpu_check.sh is the entry point).
 
 Each check runs as a subprocess with its own time limit, prints one ``FIGURE`` line, and leaves
-its figures under --out; a failing check is recorded and the next one still runs. The summary,
-with the machine, the versions and each check's status, figure and time, is --out/gpu_check.json
-(gpu_check_<check>-<check>....json for a subset chosen by --only);
-every subprocess's output goes to --out/gpu_check.log.
+its figures under --out; a failing check is recorded and the next one still runs. The checks run
+in the order below (of value) within --budget seconds (540 on the GPU): those it leaves are named
+for a next call. The summary, with the machine, the versions, the code's commit and each check's
+status, figure and time, is --out/gpu_check.json (gpu_check_<check>-<check>....json for a subset
+chosen by --only); every subprocess's output goes to the .log of the same name as it comes;
+--pack DIR keeps the summary and a tar.gz of --out in DIR after every check.
 
-Checks (``--dry-run``: the same steps on the CPU at tiny sizes, run by the tests):
+Checks, in order (``--dry-run``: the same steps on the CPU at tiny sizes, run by the tests):
+  loaders     AdaRem's training step on resnet50 fed by the torch loader (and DALI where
+              installed) from a tree of real-photo JPEGs, against synthetic data in the same run
+  optimizer   scripts/bench_optimizer.py: AdaRem fused/foreach vs torch AdamW and SGD
   oracle      tests/optim/test_adarem_oracle.py on the device: for-loop, foreach and fused
               (Triton on CUDA) paths in fp32, bf16, fp16 and fp64
   cuda_tests  the tests that need CUDA and are skipped elsewhere (CUDA_TESTS): side-stream
               batch staging, no host sync in the oscillation tracker
-  optimizer   scripts/bench_optimizer.py: AdaRem fused/foreach vs torch AdamW and SGD
   throughput  scripts/bench_throughput.py: resnet50, 224 px, batch 256, bf16, channels_last,
-              SGD/AdamW/AdaRem through the harness's training step, eager and torch.compile
-  loaders     the same AdaRem step fed by the torch loader (and DALI where installed) from a
-              tree of real-photo JPEGs, against synthetic data in the same run
+              SGD/AdamW/AdaRem through the harness's training step, eager
   e2e         train.py under a single-process torchrun (--nproc-per-node=1): an uninterrupted
               run; the same run stopped by SIGUSR1 and resumed with resume=auto; both must end
               bit-identical. World size 1 creates no process group (adarem/distributed.py makes
@@ -24,6 +26,7 @@ Checks (``--dry-run``: the same steps on the CPU at tiny sizes, run by the tests
               process, the checkpoint, resume=auto and determinism on the device. NCCL needs two
               ranks on two GPUs (NCCL refuses two ranks on one GPU); the lent machine has one.
   decode      scripts/bench_decode.py: torchvision's GPU JPEG decoder vs the CPU
+  throughput_compiled  the throughput check under torch.compile (slowest to compile: last)
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class Check:
         return output
 
     def record(self, name: str, ok: bool | None, figure: str, seconds: float, **extra) -> None:
-        """``ok`` None: not run (--budget left too little time for it)."""
+        """``ok`` None: not run, or cut at its end (--budget left too little time for it)."""
         self.results.append({"check": name, "ok": ok, "figure": figure, "seconds": round(seconds, 1), **extra})
         status = "skipped" if ok is None else "ok" if ok else "FAILED"
         print(f"[{status}] {name} ({seconds:.0f} s): {figure}", flush=True)
