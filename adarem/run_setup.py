@@ -483,7 +483,8 @@ def check_same_data(identities: list[dict]) -> None:
     were no longer the run's, with no word, and only rank 0's identity was recorded."""
     for rank, ident in enumerate(identities):
         # not the root as resolved (one data.root may link to each node's own copy): the contents
-        differing = [k for k in sorted(set(ident) | set(identities[0])) - {"root"} if ident.get(k) != identities[0].get(k)]
+        differing = [k for k in sorted((set(ident) | set(identities[0])) - {"root"})
+                     if ident.get(k) != identities[0].get(k)]
         if differing:
             diff = "; ".join(f"{k} {ident.get(k)!r} (rank 0: {identities[0].get(k)!r})" for k in differing)
             raise ConfigError(f"rank {rank} reads other data than rank 0 ({diff}): every rank must see the same "

@@ -12,8 +12,8 @@ CFG = SimpleNamespace(trainer=SimpleNamespace(batch_size=32, sync_bn=False))
 
 def write(run_dir, final):
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"status": "finished", "final": final, "world_size": 1,
-                                                  "bn_batch": None}))
+    (run_dir / "run.json").write_text(json.dumps({"status": "finished", "final": final, "world_size": 8,
+                                                  "bn_batch": None}))  # the launches' 8 ranks below
 
 
 def test_finished_record_with_nonfinite_loss_is_refused_not_reused(tmp_path):
