@@ -167,9 +167,9 @@ class Run:
         all it holds (the error went to stderr), and its train.log began this launch empty (lines of
         earlier launches are kept). One process only (other ranks log into the same folder); never
         the directory the launch was started in."""
-        if self.dist.enabled or not self.locked or self.log_before:
+        if self.dist.enabled or not self.locked or self.log_before or not self.run_dir.is_dir():
             return
-        names = {p.name for p in self.run_dir.iterdir()} if self.run_dir.is_dir() else {"?"}
+        names = {p.name for p in self.run_dir.iterdir()}
         if not names <= {"train.log", ".lock"} or self.run_dir.resolve() == Path.cwd().resolve():
             return
         try:

@@ -712,15 +712,10 @@ def report_conflict(out: Path, mine: dict) -> str | None:
     comparison (an older compare.py's, make_tables.py's), the same command's (a relaunch, also after
     a preset default changed its setting), or one of this setting whose optimizers this comparison
     compares too (a comparison extended by optimizers)."""
-    import json
+    from adarem.results.owner import read_owner
 
-    from adarem.results.report import REPORT_OWNER
-
-    try:
-        theirs = json.loads((out / REPORT_OWNER).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(theirs, dict) or theirs.get("setting_key") is None or theirs.get("command") == mine["command"]:
+    theirs = read_owner(out)
+    if theirs is None or theirs.get("setting_key") is None or theirs.get("command") == mine["command"]:
         return None
     command = str(theirs.get("command") or "unrecorded")
     if theirs["setting_key"] != mine["setting_key"]:
@@ -756,11 +751,12 @@ def write_comparison_report(out: Path, rs, selection, command: str, preamble: st
     manifest that cannot be written leaves out as it was too, and one written for a report whose move
     into out then fails is removed: a comparison that exits with an error is never recorded as the
     newest. Returns tables.md's text."""
-    from adarem.results import CLAIMS_FILE
-    from adarem.results.plots import plot_selection
-    from adarem.results.report import REPORT_OWNER, staged_output, write_report_into
-
     import json
+
+    from adarem.results import CLAIMS_FILE
+    from adarem.results.owner import REPORT_OWNER
+    from adarem.results.plots import plot_selection
+    from adarem.results.report import staged_output, write_report_into
 
     manifest = None
     check = (lambda folder: refuse_other_report(folder, mine, given or str(out), meanwhile=True)) if mine else None
@@ -909,7 +905,7 @@ def _compare(argv: list[str]) -> int:
         print(f"dry run: the arguments and every optimizer's configuration are accepted; nothing was launched",
               flush=True)
         return 0
-    hold_runs_folder(runs_root, setting_key(probe))
+    hold_runs_folder(runs_root, mine["setting_key"])
     if own["launcher"] == "local":
         dispatcher = LocalDispatcher(own["workers"], threads)
     else:
@@ -1015,7 +1011,7 @@ def _compare(argv: list[str]) -> int:
                                        {**git_info(), "versions": versions()})
     for warning in code_warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    command = compare_command(argv)
+    command = mine["command"]
     preamble = provenance(command, own, threads, data_identity, len(select_seeds), final_seeds,
                           None if evals else int(probe.trainer.evals_per_epoch)) + "\n" + code + \
         "\n" + selection_table(searches, chosen, select_seeds, factors) + \

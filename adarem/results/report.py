@@ -11,6 +11,7 @@ import pandas as pd
 
 from adarem.fsync import staging_folder
 from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
+from adarem.results.owner import REPORT_OWNER
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
 from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, fmt_number, holdout_table, oscillation_notes,
@@ -20,9 +21,8 @@ from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, fmt_number, h
 # that a run did not regenerate is another run set's, and is removed (tables.md is always written;
 # selection.csv, plots/selection_lr.png (compare.py's), README.md and anything else are never touched)
 TABLE_NAMES = ("test_error", "speed", "oscillation", "holdout_error")
-# compare.py's record of whose report a folder holds (its setting and command): a report of
-# make_tables.py written there after it removes it, as it is no longer that comparison's
-REPORT_OWNER = "comparison.json"
+# REPORT_OWNER, compare.py's record of whose report a folder holds: a report of make_tables.py
+# written there after it removes it, as it is no longer that comparison's
 OWNED_FILES = tuple(f"{n}.{ext}" for n in TABLE_NAMES for ext in ("csv", "tex")) + ("claims.csv", REPORT_OWNER)
 OWNED_PLOTS = ("curves_*.png", "oscillation_*.png")  # in plots/, as plots.plot_curves names them
 
