@@ -251,6 +251,9 @@ class TrainerConfig:
     # (adarem/run/peer_watch.py); NCCL would wait for it until the process group's 30-min timeout.
     # 0 = no watch.
     peer_timeout_s: float = 120.0
+    # DDP outside torchrun (srun tasks, ranks set by hand): how long the ranks wait for each other at
+    # start-up before each ends with one line (adarem/distributed.py); torchrun's agent has its own.
+    start_timeout_s: float = 600.0
 
     def __post_init__(self):
         _require(self.epochs >= 1, f"trainer.epochs={self.epochs} must be >= 1")
@@ -275,6 +278,8 @@ class TrainerConfig:
                                         f"(a loss above it counts as divergence)")
         _require(self.peer_timeout_s == 0 or self.peer_timeout_s >= 1,
                  f"trainer.peer_timeout_s={self.peer_timeout_s} must be 0 (no watch) or at least 1 (seconds)")
+        _require(self.start_timeout_s >= 1,
+                 f"trainer.start_timeout_s={self.start_timeout_s} must be at least 1 (seconds the ranks wait for each other)")
         _require(self.checkpoint_every_min >= 0,
                  f"trainer.checkpoint_every_min={self.checkpoint_every_min} must be >= 0 (0 = only at epoch ends)")
 

@@ -68,7 +68,32 @@ def _env_ranks() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def init_distributed(device_pref: str = "auto") -> DistInfo:
+def _rendezvous(rank: int, world: int, timeout_s: float) -> dist.Store:
+    """The ranks meet at MASTER_ADDR:MASTER_PORT within ``timeout_s``, or each ends with one line.
+
+    Without this, init_process_group waits for its 30-minute collective timeout: a rank that never
+    comes (``srun --pty bash`` runs only task 0's shell; a task that died while importing; a
+    WORLD_SIZE set by hand) leaves the others silent for half an hour. Under torchrun its agent
+    has met the ranks already (its own ``--rdzv-conf join_timeout``), so this is not used there."""
+    from adarem.config import ConfigError
+
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", 29500))
+    try:
+        store = dist.TCPStore(addr, port, world, rank == 0, dt.timedelta(seconds=timeout_s),
+                              wait_for_workers=True)
+    except (RuntimeError, OSError) as exc:  # DistStoreError / DistNetworkError / TimeoutError
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        waited = (f"rank 0 waited {timeout_s:g} s at {addr}:{port} for the other {world - 1} rank(s)" if rank == 0
+                  else f"rank {rank} could not reach rank 0 at {addr}:{port} within {timeout_s:g} s")
+        raise ConfigError(f"{waited} of WORLD_SIZE={world} ({cause}): start every rank (one srun task each, "
+                          f"not an `srun --pty` shell; or torchrun), check MASTER_ADDR/MASTER_PORT, or raise "
+                          f"trainer.start_timeout_s") from None
+    # the store now serves the process group, whose collectives and barriers keep the 30 minutes
+    store.set_timeout(dt.timedelta(minutes=30))
+    return store
+
+
+def init_distributed(device_pref: str = "auto", start_timeout_s: float = 600.0) -> DistInfo:
     rank, world, local = _env_ranks()
     use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
     if use_cuda and not torch.cuda.is_available():
@@ -83,8 +108,11 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
+        under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+        store = {} if under_torchrun else {"store": _rendezvous(rank, world, start_timeout_s),
+                                           "rank": rank, "world_size": world}
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=dt.timedelta(minutes=30),
-                                **({"device_id": device} if use_cuda else {}))
+                                **store, **({"device_id": device} if use_cuda else {}))
     return DistInfo(rank, world, local, device)
 
 

@@ -25,11 +25,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 # keys that cannot change what a run computes (or that a requeued job may legitimately change)
 NOT_IDENTITY = ("resume", "logging", "run_dir", "notes", "hydra", "trainer.max_steps", "trainer.log_every",
                 "trainer.checkpoint_every_min", "trainer.stop_check_every", "data.num_workers", "data.cache_samples",
-                "trainer.device", "trainer.peer_timeout_s")
+                "trainer.device", "trainer.peer_timeout_s", "trainer.start_timeout_s")
 
 # Keys added to the schema after the first release -> the value that reproduces the old behaviour.
 # Register every new identity key here when it is added (one that does not exist yet is harmless).
-# Not listed: trainer.stop_check_every and trainer.peer_timeout_s (in NOT_IDENTITY); optimizer.impl (no value
+# Not listed: trainer.stop_check_every, trainer.peer_timeout_s and trainer.start_timeout_s (in NOT_IDENTITY); optimizer.impl (no value
 # reproduces the runs recorded before it: impl=auto picked AdaRem's fused path then, and the
 # foreach path was rewritten in the same change). What auto chooses is not part of the identity
 # (it may change between versions: AdaRem's fused CPU path came and went); run.json records the
