@@ -378,6 +378,13 @@ def read_metrics_lines(path: Path, numbered: bool = False) -> tuple[list, list[s
     return records, bad
 
 
+def start_order(start_time: pd.Series) -> pd.Series:
+    """run.json's start_time as instants, for ordering runs by when they started: records have
+    microseconds, older ones whole seconds (text would order "…:05+00:00" and "…:05.2+00:00" right
+    by chance only); one with none or unreadable orders last."""
+    return pd.to_datetime(start_time, utc=True, errors="coerce", format="ISO8601")
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -794,7 +801,8 @@ def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_d
         # same configuration and seed twice: keep the first started (a rerun never replaces a
         # result, so no seed's number can be chosen among reruns), list the others with how they
         # were trained differently (other code, the tracker, compile: not part of config_id)
-        runs = runs.sort_values(["start_time", "run_dir"]).reset_index(drop=True)
+        runs = (runs.assign(started=start_order(runs.start_time)).sort_values(["started", "run_dir"])
+                .drop(columns="started").reset_index(drop=True))
         dup = runs.duplicated(subset=["config_id", "seed"], keep="first")
         for _, r in runs[dup].iterrows():
             first = runs[(runs.config_id == r.config_id) & (runs.seed == r.seed) & ~dup].iloc[0]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from adarem.results.records import RunSet
+from adarem.results.records import RunSet, start_order
 
 # The evaluation protocol (evaluations per epoch, BN recalibration batches) is part of a row: a
 # curve evaluated 4 times per epoch reaches a target "sooner" than the same curve evaluated once.
@@ -53,8 +53,8 @@ def lines_complete(runs: pd.DataFrame) -> pd.Series:
 def _candidates(runs: pd.DataFrame) -> pd.DataFrame:
     """Per configuration on the val/test split: seeds and the latest start, most seeds first, then
     the most recently started."""
-    r = runs[runs.eval_on == "val"]
-    stats = r.groupby(GROUP, dropna=False).agg(n=("seed", "count"), last=("start_time", "max")).reset_index()
+    r = runs[runs.eval_on == "val"].assign(started=lambda d: start_order(d.start_time))
+    stats = r.groupby(GROUP, dropna=False).agg(n=("seed", "count"), last=("started", "max")).reset_index()
     return stats.sort_values(["n", "last"], ascending=[False, False], kind="stable")
 
 

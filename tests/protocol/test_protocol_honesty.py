@@ -161,12 +161,8 @@ def test_the_report_reads_its_own_finals_not_an_older_comparisons_twins(tmp_path
     includes it), one (config_id, seed) for load_runs, which keeps the first started; the newer
     comparison's report must read its own."""
     monkeypatch.setenv("ADAREM_CACHE", env["ADAREM_CACHE"])
-    import time
-
     dirs = []
-    for osc in ("10", "0"):
-        if dirs:  # run.json's start_time has whole seconds: two trials started in one second tie, and the
-            time.sleep(1.1)  # tie went to the run directories' names (the trap below then held by chance)
+    for osc in ("10", "0"):  # one after the other: start_time (microseconds) orders them
         base = cli.trial_base(["data=digits", "trainer.epochs=1", "trainer.log_every=1000",
                                f"trainer.oscillation_every={osc}"])
         res = dispatch.run_one(cli.trial_overrides(base, [], tmp_path, "sgd", 0.1, 1e-4, 0, "final"), 1)

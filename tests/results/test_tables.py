@@ -735,3 +735,33 @@ def test_a_duplicate_trained_at_other_code_says_so(tmp_path):
         (d / "run.json").write_text(json.dumps({**record, "git": {"commit": "c" * 40, "dirty": True, "diff_sha1": diff}}))
     said = load_runs(root).problems_frame.set_index("run_dir").problem[str(new)]
     assert "with other uncommitted changes than the kept one (run.json git.diff_sha1 bbb against aaa)" in said, said
+
+
+def test_the_first_started_twin_is_kept_within_one_second(tmp_path):
+    """run.json's start_time had whole seconds: two trials started within one second tied and the
+    tie went to the run directories' names. Now it has microseconds and is read as an instant, so
+    the one started first is kept whatever its folder is called; a record of whole seconds (older
+    code) still orders as that second's start."""
+    root = tmp_path / "runs"
+    make_run(root, "a_later", "sgd", 0, [30.0, 20.0, 5.0], start="2026-01-01T00:00:05.700000+00:00")
+    make_run(root, "b_first", "sgd", 0, [30.0, 20.0, 10.0], start="2026-01-01T00:00:05.200000+00:00")
+    make_run(root, "c_old_code", "sgd", 0, [30.0, 20.0, 1.0], start="2026-01-01T00:00:06+00:00")
+    rs = load_runs(root)
+    assert list(rs.runs.run_dir.map(lambda p: p.split("/")[-1])) == ["b_first"]
+    assert list(rs.runs.final_top1) == [10.0]
+    # the selection's "most recently started" reads instants too: a two-seed configuration begun
+    # at .9 of a second is newer than one begun at .1 of it
+    root2 = tmp_path / "runs2"
+    for s in (0, 1):
+        make_run(root2, f"x{s}", "sgd", s, [30.0, 20.0, 10.0], lr=0.1, start="2026-01-01T00:00:05.900000+00:00")
+        make_run(root2, f"y{s}", "sgd", s, [30.0, 20.0, 12.0], lr=0.2, start="2026-01-01T00:00:05.100000+00:00")
+    from adarem.results.tables import selected_groups
+    assert set(selected_groups(load_runs(root2).runs).lr) == {0.1}
+
+
+def test_run_records_start_time_has_microseconds():
+    import datetime
+
+    from adarem.run.record import now
+    stamp = datetime.datetime.fromisoformat(now())
+    assert stamp.tzinfo is not None and len(now().split("T")[1].split("+")[0]) == len("00:00:00.000000")
