@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,11 +62,19 @@ def _env_ranks() -> tuple[int, int, int]:
                               "pip install 'adarem[slurm]'") from None
         job = SlurmJobEnvironment()
         os.environ.setdefault("MASTER_ADDR", job.hostnames[0])
-        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", 0)) % 2000))
+        os.environ.setdefault("MASTER_PORT", str(default_master_port(int(os.environ.get("SLURM_JOB_ID", 0)))))
         rank, world, local = job.global_rank, job.num_tasks, job.local_rank
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
         return rank, world, local
     return 0, 1, 0
+
+
+def default_master_port(job_id: int) -> int:
+    """The rendezvous port of a SLURM job that sets none: 20000-31999, below Linux's ephemeral
+    range, so that co-located jobs collide only when their ids differ by a multiple of 12,000 (and
+    then the second one's rank 0 cannot listen and says so, and no rank joins the other job:
+    ``_rendezvous`` keys every rank by its job and step)."""
+    return 20000 + job_id % 12000
 
 
 def _rendezvous(rank: int, world: int, timeout_s: float) -> dist.Store:
@@ -73,24 +82,40 @@ def _rendezvous(rank: int, world: int, timeout_s: float) -> dist.Store:
 
     Without this, init_process_group waits for its 30-minute collective timeout: a rank that never
     comes (``srun --pty bash`` runs only task 0's shell; a task that died while importing; a
-    WORLD_SIZE set by hand) leaves the others silent for half an hour. Under torchrun its agent
-    has met the ranks already (its own ``--rdzv-conf join_timeout``), so this is not used there."""
+    WORLD_SIZE set by hand) leaves the others silent for half an hour. Every key is under the job's
+    SLURM job and step id, so a rank of another job that reaches this store (a port shared on one
+    node) meets nobody and ends, and never takes a rank's place in this one. Under torchrun its
+    agent has met the ranks already (its own ``--rdzv-conf join_timeout``); this is not used there."""
     from adarem.config import ConfigError
 
     addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", 29500))
+    job = ".".join(os.environ.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_STEP_ID"))
+    advice = ("start every rank (one srun task each, not an `srun --pty` shell; or torchrun), check "
+              "MASTER_ADDR/MASTER_PORT, or raise trainer.start_timeout_s")
+    began = time.monotonic()
     try:
-        store = dist.TCPStore(addr, port, world, rank == 0, dt.timedelta(seconds=timeout_s),
-                              wait_for_workers=True)
-    except (RuntimeError, OSError) as exc:  # DistStoreError / DistNetworkError / TimeoutError
+        store = dist.TCPStore(addr, port, None, rank == 0, dt.timedelta(seconds=timeout_s), wait_for_workers=False)
+    except (RuntimeError, OSError) as exc:  # DistNetworkError / DistStoreError / TimeoutError
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        waited = (f"rank 0 waited {timeout_s:g} s at {addr}:{port} for the other {world - 1} rank(s)" if rank == 0
-                  else f"rank {rank} could not reach rank 0 at {addr}:{port} within {timeout_s:g} s")
-        raise ConfigError(f"{waited} of WORLD_SIZE={world} ({cause}): start every rank (one srun task each, "
-                          f"not an `srun --pty` shell; or torchrun), check MASTER_ADDR/MASTER_PORT, or raise "
-                          f"trainer.start_timeout_s") from None
+        if rank == 0:
+            raise ConfigError(f"rank 0 of WORLD_SIZE={world} could not listen at {addr}:{port} ({cause}): another "
+                              f"process (another job on this node?) has the port; set MASTER_PORT") from None
+        raise ConfigError(f"rank {rank} could not reach rank 0 at {addr}:{port} within {timeout_s:g} s of "
+                          f"WORLD_SIZE={world} ({cause}): {advice}") from None
+    meet = dist.PrefixStore(f"adarem/rendezvous/{job}", store)
+    if meet.add("arrived", 1) == world:
+        meet.set("all_here", "1")
+    try:
+        meet.wait(["all_here"], dt.timedelta(seconds=max(1.0, timeout_s - (time.monotonic() - began))))
+    except RuntimeError:  # DistStoreError: the wait timed out (or rank 0's store went away)
+        try:
+            arrived = f"{meet.add('arrived', 0)} of WORLD_SIZE={world} ranks"
+        except RuntimeError:
+            arrived = f"rank 0's store went away; fewer than WORLD_SIZE={world} ranks"
+        raise ConfigError(f"rank {rank}: {arrived} met at {addr}:{port} within {timeout_s:g} s: {advice}") from None
     # the store now serves the process group, whose collectives and barriers keep the 30 minutes
     store.set_timeout(dt.timedelta(minutes=30))
-    return store
+    return dist.PrefixStore(f"adarem/pg/{job}", store)
 
 
 def init_distributed(device_pref: str = "auto", start_timeout_s: float = 600.0) -> DistInfo:

@@ -98,7 +98,7 @@ def test_slurm_ranks_come_from_slurm_variables_and_a_job_set_rendezvous_wins(mon
         monkeypatch.setenv(key, value)
     assert _env_ranks() == (3, 4, 1)
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
-    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu007", str(29500 + 123))
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu007", str(20000 + 123))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key)
     monkeypatch.setenv("MASTER_ADDR", "gpu007-ib0")
