@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 import adarem
-from adarem.run.record import git_info
+from adarem.run.record import cpu_model, git_info
 
 
 def refuse_another_checkouts_package() -> None:
@@ -117,18 +117,6 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
 
 
 # ---------------------------------------------------------------- shared by the bench_*.py scripts
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 # The environment variables that change what a benchmark measures (threads): part of its command
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")

@@ -53,8 +53,11 @@ and measures nothing: in a t-test it inflates its side's spread, so a seed diver
 verdict against the optimizer that diverged. Such claims are tested like steps to target, with
 the exact permutation test on ranks (``rank_test_p``: the placeholder ranks last; every seed of
 one side below every seed of the other gives 1 / C(n1 + n2, n1), 0.05 with 3 a side), and have
-the mean difference but no CI, no Hedges' g and no t-based MDD (``none detectable`` where no
-ranking could make it Supported).
+no CI, no Hedges' g and no t-based MDD (``none detectable`` where no ranking could make it
+Supported): those describe the t model the test does not use. A rank-tested claim without
+placeholders keeps the mean difference; with one it has none (its value would be set by the
+arbitrary 100 % or cap). ``subject_mean`` / ``baseline_mean`` are the means of the measurements
+only, and ``unmeasured_*`` count the placeholders left out of them (and ranked last in the test).
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ METRICS = {
 CSV_COLUMNS = ["claim", "metric", "subject", "baseline", "n_subject", "n_baseline", "diff", "ci_low", "ci_high",
                "hedges_g", "p", "p_holm", "verdict", "dataset", "model", "text", "subject_mean", "baseline_mean",
                "reached_subject", "reached_baseline",
+               # runs whose value is a placeholder, not a measurement (a diverged run's 100 % error or
+               # AUC; a seed that never reached the target): left out of the means, ranked last
+               "unmeasured_subject", "unmeasured_baseline",
                # what decides a verdict beyond p_holm (Contradicted: p_opposite_holm < alpha) and what an
                # Inconclusive one could have detected (mdd; inf: none detectable), and the claim's direction
                "better", "p_opposite", "p_opposite_holm", "mdd"]
@@ -100,19 +106,20 @@ STATISTICS_TEXT = (
     "detect, (t₁₋α/m,ν + t₀.₈,ν)·s_pooled·√(1/n₁ + 1/n₂) at 80 % power and level α/m (m claims in the family, "
     "ν = n₁ + n₂ − 2), and Insufficient data means a side has fewer than 2 seeds (or, for steps to target, that "
     "the setting has no target: no SGD-momentum run, or none finished). Steps to target: a seed that "
-    "never reached the target (or diverged) counts as one step past the larger step budget of the two sides, the "
-    "difference is computed on those values (a CI only where every seed got there), and p comes from an exact one-sided permutation test on ranks "
-    "(Gehan's test for data censored at one time) instead of Welch's t; `reached_*` count the seeds that got "
+    "never reached the target (or diverged) counts as one step past the larger step budget of the two sides, and "
+    "p comes from an exact one-sided permutation test on ranks "
+    "(Gehan's test for data censored at one time) instead of Welch's t, so no CI or Hedges' g is given; `reached_*` count the seeds that got "
     "there; its `mdd` is not the t-based one (which does not describe a rank test): none is given, or `none "
     "detectable` where no ranking of these seeds (every seed of one side before every seed of the other) could "
     "make the claim Supported under Holm's step-down given the other claims' p-values (the k-th smallest p is "
-    "tested at α/(m − k + 1): at most α, for a claim whose every other claim is rejected first); a side whose "
-    "seeds did not all reach the target shows `not reached by k of n` instead of a mean when the other side has no "
-    "seeds to set a common step budget. A claim where a side has one value for every seed (no spread: Welch's t "
+    "tested at α/(m − k + 1): at most α, for a claim whose every other claim is rejected first). A claim where a "
+    "side has one value for every seed (no spread: Welch's t "
     "would leave that side's uncertainty out, infinite with both sides so, p = 0 from 2 seeds) or holds a "
     "placeholder (a diverged run's 100 %, a seed that never reached the target: no measurement, it would inflate "
-    "its side's spread) is tested by the same rank test, where the placeholder ranks last, with the mean difference "
-    "but no CI, no Hedges' g and no t-based `mdd`. A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
+    "its side's spread) is tested by the same rank test, where the placeholder ranks last, with no CI, no Hedges' g "
+    "and no t-based `mdd`, and with a placeholder no mean difference either. The means shown are of each side's "
+    "measurements only, with how many runs were placeholders (`k diverged`, `k not reached`; `unmeasured_*` in "
+    "claims.csv). A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
     "without a finite error; flagged) is left out of steps to target and the AUC; diverged runs are left out of "
     "the oscillation metrics (their lines cover part of a training). Not comparable: the two sides' curves were "
     "evaluated differently (evaluations per epoch or BN recalibration), so no verdict on a curve metric, or their "
@@ -174,6 +181,17 @@ def metric_values(rs: RunSet, runs: pd.DataFrame, metric: str, target: float = m
         osc = rs.oscillation[rs.oscillation.run_dir.isin(oscillation_runs(runs).run_dir)]
         return osc.groupby("run_dir")[metric].mean().tolist()  # NaN for runs logged before the field
     raise ValueError(metric)
+
+
+def _measured(raw: list[float], runs: pd.DataFrame, metric: str) -> list[float]:
+    """Of ``metric_values(rs, runs, metric)`` (``raw``: NaN where a run has no value), the values
+    that measure something: not a diverged run's placeholder error or AUC (``DIVERGED_ERROR``), not
+    a seed that never reached the target (inf)."""
+    if metric == "steps_to_target":
+        return [v for v in raw if math.isfinite(v)]
+    if metric in ("final_top1", "val_error_auc"):  # one value per run, in the order of runs
+        return [v for st, v in zip(runs.status, raw) if st != "diverged" and not math.isnan(v)]
+    return [v for v in raw if not math.isnan(v)]
 
 
 def _finite_mean(values) -> float:
@@ -305,10 +323,12 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
         target = targets.get(setting, [math.nan])[0]
         for claim in spec.get("claims", []):
             runs_a, runs_b = here[here.optimizer == claim["subject"]], here[here.optimizer == claim["baseline"]]
-            a = [v for v in metric_values(rs, runs_a, claim["metric"], target) if not math.isnan(v)]
-            b = [v for v in metric_values(rs, runs_b, claim["metric"], target) if not math.isnan(v)]
+            raw_a, raw_b = (metric_values(rs, r, claim["metric"], target) for r in (runs_a, runs_b))
+            a, b = [v for v in raw_a if not math.isnan(v)], [v for v in raw_b if not math.isnan(v)]
             censored = claim["metric"] == "steps_to_target"
             reached = (sum(map(math.isfinite, a)), sum(map(math.isfinite, b))) if censored else ("", "")
+            # the measurements among the values: not a diverged run's placeholder, not "never got there"
+            measured_a, measured_b = _measured(raw_a, runs_a, claim["metric"]), _measured(raw_b, runs_b, claim["metric"])
             # a value that stands for an outcome rather than measuring it: a diverged run's 100 % error
             # (or AUC), a seed that never reached the target, at the cap below
             placeholder = (reached != (len(a), len(b)) if censored else
@@ -324,9 +344,12 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                    "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "hedges_g": math.nan,
                    "p": math.nan, "p_holm": math.nan, "verdict": "Insufficient data",
                    "dataset": setting[0], "model": setting[1], "text": claim["text"],
-                   # no mean of a side with a seed that never reached the target and no cap (the
-                   # other side has no seeds): inf is no mean; reached_* says how many got there
-                   "subject_mean": _finite_mean(a), "baseline_mean": _finite_mean(b),
+                   # the mean of a side's measurements only: a placeholder (100 % for a diverged run,
+                   # the cap for a seed that never got there) is an outcome, and averaged in it made
+                   # this table's mean disagree with the test-error table's (26.05 against 7.56 with
+                   # one of 5 seeds diverged; helper-87); unmeasured_* counts what was left out
+                   "subject_mean": _finite_mean(measured_a), "baseline_mean": _finite_mean(measured_b),
+                   "unmeasured_subject": len(a) - len(measured_a), "unmeasured_baseline": len(b) - len(measured_b),
                    "better": claim["better"], "p_opposite": math.nan, "p_opposite_holm": math.nan, "mdd": math.nan,
                    "reached_subject": reached[0], "reached_baseline": reached[1]}
             paper_vals = paper.get(f"{setting[0]}/{setting[1]}", {}).get(claim["metric"], {})
@@ -352,11 +375,15 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                 # against the side that diverged. The exact rank test is what these seeds can show,
                 # with no CI or Hedges' g (they would describe the t model the test does not use)
                 no_spread = _var(np.asarray(a, float)) == 0 or _var(np.asarray(b, float)) == 0
-                row["diff"] = float(np.mean(a) - np.mean(b))
-                if not (no_spread or placeholder):
+                ranked = censored or no_spread or placeholder
+                # a mean difference only of measurements (with a placeholder it would be a number in
+                # the metric's units set by the arbitrary 100 % or cap); a CI and Hedges' g only where
+                # the t-test gives the p: beside a rank test's p, a Welch interval on discrete steps
+                # could exclude 0 next to "Inconclusive" (helper-87)
+                row["diff"] = math.nan if placeholder else float(np.mean(a) - np.mean(b))
+                if not ranked:
                     row["diff"], row["ci_low"], row["ci_high"] = welch_ci(a, b)
                     row["hedges_g"] = hedges_g(a, b)
-                ranked = censored or no_spread or placeholder
                 row["ranked"] = ranked
                 test = rank_test_p if ranked else one_sided_p
                 row["p"], row["p_opposite"] = test(a, b, claimed), test(a, b, opposite)

@@ -210,14 +210,15 @@ def replaced_images(run: dict, epochs: list[dict]) -> dict:
 
 def timing_platform(run: dict) -> str:
     """What a run's seconds and images/s were measured on: ranks x device (CPU: torch threads per
-    rank). The host name is left out: two nodes of one cluster partition time alike."""
+    rank, and the CPU model where recorded). The host name is left out: two nodes of one cluster
+    partition time alike."""
     hw = run.get("hardware") if isinstance(run.get("hardware"), dict) else {}
     world = run.get("world_size") if isinstance(run.get("world_size"), int) else 1
     device = device_type(run) or "unrecorded"
     if device == "cuda":
         device = str(hw.get("gpu") or "cuda")
     elif device == "cpu" and hw.get("torch_threads"):
-        device = f"cpu/{hw['torch_threads']} thread(s)"
+        device = f"cpu/{hw['torch_threads']} thread(s)" + (f" ({hw['cpu_model']})" if hw.get("cpu_model") else "")
     return f"{world} x {device}"
 
 
@@ -654,6 +655,9 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
         "compile": trainer.get("compile") is True,
         "channels_last": trainer.get("channels_last") is True,
         "deterministic": trainer.get("deterministic") is True,
+        # not part of a run's identity, but of how fast it ran (the loader's helpers, a cached dataset)
+        "num_workers": str(data.get("num_workers", "unrecorded")),
+        "cache_samples": data.get("cache_samples") is True,
         # the oscillation tracker works inside every step of its windows (13 % of a resnet18 CPU
         # step, results/bench/throughput.csv): part of how a run was timed, like compile
         "oscillation_every": (int(trainer["oscillation_every"]) if _is_int(trainer.get("oscillation_every"))

@@ -10,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 from adarem.fsync import staging_folder
-from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims
+from adarem.results.claims import CSV_COLUMNS, STATISTICS_TEXT, evaluate_claims, load_claims, rank_test_min_p
 from adarem.results.owner import REPORT_OWNER
 from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
-from adarem.results.tables import (HOLDOUT, MIN_NOTE, error_table, fmt_number, holdout_table, oscillation_notes,
-                                   oscillation_table, selection_notes, speed_table, timing_notes)
+from adarem.results.tables import (HOLDOUT, MIN_NOTE, SETTING, coarser_grid, error_table, fmt_number, holdout_runs,
+                                   holdout_table, oscillation_notes, oscillation_runs, oscillation_table,
+                                   selection_notes, speed_table, timing_notes)
 
 # What write_report writes into its output directory, and so owns there: a file of these names
 # that a run did not regenerate is another run set's, and is removed (tables.md is always written;
@@ -31,17 +32,22 @@ def _fmt_p(p) -> str:
     return "—" if pd.isna(p) else f"{p:.3g}"
 
 
-def _side(name, mean, n, reached) -> str:
-    """``adarem (7.4, 5)``; for steps to target where some seeds never got there and no mean is
-    given (evaluate_claims: the other side has no seeds to set a common budget), how many did not:
-    ``adarem (not reached by 1 of 3 seeds, 3)``, never a mean of inf."""
+def _side(name, mean, n, unmeasured, metric) -> str:
+    """``adarem (7.4, 5)``: the mean of a side's measurements and its seeds; with placeholders, how
+    many: ``adarem (7.56, 5; 1 diverged)``, ``adarem (1685, 5; 1 not reached)`` (the mean is of
+    the others), ``adarem (—, 3; 3 not reached)``, never a mean that averages a placeholder in."""
     try:
-        k = int(n) - int(reached)
+        k = int(unmeasured)
     except (TypeError, ValueError):
         k = 0
-    if (pd.isna(mean) or mean == float("inf")) and k > 0:
-        return f"{name} (not reached by {k} of {int(n)} seeds, {n})"
-    return f"{name} ({fmt_number(mean)}, {n})"
+    what = "not reached" if metric == "steps_to_target" else "diverged"
+    return f"{name} ({fmt_number(mean)}, {n}" + (f"; {k} {what}" if k > 0 else "") + ")"
+
+
+def _diff(d, lo, hi, unmeasured, p) -> str:
+    if pd.isna(d):
+        return "— (rank test; placeholders ranked last)" if unmeasured and not pd.isna(p) else "—"
+    return f"{fmt_number(d)} (rank test: no CI)" if pd.isna(lo) else f"{fmt_number(d)} [{fmt_number(lo)}, {fmt_number(hi)}]"
 
 
 def claims_markdown(verdicts: pd.DataFrame, alpha: float = 0.05) -> str:
@@ -50,12 +56,12 @@ def claims_markdown(verdicts: pd.DataFrame, alpha: float = 0.05) -> str:
         "claim": verdicts.claim, "dataset": verdicts.dataset, "model": verdicts.model, "metric": verdicts.metric,
         "better": verdicts.better,
         "subject (mean, n)": [_side(*v) for v in zip(verdicts.subject, verdicts.subject_mean, verdicts.n_subject,
-                                                     verdicts.reached_subject)],
+                                                     verdicts.unmeasured_subject, verdicts.metric)],
         "baseline (mean, n)": [_side(*v) for v in zip(verdicts.baseline, verdicts.baseline_mean, verdicts.n_baseline,
-                                                      verdicts.reached_baseline)],
-        "diff [95 % CI]": ["—" if pd.isna(d) else f"{fmt_number(d)} (rank test: no CI)" if pd.isna(lo)
-                           else f"{fmt_number(d)} [{fmt_number(lo)}, {fmt_number(hi)}]"
-                           for d, lo, hi in zip(verdicts["diff"], verdicts.ci_low, verdicts.ci_high)],
+                                                      verdicts.unmeasured_baseline, verdicts.metric)],
+        "diff [95 % CI]": [_diff(d, lo, hi, bool(ua) or bool(ub), p) for d, lo, hi, ua, ub, p in zip(
+            verdicts["diff"], verdicts.ci_low, verdicts.ci_high, verdicts.unmeasured_subject,
+            verdicts.unmeasured_baseline, verdicts.p)],
         "Hedges' g": verdicts.hedges_g.map(lambda g: "—" if pd.isna(g) else f"{g:.2f}"),
         "p": verdicts.p.map(_fmt_p), "p (Holm)": verdicts.p_holm.map(_fmt_p),
         "p opposite (Holm)": verdicts.p_opposite_holm.map(_fmt_p),
@@ -90,6 +96,85 @@ def other_targets_markdown(rs: RunSet, spec: dict, verdicts: pd.DataFrame, offse
             "family tested again at that target (verdict, Holm-adjusted p): a verdict that holds at one target and "
             "not another says when in training one optimizer is ahead, not that it is faster throughout.\n\n"
             + show.to_markdown(index=False) + "\n")
+
+
+OSCILLATION_METRICS = ("flip_fraction", "path_efficiency")
+
+
+def matched_lr_markdown(rs: RunSet, spec: dict) -> str:
+    """The oscillation claims at each learning rate both sides were searched at, from the lr
+    search's selection trials (holdout runs; they log the same oscillation lines). The claims
+    compare each optimizer at its own selected lr, and both metrics move with the lr by more than
+    the claimed effects (on the committed study adarem_m's flips go from 12.4 % at lr 0.1 to 7-9 %
+    at 0.316; helper-87): a direction that holds at every shared lr is about the optimizer, one
+    that does not may be about the lrs chosen. Descriptive (no test: the selection trials have 2
+    seeds); empty without such claims or shared lrs."""
+    claims = [c for c in spec.get("claims", []) if c["metric"] in OSCILLATION_METRICS]
+    trials = oscillation_runs(holdout_runs(rs.runs)) if not rs.runs.empty and "eval_on" in rs.runs else rs.runs
+    if not claims or trials.empty or rs.oscillation.empty:
+        return ""
+    per_run = rs.oscillation.groupby("run_dir")[list(OSCILLATION_METRICS)].mean()
+    trials = trials.join(per_run, on="run_dir")
+    rows = []
+    for c in claims:
+        for (dataset, model), g in trials.groupby(SETTING):
+            sub, base = g[g.optimizer == c["subject"]], g[g.optimizer == c["baseline"]]
+            for lr in sorted(set(sub.lr) & set(base.lr)):
+                a, b = sub[sub.lr == lr][c["metric"]].dropna(), base[base.lr == lr][c["metric"]].dropna()
+                if a.empty or b.empty:
+                    continue
+                holds = (a.mean() < b.mean()) if c["better"] == "lower" else (a.mean() > b.mean())
+                rows.append({"claim": c["id"], "dataset": dataset, "model": model, "lr": f"{lr:.3g}",
+                             "subject (mean, n)": f"{c['subject']} ({100 * a.mean():.2f} %, {len(a)})",
+                             "baseline (mean, n)": f"{c['baseline']} ({100 * b.mean():.2f} %, {len(b)})",
+                             "claimed direction": "yes" if holds else "no"})
+    if not rows:
+        return ""
+    return ("### Oscillation claims at shared learning rates\n\nThe oscillation claims compare each optimizer at "
+            "its own selected learning rate, and both measures move with the learning rate. The lr search's selection "
+            "trials (holdout split; their own seeds) at every learning rate both sides were searched at: whether the "
+            "claimed direction holds there too (mean over the trials; descriptive, no test).\n\n"
+            + pd.DataFrame(rows).to_markdown(index=False) + "\n")
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def evaluation_grid_markdown(rs: RunSet, spec: dict, verdicts: pd.DataFrame, offset: float) -> str:
+    """The steps-to-target claims' verdicts with the same runs' curves sampled more coarsely
+    (``tables.coarser_grid``: every 2nd, 4th, ... evaluation), the whole family tested again each
+    time, and whether each p sits at the smallest the rank test can give with these seeds. A
+    steps-to-target verdict read off a noisy curve can depend on how often it was sampled (on the
+    committed study one flipped from Supported at 4 evaluations an epoch to Inconclusive at 2;
+    helper-87): this table says so beside it. Empty where there is no such claim or no coarser grid."""
+    steps = verdicts[(verdicts.metric == "steps_to_target") & verdicts.p.notna()]
+    finals = rs.runs[rs.runs.eval_on != HOLDOUT] if "eval_on" in rs.runs else rs.runs
+    if steps.empty or finals.empty or "evals_per_epoch" not in finals:
+        return ""
+    grids = sorted(set(finals.evals_per_epoch.dropna().astype(int)))
+    if len(grids) != 1 or grids[0] < 2:
+        return ""
+    as_run = grids[0]
+    coarser = [k for k in range(as_run - 1, 0, -1) if as_run % k == 0]
+    key = ["claim", "dataset", "model"]
+    show = steps[key].copy()
+    show["rank-test floor"] = [_fmt_p(rank_test_min_p(int(a), int(b))) for a, b in zip(steps.n_subject, steps.n_baseline)]
+    show[f"{as_run}/epoch (as run)"] = [
+        f"{v} ({_fmt_p(ph)}{', p at the floor' if p <= rank_test_min_p(int(a), int(b)) * (1 + 1e-9) else ''})"
+        for v, ph, p, a, b in zip(steps.verdict, steps.p_holm, steps.p, steps.n_subject, steps.n_baseline)]
+    for k in coarser:
+        v = evaluate_claims(coarser_grid(rs, k), spec, target_offset=offset).set_index(key)
+        show[f"{k}/epoch"] = [f"{v.loc[tuple(r), 'verdict']} ({_fmt_p(v.loc[tuple(r), 'p_holm'])})"
+                              for r in steps[key].itertuples(index=False)]
+    return ("### Steps-to-target claims on coarser evaluation grids\n\nSteps to target are read off the val-error "
+            f"curve at its evaluations, {as_run} an epoch here. The same runs' curves, keeping every "
+            f"{' or '.join(_ordinal(as_run // k) for k in coarser)} evaluation (those a run evaluated fewer times an "
+            f"epoch would have made; training does not depend on them), at the first target (SGD + {offset:g}), "
+            "the whole family tested again (verdict, Holm-adjusted p). A verdict that changes with the grid rests on "
+            "where a noisy curve happened to be sampled. `p at the floor`: every seed of one side reached the target "
+            "before every seed of the other, the smallest p the rank test can give with these seeds (`rank-test "
+            "floor`); one tie or swap raises it.\n\n" + show.to_markdown(index=False) + "\n")
 
 
 def speed_note(rs: RunSet, offsets) -> str:
@@ -373,6 +458,12 @@ def write_report_into(rs: RunSet, out_dir: Path, claims_path: Path | None, comma
             other = other_targets_markdown(rs, spec, verdicts, offsets)
             if other:
                 parts.append(other)
+            grid = evaluation_grid_markdown(rs, spec, verdicts, offsets[0])
+            if grid:
+                parts.append(grid)
+            matched = matched_lr_markdown(rs, spec)
+            if matched:
+                parts.append(matched)
     notes = (selection_notes(rs.runs) + code_notes(rs.runs) + segment_notes(rs.runs) + torch_notes(rs.runs)
              + truncation_notes(rs.runs)
              + corrupt_notes(rs.runs) + divergence_notes(rs.runs) + curve_gap_notes(rs.runs) + timing_notes(rs.runs)

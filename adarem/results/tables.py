@@ -16,8 +16,13 @@ GROUP = ["dataset", "model", "optimizer", "eval_on", "lr", "weight_decay", "epoc
          "config_id"]
 SETTING = ["dataset", "model"]
 MIXED = "mixed hardware (see flags)"  # a time cell whose runs were timed on different platforms
-MIXED_SETUP = "mixed compile/optimizer path/tracker (see flags)"  # ... with compile on and off, other optimizer
-# paths, or the oscillation tracker at other intervals (or off)
+MIXED_SETUP = "mixed training setup (see flags)"  # ... with compile on and off, other optimizer paths, the
+# oscillation tracker at other intervals (or off), or another of TIMING_SETUP
+# What changes a run's seconds and images/s but not its identity (so runs that differ in it pool into
+# one row of errors and steps), besides compile, the optimizer path and the tracker: run row column ->
+# the config key it comes from
+TIMING_SETUP = {"channels_last": "trainer.channels_last", "deterministic": "trainer.deterministic",
+                "num_workers": "data.num_workers", "cache_samples": "data.cache_samples"}
 MIXED_WINDOW = "mixed windows (see flags)"  # a path efficiency over runs measured over different windows
 DIVERGED_ERROR = 100.0  # a diverged run's error where a number is needed (claims): the worst possible
 
@@ -198,6 +203,29 @@ def steps_to_target(rs: RunSet, runs: pd.DataFrame, target: float) -> list[tuple
     return out
 
 
+def coarser_grid(rs: RunSet, per_epoch: int) -> RunSet | None:
+    """``rs`` as if every run had been evaluated ``per_epoch`` times an epoch instead of its
+    trainer.evals_per_epoch E: each run keeps every (E / per_epoch)-th of its evaluations, in step
+    order, which are the ones a run at ``per_epoch`` would have made (evaluations are evenly spaced
+    in steps, the last at the epoch's end; training does not depend on them). None where a run's E
+    is not a multiple of ``per_epoch``. Steps to target read off a noisy curve depend on where it is
+    sampled; this is how much (the report's evaluation-grid table). The lr search's holdout runs
+    are left as they are (no target or claim reads them)."""
+    finals = final_runs(rs.runs)
+    if finals.empty or "evals_per_epoch" not in finals:
+        return None
+    per_run = finals.evals_per_epoch.astype(int)
+    if per_epoch < 1 or (per_run % per_epoch != 0).any():
+        return None
+    stride = dict(zip(finals.run_dir, per_run // per_epoch))
+    ev = rs.evals
+    index = ev.groupby("run_dir", sort=False).cumcount() + 1  # evals are in step order within a run
+    keep = [i % stride.get(d, 1) == 0 for d, i in zip(ev.run_dir, index)]
+    runs = rs.runs.copy()
+    runs.loc[runs.run_dir.isin(stride), "evals_per_epoch"] = per_epoch
+    return RunSet(runs, rs.epochs, rs.oscillation, list(rs.problems), ev[keep].reset_index(drop=True), rs.iters)
+
+
 def same_protocol(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     """Whether two sets of runs were evaluated the same way (and so have comparable curves)."""
     key = lambda df: set(map(tuple, df[PROTOCOL].astype(float).values.tolist()))  # noqa: E731
@@ -364,7 +392,7 @@ def timing_mixed(g: pd.DataFrame) -> str:
     work is part of every step of its windows); "" when they were timed alike."""
     if "platform" in g and g.platform.nunique() > 1:
         return MIXED
-    if any(c in g and g[c].nunique() > 1 for c in ("compile", "optimizer_impl", "oscillation_every")):
+    if any(c in g and g[c].nunique() > 1 for c in ("compile", "optimizer_impl", "oscillation_every", *TIMING_SETUP)):
         return MIXED_SETUP
     return ""
 
@@ -393,6 +421,10 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
             notes.append({"run_dir": where, "problem": "trained with the oscillation tracker at different intervals "
                           "(trainer.oscillation_every: " + _tracker_counts(g.oscillation_every) + "): its work is part "
                           "of their steps, so their seconds and images/s are not pooled (steps and errors are)"})
+        for column, key in TIMING_SETUP.items():
+            if column in g and g[column].nunique() > 1:
+                notes.append({"run_dir": where, "problem": f"trained with {key} " + _value_counts(g[column])
+                              + ": their seconds and images/s are not pooled (steps and errors are)"})
         if "optimizer_impl" in g and g.optimizer_impl.nunique() > 1:
             counts = g.optimizer_impl.value_counts()
             notes.append({"run_dir": where, "problem": "pooled across optimizer paths (run.json's optimizer_impl: "
@@ -423,10 +455,24 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
                               "problem": "optimizers trained with the oscillation tracker at different intervals ("
                                          + "; ".join(f"{opt}: {t}" for opt, t in per_opt.items()) + "): its work is "
                                          "part of every step, so their seconds compare it too; compare steps, not seconds"})
+        for column, key in TIMING_SETUP.items():
+            if column in g:
+                values = g.groupby("optimizer")[column].agg(lambda v: tuple(sorted(set(map(str, v)))))
+                if values.nunique() > 1:
+                    notes.append({"run_dir": f"(timing) {dataset}/{model}",
+                                  "problem": f"optimizers trained with different {key} (" + "; ".join(
+                                      f"{opt}: {_value_counts(g[g.optimizer == opt][column])}" for opt in values.index)
+                                  + "): their seconds compare that too; compare steps, not seconds"})
         spread = _speed_spread(g)
         if spread:
             notes.append({"run_dir": f"(timing) {dataset}/{model}", "problem": spread})
     return notes
+
+
+def _value_counts(values: pd.Series) -> str:
+    """``true in 3, false in 2`` (most first)."""
+    counts = values.map(lambda v: str(v).lower()).value_counts()
+    return ", ".join(f"{v} in {n}" for v, n in counts.items())
 
 
 # Past this max/min of images/s between the seeds of one configuration (the same code and data, so
@@ -448,9 +494,13 @@ def _speed_spread(g: pd.DataFrame) -> str:
     worst = (hi / lo).idxmax()
     if hi[worst] / lo[worst] <= SPEED_SPREAD:
         return ""
+    # runs of the worst configuration set up or timed differently (layout, workers, platform...):
+    # that, not only the load, may be the cause (helper-87: a channels_last mix was blamed on the load)
+    cause = ("its runs were set up or timed differently (see the other flags), or the machine's load varied"
+             if timing_mixed(g[g.optimizer == worst]) else "the machine's load varied")
     return (f"images/s varied between the seeds of one configuration by up to {hi[worst] / lo[worst]:.2f}x "
             f"({worst}: {lo[worst]:,.0f} to {hi[worst]:,.0f}), where the same code on the same data runs at one "
-            f"speed on a dedicated machine: the machine's load varied, so the seconds and images/s measure it as "
+            f"speed on a dedicated machine: {cause}, so the seconds and images/s measure it as "
             f"much as the optimizers (their mean images/s span {means.max() / means.min():.2f}x); compare steps, "
             f"not seconds")
 

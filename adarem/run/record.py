@@ -97,8 +97,22 @@ def device_type(record: dict) -> str | None:
     return str(hw["device"]).split(":")[0] if hw.get("device") else None
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device: torch.device) -> dict:
-    hw = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+    # cpu_model: two CPU hosts at one thread each time differently (records.timing_platform)
+    hw = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_model": cpu_model(),
+          "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
           "device": str(device)}
     if device.type == "cuda":

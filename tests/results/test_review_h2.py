@@ -234,10 +234,57 @@ def test_steps_claims_are_shown_at_every_target_of_the_speed_table(tmp_path):
     from adarem.results import CLAIMS_FILE, write_report
 
     text = write_report(load_runs(STUDY_FINALS), tmp_path / "out", CLAIMS_FILE, "test", offsets=(1.0, 5.0))
-    section = text[text.index("### Steps-to-target claims at each target"):]
+    section = text[text.index("### Steps-to-target claims at each target"):text.index("### Steps-to-target claims on "
+                                                                                      "coarser evaluation grids")]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:6]]
             for line in section.splitlines() if line.startswith("| faster")}
     assert rows == {"faster_than_adam": ["Inconclusive (0.556)", "Inconclusive (0.913)"],
                     "faster_than_adamw": ["Supported (0.0198)", "Inconclusive (1)"]}, rows
     text = write_report(load_runs(STUDY_FINALS), tmp_path / "one", CLAIMS_FILE, "test", offsets=(1.0,))
     assert "### Steps-to-target claims at each target" not in text
+
+
+def test_the_steps_claims_are_shown_on_coarser_evaluation_grids(tmp_path):
+    """helper-87: the committed study's "faster than AdamW" is Supported with its curves sampled 4
+    times an epoch, at the smallest p the rank test can give (1/252, every AdaRem seed before every
+    AdamW seed), and Inconclusive from the same runs sampled 2 or 1 times an epoch; nothing said so."""
+    from adarem.results import CLAIMS_FILE, write_report
+
+    text = write_report(load_runs(STUDY_FINALS), tmp_path / "out", CLAIMS_FILE, "test", offsets=(1.0, 5.0))
+    section = text[text.index("### Steps-to-target claims on coarser evaluation grids"):]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:8]]
+            for line in section.splitlines() if line.startswith("| faster")}
+    assert rows["faster_than_adamw"] == ["0.00397", "Supported (0.0198, p at the floor)", "Inconclusive (0.0794)",
+                                         "Inconclusive (0.0992)"], rows
+    assert rows["faster_than_adam"][1] == "Inconclusive (0.556)"
+    assert "keeping every 2nd or 4th evaluation" in section
+
+
+def test_coarser_grid_keeps_the_evaluations_a_coarser_run_would_have_made():
+    from adarem.results.tables import coarser_grid
+
+    rs = load_runs(STUDY_FINALS)
+    run = rs.runs.run_dir.iloc[0]
+    every = rs.evals[rs.evals.run_dir == run].step.tolist()
+    assert set(rs.runs.evals_per_epoch) == {4} and len(every) == 4 * 8
+    half = coarser_grid(rs, 2)
+    assert half.evals[half.evals.run_dir == run].step.tolist() == every[1::2]
+    assert set(half.runs.evals_per_epoch) == {2}
+    ends = coarser_grid(rs, 1).evals
+    assert ends[ends.run_dir == run].step.tolist() == every[3::4]  # the epoch ends
+    assert coarser_grid(rs, 3) is None  # 4 is no multiple of 3
+
+
+def test_the_oscillation_claims_are_shown_at_every_shared_learning_rate(tmp_path):
+    """helper-87: the oscillation claims pair each optimizer at its own selected lr, and the
+    measures move with the lr by more than the claimed effects; the selection trials hold both
+    sides at shared lrs. On the committed study the claimed direction holds at each of them."""
+    from adarem.results import CLAIMS_FILE, write_report
+
+    text = write_report(load_runs(STUDY_FINALS.parent), tmp_path / "out", CLAIMS_FILE, "test")
+    section = text[text.index("### Oscillation claims at shared learning rates"):text.index("## Excluded")]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| claim")]
+    assert len(rows) == 16 and {r[-1] for r in rows} == {"yes"}, rows
+    flips = {r[3]: (r[4], r[5]) for r in rows if r[0] == "momentum_variant_oscillates_less_than_sgd"}
+    assert flips["0.316"] == ("adarem_m (7.70 %, 2)", "sgd (12.69 %, 2)"), flips

@@ -274,7 +274,7 @@ def _report_with_adarems_timing_unpooled(root, tmp_path) -> str:
     assert rs.runs.config_id.nunique() == 2  # one row each: errors and steps pool
     speed = speed_table(rs).set_index("optimizer")
     assert speed.loc["adarem", "s to SGD+1"] == speed.loc["adarem", "images/s"] == \
-        "mixed compile/optimizer path/tracker (see flags)"
+        "mixed training setup (see flags)"
     assert speed.loc["adarem", "steps to SGD+1"] == "30 (3/3 reached)"
     assert speed.loc["sgd", "s to SGD+1"].startswith("6 (3/3")
     return write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
@@ -513,3 +513,44 @@ def test_a_curve_past_a_divergence_is_dashed_and_says_so():
     plots._band(ax, plots.mean_ci(frame[frame.step < 30], "step", "val_top1_err"), "step", "sgd", n_runs=2)
     assert [line.get_label() for line in ax.get_lines()] == ["sgd"]
     plt.close(fig)
+
+
+def test_seconds_are_not_pooled_across_layouts_workers_or_determinism_and_the_spread_is_not_blamed_on_load(tmp_path):
+    """helper-87: two AdaRem seeds without channels_last (1.51x slower on the study's net) pooled
+    into one images/s with the others, nothing said the layout differed, and the only flag blamed
+    the machine's load. channels_last, deterministic, data.num_workers and data.cache_samples are
+    not part of a run's identity but are of its speed."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        d = make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0], trainer={"channels_last": True})
+        _write_lines(d, [{**r, "images_per_s": 150.0} if r["type"] == "epoch" else r for r in _lines(d)])
+        d = make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"channels_last": s != 2})
+        _write_lines(d, [{**r, "images_per_s": 150.0 if s != 2 else 100.0} if r["type"] == "epoch" else r
+                         for r in _lines(d)])
+    text = _report_with_adarems_timing_unpooled(root, tmp_path)
+    assert "trained with trainer.channels_last true in 2, false in 1: their seconds and images/s are not pooled" in text
+    assert "optimizers trained with different trainer.channels_last (adarem: true in 2, false in 1; sgd: true in 3)" \
+        in text
+    assert "its runs were set up or timed differently (see the other flags), or the machine's load varied" in text
+    # data.num_workers too (a record's data section)
+    root2 = tmp_path / "runs2"
+    for s in range(3):
+        make_run(root2, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0])
+        d = make_run(root2, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0])
+        record = json.loads((d / "run.json").read_text())
+        record["config"]["data"]["num_workers"] = 0 if s == 0 else 4
+        (d / "run.json").write_text(json.dumps(record))
+    (tmp_path / "b").mkdir()
+    assert "trained with data.num_workers 4 in 2, 0 in 1" in _report_with_adarems_timing_unpooled(root2, tmp_path / "b")
+
+
+def test_two_cpu_models_are_two_platforms():
+    from adarem.results.records import timing_platform
+
+    a = {"hardware": {"device": "cpu", "torch_threads": 1, "cpu_model": "AMD EPYC 9654"}, "world_size": 1}
+    b = {"hardware": {"device": "cpu", "torch_threads": 1, "cpu_model": "Intel Xeon 8480"}, "world_size": 1}
+    assert timing_platform(a) != timing_platform(b)
+    assert timing_platform(a) == "1 x cpu/1 thread(s) (AMD EPYC 9654)"
+    from adarem.run.record import hardware
+    import torch
+    assert hardware(torch.device("cpu"))["cpu_model"]
