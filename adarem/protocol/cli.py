@@ -742,7 +742,7 @@ def refuse_other_report(out: Path, mine: dict, given: str, meanwhile: bool = Fal
 
 
 def write_comparison_report(out: Path, rs, selection, command: str, preamble: str, record=None,
-                            mine: dict | None = None, given: str = "") -> str:
+                            mine: dict | None = None, given: str = "", trials=None) -> str:
     """The comparison's report (the selection plot, the tables, claims and plots of its finals, and
     selection.csv) written aside in one staging folder and moved into ``out`` only once complete: a
     report that fails midway (a full disk, a plot that raises) leaves out as it was, never half this
@@ -763,7 +763,7 @@ def write_comparison_report(out: Path, rs, selection, command: str, preamble: st
     try:
         with staged_output(out, before_move=check) as staging:
             plot_selection(selection, staging / "plots" / "selection_lr.png")
-            text = write_report_into(rs, staging, CLAIMS_FILE, command, preamble=preamble)
+            text = write_report_into(rs, staging, CLAIMS_FILE, command, preamble=preamble, trials=trials)
             selection.to_csv(staging / "selection.csv", index=False, float_format="%.6g")
             if mine:
                 (staging / REPORT_OWNER).write_text(json.dumps(mine, indent=1) + "\n")
@@ -1025,7 +1025,10 @@ def _compare(argv: list[str]) -> int:
     try:
         text = write_comparison_report(out, rs, selection, command, preamble, record=lambda: write_manifest(
             runs_root, command, own, base, finals_chosen, [r["run_dir"] for r in rows if r["stage"] == "final"]),
-            mine=mine, given=own["out"] or str(out))
+            mine=mine, given=own["out"] or str(out),
+            # the selection trials, read on their own as the finals are: the report shows the
+            # oscillation claims at every lr both sides were searched at
+            trials=load_own_runs([r["run_dir"] for r in rows if r["stage"] == "select"]))
     except OSError as exc:  # a full disk, a folder made unwritable meanwhile: the runs are kept
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         fail(f"cannot write the report into {out} or record the comparison in {runs_root / 'comparisons'} "

@@ -416,9 +416,11 @@ def write_report(rs: RunSet, out_dir: Path, claims_path: Path | None, command: s
 
 
 def write_report_into(rs: RunSet, out_dir: Path, claims_path: Path | None, command: str, offsets=(1.0, 5.0),
-                      preamble: str = "") -> str:
+                      preamble: str = "", trials: RunSet | None = None) -> str:
     """What ``write_report`` writes, written straight into ``out_dir``: a staging folder of
-    ``staged_output``, which moves it into place and removes the stale OWNED files."""
+    ``staged_output``, which moves it into place and removes the stale OWNED files. ``trials``:
+    the lr search's selection trials, where ``rs`` holds the finals alone (compare.py's report),
+    for the oscillation claims at shared learning rates; by default ``rs``'s own holdout runs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {
         "test_error": error_table(rs),
@@ -461,7 +463,7 @@ def write_report_into(rs: RunSet, out_dir: Path, claims_path: Path | None, comma
             grid = evaluation_grid_markdown(rs, spec, verdicts, offsets[0])
             if grid:
                 parts.append(grid)
-            matched = matched_lr_markdown(rs, spec)
+            matched = matched_lr_markdown(trials if trials is not None else rs, spec)
             if matched:
                 parts.append(matched)
     notes = (selection_notes(rs.runs) + code_notes(rs.runs) + segment_notes(rs.runs) + torch_notes(rs.runs)
