@@ -657,6 +657,8 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
         "deterministic": trainer.get("deterministic") is True,
         # not part of a run's identity, but of how fast it ran (the loader's helpers, a cached dataset)
         "num_workers": str(data.get("num_workers", "unrecorded")),
+        # the loss lines' window (train loss @x % averages the windows that end in a span)
+        "log_every": str(trainer.get("log_every", "unrecorded")),
         "cache_samples": data.get("cache_samples") is True,
         # the oscillation tracker works inside every step of its windows (13 % of a resnet18 CPU
         # step, results/bench/throughput.csv): part of how a run was timed, like compile

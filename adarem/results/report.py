@@ -16,7 +16,7 @@ from adarem.results.plots import plot_curves
 from adarem.results.records import RunSet
 from adarem.results.tables import (HOLDOUT, MIN_NOTE, SETTING, coarser_grid, error_table, fmt_number, holdout_runs,
                                    holdout_table, oscillation_notes, oscillation_runs, oscillation_table,
-                                   selection_notes, speed_table, timing_notes)
+                                   selection_notes, speed_table, timing_notes, train_loss_notes)
 
 # What write_report writes into its output directory, and so owns there: a file of these names
 # that a run did not regenerate is another run set's, and is removed (tables.md is always written;
@@ -469,6 +469,7 @@ def write_report_into(rs: RunSet, out_dir: Path, claims_path: Path | None, comma
     notes = (selection_notes(rs.runs) + code_notes(rs.runs) + segment_notes(rs.runs) + torch_notes(rs.runs)
              + truncation_notes(rs.runs)
              + corrupt_notes(rs.runs) + divergence_notes(rs.runs) + curve_gap_notes(rs.runs) + timing_notes(rs.runs)
+             + train_loss_notes(rs.runs)
              + oscillation_notes(rs.runs))
     problems = pd.concat([rs.problems_frame, pd.DataFrame(notes, columns=["run_dir", "problem"])], ignore_index=True)
     parts.append("## Excluded or flagged runs\n\n" + (problems.to_markdown(index=False) if not problems.empty else "None.") + "\n")

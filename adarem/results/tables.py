@@ -469,6 +469,25 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
     return notes
 
 
+def train_loss_notes(runs: pd.DataFrame) -> list[dict]:
+    """A flag where the runs of a setting logged their loss over different windows
+    (trainer.log_every, not part of a run's identity): train loss @x % averages the logging windows
+    that end in a span of the step budget, so its value depends on the window as well as on the
+    optimizer (compare.py keeps one log_every for every trial)."""
+    if runs.empty or "log_every" not in runs:
+        return []
+    notes = []
+    for (dataset, model), g in selected_groups(final_runs(runs)).groupby(SETTING):
+        if g.log_every.nunique() > 1:
+            per_opt = g.groupby("optimizer").log_every.agg(lambda v: ", ".join(sorted(set(v), key=str)))
+            notes.append({"run_dir": f"(train loss) {dataset}/{model}",
+                          "problem": "runs logged their loss every different numbers of steps (trainer.log_every: "
+                                     + "; ".join(f"{opt}: {v}" for opt, v in per_opt.items()) + "): train loss @x % "
+                                     "averages the logging windows ending in each span, so those columns compare "
+                                     "windows as well as optimizers"})
+    return notes
+
+
 def _value_counts(values: pd.Series) -> str:
     """``true in 3, false in 2`` (most first)."""
     counts = values.map(lambda v: str(v).lower()).value_counts()

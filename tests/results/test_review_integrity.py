@@ -554,3 +554,20 @@ def test_two_cpu_models_are_two_platforms():
     from adarem.run.record import hardware
     import torch
     assert hardware(torch.device("cpu"))["cpu_model"]
+
+
+def test_train_loss_columns_over_different_logging_windows_are_flagged(tmp_path):
+    """train loss @x % averages the logging windows (trainer.log_every steps) that end in a span of
+    the budget; log_every is not part of a run's identity, so optimizers logged over other windows
+    shared a setting with no word."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0], trainer={"log_every": 1})
+        make_run(root, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"log_every": 5})
+    text = write_report(load_runs(root), tmp_path / "out", CLAIMS_FILE, "test")
+    assert "runs logged their loss every different numbers of steps (trainer.log_every: adarem: 5; sgd: 1)" in text
+    same = tmp_path / "same"
+    for s in range(3):
+        make_run(same, f"sgd{s}", "sgd", s, [40.0, 20.0, 10.0], trainer={"log_every": 5})
+        make_run(same, f"adarem{s}", "adarem", s, [30.0, 15.0, 8.0], trainer={"log_every": 5})
+    assert "trainer.log_every:" not in write_report(load_runs(same), tmp_path / "out2", CLAIMS_FILE, "test")
