@@ -154,9 +154,23 @@ def _validate_hyperparameters(h: dict) -> None:
         raise ValueError("AdaRem: fused=True and foreach=True cannot both be set; pick one")
 
 
+def _zero_dim_lr(group: dict) -> None:
+    """A one-element tensor lr of shape (1,) (or (1, 1)) as a 0-dim view of it: the same storage,
+    so a scheduler that fills the caller's tensor still sets it, and torch.compile'd steps, which
+    broadcast it against 0-dim tensors, work (they failed on shape (1,); helper-88)."""
+    lr = group.get("lr")
+    if isinstance(lr, Tensor) and lr.dim() > 0:
+        group["lr"] = lr.reshape(())
+
+
 def _check_group(group: dict) -> None:
     """What a parameter group must satisfy to be added (constructor or add_param_group)."""
     _validate_hyperparameters(group)
+    if len({id(p) for p in group["params"]}) < len(group["params"]):
+        # torch only warns; the fused kernel then updates both copies at once from the state before
+        # the step (garbage, racing on the same memory), the other paths step the weight twice
+        raise ValueError("AdaRem: a parameter group lists the same parameter twice; pass each parameter once "
+                         "(e.g. list(dict.fromkeys(params)), or model.parameters(), which lists tied weights once)")
     if any(torch.is_complex(p) for p in group["params"]):
         raise ValueError("AdaRem does not support complex parameters; "
                          "view them as real with torch.view_as_real")
@@ -283,6 +297,7 @@ class AdaRem(Optimizer):
         except Exception:
             self.param_groups.pop()
             raise
+        _zero_dim_lr(self.param_groups[-1])
 
     def __setstate__(self, state: dict) -> None:
         # Optimizer.load_state_dict checks only the number of tensors per group: a state saved for
@@ -292,6 +307,7 @@ class AdaRem(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_scratch", {})
         for group in self.param_groups:
+            _zero_dim_lr(group)
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)

@@ -113,3 +113,21 @@ def test_a_tensor_lr_changed_every_step_does_not_recompile(case):
     assert lrs[-1] == pytest.approx(0.05 * 0.8 ** 12)  # the schedule really ran
     for a, b in zip(eager.parameters(), compiled.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["loop", "foreach"])
+def test_a_tensor_lr_of_shape_1_compiles(case):
+    """helper-88: lr=torch.tensor([0.05]) (shape (1,)) stepped eagerly but failed compiled ("scalar
+    tensor expected to be 0 dim"); it now compiles and follows the eager steps."""
+    eager, compiled = _twin_models(case)
+    opts = [AdaRem(m.parameters(), lr=torch.tensor([0.05]), decay=0.9, **TENSOR_LR_CASES[case]) for m in (eager, compiled)]
+    step = torch.compile(opts[1].step)
+    for _ in range(3):
+        x = torch.randn(8, 16)
+        for model in (eager, compiled):
+            model.zero_grad()
+            model(x).pow(2).mean().backward()
+        opts[0].step()
+        step()
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

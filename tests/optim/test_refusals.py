@@ -239,3 +239,33 @@ def test_fsdp_use_orig_params_is_refused_in_one_line(one_gloo_rank):
     model = FSDP(torch.nn.Linear(4, 3), use_orig_params=True, device_id=torch.device("cpu"))
     with pytest.raises(ValueError, match=r"does not support FSDP \(use_orig_params=True\) parameters .*DDP"):
         AdaRem(model.parameters())
+
+
+@pytest.mark.parametrize("path", [dict(foreach=False), dict(foreach=True), dict(fused=True)])
+def test_a_parameter_listed_twice_in_a_group_is_refused(path):
+    """torch only warns about a duplicate parameter; the fused CPU kernel then updated both copies
+    at once from the state before the step (weights of -998,000 from ones, differing run to run),
+    the other paths stepped it twice (helper-88)."""
+    p = torch.nn.Parameter(torch.ones(1000))
+    with pytest.raises(ValueError, match=r"^AdaRem: a parameter group lists the same parameter twice; pass each "
+                                         r"parameter once"):
+        AdaRem([p, p], lr=0.1, **path)
+    opt = AdaRem([torch.nn.Parameter(torch.ones(3))], lr=0.1, **path)
+    with pytest.raises(ValueError, match="the same parameter twice"):
+        opt.add_param_group({"params": [p, p]})
+    assert len(opt.param_groups) == 1  # the refused group is not kept
+
+
+def test_a_one_element_tensor_lr_is_kept_as_a_zero_dim_view():
+    """lr=torch.tensor([0.05]) passed the check and broke torch.compile'd steps (a 0-dim tensor is
+    expected); it is kept as a 0-dim view of the caller's tensor, so a scheduler filling either
+    still sets the lr."""
+    lr = torch.tensor([0.05])
+    opt = AdaRem([torch.nn.Parameter(torch.ones(3))], lr=lr)
+    assert opt.param_groups[0]["lr"].dim() == 0
+    lr.fill_(0.01)
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.01)
+    state = opt.state_dict()
+    state["param_groups"][0]["lr"] = torch.tensor([[0.2]])  # a state saved with another shape
+    opt.load_state_dict(state)
+    assert opt.param_groups[0]["lr"].dim() == 0 and float(opt.param_groups[0]["lr"]) == pytest.approx(0.2)
