@@ -255,7 +255,8 @@ def create(cfg: DictConfig, stop: StopFlag) -> Run:
     spelled = cfg.data.root
     cfg.data.root = normalise_root(spelled, launch_dir())  # recorded (run.json, checkpoints) as the run id sees it
     config = validate(cfg)
-    dist = dist_utils.init_distributed(config.trainer.device, config.trainer.start_timeout_s)
+    dist = dist_utils.init_distributed(config.trainer.device, config.trainer.start_timeout_s,
+                                       lambda: stop.signal_name is not None)
     stop.distributed, stop.device = dist.enabled, dist.device
     seed_everything(config.seed, config.trainer.deterministic, dist.rank)
     run = Run(config, to_container(cfg), dist, Path(config.run_dir))

@@ -62,6 +62,9 @@ def train(cfg: DictConfig) -> int:
             from adarem.trainer import Trainer
 
             code = Trainer(run, stop).run()
+    except dist_utils.StartStopped as exc:  # preempted while the ranks met: no run yet, requeue the launch
+        print(f"note: {exc}; nothing trained: exit {REQUEUE_EXIT_CODE} (requeue)", file=sys.stderr, flush=True)
+        code = REQUEUE_EXIT_CODE
     except BaseException as exc:
         loader = sys.modules.get("adarem.data.loader")  # a DataLoader worker's death, said in one line
         lost = loader.lost_worker_error(exc) if loader is not None else None

@@ -121,3 +121,113 @@ def test_the_default_port_of_a_slurm_job_is_below_the_ephemeral_range():
     assert min(ports) >= 20000 and max(ports) < 32768
     sbatch = (REPO / "slurm" / "train.sbatch").read_text()
     assert "MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 12000))" in sbatch  # the script agrees with the package
+
+
+def _meet(monkeypatch, port: int):
+    for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+
+
+def _in_thread(fn, *args):
+    import threading
+
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_a_rank_that_gave_up_never_completes_the_meeting_for_a_late_one(monkeypatch):
+    """helper-89: rank 1 timed out and left, still counted as arrived; rank 2 came later, the count
+    reached WORLD_SIZE, and ranks 0 and 2 went into init_process_group to wait 30 minutes for rank 1.
+    Now the first to give up decides "abort" for everyone."""
+    from adarem.config import ConfigError
+    from adarem.distributed import _rendezvous
+
+    port = free_port()
+    _meet(monkeypatch, port)
+    r0, box0 = _in_thread(_rendezvous, 0, 3, 8.0)
+    time.sleep(0.5)
+    r1, box1 = _in_thread(_rendezvous, 1, 3, 1.5)
+    r1.join(30)
+    assert isinstance(box1.get("error"), ConfigError) and "2 of WORLD_SIZE=3 ranks met" in str(box1["error"]), box1
+    r2, box2 = _in_thread(_rendezvous, 2, 3, 8.0)  # the late rank
+    for t in (r0, r2):
+        t.join(30)
+    for box in (box0, box2):
+        assert "result" not in box, "a rank went on to init_process_group without rank 1"
+        assert isinstance(box.get("error"), ConfigError), box
+    assert "gave up waiting" in str(box2["error"]) and "gave up waiting" in str(box0["error"])
+
+
+def test_a_rank_whose_time_ran_out_after_go_goes_on(monkeypatch):
+    """The decision is made once: "go" by the rank that completes the count, and every rank that finds
+    it goes on (a rank of 2 with a short timeout meets one that arrives within it)."""
+    from adarem.distributed import _rendezvous
+
+    port = free_port()
+    _meet(monkeypatch, port)
+    r0, box0 = _in_thread(_rendezvous, 0, 2, 10.0)
+    time.sleep(0.3)
+    r1, box1 = _in_thread(_rendezvous, 1, 2, 10.0)
+    for t in (r0, r1):
+        t.join(30)
+    assert "result" in box0 and "result" in box1, (box0, box1)
+
+
+def test_a_listener_that_is_no_store_does_not_hang_a_rank(monkeypatch):
+    """helper-89: a client that reached a service accepting connections and never answering blocked
+    in TCPStore's constructor for good; the SLURM default ports can belong to any service."""
+    import socket
+
+    from adarem.config import ConfigError
+    from adarem.distributed import _rendezvous
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        _meet(monkeypatch, other.getsockname()[1])
+        began = time.monotonic()
+        t, box = _in_thread(_rendezvous, 1, 2, 2.0)
+        t.join(40)
+        assert not t.is_alive() and isinstance(box.get("error"), ConfigError), box
+        assert "did not answer as rank 0's c10d store (another service on that port?)" in str(box["error"])
+        assert time.monotonic() - began < 30
+
+
+def test_a_stop_signal_while_the_ranks_meet_ends_the_launch_for_a_requeue(monkeypatch, tmp_path, env):
+    """helper-89: a preemption or scancel while the ranks met was ignored (the handler only sets a
+    flag) until the 30-minute wait ended; now the launch ends at once with the requeue exit code."""
+    import signal
+    import subprocess
+
+    from adarem.distributed import StartStopped, _rendezvous
+
+    port = free_port()
+    _meet(monkeypatch, port)
+    asked = time.monotonic() + 1.0
+    with pytest.raises(StartStopped, match="stopped by a signal while the ranks met"):
+        _rendezvous(0, 2, 60.0, lambda: time.monotonic() > asked)
+    assert time.monotonic() - asked < 10
+    # the real command: SIGTERM to a train.py waiting for its second rank
+    e = {**env, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    e.pop("TORCHELASTIC_RUN_ID", None)
+    from tests.conftest import FAST, REPO
+    import sys
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *FAST, "data=digits", "trainer.start_timeout_s=120",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, env=e, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # imports, then the wait
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-2000:]
+    assert "note: rank 0 was stopped by a signal while" in err and "nothing trained: exit 75" in err
+    assert not (tmp_path / "run" / "run.json").exists()
