@@ -57,7 +57,9 @@ no CI, no Hedges' g and no t-based MDD (``none detectable`` where no ranking cou
 Supported): those describe the t model the test does not use. A rank-tested claim without
 placeholders keeps the mean difference; with one it has none (its value would be set by the
 arbitrary 100 % or cap). ``subject_mean`` / ``baseline_mean`` are the means of the measurements
-only, and ``unmeasured_*`` count the placeholders left out of them (and ranked last in the test).
+only, and ``unmeasured_*`` count the placeholders left out of them (and ranked last in the test);
+for steps to target a side with a seed that never got there has no mean (the speed table has
+medians, with such seeds counted as infinitely slow).
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ STATISTICS_TEXT = (
     "its side's spread) is tested by the same rank test, where the placeholder ranks last, with no CI, no Hedges' g "
     "and no t-based `mdd`, and with a placeholder no mean difference either. The means shown are of each side's "
     "measurements only, with how many runs were placeholders (`k diverged`, `k not reached`; `unmeasured_*` in "
-    "claims.csv). A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
+    "claims.csv); a steps-to-target side with a seed that never got there has none (the speed table's medians count "
+    "such a seed as infinitely slow). A finished run whose val-error curve has holes (metrics lines lost after a crash, an evaluation "
     "without a finite error; flagged) is left out of steps to target and the AUC; diverged runs are left out of "
     "the oscillation metrics (their lines cover part of a training). Not comparable: the two sides' curves were "
     "evaluated differently (evaluations per epoch or BN recalibration), so no verdict on a curve metric, or their "
@@ -348,7 +351,10 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                    # the cap for a seed that never got there) is an outcome, and averaged in it made
                    # this table's mean disagree with the test-error table's (26.05 against 7.56 with
                    # one of 5 seeds diverged; helper-87); unmeasured_* counts what was left out
-                   "subject_mean": _finite_mean(measured_a), "baseline_mean": _finite_mean(measured_b),
+                   # steps to target with a seed that never got there: no mean at all (the mean of
+                   # those that did would favour the side that failed more often; helper-89)
+                   "subject_mean": math.nan if censored and len(measured_a) < len(a) else _finite_mean(measured_a),
+                   "baseline_mean": math.nan if censored and len(measured_b) < len(b) else _finite_mean(measured_b),
                    "unmeasured_subject": len(a) - len(measured_a), "unmeasured_baseline": len(b) - len(measured_b),
                    "better": claim["better"], "p_opposite": math.nan, "p_opposite_holm": math.nan, "mdd": math.nan,
                    "reached_subject": reached[0], "reached_baseline": reached[1]}

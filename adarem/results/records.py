@@ -210,15 +210,16 @@ def replaced_images(run: dict, epochs: list[dict]) -> dict:
 
 def timing_platform(run: dict) -> str:
     """What a run's seconds and images/s were measured on: ranks x device (CPU: torch threads per
-    rank, and the CPU model where recorded). The host name is left out: two nodes of one cluster
-    partition time alike."""
+    rank). The host name is left out: two nodes of one cluster partition time alike. The CPU model,
+    recorded since 2026-12-01, is a column of its own (``cpu_model``): a record without it is not
+    another platform (tables.timing_mixed compares the models that were recorded)."""
     hw = run.get("hardware") if isinstance(run.get("hardware"), dict) else {}
     world = run.get("world_size") if isinstance(run.get("world_size"), int) else 1
     device = device_type(run) or "unrecorded"
     if device == "cuda":
         device = str(hw.get("gpu") or "cuda")
     elif device == "cpu" and hw.get("torch_threads"):
-        device = f"cpu/{hw['torch_threads']} thread(s)" + (f" ({hw['cpu_model']})" if hw.get("cpu_model") else "")
+        device = f"cpu/{hw['torch_threads']} thread(s)"
     return f"{world} x {device}"
 
 
@@ -666,6 +667,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
                               and trainer["oscillation_every"] > 0 else 0),
         "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
         "platform": timing_platform(run),
+        "cpu_model": str((run.get("hardware") or {}).get("cpu_model") or "") if isinstance(run.get("hardware"), dict) else "",
         "curve_gap": "; ".join(gaps), "lines_lost": lines_lost, "nonfinite_evals": len(nonfinite),
         "osc_window": _oscillation_window(osc_lines, trainer.get("oscillation_every")), "osc_gap": osc_gap,
         **replaced_images(run, epochs),

@@ -119,15 +119,21 @@ def matched_lr_markdown(rs: RunSet, spec: dict) -> str:
     for c in claims:
         for (dataset, model), g in trials.groupby(SETTING):
             sub, base = g[g.optimizer == c["subject"]], g[g.optimizer == c["baseline"]]
+            # each side at one (lr, weight decay) of its search: a search over both (search=lr_wd)
+            # tries several weight decays per lr, which a mean over the lr alone would mix (helper-89)
             for lr in sorted(set(sub.lr) & set(base.lr)):
-                a, b = sub[sub.lr == lr][c["metric"]].dropna(), base[base.lr == lr][c["metric"]].dropna()
-                if a.empty or b.empty:
-                    continue
-                holds = (a.mean() < b.mean()) if c["better"] == "lower" else (a.mean() > b.mean())
-                rows.append({"claim": c["id"], "dataset": dataset, "model": model, "lr": f"{lr:.3g}",
-                             "subject (mean, n)": f"{c['subject']} ({100 * a.mean():.2f} %, {len(a)})",
-                             "baseline (mean, n)": f"{c['baseline']} ({100 * b.mean():.2f} %, {len(b)})",
-                             "claimed direction": "yes" if holds else "no"})
+                for wd_a in sorted(set(sub[sub.lr == lr].weight_decay)):
+                    for wd_b in sorted(set(base[base.lr == lr].weight_decay)):
+                        a = sub[(sub.lr == lr) & (sub.weight_decay == wd_a)][c["metric"]].dropna()
+                        b = base[(base.lr == lr) & (base.weight_decay == wd_b)][c["metric"]].dropna()
+                        if a.empty or b.empty:
+                            continue
+                        diff = a.mean() - b.mean()
+                        holds = "tie" if diff == 0 else "yes" if (diff < 0) == (c["better"] == "lower") else "no"
+                        rows.append({"claim": c["id"], "dataset": dataset, "model": model, "lr": f"{lr:.3g}",
+                                     "subject (wd; mean, n)": f"{c['subject']} ({wd_a:g}; {100 * a.mean():.2f} %, {len(a)})",
+                                     "baseline (wd; mean, n)": f"{c['baseline']} ({wd_b:g}; {100 * b.mean():.2f} %, {len(b)})",
+                                     "claimed direction": holds})
     if not rows:
         return ""
     return ("### Oscillation claims at shared learning rates\n\nThe oscillation claims compare each optimizer at "
@@ -153,13 +159,16 @@ def evaluation_grid_markdown(rs: RunSet, spec: dict, verdicts: pd.DataFrame, off
     if steps.empty or finals.empty or "evals_per_epoch" not in finals:
         return ""
     grids = sorted(set(finals.evals_per_epoch.dropna().astype(int)))
-    if len(grids) != 1 or grids[0] < 2:
+    # the coarser grids every final run can be thinned to (settings evaluated 4 and 1 times an epoch:
+    # the first thinned to 1, the second as it is)
+    coarser = [k for k in range(max(grids) - 1, 0, -1) if all(e % k == 0 for e in grids)] if grids else []
+    if not coarser:
         return ""
-    as_run = grids[0]
-    coarser = [k for k in range(as_run - 1, 0, -1) if as_run % k == 0]
+    as_run = "/".join(map(str, grids))
     key = ["claim", "dataset", "model"]
     show = steps[key].copy()
-    show["rank-test floor"] = [_fmt_p(rank_test_min_p(int(a), int(b))) for a, b in zip(steps.n_subject, steps.n_baseline)]
+    show["smallest p possible (raw)"] = [_fmt_p(rank_test_min_p(int(a), int(b)))
+                                         for a, b in zip(steps.n_subject, steps.n_baseline)]
     show[f"{as_run}/epoch (as run)"] = [
         f"{v} ({_fmt_p(ph)}{', p at the floor' if p <= rank_test_min_p(int(a), int(b)) * (1 + 1e-9) else ''})"
         for v, ph, p, a, b in zip(steps.verdict, steps.p_holm, steps.p, steps.n_subject, steps.n_baseline)]
@@ -169,12 +178,13 @@ def evaluation_grid_markdown(rs: RunSet, spec: dict, verdicts: pd.DataFrame, off
                               for r in steps[key].itertuples(index=False)]
     return ("### Steps-to-target claims on coarser evaluation grids\n\nSteps to target are read off the val-error "
             f"curve at its evaluations, {as_run} an epoch here. The same runs' curves, keeping every "
-            f"{' or '.join(_ordinal(as_run // k) for k in coarser)} evaluation (those a run evaluated fewer times an "
+            f"{' or '.join(_ordinal(max(grids) // k) for k in coarser)} evaluation (those a run evaluated fewer times an "
             f"epoch would have made; training does not depend on them), at the first target (SGD + {offset:g}), "
             "the whole family tested again (verdict, Holm-adjusted p). A verdict that changes with the grid rests on "
             "where a noisy curve happened to be sampled. `p at the floor`: every seed of one side reached the target "
-            "before every seed of the other, the smallest p the rank test can give with these seeds (`rank-test "
-            "floor`); one tie or swap raises it.\n\n" + show.to_markdown(index=False) + "\n")
+            "before every seed of the other, so the raw p is the smallest the rank test can give with these seeds "
+            "(`smallest p possible`, before Holm's adjustment; the verdict cells show the adjusted p); one tie or swap "
+            "raises it.\n\n" + show.to_markdown(index=False) + "\n")
 
 
 def speed_note(rs: RunSet, offsets) -> str:

@@ -390,11 +390,16 @@ def timing_mixed(g: pd.DataFrame) -> str:
     off, or on different optimizer paths (run.json's optimizer_impl; a compiled path's seconds
     include its compilation), or with the oscillation tracker at different intervals or off (its
     work is part of every step of its windows); "" when they were timed alike."""
-    if "platform" in g and g.platform.nunique() > 1:
+    if "platform" in g and g.platform.nunique() > 1 or len(_cpu_models(g)) > 1:
         return MIXED
     if any(c in g and g[c].nunique() > 1 for c in ("compile", "optimizer_impl", "oscillation_every", *TIMING_SETUP)):
         return MIXED_SETUP
     return ""
+
+
+def _cpu_models(g: pd.DataFrame) -> set[str]:
+    """The CPU models recorded by these runs (records before 2026-12-01 have none: not a model)."""
+    return set(g.cpu_model) - {""} if "cpu_model" in g else set()
 
 
 def timing_notes(runs: pd.DataFrame) -> list[dict]:
@@ -413,6 +418,9 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
             notes.append({"run_dir": where,
                           "problem": f"timed on {g.platform.nunique()} platforms ({'; '.join(sorted(set(g.platform)))}): "
                                      f"their seconds and images/s are not pooled (steps are)"})
+        if len(_cpu_models(g)) > 1:
+            notes.append({"run_dir": where, "problem": f"timed on {len(_cpu_models(g))} CPU models "
+                          f"({'; '.join(sorted(_cpu_models(g)))}): their seconds and images/s are not pooled (steps are)"})
         if "compile" in g and g.compile.nunique() > 1:
             notes.append({"run_dir": where, "problem": f"{int(g.compile.sum())} trained with trainer.compile=true, "
                           f"{int((~g.compile.astype(bool)).sum())} without: their seconds and images/s (which include "
@@ -432,6 +440,11 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
                           "rounding and in time, so their seconds and images/s are not pooled; errors and steps "
                           "are, and may differ by path"})
     for (dataset, model), g in selected_groups(runs).groupby(SETTING):
+        if len(_cpu_models(g)) > 1:
+            models = g.groupby("optimizer").cpu_model.agg(lambda m: "; ".join(sorted(set(m) - {""})) or "unrecorded")
+            notes.append({"run_dir": f"(timing) {dataset}/{model}",
+                          "problem": "optimizers timed on different CPU models (" + ", ".join(
+                              f"{opt}: {m}" for opt, m in models.items()) + "): compare steps, not seconds"})
         per_opt = g.groupby("optimizer").platform.agg(lambda p: "; ".join(sorted(set(p))))
         if per_opt.nunique() > 1:
             notes.append({"run_dir": f"(timing) {dataset}/{model}",

@@ -178,7 +178,8 @@ def read_run_json(run_dir: Path) -> dict | None:
 # the fields of one stop (or failure): kept in its segment, cleared from the top level when the run restarts
 PER_STOP = ("status", "end_time", "error", "signal", "stopped_at_step", "stop_reason")
 # what can change a run's numbers between segments (hostname, platform and cpu_count do not)
-_HARDWARE_KEYS = ("device", "gpu", "torch_threads", "omp_num_threads")
+_HARDWARE_KEYS = ("device", "gpu", "torch_threads", "omp_num_threads", "cpu_model")
+_HARDWARE_LATER_RECORDED = ("hardware.cpu_model",)  # compared only where both segments recorded it
 
 
 # the versions that can change a run's numbers (every version is recorded; only these are compared):
@@ -203,6 +204,8 @@ def _provenance_items(segment: dict) -> dict:
 
 
 def _compared(key: str, x: dict, y: dict) -> bool:
+    if key in _HARDWARE_LATER_RECORDED:
+        return x.get(key) is not None and y.get(key) is not None
     if not key.startswith("versions."):
         return True
     name = key.split(".", 1)[1]

@@ -257,7 +257,7 @@ def test_the_steps_claims_are_shown_on_coarser_evaluation_grids(tmp_path):
     assert rows["faster_than_adamw"] == ["0.00397", "Supported (0.0198, p at the floor)", "Inconclusive (0.0794)",
                                          "Inconclusive (0.0992)"], rows
     assert rows["faster_than_adam"][1] == "Inconclusive (0.556)"
-    assert "keeping every 2nd or 4th evaluation" in section
+    assert "keeping every 2nd or 4th evaluation" in section and "smallest p possible (raw)" in section
 
 
 def test_coarser_grid_keeps_the_evaluations_a_coarser_run_would_have_made():
@@ -287,4 +287,36 @@ def test_the_oscillation_claims_are_shown_at_every_shared_learning_rate(tmp_path
             if line.startswith("| ") and not line.startswith("| claim")]
     assert len(rows) == 16 and {r[-1] for r in rows} == {"yes"}, rows
     flips = {r[3]: (r[4], r[5]) for r in rows if r[0] == "momentum_variant_oscillates_less_than_sgd"}
-    assert flips["0.316"] == ("adarem_m (7.70 %, 2)", "sgd (12.69 %, 2)"), flips
+    assert flips["0.316"] == ("adarem_m (0.0001; 7.70 %, 2)", "sgd (0.0001; 12.69 %, 2)"), flips
+
+
+def test_the_shared_lr_section_keeps_weight_decays_apart_and_says_tie(tmp_path):
+    """helper-89: under search=lr_wd the selection trials hold several weight decays per lr, which the
+    section averaged together; and equal means read "no"."""
+    import json
+
+    import yaml
+
+    from adarem.results.report import matched_lr_markdown
+    from tests.results.test_tables import make_run
+
+    root = tmp_path / "runs"
+    flips = {("adarem", 0.1, 1e-4): 0.2, ("adarem", 0.1, 1e-3): 0.6, ("sgd_plain", 0.1, 1e-4): 0.4,
+             ("sgd_plain", 0.1, 1e-3): 0.6}
+    for (opt, lr, wd), flip in flips.items():
+        for s in range(2):
+            d = make_run(root, f"{opt}_{wd}_{s}", opt, s, [30.0, 20.0, 10.0], lr=lr, osc=[flip, flip])
+            record = json.loads((d / "run.json").read_text())
+            record["config"]["data"]["eval_on"] = "holdout"
+            record["config"]["optimizer"]["weight_decay"] = wd
+            (d / "run.json").write_text(json.dumps(record))
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(json.dumps({"claims": [{"id": "osc", "text": "t", "metric": "flip_fraction", "subject": "adarem",
+                                              "baseline": "sgd_plain", "better": "lower"}]}))
+    text = matched_lr_markdown(load_runs(root), yaml.safe_load(claims.read_text()))
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| osc")]
+    got = {(r[4], r[5]): r[6] for r in rows}
+    assert got[("adarem (0.0001; 20.00 %, 2)", "sgd_plain (0.0001; 40.00 %, 2)")] == "yes"
+    assert got[("adarem (0.001; 60.00 %, 2)", "sgd_plain (0.001; 60.00 %, 2)")] == "tie"
+    assert got[("adarem (0.001; 60.00 %, 2)", "sgd_plain (0.0001; 40.00 %, 2)")] == "no"
+    assert len(rows) == 4
