@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import threading
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from adarem.rendezvous import StartStopped, rendezvous  # noqa: F401 (StartStopped: train.py's)
 
 
 @dataclass(frozen=True)
@@ -74,111 +74,8 @@ def default_master_port(job_id: int) -> int:
     """The rendezvous port of a SLURM job that sets none: 20000-31999, below Linux's ephemeral
     range, so that co-located jobs collide only when their ids differ by a multiple of 12,000 (and
     then the second one's rank 0 cannot listen and says so, and no rank joins the other job:
-    ``_rendezvous`` keys every rank by its job and step)."""
+    ``adarem.rendezvous`` keys every rank by its job and step)."""
     return 20000 + job_id % 12000
-
-
-class StartStopped(RuntimeError):
-    """A stop signal (a preemption, scancel) came while the ranks were meeting at start-up:
-    nothing trained, and the launch ends with the requeue exit code."""
-
-
-POLL_S = 0.2  # how often a waiting rank looks at the rendezvous' decision (and at its stop flag)
-
-
-def _open_store(addr: str, port: int, rank: int, world: int, timeout_s: float, stopped) -> dist.Store:
-    """This rank's connection to the job's store (rank 0 also serves it), within ``timeout_s``
-    (seconds). Made in a helper thread: a client that reaches a listener which accepts
-    but is no c10d store (another service on the port) blocks in the constructor for good."""
-    from adarem.config import ConfigError
-
-    deadline = time.monotonic() + timeout_s
-    box: dict = {}
-
-    def connect() -> None:
-        try:
-            box["store"] = dist.TCPStore(addr, port, None, rank == 0,
-                                         dt.timedelta(seconds=max(1.0, deadline - time.monotonic())),
-                                         wait_for_workers=False)
-        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread)
-            box["error"] = exc
-
-    thread = threading.Thread(target=connect, name="adarem-rendezvous", daemon=True)
-    thread.start()
-    while thread.is_alive() and time.monotonic() < deadline + 5:  # the constructor's own limit, and a margin
-        if stopped():
-            raise StartStopped(f"rank {rank} was stopped by a signal while connecting to rank 0 at {addr}:{port}")
-        thread.join(POLL_S)
-    if thread.is_alive():
-        raise ConfigError(f"rank {rank}: what listens at {addr}:{port} did not answer as rank 0's c10d store "
-                          f"(another service on that port?): set MASTER_PORT to a free port")
-    if "error" in box:
-        exc = box["error"]
-        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if rank == 0 and "EADDRINUSE" in str(exc):
-            raise ConfigError(f"rank 0 of WORLD_SIZE={world} could not listen at {addr}:{port} ({cause}): another "
-                              f"process (another job on this node?) has the port; set MASTER_PORT") from None
-        if rank == 0:
-            raise ConfigError(f"rank 0 of WORLD_SIZE={world} could not open the store at {addr}:{port} ({cause}): "
-                              f"MASTER_ADDR must name rank 0's host") from None
-        raise ConfigError(f"rank {rank} could not reach rank 0 at {addr}:{port} within {timeout_s:g} s of "
-                          f"WORLD_SIZE={world} ({cause}): start every rank (one srun task each, not an `srun "
-                          f"--pty` shell; or torchrun), check MASTER_ADDR/MASTER_PORT, or raise "
-                          f"trainer.start_timeout_s") from None
-    return box["store"]
-
-
-def _rendezvous(rank: int, world: int, timeout_s: float, stopped=lambda: False) -> dist.Store:
-    """The ranks meet at MASTER_ADDR:MASTER_PORT within ``timeout_s``, or each ends with one line.
-
-    Without this, init_process_group waits for its 30-minute collective timeout: a rank that never
-    comes (``srun --pty bash`` runs only task 0's shell; a task that died while importing; a
-    WORLD_SIZE set by hand) leaves the others silent for half an hour. Every key is under the job's
-    SLURM job and step id, so a rank of another job that reaches this store (a port shared on one
-    node) meets nobody and ends, and never takes a rank's place in this one.
-
-    The outcome is one decision in the store, made once (compare_set): "go", by the rank whose
-    arrival completes the count, or "abort", by the first rank to give up (its timeout, or a stop
-    signal). A rank that gave up therefore never counts as arrived for a later one, which would have
-    sent the others into init_process_group to wait for it (helper-89), and a rank that finds "go"
-    goes on even if its own time ran out. A stop signal before "go" ends the launch with
-    ``StartStopped``; after it, the training loop's collective stop handles it. Under torchrun its
-    agent has met the ranks already (its own ``--rdzv-conf join_timeout``); this is not used there."""
-    from adarem.config import ConfigError
-
-    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", 29500))
-    job = ".".join(os.environ.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_STEP_ID"))
-    advice = ("start every rank (one srun task each, not an `srun --pty` shell; or torchrun), check "
-              "MASTER_ADDR/MASTER_PORT, or raise trainer.start_timeout_s")
-    deadline = time.monotonic() + timeout_s
-    store = _open_store(addr, port, rank, world, timeout_s, stopped)
-    meet = dist.PrefixStore(f"adarem/rendezvous/{job}", store)
-    try:
-        if time.monotonic() < deadline and meet.add("arrived", 1) == world:
-            meet.compare_set("state", "", "go")
-        while True:
-            state = meet.get("state") if meet.check(["state"]) else b""
-            if state == b"go":
-                break
-            if state == b"abort":
-                raise ConfigError(f"rank {rank}: the other ranks of WORLD_SIZE={world} at {addr}:{port} gave up "
-                                  f"waiting (trainer.start_timeout_s={timeout_s:g}) before this one came: {advice}")
-            why = "stopped" if stopped() else "timeout" if time.monotonic() >= deadline else None
-            if why is not None and meet.compare_set("state", "", "abort") != b"go":
-                if why == "stopped":
-                    raise StartStopped(f"rank {rank} was stopped by a signal while the ranks met at {addr}:{port}")
-                raise ConfigError(f"rank {rank}: {meet.add('arrived', 0)} of WORLD_SIZE={world} ranks met at "
-                                  f"{addr}:{port} within {timeout_s:g} s: {advice}")
-            time.sleep(POLL_S)
-    except RuntimeError as exc:  # DistStoreError / DistNetworkError: rank 0, the store's server, is gone
-        if isinstance(exc, (ConfigError, StartStopped)):
-            raise
-        raise ConfigError(f"rank {rank}: rank 0's store at {addr}:{port} went away while the ranks met "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): rank 0 ended; "
-                          f"see its error") from None
-    # the store now serves the process group, whose collectives and barriers keep the 30 minutes
-    store.set_timeout(dt.timedelta(minutes=30))
-    return dist.PrefixStore(f"adarem/pg/{job}", store)
 
 
 def init_distributed(device_pref: str = "auto", start_timeout_s: float = 600.0, stopped=lambda: False) -> DistInfo:
@@ -199,7 +96,7 @@ def init_distributed(device_pref: str = "auto", start_timeout_s: float = 600.0, 
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
-        store = {} if under_torchrun else {"store": _rendezvous(rank, world, start_timeout_s, stopped),
+        store = {} if under_torchrun else {"store": rendezvous(rank, world, start_timeout_s, stopped),
                                            "rank": rank, "world_size": world}
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=dt.timedelta(minutes=30),
                                 **store, **({"device_id": device} if use_cuda else {}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import time
 
 import pytest
@@ -29,8 +31,8 @@ def test_rank_0_alone_ends_after_the_start_timeout_naming_what_it_waited_for(mon
     port = free_port()
     _as_rank(monkeypatch, 0, 4, port)
     began = time.monotonic()
-    with pytest.raises(ConfigError, match=rf"^rank 0: 1 of WORLD_SIZE=4 ranks met at 127.0.0.1:{port} within 2 s: "
-                                          r"start every rank \(one srun task each, not an `srun --pty` shell; or "
+    with pytest.raises(ConfigError, match=rf"^rank 0: 1 of WORLD_SIZE=4 ranks met at 127.0.0.1:{port} within 2 s "
+                                          r"\(missing: rank 1, 2, 3\): start every rank \(one srun task each, not an `srun --pty` shell; or "
                                           r"torchrun\).*trainer.start_timeout_s$"):
         init_distributed("cpu", start_timeout_s=2)
     assert time.monotonic() - began < 30
@@ -57,7 +59,7 @@ def test_train_py_of_a_missing_rank_exits_with_one_line_and_leaves_no_run(tmp_pa
     res = run_train(["data=digits", "trainer.start_timeout_s=2"], e, run_dir, timeout=120)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: rank 0: 1 of WORLD_SIZE=2 ranks met at 127.0.0.1:") and "start every rank" in last, \
+    assert last.startswith("error: rank 0: 1 of WORLD_SIZE=2 ranks met at 127.0.0.1:") and "(missing: rank 1)" in last, \
         res.stderr[-2000:]
     assert not (run_dir / "run.json").exists()
     assert not run_dir.exists() or not any(p.name not in ("train.log", ".hydra") for p in run_dir.iterdir()), \
@@ -151,7 +153,7 @@ def test_a_rank_that_gave_up_never_completes_the_meeting_for_a_late_one(monkeypa
     reached WORLD_SIZE, and ranks 0 and 2 went into init_process_group to wait 30 minutes for rank 1.
     Now the first to give up decides "abort" for everyone."""
     from adarem.config import ConfigError
-    from adarem.distributed import _rendezvous
+    from adarem.rendezvous import rendezvous as _rendezvous
 
     port = free_port()
     _meet(monkeypatch, port)
@@ -159,20 +161,23 @@ def test_a_rank_that_gave_up_never_completes_the_meeting_for_a_late_one(monkeypa
     time.sleep(0.5)
     r1, box1 = _in_thread(_rendezvous, 1, 3, 1.5)
     r1.join(30)
-    assert isinstance(box1.get("error"), ConfigError) and "2 of WORLD_SIZE=3 ranks met" in str(box1["error"]), box1
+    assert isinstance(box1.get("error"), ConfigError) and "2 of WORLD_SIZE=3 ranks met" in str(box1["error"]) \
+        and "(missing: rank 2)" in str(box1["error"]), box1
     r2, box2 = _in_thread(_rendezvous, 2, 3, 8.0)  # the late rank
     for t in (r0, r2):
         t.join(30)
     for box in (box0, box2):
         assert "result" not in box, "a rank went on to init_process_group without rank 1"
         assert isinstance(box.get("error"), ConfigError), box
-    assert "gave up waiting" in str(box2["error"]) and "gave up waiting" in str(box0["error"])
+    for box in (box0, box2):  # the decision says why: rank 1 gave up, 2 of 3 had met
+        assert "2 of WORLD_SIZE=3 ranks met" in str(box["error"]) and "(missing: rank 2; rank 1 gave up)" \
+            in str(box["error"]), box
 
 
 def test_a_rank_whose_time_ran_out_after_go_goes_on(monkeypatch):
     """The decision is made once: "go" by the rank that completes the count, and every rank that finds
     it goes on (a rank of 2 with a short timeout meets one that arrives within it)."""
-    from adarem.distributed import _rendezvous
+    from adarem.rendezvous import rendezvous as _rendezvous
 
     port = free_port()
     _meet(monkeypatch, port)
@@ -190,7 +195,7 @@ def test_a_listener_that_is_no_store_does_not_hang_a_rank(monkeypatch):
     import socket
 
     from adarem.config import ConfigError
-    from adarem.distributed import _rendezvous
+    from adarem.rendezvous import rendezvous as _rendezvous
 
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -200,7 +205,8 @@ def test_a_listener_that_is_no_store_does_not_hang_a_rank(monkeypatch):
         t, box = _in_thread(_rendezvous, 1, 2, 2.0)
         t.join(40)
         assert not t.is_alive() and isinstance(box.get("error"), ConfigError), box
-        assert "did not answer as rank 0's c10d store (another service on that port?)" in str(box["error"])
+        assert "accepted the connection but did not answer as rank 0's c10d store (another service on that port?)" \
+            in str(box["error"])
         assert time.monotonic() - began < 30
 
 
@@ -210,7 +216,7 @@ def test_a_stop_signal_while_the_ranks_meet_ends_the_launch_for_a_requeue(monkey
     import signal
     import subprocess
 
-    from adarem.distributed import StartStopped, _rendezvous
+    from adarem.rendezvous import StartStopped, rendezvous as _rendezvous
 
     port = free_port()
     _meet(monkeypatch, port)
@@ -231,3 +237,84 @@ def test_a_stop_signal_while_the_ranks_meet_ends_the_launch_for_a_requeue(monkey
     assert proc.returncode == 75, err[-2000:]
     assert "note: rank 0 was stopped by a signal while" in err and "nothing trained: exit 75" in err
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_rank_killed_after_it_arrived_ends_the_others_instead_of_go(monkeypatch, tmp_path):
+    """helper-90: a rank SIGKILLed (out of memory) after it arrived still counted; when the last rank
+    came, the others decided "go" and waited 30 minutes in init_process_group for it. Every rank
+    now confirms it is still there once all have arrived, and "go" needs every confirmation."""
+    import signal
+    import subprocess
+    import sys
+
+    import adarem.rendezvous as rdv
+    from adarem.config import ConfigError
+
+    port = free_port()
+    _meet(monkeypatch, port)
+    monkeypatch.setattr(rdv, "CONFIRM_S", 3.0)
+    r0, box0 = _in_thread(rdv.rendezvous, 0, 3, 60.0)
+    code = ("import os, sys; sys.path.insert(0, os.getcwd()); from adarem.rendezvous import rendezvous; "
+            "rendezvous(1, 3, 60.0)")
+    victim = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ}, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    from torch.distributed import PrefixStore, TCPStore
+    probe = PrefixStore("adarem/rendezvous/.", TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=10)))
+    while not probe.check(["arrived/1"]):  # rank 1 has arrived
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    r2, box2 = _in_thread(rdv.rendezvous, 2, 3, 60.0)
+    began = time.monotonic()
+    for t in (r0, r2):
+        t.join(40)
+    assert time.monotonic() - began < 30
+    for box in (box0, box2):
+        assert "result" not in box and isinstance(box.get("error"), ConfigError), box
+        assert "rank 1 arrived at" in str(box["error"]) and "stopped answering" in str(box["error"]), box
+
+
+@pytest.mark.parametrize("second", [(1, 3), (2, 4)])
+def test_a_rank_given_twice_or_another_world_size_ends_the_launch(monkeypatch, second):
+    """helper-90: RANK=1 given to two processes, or WORLD_SIZE 3 and 2 on two ranks, passed the
+    meeting ("go") and hung in init_process_group."""
+    from adarem.config import ConfigError
+    from adarem.rendezvous import rendezvous
+
+    port = free_port()
+    _meet(monkeypatch, port)
+    r0, box0 = _in_thread(rendezvous, 0, 3, 20.0)
+    r1, box1 = _in_thread(rendezvous, 1, 3, 20.0)
+    time.sleep(1.0)
+    rank, world = second
+    with pytest.raises(ConfigError, match=r"RANK=1 was started twice|WORLD_SIZE differs between the ranks"):
+        rendezvous(rank, world, 20.0)
+    for t in (r0, r1):
+        t.join(40)
+    for box in (box0, box1):  # the launch cannot start: its ranks end with the reason, not "go"
+        assert "result" not in box and isinstance(box.get("error"), ConfigError), box
+
+
+def test_a_rank_out_of_range_is_refused_before_connecting(monkeypatch):
+    from adarem.config import ConfigError
+    from adarem.rendezvous import rendezvous
+
+    _meet(monkeypatch, free_port())
+    with pytest.raises(ConfigError, match=r"^RANK=3 is not in \[0, WORLD_SIZE=3\)"):
+        rendezvous(3, 3, 5.0)
+
+
+def test_every_rank_stopped_together_ends_for_a_requeue(monkeypatch):
+    """helper-90: with SIGTERM reaching two ranks at once, one read the other's abort before its own
+    flag and exited 2, not 75: a preemption must requeue whichever rank decided."""
+    from adarem.rendezvous import StartStopped, rendezvous
+
+    port = free_port()
+    _meet(monkeypatch, port)
+    at = time.monotonic() + 1.5
+    boxes = [_in_thread(rendezvous, r, 3, 30.0, lambda: time.monotonic() > at) for r in (0, 1)]
+    for t, _ in boxes:
+        t.join(30)
+    for _, box in boxes:
+        assert isinstance(box.get("error"), StartStopped), box
