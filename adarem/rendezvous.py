@@ -6,8 +6,9 @@ given twice. Here the ranks meet in rank 0's c10d store within ``trainer.start_t
 one of them ends with one line that says why. Under torchrun its agent has met the ranks already
 (its own ``--rdzv-conf join_timeout``); this is not used there.
 
-The protocol, every key under ``adarem/rendezvous/<SLURM job>.<SLURM step>`` (a rank of another
-job that reaches this store, on a port shared on one node, meets nobody):
+The protocol, every key under ``adarem/rendezvous/<SLURM job id>`` (a rank of another job that
+reaches this store, on a port shared on one node, meets nobody; ranks started by separate srun
+calls of one job meet):
 
 1. each rank claims its slot ``rank/<r>`` and the job's ``world`` (compare_set): a RANK started
    twice, or WORLD_SIZE differing between ranks, ends the launch;
@@ -35,7 +36,7 @@ import uuid
 
 import torch.distributed as dist
 
-POLL_S = 0.2  # how often a waiting rank looks at the meeting (and at its stop flag)
+POLL_S = 0.05  # how often a waiting rank looks at the meeting (and at its stop flag): local store calls
 CONFIRM_S = 30.0  # once every rank arrived: how long each has to confirm it is still there
 READ_S = 2.0  # rank 0, on an abort: how long it keeps the store up for the others to read why
 ADVICE = ("start every rank (one srun task each, not an `srun --pty` shell; or torchrun), check "
@@ -119,8 +120,7 @@ class _Meeting:
     """One rank's side of the meeting, on the store's keys of this job and step."""
 
     def __init__(self, store: dist.Store, rank: int, world: int, where: str, timeout_s: float):
-        job = ".".join(os.environ.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_STEP_ID"))
-        self.keys = dist.PrefixStore(f"adarem/rendezvous/{job}", store)
+        self.keys = dist.PrefixStore(f"adarem/rendezvous/{_job()}", store)
         self.rank, self.world, self.where, self.timeout_s = rank, world, where, timeout_s
         self.arrived = False
 
@@ -129,10 +129,12 @@ class _Meeting:
         held = self.keys.compare_set(f"rank/{self.rank}", "", token).decode()
         if held != token:
             host, pid = (held.split(":") + ["?", "?"])[:2]
+            _decide_quietly(self, f"abort:twice:{self.rank}:{os.getpid()}")
             raise _config_error(f"RANK={self.rank} was started twice (process {pid} on {host} holds it at {self.where}): "
                                 f"give each process of the launch its own RANK, or start them with srun or torchrun")
         agreed = self.keys.compare_set("world", "", str(self.world)).decode()
         if agreed != str(self.world):
+            _decide_quietly(self, f"abort:world:{self.rank}:{self.world}")
             raise _config_error(f"WORLD_SIZE differs between the ranks meeting at {self.where}: {self.world} for rank "
                                 f"{self.rank}, {agreed} for a rank before it; give every rank the same")
 
@@ -176,6 +178,12 @@ class _Meeting:
             return _config_error(f"rank {self.rank}: rank {', '.join(map(str, self.missing('confirmed'))) or '?'} "
                                  f"arrived at {self.where} and then stopped answering (killed? out of memory?) "
                                  f"before the ranks could start; see its error")
+        if why == "twice":
+            return _config_error(f"rank {self.rank}: a second process was given RANK={by} (pid {detail}) and refused at "
+                                 f"{self.where}; give each process of the launch its own RANK")
+        if why == "world":
+            return _config_error(f"rank {self.rank}: rank {by} was given WORLD_SIZE={detail}, not {self.world}, at "
+                                 f"{self.where}; give every rank the same WORLD_SIZE")
         return _config_error(f"rank {self.rank}: rank {by} failed while the ranks met at {self.where}; see its error")
 
 
@@ -216,14 +224,14 @@ def rendezvous(rank: int, world: int, timeout_s: float, stopped=lambda: False) -
             if everyone_since is not None and now - everyone_since > CONFIRM_S:
                 decision = meet.decide(f"abort:confirm:{rank}")
             elif everyone_since is None and now >= deadline:
-                decision = meet.decide(f"abort:timeout:{rank}:{'-'.join(map(str, meet.missing('arrived')))}")
+                missing = meet.missing("arrived")  # read before deciding: the last may just have come
+                if missing:
+                    decision = meet.decide(f"abort:timeout:{rank}:{'-'.join(map(str, missing))}")
             if decision:
                 continue  # "go" made meanwhile, or this abort: read and acted on at the top
             time.sleep(POLL_S)
-    except (StartStopped, ValueError):  # the meeting's own outcome (ConfigError is a ValueError)
-        if not decision:  # a claim refused: the meeting cannot happen for anyone
-            _decide_quietly(meet, f"abort:error:{rank}")
-        raise
+    except (StartStopped, ValueError):  # the meeting's own outcome (ConfigError is a ValueError); a
+        raise  # refused claim has written its own decision
     except RuntimeError as exc:  # DistStoreError / DistNetworkError: rank 0, the store's server, is gone
         raise _config_error(f"rank {rank}: rank 0's store at {where} went away while the ranks met "
                             f"({_first_line(exc)}): rank 0 ended; see its error") from None
@@ -233,11 +241,17 @@ def rendezvous(rank: int, world: int, timeout_s: float, stopped=lambda: False) -
         raise
     # the store now serves the process group, whose collectives and barriers keep the 30 minutes
     store.set_timeout(dt.timedelta(minutes=30))
-    job = ".".join(os.environ.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_STEP_ID"))
-    return dist.PrefixStore(f"adarem/pg/{job}", store)
+    return dist.PrefixStore(f"adarem/pg/{_job()}", store)
 
 
-def _decide_quietly(meet: _Meeting, value: str) -> None:
+def _job() -> str:
+    """The key of this launch's meeting: its SLURM job (not the step: ranks started by separate
+    srun calls, one task each, have other step ids; helper-91). Every launch has a store of its
+    own, so the job alone tells a rank of another job on the same port from this one's."""
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
+def _decide_quietly(meet, value: str) -> None:
     try:
         meet.decide(value)
     except Exception:  # noqa: BLE001 (the store may be gone; the exception on its way says why)

@@ -87,7 +87,7 @@ def test_a_rank_of_another_job_on_the_same_port_joins_nobody_and_ends(monkeypatc
 
     port = free_port()
     job1 = dist.TCPStore("127.0.0.1", port, None, True, dt.timedelta(seconds=10), wait_for_workers=False)
-    meet1 = dist.PrefixStore("adarem/rendezvous/1.0", job1)
+    meet1 = dist.PrefixStore("adarem/rendezvous/1", job1)
     meet1.add("arrived", 1)  # job 1's rank 0 is waiting for its rank 1
     _as_rank(monkeypatch, 1, 2, port)
     monkeypatch.setenv("SLURM_JOB_ID", "2")
@@ -259,7 +259,7 @@ def test_a_rank_killed_after_it_arrived_ends_the_others_instead_of_go(monkeypatc
     victim = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     from torch.distributed import PrefixStore, TCPStore
-    probe = PrefixStore("adarem/rendezvous/.", TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=10)))
+    probe = PrefixStore("adarem/rendezvous/", TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=10)))
     while not probe.check(["arrived/1"]):  # rank 1 has arrived
         assert time.monotonic() < deadline
         time.sleep(0.1)
@@ -294,6 +294,8 @@ def test_a_rank_given_twice_or_another_world_size_ends_the_launch(monkeypatch, s
         t.join(40)
     for box in (box0, box1):  # the launch cannot start: its ranks end with the reason, not "go"
         assert "result" not in box and isinstance(box.get("error"), ConfigError), box
+        assert ("a second process was given RANK=1" if rank == 1 else "rank 2 was given WORLD_SIZE=4, not 3") \
+            in str(box["error"]), box
 
 
 def test_a_rank_out_of_range_is_refused_before_connecting(monkeypatch):
@@ -318,3 +320,21 @@ def test_every_rank_stopped_together_ends_for_a_requeue(monkeypatch):
         t.join(30)
     for _, box in boxes:
         assert isinstance(box.get("error"), StartStopped), box
+
+
+def test_ranks_started_by_separate_srun_calls_of_one_job_meet(monkeypatch):
+    """helper-91: one `srun -n1` per rank gives each its own SLURM_STEP_ID; keyed by job and step,
+    the ranks met nobody and each blamed the other after the whole timeout."""
+    from adarem.rendezvous import rendezvous
+
+    port = free_port()
+    _meet(monkeypatch, port)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    r0, box0 = _in_thread(rendezvous, 0, 2, 20.0)
+    time.sleep(1.0)  # rank 0 is meeting, under its step's environment
+    monkeypatch.setenv("SLURM_STEP_ID", "1")
+    r1, box1 = _in_thread(rendezvous, 1, 2, 20.0)
+    for t in (r0, r1):
+        t.join(30)
+    assert "result" in box0 and "result" in box1, (box0, box1)
