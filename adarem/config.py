@@ -252,7 +252,7 @@ class TrainerConfig:
     # 0 = no watch.
     peer_timeout_s: float = 120.0
     # DDP outside torchrun (srun tasks, ranks set by hand): how long the ranks wait for each other at
-    # start-up before each ends with one line (adarem/distributed.py); torchrun's agent has its own.
+    # start-up before each ends with one line (adarem/rendezvous.py); torchrun's agent has its own.
     start_timeout_s: float = 600.0
 
     def __post_init__(self):

@@ -74,7 +74,7 @@ def default_master_port(job_id: int) -> int:
     """The rendezvous port of a SLURM job that sets none: 20000-31999, below Linux's ephemeral
     range, so that co-located jobs collide only when their ids differ by a multiple of 12,000 (and
     then the second one's rank 0 cannot listen and says so, and no rank joins the other job:
-    ``adarem.rendezvous`` keys every rank by its job and step)."""
+    ``adarem.rendezvous`` keys every rank by its job)."""
     return 20000 + job_id % 12000
 
 

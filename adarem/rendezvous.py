@@ -117,24 +117,23 @@ def _open_store(addr: str, port: int, rank: int, world: int, timeout_s: float, d
 
 
 class _Meeting:
-    """One rank's side of the meeting, on the store's keys of this job and step."""
+    """One rank's side of the meeting, on the store's keys of this job."""
 
     def __init__(self, store: dist.Store, rank: int, world: int, where: str, timeout_s: float):
         self.keys = dist.PrefixStore(f"adarem/rendezvous/{_job()}", store)
         self.rank, self.world, self.where, self.timeout_s = rank, world, where, timeout_s
-        self.arrived = False
 
     def claim(self) -> None:
         token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         held = self.keys.compare_set(f"rank/{self.rank}", "", token).decode()
         if held != token:
             host, pid = (held.split(":") + ["?", "?"])[:2]
-            _decide_quietly(self, f"abort:twice:{self.rank}:{os.getpid()}")
+            self.decide_quietly(f"abort:twice:{self.rank}:{os.getpid()}")
             raise _config_error(f"RANK={self.rank} was started twice (process {pid} on {host} holds it at {self.where}): "
                                 f"give each process of the launch its own RANK, or start them with srun or torchrun")
         agreed = self.keys.compare_set("world", "", str(self.world)).decode()
         if agreed != str(self.world):
-            _decide_quietly(self, f"abort:world:{self.rank}:{self.world}")
+            self.decide_quietly(f"abort:world:{self.rank}:{self.world}")
             raise _config_error(f"WORLD_SIZE differs between the ranks meeting at {self.where}: {self.world} for rank "
                                 f"{self.rank}, {agreed} for a rank before it; give every rank the same")
 
@@ -144,6 +143,13 @@ class _Meeting:
     def decide(self, value: str) -> str:
         """The meeting's decision: ``value`` if none was made, else the one made before."""
         return self.keys.compare_set("state", "", value).decode()
+
+    def decide_quietly(self, value: str) -> None:
+        """``decide`` on the way out of an error: the store may be gone, and the error says why."""
+        try:
+            self.decide(value)
+        except Exception:  # noqa: BLE001
+            pass
 
     def count(self, key: str) -> int:
         return self.keys.add(key, 0)
@@ -159,7 +165,6 @@ class _Meeting:
         """What this rank raises for an abort decision, once rank 0 has let the others read it."""
         _, why, by, detail = (decision.split(":") + ["", "", "", ""])[:4]
         if self.rank == 0:  # this process serves the store: let the others read why before it goes
-            self.keys.add("read", 0)
             until = time.monotonic() + READ_S
             while self.count("read") < self.count("arrived") - 1 and time.monotonic() < until:
                 time.sleep(POLL_S / 4)
@@ -237,7 +242,7 @@ def rendezvous(rank: int, world: int, timeout_s: float, stopped=lambda: False) -
                             f"({_first_line(exc)}): rank 0 ended; see its error") from None
     except BaseException:  # Ctrl-C, anything else: the others must not go on without this rank
         if decision != "go":
-            _decide_quietly(meet, f"abort:error:{rank}")
+            meet.decide_quietly(f"abort:error:{rank}")
         raise
     # the store now serves the process group, whose collectives and barriers keep the 30 minutes
     store.set_timeout(dt.timedelta(minutes=30))
@@ -250,9 +255,3 @@ def _job() -> str:
     own, so the job alone tells a rank of another job on the same port from this one's."""
     return os.environ.get("SLURM_JOB_ID", "")
 
-
-def _decide_quietly(meet, value: str) -> None:
-    try:
-        meet.decide(value)
-    except Exception:  # noqa: BLE001 (the store may be gone; the exception on its way says why)
-        pass

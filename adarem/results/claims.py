@@ -197,12 +197,16 @@ def _measured(raw: list[float], runs: pd.DataFrame, metric: str) -> list[float]:
     return [v for v in raw if not math.isnan(v)]
 
 
-def _finite_mean(values) -> float:
-    """The mean of ``values``; NaN when there are none or one is infinite (a seed that never reached
-    the target, uncapped): that is no mean, and the report says how many did not get there."""
-    if not values or not all(map(math.isfinite, values)):
+def _side_mean(measured: list[float], n: int, metric: str) -> float:
+    """The mean a claim shows for one side: of its measurements only (``_measured``; a placeholder,
+    100 % for a diverged run or the cap for a seed that never got there, is an outcome, and
+    averaged in it made this table's mean disagree with the test-error table's: 26.05 against 7.56
+    with one of 5 seeds diverged; helper-87). None for steps to target where one of the side's
+    ``n`` seeds never got there: the mean of those that did would favour the side that failed more
+    often (helper-89); none without measurements, or with an infinite one."""
+    if not measured or not all(map(math.isfinite, measured)) or (metric == "steps_to_target" and len(measured) < n):
         return math.nan
-    return float(np.mean(values))
+    return float(np.mean(measured))
 
 
 # ---- statistics (pure functions of the per-seed values) ----
@@ -347,14 +351,8 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                    "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "hedges_g": math.nan,
                    "p": math.nan, "p_holm": math.nan, "verdict": "Insufficient data",
                    "dataset": setting[0], "model": setting[1], "text": claim["text"],
-                   # the mean of a side's measurements only: a placeholder (100 % for a diverged run,
-                   # the cap for a seed that never got there) is an outcome, and averaged in it made
-                   # this table's mean disagree with the test-error table's (26.05 against 7.56 with
-                   # one of 5 seeds diverged; helper-87); unmeasured_* counts what was left out
-                   # steps to target with a seed that never got there: no mean at all (the mean of
-                   # those that did would favour the side that failed more often; helper-89)
-                   "subject_mean": math.nan if censored and len(measured_a) < len(a) else _finite_mean(measured_a),
-                   "baseline_mean": math.nan if censored and len(measured_b) < len(b) else _finite_mean(measured_b),
+                   "subject_mean": _side_mean(measured_a, len(a), claim["metric"]),
+                   "baseline_mean": _side_mean(measured_b, len(b), claim["metric"]),
                    "unmeasured_subject": len(a) - len(measured_a), "unmeasured_baseline": len(b) - len(measured_b),
                    "better": claim["better"], "p_opposite": math.nan, "p_opposite_holm": math.nan, "mdd": math.nan,
                    "reached_subject": reached[0], "reached_baseline": reached[1]}

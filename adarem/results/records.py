@@ -667,7 +667,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
                               and trainer["oscillation_every"] > 0 else 0),
         "schedule_truncated": run.get("schedule_truncated") if isinstance(run.get("schedule_truncated"), str) else "",
         "platform": timing_platform(run),
-        "cpu_model": str((run.get("hardware") or {}).get("cpu_model") or "") if isinstance(run.get("hardware"), dict) else "",
+        "cpu_model": str(run["hardware"].get("cpu_model") or "") if isinstance(run.get("hardware"), dict) else "",
         "curve_gap": "; ".join(gaps), "lines_lost": lines_lost, "nonfinite_evals": len(nonfinite),
         "osc_window": _oscillation_window(osc_lines, trainer.get("oscillation_every")), "osc_gap": osc_gap,
         **replaced_images(run, epochs),

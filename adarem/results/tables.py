@@ -469,13 +469,12 @@ def timing_notes(runs: pd.DataFrame) -> list[dict]:
                                          + "; ".join(f"{opt}: {t}" for opt, t in per_opt.items()) + "): its work is "
                                          "part of every step, so their seconds compare it too; compare steps, not seconds"})
         for column, key in TIMING_SETUP.items():
-            if column in g:
-                values = g.groupby("optimizer")[column].agg(lambda v: tuple(sorted(set(map(str, v)))))
-                if values.nunique() > 1:
-                    notes.append({"run_dir": f"(timing) {dataset}/{model}",
-                                  "problem": f"optimizers trained with different {key} (" + "; ".join(
-                                      f"{opt}: {_value_counts(g[g.optimizer == opt][column])}" for opt in values.index)
-                                  + "): their seconds compare that too; compare steps, not seconds"})
+            per_opt = g.groupby("optimizer")[column] if column in g else None
+            if per_opt is not None and per_opt.agg(lambda v: frozenset(map(str, v))).nunique() > 1:
+                notes.append({"run_dir": f"(timing) {dataset}/{model}",
+                              "problem": f"optimizers trained with different {key} (" + "; ".join(
+                                  f"{opt}: {counts}" for opt, counts in per_opt.agg(_value_counts).items())
+                              + "): their seconds compare that too; compare steps, not seconds"})
         spread = _speed_spread(g)
         if spread:
             notes.append({"run_dir": f"(timing) {dataset}/{model}", "problem": spread})

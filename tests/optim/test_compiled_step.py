@@ -31,6 +31,14 @@ def _twin_models(case: str):
     return eager, copy.deepcopy(eager)
 
 
+def _same_gradients(*models) -> None:
+    """One batch's gradients in each twin model (the same input)."""
+    x = torch.randn(8, 16)
+    for model in models:
+        model.zero_grad()
+        model(x).pow(2).mean().backward()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_a_compiled_step_follows_the_eager_one_without_recompiling(case):
     eager, compiled = _twin_models(case)
@@ -38,10 +46,7 @@ def test_a_compiled_step_follows_the_eager_one_without_recompiling(case):
     opt_c = AdaRem(compiled.parameters(), lr=0.05, decay=0.9, **CASES[case])
     step = torch.compile(opt_c.step)
     for i in range(6):
-        x = torch.randn(8, 16)
-        for model in (eager, compiled):
-            model.zero_grad()
-            model(x).pow(2).mean().backward()
+        _same_gradients(eager, compiled)
         opt_e.step()
         if i < 2:  # the first steps compile (the state is created at the first)
             step()
@@ -96,10 +101,7 @@ def test_a_tensor_lr_changed_every_step_does_not_recompile(case):
     step = torch.compile(opts[1].step)
     lrs = []
     for i in range(12):
-        x = torch.randn(8, 16)
-        for model in (eager, compiled):
-            model.zero_grad()
-            model(x).pow(2).mean().backward()
+        _same_gradients(eager, compiled)
         opts[0].step()
         if i < 2:  # the first steps compile (the state is created at the first)
             step()
@@ -123,10 +125,7 @@ def test_a_tensor_lr_of_shape_1_compiles(case):
     opts = [AdaRem(m.parameters(), lr=torch.tensor([0.05]), decay=0.9, **TENSOR_LR_CASES[case]) for m in (eager, compiled)]
     step = torch.compile(opts[1].step)
     for _ in range(3):
-        x = torch.randn(8, 16)
-        for model in (eager, compiled):
-            model.zero_grad()
-            model(x).pow(2).mean().backward()
+        _same_gradients(eager, compiled)
         opts[0].step()
         step()
     for a, b in zip(eager.parameters(), compiled.parameters()):
