@@ -151,7 +151,33 @@ def _kill_group(proc: subprocess.Popen) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            return
+            break
+    _wait_group_gone(proc.pid, 5.0)
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait until no live process of the group is left: a killed child (orphaned, so not ours to
+    reap) runs on for a moment, longer while it writes a core after the SIGABRT, and the next check
+    must not share the GPU with it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _live_members(pgid):
+        time.sleep(0.05)
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are not zombies (read from /proc; empty where it is absent)."""
+    members = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _ppid, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # ended while we read
+        if int(group) == pgid and state not in "ZX":
+            members.append(int(entry))
+    return members
 
 
 def _reason(output: str) -> str:
