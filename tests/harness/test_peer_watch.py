@@ -22,6 +22,8 @@ from tests.conftest import REPO
 RANK_SCRIPT = Path(__file__).with_name("_watch_rank.py")
 
 BEAT = 0.05
+LINGER = 6.0  # rank 0's cap on waiting for the others at a normal end: far above what the tests
+# expect (0.3 s, 1.1 s), so that a loaded machine (xdist beside torchrun tests) does not reach it
 
 
 class Rank:
@@ -34,7 +36,7 @@ class Rank:
         client = dist.TCPStore("127.0.0.1", port, None, False, dt.timedelta(seconds=5))
         self.firsts: list[str] = []
         self.watch = PeerWatch(dist.PrefixStore("test", client), rank, world, timeout_s, self._lost, cause,
-                               beat_s=BEAT, grace_s=4 * BEAT, linger_s=2.0, exit=self._exit)
+                               beat_s=BEAT, grace_s=4 * BEAT, linger_s=LINGER, exit=self._exit)
 
     def _lost(self, line: str, first: str) -> None:
         self.lines.append(line)
@@ -85,7 +87,7 @@ def test_a_silent_rank_is_found_and_named(server):
     r1.watch.store.store.add("beat/1", 1)  # it started, then its process stopped: no thread beats for it
     t0 = time.monotonic()
     assert r0.ended.wait(5), "the silent rank was never found"
-    assert 0.5 <= time.monotonic() - t0 < 2
+    assert 0.5 <= time.monotonic() - t0 < 4
     assert r0.lines[0].startswith("rank 0 stopped: rank 1 failed first (no heartbeat for 1 s "
                                   "(trainer.peer_timeout_s=0.5): it was killed")
 
@@ -107,7 +109,7 @@ def test_a_normal_end_ends_nobody_and_rank_0_waits_for_the_others(server):
     t0 = time.monotonic()
     r0.watch.end()
     waited = time.monotonic() - t0
-    assert 0.25 < waited < 1.5, waited  # until rank 2 was done, not the 2 s cap
+    assert 0.25 < waited < 3, waited  # until rank 2 was done, not the cap
     time.sleep(10 * BEAT)
     assert [r.lines for r in (r0, r1, r2)] == [[], [], []]
 
@@ -118,7 +120,7 @@ def test_rank_0_does_not_wait_for_a_rank_that_died_after_the_last_collective(ser
     r1.watch.store.store.add("beat/1", 1)  # its heartbeat stopped without it being done
     t0 = time.monotonic()
     r0.watch.end()
-    assert time.monotonic() - t0 < 1.6  # 2 beats + 1 s of silence, not the 2 s cap
+    assert time.monotonic() - t0 < 3  # 2 beats + 1 s of silence, not the cap
 
 
 def test_rank_0s_store_gone_ends_the_others_with_the_cause_it_left(tmp_path):
