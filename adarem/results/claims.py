@@ -359,7 +359,10 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
             paper_vals = paper.get(f"{setting[0]}/{setting[1]}", {}).get(claim["metric"], {})
             row["paper_subject"] = paper_vals.get(claim["subject"], "")
             row["paper_baseline"] = paper_vals.get(claim["baseline"], "")
-            windows = set()
+            windows, intervals = set(), set()
+            if claim["metric"] in ("flip_fraction", "path_efficiency") and "osc_every" in here:
+                # both are means over the recorded steps: other intervals, other points of training
+                intervals = set(oscillation_runs(pd.concat([runs_a, runs_b])).osc_every) - {""}
             if claim["metric"] == "path_efficiency" and "osc_window" in here:
                 windows = set(oscillation_runs(pd.concat([runs_a, runs_b])).osc_window) - {""}
             if censored and math.isnan(target):
@@ -370,6 +373,8 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
                 row["verdict"] = "Not comparable (evaluated differently)"
             elif len(windows) > 1:  # path efficiency depends on its window by definition
                 row["verdict"] = "Not comparable (oscillation windows differ)"
+            elif len(intervals) > 1:
+                row["verdict"] = "Not comparable (oscillation recorded at different intervals)"
             elif len(a) >= MIN_SEEDS and len(b) >= MIN_SEEDS:
                 claimed, opposite = ("less", "greater") if claim["better"] == "lower" else ("greater", "less")
                 # no spread on a side: Welch's t ignores that side's uncertainty (infinite with both

@@ -527,6 +527,19 @@ def _oscillation_window(osc_lines: list[dict], every) -> str:
                            key=lambda w: (not w.isdigit(), int(w) if w.isdigit() else 0, w)))
 
 
+def _oscillation_every(osc_lines: list[dict]) -> str:
+    """The steps between a run's oscillation records, read off the records (every k steps: the first
+    at k): "10"; several (a run resumed with another trainer.oscillation_every) joined by "/"; ""
+    without records. Both measures are means over the recorded steps, so runs recorded at other
+    intervals average other points of training (helper-92: +0.015 against -0.011 flips, one training
+    recorded every 10 and every 60 steps)."""
+    steps = sorted({r["step"] for r in osc_lines if _is_int(r.get("step"))})
+    if not steps:
+        return ""
+    gaps = {steps[0]} | {b - a for a, b in zip(steps, steps[1:])}
+    return "/".join(str(g) for g in sorted(gaps))
+
+
 def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int = 0) -> dict:
     """One run record: {"listed": ...} and either {"problem": why it is excluded} or its row, the
     rows of its lines, and its setting (see load_runs). ``torn``: how many of its metrics.jsonl
@@ -669,7 +682,8 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
         "platform": timing_platform(run),
         "cpu_model": str(run["hardware"].get("cpu_model") or "") if isinstance(run.get("hardware"), dict) else "",
         "curve_gap": "; ".join(gaps), "lines_lost": lines_lost, "nonfinite_evals": len(nonfinite),
-        "osc_window": _oscillation_window(osc_lines, trainer.get("oscillation_every")), "osc_gap": osc_gap,
+        "osc_window": _oscillation_window(osc_lines, trainer.get("oscillation_every")),
+        "osc_every": _oscillation_every(osc_lines), "osc_gap": osc_gap,
         **replaced_images(run, epochs),
         "setting_id": listed["setting_id"],
     }
@@ -829,9 +843,10 @@ def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_d
         # two comparisons of one dataset x model that differ in anything but the optimizer (epochs,
         # batch, schedule, ...) are two settings: selecting each optimizer's configuration across
         # them would pair, say, SGD trained 8 epochs with AdaRem trained 4 in the claims and targets.
-        # Only runs on the val/test split are compared (the lr search's holdout runs are not).
-        val = runs[runs.eval_on == "val"]
-        for (name, _), g in val.groupby(["dataset", "model"]):
+        # The lr search's holdout runs are labelled among themselves (their setting ids differ from
+        # their finals' in the split alone): the report's search tables and its oscillation claims at
+        # shared lrs pooled the trials of two settings into one row (helper-92)
+        for (name, _, _), g in runs.groupby(["dataset", "model", "eval_on"], dropna=False):
             if g.setting_id.nunique() > 1:
                 ids = sorted(g.setting_id.unique())
                 labels = setting_labels({sid: settings[sid] for sid in ids}, {sid: setting_configs[sid] for sid in ids})

@@ -116,8 +116,13 @@ def matched_lr_markdown(rs: RunSet, spec: dict) -> str:
     per_run = rs.oscillation.groupby("run_dir")[list(OSCILLATION_METRICS)].mean()
     trials = trials.join(per_run, on="run_dir")
     rows = []
+    if "osc_every" not in trials:
+        trials = trials.assign(osc_every="")
+    several = trials.groupby(SETTING).osc_every.nunique()
     for c in claims:
-        for (dataset, model), g in trials.groupby(SETTING):
+        # trials recorded at other intervals average other points of training: never paired
+        for (dataset, model, every), g in trials.groupby([*SETTING, "osc_every"]):
+            where = f"{dataset} (every {every})" if several[(dataset, model)] > 1 else dataset
             sub, base = g[g.optimizer == c["subject"]], g[g.optimizer == c["baseline"]]
             # each side at one (lr, weight decay) of its search: a search over both (search=lr_wd)
             # tries several weight decays per lr, which a mean over the lr alone would mix (helper-89)
@@ -130,7 +135,7 @@ def matched_lr_markdown(rs: RunSet, spec: dict) -> str:
                             continue
                         diff = a.mean() - b.mean()
                         holds = "tie" if diff == 0 else "yes" if (diff < 0) == (c["better"] == "lower") else "no"
-                        rows.append({"claim": c["id"], "dataset": dataset, "model": model, "lr": f"{lr:.3g}",
+                        rows.append({"claim": c["id"], "dataset": where, "model": model, "lr": f"{lr:.3g}",
                                      "subject (wd; mean, n)": f"{c['subject']} ({wd_a:g}; {100 * a.mean():.2f} %, {len(a)})",
                                      "baseline (wd; mean, n)": f"{c['baseline']} ({wd_b:g}; {100 * b.mean():.2f} %, {len(b)})",
                                      "claimed direction": holds})

@@ -24,6 +24,7 @@ MIXED_SETUP = "mixed training setup (see flags)"  # ... with compile on and off,
 TIMING_SETUP = {"channels_last": "trainer.channels_last", "deterministic": "trainer.deterministic",
                 "num_workers": "data.num_workers", "cache_samples": "data.cache_samples"}
 MIXED_WINDOW = "mixed windows (see flags)"  # a path efficiency over runs measured over different windows
+MIXED_INTERVAL = "mixed intervals (see flags)"  # an oscillation cell over runs recorded at different intervals
 DIVERGED_ERROR = 100.0  # a diverged run's error where a number is needed (claims): the worst possible
 
 
@@ -564,28 +565,34 @@ def oscillation_table(rs: RunSet) -> pd.DataFrame:
                                                     eff=("path_efficiency", "mean")).reset_index()
     # the final (val/test) runs, as the claims on it: the lr search's trials trained on less data
     merged = oscillation_runs(final_runs(rs.runs)).merge(per_run, on="run_dir")
-    if "osc_window" not in merged:
-        merged["osc_window"] = ""
-    # a setting whose rows were measured over different windows: each cell names its window
+    for col in ("osc_window", "osc_every"):
+        if col not in merged:
+            merged[col] = ""
+    # a setting whose rows were measured over different windows (recorded at different intervals):
+    # each cell names its window (interval)
     windows = merged.groupby(SETTING).osc_window.nunique()
+    intervals = merged.groupby(SETTING).osc_every.nunique()
     rows = []
     for key, g in merged.groupby(GROUP, dropna=False, sort=True):
         info = dict(zip(GROUP, key))
-        eff = mean_std(100 * g.eff, len(g))
-        if g.osc_window.nunique() > 1:
+        setting = (info["dataset"], info["model"])
+        every = f" (every {g.osc_every.iloc[0]})" if intervals.get(setting, 1) > 1 else ""
+        flip, eff = mean_std(100 * g.flip, len(g)) + " %" + every, mean_std(100 * g.eff, len(g))
+        if g.osc_every.nunique() > 1:
+            flip = eff = MIXED_INTERVAL
+        elif g.osc_window.nunique() > 1:
             eff = MIXED_WINDOW
         elif eff != "—":
-            eff += " %" + (f" (window {g.osc_window.iloc[0]})"
-                           if windows.get((info["dataset"], info["model"]), 1) > 1 else "")
-        rows.append({**info, "n": len(g), "update sign-flip fraction": mean_std(100 * g.flip, len(g)) + " %",
-                     "path efficiency": eff})
+            eff += " %" + (f" (window {g.osc_window.iloc[0]})" if windows.get(setting, 1) > 1 else "") + every
+        rows.append({**info, "n": len(g), "update sign-flip fraction": flip, "path efficiency": eff})
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).drop(columns=["config_id"])
 
 
 def oscillation_notes(runs: pd.DataFrame) -> list[dict]:
-    """Flags for path efficiencies measured over different windows (trainer.oscillation_every /
+    """Flags for oscillation measures recorded at different intervals (both are means over the
+    recorded steps) or path efficiencies measured over different windows (trainer.oscillation_every /
     the lines' path_window): within a row (its cell is left out), and between the optimizers of a
     setting (the claims give no verdict on them)."""
     if runs.empty or "osc_window" not in runs:
@@ -595,6 +602,23 @@ def oscillation_notes(runs: pd.DataFrame) -> list[dict]:
     selected = selected_groups(runs)  # the claims' configurations, chosen over every run
     selected = osc[osc.run_dir.isin(selected.run_dir)]
     notes = []
+    if "osc_every" in osc:
+        for key, g in osc.groupby(GROUP, dropna=False, sort=True):
+            if g.osc_every.nunique() > 1:
+                info = dict(zip(GROUP, key))
+                counts = g.osc_every.value_counts()
+                notes.append({"run_dir": f"(oscillation) {len(g)} runs of {info['optimizer']} on "
+                                         f"{info['dataset']}/{info['model']}",
+                              "problem": "sign flips and path efficiency recorded at different intervals (" + ", ".join(
+                                  f"every {e} steps: {n} run(s)" for e, n in sorted(counts.items())) + "): not "
+                                  "averaged; each is a mean over the recorded steps, other points of training"})
+        for (dataset, model), g in selected.groupby(SETTING):
+            per_opt = g.groupby("optimizer").osc_every.agg(lambda e: "; ".join(sorted(set(e))))
+            if per_opt.nunique() > 1:
+                notes.append({"run_dir": f"(oscillation) {dataset}/{model}",
+                              "problem": "optimizers' sign flips and path efficiency recorded at different intervals ("
+                                  + ", ".join(f"{opt}: every {e} steps" for opt, e in per_opt.items()) + "): not "
+                                  "comparable; the claims on them give no verdict"})
     for key, g in osc.groupby(GROUP, dropna=False, sort=True):
         if g.osc_window.nunique() > 1:
             info = dict(zip(GROUP, key))
