@@ -29,7 +29,7 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _refuse_unread(cfg, section: str, own: tuple, read: set, who: str) -> None:
+def _refuse_unread(cfg, section: str, own: tuple, read: set, who: str, choice: str = "") -> None:
     """ConfigError for a key of ``own`` (the settings only some choices read) that this choice does
     not read (``read``), set to other than its default: optimizer=adam optimizer.momentum=0.5
     trained plain Adam in a directory of its own, the setting believed changed."""
@@ -41,8 +41,8 @@ def _refuse_unread(cfg, section: str, own: tuple, read: set, who: str) -> None:
         if key not in read and shown != defaults[key]:
             raise ConfigError(f"{section}.{key}={shown} is not read by {who} (of its {section}-specific settings it "
                               f"reads {', '.join(sorted(read)) or 'none'}): drop it (from the command line, or the "
-                              f"preset that sets it), or choose {'an optimizer' if section == 'optimizer' else 'a ' + section} "
-                              f"that reads it")
+                              f"preset that sets it), or choose "
+                              f"{choice or ('an optimizer' if section == 'optimizer' else 'a ' + section)} that reads it")
 
 
 @dataclass
@@ -190,6 +190,30 @@ class DataConfig:
                      f"data.{name}={values} must hold {self.in_chans} finite value(s), one per input channel "
                      f"(data.in_chans={self.in_chans})")
         _require(all(v > 0 for v in self.std), f"data.std={list(self.std)} must be > 0 (it divides)")
+        # a key this dataset or loader never reads trained the same run in a directory (and a table
+        # setting) of its own, believed changed: data.num_classes=5 on the 10 digits (helper-92)
+        own = DATA_SPECIFIC
+        if self.val_resize in (0, resize_for_crop(self.image_size)):  # its default's meaning (the presets' value)
+            own = tuple(k for k in own if k != "val_resize")
+        _refuse_unread(self, "data", own, data_reads(self),
+                       f"data.name={self.name} with data.loader={self.loader}"
+                       + ("" if self.name == "synthetic" or self.random_resized_crop else " and data.random_resized_crop=false"),
+                       "a dataset or loader")
+
+
+# DataConfig's keys that only some datasets or loaders read (data_reads)
+DALI_KEYS = ("dali_threads", "dali_prefetch", "dali_hw_decoder_load", "dali_device_memory_padding",
+             "dali_host_memory_padding")
+DATA_SPECIFIC = ("num_classes", "synthetic_train_size", "synthetic_val_size", "val_resize") + DALI_KEYS
+
+
+def data_reads(cfg: DataConfig) -> set[str]:
+    """Which of DATA_SPECIFIC the data pipeline reads: the generated dataset its class count and
+    sizes (a real dataset's classes are its folders'); the val resize only before a centre crop
+    (data.random_resized_crop; a plain resize otherwise); the DALI settings only with that loader."""
+    if cfg.name == "synthetic":
+        return {"num_classes", "synthetic_train_size", "synthetic_val_size"}
+    return ({"val_resize"} if cfg.random_resized_crop else set()) | (set(DALI_KEYS) if cfg.loader == "dali" else set())
 
 
 @dataclass

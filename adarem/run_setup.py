@@ -421,9 +421,16 @@ def bn_batch(model: torch.nn.Module, batch_size: int, world_size: int, sync_bn: 
 
 
 def check_bn_batch(run: Run, device_type: str) -> None:
-    """SyncBatchNorm needs CUDA. (A run is never continued at another world size, which would
-    change the BatchNorm batch: the checkpoint restore refuses that.)"""
+    """SyncBatchNorm needs CUDA, and changes something only for a model with BatchNorm on several
+    ranks: elsewhere trainer.sync_bn=true trained the same run as without it, in a directory and a
+    table setting of its own (helper-92). (A run is never continued at another world size, which
+    would change the BatchNorm batch: the checkpoint restore refuses that.)"""
     tc, dist = run.config.trainer, run.dist
+    if tc.sync_bn and (run.bn_batch is None or not dist.enabled):
+        why = (f"model.name={run.config.model.name} has no BatchNorm layer" if run.bn_batch is None else
+               f"one process already normalises over the whole batch of {tc.batch_size}")
+        raise ConfigError(f"trainer.sync_bn=true changes nothing here ({why}): drop it; it is for a BatchNorm model "
+                          f"on several GPUs")
     if tc.sync_bn and dist.enabled and device_type != "cuda" and run.bn_batch is not None:
         raise ConfigError(f"trainer.sync_bn=true needs CUDA (SyncBatchNorm); these {dist.world_size} ranks are on "
                           f"{device_type}: drop it (each rank then normalises over its {tc.batch_size // dist.world_size} "

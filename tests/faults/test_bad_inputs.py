@@ -381,6 +381,17 @@ def test_sync_batchnorm_on_cpu_ranks_is_refused(tmp_path, env, stopped_run):
     assert not (tmp_path / "sync" / "run.json").exists()
 
 
+def test_sync_batchnorm_in_one_process_is_refused(tmp_path, env):
+    """helper-92: in one process trainer.sync_bn=true trained the same run as without it, in a run
+    directory and a table setting of its own."""
+    res = run_train(["trainer.sync_bn=true"], env, tmp_path / "sync")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("error: trainer.sync_bn=true changes nothing here (one process already normalises "
+                               "over the whole batch of"), lines
+    assert not (tmp_path / "sync" / "run.json").exists()
+
+
 MODEL_CASES = {
     "dense layer sized for 28x28": (["model=two_conv_net"], "model 'two_conv_net' does not fit the input images (1x16x16"),
     "fixed-size ViT": (["model.name=vit_tiny_patch16_224"], "model 'vit_tiny_patch16_224' does not fit the input images"),

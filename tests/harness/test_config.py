@@ -75,10 +75,20 @@ def test_out_of_range_values_fail_with_one_line(override, message):
     (["schedule=constant", "schedule.min_lr=0.001"], "schedule.min_lr=0.001 is not read by schedule.name=constant"),
     (["schedule=cosine", "schedule.milestones=[5]"], "schedule.milestones=[5] is not read by schedule.name=cosine"),
     (["schedule.warmup_lr=0.01"], "schedule.warmup_lr=0.01 is not read by schedule.name=cosine without a warm-up"),
+    # helper-92: each trained the 10 digits as before, in a run directory and a table setting of its own
+    (["data.num_classes=5"], "data.num_classes=5 is not read by data.name=digits with data.loader=torch and "
+                             "data.random_resized_crop=false (of its data-specific settings it reads none)"),
+    (["data.synthetic_train_size=3"], "data.synthetic_train_size=3 is not read by data.name=digits"),
+    (["data=fashion_mnist", "data.val_resize=64"], "data.val_resize=64 is not read by data.name=fashion_mnist"),
+    (["data=imagenet", "data.random_resized_crop=false", "data.val_resize=300"],
+     "data.val_resize=300 is not read by data.name=imagenet with data.loader=torch and data.random_resized_crop=false"),
+    (["data=imagenet", "data.dali_threads=2"], "data.dali_threads=2 is not read by data.name=imagenet with "
+                                               "data.loader=torch (of its data-specific settings it reads val_resize)"),
+    (["data=synthetic", "data.val_resize=300"], "data.val_resize=300 is not read by data.name=synthetic"),
 ])
-def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_refused(overrides, message):
+def test_a_setting_the_chosen_optimizer_schedule_or_data_does_not_read_is_refused(overrides, message):
     """optimizer=adam optimizer.momentum=0.5 trained plain Adam, in a run directory of its own, the
-    setting believed changed; the same for a schedule's keys."""
+    setting believed changed; the same for a schedule's keys and a dataset's or loader's."""
     with pytest.raises(ConfigError) as err:
         make(overrides)
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
@@ -90,6 +100,10 @@ def test_settings_the_choice_reads_or_leaves_at_default_are_accepted():
     make(["optimizer=adarem_m", "optimizer.beta=0.5", "optimizer.decoupled_weight_decay=true"])
     make(["schedule=step", "schedule.milestones=[5]", "schedule.warmup_epochs=1", "schedule.warmup_lr=0.01"])
     make(["optimizer=adam", "optimizer.momentum=0.0"])  # the default: no setting made
+    make(["data=imagenet", "data.val_resize=300", "data.loader=dali", "data.dali_threads=2"])
+    make(["data=imagenet", "data.random_resized_crop=false"])  # the preset's val_resize means the default
+    make(["data=folder", "data.root=/x", "data.image_size=64", "data.random_resized_crop=false"])
+    make(["data=synthetic", "data.num_classes=10", "data.synthetic_train_size=64", "data.synthetic_val_size=32"])
     for experiment in ("paper_resnet50", "paper_resnet18", "paper_mobilenetv2", "paper_shufflenetv2",
                        "fashion_mnist"):
         for optimizer in ("sgd", "sgd_plain", "adam", "adamw", "adarem", "adarem_m", "adarem_horizon",
