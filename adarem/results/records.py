@@ -276,6 +276,14 @@ def setting_items(config: dict, data_identity: dict | None = None, bn_batch: int
     return _identity(config, SETTING_IGNORED, data_identity, bn_batch)
 
 
+def _split_free(setting: dict) -> dict:
+    """A setting without the split its data identity names (SPLIT_KEYS)."""
+    data = setting.get("_data_identity")
+    if not isinstance(data, dict):
+        return setting
+    return {**setting, "_data_identity": {k: v for k, v in data.items() if k not in SPLIT_KEYS}}
+
+
 def setting_labels(settings: dict[str, dict], configs: dict[str, dict]) -> dict[str, str]:
     """Per setting id, a label naming the keys whose values tell the settings apart
     (``trainer.batch_size=64; trainer.epochs=4``), with each setting's value as its runs' config
@@ -423,6 +431,7 @@ def _shown(v) -> str:
 CONFIG_TYPES = {"optimizer.lr": (_is_number, "a number"), "optimizer.weight_decay": (_is_number, "a number"),
                 "trainer.epochs": (_is_int, "an integer"), "trainer.batch_size": (_is_int, "an integer"),
                 "trainer.evals_per_epoch": (_is_int, "an integer"), "trainer.bn_recalibrate": (_is_int, "an integer"),
+                "trainer.eval_every": (_is_int, "an integer"),
                 "trainer.oscillation_every": (_is_int, "an integer"), "seed": (_is_int, "an integer")}
 # per metrics.jsonl line type: the keys it must hold (step) and the keys that, where present and not
 # null, must be numbers; the tables read them all
@@ -656,6 +665,7 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
                          (epochs[-1]["step"] if epochs else math.nan)),
         "bn_recalibrate": trainer.get("bn_recalibrate", 0),
         "evals_per_epoch": trainer.get("evals_per_epoch", 1),
+        "eval_every": trainer.get("eval_every", 1),  # epochs (evals_per_epoch > 1 needs 1)
         "optimizer_impl": run.get("optimizer_impl") or "unrecorded",
         # the code that trained it: a reused finished run keeps the commit it was trained at
         "commit": str(git.get("commit") or "unrecorded")[:10],
@@ -846,11 +856,16 @@ def load_runs(root: Path | None = None, newest_comparison: bool = True, *, run_d
         # The lr search's holdout runs are labelled among themselves (their setting ids differ from
         # their finals' in the split alone): the report's search tables and its oscillation claims at
         # shared lrs pooled the trials of two settings into one row (helper-92)
-        for (name, _, _), g in runs.groupby(["dataset", "model", "eval_on"], dropna=False):
-            if g.setting_id.nunique() > 1:
-                ids = sorted(g.setting_id.unique())
-                labels = setting_labels({sid: settings[sid] for sid in ids}, {sid: setting_configs[sid] for sid in ids})
-                runs.loc[g.index, "dataset"] = [f"{name} ({labels[s]})" for s in g.setting_id]
+        for (name, _, eval_on), g in runs.groupby(["dataset", "model", "eval_on"], dropna=False):
+            # holdout runs of one data differ in their split's sizes by design (data_labels has told
+            # other data apart): their settings are compared without them
+            own = {sid: _split_free(settings[sid]) if eval_on == "holdout" else settings[sid] for sid in g.setting_id}
+            key = {sid: _digest(items, 10) for sid, items in own.items()}
+            if len(set(key.values())) > 1:
+                one = {key[sid]: sid for sid in sorted(own)}  # a setting id per key
+                labels = setting_labels({k: own[sid] for k, sid in one.items()},
+                                        {k: setting_configs[sid] for k, sid in one.items()})
+                runs.loc[g.index, "dataset"] = [f"{name} ({labels[key[s]]})" for s in g.setting_id]
     keep = set(runs.run_dir) if not runs.empty else set()
     epochs_df = pd.DataFrame(epoch_rows)
     osc_df = pd.DataFrame(osc_rows, columns=["run_dir", "step", "flip_fraction", "path_efficiency"])

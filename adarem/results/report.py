@@ -197,6 +197,10 @@ def speed_note(rs: RunSet, offsets) -> str:
     runs the table holds (on the val/test split), never of the lr search's holdout runs."""
     runs = rs.runs[rs.runs.eval_on != HOLDOUT] if not rs.runs.empty and "eval_on" in rs.runs else rs.runs
     per_epoch = sorted(set(runs.evals_per_epoch.dropna().astype(int))) if "evals_per_epoch" in runs else [1]
+    # trainer.eval_every=k: at every k-th epoch's end and the last (helper-92: "1 per epoch" was said)
+    every = sorted(set(runs.eval_every.dropna().astype(int))) if "eval_every" in runs else [1]
+    grid = " / ".join([f"{'/'.join(map(str, per_epoch))} per epoch"] * (1 in every)
+                      + [f"at every {_ordinal(k)} epoch's end and the last" for k in every if k > 1])
     recal = sorted(set(runs.bn_recalibrate.dropna().astype(int))) if "bn_recalibrate" in runs else [0]
     bn = ("BatchNorm statistics (where the model has BatchNorm layers) recomputed on " + "/".join(map(str, recal))
           + " training batches before each evaluation" if recal != [0]
@@ -211,11 +215,11 @@ def speed_note(rs: RunSet, offsets) -> str:
             f"resamples, seeded; none below 3 seeds a side); a seed that never reaches the target, or "
             f"diverged, counts as infinitely slow, and a run whose curve has holes (see flags) is left out; rows "
             f"evaluated differently are not compared. Evaluations: "
-            f"{'/'.join(map(str, per_epoch))} per epoch, with {bn}. Train loss @x % is the mean loss of the "
+            f"{grid}, with {bn}. Train loss @x % is the mean loss of the "
             f"logging windows that end in the 10 % of the step budget before x % (none where no window ends "
             f"there), over finished runs (a diverged run stopped early). The "
-            f"val-err AUC (mean val error over the evaluations) "
-            f"is secondary: it also rewards the first epochs."
+            f"val-err AUC (mean val error over the evaluations; none for a run whose evaluations are not "
+            f"evenly spaced) is secondary: it also rewards the first epochs."
             + (f" Optimizer paths (run.json's optimizer_impl): {paths}." if paths else "") + "\n\n")
 
 

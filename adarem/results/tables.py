@@ -645,5 +645,11 @@ def area_under_val_error(rs: RunSet, run_dirs) -> list[float]:
     out = []
     for d in run_dirs:
         ev = rs.evals[rs.evals.run_dir == d]
-        out.append(float(ev.val_top1_err.mean()) if len(ev) else np.nan)
+        steps = ev.step.to_numpy()
+        # evenly spaced from the start (up to the step rounding of evaluations inside an epoch): with
+        # trainer.eval_every=3 over 4 epochs the evaluations at epochs 3 and 4 are not, and their
+        # mean is no area (helper-92)
+        gaps = np.diff(np.concatenate([[0], steps]))
+        even = len(steps) > 0 and gaps.max() - gaps.min() <= 1
+        out.append(float(ev.val_top1_err.mean()) if even else np.nan)
     return out

@@ -76,3 +76,29 @@ def test_oscillation_recorded_at_different_intervals_is_neither_pooled_nor_compa
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
     assert "recorded at different intervals (every 10 steps: 2 run(s), every 15 steps: 1 run(s))" in text
     assert "optimizers' sign flips and path efficiency recorded at different intervals" in text
+
+
+def test_evaluations_every_few_epochs_are_said_and_give_no_area(tmp_path):
+    """trainer.eval_every=3 over 4 epochs evaluates at the ends of epochs 3 and 4: the report said
+    "Evaluations: 1 per epoch", and the AUC "over evenly spaced evaluations" was the mean of those
+    two unevenly spaced points."""
+    from adarem.results import CLAIMS_FILE, write_report
+    from adarem.results.tables import speed_table
+    from tests.results.test_review_integrity import _lines, _write_lines
+
+    root = tmp_path / "runs"
+    for opt in ("sgd", "adarem"):
+        for s in range(2):
+            d = make_run(root, f"{opt}{s}", opt, s, [40.0, 30.0, 20.0, 10.0 + s], trainer={"epochs": 4, "eval_every": 3})
+            lines = _lines(d)
+            for r in lines:
+                if r["type"] == "epoch" and r["epoch"] < 2:  # not evaluated
+                    for k in ("val_top1_err", "val_top5_err", "val_loss"):
+                        del r[k]
+            _write_lines(d, lines)
+    rs = load_runs(root)
+    assert set(rs.runs.eval_every) == {3} and len(rs.evals) == 2 * 4
+    assert set(speed_table(rs)["val-err AUC"]) == {"—"}
+    text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
+    assert "Evaluations: at every 3rd epoch's end and the last, with" in text
+    assert "1 per epoch" not in text
