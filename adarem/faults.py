@@ -4,7 +4,8 @@ sends SIGTERM instead (a scheduler's preemption notice at an exact point). Unset
 string comparison. Points: ``step@N`` (after optimizer step N), ``epoch_end@E`` (right after
 the end-of-epoch checkpoint of epoch E, before evaluation), ``eval@E`` (in the middle of
 epoch E's first evaluation: a mid-epoch one when trainer.evals_per_epoch > 1), ``after_eval@E`` (right after epoch E's evaluation was logged),
-``checkpoint_write@K`` (half-way through writing the K-th checkpoint), ``dali_train_read@N`` and
+``checkpoint_write@K`` (half-way through writing the K-th checkpoint), ``start@0`` (the end of
+start-up, before the first step and before the run record is opened), ``dali_train_read@N`` and
 ``dali_val_read@N`` (the process that reads for the training or validation DALI pipeline, as it
 reads its N-th sample: a DALI worker, the out-of-memory killer choosing a loader worker; train.py
 itself with data.num_workers=0), ``dali_start@K`` (the K-th worker a DALI pipeline forks, as it

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from adarem.run import checkpoint as ckpt_io
 from adarem import distributed as dist_utils
+from adarem import faults
 from adarem.config import Config, ConfigError, to_container, validate
 from adarem.distributed import DistInfo
 from adarem.engine import Precision, TrainState, make_precision
@@ -39,7 +40,7 @@ from adarem.reproducibility import seed_everything
 from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
 from adarem.run.peer_watch import PeerWatch
-from adarem.run.record import (MetricsLog, RunRecord, checkpoint_start, describe_differences, now,
+from adarem.run.record import (FINAL_STATUSES, MetricsLog, RunRecord, checkpoint_start, describe_differences, now,
                                trained_at_other_world)
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
@@ -375,7 +376,17 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
             print(f"{run.run_dir}: stopped at step {run.state.global_step}, at trainer.max_steps={tc.max_steps}; "
                   f"nothing to train (raise or drop trainer.max_steps to continue it)", file=sys.stderr)
         return 0
+    faults.maybe_crash("start", 0)  # tests: a preemption notice just before the first step
     if stop.requested_anywhere():  # preempted while starting (agreed by all ranks): nothing to save yet
+        previous = run.plan.previous or {}
+        if dist.is_main and previous and previous.get("status") not in FINAL_STATUSES:
+            # a relaunch of a run whose last segment died ("running": kill -9, a node lost): under
+            # torchrun, which exits 1 for the workers' 75, the record's status is what a requeue
+            # rule reads (helper-93: it stayed "running", and the run was never requeued)
+            record = RunRecord(run.run_dir, True)
+            record.data = dict(previous)
+            record.update(status="preempted", end_time=now(), signal=stop.recorded_signal,
+                          stopped_at_step=run.state.global_step, stop_reason="preempt")
         if dist.is_main:
             print(f"stopped during start-up (signal {stop.recorded_signal}) before any training step; exit "
                   f"{REQUEUE_EXIT_CODE} asks for a requeue", file=sys.stderr)

@@ -450,3 +450,18 @@ def test_ranks_that_read_other_data_are_refused():
     with pytest.raises(ConfigError, match=r"rank 1 reads other data than rank 0 \(train_images 1418 \(rank 0: 1438\); "
                                           r"train_sha1 'cd' \(rank 0: 'ab'\)\): every rank must see the same data.root"):
         check_same_data([same, {**same, "train_images": 1418, "train_sha1": "cd"}])
+
+
+def test_a_relaunch_preempted_during_start_up_marks_the_run_preempted(tmp_path, env):
+    """helper-93: the relaunch of a run whose last segment was killed (status "running"), preempted
+    before its first step, exited 75 and left "running": under torchrun (exit 1 for the workers'
+    75) the documented requeue rule reads the record's status, and the run was never requeued."""
+    run_dir = tmp_path / "run"
+    killed = run_train(["trainer.epochs=2"], dict(env, ADAREM_FAULT="step@3"), run_dir)
+    assert killed.returncode == -9 and read_run(run_dir)["status"] == "running", killed.stderr[-2000:]
+    res = run_train(["trainer.epochs=2"], dict(env, ADAREM_FAULT="start@0:TERM"), run_dir)
+    assert res.returncode == 75 and "stopped during start-up" in res.stderr, res.stderr[-2000:]
+    record = read_run(run_dir)
+    assert record["status"] == "preempted" and record["signal"] == "SIGTERM", record
+    assert run_train(["trainer.epochs=2"], env, run_dir).returncode == 0  # the requeue
+    assert read_run(run_dir)["status"] == "finished"
