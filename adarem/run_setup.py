@@ -40,8 +40,8 @@ from adarem.reproducibility import seed_everything
 from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
 from adarem.run.peer_watch import PeerWatch
-from adarem.run.record import (FINAL_STATUSES, MetricsLog, RunRecord, checkpoint_start, describe_differences, now,
-                               trained_at_other_world)
+from adarem.run.record import (FINAL_STATUSES, METRICS, MetricsLog, RunRecord, checkpoint_start, describe_differences,
+                               now, trained_at_other_world)
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
 
@@ -546,7 +546,14 @@ def open_record(run: Run, data_id: dict) -> None:
     # metrics.jsonl first: a run directory whose metrics.jsonl cannot be opened (a folder of that
     # name, no permission) is refused before run.json records a new segment (restarts + 1, failed)
     run.metrics = MetricsLog(run.run_dir, dist.is_main)
-    lost = run.metrics.open(keep_lines=run.plan.checkpoint["metrics_lines"] if run.plan.checkpoint else 0)
+    keep = run.plan.checkpoint["metrics_lines"] if run.plan.checkpoint else 0
+    foreign = run.plan.checkpoint is not None and run.plan.foreign(run.run_dir)
+    if foreign:
+        # resume=<path>: the lines logged before that checkpoint are in its run's directory; copied,
+        # so that this run's curve is whole (helper-93: they were counted lost, and the tables left
+        # the run out)
+        run.metrics.copy_lines_from(Path(run.plan.checkpoint_path).parent / METRICS, keep)
+    lost = run.metrics.open(keep_lines=keep)
     run.record = RunRecord(run.run_dir, dist.is_main)
     plan = run.plan
     changed = run.record.start(run.config_dict, dist.world_size, dist.device, plan.previous,
@@ -572,9 +579,10 @@ def open_record(run: Run, data_id: dict) -> None:
                       schedule_truncated=truncation(config.schedule, config.trainer.epochs),
                       val_samples=data.val.num_samples)
     if lost and dist.is_main:
-        print(f"warning: {run.run_dir / 'metrics.jsonl'} held {lost} fewer complete line(s) than the checkpoint "
-              f"recorded (cut or torn); those lines are lost and the run record says so (metrics_lines_lost)",
-              file=sys.stderr)
+        where = (f"{Path(run.plan.checkpoint_path).parent / METRICS}, the checkpoint's run's," if foreign else
+                 str(run.run_dir / METRICS))
+        print(f"warning: {where} held {lost} fewer complete line(s) than the checkpoint recorded (cut, torn or "
+              f"absent); those lines are lost and the run record says so (metrics_lines_lost)", file=sys.stderr)
         run.record.update(metrics_lines_lost=run.record.data.get("metrics_lines_lost", 0) + lost)
     run.tracker = Tracker(config.logging.wandb, dist.is_main)
     variant = config.optimizer.variant

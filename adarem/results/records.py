@@ -592,11 +592,16 @@ def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int =
         if problem:
             return {"listed": listed, "problem": f"run.json {problem}: excluded; move the run directory away and "
                     f"run again (a divergence is then recorded diverged)"}
-        if recorded["val_top1_err"] != final.get("val_top1_err") or \
-                (n_epochs is not None and len(epochs) != n_epochs):
+        lost_before = run.get("metrics_lines_lost") if _is_number(run.get("metrics_lines_lost")) else 0
+        if recorded["val_top1_err"] != final.get("val_top1_err"):
+            return {"listed": listed, "problem": f"metrics.jsonl disagrees with run.json (last evaluated error "
+                    f"{final.get('val_top1_err')} vs final {recorded['val_top1_err']}): excluded"}
+        # fewer epoch lines than epochs is a curve with holes where run.json records lost lines
+        # (a resume=<path> run, a cut file): its final error stands, as below (helper-93)
+        if n_epochs is not None and (len(epochs) > n_epochs or (len(epochs) < n_epochs and not lost_before > 0)):
             return {"listed": listed, "problem": f"metrics.jsonl disagrees with run.json ({len(epochs)} epoch "
-                    f"lines for {n_epochs} epochs, last evaluated error {final.get('val_top1_err')} vs final "
-                    f"{recorded['val_top1_err']}): excluded"}
+                    f"lines for {n_epochs} epochs" + ("" if len(epochs) > n_epochs else ", and no line recorded "
+                    "lost") + "): excluded"}
     # a curve with holes: lines lost for good after a crash (run.json's metrics_lines_lost), or
     # evaluations without a finite error. Its final error stands (run.json's); the metrics read off
     # the curve (best error, steps and seconds to a target, AUC, train loss at x %) do not

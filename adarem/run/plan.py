@@ -113,6 +113,16 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         return RunPlan(previous, None, None)
     if resume == "auto":
         found = ckpt_io.load_latest(run_dir)
+        started = (previous or {}).get("resumed_from") or {}
+        if found is None and isinstance(started.get("path"), str):
+            # started here from another directory's checkpoint, stopped before its first own: continue
+            # from that one again, as its relaunch would (helper-93: a fresh start from step 0 kept
+            # the record's resumed_from)
+            if not Path(started["path"]).is_file():
+                raise ConfigError(f"{run_dir} holds a run started from the checkpoint {started['path']}, which no "
+                                  f"longer exists, and no checkpoint of its own: restore that file, or choose "
+                                  f"another hydra.run.dir for a new run")
+            return plan_run(run_dir, started["path"], config)
         if found is None:
             if left:  # a record moved away, and no checkpoint to continue from: starting afresh cut its lines
                 raise ConfigError(f"{run_dir} holds {' and '.join(left)} but no run.json and no checkpoint (a "
@@ -143,8 +153,12 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
                            note=f"note: {run_dir} holds the run started from {path} (at step "
                                 f"{started_from.get('global_step')}); continuing it from its own checkpoint at step "
                                 f"{(ckpt.get('position') or {}).get('global_step')}, as resume=auto would")
-        # it stopped before its first checkpoint: start from that checkpoint again, unless it logged lines
-        held = _run_files(run_dir)
+        # it stopped before its first checkpoint: start from that checkpoint again. Its metrics.jsonl
+        # begins with the lines of the checkpoint's run (copied at its start), so the checkpoint's
+        # line count cuts it back to exactly those; where they were not copied (lines recorded lost:
+        # a run started by an older version) the count does not describe the file: refused
+        lost = previous.get("metrics_lines_lost")
+        held = _run_files(run_dir) if isinstance(lost, (int, float)) and lost > 0 else []
     if path.resolve() not in own and held:
         # its metrics.jsonl would be cut to the other checkpoint's line count and continued: two runs mixed
         raise ConfigError(f"resume={resume}: {run_dir} already holds {' and '.join(held)} of a run, which a checkpoint "

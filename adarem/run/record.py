@@ -386,6 +386,22 @@ class MetricsLog:
         self._f = open(self.path, "a")
         return keep_lines - len(kept)
 
+    def copy_lines_from(self, source: Path, n: int) -> None:
+        """Start an empty (or absent) metrics.jsonl with the first ``n`` complete lines of
+        ``source``: a run continued from another directory's checkpoint (resume=<path>) begins with
+        the lines its run logged before that checkpoint, so that its curve is whole. What is not
+        there to copy, ``open`` counts as lost."""
+        if not self.enabled or (self.path.exists() and self.path.stat().st_size > 0) or not Path(source).is_file():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{METRICS}.tmp")
+        with open(source, errors="replace") as f, open(tmp, "w") as out:
+            for _, line in zip(range(n), f):
+                if not line.endswith("\n") or not _is_json_object(line):
+                    break
+                out.write(line)
+        replace_durably(tmp, self.path)
+
     def log(self, record: dict, flush: bool = False) -> None:
         self.lines += 1
         if self._f is None:

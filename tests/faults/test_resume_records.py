@@ -162,3 +162,32 @@ def test_a_run_continued_from_a_checkpoint_records_the_checkpoints_provenance(tm
     assert "records no provenance" in res.stderr
     record = read_run(tmp_path / "b")
     assert record["mixed_provenance"] == ["unrecorded"] and record["segments"][0]["provenance"] == "unrecorded"
+
+
+def test_a_run_continued_from_another_directory_has_its_whole_curve_and_requeues(tmp_path, env, stopped_at_5):
+    """helper-93: a resume=<path> run began with none of the lines logged before that checkpoint
+    (counted lost, "cut or torn"), and the tables left the finished run out; its requeue, killed
+    before its first checkpoint, was refused once it had logged lines, and the suggested
+    resume=auto trained afresh from step 0 under a record still saying resumed_from."""
+    from adarem.results import load_runs
+
+    ckpt = stopped_at_5 / "checkpoint.pt"
+    reference = tmp_path / "reference"
+    assert run_train(ONE, env, reference).returncode == 0
+    continued = tmp_path / "continued"
+    res = run_train(ONE + [f"resume={ckpt}"], env, continued)
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr[-3000:]
+    assert _comparable(continued) == _comparable(reference)
+    assert not read_run(continued).get("metrics_lines_lost")
+    rs = load_runs(run_dirs=[continued])
+    assert len(rs.runs) == 1 and not rs.problems and rs.runs.curve_gap.iloc[0] == "", rs.problems
+    for how in (f"resume={ckpt}", "resume=auto"):  # the requeue of the same command, or resume=auto
+        run_dir = tmp_path / f"killed_{how.split('=')[0]}{len(how)}"
+        killed = run_train(ONE + [f"resume={ckpt}"], dict(env, ADAREM_FAULT="step@8"), run_dir)
+        assert killed.returncode == -signal.SIGKILL and (run_dir / "metrics.jsonl").stat().st_size > 0
+        again = run_train(ONE + [how], env, run_dir)
+        assert again.returncode == 0, (how, again.stderr[-3000:])
+        assert _comparable(run_dir) == _comparable(reference), how
+        record = read_run(run_dir)
+        assert record["status"] == "finished" and not record.get("metrics_lines_lost"), how
+        assert [s["start_step"] for s in record["segments"]][-2:] == [5, 5], (how, record["segments"])
