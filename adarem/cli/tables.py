@@ -105,8 +105,10 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
               f"which these tables would replace and mix with theirs; pass another --out (e.g. --out {out}-tables), or "
               f"relaunch that compare.py command to rewrite its report (it reuses its finished runs)", file=sys.stderr)
         return 2
-    if args.claims and not Path(args.claims).is_file():
-        print(f"error: --claims {args.claims} does not exist; pass a claims YAML (as adarem/results/claims.yaml)", file=sys.stderr)
+    if args.claims is not None and not Path(args.claims).is_file():
+        what = "is empty" if not args.claims else "is a directory" if Path(args.claims).is_dir() else "does not exist"
+        print(f"error: --claims {args.claims!r} {what}; pass a claims YAML file (as adarem/results/claims.yaml)",
+              file=sys.stderr)
         return 2
     if args.claims:
         try:  # before anything is read or written: a bad claims file used to fail after the tables, in a traceback
@@ -152,6 +154,17 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         for p in rs.problems:
             print(f"  {p['run_dir']}: {p['problem']}", file=sys.stderr)
         return 2
+    if args.claims:
+        # a name no run and no preset has (adaremm, timm's; SGD) was only "Insufficient data"
+        from adarem.results.records import optimizer_presets
+
+        known = set(optimizer_presets()) | set(rs.runs.optimizer)
+        named = [c[k] for c in load_claims(Path(args.claims)).get("claims", []) for k in ("subject", "baseline")]
+        unknown = [n for n in named if n not in known]
+        if unknown:
+            print(f"error: --claims {args.claims}: optimizer {unknown[0]!r} is neither a preset of configs/optimizer/ "
+                  f"nor an optimizer of these runs; use one of {', '.join(sorted(known))}", file=sys.stderr)
+            return 2
     command = f"{prog} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     text = write_report(rs, out, Path(args.claims) if args.claims else None, command, offsets)
     print(text)

@@ -183,8 +183,15 @@ def code_section(rows: list[dict], now: dict | None = None) -> tuple[str, list[s
     if now and now.get("commit"):  # changes whose hash could not be taken count as other changes
         other = [r for r in rows if not same_code(r, now)]
         if other:
-            which = "other uncommitted changes" if all(r.get("commit") == now["commit"] for r in other) else "other code"
-            warnings.append(f"{len(other)} of {len(rows)} run(s) were trained with {which} than this invocation's "
+            if not all(r.get("commit") == now["commit"] for r in other):
+                which = "other code than this invocation's"
+            elif not any(r.get("dirty") for r in other):  # helper-92: "other uncommitted changes" of clean runs
+                which = "none of the uncommitted changes of this invocation"
+            elif now.get("dirty"):
+                which = "other uncommitted changes than this invocation's"
+            else:
+                which = "uncommitted changes that this invocation does not have"
+            warnings.append(f"{len(other)} of {len(rows)} run(s) were trained with {which} "
                             f"({_commit_text(now['commit'], now.get('dirty'))}), e.g. {other[0].get('run_dir', '?')}: "
                             f"compare.py reused them; give runs= a fresh folder to train every run at this code")
     if any(d for _, d in [*sel, *fin]):

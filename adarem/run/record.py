@@ -309,18 +309,22 @@ class RunRecord:
             self.data.pop(key, None)
         segment = {"start_time": now(), "start_step": start_step, "git": git_info(), "versions": versions(),
                    "hardware": hardware(device), "world_size": world_size}
-        changed = (["unrecorded"] if segments[-1].get("provenance") == "unrecorded"
-                   else _provenance_differences(segments[-1], segment)) if segments else []
+        # a start from no checkpoint trains from step 0: the earlier segments (killed before their
+        # first checkpoint) left nothing in it, and their provenance is no part of its numbers
+        # (helper-93: a restart with other threads was called mixed)
+        contributing = segments if checkpoint is not None else []
+        changed = (["unrecorded"] if contributing[-1].get("provenance") == "unrecorded"
+                   else _provenance_differences(contributing[-1], segment)) if contributing else []
         segments.append(segment)
-        mixed = {k for s in segments[:-1] if s.get("provenance") != "unrecorded"
+        mixed = {k for s in contributing if s.get("provenance") != "unrecorded"
                  for k in _provenance_differences(s, segment)}
-        for s in segments[:-1]:  # what the run a checkpoint came from had already mixed, or that it is unknown
+        for s in contributing:  # what the run a checkpoint came from had already mixed, or that it is unknown
             if s.get("provenance") == "unrecorded":
                 mixed.add("unrecorded")
             mixed.update(k for k in s.get("mixed_provenance") or [] if isinstance(k, str))
         mixed = sorted(mixed)
         git = dict(segment["git"])
-        if any((s.get("git") or {}).get("dirty") for s in segments):
+        if any((s.get("git") or {}).get("dirty") for s in [*contributing, segment]):
             git["dirty"] = True  # some of the training ran on uncommitted code
         self.data.update({
             "status": "running", "config": config, "git": git, "versions": segment["versions"],

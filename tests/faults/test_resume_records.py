@@ -191,3 +191,16 @@ def test_a_run_continued_from_another_directory_has_its_whole_curve_and_requeues
         record = read_run(run_dir)
         assert record["status"] == "finished" and not record.get("metrics_lines_lost"), how
         assert [s["start_step"] for s in record["segments"]][-2:] == [5, 5], (how, record["segments"])
+
+
+def test_a_restart_from_no_checkpoint_is_not_called_mixed(tmp_path, env):
+    """helper-93: killed before its first checkpoint, then started again with other threads: the
+    restart trains from step 0, yet the record called it mixed (hardware.torch_threads) and a note
+    said its numbers may differ from an uninterrupted run's."""
+    run_dir = tmp_path / "run"
+    killed = run_train(ONE, dict(env, ADAREM_FAULT="step@3", OMP_NUM_THREADS="2"), run_dir)
+    assert killed.returncode == -signal.SIGKILL
+    res = run_train(ONE, dict(env, OMP_NUM_THREADS="1"), run_dir)
+    assert res.returncode == 0 and "continues at step" not in res.stderr, res.stderr[-3000:]
+    record = read_run(run_dir)
+    assert record["mixed_provenance"] == [] and [s["start_step"] for s in record["segments"]] == [0, 0], record

@@ -137,6 +137,10 @@ def test_the_report_flags_runs_of_other_code_versions_threads_or_a_mixed_resume(
     unknown = [{**r, "diff_sha1": None} for r in edited]
     warnings = code_section(unknown, {"commit": "old1", "dirty": True, "diff_sha1": None, "versions": {}})[1]
     assert warnings[0].startswith("2 of 2 run(s) were trained with other uncommitted changes"), warnings
+    # helper-92: clean runs reused by an invocation on an edited tree did not have "other uncommitted changes"
+    warnings = code_section(same, {"commit": "old1", "dirty": True, "diff_sha1": "bbb", "versions": {}})[1]
+    assert warnings[0].startswith("2 of 2 run(s) were trained with none of the uncommitted changes of this "
+                                  "invocation"), warnings
     # a hand-edited record (threads in a list, a commit that is a number) is no crash after the training
     odd = {**record, "git": {"commit": 7, "dirty": True, "diff_sha1": ["x"]}, "hardware": {"torch_threads": [2]}}
     (tmp_path / "run.json").write_text(json.dumps(odd))

@@ -102,3 +102,25 @@ def test_evaluations_every_few_epochs_are_said_and_give_no_area(tmp_path):
     text = write_report(rs, tmp_path / "out", CLAIMS_FILE, "test")
     assert "Evaluations: at every 3rd epoch's end and the last, with" in text
     assert "1 per epoch" not in text
+
+
+def test_a_claims_file_naming_no_known_optimizer_or_no_claims_is_refused(tmp_path):
+    """--claims with 'adaremm' (timm's name) or 'SGD' gave exit 0 and "Insufficient data"; a
+    folder was said not to exist; an empty file or --claims '' wrote a report without claims."""
+    from tests.results.test_review_h2 import STUDY_FINALS, _make_tables
+
+    cases = {"adaremm": "claims:\n  - {id: t, text: x, metric: final_top1, subject: adaremm, baseline: adam, better: lower}\n",
+             "SGD": "claims:\n  - {id: t, text: x, metric: final_top1, subject: adarem, baseline: SGD, better: lower}\n",
+             "empty": ""}
+    for what, text in cases.items():
+        claims, out = tmp_path / f"{what}.yaml", tmp_path / f"out_{what}"
+        claims.write_text(text)
+        res = _make_tables(STUDY_FINALS, "--out", out, "--claims", claims)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: --claims {claims}"), res.stderr
+        assert (f"optimizer {what!r} is neither a preset" in lines[0] and "adarem_m" in lines[0] if what != "empty"
+                else "holds no claims" in lines[0]), lines[0]
+        assert not out.exists()
+    for arg, said in ((str(tmp_path), "is a directory"), ("", "is empty")):
+        res = _make_tables(STUDY_FINALS, "--out", tmp_path / "o", "--claims", arg)
+        assert res.returncode == 2 and said in res.stderr, res.stderr
