@@ -537,16 +537,14 @@ def _oscillation_window(osc_lines: list[dict], every) -> str:
 
 
 def _oscillation_every(osc_lines: list[dict]) -> str:
-    """The steps between a run's oscillation records, read off the records (every k steps: the first
-    at k): "10"; several (a run resumed with another trainer.oscillation_every) joined by "/"; ""
-    without records. Both measures are means over the recorded steps, so runs recorded at other
-    intervals average other points of training (helper-92: +0.015 against -0.011 flips, one training
-    recorded every 10 and every 60 steps)."""
-    steps = sorted({r["step"] for r in osc_lines if _is_int(r.get("step"))})
-    if not steps:
-        return ""
-    gaps = {steps[0]} | {b - a for a, b in zip(steps, steps[1:])}
-    return "/".join(str(g) for g in sorted(gaps))
+    """The interval, in steps, of a run's oscillation records, read off the records: the greatest
+    common divisor of their steps (records every k steps fall at multiples of k; one record skipped,
+    as by a resume from an older checkpoint without the tracker's state, leaves it k); "" without
+    records. Both measures are means over the recorded steps, so runs recorded at other intervals
+    average other points of training (helper-92: +0.015 against -0.011 flips, one training recorded
+    every 10 and every 60 steps)."""
+    steps = [r["step"] for r in osc_lines if _is_int(r.get("step")) and r["step"] > 0]
+    return str(functools.reduce(math.gcd, steps)) if steps else ""
 
 
 def _read_run(rel: str, run: dict, numbered: list[tuple[int, dict]], torn: int = 0) -> dict:

@@ -124,3 +124,14 @@ def test_a_claims_file_naming_no_known_optimizer_or_no_claims_is_refused(tmp_pat
     for arg, said in ((str(tmp_path), "is a directory"), ("", "is empty")):
         res = _make_tables(STUDY_FINALS, "--out", tmp_path / "o", "--claims", arg)
         assert res.returncode == 2 and said in res.stderr, res.stderr
+
+
+def test_a_skipped_oscillation_record_keeps_the_runs_interval():
+    """Five of the committed study's trials miss one record (a resume from a checkpoint without the
+    tracker's state): read off the gaps between records they were 'every 10/20', apart from the rest."""
+    from adarem.results.records import _oscillation_every
+
+    lines = lambda steps: [{"type": "oscillation", "step": s} for s in steps]  # noqa: E731
+    assert _oscillation_every(lines([10, 20, 40, 50])) == "10"
+    assert _oscillation_every(lines([60, 120])) == "60"
+    assert _oscillation_every([]) == ""
