@@ -1053,15 +1053,35 @@ def run() -> None:
 def main(argv: list[str] | None = None) -> int:
     """The compare command line (scripts/compare.py; a console script can point here): returns the
     exit code; bad input exits 2 with one ``error:`` line."""
+    import signal
+    import threading
     from concurrent.futures.process import BrokenProcessPool
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # a SIGTERM (a time limit, scancel of the job running compare.py) ended the compare at once
+        # and said nothing (helper-92): it now stops as Ctrl-C does, its trials as preempted runs
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return compare(argv)
     except BrokenProcessPool:
         fail("a worker process died (killed, or out of memory); launch the same command again: finished "
              "trials are kept and unfinished ones resume")
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C); launch the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        print(f"{what}; launch the same command again to resume: finished trials are kept, stopped ones resume "
+              f"from their checkpoints", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in the compare process: it leaves as on Ctrl-C (its trials stop as preempted runs)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()

@@ -213,3 +213,31 @@ def test_ctrl_c_begins_no_queued_trial(tmp_path, env):
     assert not begun_after, (begun_after, signalled)
     assert [r["status"] for r in records] == ["interrupted"], records
 
+
+
+def test_sigterm_to_compare_stops_its_trial_as_preempted_and_says_so(tmp_path, env):
+    """helper-92: a SIGTERM to compare.py alone (a time limit, `timeout`) ended it at once with exit
+    143 and no line of its own. It now leaves as on Ctrl-C: its running trial stops as a preempted
+    run (checkpointed), and one line says to launch the same command again."""
+    import json
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "compare.py"), f"runs={runs}",
+                             f"out={tmp_path / 'out'}", "optimizers=sgd", "seeds=1", "select_seeds=1",
+                             "lr_grid=1", "workers=1", "data=digits", "trainer.epochs=30"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(runs.glob("select/*/*/metrics.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the trial is training
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)  # the compare process only
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM; launch the same command again"), err[-2000:]
+    records = [json.loads(p.read_text()) for p in runs.glob("select/*/*/run.json")]
+    assert [r["status"] for r in records] == ["preempted"], records
