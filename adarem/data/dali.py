@@ -239,6 +239,15 @@ def val_geometry(height: int, width: int, short: int, size: int) -> tuple[int, i
 LABEL, BAD, REASON, GEOMETRY, FLIP, RECORD = 0, 1, 2, slice(3, 7), 7, 8
 
 
+def _leave_ctrl_c_to_the_parent() -> None:
+    """In a DALI worker: ignore SIGINT, as torch's DataLoader workers do. A terminal's Ctrl-C reaches
+    the whole foreground group; each worker printed a KeyboardInterrupt traceback and its death was
+    reported as a possible out-of-memory kill (helper-93: 50-147 lines where one was promised). The
+    training process handles it, and its pipeline's shutdown (or its death: die_with_parent) ends
+    the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class SampleReader:
     """The external source callback: ``SampleInfo`` -> (one sample's encoded bytes, its record:
     label, replaced file, geometry and flip, see RECORD above).
@@ -264,6 +273,7 @@ class SampleReader:
 
     def _after_fork(self) -> None:  # in every child forked by multiprocessing while this object lives
         if _STARTING_WORKERS:  # ... but only DALI's workers are forked while a pipeline starts them
+            _leave_ctrl_c_to_the_parent()
             die_with_parent(self._parent)
             faults.maybe_crash("dali_start", _FORKED)
 
@@ -274,6 +284,7 @@ class SampleReader:
 
     def __setstate__(self, state):  # in a spawned worker
         self.__dict__.update(state)
+        _leave_ctrl_c_to_the_parent()
         die_with_parent(self._parent)
 
     def _schedule(self) -> np.ndarray:
