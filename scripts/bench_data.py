@@ -232,17 +232,19 @@ def main() -> None:
     device = torch.device("cuda", 0) if args.dali_device == "mixed" else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_data: --dali-device mixed needs a CUDA device")
-    common = dict(name="folder", root=str(root), image_size=224, val_resize=256, num_workers=args.workers,
-                  dali_threads=args.workers)
+    common = dict(name="folder", root=str(root), image_size=224, val_resize=256, num_workers=args.workers)
+    threads = {"dali_threads": args.workers}  # DALI's setting, refused with the torch loader
     dali_name = f"dali-{args.dali_device}"
     loaders = {}
     for backend in ("torch", "dali"):
-        data = build_data(DataConfig(loader=backend, **common), args.batch_size, 0, 1, 0, device)
+        data = build_data(DataConfig(loader=backend, **common, **(threads if backend == "dali" else {})),
+                          args.batch_size, 0, 1, 0, device)
         name = "torch" if backend == "torch" else dali_name
         loaders[(name, "train")], loaders[(name, "val")] = data.train, data.val
     if args.previous:
         rev = args.previous[:7]
-        old = previous_loaders(args.previous, DataConfig(**common), args.batch_size, device)
+        # one configuration for both of that commit's loaders (its torch loader reads no data.loader)
+        old = previous_loaders(args.previous, DataConfig(loader="dali", **common, **threads), args.batch_size, device)
         for (backend, split), loader in old.items():
             loaders[(f"{'torch' if backend == 'torch' else dali_name}@{rev}", split)] = loader
     # (stage, loader name, split): "load" = the whole loader, "read" = the DALI reader alone

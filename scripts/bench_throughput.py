@@ -229,7 +229,7 @@ def main() -> None:
         root = Path(args.root) if args.root else photo_tree(steps * batch, dist)
         for name in real:
             cfg = DataConfig(name="folder", root=str(root), loader=name, image_size=size, num_workers=args.workers,
-                             dali_threads=args.workers, **channels)
+                             **({"dali_threads": args.workers} if name == "dali" else {}), **channels)
             data[name] = build_data(cfg, batch, dist.rank, dist.world_size, 0, device, channels_last=channels_last).train
             if len(data[name]) < steps:
                 raise SystemExit(f"bench_throughput: {root / 'train'} holds {len(data[name])} batches of {batch}, "

@@ -32,7 +32,8 @@ CPU = torch.device("cpu")
 def cfg_for(root, **kw) -> DataConfig:
     kw.setdefault("num_workers", 2)
     kw.setdefault("loader", "dali")
-    return DataConfig(name="folder", root=str(root), image_size=64, val_resize=73, dali_threads=2, **kw)
+    threads = {"dali_threads": 2} if kw["loader"] == "dali" else {}  # read by DALI only (refused otherwise)
+    return DataConfig(name="folder", root=str(root), image_size=64, val_resize=73, **threads, **kw)
 
 
 def collect(loader, epoch=0, start=0):

@@ -32,7 +32,7 @@ def _tree(root, write, name):
 def _val(root, loader="torch"):
     """The first validation image as the model gets it, in grey levels (mean 0, std 1, x 255), at
     the file's own size where possible (image_size = its height; width resized)."""
-    cfg = DataConfig(name="folder", root=str(root), image_size=H, val_resize=H, random_resized_crop=False,
+    cfg = DataConfig(name="folder", root=str(root), image_size=H, random_resized_crop=False,
                      hflip=False, num_workers=0, loader=loader, in_chans=1, mean=[0.0], std=[1.0])
     data = build_data(cfg, 2, 0, 1, 0, CPU)
     x, y = next(iter(data.val.epoch(0)))
@@ -208,7 +208,7 @@ AGREED = [
 
 
 def _rgb_val(root, loader):
-    cfg = DataConfig(name="folder", root=str(root), image_size=H, val_resize=H, random_resized_crop=False,
+    cfg = DataConfig(name="folder", root=str(root), image_size=H, random_resized_crop=False,
                      hflip=False, num_workers=0, loader=loader, mean=[0.0] * 3, std=[1.0] * 3)
     data = build_data(cfg, 2, 0, 1, 0, CPU)
     x, y = next(iter(data.val.epoch(0)))
