@@ -58,7 +58,7 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
     ap.add_argument("runs_dir", nargs="?", help="directory holding run directories")
     ap.add_argument("--out", default=None, help="output directory (default results/<runs_dir name>, the name of the "
                                                 "resolved folder: results/digits for . inside runs/digits)")
-    ap.add_argument("--claims", default=str(CLAIMS_FILE), help="claims to test (default: the package's adarem/results/claims.yaml)")
+    ap.add_argument("--claims", default=str(CLAIMS_FILE), help="claims to test (default: the package's adarem/results/claims.yaml; '' for none)")
     ap.add_argument("--targets", default="1,5", help="target errors: SGD final error + these points")
     ap.add_argument("--wandb", default=None, help="ENTITY/PROJECT: read runs through the wandb API")
     args = ap.parse_args(argv)
@@ -105,10 +105,10 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
               f"which these tables would replace and mix with theirs; pass another --out (e.g. --out {out}-tables), or "
               f"relaunch that compare.py command to rewrite its report (it reuses its finished runs)", file=sys.stderr)
         return 2
-    if args.claims is not None and not Path(args.claims).is_file():
-        what = "is empty" if not args.claims else "is a directory" if Path(args.claims).is_dir() else "does not exist"
-        print(f"error: --claims {args.claims!r} {what}; pass a claims YAML file (as adarem/results/claims.yaml)",
-              file=sys.stderr)
+    if args.claims and not Path(args.claims).is_file():  # --claims '' tests none
+        what = "is a directory" if Path(args.claims).is_dir() else "does not exist"
+        print(f"error: --claims {args.claims} {what}; pass a claims YAML file (as adarem/results/claims.yaml), or "
+              f"--claims '' for none", file=sys.stderr)
         return 2
     if args.claims:
         try:  # before anything is read or written: a bad claims file used to fail after the tables, in a traceback

@@ -150,7 +150,7 @@ def load_claims(path: Path) -> dict:
                          f"not {type(spec).__name__ if not isinstance(spec, dict) else 'claims: ' + type(spec['claims']).__name__}")
     if not spec.get("claims"):  # an empty file wrote a report with no claims section, and said nothing
         raise ValueError(f"{path} holds no claims; list them under 'claims:' (as adarem/results/claims.yaml), or "
-                         f"leave --claims out for the default claims")
+                         f"give --claims '' to test none")
     if not isinstance(spec.get("paper_numbers") or {}, dict):
         raise ValueError(f"{path}: paper_numbers must be a mapping (dataset/model: metric: optimizer: value)")
     seen = set()
