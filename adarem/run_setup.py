@@ -16,6 +16,7 @@ cores).
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -41,7 +42,7 @@ from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
 from adarem.run.peer_watch import PeerWatch
 from adarem.run.record import (FINAL_STATUSES, METRICS, MetricsLog, RunRecord, checkpoint_start, describe_differences,
-                               now, trained_at_other_world)
+                               lines_before_checkpoint, now, trained_at_other_world)
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
 
@@ -385,8 +386,14 @@ def prepare(run: Run, stop: StopFlag) -> Optional[int]:
             # rule reads (helper-93: it stayed "running", and the run was never requeued)
             record = RunRecord(run.run_dir, True)
             record.data = dict(previous)
+            # the segment that died keeps its own end ("running": killed), not this launch's
+            # preemption, which trained nothing and records no segment (helper-94)
+            segments = [dict(x) for x in previous.get("segments") or [] if isinstance(x, dict)]
+            if segments:
+                segments[-1].setdefault("end_status", previous.get("status"))
             record.update(status="preempted", end_time=now(), signal=stop.recorded_signal,
-                          stopped_at_step=run.state.global_step, stop_reason="preempt")
+                          stopped_at_step=run.state.global_step, stop_reason="preempt",
+                          **({"segments": segments} if segments else {}))
         if dist.is_main:
             print(f"stopped during start-up (signal {stop.recorded_signal}) before any training step; exit "
                   f"{REQUEUE_EXIT_CODE} asks for a requeue", file=sys.stderr)
@@ -536,6 +543,21 @@ def check_data_identity(run: Run, data_id: dict) -> None:
                           f"hydra.run.dir for a new run")
 
 
+def _source_cuts(source_dir: Path) -> tuple[list, bool]:
+    """The metrics cuts recorded by the run a foreign checkpoint came from (its run.json), and
+    whether it lost lines no recorded cut places (an older version's record)."""
+    try:
+        with open(source_dir / "run.json") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return [], False
+    if not isinstance(record, dict):
+        return [], False
+    cuts = record.get("metrics_cuts") or []
+    lost = record.get("metrics_lines_lost")
+    return cuts, isinstance(lost, (int, float)) and lost > 0 and not cuts
+
+
 def open_record(run: Run, data_id: dict) -> None:
     """run.json (rank 0 writes), metrics.jsonl cut back to the checkpoint, and the wandb mirror."""
     from adarem.models import count_parameters
@@ -546,14 +568,26 @@ def open_record(run: Run, data_id: dict) -> None:
     # metrics.jsonl first: a run directory whose metrics.jsonl cannot be opened (a folder of that
     # name, no permission) is refused before run.json records a new segment (restarts + 1, failed)
     run.metrics = MetricsLog(run.run_dir, dist.is_main)
-    keep = run.plan.checkpoint["metrics_lines"] if run.plan.checkpoint else 0
     foreign = run.plan.checkpoint is not None and run.plan.foreign(run.run_dir)
-    if foreign:
+    source_cuts, source_unplaced = _source_cuts(Path(run.plan.checkpoint_path).parent) if foreign else ([], False)
+    keep = 0 if run.plan.checkpoint is None else lines_before_checkpoint(
+        run.plan.checkpoint, (run.plan.previous or {}).get("metrics_cuts") or [], foreign, source_cuts)
+    mine = run.run_dir / METRICS
+    fresh = foreign and (not mine.exists() or mine.stat().st_size == 0)  # its first start from that checkpoint
+    if fresh and not source_unplaced:
         # resume=<path>: the lines logged before that checkpoint are in its run's directory; copied,
         # so that this run's curve is whole (helper-93: they were counted lost, and the tables left
-        # the run out)
+        # the run out). Not from a run that lost lines where no recorded cut places them (an older
+        # version's): its first lines are not those the count means
         run.metrics.copy_lines_from(Path(run.plan.checkpoint_path).parent / METRICS, keep)
     lost = run.metrics.open(keep_lines=keep)
+    if fresh and dist.is_main:
+        # what the source had lost before the checkpoint (its cuts up to the checkpoint's segment)
+        # is lost here too, as are the counted lines not copied (helper-94)
+        segment = run.plan.checkpoint.get("segment", -1)
+        earlier = sum(c["lost"] for c in source_cuts if isinstance(c, dict) and isinstance(c.get("lost"), int)
+                      and isinstance(c.get("segment"), int) and c["segment"] <= segment)
+        lost = run.plan.checkpoint["metrics_lines"] - run.metrics.lines + earlier
     run.record = RunRecord(run.run_dir, dist.is_main)
     plan = run.plan
     changed = run.record.start(run.config_dict, dist.world_size, dist.device, plan.previous,
@@ -583,7 +617,10 @@ def open_record(run: Run, data_id: dict) -> None:
                  str(run.run_dir / METRICS))
         print(f"warning: {where} held {lost} fewer complete line(s) than the checkpoint recorded (cut, torn or "
               f"absent); those lines are lost and the run record says so (metrics_lines_lost)", file=sys.stderr)
-        run.record.update(metrics_lines_lost=run.record.data.get("metrics_lines_lost", 0) + lost)
+        # the checkpoints written before this segment count lines that are gone (lines_before_checkpoint)
+        cut = {"segment": len(run.record.data["segments"]) - 1, "lines": run.metrics.lines, "lost": lost}
+        run.record.update(metrics_lines_lost=run.record.data.get("metrics_lines_lost", 0) + lost,
+                          metrics_cuts=[*(run.record.data.get("metrics_cuts") or []), cut])
     run.tracker = Tracker(config.logging.wandb, dist.is_main)
     variant = config.optimizer.variant
     wandb_id = run.record.data.setdefault("wandb_id", f"{variant}-s{config.seed}-{os.urandom(4).hex()}")

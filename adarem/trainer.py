@@ -211,7 +211,8 @@ class Trainer:
                                                             if self.oscillation and self.state.epoch < self.tc.epochs
                                                             else None,
                                                             ckpt_io.device_info(r.dist.device, r.precision),
-                                                            segment_provenance(r.record.data)),
+                                                            segment_provenance(r.record.data),
+                                                            len(r.record.data.get("segments") or []) - 1),
                                 r.run_dir)
         dist_utils.barrier()
         self.last_checkpoint = time.monotonic()

@@ -1069,6 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
         fail("a worker process died (killed, or out of memory); launch the same command again: finished "
              "trials are kept and unfinished ones resume")
     except KeyboardInterrupt as exc:
+        from adarem.protocol.dispatch import Terminated
+
         what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         print(f"{what}; launch the same command again to resume: finished trials are kept, stopped ones resume "
               f"from their checkpoints", file=sys.stderr)
@@ -1079,9 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM in the compare process: it leaves as on Ctrl-C (its trials stop as preempted runs)."""
-
-
 def _terminated(signum, frame):
+    from adarem.protocol.dispatch import Terminated
+
     raise Terminated()

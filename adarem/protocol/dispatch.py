@@ -282,6 +282,11 @@ def run_one(overrides: list[str], threads: int) -> dict:
             "seconds": time.time() - t0}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in the compare process (adarem.protocol.cli.main): it leaves as on Ctrl-C, its local
+    trials stopped as preempted runs, but submitted SLURM jobs are not cancelled."""
+
+
 _ORPHAN_GRACE_S = 60.0  # time an orphaned worker's stopped trial gets to write its checkpoint
 _ORPHANED = threading.Event()  # set in a worker whose compare process died: it starts no further trial
 _STOPPED = threading.Event()  # set in a worker whose compare is leaving on an error or Ctrl-C: likewise
@@ -529,10 +534,13 @@ class SlurmDispatcher:
             t0 = time.time()
             try:
                 self._wait(stage, jobs)
-            except KeyboardInterrupt:
-                for job in jobs:
-                    with contextlib.suppress(Exception):
-                        job.cancel(check=False)
+            except KeyboardInterrupt as exc:
+                # Ctrl-C cancels the jobs; a SIGTERM (the compare's own time limit) leaves them to
+                # finish, as they did before compare.py handled it: a relaunch collects them (helper-94)
+                if not isinstance(exc, Terminated):
+                    for job in jobs:
+                        with contextlib.suppress(Exception):
+                            job.cancel(check=False)
                 raise
             for (i, _, cfg, run_dir), job in zip(todo, jobs):
                 res = self._outcome(job, run_dir, time.time() - t0)

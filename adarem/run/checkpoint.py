@@ -136,7 +136,8 @@ def rank_state(state) -> dict:
 
 def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_lines: int, per_rank: list,
                         config: dict, data_identity: dict | None = None, oscillation: dict | None = None,
-                        device: dict | None = None, provenance: dict | None = None) -> dict:
+                        device: dict | None = None, provenance: dict | None = None,
+                        segment: int | None = None) -> dict:
     """Everything needed to continue a run exactly where it stopped; ``per_rank`` holds every
     rank's ``rank_state``; ``config`` is the resolved configuration and ``data_identity`` the
     data it was trained on (resume=<path> checks both); ``oscillation`` the oscillation tracker's
@@ -144,8 +145,11 @@ def training_checkpoint(model, optimizer, scheduler, scaler, state, metrics_line
     it trained on (``device_info``: a resume on another device type or precision is refused);
     ``provenance`` the git, versions, hardware and world_size of the segment that wrote it and its
     run's mixed_provenance (``record.segment_provenance``), which a run continued from it in another
-    directory records as its first segment."""
+    directory records as its first segment; ``segment`` the index of the run.json segment that wrote
+    it (``metrics_lines`` counts lines of that segment's file: record.lines_before_checkpoint)."""
     extra = {"oscillation": oscillation} if oscillation is not None else {}
+    if segment is not None:
+        extra["segment"] = segment
     if device is not None:
         extra["device"] = device
     if provenance is not None:

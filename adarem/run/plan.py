@@ -155,10 +155,12 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
                                 f"{(ckpt.get('position') or {}).get('global_step')}, as resume=auto would")
         # it stopped before its first checkpoint: start from that checkpoint again. Its metrics.jsonl
         # begins with the lines of the checkpoint's run (copied at its start), so the checkpoint's
-        # line count cuts it back to exactly those; where they were not copied (lines recorded lost:
-        # a run started by an older version) the count does not describe the file: refused
+        # line count cuts it back to exactly those (less what a recorded cut removed); where lines were
+        # lost without a recorded cut (a run started by an older version) the count does not
+        # describe the file: refused
         lost = previous.get("metrics_lines_lost")
-        held = _run_files(run_dir) if isinstance(lost, (int, float)) and lost > 0 else []
+        unplaced = isinstance(lost, (int, float)) and lost > 0 and not previous.get("metrics_cuts")
+        held = _run_files(run_dir) if unplaced else []
     if path.resolve() not in own and held:
         # its metrics.jsonl would be cut to the other checkpoint's line count and continued: two runs mixed
         raise ConfigError(f"resume={resume}: {run_dir} already holds {' and '.join(held)} of a run, which a checkpoint "
@@ -169,6 +171,15 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
     except ckpt_io.CheckpointError as exc:  # a file that is not a checkpoint: say what resume= takes
         raise ckpt_io.CheckpointError(f"resume={resume}: {exc}; pass a checkpoint.pt (or checkpoint_prev.pt) that "
                                       f"train.py wrote, or resume=auto / resume=never") from None
+    step_then = started_from.get("global_step") if path.resolve() not in own and previous is not None and \
+        started_from.get("path") == str(path.resolve()) else None
+    step_now = (loaded.get("position") or {}).get("global_step") if isinstance(loaded, dict) else None
+    if step_then is not None and step_now != step_then:
+        # the checkpoint file was overwritten since (its own run went on): continuing from it would
+        # skip or repeat steps under lines copied from the old one (helper-94)
+        raise ConfigError(f"resume={resume}: {run_dir} holds the run started from that file at step {step_then}, and "
+                          f"it now holds step {step_now} (its own run went on): resume into an empty hydra.run.dir, "
+                          f"or restore the checkpoint of step {step_then}")
     ckpt = _checkpoint_of(config, loaded, f"resume={resume}: the checkpoint's run",
                           "resume with the checkpoint's values, or start a new run (resume=never)",
                           unrecorded=f"resume={resume}: the checkpoint records no configuration (written by an "

@@ -236,6 +236,24 @@ def segment_provenance(record: dict) -> dict:
     return {**{k: segment.get(k) for k in PROVENANCE}, "mixed_provenance": list(record.get("mixed_provenance") or [])}
 
 
+def lines_before_checkpoint(ckpt: dict, own_cuts: list, foreign: bool, source_cuts: list = ()) -> int:
+    """How many lines of the run's metrics.jsonl were logged before ``ckpt``: its ``metrics_lines``,
+    less what a cut removed since. A start that found fewer lines than its checkpoint counted (a
+    torn or cut file) keeps what was there and records a cut (run.json ``metrics_cuts``: the
+    segment and the lines kept); a checkpoint written before that segment counts lines that are no
+    longer there, and its count cut the file back into the killed segment's lines, which were then
+    logged twice (helper-93). ``foreign`` (resume=<path>): every cut of this directory came after
+    the checkpoint; ``source_cuts`` are its own run's, which its segment is compared with."""
+    def lines(cuts, after_segment):
+        return [c["lines"] for c in cuts or () if isinstance(c, dict) and isinstance(c.get("lines"), int)
+                and isinstance(c.get("segment"), int) and c["segment"] > after_segment]
+
+    segment = ckpt.get("segment", -1)  # a checkpoint of an older version: before any recorded cut
+    writer = source_cuts if foreign else own_cuts  # the cuts of the run that wrote the checkpoint
+    later = lines(writer, segment) + (lines(own_cuts, -1) if foreign else [])  # every cut here followed the copy
+    return min([ckpt["metrics_lines"], *later])
+
+
 def checkpoint_start(ckpt: dict, path: Path, foreign: bool) -> dict:
     """What ``RunRecord.start`` needs of the checkpoint a start continues."""
     pos = ckpt.get("position") or {}
@@ -297,7 +315,7 @@ class RunRecord:
         if previous and not segments:  # a record of a version that kept only the last segment
             segments = [{"start_time": previous.get("start_time"), "start_step": None,
                          **{k: previous[k] for k in ("git", "versions", "hardware", "world_size") if k in previous}}]
-        if previous and segments:
+        if previous and segments and "end_status" not in segments[-1]:  # set where a start-up stop kept it
             ended = {"end_status": previous.get("status")}
             ended.update({k: previous[k] for k in PER_STOP if k in previous and k != "status"})
             segments[-1].update(ended)

@@ -204,3 +204,55 @@ def test_a_restart_from_no_checkpoint_is_not_called_mixed(tmp_path, env):
     assert res.returncode == 0 and "continues at step" not in res.stderr, res.stderr[-3000:]
     record = read_run(run_dir)
     assert record["mixed_provenance"] == [] and [s["start_step"] for s in record["segments"]] == [0, 0], record
+
+
+def test_a_second_kill_after_a_cut_file_logs_no_line_twice(tmp_path, env):
+    """helper-93: metrics.jsonl torn at its 4th line, the run resumed from its step-11 checkpoint
+    (3 lines kept) and was killed at step 18 before its next checkpoint; the next resume cut the
+    file back to the checkpoint's count in the old layout, into the killed segment's lines, and
+    logged steps 12-18 twice (the tables then left the run out)."""
+    run_dir = tmp_path / "run"
+    args = ONE + ["trainer.log_every=1"]
+    assert run_train(args + ["trainer.max_steps=11"], env, run_dir).returncode == 0
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    counted = len(lines)
+    lines[3] = '{"type": "iter", "ste\n'  # torn
+    path.write_text("".join(lines))
+    killed = run_train(args, dict(env, ADAREM_FAULT="step@18"), run_dir)
+    assert killed.returncode == -signal.SIGKILL
+    assert read_run(run_dir)["metrics_cuts"][-1]["lines"] == 3
+    res = run_train(args, env, run_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = [(m["type"], m.get("step")) for m in read_metrics(run_dir)]
+    assert len(steps) == len(set(steps)), [s for s in steps if steps.count(s) > 1][:5]
+    assert max(s for t, s in steps if t == "iter") == 22
+    assert read_run(run_dir)["metrics_lines_lost"] == counted - 3
+
+
+def test_resume_path_requeue_and_copy_respect_the_source_run(tmp_path, env):
+    """helper-94: (1) the checkpoint a killed resume=<path> run started from was overwritten by its
+    own run going on, and the requeue silently continued from the newer step under lines copied
+    from the old; (2) lines the source run had lost before its checkpoint were not counted lost in
+    the run continued from it, whose curve then passed for whole."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert run_train(ONE + ["trainer.max_steps=5"], env, a).returncode == 0
+    killed = run_train(ONE + [f"resume={a / 'checkpoint.pt'}"], dict(env, ADAREM_FAULT="step@8"), b)
+    assert killed.returncode == -signal.SIGKILL
+    assert run_train(ONE + ["trainer.max_steps=10"], env, a).returncode == 0  # A's checkpoint now at step 10
+    again = run_train(ONE + [f"resume={a / 'checkpoint.pt'}"], env, b)
+    assert again.returncode == 2 and "started from that file at step 5, and it now holds step 10" in again.stderr, \
+        again.stderr[-3000:]
+    # (2) a source whose file was cut before its checkpoint
+    a2, b2 = tmp_path / "A2", tmp_path / "B2"
+    assert run_train(ONE + ["trainer.max_steps=3", "trainer.log_every=1"], env, a2).returncode == 0
+    path = a2 / "metrics.jsonl"
+    counted = len(path.read_text().splitlines())
+    path.write_text(path.read_text().splitlines(keepends=True)[0])  # one line left
+    assert run_train(ONE + ["trainer.max_steps=5", "trainer.log_every=1"], env, a2).returncode == 0
+    assert read_run(a2)["metrics_lines_lost"] == counted - 1
+    res = run_train(ONE + ["trainer.max_steps=7", "trainer.log_every=1", f"resume={a2 / 'checkpoint.pt'}"], env, b2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_run(b2)["metrics_lines_lost"] == counted - 1
+    steps = [(m["type"], m.get("step")) for m in read_metrics(b2)]
+    assert len(steps) == len(set(steps))

@@ -471,4 +471,8 @@ def test_a_relaunch_preempted_during_start_up_marks_the_run_preempted(tmp_path, 
     record = read_run(run_dir)
     assert record["status"] == "preempted" and record["signal"] == "SIGTERM", record
     assert run_train(["trainer.epochs=2"], env, run_dir).returncode == 0  # the requeue
-    assert read_run(run_dir)["status"] == "finished"
+    record = read_run(run_dir)
+    assert record["status"] == "finished"
+    # the killed segment keeps its own end (helper-94: it took the start-up launch's preemption)
+    assert record["segments"][0]["end_status"] == "running" and "signal" not in record["segments"][0], record
+    assert len(record["segments"]) == 2
