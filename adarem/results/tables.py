@@ -603,38 +603,34 @@ def oscillation_notes(runs: pd.DataFrame) -> list[dict]:
     selected = osc[osc.run_dir.isin(selected.run_dir)]
     notes = []
     if "osc_every" in osc:
-        for key, g in osc.groupby(GROUP, dropna=False, sort=True):
-            if g.osc_every.nunique() > 1:
-                info = dict(zip(GROUP, key))
-                counts = g.osc_every.value_counts()
-                notes.append({"run_dir": f"(oscillation) {len(g)} runs of {info['optimizer']} on "
-                                         f"{info['dataset']}/{info['model']}",
-                              "problem": "sign flips and path efficiency recorded at different intervals (" + ", ".join(
-                                  f"every {e} steps: {n} run(s)" for e, n in sorted(counts.items())) + "): not "
-                                  "averaged; each is a mean over the recorded steps, other points of training"})
-        for (dataset, model), g in selected.groupby(SETTING):
-            per_opt = g.groupby("optimizer").osc_every.agg(lambda e: "; ".join(sorted(set(e))))
-            if per_opt.nunique() > 1:
-                notes.append({"run_dir": f"(oscillation) {dataset}/{model}",
-                              "problem": "optimizers' sign flips and path efficiency recorded at different intervals ("
-                                  + ", ".join(f"{opt}: every {e} steps" for opt, e in per_opt.items()) + "): not "
-                                  "comparable; the claims on them give no verdict"})
+        notes += _mixed_notes(osc, selected, "osc_every", "sign flips and path efficiency recorded at different intervals",
+                              lambda e: f"every {e} steps", "each is a mean over the recorded steps, other points of "
+                              "training", "the claims on them give no verdict")
+    notes += _mixed_notes(osc, selected, "osc_window", "path efficiency measured over different windows",
+                          lambda w: f"{w} steps", "it depends on the window by definition",
+                          "the claims on it give no verdict")
+    return notes
+
+
+def _mixed_notes(osc: pd.DataFrame, selected: pd.DataFrame, column: str, measure: str, unit, why_row: str,
+                 why_setting: str) -> list[dict]:
+    """oscillation_notes' flags for one ``column`` (the interval or the window): runs of one row, and
+    the optimizers of a setting, that differ in it."""
+    notes = []
     for key, g in osc.groupby(GROUP, dropna=False, sort=True):
-        if g.osc_window.nunique() > 1:
+        if g[column].nunique() > 1:
             info = dict(zip(GROUP, key))
-            counts = g.osc_window.value_counts()
+            counts = g[column].value_counts()
             notes.append({"run_dir": f"(oscillation) {len(g)} runs of {info['optimizer']} on "
                                      f"{info['dataset']}/{info['model']}",
-                          "problem": "path efficiency measured over different windows (" + ", ".join(
-                              f"{w} steps: {n} run(s)" for w, n in sorted(counts.items())) + "): not averaged; "
-                              "it depends on the window by definition"})
+                          "problem": f"{measure} (" + ", ".join(f"{unit(v)}: {n} run(s)" for v, n in sorted(counts.items()))
+                                     + f"): not averaged; {why_row}"})
     for (dataset, model), g in selected.groupby(SETTING):
-        per_opt = g.groupby("optimizer").osc_window.agg(lambda w: "; ".join(sorted(set(w))))
+        per_opt = g.groupby("optimizer")[column].agg(lambda v: "; ".join(sorted(set(v))))
         if per_opt.nunique() > 1:
             notes.append({"run_dir": f"(oscillation) {dataset}/{model}",
-                          "problem": "optimizers' path efficiency measured over different windows (" + ", ".join(
-                              f"{opt}: {w} steps" for opt, w in per_opt.items()) + "): not comparable; the "
-                              "claims on it give no verdict"})
+                          "problem": f"optimizers' {measure} (" + ", ".join(f"{opt}: {unit(v)}" for opt, v in per_opt.items())
+                                     + f"): not comparable; {why_setting}"})
     return notes
 
 
