@@ -16,7 +16,6 @@ cores).
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -42,7 +41,8 @@ from adarem.run.plan import RunLock, RunLocked, RunPlan, plan_run
 from adarem.run.identity import normalise_root, run_id
 from adarem.run.peer_watch import PeerWatch
 from adarem.run.record import (FINAL_STATUSES, METRICS, MetricsLog, RunRecord, checkpoint_start, describe_differences,
-                               lines_before_checkpoint, now, trained_at_other_world)
+                               lines_before_checkpoint, lost_before_checkpoint, now, read_run_json,
+                               trained_at_other_world)
 from adarem.run.signals import REQUEUE_EXIT_CODE, StopFlag
 from adarem.tracking import Tracker
 
@@ -547,11 +547,8 @@ def _source_cuts(source_dir: Path) -> tuple[list, bool]:
     """The metrics cuts recorded by the run a foreign checkpoint came from (its run.json), and
     whether it lost lines no recorded cut places (an older version's record)."""
     try:
-        with open(source_dir / "run.json") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return [], False
-    if not isinstance(record, dict):
+        record = read_run_json(source_dir) or {}
+    except ValueError:  # unreadable: nothing known of its cuts
         return [], False
     cuts = record.get("metrics_cuts") or []
     lost = record.get("metrics_lines_lost")
@@ -584,10 +581,8 @@ def open_record(run: Run, data_id: dict) -> None:
     if fresh and dist.is_main:
         # what the source had lost before the checkpoint (its cuts up to the checkpoint's segment)
         # is lost here too, as are the counted lines not copied (helper-94)
-        segment = run.plan.checkpoint.get("segment", -1)
-        earlier = sum(c["lost"] for c in source_cuts if isinstance(c, dict) and isinstance(c.get("lost"), int)
-                      and isinstance(c.get("segment"), int) and c["segment"] <= segment)
-        lost = run.plan.checkpoint["metrics_lines"] - run.metrics.lines + earlier
+        lost = (run.plan.checkpoint["metrics_lines"] - run.metrics.lines
+                + lost_before_checkpoint(run.plan.checkpoint, source_cuts))
     run.record = RunRecord(run.run_dir, dist.is_main)
     plan = run.plan
     changed = run.record.start(run.config_dict, dist.world_size, dist.device, plan.previous,
@@ -618,7 +613,7 @@ def open_record(run: Run, data_id: dict) -> None:
         print(f"warning: {where} held {lost} fewer complete line(s) than the checkpoint recorded (cut, torn or "
               f"absent); those lines are lost and the run record says so (metrics_lines_lost)", file=sys.stderr)
         # the checkpoints written before this segment count lines that are gone (lines_before_checkpoint)
-        cut = {"segment": len(run.record.data["segments"]) - 1, "lines": run.metrics.lines, "lost": lost}
+        cut = {"segment": run.record.segment, "lines": run.metrics.lines, "lost": lost}
         run.record.update(metrics_lines_lost=run.record.data.get("metrics_lines_lost", 0) + lost,
                           metrics_cuts=[*(run.record.data.get("metrics_cuts") or []), cut])
     run.tracker = Tracker(config.logging.wandb, dist.is_main)

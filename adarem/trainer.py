@@ -212,7 +212,7 @@ class Trainer:
                                                             else None,
                                                             ckpt_io.device_info(r.dist.device, r.precision),
                                                             segment_provenance(r.record.data),
-                                                            len(r.record.data.get("segments") or []) - 1),
+                                                            r.record.segment),
                                 r.run_dir)
         dist_utils.barrier()
         self.last_checkpoint = time.monotonic()

@@ -110,9 +110,10 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         print(f"error: --claims {args.claims} {what}; pass a claims YAML file (as adarem/results/claims.yaml), or "
               f"--claims '' for none", file=sys.stderr)
         return 2
+    spec = {}
     if args.claims:
         try:  # before anything is read or written: a bad claims file used to fail after the tables, in a traceback
-            load_claims(Path(args.claims))
+            spec = load_claims(Path(args.claims))
         except (ValueError, OSError) as exc:
             print(f"error: --claims {args.claims}: {exc}", file=sys.stderr)
             return 2
@@ -159,7 +160,7 @@ def main(argv=None, prog: str = "adarem-tables") -> int:
         from adarem.results.records import optimizer_presets
 
         known = set(optimizer_presets()) | set(rs.runs.optimizer)
-        named = [c[k] for c in load_claims(Path(args.claims)).get("claims", []) for k in ("subject", "baseline")]
+        named = [c[k] for c in spec.get("claims", []) for k in ("subject", "baseline")]
         unknown = [n for n in named if n not in known]
         if unknown:
             print(f"error: --claims {args.claims}: optimizer {unknown[0]!r} is neither a preset of configs/optimizer/ "

@@ -363,11 +363,12 @@ def evaluate_claims(rs: RunSet, spec: dict, alpha: float = 0.05, target_offset: 
             row["paper_subject"] = paper_vals.get(claim["subject"], "")
             row["paper_baseline"] = paper_vals.get(claim["baseline"], "")
             windows, intervals = set(), set()
-            if claim["metric"] in ("flip_fraction", "path_efficiency") and "osc_every" in here:
+            if claim["metric"] in ("flip_fraction", "path_efficiency"):
+                osc = oscillation_runs(pd.concat([runs_a, runs_b]))
                 # both are means over the recorded steps: other intervals, other points of training
-                intervals = set(oscillation_runs(pd.concat([runs_a, runs_b])).osc_every) - {""}
-            if claim["metric"] == "path_efficiency" and "osc_window" in here:
-                windows = set(oscillation_runs(pd.concat([runs_a, runs_b])).osc_window) - {""}
+                intervals = set(osc.osc_every) - {""} if "osc_every" in here else set()
+                if claim["metric"] == "path_efficiency" and "osc_window" in here:
+                    windows = set(osc.osc_window) - {""}
             if censored and math.isnan(target):
                 # not too few seeds (n said 0 for sides with runs): no target to reach in this setting
                 row["n_subject"], row["n_baseline"] = len(runs_a), len(runs_b)

@@ -236,22 +236,32 @@ def segment_provenance(record: dict) -> dict:
     return {**{k: segment.get(k) for k in PROVENANCE}, "mixed_provenance": list(record.get("mixed_provenance") or [])}
 
 
+def _cuts(cuts) -> list[dict]:
+    """run.json's ``metrics_cuts`` entries that are well formed (a hand-edited record is no crash)."""
+    return [c for c in cuts or () if isinstance(c, dict) and isinstance(c.get("segment"), int)
+            and isinstance(c.get("lines"), int)]
+
+
 def lines_before_checkpoint(ckpt: dict, own_cuts: list, foreign: bool, source_cuts: list = ()) -> int:
     """How many lines of the run's metrics.jsonl were logged before ``ckpt``: its ``metrics_lines``,
     less what a cut removed since. A start that found fewer lines than its checkpoint counted (a
     torn or cut file) keeps what was there and records a cut (run.json ``metrics_cuts``: the
-    segment and the lines kept); a checkpoint written before that segment counts lines that are no
-    longer there, and its count cut the file back into the killed segment's lines, which were then
-    logged twice (helper-93). ``foreign`` (resume=<path>): every cut of this directory came after
-    the checkpoint; ``source_cuts`` are its own run's, which its segment is compared with."""
-    def lines(cuts, after_segment):
-        return [c["lines"] for c in cuts or () if isinstance(c, dict) and isinstance(c.get("lines"), int)
-                and isinstance(c.get("segment"), int) and c["segment"] > after_segment]
-
+    segment, the lines kept and lost); a checkpoint written before that segment counts lines that
+    are no longer there, and its count cut the file back into the killed segment's lines, which were
+    then logged twice (helper-93). ``foreign`` (resume=<path>): every cut of this directory came
+    after the checkpoint; ``source_cuts`` are its own run's, which its segment is compared with."""
     segment = ckpt.get("segment", -1)  # a checkpoint of an older version: before any recorded cut
     writer = source_cuts if foreign else own_cuts  # the cuts of the run that wrote the checkpoint
-    later = lines(writer, segment) + (lines(own_cuts, -1) if foreign else [])  # every cut here followed the copy
+    later = [c["lines"] for c in _cuts(writer) if c["segment"] > segment]
+    later += [c["lines"] for c in _cuts(own_cuts)] if foreign else []  # every cut here followed the copy
     return min([ckpt["metrics_lines"], *later])
+
+
+def lost_before_checkpoint(ckpt: dict, source_cuts: list) -> int:
+    """The lines the run a foreign checkpoint came from had lost before it (its cuts up to the
+    checkpoint's segment): lost for a run continued from it too (helper-94)."""
+    segment = ckpt.get("segment", -1)
+    return sum(c["lost"] for c in _cuts(source_cuts) if c["segment"] <= segment and isinstance(c.get("lost"), int))
 
 
 def checkpoint_start(ckpt: dict, path: Path, foreign: bool) -> dict:
@@ -358,6 +368,11 @@ class RunRecord:
         with self.lock:
             self.data.update(fields)
             self.write()
+
+    @property
+    def segment(self) -> int:
+        """The index of this launch's segment in run.json's ``segments``."""
+        return len(self.data.get("segments") or []) - 1
 
     def write(self) -> None:
         if not self.enabled:
