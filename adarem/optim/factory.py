@@ -86,11 +86,15 @@ def fused_cpu_kernel_missing(optimizer: torch.optim.Optimizer) -> Optional[str]:
 
 def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
     """The path a built optimizer steps with: fused, foreach or loop (joined with '+' when its
-    groups differ). Unset flags are resolved as torch resolves them at step time."""
+    groups differ, or when AdaRem's fused CPU kernel hands a group's fp16/bf16 tensors to its
+    foreach path: "foreach+fused"). Unset flags are resolved as torch resolves them at step time."""
     found = set()
     for group in optimizer.param_groups:
         if group.get("fused"):
             found.add("fused")
+            if isinstance(optimizer, AdaRem) and any(p.device.type == "cpu" and p.dtype in (torch.float16, torch.bfloat16)
+                                                     for p in group["params"]):
+                found.add("foreach")  # the CPU kernel takes fp32/fp64 only (_fused_adarem_cpu)
         elif group.get("foreach") is None:
             if isinstance(optimizer, AdaRem):
                 found.add("foreach")  # AdaRem's default

@@ -77,6 +77,18 @@ def test_max_of_d_propagates_nan_like_torch():
     assert torch.isfinite(opt2.state[p]["exp_avg"]).all()
 
 
+@needs_kernel
+def test_the_record_names_the_foreach_path_the_kernel_hands_low_precision_tensors_to():
+    """run.json's optimizer_impl must not say "fused" alone for a bf16 model: the CPU kernel
+    steps fp32/fp64 tensors and hands fp16/bf16 ones to the foreach path."""
+    model = torch.nn.Linear(3, 2)
+    assert optimizer_impl(build_optimizer(OptimizerConfig(name="adarem", lr=0.1, impl="fused"), model)) == "fused"
+    model = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    assert optimizer_impl(build_optimizer(OptimizerConfig(name="adarem", lr=0.1, impl="fused"), model)) == "foreach+fused"
+    # torch's own fused CPU optimizers step bf16 themselves
+    assert optimizer_impl(build_optimizer(OptimizerConfig(name="adamw", lr=0.1, impl="fused"), model)) == "fused"
+
+
 def test_without_the_kernel_fused_refuses_and_auto_takes_foreach(monkeypatch):
     monkeypatch.setattr(adarem_module, "cpu_kernel_error", lambda: "RuntimeError: no compiler")
     with pytest.raises(RuntimeError, match=r"fused=True\) on the CPU needs its C\+\+ kernel.*no compiler.*foreach=True"):
