@@ -93,8 +93,10 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
             osc_runs = oscillation_runs(g)  # the oscillation table's runs (no lost lines, no non-finite value)
             osc = rs.oscillation[rs.oscillation.run_dir.isin(osc_runs.run_dir)]
             if not osc.empty:
-                # path efficiency depends on its window: runs of other windows are never averaged
-                osc_groups.append((label, osc, set(osc_runs.osc_window) if "osc_window" in osc_runs else set()))
+                # path efficiency depends on its window, and both measures are read at the recorded
+                # steps: runs of other windows, or recorded at other intervals, are never averaged
+                osc_groups.append((label, osc, set(osc_runs.osc_window) if "osc_window" in osc_runs else set(),
+                                   set(osc_runs.osc_every) - {""} if "osc_every" in osc_runs else set()))
         for ax, (xlabel, ylabel) in zip(axes, [("optimizer step", "val top-1 error (%)"),
                                                ("optimizer step", "train loss (window mean)"),
                                                ("training wall-clock (s)", "val top-1 error (%)")]):
@@ -116,22 +118,31 @@ def plot_curves(rs: RunSet, out_dir: Path) -> list[Path]:
 
 
 def _plot_oscillation(groups, path: Path, title: str) -> Path:
-    """``groups``: (label, oscillation lines, the runs' path windows) per optimizer. Path efficiency
-    depends on its window: a group whose runs used several is not drawn, and where the groups'
-    windows differ each label names its own."""
+    """``groups``: (label, oscillation lines, the runs' path windows, their record intervals) per
+    optimizer. Path efficiency depends on its window: a group whose runs used several is not drawn
+    in that panel. Both measures are read at the recorded steps: a group whose runs were recorded at
+    several intervals is drawn in neither (its mean would change runs from step to step), as the
+    tables leave its cells out. Where the groups' windows or intervals differ, each label names its own."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    differ = len({frozenset(w) for _, _, w in groups}) > 1
-    for label, osc, windows in groups:
+    differ = len({frozenset(w) for _, _, w, _ in groups}) > 1
+    intervals_differ = len({frozenset(e) for _, _, _, e in groups}) > 1
+    for label, osc, windows, intervals in groups:
+        one_interval = len(intervals) <= 1
         one_window = len(windows) <= 1 and not any("/" in str(w) for w in windows)  # "10/200": a run of two
-        if not one_window:
+        if not one_interval:
+            label = f"{label}, mixed record intervals: not drawn"
+        elif not one_window:
             label = f"{label}, mixed windows: path efficiency not drawn"
         elif differ:
             label = f"{label}, window {next(iter(windows), '?')}"
-        if one_window:
-            _band(axes[0], mean_ci(osc, "step", "path_efficiency"), "step", label)
-        else:
-            axes[0].plot([], [], label=label)  # keeps the colours of both panels in step
-        _band(axes[1], mean_ci(osc, "step", "flip_fraction"), "step", label)
+        if one_interval and intervals_differ:
+            label += f", every {next(iter(intervals), '?')} steps"
+        for ax, y, drawn in ((axes[0], "path_efficiency", one_window and one_interval),
+                             (axes[1], "flip_fraction", one_interval)):
+            if drawn:
+                _band(ax, mean_ci(osc, "step", y), "step", label)
+            else:
+                ax.plot([], [], label=label)  # keeps the colours of both panels in step
     for ax, ylabel in zip(axes, ["path efficiency (1 = straight)", "update sign-flip fraction"]):
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)

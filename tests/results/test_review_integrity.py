@@ -32,10 +32,10 @@ def _write_lines(d, lines):
     (d / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def _osc(d, flips, effs, window=10):
+def _osc(d, flips, effs, window=10, every=10):
     """Replace a run's oscillation lines by these (every 10 steps), with their path window."""
     lines = [r for r in _lines(d) if r["type"] != "oscillation"]
-    lines += [{"type": "oscillation", "step": 10 * (i + 1), "flip_fraction": f, "path_efficiency": e,
+    lines += [{"type": "oscillation", "step": every * (i + 1), "flip_fraction": f, "path_efficiency": e,
                "path_window": window} for i, (f, e) in enumerate(zip(flips, effs))]
     _write_lines(d, lines)
 
@@ -472,6 +472,10 @@ def test_the_plots_leave_out_what_the_tables_leave_out(tmp_path, monkeypatch):
     _osc(make_run(root, "adarem_nan", "adarem", 5, [30.0, 15.0, 8.0]), [math.nan, 0.2], [0.6] * 2)  # flagged
     for s in range(2):  # sgd: its two runs measured path efficiency over different windows
         _osc(make_run(root, f"sgd{s}", "sgd", s, [30.0, 15.0, 9.0]), [0.3] * 2, [0.4] * 2, window=10 * (s + 1))
+        # adarem_m: its two runs recorded every 10 and every 20 steps: at step 20 the mean would
+        # be over both runs, at 10 over one (the tables leave both cells out)
+        _osc(make_run(root, f"adarem_m{s}", "adarem_m", s, [30.0, 15.0, 9.0]), [0.1] * 2, [0.7] * 2,
+             window=10, every=10 * (s + 1))
     drawn = []
     real = plots.mean_ci
 
@@ -489,6 +493,7 @@ def test_the_plots_leave_out_what_the_tables_leave_out(tmp_path, monkeypatch):
     assert not any("adarem_nan" in d for y in ("path_efficiency", "flip_fraction") for d in runs_of(y))
     assert not any("sgd" in d for d in runs_of("path_efficiency"))  # two windows: not averaged
     assert any("sgd" in d for d in runs_of("flip_fraction"))
+    assert not any("adarem_m" in d for y in ("path_efficiency", "flip_fraction") for d in runs_of(y))
 
 
 def test_a_curve_past_a_divergence_is_dashed_and_says_so():
