@@ -174,6 +174,8 @@ class DataConfig:
         _require(self.name in ("digits", "fashion_mnist", "imagenet", "synthetic", "folder"),
                  f"data.name={self.name!r} is not one of digits, fashion_mnist, imagenet, synthetic, folder")
         _require(self.loader in ("torch", "dali"), f"data.loader={self.loader!r} must be torch or dali")
+        _require(self.loader == "torch" or self.name in ("imagenet", "folder"),
+                 f"data.loader=dali reads ImageFolder trees; data.name={self.name} has none, use data.loader=torch")
         _require(self.image_size >= 8, f"data.image_size={self.image_size} must be >= 8")
         _require(self.val_resize == 0 or self.val_resize >= self.image_size,
                  f"data.val_resize={self.val_resize} must be 0 (image_size / 0.875) or >= data.image_size="
