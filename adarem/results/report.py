@@ -70,7 +70,7 @@ def claims_markdown(verdicts: pd.DataFrame, alpha: float = 0.05) -> str:
     })
     if (verdicts.paper_subject.astype(str) != "").any():
         show["paper subject"], show["paper baseline"] = verdicts.paper_subject, verdicts.paper_baseline
-    return ("## Claims of the paper\n\n" + STATISTICS_TEXT.format(alpha=alpha) + "\n\n"
+    return ("## Claims of the paper\n\n" + STATISTICS_TEXT.format(alpha=alpha, alpha2=2 * alpha) + "\n\n"
             + show.to_markdown(index=False) + "\n")
 
 
