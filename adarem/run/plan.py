@@ -80,7 +80,10 @@ def _run_files(run_dir: Path) -> list[str]:
     return found
 
 
-def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
+def plan_run(run_dir: Path, resume: str, config: dict, said: str = "") -> RunPlan:
+    """``said``: how a refusal names the request where it is not ``resume=<resume>`` (resume=auto
+    continuing from the checkpoint another directory's run was started from)."""
+    said = said or f"resume={resume}"
     try:
         previous = read_run_json(run_dir)
     except ValueError as exc:
@@ -122,7 +125,8 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
                 raise ConfigError(f"{run_dir} holds a run started from the checkpoint {started['path']}, which no "
                                   f"longer exists, and no checkpoint of its own: restore that file, or choose "
                                   f"another hydra.run.dir for a new run")
-            return plan_run(run_dir, started["path"], config)
+            return plan_run(run_dir, started["path"], config,
+                            said=f"resume=auto (the run in {run_dir} was started from {started['path']})")
         if found is None:
             if left:  # a record moved away, and no checkpoint to continue from: starting afresh cut its lines
                 raise ConfigError(f"{run_dir} holds {' and '.join(left)} but no run.json and no checkpoint (a "
@@ -163,13 +167,13 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
         held = _run_files(run_dir) if unplaced else []
     if path.resolve() not in own and held:
         # its metrics.jsonl would be cut to the other checkpoint's line count and continued: two runs mixed
-        raise ConfigError(f"resume={resume}: {run_dir} already holds {' and '.join(held)} of a run, which a checkpoint "
+        raise ConfigError(f"{said}: {run_dir} already holds {' and '.join(held)} of a run, which a checkpoint "
                           f"of another directory would overwrite and mix with; resume into an empty hydra.run.dir "
                           f"(or resume=auto to continue the run there)")
     try:
         loaded = ckpt_io.load(path)
     except ckpt_io.CheckpointError as exc:  # a file that is not a checkpoint: say what resume= takes
-        raise ckpt_io.CheckpointError(f"resume={resume}: {exc}; pass a checkpoint.pt (or checkpoint_prev.pt) that "
+        raise ckpt_io.CheckpointError(f"{said}: {exc}; pass a checkpoint.pt (or checkpoint_prev.pt) that "
                                       f"train.py wrote, or resume=auto / resume=never") from None
     step_then = started_from.get("global_step") if path.resolve() not in own and previous is not None and \
         started_from.get("path") == str(path.resolve()) else None
@@ -177,12 +181,12 @@ def plan_run(run_dir: Path, resume: str, config: dict) -> RunPlan:
     if step_then is not None and step_now != step_then:
         # the checkpoint file was overwritten since (its own run went on): continuing from it would
         # skip or repeat steps under lines copied from the old one (helper-94)
-        raise ConfigError(f"resume={resume}: {run_dir} holds the run started from that file at step {step_then}, and "
+        raise ConfigError(f"{said}: {run_dir} holds the run started from that file at step {step_then}, and "
                           f"it now holds step {step_now} (its own run went on): resume into an empty hydra.run.dir, "
                           f"or restore the checkpoint of step {step_then}")
-    ckpt = _checkpoint_of(config, loaded, f"resume={resume}: the checkpoint's run",
+    ckpt = _checkpoint_of(config, loaded, f"{said}: the checkpoint's run",
                           "resume with the checkpoint's values, or start a new run (resume=never)",
-                          unrecorded=f"resume={resume}: the checkpoint records no configuration (written by an "
+                          unrecorded=f"{said}: the checkpoint records no configuration (written by an "
                                      f"older version), so it cannot be checked against this one; start fresh")
     return RunPlan(previous, ckpt, path)
 

@@ -243,6 +243,10 @@ def test_resume_path_requeue_and_copy_respect_the_source_run(tmp_path, env):
     again = run_train(ONE + [f"resume={a / 'checkpoint.pt'}"], env, b)
     assert again.returncode == 2 and "started from that file at step 5, and it now holds step 10" in again.stderr, \
         again.stderr[-3000:]
+    # its resume=auto relaunch is refused alike, in the words the user typed (it named resume=<path>)
+    auto = run_train(ONE + ["resume=auto"], env, b)
+    assert auto.returncode == 2 and "resume=auto (the run in" in auto.stderr, auto.stderr[-3000:]
+    assert "it now holds step 10" in auto.stderr and f"resume={a}" not in auto.stderr
     # (2) a source whose file was cut before its checkpoint
     a2, b2 = tmp_path / "A2", tmp_path / "B2"
     assert run_train(ONE + ["trainer.max_steps=3", "trainer.log_every=1"], env, a2).returncode == 0
