@@ -3,8 +3,8 @@
     python scripts/bench_data.py                      # CPU: torch (N workers) vs DALI CPU-only (N threads)
     python scripts/bench_data.py --dali-device mixed  # on a GPU machine: DALI decodes on the GPU
 
-Candidates, measured in the same process, alternating by round (medians reported; a ratio to
-the previous version is the median of the per-round ratios, with their range):
+Candidates, measured in the same process, each round in another seeded order (medians reported;
+a ratio to the previous version is the median of the per-round ratios, with their range):
 
 * ``torch``: the current torch loader (uint8 batches from persistent workers) plus its
   ``to_device`` (float conversion and normalisation, here on the measuring device);
@@ -71,7 +71,8 @@ from adarem.data.digits import default_cache_dir
 from adarem.data.photo_tree import cached_photo_tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optimizer import bench_command, provenance  # noqa: E402  (the bench scripts' shared helpers)
+from bench_optimizer import (bench_command, check_out, provenance, round_order,  # noqa: E402  (shared helpers)
+                             usable_cpus, write_csv_files)
 
 TREE = dict(size_range=(400, 600), seed=0, quality=90)  # the generated tree's JPEGs
 
@@ -212,7 +213,7 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="ImageFolder tree (default: a generated photo tree)")
     ap.add_argument("--images", type=int, default=1024, help="train (and val) images of the generated tree")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=os.cpu_count(),
+    ap.add_argument("--workers", type=int, default=usable_cpus(),
                     help="torch workers = DALI threads = DALI's Python reader workers")
     ap.add_argument("--batches", type=int, default=16, help="batches timed per round (at most one epoch)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -220,6 +221,12 @@ def main() -> None:
     ap.add_argument("--previous", default=PREVIOUS, help="commit of the previous loaders ('' to skip them)")
     ap.add_argument("--out", default="results/bench/data.csv")
     args = ap.parse_args()
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--batches", args.batches, 1),
+                               ("--batch-size", args.batch_size, 1), ("--images", args.images, 8),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise SystemExit(f"bench_data: {flag}={value} must be >= {least}")
+    check_out(Path(args.out), "bench_data", "stage", summary=False)
     if args.root:
         root = Path(args.root)
     else:
@@ -255,11 +262,18 @@ def main() -> None:
             runs[("read", name, split)] = partial(read_rate, loader, args.batches, "@" in name)
     results = {k: [] for k in runs}
     load_before = os.getloadavg()
-    for k, run in runs.items():  # warm-up (page cache, allocator, kept workers and pipelines)
-        run()
-    for _ in range(args.rounds):
-        for k, run in runs.items():
-            results[k].append(run())
+    try:
+        for k, run in runs.items():  # warm-up (page cache, allocator, kept workers and pipelines)
+            run()
+        for r in range(args.rounds):
+            for k in round_order(list(runs), r):
+                results[k].append(runs[k]())
+    finally:
+        # an error left the kept workers and pipelines running, and the exit then waited for them forever
+        for loader in loaders.values():
+            close = getattr(loader, "close", None)
+            if close is not None:
+                close()
     prov = provenance(load_before, bench_command("bench_data.py"),
                       torch.cuda.get_device_name() if device.type == "cuda" else None)
     load = f"{prov['load_avg_1min_before']:.2f} -> {prov['load_avg_1min_after']:.2f}"  # other work on the machine
@@ -290,8 +304,7 @@ def main() -> None:
                      "batch_size": args.batch_size, "previous": args.previous, "dali_device": args.dali_device,
                      "root": str(root), "dali": _dali_version(), **prov})
     df = pd.DataFrame(rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False, float_format="%.4g")
+    write_csv_files({Path(args.out): df})
     cols = ["stage", "loader", "transform", "files_per_s", "ratio_to_previous", "files_per_s_steady",
             "ratio_to_previous_steady", "ratio_to_previous_steady_min", "ratio_to_previous_steady_max",
             "main_thread_cpu_ms_per_file", "main_thread_cpu_ms_per_file_steady"]

@@ -34,7 +34,8 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from adarem.data.photo_tree import make_photo_tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optimizer import bench_command, provenance  # noqa: E402  (the bench scripts' shared helpers)
+from bench_optimizer import (bench_command, check_out, provenance, round_order,  # noqa: E402  (shared helpers)
+                             usable_cpus, write_csv_files)
 
 SIZE_RANGE, SEED, QUALITY = (400, 600), 0, 90  # the tree's JPEGs: widths in pixels, generator seed, quality
 
@@ -84,6 +85,11 @@ def main() -> None:
     load_before = os.getloadavg()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_decode: --device cuda asked for but no CUDA device is visible")
+    for flag, value in (("--rounds", args.rounds), ("--images", args.images), ("--batch", args.batch)):
+        if value < 1:
+            raise SystemExit(f"bench_decode: {flag}={value} must be >= 1")
+    out = Path(args.out or f"results/bench/jpeg_decode{'_cuda' if args.device == 'cuda' else ''}.csv")
+    check_out(out, "bench_decode", "decoder", summary=False)
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(1, args.images // 4)
         root = make_photo_tree(Path(tmp), classes=4, train_per_class=per_class, val_per_class=1,
@@ -91,7 +97,7 @@ def main() -> None:
         files = sorted((root / "train").rglob("*.JPEG"))
         data = [read_file(str(f)) for f in files]
     mb = sum(d.numel() for d in data) / 2**20
-    threads = os.cpu_count() or 1
+    threads = usable_cpus()  # the pool a loader would use: the CPUs this process may run on
     pool = ThreadPoolExecutor(threads)
     batches = [data[i:i + args.batch] for i in range(0, len(data), args.batch)]
 
@@ -121,17 +127,19 @@ def main() -> None:
     for fn in cands.values():
         fn()  # warm-up: decoder handles, thread start
     times = {name: [] for name in cands}
-    for _ in range(args.rounds):
-        for name, fn in cands.items():
+    for r in range(args.rounds):
+        for name in round_order(list(cands), r):
+            fn = cands[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
     ips = {name: len(data) / statistics.median(t) for name, t in times.items()}
-    base = ips["cpu 1 thread"]
+    base, pooled = ips["cpu 1 thread"], ips[f"cpu {threads} threads"]
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
     prov = provenance(load_before, bench_command("bench_decode.py"), gpu)
     checked = lambda name, key: diff[key] if diff is not None and "cuda" in name else None  # noqa: E731
     rows = [{"decoder": name, "images_per_s": v, "relative_to_cpu_1_thread": v / base,
+             "relative_to_cpu_pool": v / pooled,  # the CPU alternative a loader would run
              "images": len(data), "megabytes": mb, "batch": args.batch, "rounds": args.rounds,
              "size_range": f"{SIZE_RANGE[0]}-{SIZE_RANGE[1]}", "tree_seed": SEED, "jpeg_quality": QUALITY,
              "worst_image_mean_abs_diff_vs_cpu": checked(name, "worst_image_mean_abs_diff"),
@@ -141,10 +149,8 @@ def main() -> None:
              "decode_check": ("FAILED" if problems else "passed") if "cuda" in name else None,
              "pool_threads": threads, **prov} for name, v in ips.items()]
     df = pd.DataFrame(rows)
-    out = Path(args.out or f"results/bench/jpeg_decode{'_cuda' if args.device == 'cuda' else ''}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.4g")
-    print(df[["decoder", "images_per_s", "relative_to_cpu_1_thread"]].to_string(index=False))
+    write_csv_files({out: df})
+    print(df[["decoder", "images_per_s", "relative_to_cpu_1_thread", "relative_to_cpu_pool"]].to_string(index=False))
     best = max(ips, key=ips.get)
     print(f"FIGURE jpeg_decode {len(data)} photos ({mb:.1f} MB): " +
           ", ".join(f"{n} {v:.0f} img/s" for n, v in ips.items()) + f"; fastest: {best}"

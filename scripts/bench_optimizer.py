@@ -5,7 +5,8 @@ gradients, split as the harness splits it: weights decayed, biases and norm para
 optimizer runs with the weight decay its preset trains with (configs/optimizer/*.yaml): SGD and
 AdaRem coupled 1e-4, AdamW decoupled 0.05, Adam none; "wd0" rows add AdaRem without weight decay.
 The candidates are interleaved round by round in one run (so drift of the machine hits all of
-them alike); each sample times several consecutive steps (so that on a GPU the host's launches
+them alike), each round in another seeded order (``round_order``: no candidate always follows the
+same one); each sample times several consecutive steps (so that on a GPU the host's launches
 overlap the device's work, as in training). The table reports the median step time, the ratio to
 AdamW (fused and foreach), and the optimizer-state bytes per parameter byte.
 
@@ -23,7 +24,8 @@ commit and dirty flag (with a hash of the uncommitted diff), the exact command, 
 threads, torch version and the 1-min load average before and after the run.
 
 A candidate that fails to build or step (a fused path this build lacks, a compiler that is
-missing) is skipped with a line ``skip <name>: <reason>``; ``--require NAMES`` turns a skip of
+missing) is skipped with a line ``skip <name>: <reason>`` and written as a row without figures
+whose column ``skipped`` holds the reason (in the summary too), with a warning at the end; ``--require NAMES`` turns a skip of
 one of NAMES, or a ratio of one of them to AdamW that cannot be computed, into a failure (exit 1,
 the reason named), for checks such as scripts/gpu_check.py that must not report a figure that
 was not measured.
@@ -38,6 +40,7 @@ import datetime as dt
 import math
 import os
 import platform
+import random
 import shlex
 import statistics
 import subprocess
@@ -145,6 +148,67 @@ def provenance(load_before: tuple[float, float, float], command: str, gpu: str |
             "command": command}
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as a cgroup or taskset sets it), not the host's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def round_order(items: list, r: int) -> list:
+    """Round ``r``'s order of the candidates: a shuffle seeded by ``r``, new every round and the same
+    in every process (ranks under torchrun take the same order). A rotation of one order would keep
+    each candidate right after the same neighbour every round (helper-96: SGD's fused path after the
+    120 ms for-loop in 14 of 15 rounds), in that neighbour's wake of caches and clocks."""
+    order = list(items)
+    random.Random(1_000_003 * (r + 1)).shuffle(order)
+    return order
+
+
+def summary_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_summary.csv")
+
+
+def check_out(out: Path, script: str, key: str, summary: bool = True) -> None:
+    """Refuse, before measuring, an --out this bench cannot write as its own: not a .csv, in a
+    directory that does not exist (a default path run from another folder), or an existing file
+    (or its summary) that is not this bench's CSV (a column ``key`` and ``command``), which would
+    be overwritten."""
+    if out.suffix != ".csv":
+        raise SystemExit(f"{script}: --out={out} must name a .csv file"
+                         + (f" (its summary goes beside it, {summary_path(Path('x.csv')).name} for x.csv)" if summary else ""))
+    if not out.parent.is_dir():
+        raise SystemExit(f"{script}: --out={out}: there is no directory {out.parent}; create it, or run from the "
+                         f"repository's root for the default results/bench/")
+    for path in [out] + ([summary_path(out)] if summary else []):
+        if path.is_dir():
+            raise SystemExit(f"{script}: --out={out}: {path} is a directory; name a .csv file")
+        if path.exists():
+            try:
+                header = set(pd.read_csv(path, nrows=0).columns)
+            except (ValueError, OSError, UnicodeDecodeError):
+                header = set()
+            if not {key, "command"} <= header:
+                raise SystemExit(f"{script}: --out={out}: {path} exists and is not a CSV of {script} (no {key!r} and "
+                                 f"'command' columns), which this run would overwrite; choose another --out")
+
+
+def write_csv_files(frames: dict) -> None:
+    """Write each DataFrame to its path, all or none: every file goes to a temporary beside it
+    first, and only once all are written are they moved in (a crash leaves the old files)."""
+    staged = []
+    try:
+        for path, df in frames.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            staged.append((tmp, path))
+            df.to_csv(tmp, index=False, float_format="%.4g")
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
 def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
     """argv less the options in ``flags`` (name -> takes a value)."""
     out, skip = [], False
@@ -207,24 +271,31 @@ def write_runs(df: pd.DataFrame, out: Path, append: bool, key: str, metrics: lis
                              f"(differs in: {', '.join(problems)}); write another file")
         df["run"] += int(old["run"].max())
         df = pd.concat([old, df], ignore_index=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.4g")
     rows = []
     for name, g in df.groupby(key, sort=False):
-        row = {key: name, "runs": g["run"].nunique()}
+        # runs that measured it: a skipped candidate's rows (column skipped) hold no figure
+        measured = g[g["skipped"].fillna("").astype(str) == ""] if "skipped" in g else g
+        row = {key: name, "runs": measured["run"].nunique()}
         for m in metrics:
             v = pd.to_numeric(g[m], errors="coerce").dropna()
             row[f"{m}_median"] = v.median() if len(v) else math.nan
             row[f"{m}_min"] = v.min() if len(v) else math.nan
             row[f"{m}_max"] = v.max() if len(v) else math.nan
-        for c in ("commit", "dirty", "cpu_model", "gpu", "torch"):
-            row[c] = ";".join(sorted(_values(g[c])))
+        # the path each optimizer ran (impl=auto may pick another where a kernel is missing) and
+        # why a candidate was not measured: in the summary too, not only in the runs file
+        for c in ("commit", "dirty", "cpu_model", "gpu", "torch", "optimizer_path", "skipped"):
+            if c in g:
+                row[c] = ";".join(sorted(_values(g[c]) - ({""} if c == "skipped" else set())))
         row["load_avg_1min_max"] = pd.concat([g["load_avg_1min_before"], g["load_avg_1min_after"]]).max()
         row["command"] = command
         rows.append(row)
-    summary = out.with_name(out.stem + "_summary.csv")
-    pd.DataFrame(rows).to_csv(summary, index=False, float_format="%.4g")
+    summary = summary_path(out)
+    write_csv_files({out: df, summary: pd.DataFrame(rows)})
     print(f"wrote {out} ({df['run'].nunique()} runs) and {summary}")
+    if "skipped" in df and (df["skipped"].fillna("").astype(str) != "").any():
+        not_run = df[df["skipped"].fillna("").astype(str) != ""].drop_duplicates(key)
+        print("warning: not measured (rows with an empty figure and the reason in column skipped): "
+              + "; ".join(f"{n} ({why})" for n, why in zip(not_run[key], not_run["skipped"])), file=sys.stderr)
     return df
 
 
@@ -237,7 +308,7 @@ def main() -> None:
     ap.add_argument("--in-chans", type=int, default=3)
     ap.add_argument("--model-kwargs", default="{}", help='JSON, as model.kwargs (e.g. \'{"width": 16}\')')
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds per candidate")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate (compilation)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate (state, compilation; >= 1)")
     ap.add_argument("--steps-per-sample", type=int, default=None,
                     help="consecutive steps per timed sample (default 10 on cuda, 1 on cpu)")
     ap.add_argument("--only", default="", help="comma-separated substrings: keep matching candidates")
@@ -251,9 +322,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_optimizer: --device cuda asked for but torch.cuda.is_available() is False")
-    if args.repeats < 1 or args.rounds < 1:
-        raise SystemExit("bench_optimizer: --repeats and --rounds must be >= 1")
+    for flag, value in (("--repeats", args.repeats), ("--rounds", args.rounds), ("--warmup", args.warmup),
+                        ("--steps-per-sample", 1 if args.steps_per_sample is None else args.steps_per_sample)):
+        if value < 1:
+            raise SystemExit(f"bench_optimizer: {flag}={value} must be >= 1"
+                             + (" (the untimed first steps allocate the state and compile)" if flag == "--warmup" else ""))
+    keep = [x for x in args.only.split(",") if x]
+    names = list(candidates(args.device))
+    unmatched = [x for x in keep if not any(x in n for n in names)]
+    if unmatched:
+        raise SystemExit(f"bench_optimizer: --only={args.only!r}: {unmatched} match(es) no candidate; candidates: {names}")
+    required(args.require, names)  # an unknown name: refused before anything else
     out = Path(args.out or f"results/bench/optimizer_step{'_cuda' if args.device == 'cuda' else ''}.csv")
+    if not args.append or not out.exists():
+        check_out(out, "bench_optimizer", "optimizer")
     command = bench_command("bench_optimizer.py")
     metrics = ["median_step_ms", "ratio_to_adamw_fused", "ratio_to_adamw_foreach"]
     if args.repeats > 1:
@@ -303,7 +385,7 @@ def measure(args, command: str) -> pd.DataFrame:
     n_params = sum(p.numel() for p in base)
     param_bytes = sum(p.numel() * p.element_size() for p in base)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    keep = [x for x in args.only.split(",") if x]
+    keep = [x for x in args.only.split(",") if x]  # checked in main
 
     setups, skipped = {}, {}
     for name, (setting, make) in cands.items():
@@ -331,10 +413,9 @@ def measure(args, command: str) -> pd.DataFrame:
     sync()
     names = list(setups)
     for r in range(args.rounds):
-        # each round in another order (rotated): a fixed order timed each candidate right after the
-        # same neighbour (SGD's fused path after the 120 ms for-loop, every round), its caches and
-        # clocks in that neighbour's wake
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        # each round in another order (round_order): a fixed order timed each candidate right after
+        # the same neighbour, its caches and clocks in that neighbour's wake
+        for name in round_order(names, r):
             _, opt, times = setups[name]
             sync()
             t0 = time.perf_counter()
@@ -354,15 +435,23 @@ def measure(args, command: str) -> pd.DataFrame:
         "ratio_to_adamw_foreach": med[name] / med["adamw (foreach)"] if "adamw (foreach)" in med else None,
         "state_bytes_per_param_byte": state_bytes(opt) / param_bytes,
         "model": args.model, "model_kwargs": args.model_kwargs, "num_classes": args.num_classes, "in_chans": args.in_chans, "n_params": n_params, "device": args.device,
-        "rounds": args.rounds, "warmup": args.warmup, "steps_per_sample": k, **prov,
+        "rounds": args.rounds, "warmup": args.warmup, "steps_per_sample": k, "skipped": "", **prov,
     } for name, (setting, opt, times) in setups.items()]
+    # a candidate that could not run is a row without figures that says why, in the CSV and its
+    # summary: the headline's absence is never silent (a compiler missing dropped every AdaRem-fused row)
+    rows += [{"optimizer": name, "setting": cands[name][0], "model": args.model, "model_kwargs": args.model_kwargs,
+              "num_classes": args.num_classes, "in_chans": args.in_chans, "n_params": n_params, "device": args.device,
+              "rounds": args.rounds, "warmup": args.warmup, "steps_per_sample": k, "skipped": why, **prov}
+             for name, why in skipped.items()]
     df = pd.DataFrame(rows)
     print(df[["optimizer", "setting", "median_step_ms", "ratio_to_adamw_fused", "ratio_to_adamw_foreach"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    for name, baseline in (("adarem (fused)", "adamw (fused)"), ("adarem (foreach)", "adamw (foreach)")):
-        if name in med and baseline in med:  # each path against AdamW's same path
+    for name in ("adarem (fused)", "adarem (foreach)"):
+        if name in med and "adamw (fused)" in med:  # against torch's fastest path; foreach also against AdamW's foreach
+            same = (f"; {med[name] / med['adamw (foreach)']:.3f}x adamw (foreach)"
+                    if "(foreach)" in name and "adamw (foreach)" in med else "")
             print(f"FIGURE optimizer_step {name} recipe: {1e3 * med[name]:.3f} ms = "
-                  f"{med[name] / med[baseline]:.3f}x {baseline} on {args.model} ({n_params:,} weights, "
+                  f"{med[name] / med['adamw (fused)']:.3f}x adamw (fused){same} on {args.model} ({n_params:,} weights, "
                   f"{args.in_chans} channel(s), {args.num_classes} classes; {args.device}), "
                   f"median of {args.rounds} rounds")
     ratio = lambda n: df.loc[df.optimizer == n, "ratio_to_adamw_" + ("foreach" if "(foreach)" in n else "fused")]  # noqa: E731
@@ -375,8 +464,8 @@ def measure(args, command: str) -> pd.DataFrame:
 
 def _print_summary(df: pd.DataFrame) -> None:
     runs = df["run"].nunique()
-    for name in ("adarem (fused)", "adarem (foreach)"):
-        col = "ratio_to_adamw_" + ("fused" if "(fused)" in name else "foreach")
+    for name, col in (("adarem (fused)", "ratio_to_adamw_fused"), ("adarem (foreach)", "ratio_to_adamw_fused"),
+                      ("adarem (foreach)", "ratio_to_adamw_foreach")):
         v = df.loc[df.optimizer == name, col].dropna()
         if len(v):
             print(f"FIGURE optimizer_step {name} over {runs} runs: {v.median():.3f}x adamw "

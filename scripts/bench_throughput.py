@@ -17,8 +17,8 @@ every rank's images; rank 0 writes the figures.
 logging, stop checks); "bare" is the minimal loop (forward, loss, zero_grad, backward, step) on
 the same model, optimizer and batches; "harness_no_tracker" is the harness without the oscillation
 tracker (measured with the bare loop, when the tracker is on), which splits the harness's overhead
-into the tracker's share and the rest. Each round runs every candidate once, in an order rotated
-from round to round; each harness candidate's step count goes on across its passes (as in a run,
+into the tracker's share and the rest. Each round runs every candidate once, in another seeded order
+every round (the same on every rank); each harness candidate's step count goes on across its passes (as in a run,
 so the tracker's record steps fall where they would). The table gives medians, the harness
 overhead and each optimizer's images/s relative to SGD.
 
@@ -78,7 +78,8 @@ from adarem.schedule import build_scheduler
 from adarem.run.signals import StopFlag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optimizer import bench_command, provenance, run_repeats, write_runs  # noqa: E402  (shared helpers)
+from bench_optimizer import (bench_command, check_out, provenance, round_order, run_repeats,  # noqa: E402  (shared helpers)
+                             write_runs)
 
 OPTIMIZERS = {
     "sgd": OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),
@@ -177,6 +178,12 @@ def main() -> None:
         raise SystemExit("bench_throughput: --device cuda asked for but no CUDA device is visible")
     if args.repeats < 1 or args.oscillation_every < 0:
         raise SystemExit("bench_throughput: --repeats must be >= 1 and --oscillation-every >= 0")
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--image-size", args.image_size)):
+        if value is not None and value < 1:  # 0 was silently taken for the default
+            raise SystemExit(f"bench_throughput: {flag}={value} must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise SystemExit(f"bench_throughput: --workers={args.workers} must be >= 0 (0: the default)")
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     ddp = f"_ddp{os.environ['WORLD_SIZE']}" if under_torchrun else ""
     out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}{ddp}.csv")
@@ -185,6 +192,8 @@ def main() -> None:
         command = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')} " + command.removeprefix("python ")
     metrics = ["images_per_s", "relative_to_bare_adarem", "relative_to_sgd", "relative_to_synthetic",
                "relative_to_other_layout"]
+    if not args.append or not out.exists():
+        check_out(out, "bench_throughput", "candidate")
     if args.repeats > 1:
         if under_torchrun:
             raise SystemExit("bench_throughput: --repeats > 1 under torchrun: run the torchrun command once per "
@@ -305,8 +314,8 @@ def main() -> None:
     for c in candidates:  # warm-up, one untimed pass each (allocator, cudnn autotune, compilation)
         run(*c)
     for r in range(args.rounds):
-        # the order rotates every round: no candidate always runs right after the same other one
-        for c in candidates[r % len(candidates):] + candidates[:r % len(candidates)]:
+        # another order every round, the same on every rank: no candidate always runs right after the same other one
+        for c in round_order(candidates, r):
             times[c].append(run(*c))
 
     if not dist.is_main:

@@ -172,3 +172,63 @@ def test_a_bench_script_refuses_the_package_of_another_checkout(tmp_path, env):
     res = subprocess.run([sys.executable, str(SCRIPTS / "bench_optimizer.py"), "--help"], capture_output=True,
                          text=True, env=dict(env, PYTHONPATH=str(REPO)), timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_each_round_runs_the_candidates_after_other_neighbours():
+    """A rotation of one order kept every candidate right after the same one (helper-96: SGD's
+    fused path after the slow for-loop in 14 of 15 rounds): each round is now its own seeded
+    order, the same in every process (ranks under torchrun must agree on it)."""
+    bench_optimizer = _script("bench_optimizer")
+    names = [f"c{i}" for i in range(13)]
+    orders = [bench_optimizer.round_order(names, r) for r in range(15)]
+    assert all(sorted(o) == sorted(names) for o in orders) and orders == [bench_optimizer.round_order(names, r) for r in range(15)]
+    for name in names:
+        before = [o[o.index(name) - 1] if o.index(name) else None for o in orders]
+        assert max(before.count(b) for b in set(before)) <= 5, (name, before)
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("bench_optimizer", ["--out", "{tmp}/nodir/x.csv"], "there is no directory"),
+    ("bench_optimizer", ["--out", "{tmp}/notes.txt"], "must name a .csv file"),
+    ("bench_optimizer", ["--out", "{tmp}/mine.csv"], "is not a CSV of bench_optimizer"),
+    ("bench_optimizer", ["--only", "adarem (fused),nosuchopt"], "['nosuchopt'] match(es) no candidate"),
+    ("bench_optimizer", ["--steps-per-sample", "0"], "--steps-per-sample=0 must be >= 1"),
+    ("bench_optimizer", ["--warmup", "0"], "--warmup=0 must be >= 1"),
+    ("bench_throughput", ["--rounds", "0"], "--rounds=0 must be >= 1"),
+    ("bench_throughput", ["--steps", "0"], "--steps=0 must be >= 1"),
+    ("bench_throughput", ["--out", "{tmp}/mine.csv"], "is not a CSV of bench_throughput"),
+    ("bench_data", ["--rounds", "0"], "--rounds=0 must be >= 1"),
+    ("bench_data", ["--out", "{tmp}/mine.csv"], "is not a CSV of bench_data"),
+    ("bench_decode", ["--out", "{tmp}/mine.csv"], "is not a CSV of bench_decode"),
+])
+def test_bench_scripts_refuse_bad_input_before_measuring(tmp_path, env, script, args, message):
+    """Bad input was accepted (a missing folder made, a user's CSV overwritten, an unknown --only
+    name measured nothing new, 0 taken for a default), crashed after the warm-up, or hung
+    (bench_data --rounds 0): each is now one line and exit 1, before anything is measured, and
+    an existing file is left as it was."""
+    mine = tmp_path / "mine.csv"
+    mine.write_text("name,score\nalice,3\n")
+    res = subprocess.run([sys.executable, f"scripts/{script}.py", *(a.format(tmp=tmp_path) for a in args)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert mine.read_text() == "name,score\nalice,3\n" and not (tmp_path / "nodir").exists()
+    assert "=== run" not in res.stdout and "wrote" not in res.stdout
+
+
+def test_a_candidate_that_cannot_run_is_a_row_that_says_why(tmp_path, env):
+    """With no working compiler, AdaRem's fused CPU kernel cannot be built: the command exited 0
+    with a normal-looking CSV and summary that lacked every AdaRem-fused row (helper-96). The
+    candidate is now a row without figures whose column skipped says why, in both files, and
+    the command warns."""
+    out = tmp_path / "step.csv"
+    res = subprocess.run([sys.executable, "scripts/bench_optimizer.py", "--model", "test_resnet", "--rounds", "1",
+                          "--warmup", "1", "--only", "adarem (fused)", "--out", str(out)], cwd=REPO,
+                         env=dict(env, CXX="/bin/false", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext")),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = pd.read_csv(out).set_index("optimizer").loc["adarem (fused)"]
+    assert "C++ kernel" in row["skipped"] and pd.isna(row["median_step_ms"]) and pd.isna(row["ratio_to_adamw_fused"])
+    summary = pd.read_csv(tmp_path / "step_summary.csv").set_index("optimizer")
+    assert summary.loc["adarem (fused)", "runs"] == 0 and "C++ kernel" in summary.loc["adarem (fused)", "skipped"]
+    assert summary.loc["adamw (fused)", "runs"] == 1
+    assert "warning: not measured" in res.stderr and "adarem (fused)" in res.stderr
