@@ -174,7 +174,7 @@ class DataConfig:
         _require(self.name in ("digits", "fashion_mnist", "imagenet", "synthetic", "folder"),
                  f"data.name={self.name!r} is not one of digits, fashion_mnist, imagenet, synthetic, folder")
         _require(self.loader in ("torch", "dali"), f"data.loader={self.loader!r} must be torch or dali")
-        _require(self.loader == "torch" or self.name in ("imagenet", "folder"),
+        _require(self.loader == "torch" or self.name in ("digits", "imagenet", "folder"),  # digits: a JPEG tree too
                  f"data.loader=dali reads ImageFolder trees; data.name={self.name} has none, use data.loader=torch")
         _require(self.image_size >= 8, f"data.image_size={self.image_size} must be >= 8")
         _require(self.val_resize == 0 or self.val_resize >= self.image_size,
