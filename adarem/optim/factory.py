@@ -84,17 +84,31 @@ def fused_cpu_kernel_missing(optimizer: torch.optim.Optimizer) -> Optional[str]:
     return None
 
 
+def _kernel_takes(p: torch.Tensor) -> bool:
+    """Whether AdaRem's fused CPU kernel steps ``p`` itself (adarem_fused_cpu.cpp's ``takes``, read
+    off the parameter: its gradient and state share its layout): fp32/fp64, non-empty, and dense
+    (its elements tile one block of memory, in any order of dimensions)."""
+    if p.dtype not in (torch.float32, torch.float64) or p.numel() == 0:
+        return False
+    expected = 1
+    for stride, size in sorted((st, n) for n, st in zip(p.shape, p.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
-    """The path a built optimizer steps with: fused, foreach or loop (joined with '+' when its
-    groups differ, or when AdaRem's fused CPU kernel hands a group's fp16/bf16 tensors to its
-    foreach path: "foreach+fused"). Unset flags are resolved as torch resolves them at step time."""
+    """The path a built optimizer steps with: fused, foreach or loop (joined with '+' where its
+    tensors take several). Unset flags are resolved as torch resolves them at step time. AdaRem's
+    fused CPU kernel steps only the tensors it takes (``_kernel_takes``) and hands the others
+    (fp16/bf16, empty or strided ones) to its foreach path: a fused group of them says so."""
     found = set()
     for group in optimizer.param_groups:
-        if group.get("fused"):
+        if group.get("fused") and isinstance(optimizer, AdaRem):
+            found.update("fused" if p.device.type != "cpu" or _kernel_takes(p) else "foreach" for p in group["params"])
+        elif group.get("fused"):
             found.add("fused")
-            if isinstance(optimizer, AdaRem) and any(p.device.type == "cpu" and p.dtype in (torch.float16, torch.bfloat16)
-                                                     for p in group["params"]):
-                found.add("foreach")  # the CPU kernel takes fp32/fp64 only (_fused_adarem_cpu)
         elif group.get("foreach") is None:
             if isinstance(optimizer, AdaRem):
                 found.add("foreach")  # AdaRem's default

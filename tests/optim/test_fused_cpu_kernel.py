@@ -79,14 +79,35 @@ def test_max_of_d_propagates_nan_like_torch():
 
 @needs_kernel
 def test_the_record_names_the_foreach_path_the_kernel_hands_low_precision_tensors_to():
-    """run.json's optimizer_impl must not say "fused" alone for a bf16 model: the CPU kernel
-    steps fp32/fp64 tensors and hands fp16/bf16 ones to the foreach path."""
-    model = torch.nn.Linear(3, 2)
-    assert optimizer_impl(build_optimizer(OptimizerConfig(name="adarem", lr=0.1, impl="fused"), model)) == "fused"
-    model = torch.nn.Linear(3, 2).to(torch.bfloat16)
-    assert optimizer_impl(build_optimizer(OptimizerConfig(name="adarem", lr=0.1, impl="fused"), model)) == "foreach+fused"
+    """run.json's optimizer_impl said "fused" for a bf16 model, every tensor of which the CPU
+    kernel hands to the foreach path (it steps dense, non-empty fp32/fp64 tensors); it now names
+    the path each tensor takes, read off the kernel's own choice in a real step."""
+    def impl(model):
+        return optimizer_impl(build_optimizer(OptimizerConfig(name="adarem", lr=0.1, impl="fused"), model))
+
+    assert impl(torch.nn.Linear(3, 2)) == "fused"
+    assert impl(torch.nn.Linear(3, 2).to(torch.bfloat16)) == "foreach"  # helper-97: was foreach+fused
+    mixed = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2).to(torch.bfloat16))
+    assert impl(mixed) == "foreach+fused"
+    nhwc = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    assert impl(nhwc) == "fused"  # dense in another order of dimensions: the kernel takes it
     # torch's own fused CPU optimizers step bf16 themselves
-    assert optimizer_impl(build_optimizer(OptimizerConfig(name="adamw", lr=0.1, impl="fused"), model)) == "fused"
+    bf16 = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    assert optimizer_impl(build_optimizer(OptimizerConfig(name="adamw", lr=0.1, impl="fused"), bf16)) == "fused"
+    # the label agrees with the kernel's own choice: what it rejects in a real step is what the
+    # label counts as foreach (a strided view, an empty tensor, a bf16 one)
+    params = [torch.nn.Parameter(torch.randn(4, 8)[:, ::2]), torch.nn.Parameter(torch.empty(0, 3)),
+              torch.nn.Parameter(torch.randn(5, dtype=torch.bfloat16)), torch.nn.Parameter(torch.randn(6)),
+              torch.nn.Parameter(torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    AdaRem(params, fused=True)  # builds and loads the kernel
+    rejected = torch.ops.adarem.fused_step_cpu_(  # state as AdaRem makes it: d like p, max|d| a 0-dim tensor
+        [p.detach() for p in params], [p.grad for p in params], [torch.zeros_like(p) for p in params],
+        [torch.zeros((), dtype=p.dtype) for p in params], [None] * len(params),
+        torch.zeros(len(params), len(adarem_module._HP), dtype=torch.float64)).tolist()
+    from adarem.optim.factory import _kernel_takes
+    assert [i for i, p in enumerate(params) if not _kernel_takes(p)] == rejected == [0, 1, 2]
 
 
 def test_without_the_kernel_fused_refuses_and_auto_takes_foreach(monkeypatch):
