@@ -71,8 +71,8 @@ from adarem.data.digits import default_cache_dir
 from adarem.data.photo_tree import cached_photo_tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optimizer import (bench_command, check_out, provenance, round_order,  # noqa: E402  (shared helpers)
-                             usable_cpus, write_csv_files)
+from bench_optimizer import (bench_command, check_out, default_out, provenance, round_order,  # noqa: E402
+                             usable_cpus, write_csv_files)  # the bench scripts' shared helpers
 
 TREE = dict(size_range=(400, 600), seed=0, quality=90)  # the generated tree's JPEGs
 
@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dali-device", default="cpu", choices=["cpu", "mixed"])
     ap.add_argument("--previous", default=PREVIOUS, help="commit of the previous loaders ('' to skip them)")
-    ap.add_argument("--out", default="results/bench/data.csv")
+    ap.add_argument("--out", default=str(default_out("data.csv")), help="default: results/bench/data.csv of this checkout")
     args = ap.parse_args()
     for flag, value, least in (("--rounds", args.rounds, 1), ("--batches", args.batches, 1),
                                ("--batch-size", args.batch_size, 1), ("--images", args.images, 8),

@@ -34,8 +34,8 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from adarem.data.photo_tree import make_photo_tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optimizer import (bench_command, check_out, provenance, round_order,  # noqa: E402  (shared helpers)
-                             usable_cpus, write_csv_files)
+from bench_optimizer import (bench_command, check_out, default_out, provenance, round_order,  # noqa: E402
+                             usable_cpus, write_csv_files)  # the bench scripts' shared helpers
 
 SIZE_RANGE, SEED, QUALITY = (400, 600), 0, 90  # the tree's JPEGs: widths in pixels, generator seed, quality
 
@@ -88,7 +88,7 @@ def main() -> None:
     for flag, value in (("--rounds", args.rounds), ("--images", args.images), ("--batch", args.batch)):
         if value < 1:
             raise SystemExit(f"bench_decode: {flag}={value} must be >= 1")
-    out = Path(args.out or f"results/bench/jpeg_decode{'_cuda' if args.device == 'cuda' else ''}.csv")
+    out = Path(args.out) if args.out else default_out(f"jpeg_decode{'_cuda' if args.device == 'cuda' else ''}.csv")
     check_out(out, "bench_decode", "decoder", summary=False)
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(1, args.images // 4)

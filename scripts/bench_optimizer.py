@@ -167,17 +167,28 @@ def summary_path(out: Path) -> Path:
     return out.with_name(out.stem + "_summary.csv")
 
 
-def check_out(out: Path, script: str, key: str, summary: bool = True) -> None:
-    """Refuse, before measuring, an --out this bench cannot write as its own: not a .csv, in a
-    directory that does not exist (a default path run from another folder), or an existing file
-    (or its summary) that is not this bench's CSV (a column ``key`` and ``command``), which would
-    be overwritten."""
-    if out.suffix != ".csv":
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_out(name: str) -> Path:
+    """``results/bench/<name>`` of this script's checkout (the one whose code it times), wherever
+    it is run from: relative to the working folder, a run from another checkout wrote there."""
+    return REPO / "results" / "bench" / name
+
+
+def check_out(out: Path, script: str, key: str, summary: bool = True, append: bool = False,
+              command: str | None = None) -> None:
+    """Refuse, before measuring, an --out this bench cannot write as its own: not a .csv (or one
+    named as a summary), in a directory that does not exist, a directory, or an existing file (or
+    its summary) that is not this bench's CSV (columns ``key`` and ``command``), which would be
+    overwritten; with ``append``, an existing file another command, commit or tree state made
+    (``append_problems``: write_runs checks it again, with the columns, after measuring)."""
+    if out.suffix != ".csv" or (summary and out.stem.endswith("_summary")):
         raise SystemExit(f"{script}: --out={out} must name a .csv file"
-                         + (f" (its summary goes beside it, {summary_path(Path('x.csv')).name} for x.csv)" if summary else ""))
+                         + (f" that is not a summary (each goes beside its file, {summary_path(Path('x.csv')).name} "
+                            f"for x.csv)" if summary else ""))
     if not out.parent.is_dir():
-        raise SystemExit(f"{script}: --out={out}: there is no directory {out.parent}; create it, or run from the "
-                         f"repository's root for the default results/bench/")
+        raise SystemExit(f"{script}: --out={out}: there is no directory {out.parent}; create it first")
     for path in [out] + ([summary_path(out)] if summary else []):
         if path.is_dir():
             raise SystemExit(f"{script}: --out={out}: {path} is a directory; name a .csv file")
@@ -189,6 +200,24 @@ def check_out(out: Path, script: str, key: str, summary: bool = True) -> None:
             if not {key, "command"} <= header:
                 raise SystemExit(f"{script}: --out={out}: {path} exists and is not a CSV of {script} (no {key!r} and "
                                  f"'command' columns), which this run would overwrite; choose another --out")
+    if append and out.exists():
+        git = git_info()
+        problems = append_problems(pd.read_csv(out), {"commit": git.get("commit"), "dirty": git.get("dirty"),
+                                                      "diff_sha1": git.get("diff_sha1", "")}, command or "")
+        if problems:
+            raise SystemExit(f"{script}: --append: {out} was not made by this command at this commit and tree state "
+                             f"(differs in: {', '.join(problems)}); write another file")
+
+
+def append_problems(old: pd.DataFrame, new: dict, command: str) -> list[str]:
+    """What keeps runs made at ``new`` (its commit, dirty and diff_sha1 values) by ``command`` from
+    joining the runs file ``old``: every run of one file is one command at one commit and tree state."""
+    same = lambda c: _values(old[c]) == _values(pd.Series([new[c]], dtype=object))  # noqa: E731
+    base = lambda cmd: shlex.join(_without(shlex.split(cmd), REPEAT_FLAGS))  # noqa: E731
+    problems = [c for c in ("commit", "dirty", "diff_sha1") if c not in old.columns or not same(c)]
+    if "command" not in old.columns or {base(c) for c in old["command"]} != {base(command)}:
+        problems.append("command")
+    return problems
 
 
 def write_csv_files(frames: dict) -> None:
@@ -201,6 +230,10 @@ def write_csv_files(frames: dict) -> None:
             os.close(fd)
             staged.append((tmp, path))
             df.to_csv(tmp, index=False, float_format="%.4g")
+        mask = os.umask(0)
+        os.umask(mask)
+        for tmp, _ in staged:  # mkstemp makes them owner-only: as a new file of this process would be
+            os.chmod(tmp, 0o666 & ~mask)
         for tmp, path in staged:
             os.replace(tmp, path)
     finally:
@@ -259,11 +292,12 @@ def write_runs(df: pd.DataFrame, out: Path, append: bool, key: str, metrics: lis
     df = df[cols]
     if append and out.exists():
         old = pd.read_csv(out)
-        same = lambda c: _values(old[c]) == _values(df[c])  # noqa: E731
-        base = lambda cmd: shlex.join(_without(shlex.split(cmd), REPEAT_FLAGS))  # noqa: E731
-        problems = [c for c in ("commit", "dirty", "diff_sha1") if c not in old.columns or not same(c)]
-        if "command" not in old.columns or {base(c) for c in old["command"]} != {base(command)}:
-            problems.append("command")
+        problems = []
+        for c in ("commit", "dirty", "diff_sha1"):  # one value each in the new runs
+            if c not in df.columns or len(_values(df[c])) != 1:
+                problems.append(c)
+        if not problems:
+            problems = append_problems(old, {c: df[c].iloc[0] for c in ("commit", "dirty", "diff_sha1")}, command)
         if list(old.columns) != list(df.columns):
             problems.append("columns")
         if problems:
@@ -333,10 +367,9 @@ def main() -> None:
     if unmatched:
         raise SystemExit(f"bench_optimizer: --only={args.only!r}: {unmatched} match(es) no candidate; candidates: {names}")
     required(args.require, names)  # an unknown name: refused before anything else
-    out = Path(args.out or f"results/bench/optimizer_step{'_cuda' if args.device == 'cuda' else ''}.csv")
-    if not args.append or not out.exists():
-        check_out(out, "bench_optimizer", "optimizer")
+    out = Path(args.out) if args.out else default_out(f"optimizer_step{'_cuda' if args.device == 'cuda' else ''}.csv")
     command = bench_command("bench_optimizer.py")
+    check_out(out, "bench_optimizer", "optimizer", append=args.append, command=command)
     metrics = ["median_step_ms", "ratio_to_adamw_fused", "ratio_to_adamw_foreach"]
     if args.repeats > 1:
         df = run_repeats(Path(__file__).resolve(), sys.argv[1:], args.repeats)
@@ -463,10 +496,10 @@ def measure(args, command: str) -> pd.DataFrame:
 
 
 def _print_summary(df: pd.DataFrame) -> None:
-    runs = df["run"].nunique()
     for name, col in (("adarem (fused)", "ratio_to_adamw_fused"), ("adarem (foreach)", "ratio_to_adamw_fused"),
                       ("adarem (foreach)", "ratio_to_adamw_foreach")):
         v = df.loc[df.optimizer == name, col].dropna()
+        runs = df.loc[v.index, "run"].nunique()  # the runs that measured it (not one that skipped it)
         if len(v):
             print(f"FIGURE optimizer_step {name} over {runs} runs: {v.median():.3f}x adamw "
                   f"{col.rsplit('_', 1)[1]} (range {v.min():.3f}-{v.max():.3f})")

@@ -78,8 +78,8 @@ from adarem.schedule import build_scheduler
 from adarem.run.signals import StopFlag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_optimizer import (bench_command, check_out, provenance, round_order, run_repeats,  # noqa: E402  (shared helpers)
-                             write_runs)
+from bench_optimizer import (bench_command, check_out, default_out, provenance, round_order,  # noqa: E402
+                             run_repeats, write_runs)  # the bench scripts' shared helpers
 
 OPTIMIZERS = {
     "sgd": OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),
@@ -186,14 +186,13 @@ def main() -> None:
         raise SystemExit(f"bench_throughput: --workers={args.workers} must be >= 0 (0: the default)")
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     ddp = f"_ddp{os.environ['WORLD_SIZE']}" if under_torchrun else ""
-    out = Path(args.out or f"results/bench/throughput{'_cuda' if gpu else ''}{ddp}.csv")
+    out = Path(args.out) if args.out else default_out(f"throughput{'_cuda' if gpu else ''}{ddp}.csv")
     command = bench_command("bench_throughput.py")
     if under_torchrun:
         command = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')} " + command.removeprefix("python ")
     metrics = ["images_per_s", "relative_to_bare_adarem", "relative_to_sgd", "relative_to_synthetic",
                "relative_to_other_layout"]
-    if not args.append or not out.exists():
-        check_out(out, "bench_throughput", "candidate")
+    check_out(out, "bench_throughput", "candidate", append=args.append, command=command)
     if args.repeats > 1:
         if under_torchrun:
             raise SystemExit("bench_throughput: --repeats > 1 under torchrun: run the torchrun command once per "

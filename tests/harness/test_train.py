@@ -142,7 +142,7 @@ def test_two_ranks_train_the_run_one_process_trains(tmp_path, env):
     LayerNorm test_vit), 2 gloo ranks reading half of each global batch must train what one
     process trains: every step's global loss equal up to float summation order (the gradients
     are averaged over the ranks, not summed; the ranks' slices make up the same global batch, with
-    the same augmentation) and every evaluation the same count of mistakes (each val image once)."""
+    the same augmentation) and every evaluation the same count of mistakes, to one image of a near-tie (each val image once)."""
     args = ["model.name=test_vit", "+model.kwargs.img_size=32", "optimizer=adarem", "trainer.log_every=1"]
     one, two = tmp_path / "one", tmp_path / "two"
     res = run_train(args, env, one)
@@ -157,7 +157,9 @@ def test_two_ranks_train_the_run_one_process_trains(tmp_path, env):
         assert b == pytest.approx(a, rel=1e-4), (step, a, b)  # measured: within 1.1e-5 over 44 steps
     evals = {d: [(m["step"], m["val_top1_err"], m["val_samples"]) for m in ms if m["type"] == "epoch"]
              for d, ms in lines.items()}
-    assert evals[one] == evals[two] and len(evals[one]) == 2
+    assert [(s, n) for s, _, n in evals[one]] == [(s, n) for s, _, n in evals[two]] and len(evals[one]) == 2
+    for (_, a, n), (_, b, _) in zip(evals[one], evals[two]):  # measured equal; a near-tie may flip one image
+        assert abs(a - b) <= 100 / n + 1e-9, (a, b)
 
 
 @pytest.mark.slow

@@ -191,6 +191,9 @@ def test_each_round_runs_the_candidates_after_other_neighbours():
     ("bench_optimizer", ["--out", "{tmp}/nodir/x.csv"], "there is no directory"),
     ("bench_optimizer", ["--out", "{tmp}/notes.txt"], "must name a .csv file"),
     ("bench_optimizer", ["--out", "{tmp}/mine.csv"], "is not a CSV of bench_optimizer"),
+    ("bench_optimizer", ["--out", "{tmp}/o_summary.csv"], "that is not a summary"),
+    ("bench_optimizer", ["--append", "--out", "{tmp}/x.csv"], "is not a CSV of bench_optimizer"),  # x_summary.csv
+    ("bench_optimizer", ["--append", "--repeats", "2", "--out", "{tmp}/old.csv"], "(differs in: commit"),
     ("bench_optimizer", ["--only", "adarem (fused),nosuchopt"], "['nosuchopt'] match(es) no candidate"),
     ("bench_optimizer", ["--steps-per-sample", "0"], "--steps-per-sample=0 must be >= 1"),
     ("bench_optimizer", ["--warmup", "0"], "--warmup=0 must be >= 1"),
@@ -208,10 +211,15 @@ def test_bench_scripts_refuse_bad_input_before_measuring(tmp_path, env, script, 
     an existing file is left as it was."""
     mine = tmp_path / "mine.csv"
     mine.write_text("name,score\nalice,3\n")
+    (tmp_path / "x.csv").write_text("run,optimizer,command\n1,a,python scripts/bench_optimizer.py\n")
+    (tmp_path / "x_summary.csv").write_text("name,score\nalice,3\n")  # --append checks the summary too
+    (tmp_path / "old.csv").write_text("run,optimizer,commit,dirty,diff_sha1,command\n"  # another commit's runs
+                                      "1,a,0123456789012345678901234567890123456789,False,,python scripts/x.py\n")
     res = subprocess.run([sys.executable, f"scripts/{script}.py", *(a.format(tmp=tmp_path) for a in args)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert mine.read_text() == "name,score\nalice,3\n" and not (tmp_path / "nodir").exists()
+    assert mine.read_text() == (tmp_path / "x_summary.csv").read_text() == "name,score\nalice,3\n"
+    assert not (tmp_path / "nodir").exists() and len((tmp_path / "old.csv").read_text().splitlines()) == 2
     assert "=== run" not in res.stdout and "wrote" not in res.stdout
 
 
@@ -232,3 +240,34 @@ def test_a_candidate_that_cannot_run_is_a_row_that_says_why(tmp_path, env):
     assert summary.loc["adarem (fused)", "runs"] == 0 and "C++ kernel" in summary.loc["adarem (fused)", "skipped"]
     assert summary.loc["adamw (fused)", "runs"] == 1
     assert "warning: not measured" in res.stderr and "adarem (fused)" in res.stderr
+
+
+def test_appended_runs_count_only_where_they_measured_and_files_keep_the_umask(tmp_path, env):
+    """helper-97: a FIGURE line over runs that skipped the candidate said "over 3 runs" for one
+    measurement; the files written through a temporary came out owner-only (0600)."""
+    out = tmp_path / "step.csv"
+    base = [sys.executable, "scripts/bench_optimizer.py", "--model", "test_resnet", "--rounds", "1", "--warmup", "1",
+            "--only", "adarem (fused)", "--out", str(out)]
+    no_kernel = dict(env, CXX="/bin/false", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    res = subprocess.run(base, cwd=REPO, env=no_kernel, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run(base + ["--repeats", "2", "--append"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "adarem (fused) over 2 runs" in res.stdout, res.stdout[-2000:]
+    summary = pd.read_csv(tmp_path / "step_summary.csv").set_index("optimizer")
+    assert summary.loc["adarem (fused)", "runs"] == 2 and summary.loc["adamw (fused)", "runs"] == 3
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_the_default_out_is_the_scripts_checkout_wherever_it_is_run_from(tmp_path):
+    bench_optimizer = _script("bench_optimizer")
+    assert bench_optimizer.default_out("x.csv") == REPO / "results" / "bench" / "x.csv"
