@@ -138,8 +138,7 @@ def provenance(load_before: tuple[float, float, float], command: str, gpu: str |
     hash, command), where (CPU model, CPUs, torch threads, GPU), with what (python, torch), when,
     and how busy the machine was (1-min load average before the measurement and now)."""
     git = git_info()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu_model": cpu_model(), "host_cpus": os.cpu_count(), "usable_cpus": cpus,
+    return {"cpu_model": cpu_model(), "host_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
             "torch_threads": torch.get_num_threads(), "gpu": gpu or "",
             "python": platform.python_version(), "torch": torch.__version__,
             "load_avg_1min_before": round(load_before[0], 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
@@ -257,6 +256,13 @@ def _without(argv: list[str], flags: dict[str, bool]) -> list[str]:
     return out
 
 
+def _skipped(df: pd.DataFrame) -> pd.Series:
+    """The rows of a candidate that did not run (column ``skipped`` holds why; absent: none)."""
+    if "skipped" not in df:
+        return pd.Series(False, index=df.index)
+    return df["skipped"].fillna("").astype(str) != ""
+
+
 def _values(col: pd.Series) -> set[str]:
     return {"" if pd.isna(v) else str(v) for v in col}
 
@@ -308,7 +314,7 @@ def write_runs(df: pd.DataFrame, out: Path, append: bool, key: str, metrics: lis
     rows = []
     for name, g in df.groupby(key, sort=False):
         # runs that measured it: a skipped candidate's rows (column skipped) hold no figure
-        measured = g[g["skipped"].fillna("").astype(str) == ""] if "skipped" in g else g
+        measured = g[~_skipped(g)]
         row = {key: name, "runs": measured["run"].nunique()}
         for m in metrics:
             v = pd.to_numeric(g[m], errors="coerce").dropna()
@@ -326,8 +332,8 @@ def write_runs(df: pd.DataFrame, out: Path, append: bool, key: str, metrics: lis
     summary = summary_path(out)
     write_csv_files({out: df, summary: pd.DataFrame(rows)})
     print(f"wrote {out} ({df['run'].nunique()} runs) and {summary}")
-    if "skipped" in df and (df["skipped"].fillna("").astype(str) != "").any():
-        not_run = df[df["skipped"].fillna("").astype(str) != ""].drop_duplicates(key)
+    if _skipped(df).any():
+        not_run = df[_skipped(df)].drop_duplicates(key)
         print("warning: not measured (rows with an empty figure and the reason in column skipped): "
               + "; ".join(f"{n} ({why})" for n, why in zip(not_run[key], not_run["skipped"])), file=sys.stderr)
     return df

@@ -79,7 +79,7 @@ from adarem.run.signals import StopFlag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_optimizer import (bench_command, check_out, default_out, provenance, round_order,  # noqa: E402
-                             run_repeats, write_runs)  # the bench scripts' shared helpers
+                             run_repeats, usable_cpus, write_runs)  # the bench scripts' shared helpers
 
 OPTIMIZERS = {
     "sgd": OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),
@@ -134,8 +134,7 @@ def photo_tree(train_images: int, dist) -> Path:
 def default_workers() -> int:
     """Loader workers per rank: the CPUs this process may use (affinity, not the host's count),
     shared by the ranks of the node, one left to the training process."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    per_rank = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, per_rank - 1)
 
 
